@@ -1,0 +1,1 @@
+"""Building, curating and reading task manifests (Parquet)."""

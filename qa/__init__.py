@@ -1,0 +1,1 @@
+"""Feature extractors, Fréchet distances, per-horizon statistics and reports."""

@@ -1,0 +1,139 @@
+"""The seed-scene contract shared by every scene source.
+
+A *scene* is one recorded drive: per frame, one RGB image per view plus the measurements below.
+Sources (the procedural world, LMDrive-format folders) return :class:`Scene` objects whose frames
+are produced lazily, so a route of thousands of frames is never held in memory whole.
+
+Coordinate conventions (documented once, used everywhere):
+
+* World frame: x east, y north, metres; ``theta`` is the ego heading in radians, counter-clockwise
+  from +x.
+* Ego frame: x forward, y left, metres (right-handed, ISO 8855). Waypoints and objects are given
+  in the ego frame of the frame they belong to.
+* Waypoints: the ego's future positions at t+0.2, 0.4, 0.6 and 0.8 s (``WAYPOINT_TIMES``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Protocol
+
+import numpy as np
+
+VIEWS: tuple[str, ...] = ("left", "front", "right")
+VIEW_YAW_DEG: dict[str, float] = {"left": -60.0, "front": 0.0, "right": 60.0}  # CARLA sign: + is right
+CAMERA_FOV_DEG = 100.0
+CAMERA_POSITION = (1.3, 0.0, 2.3)  # x forward, y left, z up, metres from the ego origin
+FPS = 10.0
+WAYPOINT_TIMES: tuple[float, ...] = (0.2, 0.4, 0.6, 0.8)
+INSTRUCTION_CATEGORIES: tuple[str, ...] = ("turn", "follow", "notice", "other")
+OBJECT_CLASSES: tuple[str, ...] = ("vehicle", "pedestrian", "traffic_light")
+LIGHT_STATES: tuple[str, ...] = ("none", "red", "yellow", "green")
+
+
+@dataclass(frozen=True)
+class Instruction:
+    """A natural-language instruction and what it means."""
+
+    text: str
+    instruction_id: int
+    category: str
+    args: dict = field(default_factory=dict)
+    misleading: bool = False
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @staticmethod
+    def from_dict(d: dict) -> Instruction:
+        return Instruction(
+            text=str(d["text"]),
+            instruction_id=int(d["instruction_id"]),
+            category=str(d["category"]),
+            args=dict(d.get("args") or {}),
+            misleading=bool(d.get("misleading", False)),
+        )
+
+
+@dataclass(frozen=True)
+class SceneObject:
+    """One object around the ego, in the ego frame (enough for a BEV detection target)."""
+
+    cls: str
+    x: float
+    y: float
+    yaw: float
+    length: float
+    width: float
+    height: float
+    vx: float = 0.0
+    vy: float = 0.0
+    state: str = ""  # traffic lights: red / yellow / green
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @staticmethod
+    def from_dict(d: dict) -> SceneObject:
+        return SceneObject(**{k: d[k] for k in SceneObject.__dataclass_fields__ if k in d})
+
+
+@dataclass(frozen=True)
+class Measurements:
+    """Per-frame ground truth except the images."""
+
+    frame: int
+    x: float
+    y: float
+    theta: float
+    speed: float
+    steer: float
+    throttle: float
+    brake: float
+    waypoints: np.ndarray  # (4, 2) float32, ego frame
+    light_state: str  # state of the traffic light governing the ego, or "none"
+    is_junction: bool
+    objects: tuple[SceneObject, ...]
+    instruction: Instruction
+    instruction_completed: bool
+    weather: str
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["waypoints"] = np.asarray(self.waypoints, dtype=np.float64).round(4).tolist()
+        d["objects"] = [o.to_dict() for o in self.objects]
+        d["instruction"] = self.instruction.to_dict()
+        return d
+
+
+@dataclass(frozen=True)
+class InstructionSpan:
+    """An instruction active over frames ``[start_frame, end_frame]`` (inclusive)."""
+
+    instruction: Instruction
+    start_frame: int
+    end_frame: int
+
+
+class Scene(Protocol):
+    """A recorded drive; frames are produced lazily."""
+
+    name: str
+    views: tuple[str, ...]
+    fps: float
+    size: tuple[int, int]  # (height, width) of every image
+
+    def __len__(self) -> int: ...
+
+    def measurements(self, i: int) -> Measurements: ...
+
+    def images(self, i: int) -> dict[str, np.ndarray]:
+        """Images of frame ``i``: view name -> (H, W, 3) uint8 RGB."""
+        ...
+
+    def instructions(self) -> list[InstructionSpan]: ...
+
+    @property
+    def tags(self) -> dict:
+        """Scene-level facts for curation (town seed, weather, ...)."""
+        ...

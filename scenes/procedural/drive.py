@@ -1,0 +1,155 @@
+"""A procedural drive as a contract :class:`~scenes.contract.Scene`.
+
+The drive is simulated when the scene is made (cheap); images are rendered only when asked for.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import lru_cache
+
+import numpy as np
+
+from lmgendrive.errors import ConfigError
+from scenes.contract import FPS, VIEWS, InstructionSpan, Measurements, SceneObject
+from scenes.procedural.geometry import to_ego
+from scenes.procedural.ground import GroundTexture, build_ground
+from scenes.procedural.instructions import active_per_frame, build_timeline, plan_events
+from scenes.procedural.render import Renderer
+from scenes.procedural.routes import PEDESTRIAN_SIZE, VEHICLE_SIZE
+from scenes.procedural.signals import light_state
+from scenes.procedural.town import BOX, make_town
+from scenes.procedural.weather import get_weather
+from scenes.procedural.world import simulate
+
+OBJECT_RANGE = 50.0
+LIGHT_RANGE = 45.0
+WAYPOINT_FRAMES = (2, 4, 6, 8)  # t+0.2 .. 0.8 s at 10 Hz
+TURNS = ("left", "straight", "right")
+
+
+@dataclass(frozen=True)
+class DriveSpec:
+    """Everything that determines a procedural drive."""
+
+    town_seed: int
+    route_seed: int
+    weather: str = "clear_noon"
+    frames: int = 200
+    size: tuple[int, int] = (128, 128)
+    turns: tuple[str, ...] = ()  # force the first maneuvers (where the junction allows them)
+
+    def validate(self) -> None:
+        get_weather(self.weather)
+        if self.frames < 1:
+            raise ConfigError(f"frames must be >= 1, got {self.frames}")
+        if len(self.size) != 2 or min(self.size) < 16 or max(self.size) > 1024:
+            raise ConfigError(f"size must be (height, width) between 16 and 1024, got {self.size}")
+        bad = [t for t in self.turns if t not in TURNS]
+        if bad:
+            raise ConfigError(f"unknown turn(s) {bad}; valid: {', '.join(TURNS)}")
+
+
+@lru_cache(maxsize=4)
+def ground_of_town(seed: int) -> GroundTexture:
+    """The ground texture of town ``seed`` (cached: drawing it takes about half a second)."""
+    return build_ground(make_town(seed))
+
+
+class ProceduralScene:
+    """A drive through a procedural town, seen by three cameras at 10 Hz."""
+
+    views = VIEWS
+    fps = FPS
+
+    def __init__(self, spec: DriveSpec):
+        spec.validate()
+        self.spec = spec
+        self.size = tuple(spec.size)
+        self.name = f"town{spec.town_seed:04d}_route{spec.route_seed:04d}_{spec.weather}"
+        self.weather = get_weather(spec.weather)
+        self.town = make_town(spec.town_seed)
+        rng = np.random.default_rng([spec.town_seed, spec.route_seed, 515])
+        self.events = plan_events(rng, spec.frames)
+        extra = max(WAYPOINT_FRAMES)
+        self.log = simulate(self.town, spec.route_seed, spec.frames + extra, list(spec.turns), self.events)
+        self._timeline = build_timeline(self.log, self.events, rng)
+        self._timeline = [(_clip(s, spec.frames), done and s.end_frame < spec.frames, p)
+                          for s, done, p in self._timeline if s.start_frame < spec.frames]
+        self._active, self._completed = active_per_frame(self._timeline, spec.frames)
+        self._renderer: Renderer | None = None
+
+    def __len__(self) -> int:
+        return self.spec.frames
+
+    @property
+    def tags(self) -> dict:
+        return {"source": "procedural", "town_seed": self.spec.town_seed, "route_seed": self.spec.route_seed,
+                "weather": self.spec.weather, "night": self.weather.night}
+
+    def instructions(self) -> list[InstructionSpan]:
+        return [s for s, _, _ in self._timeline]
+
+    def images(self, i: int) -> dict[str, np.ndarray]:
+        self._check(i)
+        if self._renderer is None:
+            self._renderer = Renderer(self.town, ground_of_town(self.spec.town_seed), self.weather, self.size)
+        return self._renderer.render(self.log.frames[i], self.log.vehicle_colors,
+                                     self.log.pedestrian_colors, frame_index=i)
+
+    def measurements(self, i: int) -> Measurements:
+        self._check(i)
+        f = self.log.frames[i]
+        x, y, theta, speed = (float(v) for v in f.ego)
+        future = np.array([self.log.frames[i + k].ego[:2] for k in WAYPOINT_FRAMES])
+        m = self.log.route.next_maneuver(f.ego_s + VEHICLE_SIZE[0] / 2)
+        state = "none"
+        if m is not None and self.town.has_light(m.node):
+            gap = m.s_stop - f.ego_s - VEHICLE_SIZE[0] / 2
+            if -0.5 < gap < LIGHT_RANGE:
+                state = light_state(self.town, m.node, m.k_in, f.t)
+        return Measurements(
+            frame=i, x=x, y=y, theta=theta, speed=speed,
+            throttle=float(f.control[0]), brake=float(f.control[1]), steer=float(f.control[2]),
+            waypoints=to_ego(future, x, y, theta).astype(np.float32),
+            light_state=state, is_junction=self._in_junction(x, y),
+            objects=self._objects(i), instruction=self._active[i],
+            instruction_completed=bool(self._completed[i]), weather=self.spec.weather,
+        )
+
+    def _check(self, i: int) -> None:
+        if not 0 <= i < len(self):
+            raise IndexError(f"frame {i} out of range for {self.name} ({len(self)} frames)")
+
+    def _in_junction(self, x: float, y: float) -> bool:
+        return bool(np.min(np.abs(self.town.xs - x)) < BOX and np.min(np.abs(self.town.ys - y)) < BOX)
+
+    def _objects(self, i: int) -> tuple[SceneObject, ...]:
+        f = self.log.frames[i]
+        x, y, theta = (float(v) for v in f.ego[:3])
+        out: list[SceneObject] = []
+        c, s = np.cos(theta), np.sin(theta)
+        for cls, arr, size in (("vehicle", f.vehicles, VEHICLE_SIZE), ("pedestrian", f.pedestrians, PEDESTRIAN_SIZE)):
+            if not len(arr):
+                continue
+            rel = to_ego(arr[:, :2], x, y, theta)
+            near = np.flatnonzero(np.hypot(rel[:, 0], rel[:, 1]) < OBJECT_RANGE)
+            for j in near:
+                vx, vy = arr[j, 3], arr[j, 4]
+                out.append(SceneObject(
+                    cls=cls, x=float(rel[j, 0]), y=float(rel[j, 1]),
+                    yaw=float((arr[j, 2] - theta + np.pi) % (2 * np.pi) - np.pi),
+                    length=size[0], width=size[1], height=size[2],
+                    vx=float(c * vx + s * vy), vy=float(-s * vx + c * vy)))
+        for (_, k, head), st in zip(self.town.light_heads(), f.lights, strict=True):
+            rel = to_ego(head[None], x, y, theta)[0]
+            if np.hypot(*rel) < OBJECT_RANGE:
+                yaw = float((k * np.pi / 2 + np.pi - theta + np.pi) % (2 * np.pi) - np.pi)
+                out.append(SceneObject(cls="traffic_light", x=float(rel[0]), y=float(rel[1]), yaw=yaw,
+                                       length=0.6, width=0.84, height=6.0, state=st))
+        return tuple(out)
+
+
+def _clip(span: InstructionSpan, frames: int) -> InstructionSpan:
+    return InstructionSpan(span.instruction, span.start_frame, min(span.end_frame, frames - 1))
+

@@ -1,0 +1,147 @@
+"""Simulating one drive: town + traffic + pedestrians + the expert ego, logged at 10 Hz."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from scenes.procedural.expert import Expert
+from scenes.procedural.pedestrians import Crowd
+from scenes.procedural.routes import Route
+from scenes.procedural.signals import light_state
+from scenes.procedural.town import Town, turn_between
+from scenes.procedural.traffic import Vehicle, agent_arrays, nearby_agents, spawn_vehicles
+
+SIM_DT = 0.05  # 20 Hz physics, every second tick recorded (as LMDrive records CARLA)
+TICKS_PER_FRAME = 2
+
+
+@dataclass
+class FrameState:
+    """Everything about one recorded frame that rendering and ground truth need."""
+
+    t: float
+    ego: np.ndarray  # x, y, theta, speed
+    control: np.ndarray  # throttle, brake, steer
+    ego_s: float
+    vehicles: np.ndarray  # (N, 5): x, y, yaw, vx, vy
+    pedestrians: np.ndarray  # (M, 5): x, y, yaw, vx, vy
+    lights: list[str]  # state of every signal head, in ``town.light_heads()`` order
+
+
+@dataclass
+class DriveLog:
+    town: Town
+    route: Route
+    frames: list[FrameState] = field(default_factory=list)
+    vehicle_colors: list[tuple[int, int, int]] = field(default_factory=list)
+    pedestrian_colors: list[tuple[int, int, int]] = field(default_factory=list)
+    halts_completed: dict[int, int] = field(default_factory=dict)  # halt event frame -> done frame
+
+
+@dataclass(frozen=True)
+class EgoEvent:
+    """A behaviour an 'other' instruction asks of the ego, from ``frame`` on."""
+
+    kind: str  # "halt" or "slow"
+    frame: int
+    frames: int = 0  # duration for "slow"; "halt" lasts until the ego has stood still 2 s
+
+
+def ego_route(town: Town, rng: np.random.Generator, turns: list[str] | None) -> tuple[Route, float]:
+    """A route starting on a random lane; ``turns`` forces the first maneuvers where feasible."""
+    forced = list(turns or [])
+
+    def chooser(node, k_in, options):
+        names = {turn_between(k_in, k): k for k in options}
+        if forced:
+            want = forced.pop(0)
+            if want in names:
+                return names[want]
+        weights = np.array([0.4 if n == "straight" else 0.3 for n in names])
+        keys = list(names.values())
+        return int(keys[rng.choice(len(keys), p=weights / weights.sum())])
+
+    while True:
+        node = town.nodes[rng.integers(len(town.nodes))]
+        arms = town.arms(node)
+        k = int(arms[rng.integers(len(arms))])
+        route = Route(town, node, k, chooser)
+        if forced:
+            nxt = town.neighbour(node, k)
+            names = {turn_between(k, kk) for kk in town.arms(nxt) if (kk - k) % 4 != 2}
+            if forced[0] not in names:
+                continue
+        s = float(rng.uniform(4.0, max(4.5, route.path.length * 0.35)))
+        return route, s
+
+
+def simulate(town: Town, seed: int, frames: int, turns: list[str] | None = None,
+             events: list[EgoEvent] = (), density: float = 0.5, pedestrians_per_junction: float = 3.0
+             ) -> DriveLog:
+    """Run the world for ``frames`` recorded frames and return the log."""
+    rng = np.random.default_rng([town.seed, seed, 9011])
+    route, s0 = ego_route(town, rng, turns)
+    expert = Expert(town, route, s0, speed=float(rng.uniform(3.0, 6.0)))
+    vehicles: list[Vehicle] = spawn_vehicles(town, rng, density, keep_clear=expert.xy)
+    crowd = Crowd(town, rng, int(pedestrians_per_junction * len(town.nodes)))
+    heads = town.light_heads()
+    log = DriveLog(town, route, vehicle_colors=[v.color for v in vehicles],
+                   pedestrian_colors=[p.color for p in crowd.people])
+    by_frame = {e.frame: e for e in events}
+    still_since: float | None = None
+    halt_frame = -1
+    is_ped = np.array([False] * (len(vehicles) + 1) + [True] * len(crowd.people))
+
+    t = 0.0
+    for tick in range(frames * TICKS_PER_FRAME):
+        frame, record = divmod(tick, TICKS_PER_FRAME)
+        veh_xy = np.array([v.xy for v in vehicles] + [expert.xy]).reshape(-1, 2)
+        veh_yaw = np.array([v.yaw for v in vehicles] + [expert.theta])
+        veh_v = np.array([v.v for v in vehicles] + [expert.v])
+        veh_vel = np.stack([veh_v * np.cos(veh_yaw), veh_v * np.sin(veh_yaw)], axis=1)
+        ped_xy, ped_vel = crowd.positions(), crowd.velocities()
+        if record == 0:
+            ped_yaw = np.arctan2(ped_vel[:, 1], ped_vel[:, 0]) if len(ped_vel) else np.zeros(0)
+            log.frames.append(FrameState(
+                t=t, ego=np.array([expert.x, expert.y, expert.theta, expert.v]),
+                control=np.array([expert.control.throttle, expert.control.brake, expert.control.steer]),
+                ego_s=expert.s,
+                vehicles=np.concatenate([veh_xy[:-1], veh_yaw[:-1, None], veh_vel[:-1]], axis=1),
+                pedestrians=np.concatenate([ped_xy, ped_yaw[:, None], ped_vel], axis=1),
+                lights=[light_state(town, node, k, t) for node, k, _ in heads],
+            ))
+            event = by_frame.get(frame)
+            if event is not None and event.kind == "halt":
+                expert.halt()
+                still_since, halt_frame = None, frame
+            if event is not None and event.kind == "slow":
+                expert.slow = True
+            for e in events:
+                if e.kind == "slow" and frame == e.frame + e.frames:
+                    expert.slow = False
+        all_xy = np.concatenate([veh_xy, ped_xy])
+        all_vel = np.concatenate([veh_vel, ped_vel])
+        speeds = np.concatenate([veh_v, np.zeros(len(ped_xy))])
+        if record == 0:  # other agents move at 10 Hz, the ego's controller runs at 20 Hz
+            near = nearby_agents(all_xy, speeds, len(veh_xy))
+            accels = [v.acceleration(town, t, agent_arrays(all_xy, all_vel, is_ped, near[i]))
+                      for i, v in enumerate(vehicles)]
+        else:
+            near = nearby_agents(all_xy[len(vehicles):], speeds[len(vehicles):], 1)
+            near = [None] * len(vehicles) + [near[0] + len(vehicles)]
+        expert.step(SIM_DT, t, agent_arrays(all_xy, all_vel, is_ped, near[len(vehicles)]))
+        if record == 0:
+            dt = SIM_DT * TICKS_PER_FRAME
+            for v, a in zip(vehicles, accels, strict=True):
+                v.v = max(0.0, v.v + a * dt)
+                v.s += v.v * dt
+            crowd.step(dt, t, veh_xy)
+        if expert.halt_at is not None:
+            still_since = (still_since if still_since is not None else t) if expert.v < 0.05 else None
+            if still_since is not None and t - still_since >= 2.0:
+                expert.resume()
+                log.halts_completed[halt_frame] = frame
+        t += SIM_DT
+    return log

@@ -1,0 +1,1 @@
+"""The data contracts: pyarrow schemas for tasks, samples, shard index and QA rows, with row-level validation."""

@@ -1,0 +1,1 @@
+"""Ray actor classes: the generator worker and the QA feature worker."""
