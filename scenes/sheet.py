@@ -33,7 +33,8 @@ def contact_sheet(scenes: Sequence[Scene], frames_per_scene: int = 4, width: int
     rows = []
     for scene in scenes:
         n = len(scene)
-        picks = np.unique(np.linspace(0, n - 1, min(frames_per_scene, n)).round().astype(int))
+        k = min(frames_per_scene, n)
+        picks = np.unique(((np.arange(k) + 0.5) * n / k).astype(int))  # evenly spaced, centred
         rows.append(_caption(f"{scene.name}  ({n} frames, {scene.fps:g} Hz)", width, header=True))
         rows += [frame_strip(scene, int(i), width) for i in picks]
     return np.concatenate(rows, axis=0)

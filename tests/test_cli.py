@@ -1,0 +1,96 @@
+"""The lmgd command line: verbs, outputs, exit codes and messages."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from pipeline.cli import build_parser, main
+from scenes.lmdrive import open_root
+
+VERBS = [[], ["demo"], ["scenes"], ["scenes", "render"], ["scenes", "sheet"]]
+
+
+@pytest.mark.parametrize("verb", VERBS, ids=lambda v: " ".join(v) or "lmgd")
+def test_help_on_every_verb(verb, capsys):
+    with pytest.raises(SystemExit) as e:
+        main([*verb, "--help"])
+    assert e.value.code == 0
+    assert "usage: lmgd" in capsys.readouterr().out
+
+
+def test_every_verb_has_help_text():
+    parser = build_parser()
+    sub = next(a for a in parser._actions if a.dest == "verb")
+    assert set(sub.choices) == {"demo", "scenes"}
+    assert all(a.help for a in sub._choices_actions)
+
+
+def test_render_then_sheet(tmp_path, capsys):
+    root = tmp_path / "data"
+    args = ["scenes", "render", "--town-seed", "2", "--route-seed", "5", "--frames", "6", "--size", "64",
+            "--out", str(root)]
+    assert main(args) == 0
+    assert main([*args[:5], "6", *args[6:]]) == 0  # a second route in the same root
+    scenes = open_root(root)
+    assert sorted(s.name for s in scenes) == ["town0002_route0005_clear_noon", "town0002_route0006_clear_noon"]
+    assert all(len(s) == 6 and s.images(0)["front"].shape == (64, 64, 3) for s in scenes)
+    assert not list(root.glob("*.partial"))
+
+    sheet = tmp_path / "sheet.png"
+    assert main(["scenes", "sheet", str(root), "--out", str(sheet), "--frames", "2"]) == 0
+    img = cv2.imread(str(sheet))
+    assert img is not None and img.shape[1] == 672 and img.shape[0] > 2 * 2 * 224
+
+
+def test_render_refuses_to_overwrite_without_flag(tmp_path, capsys):
+    args = ["scenes", "render", "--town-seed", "2", "--route-seed", "5", "--frames", "3", "--size", "32",
+            "--out", str(tmp_path)]
+    assert main(args) == 0
+    assert main(args) == 2
+    assert "already exists" in capsys.readouterr().err
+    assert main([*args, "--overwrite"]) == 0
+
+
+@pytest.mark.parametrize("args, message", [
+    (["scenes", "render", "--town-seed", "1", "--route-seed", "1", "--weather", "snow", "--out", "X"],
+     "unknown weather 'snow'; valid: clear_noon, cloudy, rain, fog, sunset, night"),
+    (["scenes", "render", "--town-seed", "1", "--route-seed", "1", "--frames", "0", "--out", "X"],
+     "--frames must be >= 1"),
+    (["scenes", "sheet", "/nonexistent/route", "--out", "X.png"], "/nonexistent/route: no such route"),
+])
+def test_bad_input_exits_2_with_a_clear_message(args, message, capsys, tmp_path):
+    args = [a.replace("X", str(tmp_path / "out")) for a in args]
+    assert main(args) == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()  # nothing half-written
+
+
+def test_corrupt_image_names_the_file(tmp_path, capsys):
+    root = tmp_path / "data"
+    assert main(["scenes", "render", "--town-seed", "2", "--route-seed", "5", "--frames", "3", "--size", "32",
+                 "--out", str(root)]) == 0
+    bad = next(root.glob("*/rgb_front/0001.png"))
+    bad.write_bytes(b"not a png")
+    assert main(["scenes", "sheet", str(root), "--out", str(tmp_path / "s.png"), "--frames", "3"]) == 2
+    assert "rgb_front/0001.png" in capsys.readouterr().err
+    assert not (tmp_path / "s.png").exists()
+
+
+def test_argparse_errors_exit_2_through_the_console_script(tmp_path):
+    lmgd = Path(sys.executable).with_name("lmgd")
+    r = subprocess.run([str(lmgd), "scenes", "render", "--size", "abc", "--out", str(tmp_path)],
+                       capture_output=True, text=True, env={**os.environ, "PYTHONWARNINGS": "ignore"})
+    assert r.returncode == 2 and "size must be N or HxW" in r.stderr
+
+
+def test_demo_writes_a_contact_sheet(tmp_path):
+    assert main(["demo", "--out", str(tmp_path), "--frames", "8", "--frames-per-drive", "1", "--size", "48"]) == 0
+    img = cv2.imread(str(tmp_path / "drives.png"))
+    assert img is not None
+    assert img.shape[0] > 6 * 224 * 0.5  # six drives, one row each
+    assert np.ptp(img) > 100  # not blank

@@ -1,0 +1,35 @@
+import numpy as np
+import pytest
+
+from lmgendrive.control import WAYPOINT_DT, PIDController, WaypointController
+
+
+def test_pid_is_lmdrive_formula():
+    pid = PIDController(1.25, 0.75, 0.3, n=4)
+    assert pid.step(1.0) == pytest.approx(1.25 * 1.0 + 0.75 * (1.0 / 4) + 0.3 * 1.0)
+    assert pid.step(0.5) == pytest.approx(1.25 * 0.5 + 0.75 * (1.5 / 4) + 0.3 * (0.5 - 1.0))
+
+
+def _straight(speed):
+    t = np.array([1, 2, 3, 4]) * WAYPOINT_DT
+    return np.stack([speed * t, np.zeros(4)], axis=1)
+
+
+def test_brakes_when_waypoints_collapse():
+    c = WaypointController().step(np.zeros((4, 2)), speed=5.0)
+    assert c.brake == 1.0 and c.throttle == 0.0
+
+
+def test_brakes_when_too_fast_and_accelerates_when_too_slow():
+    assert WaypointController().step(_straight(4.0), speed=6.0).brake == 1.0
+    c = WaypointController().step(_straight(8.0), speed=2.0)
+    assert c.brake == 0.0 and 0.0 < c.throttle <= 0.75
+
+
+def test_steer_sign_follows_carla_positive_right():
+    wp = _straight(6.0)
+    right = wp + np.array([0.0, -1.0]) * np.arange(1, 5)[:, None]  # ego frame: y is left
+    left = wp + np.array([0.0, 1.0]) * np.arange(1, 5)[:, None]
+    assert WaypointController().step(right, speed=5.0).steer > 0.05
+    assert WaypointController().step(left, speed=5.0).steer < -0.05
+    assert WaypointController().step(wp, speed=5.0).steer == pytest.approx(0.0)
