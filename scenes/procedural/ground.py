@@ -70,7 +70,7 @@ def build_ground(town: Town) -> GroundTexture:
     for n, m, k in roads:
         d = DIRECTIONS[k]
         quad(town.node_xy(n) - d * SIDEWALK_OUTER, town.node_xy(m) + d * SIDEWALK_OUTER, SIDEWALK_OUTER, SIDEWALK)
-    for n, m, k in roads:
+    for n, m, _ in roads:
         quad(town.node_xy(n), town.node_xy(m), ROAD_HALF, ASPHALT)
     for n in town.nodes:
         _junction_corners(town, n, img, px)

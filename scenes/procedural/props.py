@@ -42,10 +42,7 @@ class Boxes:
     @staticmethod
     def of(rows: list[tuple]) -> Boxes:
         """From rows ``(cx, cy, hx, hy, yaw, z0, z1, color, top, emissive, building)``."""
-        if not rows:
-            rows_arr = [[] for _ in range(11)]
-        else:
-            rows_arr = list(zip(*rows, strict=True))
+        rows_arr = [[] for _ in range(11)] if not rows else list(zip(*rows, strict=True))
         f = np.asarray
         return Boxes(
             cx=f(rows_arr[0], np.float64), cy=f(rows_arr[1], np.float64), hx=f(rows_arr[2], np.float64),
