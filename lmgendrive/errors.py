@@ -30,3 +30,12 @@ class ConfigError(BadInputError):
 
 class RunFailure(LmgdError):
     """Work failed at run time although its input was valid; exit code 1."""
+
+
+class CheckpointError(BadInputError):
+    """A checkpoint or pretrained component directory is missing, corrupt or does not match."""
+
+
+class SchemaError(BadInputError):
+    """A table (manifest, index, QA rows) does not match its schema; the message lists every
+    problem with its row, column, value and what is allowed."""

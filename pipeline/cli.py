@@ -76,6 +76,102 @@ def cmd_scenes_sheet(args: argparse.Namespace) -> int:
     return 0
 
 
+# ----------------------------------------------------------------------------- manifests
+_RECIPE_FLAGS = ("towns", "routes_per_town", "route_seed", "weathers", "frames", "size", "seed_frames", "stride",
+                 "samples_per_task", "seed")
+
+
+def _recipe(args: argparse.Namespace):
+    import yaml
+    from pydantic import TypeAdapter, ValidationError
+
+    from schemas.job import Recipe
+
+    if args.recipe:
+        try:
+            data = yaml.safe_load(Path(args.recipe).read_text(encoding="utf-8"))
+        except (OSError, yaml.YAMLError) as e:
+            raise ConfigError(f"{args.recipe}: cannot read recipe: {e}") from None
+        source = args.recipe
+    elif args.lmdrive:
+        data, source = {"source": "lmdrive", "root": args.lmdrive}, "--lmdrive"
+    else:
+        data, source = {"source": "procedural"}, "command line"
+    data.update({k: getattr(args, k) for k in _RECIPE_FLAGS if getattr(args, k, None) is not None})
+    if data.get("source") == "lmdrive":
+        extra = [k for k in ("towns", "routes_per_town", "route_seed", "weathers", "frames", "size") if k in data]
+        if extra:
+            raise ConfigError(f"{source}: --{extra[0].replace('_', '-')} applies to procedural recipes only")
+    try:
+        return TypeAdapter(Recipe).validate_python(data)
+    except ValidationError as e:
+        msg = "; ".join(f"{'.'.join(map(str, err['loc'][1:])) or 'recipe'}: {err['msg']}" for err in e.errors())
+        raise ConfigError(f"{source}: invalid recipe: {msg}") from None
+
+
+def cmd_manifest_build(args: argparse.Namespace) -> int:
+    from manifests.build import build, count_sources
+    from manifests.io import write_manifest
+    from schemas.tables import STEP_FRAMES
+
+    bad = [h for h in args.horizons if h <= 0 or h % STEP_FRAMES]
+    if bad:
+        raise ConfigError(f"--horizons {bad}: horizons must be positive multiples of {STEP_FRAMES}")
+    recipe = _recipe(args)
+    with _progress(count_sources(recipe), "build manifest", unit="drive") as bar:
+        table = build(recipe, args.horizons, progress=bar.update)
+    out = write_manifest(table, args.out)
+    print(f"wrote {out}: {len(table)} tasks")
+    return 0
+
+
+def cmd_manifest_curate(args: argparse.Namespace) -> int:
+    from pydantic import ValidationError
+
+    from manifests.curate import curate
+    from manifests.io import read_manifest, write_manifest
+    from schemas.job import CurateSpec
+
+    fields = {k: getattr(args, k) for k in CurateSpec.model_fields if getattr(args, k, None) is not None}
+    try:
+        spec = CurateSpec(**fields)
+    except ValidationError as e:
+        msg = "; ".join(f"--{'.'.join(map(str, err['loc'])).replace('_', '-')}: {err['msg']}" for err in e.errors())
+        raise ConfigError(f"invalid curation: {msg}") from None
+    table = read_manifest(args.manifest)
+    result = curate(table, spec)
+    out = write_manifest(result, args.out)
+    print(f"wrote {out}: {len(result)} tasks (from {len(table)} in {args.manifest})")
+    return 0
+
+
+def cmd_manifest_stats(args: argparse.Namespace) -> int:
+    from manifests.io import read_manifest
+    from manifests.stats import format_stats
+
+    print(format_stats(read_manifest(args.manifest)))
+    return 0
+
+
+# ----------------------------------------------------------------------------- jobs
+def cmd_job_validate(args: argparse.Namespace) -> int:
+    from pipeline.jobcheck import check_job
+
+    for path in args.jobs:
+        c = check_job(path)
+        tasks = f"{c.tasks} tasks" if c.tasks is not None else "manifest built at run time"
+        print(f"{path}: ok ({c.job.name}: model {c.job.model}, {tasks}, {c.scenes} scene(s), "
+              f"horizons {c.job.horizons}, output {c.job.output})")
+    return 0
+
+
+def cmd_job_schema(args: argparse.Namespace) -> int:
+    from schemas.job import json_schema
+
+    sys.stdout.write(json_schema())
+    return 0
+
+
 # ----------------------------------------------------------------------------- demo
 def cmd_demo(args: argparse.Namespace) -> int:
     from scenes.procedural.drive import DriveSpec, ProceduralScene
@@ -135,6 +231,58 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--frames", type=int, default=4, help="frames per route (default: 4)")
     s.add_argument("--width", type=int, default=672, help="sheet width in pixels (default: 672)")
     s.set_defaults(func=cmd_scenes_sheet)
+
+    manifest = verbs.add_parser("manifest", help="task manifests: build, curate corner cases, count")
+    mv = manifest.add_subparsers(dest="manifest_verb", metavar="VERB", required=True)
+    b = mv.add_parser("build", help="build a manifest of tasks from seed scenes",
+                      description="Enumerate seed points of procedural drives (default) or of an LMDrive "
+                                  "root, one task per seed point and horizon.")
+    src = b.add_mutually_exclusive_group()
+    src.add_argument("--recipe", help="YAML recipe (the 'manifest.build' section of a job)")
+    src.add_argument("--lmdrive", metavar="ROOT", help="LMDrive-format dataset root")
+    b.add_argument("--horizons", type=int, nargs="+", required=True, help="future frames, multiples of 8")
+    b.add_argument("--towns", type=int, nargs="+", help="procedural town seeds (default: 1)")
+    b.add_argument("--routes-per-town", type=int, help="drives per town and weather (default: 1)")
+    b.add_argument("--route-seed", type=int, help="first route seed (default: 0)")
+    b.add_argument("--weathers", nargs="+", help="procedural weathers (default: clear_noon)")
+    b.add_argument("--frames", type=int, help="recorded frames per procedural drive (default: 200)")
+    b.add_argument("--size", type=int, help="procedural image size (default: 128)")
+    b.add_argument("--seed-frames", type=int, help="seed frames per task (default: 8)")
+    b.add_argument("--stride", type=int, help="frames between seed points (default: 40)")
+    b.add_argument("--samples-per-task", type=int, help="samples per task (default: 1)")
+    b.add_argument("--seed", type=int, help="base sampling seed (default: 0)")
+    b.add_argument("--out", required=True, help="manifest to write (.parquet)")
+    b.set_defaults(func=cmd_manifest_build)
+
+    c = mv.add_parser("curate", help="select corner cases by instruction and tags; expand counterfactuals")
+    c.add_argument("manifest", help="input manifest (.parquet or .jsonl)")
+    c.add_argument("--out", required=True, help="manifest to write (.parquet)")
+    c.add_argument("--category", dest="categories", nargs="+", help="turn, follow, notice, other")
+    c.add_argument("--instruction-id", dest="instruction_ids", type=int, nargs="+")
+    c.add_argument("--text", help="regular expression matched against the instruction text")
+    c.add_argument("--weather", dest="weathers", nargs="+")
+    for tag in ("misleading", "night", "pedestrians", "red-light", "junction"):
+        c.add_argument(f"--{tag}", dest=tag.replace("-", "_"), action=argparse.BooleanOptionalAction,
+                       help=f"keep only tasks with (or, --no-{tag}, without) this tag")
+    c.add_argument("--counterfactual", action="store_true",
+                   help="add every feasible alternative (left / straight / right / stop) at junctions")
+    c.add_argument("--with-misleading", action="store_true", help="also add infeasible turns, flagged misleading")
+    c.add_argument("--cap-per-category", type=int, help="keep at most N tasks per category")
+    c.add_argument("--sample", type=int, help="keep N tasks at random")
+    c.add_argument("--seed", type=int, help="seed of the random choices (default: 0)")
+    c.set_defaults(func=cmd_manifest_curate)
+
+    st = mv.add_parser("stats", help="count tasks per category, horizon, weather and tag")
+    st.add_argument("manifest", help="manifest (.parquet or .jsonl)")
+    st.set_defaults(func=cmd_manifest_stats)
+
+    job = verbs.add_parser("job", help="job specs: validate, JSON Schema")
+    jv = job.add_subparsers(dest="job_verb", metavar="VERB", required=True)
+    v = jv.add_parser("validate", help="check job specs, their manifests and scenes (no model is loaded)")
+    v.add_argument("jobs", nargs="+", metavar="JOB", help="job spec YAML file(s)")
+    v.set_defaults(func=cmd_job_validate)
+    sc = jv.add_parser("schema", help="print the JSON Schema of job specs")
+    sc.set_defaults(func=cmd_job_schema)
     return p
 
 
@@ -152,10 +300,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("lmgd: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # output piped into e.g. `head`
+        sys.stderr.close()
+        return 0
 
 
 def _check_counts(args: argparse.Namespace) -> None:
-    for key in ("frames", "frames_per_drive", "width"):
+    for key in ("frames", "frames_per_drive", "width", "sample", "cap_per_category", "stride", "seed_frames",
+                "samples_per_task", "routes_per_town"):
         value = getattr(args, key, None)
         if value is not None and value < 1:
             raise ConfigError(f"--{key.replace('_', '-')} must be >= 1, got {value}")

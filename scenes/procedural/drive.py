@@ -18,7 +18,7 @@ from scenes.procedural.instructions import active_per_frame, build_timeline, pla
 from scenes.procedural.render import Renderer
 from scenes.procedural.routes import PEDESTRIAN_SIZE, VEHICLE_SIZE
 from scenes.procedural.signals import light_state
-from scenes.procedural.town import BOX, make_town
+from scenes.procedural.town import BOX, make_town, turn_between
 from scenes.procedural.weather import get_weather
 from scenes.procedural.world import simulate
 
@@ -116,6 +116,17 @@ class ProceduralScene:
             objects=self._objects(i), instruction=self._active[i],
             instruction_completed=bool(self._completed[i]), weather=self.spec.weather,
         )
+
+    def junction_ahead(self, i: int, within: float = 40.0) -> list[str] | None:
+        """Feasible maneuvers ('left', 'straight', 'right') at the junction the ego is in or
+        approaching within ``within`` metres at frame ``i``; ``None`` when there is none."""
+        self._check(i)
+        front = self.log.frames[i].ego_s + VEHICLE_SIZE[0] / 2
+        m = self.log.route.next_maneuver(front)
+        if m is None or m.s_stop - front > within or len(self.town.arms(m.node)) < 3:
+            return None
+        turns = {turn_between(m.k_in, k) for k in self.town.arms(m.node) if (k - m.k_in) % 4 != 2}
+        return [t for t in TURNS if t in turns]
 
     def _check(self, i: int) -> None:
         if not 0 <= i < len(self):
