@@ -12,7 +12,9 @@ import pytest
 from pipeline.cli import build_parser, main
 from scenes.lmdrive import open_root
 
-VERBS = [[], ["demo"], ["scenes"], ["scenes", "render"], ["scenes", "sheet"]]
+VERBS = [[], ["demo"], ["scenes"], ["scenes", "render"], ["scenes", "sheet"], ["manifest"],
+         ["manifest", "build"], ["manifest", "curate"], ["manifest", "stats"], ["job"], ["job", "validate"],
+         ["job", "schema"]]
 
 
 @pytest.mark.parametrize("verb", VERBS, ids=lambda v: " ".join(v) or "lmgd")
@@ -26,7 +28,7 @@ def test_help_on_every_verb(verb, capsys):
 def test_every_verb_has_help_text():
     parser = build_parser()
     sub = next(a for a in parser._actions if a.dest == "verb")
-    assert set(sub.choices) == {"demo", "scenes"}
+    assert {"demo", "scenes", "manifest", "job"} <= set(sub.choices)
     assert all(a.help for a in sub._choices_actions)
 
 
