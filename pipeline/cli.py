@@ -172,6 +172,26 @@ def cmd_job_schema(args: argparse.Namespace) -> int:
     return 0
 
 
+# ----------------------------------------------------------------------------- generation
+def cmd_generate(args: argparse.Namespace) -> int:
+    from pipeline.driver import run_job
+    from schemas.job import load_job
+
+    job = load_job(args.job)
+    s = run_job(job, executor=args.executor, ray_address=args.ray_address, overwrite=args.overwrite)
+    print(f"{job.name}: {s.ran} unit(s) generated, {s.skipped} already done, {s.samples} samples, "
+          f"{s.frames} frames in {s.seconds:.1f} s ({s.frames_per_s:.1f} frames/s) -> {s.output}")
+    return 0
+
+
+def cmd_inspect(args: argparse.Namespace) -> int:
+    from pipeline.inspect_output import report
+    from pipeline.storage import open_storage
+
+    print(report(open_storage(args.output, args.endpoint_url, args.region)))
+    return 0
+
+
 # ----------------------------------------------------------------------------- demo
 def cmd_demo(args: argparse.Namespace) -> int:
     from scenes.procedural.drive import DriveSpec, ProceduralScene
@@ -275,6 +295,24 @@ def build_parser() -> argparse.ArgumentParser:
     st = mv.add_parser("stats", help="count tasks per category, horizon, weather and tag")
     st.add_argument("manifest", help="manifest (.parquet or .jsonl)")
     st.set_defaults(func=cmd_manifest_stats)
+
+    g = verbs.add_parser("generate", help="run a job: generate samples into WebDataset shards",
+                         description="Generate every work unit of JOB not yet done (reruns resume).")
+    g.add_argument("job", help="job spec YAML")
+    g.add_argument("--executor", choices=("ray", "local"), default="ray",
+                   help="ray: GPU-pinned Ray actors (default); local: in this process")
+    g.add_argument("--ray-address", default="local",
+                   help="'local' starts a one-node cluster, 'auto' joins a running one, or an address")
+    mode = g.add_mutually_exclusive_group()
+    mode.add_argument("--resume", action="store_true", help="skip units already done (the default)")
+    mode.add_argument("--overwrite", action="store_true", help="delete the output and start clean")
+    g.set_defaults(func=cmd_generate)
+
+    ins = verbs.add_parser("inspect", help="count an output's samples and verify its shards")
+    ins.add_argument("output", help="output directory or s3://bucket/prefix")
+    ins.add_argument("--endpoint-url", help="S3-compatible endpoint (else AWS_ENDPOINT_URL)")
+    ins.add_argument("--region", help="S3 region")
+    ins.set_defaults(func=cmd_inspect)
 
     job = verbs.add_parser("job", help="job specs: validate, JSON Schema")
     jv = job.add_subparsers(dest="job_verb", metavar="VERB", required=True)

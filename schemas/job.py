@@ -139,6 +139,11 @@ class EncodingSpec(Strict):
     crf: int = Field(default=18, ge=0, le=51, description="H.264 constant rate factor (mp4)")
 
 
+class StorageSpec(Strict):
+    endpoint_url: str | None = Field(default=None, description="S3-compatible endpoint (else AWS_ENDPOINT_URL)")
+    region: str | None = Field(default=None, description="S3 region (else the AWS config)")
+
+
 class QASpec(Strict):
     enabled: bool = True
     metrics: list[Literal["fid", "fvd", "fd_drive", "instruction_adherence"]] = Field(
@@ -155,6 +160,7 @@ class JobSpec(Strict):
     model: str = Field(description="checkpoint directory, or a preset: tiny, demo, paper")
     manifest: ManifestSpec
     output: str = Field(description="local directory or s3://bucket/prefix")
+    storage: StorageSpec = StorageSpec()
     horizons: list[int] = Field(min_length=1, description="future frames, multiples of 8")
     sampler: SamplerSpec = SamplerSpec()
     resources: ResourceSpec = ResourceSpec()
@@ -192,7 +198,7 @@ class JobSpec(Strict):
 def _vocabulary() -> list[str]:
     names: set[str] = set()
     for model in (JobSpec, ManifestSpec, ProceduralRecipe, LMDriveRecipe, CurateSpec, SamplerSpec,
-                  ResourceSpec, ShardingSpec, EncodingSpec, QASpec):
+                  ResourceSpec, ShardingSpec, EncodingSpec, QASpec, StorageSpec):
         names.update(model.model_fields)
     return sorted(names)
 

@@ -65,9 +65,7 @@ SAMPLE = TableSchema("sample", 1, (
     Column("sampler", pa.string(), "sampler settings as JSON"),
     Column("seed", pa.int64(), "sampling seed", min=0),
     Column("code_version", pa.string(), "lmgendrive version (and git commit when known)"),
-    Column("generate_s", pa.float32(), "seconds spent generating", min=0.0),
-    Column("encode_s", pa.float32(), "seconds spent encoding", min=0.0),
-))
+))  # timings vary between runs, so they live in the completion markers, not in the shards
 
 INDEX = TableSchema("index", 1, (
     _version(1),
@@ -84,6 +82,7 @@ INDEX = TableSchema("index", 1, (
     Column("start_frame", pa.int32(), "first future frame", min=1),
     Column("weather", pa.string(), "weather of the scene"),
     Column("seed", pa.int64(), "sampling seed", min=0),
+    Column("content_sha256", pa.string(), "sha256 over the sample's members", pattern=r"[0-9a-f]{64}"),
 ), metadata={"unique": "key"})
 
 QA = TableSchema("qa", 1, (

@@ -3,8 +3,14 @@
 from __future__ import annotations
 
 import pytest
+import torch
 
-from scenes.procedural.drive import DriveSpec, ProceduralScene
+# One intra-op thread for the whole session, set before any torch work: CPU kernels give slightly
+# different bits under different thread counts (and remember the first count they ran with), and
+# the pipeline tests compare shards byte for byte. It also keeps timings steady on a shared machine.
+torch.set_num_threads(1)
+
+from scenes.procedural.drive import DriveSpec, ProceduralScene  # noqa: E402
 
 
 @pytest.fixture(scope="session")

@@ -56,7 +56,7 @@ def test_duplicate_keys_are_reported():
     row = {"schema_version": 1, "key": "t0123456789ab-s0", "shard": "shards/unit-000001.tar",
            "task_id": "t0123456789ab", "sample_index": 0, "horizon": 8, "category": "turn", "instruction": "x",
            "misleading": False, "counterfactual": False, "scene": "s", "start_frame": 8, "weather": "rain",
-           "seed": 1}
+           "seed": 1, "content_sha256": "0" * 64}
     found = problems(pa.Table.from_pylist([row, dict(row)]), INDEX)
     assert found == ["row 1, column 'key': value 't0123456789ab-s0' duplicates row 0"]
 

@@ -1,0 +1,99 @@
+"""The LLM "brain" (paper section 3.3): Llama over instruction, visual history, action and queries.
+
+Input sequence, per sample::
+
+    [instruction tokens (padded)] [history: T frames x Q visual tokens] [current action]
+    [N action queries] [W world queries]
+
+The LLM is causal, so the action queries see everything before them and the world queries also
+see the action queries; planning without generation drops the world queries and gets exactly the
+same action outputs. The action head is one two-layer MLP applied to each action-query output:
+``(x, y, completion logit)``; query ``i`` gives waypoint ``i`` and the completion logit is the mean
+over queries.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from transformers import LlamaConfig, LlamaModel
+
+from lmgendrive.config import LLMConfig
+
+ACTION_SCALE = 0.1  # speed (m/s) and waypoints (m) are scaled by this before the action embedding
+
+
+def llama_config(config: LLMConfig) -> LlamaConfig:
+    return LlamaConfig(
+        vocab_size=config.vocab_size,
+        hidden_size=config.hidden,
+        intermediate_size=config.intermediate,
+        num_hidden_layers=config.layers,
+        num_attention_heads=config.heads,
+        num_key_value_heads=config.kv_heads,
+        max_position_embeddings=config.max_positions,
+        rms_norm_eps=config.rms_norm_eps,
+        tie_word_embeddings=False,
+    )
+
+
+@dataclass
+class LLMOutput:
+    """waypoints (B, N, 2) ego frame; completion_logit (B,); world (B, W, hidden) or None when planning."""
+
+    waypoints: torch.Tensor
+    completion_logit: torch.Tensor
+    world: torch.Tensor | None
+
+
+class PlannerLLM(nn.Module):
+    """Llama with learnable action / world queries, action embedding and action head."""
+
+    def __init__(self, config: LLMConfig, num_waypoints: int, backbone: LlamaModel | None = None):
+        super().__init__()
+        self.config = config
+        self.model = backbone if backbone is not None else LlamaModel(llama_config(config))
+        h = config.hidden
+        self.action_embed = nn.Sequential(nn.Linear(1 + 2 * num_waypoints, h), nn.GELU(), nn.Linear(h, h))
+        self.action_queries = nn.Parameter(torch.randn(config.num_action_queries, h) * 0.02)
+        self.world_queries = nn.Parameter(torch.randn(config.num_world_queries, h) * 0.02)
+        self.action_head = nn.Sequential(nn.Linear(h, h), nn.GELU(), nn.Linear(h, 3))
+
+    def embed_instructions(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.model.get_input_embeddings()(ids)
+
+    def forward(
+        self,
+        instruction_embeds: torch.Tensor,
+        instruction_mask: torch.Tensor,
+        history: torch.Tensor,
+        speed: torch.Tensor,
+        prev_waypoints: torch.Tensor,
+        with_world: bool = True,
+    ) -> LLMOutput:
+        """``instruction_embeds`` (B, L, h), ``instruction_mask`` (B, L) bool, ``history`` (B, T, Q, h)
+        (only the last ``history_frames`` are used), ``speed`` (B,), ``prev_waypoints`` (B, N, 2)."""
+        b = history.shape[0]
+        dtype = self.action_queries.dtype
+        history = history[:, -self.config.history_frames:].flatten(1, 2).to(dtype)
+        action_in = torch.cat([speed[:, None], prev_waypoints.flatten(1)], dim=1).to(dtype) * ACTION_SCALE
+        parts = [instruction_embeds.to(dtype), history, self.action_embed(action_in)[:, None],
+                 self.action_queries.expand(b, -1, -1)]
+        if with_world:
+            parts.append(self.world_queries.expand(b, -1, -1))
+        embeds = torch.cat(parts, dim=1)
+        mask = torch.ones(embeds.shape[:2], dtype=torch.long, device=embeds.device)
+        mask[:, : instruction_mask.shape[1]] = instruction_mask.long()
+        positions = (mask.cumsum(1) - 1).clamp_min(0)
+        hidden = self.model(inputs_embeds=embeds, attention_mask=mask, position_ids=positions,
+                            use_cache=False).last_hidden_state
+        n, w = self.config.num_action_queries, self.config.num_world_queries
+        start = embeds.shape[1] - n - (w if with_world else 0)
+        out = self.action_head(hidden[:, start:start + n])
+        return LLMOutput(
+            waypoints=out[..., :2].float(),
+            completion_logit=out[..., 2].float().mean(dim=1),
+            world=hidden[:, -w:] if with_world else None,
+        )

@@ -1,0 +1,249 @@
+"""Vision encoder (paper section 3.2) with its stage-1 perception heads, losses and BEV targets.
+
+Per view, a torchvision ResNet trunk and a 1x1 convolution give image tokens; view and 2D position
+embeddings are added and a transformer encoder fuses all views. A transformer decoder whose
+queries are the sinusoidal encodings of the BEV cell centres (no LiDAR), plus learnable waypoint
+queries and one traffic-light query, produces the visual tokens handed to the Q-Former.
+
+BEV grid: ``bev_size`` x ``bev_size`` cells over ``bev_range = (x_min, x_max, y_min, y_max)`` in the
+ego frame (x forward, y left, metres). Row 0 is the farthest forward, column 0 the farthest left
+(a top-down image with the ego heading up).
+
+Traffic light: four classes, :data:`LIGHT_CLASSES` = none / red / yellow / green (the state of the
+light that affects the ego; LMDrive's 2-way "red or not" loses the yellow phase the procedural
+world has).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Collection
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+import torchvision
+from torch import nn
+
+from lmgendrive.config import BACKBONES, VisionConfig
+
+LIGHT_CLASSES = ("none", "red", "yellow", "green")
+DET_CHANNELS = ("prob", "dx", "dy", "ori_x", "ori_y", "box_x", "box_y", "speed")
+OBJECT_COLUMNS = ("class", "x", "y", "yaw", "length", "width", "speed")
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def sincos_2d(y: torch.Tensor, x: torch.Tensor, dim: int, scale: float = 1.0) -> torch.Tensor:
+    """Sinusoidal embedding (N, dim) of 2D coordinates ``(y, x)`` (each (N,)), dim divisible by 4."""
+    quarter = dim // 4
+    freq = torch.exp(-math.log(10000.0) * torch.arange(quarter, device=x.device, dtype=torch.float32) / quarter)
+    ay = (y.float()[:, None] * scale) * freq
+    ax = (x.float()[:, None] * scale) * freq
+    emb = torch.cat([ay.sin(), ay.cos(), ax.sin(), ax.cos()], dim=1)
+    return F.pad(emb, (0, dim - emb.shape[1]))
+
+
+def bev_cell_centres(config: VisionConfig) -> tuple[np.ndarray, np.ndarray]:
+    """Ego-frame (x, y) of every BEV cell centre, each (bev_size, bev_size), row-major."""
+    x_min, x_max, y_min, y_max = config.bev_range
+    n = config.bev_size
+    cx, cy = (x_max - x_min) / n, (y_max - y_min) / n
+    xs = x_max - (np.arange(n) + 0.5) * cx
+    ys = y_max - (np.arange(n) + 0.5) * cy
+    gx, gy = np.meshgrid(xs, ys, indexing="ij")
+    return gx, gy
+
+
+def build_bev_targets(
+    objects: np.ndarray, config: VisionConfig, classes: Collection[int] | None = None
+) -> np.ndarray:
+    """LAV/LMDrive-style detection target (bev_size, bev_size, 8) from ego-frame objects.
+
+    ``objects`` is (M, 7) with columns :data:`OBJECT_COLUMNS` (class id, x, y, yaw in radians
+    relative to the ego heading, length, width, speed in m/s). The cell holding an object's centre
+    gets ``[1, dx, dy, cos yaw, sin yaw, length / 2, width / 2, speed]`` (:data:`DET_CHANNELS`),
+    ``dx, dy`` the centre's offset from the cell centre in cell units (x forward, y left). When
+    several objects share a cell the one nearest the cell centre wins. ``classes`` keeps only those
+    class ids (all by default); objects outside the grid are ignored.
+    """
+    objs = np.asarray(objects, dtype=np.float64).reshape(-1, len(OBJECT_COLUMNS))
+    if classes is not None:
+        objs = objs[np.isin(objs[:, 0].astype(np.int64), list(classes))]
+    n = config.bev_size
+    x_min, x_max, y_min, y_max = config.bev_range
+    cx, cy = (x_max - x_min) / n, (y_max - y_min) / n
+    target = np.zeros((n, n, len(DET_CHANNELS)), dtype=np.float32)
+    best = np.full((n, n), np.inf)
+    for _, x, y, yaw, length, width, speed in objs:
+        fr, fc = (x_max - x) / cx, (y_max - y) / cy
+        r, c = math.floor(fr), math.floor(fc)
+        if not (0 <= r < n and 0 <= c < n):
+            continue
+        dx, dy = -(fr - r - 0.5), -(fc - c - 0.5)
+        dist = dx * dx + dy * dy
+        if dist >= best[r, c]:
+            continue
+        best[r, c] = dist
+        target[r, c] = (1.0, dx, dy, math.cos(yaw), math.sin(yaw), length / 2, width / 2, speed)
+    return target
+
+
+@dataclass
+class VisualTokens:
+    """Decoder outputs for N frames: BEV (N, S*S, d), waypoint (N, K, d) and light (N, 1, d) tokens."""
+
+    bev: torch.Tensor
+    waypoints: torch.Tensor
+    light: torch.Tensor
+
+    def for_qformer(self, pool: int) -> torch.Tensor:
+        """LMDrive's Q-Former input: BEV pooled to pool x pool, then waypoint and light tokens."""
+        n, cells, d = self.bev.shape
+        side = math.isqrt(cells)
+        grid = self.bev.transpose(1, 2).reshape(n, d, side, side)
+        pooled = F.adaptive_avg_pool2d(grid, pool).flatten(2).transpose(1, 2)
+        return torch.cat([pooled, self.waypoints, self.light], dim=1)
+
+
+@dataclass
+class PerceptionOutput:
+    """Stage-1 head outputs: detection (N, S, S, 8) with a logit in channel 0, waypoints (N, K, 2), light logits (N, 4)."""
+
+    detection: torch.Tensor
+    waypoints: torch.Tensor
+    light_logits: torch.Tensor
+
+
+@dataclass
+class PerceptionBatch:
+    """A stage-1 batch.
+
+    frames: uint8 (B, V, H, W, 3), views in ``config.views`` order.
+    detection: float (B, S, S, 8) from :func:`build_bev_targets`.
+    waypoints: float (B, K, 2), ego frame, at t + 0.2 .. 0.8 s.
+    light: int64 (B,) indices into :data:`LIGHT_CLASSES`.
+    """
+
+    frames: torch.Tensor
+    detection: torch.Tensor
+    waypoints: torch.Tensor
+    light: torch.Tensor
+
+    def to(self, device: torch.device) -> PerceptionBatch:
+        return PerceptionBatch(*(t.to(device) for t in (self.frames, self.detection, self.waypoints, self.light)))
+
+
+def _resnet_trunk(name: str, stages: int) -> tuple[nn.Sequential, int]:
+    net = getattr(torchvision.models, name)(weights=None)
+    layers = [net.conv1, net.bn1, net.relu, net.maxpool, net.layer1, net.layer2, net.layer3, net.layer4]
+    return nn.Sequential(*layers[: 4 + stages]), BACKBONES[name] // 2 ** (4 - stages)
+
+
+class VisionEncoder(nn.Module):
+    """Multi-view frames -> :class:`VisualTokens`; stage-1 heads in :meth:`perceive`."""
+
+    def __init__(self, config: VisionConfig, num_views: int):
+        super().__init__()
+        self.config = config
+        d = config.dim
+        self.trunk, width = _resnet_trunk(config.backbone, config.backbone_stages)
+        self.proj = nn.Conv2d(width, d, kernel_size=1)
+        self.view_embed = nn.Parameter(torch.randn(num_views, d) * 0.02)
+        layer = dict(d_model=d, nhead=config.heads, dim_feedforward=config.ffn_dim, dropout=config.dropout,
+                     batch_first=True, norm_first=True)
+        self.encoder = nn.TransformerEncoder(nn.TransformerEncoderLayer(**layer), config.encoder_layers,
+                                             enable_nested_tensor=False)
+        self.decoder = nn.TransformerDecoder(nn.TransformerDecoderLayer(**layer), config.decoder_layers)
+        self.bev_query_proj = nn.Linear(d, d)
+        self.waypoint_queries = nn.Parameter(torch.randn(config.num_waypoints, d) * 0.02)
+        self.light_query = nn.Parameter(torch.randn(1, d) * 0.02)
+        gx, gy = bev_cell_centres(config)
+        span = max(config.bev_range[1] - config.bev_range[0], config.bev_range[3] - config.bev_range[2])
+        bev_pos = sincos_2d(torch.from_numpy(gx).flatten(), torch.from_numpy(gy).flatten(), d, 100.0 / span)
+        self.register_buffer("bev_pos", bev_pos, persistent=False)
+        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
+        self.detection_head = nn.Sequential(nn.Linear(d, d), nn.GELU(), nn.Linear(d, len(DET_CHANNELS)))
+        self.waypoint_head = nn.Sequential(nn.Linear(d, d), nn.GELU(), nn.Linear(d, 2))
+        self.light_head = nn.Linear(d, len(LIGHT_CLASSES))
+        self.frozen = False
+
+    @property
+    def tokens_per_frame(self) -> int:
+        return self.config.bev_pool**2 + self.config.num_waypoints + 1
+
+    def freeze(self) -> None:
+        """Freeze after stage 1: no gradients to the weights, BatchNorm/dropout in eval mode for good."""
+        self.frozen = True
+        self.requires_grad_(False)
+        self.eval()
+
+    def train(self, mode: bool = True) -> VisionEncoder:
+        return super().train(mode and not self.frozen)
+
+    def forward(self, pixels: torch.Tensor) -> VisualTokens:
+        """``pixels`` float (N, V, 3, H, W) in [-1, 1] -> visual tokens of the N frames."""
+        n, v = pixels.shape[:2]
+        x = ((pixels.flatten(0, 1) + 1.0) / 2.0 - self.mean) / self.std
+        feat = self.proj(self.trunk(x))  # (N*V, d, h, w)
+        d, h, w = feat.shape[1:]
+        ys, xs = torch.meshgrid(torch.arange(h, device=feat.device), torch.arange(w, device=feat.device),
+                                indexing="ij")
+        pos = sincos_2d(ys.flatten(), xs.flatten(), d).to(feat.dtype)
+        tokens = feat.flatten(2).transpose(1, 2) + pos  # (N*V, h*w, d)
+        tokens = tokens.view(n, v, h * w, d) + self.view_embed[None, :v, None, :]
+        memory = self.encoder(tokens.reshape(n, v * h * w, d))
+        queries = torch.cat([self.bev_query_proj(self.bev_pos.to(memory.dtype)), self.waypoint_queries,
+                             self.light_query])
+        out = self.decoder(queries.expand(n, -1, -1), memory)
+        cells, k = self.bev_pos.shape[0], self.config.num_waypoints
+        return VisualTokens(bev=out[:, :cells], waypoints=out[:, cells:cells + k], light=out[:, cells + k:])
+
+    def perceive(self, tokens: VisualTokens) -> PerceptionOutput:
+        """Stage-1 heads on the visual tokens."""
+        s = self.config.bev_size
+        det = self.detection_head(tokens.bev).view(-1, s, s, len(DET_CHANNELS))
+        return PerceptionOutput(detection=det, waypoints=self.waypoint_head(tokens.waypoints),
+                                light_logits=self.light_head(tokens.light[:, 0]))
+
+
+def detection_loss(pred: torch.Tensor, target: torch.Tensor) -> dict[str, torch.Tensor]:
+    """LAV/LMDrive detection terms on (N, S, S, 8) tensors.
+
+    ``det``: binary cross-entropy on the cell probability, each cell weighted by how wrong it is
+    (``sigmoid(±logit)``, normalised), ``loc`` / ``ori`` / ``box`` / ``speed``: L1 on occupied cells,
+    normalised by the mean occupancy.
+    """
+    pred, target = pred.flatten(1, 2).float(), target.flatten(1, 2).float()
+    prob = target[..., 0]
+    weight = torch.sigmoid(pred[..., 0] * (1 - 2 * prob)).detach()
+    bce = F.binary_cross_entropy_with_logits(pred[..., 0], prob, reduction="none")
+    occupancy = prob.mean().clamp_min(1e-7)
+
+    def l1(sl: slice) -> torch.Tensor:
+        return (prob[..., None] * (pred[..., sl] - target[..., sl]).abs()).mean() / occupancy
+
+    return {
+        "det": (weight * bce).mean() / weight.mean().clamp_min(1e-7),
+        "loc": l1(slice(1, 3)),
+        "ori": l1(slice(3, 5)),
+        "box": l1(slice(5, 7)),
+        "speed": l1(slice(7, 8)),
+    }
+
+
+def perception_loss(out: PerceptionOutput, batch: PerceptionBatch) -> tuple[torch.Tensor, dict[str, float]]:
+    """Stage-1 loss: 0.5 det + 0.5 waypoint L1 + 0.05 object speed + 0.1 light CE (LMDrive weights).
+
+    ``det`` itself is 0.4 det + 0.2 loc + 0.2 box + 0.2 ori.
+    """
+    terms = detection_loss(out.detection, batch.detection)
+    det = 0.4 * terms["det"] + 0.2 * terms["loc"] + 0.2 * terms["box"] + 0.2 * terms["ori"]
+    wp = F.l1_loss(out.waypoints.float(), batch.waypoints.float())
+    light = F.cross_entropy(out.light_logits.float(), batch.light)
+    total = 0.5 * det + 0.5 * wp + 0.05 * terms["speed"] + 0.1 * light
+    logs = {f"det_{k}": v.item() for k, v in terms.items()}
+    logs.update(detection=det.item(), waypoints=wp.item(), light=light.item(), total=total.item())
+    return total, logs

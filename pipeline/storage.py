@@ -1,0 +1,229 @@
+"""Where a job's output lives: a local directory or an S3 prefix, behind one small interface.
+
+Objects appear whole or not at all: locally through ``.partial`` + rename, on S3 because a PUT
+(or a multipart upload) only becomes visible when complete. Credentials are never logged: errors
+name the bucket and the AWS error code, never keys.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+from abc import ABC, abstractmethod
+from pathlib import Path
+from typing import BinaryIO
+from urllib.parse import urlparse
+
+from lmgendrive.errors import BadInputError, RunFailure
+
+log = logging.getLogger(__name__)
+
+
+class Storage(ABC):
+    """Objects addressed by ``/``-separated keys relative to the output root."""
+
+    uri: str
+
+    @abstractmethod
+    def put_bytes(self, key: str, data: bytes) -> None: ...
+
+    @abstractmethod
+    def put_file(self, key: str, path: Path) -> None: ...
+
+    @abstractmethod
+    def get_bytes(self, key: str) -> bytes: ...
+
+    @abstractmethod
+    def open_stream(self, key: str) -> BinaryIO:
+        """A readable stream of an object (for streaming tar reads)."""
+
+    @abstractmethod
+    def exists(self, key: str) -> bool: ...
+
+    @abstractmethod
+    def list(self, prefix: str) -> list[str]:
+        """Keys under ``prefix`` (sorted)."""
+
+    @abstractmethod
+    def delete_all(self) -> None:
+        """Remove everything under the root (``--overwrite``)."""
+
+    @abstractmethod
+    def check(self) -> None:
+        """Fail early with a clear error if the root cannot be written."""
+
+    def url(self, key: str) -> str:
+        return f"{self.uri}/{key}"
+
+
+class LocalStorage(Storage):
+    def __init__(self, root: str | Path):
+        self.root = Path(root)
+        self.uri = str(self.root)
+
+    def _path(self, key: str) -> Path:
+        return self.root / key
+
+    def put_bytes(self, key: str, data: bytes) -> None:
+        path = self._path(key)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".partial")
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+
+    def put_file(self, key: str, path: Path) -> None:
+        dest = self._path(key)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        tmp = dest.with_name(dest.name + ".partial")
+        shutil.copyfile(path, tmp)
+        os.replace(tmp, dest)
+
+    def get_bytes(self, key: str) -> bytes:
+        try:
+            return self._path(key).read_bytes()
+        except FileNotFoundError:
+            raise BadInputError(f"{self._path(key)}: not found") from None
+
+    def open_stream(self, key: str) -> BinaryIO:
+        try:
+            return open(self._path(key), "rb")
+        except FileNotFoundError:
+            raise BadInputError(f"{self._path(key)}: not found") from None
+
+    def exists(self, key: str) -> bool:
+        return self._path(key).is_file()
+
+    def list(self, prefix: str) -> list[str]:
+        base = self._path(prefix)
+        if not base.is_dir():
+            return []
+        return sorted(str(p.relative_to(self.root)) for p in base.rglob("*")
+                      if p.is_file() and not p.name.endswith(".partial"))
+
+    def delete_all(self) -> None:
+        if self.root.exists():
+            shutil.rmtree(self.root)
+
+    def check(self) -> None:
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise BadInputError(f"{self.root}: cannot create the output directory: {e.strerror}") from None
+        if not os.access(self.root, os.W_OK):
+            raise BadInputError(f"{self.root}: output directory is not writable")
+
+
+class S3Storage(Storage):
+    """An ``s3://bucket/prefix`` through boto3 (credentials, region and endpoint from the usual
+    AWS environment and config files; ``endpoint_url`` for S3-compatible stores)."""
+
+    def __init__(self, uri: str, endpoint_url: str | None = None, region: str | None = None):
+        import boto3
+        from botocore.config import Config
+
+        parsed = urlparse(uri)
+        self.bucket, self.prefix = parsed.netloc, parsed.path.strip("/")
+        self.uri = uri.rstrip("/")
+        endpoint = endpoint_url or os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+        config = Config(s3={"addressing_style": "path"} if endpoint else {},
+                        retries={"max_attempts": 5, "mode": "standard"})
+        self.endpoint = endpoint
+        session = boto3.session.Session()  # fresh: the default session caches credentials process-wide
+        self.client = session.client("s3", endpoint_url=endpoint, region_name=region, config=config)
+
+    def _key(self, key: str) -> str:
+        return f"{self.prefix}/{key}" if self.prefix else key
+
+    def _fail(self, e: Exception, what: str) -> Exception:
+        from botocore.exceptions import ClientError, EndpointConnectionError, NoCredentialsError
+
+        where = f"s3://{self.bucket}" + (f" at {self.endpoint}" if self.endpoint else "")
+        if isinstance(e, NoCredentialsError):
+            return BadInputError(f"{where}: no AWS credentials found (set AWS_ACCESS_KEY_ID and "
+                                 f"AWS_SECRET_ACCESS_KEY, or an AWS profile)")
+        if isinstance(e, EndpointConnectionError):
+            return BadInputError(f"{where}: cannot reach the S3 endpoint")
+        if isinstance(e, ClientError):
+            code = e.response.get("Error", {}).get("Code", "")
+            if code in ("NoSuchBucket", "404") and what == "check":
+                return BadInputError(f"{where}: bucket {self.bucket!r} does not exist")
+            if code in ("InvalidAccessKeyId", "SignatureDoesNotMatch", "AccessDenied", "403", "InvalidToken"):
+                return BadInputError(f"{where}: S3 rejected the credentials ({code}); check AWS_ACCESS_KEY_ID / "
+                                     f"AWS_SECRET_ACCESS_KEY or your AWS profile")
+            return RunFailure(f"{where}: {what} failed ({code})")
+        return RunFailure(f"{where}: {what} failed: {type(e).__name__}")
+
+    def put_bytes(self, key: str, data: bytes) -> None:
+        try:
+            self.client.put_object(Bucket=self.bucket, Key=self._key(key), Body=data)
+        except Exception as e:
+            raise self._fail(e, f"writing {key}") from None
+
+    def put_file(self, key: str, path: Path) -> None:
+        try:  # upload_file switches to a multipart upload for large files; either is atomic
+            self.client.upload_file(str(path), self.bucket, self._key(key))
+        except Exception as e:
+            raise self._fail(e, f"uploading {key}") from None
+
+    def get_bytes(self, key: str) -> bytes:
+        try:
+            return self.client.get_object(Bucket=self.bucket, Key=self._key(key))["Body"].read()
+        except Exception as e:
+            raise self._fail(e, f"reading {key}") from None
+
+    def open_stream(self, key: str) -> BinaryIO:
+        try:
+            return self.client.get_object(Bucket=self.bucket, Key=self._key(key))["Body"]
+        except Exception as e:
+            raise self._fail(e, f"reading {key}") from None
+
+    def exists(self, key: str) -> bool:
+        from botocore.exceptions import ClientError
+
+        try:
+            self.client.head_object(Bucket=self.bucket, Key=self._key(key))
+            return True
+        except ClientError as e:
+            if e.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
+                return False
+            raise self._fail(e, f"checking {key}") from None
+
+    def list(self, prefix: str) -> list[str]:
+        keys = []
+        strip = len(self.prefix) + 1 if self.prefix else 0
+        try:
+            for page in self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket,
+                                                                               Prefix=self._key(prefix)):
+                keys += [o["Key"][strip:] for o in page.get("Contents", [])]
+        except Exception as e:
+            raise self._fail(e, f"listing {prefix}") from None
+        return sorted(keys)
+
+    def delete_all(self) -> None:
+        keys = self.list("")
+        for i in range(0, len(keys), 1000):
+            batch = [{"Key": self._key(k)} for k in keys[i:i + 1000]]
+            try:
+                self.client.delete_objects(Bucket=self.bucket, Delete={"Objects": batch, "Quiet": True})
+            except Exception as e:
+                raise self._fail(e, "deleting old output") from None
+
+    def check(self) -> None:
+        try:
+            self.client.head_bucket(Bucket=self.bucket)
+            self.client.list_objects_v2(Bucket=self.bucket, Prefix=self._key(""), MaxKeys=1)
+        except Exception as e:
+            raise self._fail(e, "check") from None
+
+
+def open_storage(uri: str, endpoint_url: str | None = None, region: str | None = None) -> Storage:
+    """Local directory or ``s3://bucket/prefix``."""
+    if uri.startswith("s3://"):
+        return S3Storage(uri, endpoint_url, region)
+    if "://" in uri:
+        raise BadInputError(f"output {uri!r}: unsupported scheme; use a local path or s3://bucket/prefix")
+    return LocalStorage(uri)

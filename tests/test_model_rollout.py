@@ -1,0 +1,127 @@
+"""LMGenDrive modes on the tiny preset: plan() without the generator, autoregressive rollout, seeding."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from lmgendrive.checkpoint import build_untrained
+from lmgendrive.config import SamplerConfig
+from lmgendrive.errors import BadInputError, ConfigError
+from lmgendrive.model import LMGenDrive
+
+INSTRUCTIONS = ["After 30 meters, execute a left turn.", "Follow the current route."]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tiny tensors gain nothing from threads, and OpenMP threads stall badly on a shared, busy CPU."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def model(one_thread) -> LMGenDrive:
+    return build_untrained("tiny").eval()
+
+
+def _frames(b: int, t: int, size: tuple[int, int] = (32, 32), seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, (b, 3, t, *size, 3), dtype=np.uint8)
+
+
+def test_plan_never_runs_the_world_generator(model):
+    def forbidden(module, args):
+        raise AssertionError(f"{type(module).__name__} ran during plan()")
+
+    state = model.start(_frames(2, 4), INSTRUCTIONS, speed=[2.0, 6.0])
+    hooks = [m.register_forward_pre_hook(forbidden)
+             for m in (model.conditioner, model.conditioner.clip, model.generator.unet, model.generator.vae)]
+    try:
+        plan = model.plan(state, frames=_frames(2, 1)[:, :, 0], speed=[3.0, 5.0])
+        again = model.plan(state)
+    finally:
+        for h in hooks:
+            h.remove()
+    assert plan.waypoints.shape == (2, 4, 2) and plan.waypoints.dtype == np.float32
+    assert plan.completion.shape == (2,) and ((plan.completion > 0) & (plan.completion < 1)).all()
+    assert plan.controls.shape == (2, 3)
+    assert again.waypoints.shape == (2, 4, 2)
+    assert state.history.shape[1] == 5  # 4 seed frames + 1 observed
+    np.testing.assert_allclose(state.speed.numpy(), [3.0, 5.0])
+
+
+def test_rollout_of_horizon_32(model):
+    seen = []
+    result = model.rollout(_frames(2, 3, size=(48, 40)), INSTRUCTIONS, horizon=32, seeds=[1, 2],
+                           on_step=lambda i, r: seen.append((i, r.frames.shape)))
+    assert result.frames.shape == (2, 3, 32, 32, 32, 3) and result.frames.dtype == np.uint8
+    assert result.waypoints.shape == (2, 4, 4, 2) and result.waypoints.dtype == np.float32
+    assert result.completion.shape == (2, 4) and result.completion.dtype == np.float32
+    assert result.controls.shape == (2, 4, 3) and result.controls.dtype == np.float32
+    assert seen == [(i, (2, 3, 8, 32, 32, 3)) for i in range(4)]
+    assert np.isfinite(result.waypoints).all() and np.isfinite(result.controls).all()
+
+
+def test_every_generated_frame_enters_the_history_and_history_is_capped(model):
+    state = model.start(_frames(1, 2), INSTRUCTIONS[:1], seeds=[0])
+    history = state.history.clone()
+    model.step(state)
+    assert state.history.shape[1] == 2 + 8  # 10 Hz: all eight generated frames, not only the last
+    torch.testing.assert_close(state.history[:, :2], history)
+    model.step(state)
+    assert state.history.shape[1] == model.config.llm.history_frames == 16
+    assert state.steps == 2
+
+
+def test_step_feeds_back_frames_and_action(model):
+    state = model.start(_frames(1, 2), INSTRUCTIONS[:1], seeds=[0], speed=[4.0])
+    result = model.step(state)
+    np.testing.assert_array_equal(state.waypoints.numpy(), result.waypoints)
+    last = ((state.last_pixels + 1) * 127.5).round().clamp(0, 255).to(torch.uint8).permute(0, 1, 3, 4, 2).numpy()
+    np.testing.assert_array_equal(last, result.frames[:, :, -1])
+    gap = np.linalg.norm(result.waypoints[0, -1] - result.waypoints[0, -2]) / 0.2
+    assert float(state.speed[0]) == pytest.approx(gap, rel=1e-5)
+
+
+@pytest.mark.parametrize("sampler", [SamplerConfig("ddim", 3, 1.0), SamplerConfig("dpmsolver++", 3, 2.0)])
+def test_same_seed_same_rollout_different_seed_different_frames(model, sampler):
+    seed = _frames(1, 2)
+    a = model.rollout(seed, INSTRUCTIONS[:1], horizon=16, seeds=[7], sampler=sampler)
+    b = model.rollout(seed, INSTRUCTIONS[:1], horizon=16, seeds=[7], sampler=sampler)
+    c = model.rollout(seed, INSTRUCTIONS[:1], horizon=16, seeds=[8], sampler=sampler)
+    np.testing.assert_array_equal(a.frames, b.frames)
+    np.testing.assert_array_equal(a.waypoints, b.waypoints)
+    assert not np.array_equal(a.frames, c.frames)
+
+
+def test_sample_noise_does_not_depend_on_batch_mates(model):
+    gen = model.generator
+    alone = gen.initial_noise([torch.Generator().manual_seed(5)], views=3)
+    paired = gen.initial_noise([torch.Generator().manual_seed(9), torch.Generator().manual_seed(5)], views=3)
+    torch.testing.assert_close(alone, paired[3:], rtol=0, atol=0)
+    seed = _frames(2, 2)
+    solo = model.rollout(seed[1:], INSTRUCTIONS[1:], horizon=8, seeds=[5])
+    batch = model.rollout(seed, INSTRUCTIONS, horizon=8, seeds=[9, 5])
+    diff = np.abs(solo.frames[0].astype(int) - batch.frames[1].astype(int))
+    assert diff.max() <= 2  # identical up to batched-kernel rounding
+
+
+def test_rollout_rejects_bad_input(model):
+    seed = _frames(1, 2)
+    with pytest.raises(BadInputError, match="multiple of 8"):
+        model.rollout(seed, INSTRUCTIONS[:1], horizon=12, seeds=[0])
+    with pytest.raises(BadInputError, match="2 seeds for 1 samples"):
+        model.rollout(seed, INSTRUCTIONS[:1], horizon=8, seeds=[0, 1])
+    with pytest.raises(BadInputError, match="2 instructions"):
+        model.rollout(seed, INSTRUCTIONS, horizon=8, seeds=[0])
+    with pytest.raises(BadInputError, match="views"):
+        model.rollout(seed[:, :2], INSTRUCTIONS[:1], horizon=8, seeds=[0])
+    with pytest.raises(BadInputError, match="uint8"):
+        model.rollout(seed.astype(np.float32), INSTRUCTIONS[:1], horizon=8, seeds=[0])
+    with pytest.raises(BadInputError, match="speed"):
+        model.rollout(seed, INSTRUCTIONS[:1], horizon=8, seeds=[0], speed=[1.0, 2.0])
+    with pytest.raises(ConfigError, match="sampler.name"):
+        model.rollout(seed, INSTRUCTIONS[:1], horizon=8, seeds=[0], sampler=SamplerConfig("euler", 3))

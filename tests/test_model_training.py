@@ -1,0 +1,150 @@
+"""LMGenDrive training losses on the tiny preset: stage gradients and loss decrease on a fixed batch."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+import pytest
+import torch
+
+from lmgendrive.checkpoint import build_untrained
+from lmgendrive.errors import BadInputError, ConfigError
+from lmgendrive.model import DriveBatch, LMGenDrive, LossOutput
+from lmgendrive.vision import PerceptionBatch, build_bev_targets
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tiny tensors gain nothing from threads, and OpenMP threads stall badly on a shared, busy CPU."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def _uint8(shape: tuple[int, ...], seed: int) -> torch.Tensor:
+    return torch.from_numpy(np.random.default_rng(seed).integers(0, 256, shape, dtype=np.uint8))
+
+
+def _drive_batch(steps: int, b: int = 2) -> DriveBatch:
+    wp = torch.tensor([[2.0 * (i + 1), 0.1 * i] for i in range(4)])
+    return DriveBatch(
+        frames=_uint8((b, 3, 3, 32, 32, 3), 1),
+        instructions=["Turn left at the next intersection.", "Stop the car and wait."][:b],
+        speed=torch.tensor([5.0, 0.0])[:b],
+        prev_waypoints=wp.expand(b, 4, 2).clone(),
+        waypoints=wp.expand(b, steps, 4, 2).clone(),
+        completed=torch.tensor([[0.0] * steps, [1.0] * steps])[:b],
+        future_frames=_uint8((b, steps, 3, 8, 32, 32, 3), 2),
+    )
+
+
+def _perception_batch(model: LMGenDrive) -> PerceptionBatch:
+    objects = np.array([[0, 6.0, 1.5, 0.2, 4.5, 2.0, 5.0], [1, 14.0, -6.0, 1.5, 0.8, 0.8, 1.2]])
+    target = torch.from_numpy(build_bev_targets(objects, model.config.vision))
+    return PerceptionBatch(frames=_uint8((2, 3, 32, 32, 3), 3), detection=target.expand(2, -1, -1, -1).clone(),
+                           waypoints=torch.tensor([[[1.0, 0.0], [2.0, 0.0], [3.0, 0.1], [4.0, 0.2]]] * 2),
+                           light=torch.tensor([1, 3]))
+
+
+def test_stage3_two_step_loss_reaches_llm_and_adapters_not_the_generator():
+    torch.manual_seed(0)
+    model = build_untrained("tiny").train()
+    trainable = model.set_stage(3)
+    assert trainable and all(p.requires_grad for p in trainable)
+    out = model.multistep_loss(_drive_batch(steps=2))
+    assert set(out.terms) == {"waypoints", "completion", "diffusion", "total"}
+    out.loss.backward()
+
+    def grad_norm(module: torch.nn.Module) -> float:
+        return sum(float(p.grad.abs().sum()) for p in module.parameters() if p.grad is not None)
+
+    for name, module in [("llm backbone", model.llm.model), ("world queries", model.llm.world_queries),
+                         ("action head", model.llm.action_head), ("q-former", model.compressor.qformer),
+                         ("adapter", model.compressor.adapter)]:
+        module = module if isinstance(module, torch.nn.Module) else torch.nn.ParameterList([module])
+        assert grad_norm(module) > 0, name
+    for frozen in (model.generator.unet, model.generator.vae, model.conditioner, model.vision):
+        assert all(p.grad is None for p in frozen.parameters())
+
+
+def test_stage3_gradient_flows_back_through_the_generated_video(monkeypatch):
+    """The video generated at step 1 (input of step 2 only) receives gradient from step 2's loss."""
+    torch.manual_seed(0)
+    model = build_untrained("tiny").train()
+    model.set_stage(3)
+    videos = []
+    sample = model.generator.sample
+
+    def keep(*args, **kwargs):
+        video = sample(*args, **kwargs)
+        video.retain_grad()
+        videos.append(video)
+        return video
+
+    monkeypatch.setattr(model.generator, "sample", keep)
+    model.multistep_loss(_drive_batch(steps=2)).loss.backward()
+    assert len(videos) == 1 and videos[0].requires_grad
+    assert float(videos[0].grad.abs().sum()) > 0
+
+
+def _trainable(model: LMGenDrive, stage: int) -> set[str]:
+    """Two-level name prefixes of the parameters ``set_stage(stage)`` makes trainable."""
+    params = {id(p) for p in model.set_stage(stage)}
+    return {".".join(n.split(".")[:2]) for n, p in model.named_parameters() if id(p) in params}
+
+
+def test_stages_select_parameters():
+    model = build_untrained("tiny")
+    assert _trainable(model, 0) == {"generator.vae"}
+    assert {n.split(".")[0] for n in _trainable(model, 1)} == {"vision"}
+    stage2 = _trainable(model, 2)
+    assert {"generator.unet", "conditioner.clip", "llm.model", "compressor.qformer"} <= stage2
+    assert "generator.vae" not in stage2 and not any(n.startswith("vision") for n in stage2)
+    model.train()
+    assert model.vision.frozen and not model.vision.training  # BatchNorm statistics stay fixed
+    stage3 = _trainable(model, 3)
+    assert "llm.model" in stage3 and not any(n.startswith(("generator", "conditioner", "vision")) for n in stage3)
+    with pytest.raises(ConfigError):
+        model.set_stage(4)
+
+
+def _decreases(model: LMGenDrive, loss_fn: Callable[[], LossOutput], stage: int, steps: int = 6,
+               lr: float = 2e-3) -> tuple[float, float]:
+    params = model.set_stage(stage)
+    model.train()
+    opt = torch.optim.Adam(params, lr=lr)
+    losses = []
+    for _ in range(steps + 1):
+        torch.manual_seed(0)  # same noise, timesteps and dropout each time: a fixed objective
+        out = loss_fn()
+        losses.append(float(out.loss))
+        opt.zero_grad()
+        out.loss.backward()
+        opt.step()
+    return losses[0], losses[-1]
+
+
+@pytest.mark.parametrize("stage", [0, 1, 2, 3])
+def test_each_loss_decreases_on_a_fixed_batch(stage):
+    torch.manual_seed(0)
+    model = build_untrained("tiny")
+    loss_fn = {
+        0: lambda: model.autoencoder_loss(_uint8((6, 32, 32, 3), 4)),
+        1: lambda: model.perception_loss(_perception_batch(model)),
+        2: lambda: model.single_step_loss(_drive_batch(steps=1)),
+        3: lambda: model.multistep_loss(_drive_batch(steps=2)),
+    }[stage]
+    first, last = _decreases(model, loss_fn, stage)
+    assert last < 0.9 * first, (first, last)
+
+
+def test_losses_reject_malformed_batches():
+    model = build_untrained("tiny")
+    batch = _drive_batch(steps=1)
+    with pytest.raises(BadInputError, match="S>=2"):
+        model.multistep_loss(batch)
+    batch.future_frames = batch.future_frames[:, :, :, :4]
+    with pytest.raises(BadInputError, match="future_frames"):
+        model.single_step_loss(batch)

@@ -1,0 +1,159 @@
+"""The generation pipeline in-process: shards, markers, index, resume, faults, reading back."""
+
+import io
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import decord
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+import webdataset as wds
+from pipeline_helpers import tiny_job, write_job
+
+from lmgendrive.errors import BadInputError, CheckpointError
+from pipeline.cli import main
+from pipeline.driver import run_job
+from pipeline.read import iter_samples
+
+
+@pytest.fixture(scope="module")
+def clean_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("clean") / "out"
+    summary = run_job(tiny_job(str(out)), executor="local", progress_bar=False)
+    return out, summary
+
+
+def _index(out: Path) -> list[dict]:
+    return pq.read_table(out / "index.parquet").to_pylist()
+
+
+def test_output_layout_and_index(clean_run):
+    out, summary = clean_run
+    for name in ("job.yaml", "manifest.parquet", "index.parquet", "stats.json"):
+        assert (out / name).is_file()
+    manifest = pq.read_table(out / "manifest.parquet").to_pylist()
+    index = _index(out)
+    assert sorted(r["key"] for r in index) == sorted(f"{t['task_id']}-s0" for t in manifest)
+    shards = sorted(p.name for p in (out / "shards").iterdir())
+    markers = sorted(p.name for p in (out / "_done").iterdir())
+    assert shards == [m.replace(".json", ".tar") for m in markers] == sorted({Path(r["shard"]).name for r in index})
+    assert not list(out.rglob("*.partial"))
+    stats = json.loads((out / "stats.json").read_text())
+    assert stats["samples_in_index"] == len(index) and stats["units_failed"] == {}
+    assert summary.frames == sum(3 * r["horizon"] for r in index)
+
+
+def test_samples_read_back_with_project_reader(clean_run):
+    out, _ = clean_run
+    samples = list(iter_samples(str(out)))
+    assert len(samples) == len(_index(out))
+    for s in samples:
+        h = s.meta["horizon"]
+        assert s.frames.shape == (3, h, s.meta["height"], s.meta["width"], 3) and s.frames.dtype == np.uint8
+        assert s.seed_frames.shape[:2] == (3, 4)
+        assert s.waypoints.shape == (h // 8, 4, 2) and s.controls.shape == (h // 8, 3)
+        assert s.completion.shape == (h // 8,)
+        assert s.meta["views"] == ["left", "front", "right"] and "." not in s.key
+
+
+def test_shards_read_with_plain_webdataset_and_decord(clean_run):
+    out, _ = clean_run
+    urls = sorted(str(p) for p in (out / "shards").glob("*.tar"))
+    n = 0
+    for s in wds.WebDataset(urls, shardshuffle=False):
+        meta = json.loads(s["json"])
+        front = decord.VideoReader(io.BytesIO(s["front.mp4"])).get_batch(list(range(meta["horizon"]))).asnumpy()
+        assert front.shape == (meta["horizon"], meta["height"], meta["width"], 3)
+        assert np.load(io.BytesIO(s["waypoints.npy"])).shape == (meta["horizon"] // 8, 4, 2)
+        n += 1
+    assert n == len(_index(out))
+
+
+def test_rerun_skips_done_units_and_overwrite_is_byte_identical(clean_run, tmp_path):
+    out, _ = clean_run
+    again = run_job(tiny_job(str(out)), executor="local", progress_bar=False)
+    assert again.ran == 0 and again.skipped == again.units
+    other = tmp_path / "other"
+    run_job(tiny_job(str(other)), executor="local", progress_bar=False)
+    for shard in (out / "shards").iterdir():
+        assert (other / "shards" / shard.name).read_bytes() == shard.read_bytes()
+
+
+def test_a_different_job_into_the_same_output_is_refused(clean_run):
+    out, _ = clean_run
+    with pytest.raises(BadInputError, match="different job spec"):
+        run_job(tiny_job(str(out), horizons=[8]), executor="local", progress_bar=False)
+
+
+def test_unit_that_always_fails_is_reported_and_others_complete(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("LMGD_FAULT_FAIL_UNIT", "unit-000001")
+    out = tmp_path / "out"
+    job = write_job(tmp_path / "job.yaml", tiny_job(str(out)))
+    assert main(["generate", str(job), "--executor", "local"]) == 1
+    err = capsys.readouterr().err
+    assert "unit-000001: InjectedFault" in err and "1 unit(s) failed" in err
+    assert not (out / "_done" / "unit-000001.json").exists() and not (out / "shards" / "unit-000001.tar").exists()
+    done = sorted(p.name for p in (out / "_done").iterdir())
+    assert len(done) >= 2 and "unit-000001.json" not in done
+    assert {r["shard"] for r in _index(out)} == {f"shards/{d.replace('.json', '.tar')}" for d in done}
+    monkeypatch.delenv("LMGD_FAULT_FAIL_UNIT")
+    assert main(["generate", str(job), "--executor", "local"]) == 0  # the rerun finishes the job
+    assert (out / "_done" / "unit-000001.json").exists()
+
+
+def test_driver_killed_then_rerun_gives_identical_samples(clean_run, tmp_path):
+    out = tmp_path / "out"
+    job = write_job(tmp_path / "job.yaml", tiny_job(str(out)))
+    cmd = [sys.executable, "-m", "pipeline.cli", "generate", str(job), "--executor", "local"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 300
+    while not (list((out / "_done").glob("*.json")) if (out / "_done").exists() else []):
+        assert proc.poll() is None and time.monotonic() < deadline
+        time.sleep(0.2)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    units = len(list((clean_run[0] / "_done").iterdir()))
+    assert len(list((out / "_done").iterdir())) < units  # it was killed mid-job
+    assert subprocess.run(cmd, capture_output=True).returncode == 0
+    clean = {r["key"]: r["content_sha256"] for r in _index(clean_run[0])}
+    resumed = {r["key"]: r["content_sha256"] for r in _index(out)}
+    assert resumed == clean
+    for shard in (clean_run[0] / "shards").iterdir():
+        assert (out / "shards" / shard.name).read_bytes() == shard.read_bytes()
+
+
+def test_bad_inputs_are_rejected_before_any_worker_starts(tmp_path, monkeypatch):
+    calls = []
+    monkeypatch.setattr("workers.generator.UnitRunner.__init__", lambda *a, **k: calls.append(1))
+    with pytest.raises(CheckpointError, match="checkpoints/nope"):
+        run_job(tiny_job(str(tmp_path / "a"), model="checkpoints/nope"), executor="local", progress_bar=False)
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(json.dumps({"task_id": "nope", "horizon": 12}) + "\n")
+    with pytest.raises(BadInputError, match="bad.jsonl"):
+        run_job(tiny_job(str(tmp_path / "b"), manifest={"path": str(bad)}), executor="local", progress_bar=False)
+    with pytest.raises(BadInputError, match="dataset_index.txt"):
+        run_job(tiny_job(str(tmp_path / "c"), manifest={"build": {"source": "lmdrive", "root": str(tmp_path)}}),
+                executor="local", progress_bar=False)
+    assert calls == []
+
+
+def test_inspect_detects_a_corrupt_shard(clean_run, tmp_path, capsys):
+    import shutil
+
+    out = tmp_path / "copy"
+    shutil.copytree(clean_run[0], out)
+    assert main(["inspect", str(out)]) == 0
+    assert "all match" in capsys.readouterr().out
+    shard = sorted((out / "shards").iterdir())[0]
+    data = bytearray(shard.read_bytes())
+    data[len(data) // 2] ^= 0xFF  # one flipped byte inside a member
+    shard.write_bytes(bytes(data))
+    assert main(["inspect", str(out)]) == 2
+    assert f"{shard.name}: sha256 differs" in capsys.readouterr().err
+
