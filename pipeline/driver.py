@@ -44,6 +44,7 @@ class RunSummary:
     samples: int = 0
     frames: int = 0
     seconds: float = 0.0
+    generate_seconds: float = 0.0  # from the moment every worker was ready until the last unit
 
     @property
     def frames_per_s(self) -> float:
@@ -117,14 +118,14 @@ def done_units(storage: Storage, units: list[Unit]) -> set[str]:
 
 def write_index(storage: Storage, units: list[Unit]) -> tuple[int, dict]:
     """``index.parquet`` from every completion marker (unit order); returns rows and timings."""
-    rows, timings = [], {"generate_s": 0.0, "encode_s": 0.0, "publish_s": 0.0}
+    rows, timings = [], {"seed_s": 0.0, "generate_s": 0.0, "encode_s": 0.0, "publish_s": 0.0}
     for unit in units:
         if not storage.exists(unit.marker_key):
             continue
         marker = json.loads(storage.get_bytes(unit.marker_key))
         rows += marker["samples"]
         for k in timings:
-            timings[k] += marker["timings"][k]
+            timings[k] += marker["timings"].get(k, 0.0)
     table = validate(pa.Table.from_pylist(rows, schema=INDEX.arrow), INDEX, "index")
     sink = pa.BufferOutputStream()
     pq.write_table(table, sink)
@@ -174,6 +175,8 @@ def run_job(job: JobSpec, executor: str = "ray", ray_address: str | None = "loca
         else:
             raise BadInputError(f"unknown executor {executor!r}; valid: local, ray")
     summary.failed = outcome.failed
+    if outcome.dispatch_started:
+        summary.generate_seconds = time.perf_counter() - outcome.dispatch_started
     samples, timings = write_index(storage, units)
     summary.seconds = time.perf_counter() - t0
     stats = {

@@ -46,6 +46,7 @@ def run_local(units: list[Unit], make_runner: Callable[[], object], max_retries:
     """Run every unit in this process with one runner (one model load)."""
     out = Outcome()
     runner = make_runner()
+    out.dispatch_started = time.perf_counter()
     for unit in units:
         for attempt in range(max_retries + 1):
             try:

@@ -80,6 +80,7 @@ class UnitRunner:
         t0 = time.perf_counter()
         size = tuple(self.model.config.image_size)
         stacks, speeds = zip(*(seed_stack(s.task, size) for s in unit.samples), strict=True)
+        t_seed = time.perf_counter()
         result = self.model.rollout(
             np.stack(stacks), [s.task["instruction"] for s in unit.samples], unit.horizon,
             [s.seed for s in unit.samples], speed=np.array(speeds, np.float32),
@@ -105,7 +106,7 @@ class UnitRunner:
         marker = {
             "schema_version": 1, "unit": unit.name, "fingerprint": unit.fingerprint, "shard": unit.shard_key,
             "sha256": sha, "bytes": size_bytes, "samples": rows, "frames": unit.frames * len(VIEWS),
-            "timings": {"generate_s": t1 - t0, "encode_s": t2 - t1, "publish_s": t3 - t2},
+            "timings": {"seed_s": t_seed - t0, "generate_s": t1 - t_seed, "encode_s": t2 - t1, "publish_s": t3 - t2},
             "worker": self.info(),
         }
         self.storage.put_bytes(unit.marker_key, json.dumps(marker, sort_keys=True, indent=1).encode())
