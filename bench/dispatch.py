@@ -10,6 +10,9 @@ CPU time per unit) and ``utilization`` (share of worker-time spent working, 0..1
 
 from __future__ import annotations
 
+import _syspath  # noqa: F401  (must come first: keeps bench/pipeline.py from shadowing `pipeline`)
+
+# isort: split
 import argparse
 import json
 import os

@@ -13,26 +13,24 @@ mp4, writes and publishes shards and markers, then the driver builds the index.
 
 from __future__ import annotations
 
+import _syspath  # noqa: F401  (must come first: keeps this file from shadowing `pipeline`)
+
+# isort: split
 import argparse
 import json
 import os
-import sys
 import tempfile
 import time
 
-# `python bench/pipeline.py` puts bench/ first on sys.path, where this file would shadow the
-# project's `pipeline` package
-sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != os.path.dirname(os.path.abspath(__file__))]
+import numpy as np
 
-import numpy as np  # noqa: E402
-
-from lmgendrive.checkpoint import build_untrained, load_checkpoint, save_checkpoint  # noqa: E402
-from lmgendrive.config import SamplerConfig  # noqa: E402
-from pipeline.driver import prepare, run_job  # noqa: E402
-from pipeline.storage import open_storage  # noqa: E402
-from pipeline.units import make_units  # noqa: E402
-from schemas.job import parse_job  # noqa: E402
-from workers.generator import seed_stack  # noqa: E402
+from lmgendrive.checkpoint import build_untrained, load_checkpoint, save_checkpoint
+from lmgendrive.config import SamplerConfig
+from pipeline.driver import prepare, run_job
+from pipeline.storage import open_storage
+from pipeline.units import make_units
+from schemas.job import parse_job
+from workers.generator import seed_stack
 
 
 def job_spec(output: str, model: str, args) -> dict:

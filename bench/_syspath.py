@@ -1,0 +1,11 @@
+"""Imported first by bench scripts that use the project's ``pipeline`` package.
+
+``python bench/X.py`` puts ``bench/`` first on ``sys.path``, where ``bench/pipeline.py`` would
+shadow that package; this drops ``bench/`` from the path again.
+"""
+
+import os
+import sys
+
+_here = os.path.dirname(os.path.abspath(__file__))
+sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != _here]
