@@ -29,3 +29,11 @@ def scene_factory():
         return cache[spec]
 
     return make
+
+
+@pytest.fixture(scope="session")
+def model():
+    """The ``tiny`` model with seeded random weights, in eval mode."""
+    from lmgendrive.checkpoint import build_untrained
+
+    return build_untrained("tiny").eval()

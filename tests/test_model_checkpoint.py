@@ -33,17 +33,9 @@ from lmgendrive.world import build_clip, build_vae
 INSTRUCTION = ["Change to the left lane."]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny tensors gain nothing from threads, and OpenMP threads stall badly on a shared, busy CPU."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 @pytest.fixture(scope="module")
-def saved(tmp_path_factory, one_thread) -> tuple[LMGenDrive, Path]:
+def saved(tmp_path_factory) -> tuple[LMGenDrive, Path]:
     model = build_untrained("tiny", seed=3).eval()
     directory = tmp_path_factory.mktemp("ckpt") / "tiny"
     save_checkpoint(model, directory, readme="# test checkpoint\n")

@@ -14,23 +14,8 @@ from lmgendrive.checkpoint import build_untrained
 from lmgendrive.config import ModelConfig, preset_config
 from lmgendrive.device import pick_device
 from lmgendrive.errors import ConfigError
-from lmgendrive.model import LMGenDrive
 from lmgendrive.tokenizer import DEFAULT_CORPUS, build_tokenizer, load_tokenizer
 from lmgendrive.vision import DET_CHANNELS, LIGHT_CLASSES, build_bev_targets
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny tensors gain nothing from threads, and OpenMP threads stall badly on a shared, busy CPU."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module")
-def model(one_thread) -> LMGenDrive:
-    return build_untrained("tiny").eval()
 
 
 @pytest.mark.parametrize("name", ["tiny", "demo", "paper"])

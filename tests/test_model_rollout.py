@@ -6,26 +6,11 @@ import numpy as np
 import pytest
 import torch
 
-from lmgendrive.checkpoint import build_untrained
 from lmgendrive.config import SamplerConfig
 from lmgendrive.errors import BadInputError, ConfigError
-from lmgendrive.model import LMGenDrive
 
 INSTRUCTIONS = ["After 30 meters, execute a left turn.", "Follow the current route."]
 
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny tensors gain nothing from threads, and OpenMP threads stall badly on a shared, busy CPU."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module")
-def model(one_thread) -> LMGenDrive:
-    return build_untrained("tiny").eval()
 
 
 def _frames(b: int, t: int, size: tuple[int, int] = (32, 32), seed: int = 0) -> np.ndarray:

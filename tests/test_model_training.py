@@ -14,15 +14,6 @@ from lmgendrive.model import DriveBatch, LMGenDrive, LossOutput
 from lmgendrive.vision import PerceptionBatch, build_bev_targets
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny tensors gain nothing from threads, and OpenMP threads stall badly on a shared, busy CPU."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def _uint8(shape: tuple[int, ...], seed: int) -> torch.Tensor:
     return torch.from_numpy(np.random.default_rng(seed).integers(0, 256, shape, dtype=np.uint8))
 

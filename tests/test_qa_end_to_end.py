@@ -1,0 +1,231 @@
+"""QA end to end on a small job output built without the model: real shards whose "generated"
+frames are the recorded futures with increasing corruption, plus manifest and index."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import yaml
+
+from manifests.build import finish_row, instruction_fields, seed_point_rows
+from qa.cli import add_parser
+from qa.config import qa_config, report_dir_of
+from qa.frechet import FeatureStats
+from qa.run import run_qa
+from qa.testing import write_evaluator, write_i3d_weights, write_inception_weights
+from scenes.contract import VIEWS
+from scenes.procedural.drive import DriveSpec, ProceduralScene
+from scenes.procedural.instructions import make_instruction
+from scenes.registry import procedural_ref
+from schemas.job import QASpec
+from schemas.spec import validate
+from schemas.tables import INDEX, QA, SAMPLE, TASK
+from workers.shard import GeneratedSample, content_hash, sample_members, write_shard
+
+GEN_SIZE = (32, 32)
+HORIZONS = [8, 16]
+TURNS = {4: "turn_left", 12: "go_straight", 20: "turn_right"}  # start frame -> instruction type
+
+
+def _resize(img: np.ndarray) -> np.ndarray:
+    return cv2.resize(img, (GEN_SIZE[1], GEN_SIZE[0]), interpolation=cv2.INTER_AREA)
+
+
+def _turning_waypoints(steps: int, deg_per_step: float) -> np.ndarray:
+    """Waypoints of an arc turning ``deg_per_step`` over each 0.8 s step at 5 m/s."""
+    t = np.array([0.2, 0.4, 0.6, 0.8])
+    yaw = np.radians(deg_per_step) * t / 0.8
+    pts = np.stack([np.cumsum(np.cos(yaw)), np.cumsum(np.sin(yaw))], axis=1) * 1.0
+    return np.repeat(pts[None], steps, axis=0).astype(np.float32)
+
+
+def build_output(root: Path) -> Path:
+    """OUT with job.yaml, manifest.parquet, shards/*.tar (2 samples each) and index.parquet."""
+    spec = DriveSpec(town_seed=3, route_seed=1, weather="clear_noon", frames=40, size=(64, 64))
+    scene = ProceduralScene(spec)
+    rows = seed_point_rows(scene, "procedural", procedural_ref(spec), HORIZONS, seed_frames=4, stride=8, samples=1,
+                           base_seed=0)
+    rng = np.random.default_rng(0)
+    for i, row in enumerate(rows):
+        if row["start_frame"] in TURNS:
+            row.update(instruction_fields(make_instruction(TURNS[row["start_frame"]], rng)))
+            rows[i] = finish_row(row, 0)
+    manifest = validate(pa.Table.from_pylist(rows, schema=TASK.arrow), TASK, "fixture manifest")
+    out = root / "out"
+    (out / "shards").mkdir(parents=True)
+    pq.write_table(manifest, out / "manifest.parquet")
+    job = {"name": "qa-fixture", "model": "tiny", "manifest": {"path": str(out / "manifest.parquet")},
+           "output": str(out), "horizons": HORIZONS, "encoding": {"format": "mp4", "crf": 18},
+           "qa": {"bootstrap": 20}}
+    (out / "job.yaml").write_text(yaml.safe_dump(job))
+    index, unit = [], 0
+    for h in HORIZONS:
+        tasks = [r for r in rows if r["horizon"] == h]
+        for first in range(0, len(tasks), 2):
+            shard, samples = f"shards/unit-{unit:06d}.tar", []
+            for n, t in enumerate(tasks[first:first + 2], start=first):
+                start = t["start_frame"]
+                future = np.stack([[_resize(scene.images(i)[v]) for i in range(start, start + h)] for v in VIEWS])
+                noise = np.random.default_rng(n).normal(0, 6.0 * n, future.shape)
+                frames = np.clip(future + noise, 0, 255).astype(np.uint8)
+                seed = np.stack([[_resize(scene.images(i)[v]) for i in range(start - 4, start)] for v in VIEWS])
+                kind = json.loads(t["instruction_args"]).get("type")
+                steps = h // 8
+                waypoints = (_turning_waypoints(steps, {"turn_left": 25, "turn_right": -25}.get(kind, 0)))
+                key = f"{t['task_id']}-s0"
+                meta = {"schema_version": SAMPLE.version, "key": key, "task_id": t["task_id"], "sample_index": 0,
+                        "instruction": t["instruction"], "category": t["category"], "misleading": t["misleading"],
+                        "counterfactual": t["counterfactual"], "scene": t["scene"], "start_frame": start,
+                        "horizon": h, "fps": 10.0, "views": list(VIEWS), "height": GEN_SIZE[0],
+                        "width": GEN_SIZE[1], "model_id": "fixture", "model_sha256": "0" * 64, "sampler": "{}",
+                        "seed": t["seed"], "code_version": "test"}
+                members = sample_members(GeneratedSample(key, frames, seed, waypoints, np.zeros((steps, 3)),
+                                                         np.zeros(steps), meta), VIEWS, "mp4", 18, 10.0)
+                samples.append((key, members))
+                index.append({"schema_version": INDEX.version, "key": key, "shard": shard, "task_id": t["task_id"],
+                              "sample_index": 0, "horizon": h, "category": t["category"],
+                              "instruction": t["instruction"], "misleading": t["misleading"],
+                              "counterfactual": t["counterfactual"], "scene": t["scene"], "start_frame": start,
+                              "weather": t["weather"], "seed": t["seed"], "content_sha256": content_hash(members)})
+            write_shard(out / shard, samples)
+            unit += 1
+    pq.write_table(validate(pa.Table.from_pylist(index, schema=INDEX.arrow), INDEX, "fixture index"),
+                   out / "index.parquet")
+    return out
+
+
+@pytest.fixture(scope="module")
+def fixture_output(tmp_path_factory) -> Path:
+    return build_output(tmp_path_factory.mktemp("qa-job"))
+
+
+@pytest.fixture(scope="module")
+def weights(tmp_path_factory) -> Path:
+    d = tmp_path_factory.mktemp("weights")
+    write_inception_weights(d)
+    write_i3d_weights(d)
+    return d
+
+
+@pytest.fixture(scope="module")
+def evaluator(tmp_path_factory) -> Path:
+    return write_evaluator(tmp_path_factory.mktemp("ckpt") / "evaluator")
+
+
+def _config(out: Path, report: Path, weights: Path, evaluator: Path | None, **kw):
+    return qa_config(str(out), str(report), QASpec(bootstrap=20), None, weights_dir=str(weights),
+                     evaluator=str(evaluator) if evaluator else "no/such/evaluator", dims=64, **kw)
+
+
+def test_end_to_end_local(fixture_output, weights, evaluator, tmp_path):
+    report = tmp_path / "qa"
+    result = run_qa(_config(fixture_output, report, weights, evaluator, executor="local"))
+    for name in ("report.md", "horizon.png", "qa.json"):
+        assert (report / name).is_file()
+    doc = json.loads((report / "qa.json").read_text())
+    rows = validate(pa.Table.from_pylist(doc["rows"], schema=QA.arrow), QA, "qa.json").to_pylist()
+    assert rows == result.rows and not doc["skipped"]
+    index = pq.read_table(fixture_output / "index.parquet").to_pylist()
+    for h in HORIZONS:
+        samples = [r for r in index if r["horizon"] == h]
+        pooled = {r["metric"]: r for r in rows if r["horizon"] == h and r["view"] == "pooled" and r["category"] == "all"}
+        assert set(pooled) >= {"fid", "fvd", "fd_drive", "fid_inf"}
+        assert pooled["fid"]["n_generated"] == pooled["fid"]["n_real"] == 3 * h * len(samples)
+        assert pooled["fvd"]["n_generated"] == pooled["fvd"]["n_real"] == 3 * len(samples)
+        assert pooled["fd_drive"]["n_generated"] == pooled["fd_drive"]["n_real"] == h * len(samples)
+        for m in ("fid", "fvd", "fd_drive"):
+            assert pooled[m]["value"] > 0 and pooled[m]["ci_low"] <= pooled[m]["ci_high"]
+            views = [r for r in rows if r["metric"] == m and r["horizon"] == h and r["view"] in VIEWS]
+            assert len(views) == (3 if m != "fd_drive" else 0)
+            assert all(r["n_generated"] == pooled[m]["n_generated"] // 3 for r in views)
+            cats = [r for r in rows if r["metric"] == m and r["horizon"] == h and r["view"] == "pooled"
+                    and r["category"] != "all"]
+            assert sum(r["n_generated"] for r in cats) == pooled[m]["n_generated"]
+        adherence = next(r for r in rows if r["metric"] == "instruction_adherence" and r["horizon"] == h)
+        assert adherence["n_generated"] == len(samples) and adherence["category"] == "turn"
+        stats = FeatureStats.load(report / "stats" / f"fid-h{h:03d}-generated.npz")
+        assert stats.count == pooled["fid"]["n_generated"] and stats.dim == 64
+    # the turn instructions come with arcs of 25 degrees per step: a turn only over 2 steps (16 frames)
+    adherence = {r["horizon"]: r["value"] for r in rows if r["metric"] == "instruction_adherence"}
+    assert adherence == {8: pytest.approx(1 / 3), 16: 1.0}
+    text = (report / "report.md").read_text()
+    assert "| Horizon | FID | FID∞ | FVD | FD-drive |" in text and "(N=" in text
+    png = cv2.imread(str(report / "horizon.png"))
+    assert png is not None and png.shape[0] > 500 and png.shape[1] > 800
+
+
+def test_end_to_end_ray_matches_local(fixture_output, weights, tmp_path):
+    import ray
+
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    try:
+        kw = {"metrics": ("fid",), "bootstrap": 0}
+        ray_rows = run_qa(_config(fixture_output, tmp_path / "ray", weights, None, executor="ray", workers=2,
+                                  **kw)).rows
+    finally:
+        ray.shutdown()
+    local_rows = run_qa(_config(fixture_output, tmp_path / "local", weights, None, executor="local", **kw)).rows
+    assert len(ray_rows) == len(local_rows) > 0
+    for a, b in zip(ray_rows, local_rows, strict=True):
+        assert a["value"] == pytest.approx(b["value"], rel=1e-9) and a["n_generated"] == b["n_generated"]
+
+
+@pytest.fixture
+def lmgd(monkeypatch):
+    """``lmgd`` with the qa verb, registered here too until pipeline/cli.py hooks it in."""
+    import pipeline.cli as cli
+
+    original = cli.build_parser
+
+    def build():
+        parser = original()
+        verbs = next(a for a in parser._actions if a.dest == "verb")
+        if "qa" not in verbs.choices:
+            add_parser(verbs)
+        return parser
+
+    monkeypatch.setattr(cli, "build_parser", build)
+    return cli.main
+
+
+def test_cli_generated_out_skips_fd_drive_without_evaluator(fixture_output, weights, tmp_path, capsys, lmgd):
+    out = tmp_path / "report"
+    code = lmgd(["qa", "--generated", str(fixture_output), "--out", str(out), "--weights-dir", str(weights),
+                 "--executor", "local", "--dims", "64", "--metrics", "fid", "fd_drive", "--bootstrap", "0",
+                 "--evaluator", str(tmp_path / "missing")])
+    printed = capsys.readouterr().out
+    assert code == 0, printed
+    assert "FD-drive skipped" in printed and "missing" in printed
+    doc = json.loads((out / "qa.json").read_text())
+    assert "fd_drive" in doc["skipped"] and {r["metric"] for r in doc["rows"]} == {"fid", "fid_inf"}
+    assert "FD-drive skipped" in (out / "report.md").read_text()
+
+
+def test_cli_missing_weights_is_bad_input(fixture_output, tmp_path, monkeypatch, capsys, lmgd):
+    monkeypatch.delenv("LMGD_WEIGHTS_DIR", raising=False)
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    code = lmgd(["qa", "--generated", str(fixture_output), "--out", str(tmp_path / "r"), "--executor", "local"])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "pt_inception-2015-12-05-6726825d.pth" in err and "github.com/mseitzer/pytorch-fid/releases" in err
+
+
+def test_cli_argument_errors(fixture_output, capsys, lmgd):
+    assert lmgd(["qa"]) == 2
+    assert lmgd(["qa", "--generated", str(fixture_output)]) == 2
+    assert "--out DIR" in capsys.readouterr().err
+
+
+def test_report_dir_and_parser(lmgd):
+    import pipeline.cli as cli
+
+    assert report_dir_of("s3://bucket/run") == "s3://bucket/run/qa"
+    assert report_dir_of("out/demo") == str(Path("out/demo") / "qa")
+    args = cli.build_parser().parse_args(["qa", "jobs/demo.yaml", "--dims", "64"])
+    assert args.job == "jobs/demo.yaml" and args.dims == 64 and args.executor == "ray"
