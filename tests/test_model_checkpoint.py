@@ -145,12 +145,9 @@ def test_config_mismatch_is_reported(saved, tmp_path):
         load_checkpoint(directory, device="cpu")
 
 
-def test_sources_other_than_directories(tmp_path, monkeypatch):
+def test_sources_other_than_directories(tmp_path):
     with pytest.raises(CheckpointError, match="neither a checkpoint directory nor a preset"):
         load_checkpoint(tmp_path / "nowhere", device="cpu")
-    monkeypatch.setattr(checkpoint, "EMBEDDED_DIR", tmp_path)
-    with pytest.raises(CheckpointError, match="lmgd train"):
-        load_checkpoint("demo", device="cpu")
     tiny = load_checkpoint("tiny", device="cpu")
     assert tiny.config.preset == "tiny" and not tiny.training
     assert model_identity(tiny) == model_identity(load_checkpoint("tiny", device="cpu"))
@@ -214,3 +211,14 @@ def test_pretrained_components_load_from_local_directories(tmp_path, monkeypatch
     (tmp_path / "adapter" / "diffusion_pytorch_model.safetensors").unlink()
     with pytest.raises(CheckpointError, match=r"adapter/diffusion_pytorch_model.safetensors.*guoyww"):
         load_components(config, torch.float32)
+
+
+def test_demo_preset_without_the_embedded_checkpoint_is_untrained_and_says_so(monkeypatch, tmp_path, caplog):
+    import lmgendrive.checkpoint as ckpt
+
+    monkeypatch.setattr(ckpt, "EMBEDDED_DIR", tmp_path)
+    with caplog.at_level("WARNING"):
+        model = ckpt.load_checkpoint("demo", device="cpu")
+    assert "UNTRAINED" in caplog.text
+    assert ckpt.model_identity(model).model_id.startswith("lmgendrive-demo-untrained-")
+    assert model.config.preset == "demo"
