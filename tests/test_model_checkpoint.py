@@ -14,7 +14,6 @@ from diffusers import MotionAdapter, UNet2DConditionModel
 from safetensors.torch import load_file, save_file
 from transformers import LlamaModel
 
-from lmgendrive import checkpoint
 from lmgendrive.checkpoint import (
     build_untrained,
     file_sha256,
