@@ -321,6 +321,10 @@ def build_parser() -> argparse.ArgumentParser:
     v.set_defaults(func=cmd_job_validate)
     sc = jv.add_parser("schema", help="print the JSON Schema of job specs")
     sc.set_defaults(func=cmd_job_schema)
+
+    from lmgendrive.train.cli import add_parser as add_train_parser
+
+    add_train_parser(verbs)
     return p
 
 

@@ -1,0 +1,80 @@
+"""One device (plain PyTorch) or several through Hugging Face ``accelerate`` (DDP or DeepSpeed).
+
+``accelerate`` is optional: :func:`make_backend` uses it only when it is installed *and* the
+process was started by ``accelerate launch`` (which sets ``ACCELERATE_*`` / ``WORLD_SIZE``), e.g.
+for the paper preset on 8 GPUs with DeepSpeed ZeRO-2 (``jobs/zero2.json``: bf16, micro-batch 1,
+clipping 1.0; set ``train_micro_batch_size_per_gpu`` to the recipe's ``batch_size``)::
+
+    accelerate launch --num_processes 8 --mixed_precision bf16 \\
+        --use_deepspeed --deepspeed_config_file jobs/zero2.json \\
+        -m pipeline.cli train --stage all --config RECIPE.yaml   # a recipe with ``preset: paper``
+
+Each rank reads its own slice of the sample stream; checkpoints and logs are written by rank 0.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+
+import torch
+from torch import nn
+
+from lmgendrive.device import pick_device
+
+
+class LocalBackend:
+    """Single process on one device."""
+
+    rank, world, is_main = 0, 1, True
+
+    def __init__(self) -> None:
+        self.device = pick_device(None)
+
+    def prepare(self, objective: nn.Module, optimizer: torch.optim.Optimizer) -> tuple:
+        return objective, optimizer
+
+    def backward(self, loss: torch.Tensor) -> None:
+        loss.backward()
+
+    def clip(self, params: list[nn.Parameter], max_norm: float) -> float:
+        return float(torch.nn.utils.clip_grad_norm_(params, max_norm))
+
+    def wait(self) -> None:
+        """Barrier (nothing to wait for on one process)."""
+
+
+class AccelerateBackend(LocalBackend):
+    """Several processes through ``accelerate`` (launched with ``accelerate launch``)."""
+
+    def __init__(self) -> None:
+        from accelerate import Accelerator
+
+        self.accelerator = Accelerator()
+        self.device = self.accelerator.device
+        self.rank, self.world = self.accelerator.process_index, self.accelerator.num_processes
+        self.is_main = self.accelerator.is_main_process
+
+    def prepare(self, objective: nn.Module, optimizer: torch.optim.Optimizer) -> tuple:
+        """Wrap the objective and optimizer (the scheduler is stepped by hand, once per iteration)."""
+        return tuple(self.accelerator.prepare(objective, optimizer))
+
+    def backward(self, loss: torch.Tensor) -> None:
+        self.accelerator.backward(loss)
+
+    def clip(self, params: list[nn.Parameter], max_norm: float) -> float:
+        return float(self.accelerator.clip_grad_norm_(params, max_norm))
+
+    def wait(self) -> None:
+        self.accelerator.wait_for_everyone()
+
+
+def launched_by_accelerate() -> bool:
+    return any(k.startswith("ACCELERATE_") for k in os.environ) or int(os.environ.get("WORLD_SIZE", "1")) > 1
+
+
+def make_backend() -> LocalBackend:
+    """:class:`AccelerateBackend` under ``accelerate launch`` (if installed), else :class:`LocalBackend`."""
+    if launched_by_accelerate() and importlib.util.find_spec("accelerate") is not None:
+        return AccelerateBackend()
+    return LocalBackend()

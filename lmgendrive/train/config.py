@@ -1,0 +1,159 @@
+"""The training recipe: a YAML file validated by pydantic (unknown keys are rejected).
+
+Example (``jobs/train_demo.yaml`` is the full one)::
+
+    preset: demo
+    init_seed: 0
+    seed: 0
+    workdir: out/train_demo          # per-stage states, logs and loss curves
+    output: checkpoints/demo         # the final checkpoint (after the last stage)
+    data:
+      towns: {first: 1, count: 40}   # or a list of town seeds
+      weathers: [clear_noon, rain]
+      frames: 160
+      size: 64
+      cache: out/train_demo/scenes   # pre-render to an LMDrive root (or omit: render on the fly)
+      # lmdrive_root: /data/lmdrive  # instead of procedural towns
+    stages:
+      "1": {iterations: 2000, batch_size: 16, lr: 7.5e-4, warmup: 100}
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from lmgendrive.config import PRESETS
+from lmgendrive.errors import ConfigError
+
+STAGES = (0, 1, 2, 3)
+WEATHERS = ("clear_noon", "cloudy", "rain", "fog", "sunset", "night")
+
+PositiveInt = Annotated[int, Field(ge=1)]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class TownRange(_Strict):
+    """Town seeds ``first .. first + count - 1``."""
+
+    first: Annotated[int, Field(ge=0)]
+    count: PositiveInt
+
+    def seeds(self) -> list[int]:
+        return list(range(self.first, self.first + self.count))
+
+
+class DataConfig(_Strict):
+    """Where the training drives come from: procedural towns (rendered on the fly, or once into
+    ``cache`` as an LMDrive root) or an existing LMDrive root."""
+
+    towns: TownRange | list[Annotated[int, Field(ge=0)]] = TownRange(first=1, count=1)
+    routes_per_town: PositiveInt = 1
+    route_seed: Annotated[int, Field(ge=0)] = 0
+    weathers: list[Literal[WEATHERS]] = ["clear_noon"]  # type: ignore[valid-type]
+    frames: Annotated[int, Field(ge=24)] = 160
+    size: Annotated[int, Field(ge=16, le=1024)] = 64
+    cache: Path | None = None
+    lmdrive_root: Path | None = None
+    context_frames: PositiveInt = 4
+    workers: Annotated[int, Field(ge=0)] = 2
+
+    def town_seeds(self) -> list[int]:
+        return self.towns.seeds() if isinstance(self.towns, TownRange) else list(self.towns)
+
+    @model_validator(mode="after")
+    def _check(self) -> DataConfig:
+        if not self.town_seeds():
+            raise ValueError("towns must name at least one town seed")
+        if not self.weathers:
+            raise ValueError("weathers must name at least one weather")
+        return self
+
+
+class StageConfig(_Strict):
+    """One stage: optimisation (AdamW, warm-up + cosine to ``min_lr_ratio`` x lr, clipping) and
+    bookkeeping (checkpoint and log intervals in iterations)."""
+
+    iterations: PositiveInt
+    batch_size: PositiveInt
+    lr: Annotated[float, Field(gt=0)]
+    weight_decay: Annotated[float, Field(ge=0)] = 0.05
+    warmup: Annotated[int, Field(ge=0)] = 0
+    min_lr_ratio: Annotated[float, Field(ge=0, le=1)] = 0.05
+    clip: Annotated[float, Field(gt=0)] = 1.0
+    checkpoint_every: PositiveInt = 100
+    log_every: PositiveInt = 10
+    sequence_steps: list[Annotated[int, Field(ge=2, le=3)]] = [2, 3]  # stage 3 curriculum, equal shares
+    sampler_steps: PositiveInt = 3  # stage 3: denoising steps of the fed-back videos
+
+    @model_validator(mode="after")
+    def _check(self) -> StageConfig:
+        if self.warmup >= self.iterations:
+            raise ValueError(f"warmup ({self.warmup}) must be below iterations ({self.iterations})")
+        if sorted(self.sequence_steps) != self.sequence_steps or not self.sequence_steps:
+            raise ValueError("sequence_steps must be a non-empty, non-decreasing list of 2s and 3s")
+        return self
+
+
+class TrainConfig(_Strict):
+    """A whole training run: model preset and init seed, data, the stages to run, where to write."""
+
+    preset: str
+    init_seed: int = 0
+    seed: int = 0
+    workdir: Path
+    output: Path
+    data: DataConfig = DataConfig()
+    stages: dict[Literal["0", "1", "2", "3"], StageConfig]
+
+    @model_validator(mode="after")
+    def _check(self) -> TrainConfig:
+        if self.preset not in PRESETS:
+            raise ValueError(f"unknown preset {self.preset!r}; valid: {sorted(PRESETS)}")
+        if not self.stages:
+            raise ValueError("stages must configure at least one stage")
+        return self
+
+    def stage_numbers(self) -> list[int]:
+        return sorted(int(s) for s in self.stages)
+
+    def stage(self, stage: int) -> StageConfig:
+        if str(stage) not in self.stages:
+            raise ConfigError(f"stage {stage} is not configured; this recipe has stages {self.stage_numbers()}")
+        return self.stages[str(stage)]  # type: ignore[index]
+
+
+def parse_config(data: object, where: str = "config") -> TrainConfig:
+    """Validate a parsed recipe; every problem is reported as one :class:`ConfigError`."""
+    try:
+        return TrainConfig.model_validate(data)
+    except ValidationError as exc:
+        problems = [f"  {'.'.join(str(p) for p in e['loc']) or '(top level)'}: {e['msg']}" for e in exc.errors()]
+        raise ConfigError(f"{where} is not a valid training recipe:\n" + "\n".join(problems)) from None
+
+
+def load_config(path: str | Path) -> TrainConfig:
+    """Read and validate a YAML recipe."""
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text())
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read the training recipe: {exc}") from exc
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
+    return parse_config(data, str(path))
+
+
+def parse_stage(text: str) -> list[int] | None:
+    """``--stage`` value: one of 0..3, or ``all`` (``None``: every configured stage)."""
+    if text == "all":
+        return None
+    if text not in {str(s) for s in STAGES}:
+        raise ConfigError(f"--stage must be 0, 1, 2, 3 or all, got {text!r}")
+    return [int(text)]

@@ -1,0 +1,204 @@
+"""Training data: seed scenes -> map-style datasets of (scene, frame) windows -> a DataLoader.
+
+This module imports :mod:`scenes` (the seed-scene sources); that is acceptable for training code,
+which is not part of the inference path ``lmgendrive`` otherwise keeps free of project layers.
+
+Scene sources (:func:`open_scenes`):
+
+* ``data.lmdrive_root``: an LMDrive-format root (``dataset_index.txt``), read lazily.
+* ``data.cache``: procedural towns rendered once into an LMDrive root there (missing routes only,
+  in parallel processes), then read lazily. The demo job uses this: a frame is rendered once
+  instead of once per epoch and stage, and PNG decoding in the loader workers costs far less CPU
+  than rendering, which matters on two cores.
+* neither: procedural towns rendered on the fly in the loader workers, deterministically from seeds.
+
+Every item depends only on its index (no randomness in the datasets); the order comes from
+:class:`StreamSampler`, an endless seeded permutation stream that can start at any position, so
+the data position of a resumed run is just the number of samples already consumed.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from lmgendrive.config import ModelConfig
+from lmgendrive.train.config import DataConfig
+from lmgendrive.vision import LIGHT_CLASSES, build_bev_targets
+from scenes.contract import OBJECT_CLASSES, Measurements, Scene
+from scenes.lmdrive import open_root, write_index, write_route
+from scenes.procedural.drive import DriveSpec, ProceduralScene
+
+log = logging.getLogger(__name__)
+
+DETECTED = (OBJECT_CLASSES.index("vehicle"), OBJECT_CLASSES.index("pedestrian"))
+
+
+def drive_specs(data: DataConfig) -> list[DriveSpec]:
+    """The procedural drives: every town x ``routes_per_town`` routes; drive k gets weather
+    ``weathers[k % len(weathers)]`` (so 6 routes per town over 6 weathers cover each weather)."""
+    specs = []
+    for town in data.town_seeds():
+        for r in range(data.routes_per_town):
+            weather = data.weathers[len(specs) % len(data.weathers)]
+            specs.append(DriveSpec(town, data.route_seed + r, weather, data.frames, (data.size, data.size)))
+    return specs
+
+
+def _render(spec: DriveSpec, root: Path) -> Path:
+    scene = ProceduralScene(spec)
+    return write_route(scene, root / scene.name, overwrite=True)
+
+
+def render_cache(data: DataConfig, root: Path) -> Path:
+    """Render the procedural drives missing from the LMDrive root ``root``; returns the root."""
+    from tqdm import tqdm
+
+    specs = drive_specs(data)
+    names = [_scene_name(s) for s in specs]
+    missing = [s for s, n in zip(specs, names, strict=True) if not (root / n / "measurements").is_dir()]
+    root.mkdir(parents=True, exist_ok=True)
+    if missing:
+        log.info("rendering %d of %d training drives into %s", len(missing), len(specs), root)
+        with ProcessPoolExecutor(max(1, data.workers)) as pool, tqdm(total=len(missing), desc="render drives",
+                                                                    unit="drive", disable=None) as bar:
+            for _ in pool.map(_render, missing, [root] * len(missing)):
+                bar.update()
+    write_index(root, [root / n for n in names])
+    return root
+
+
+def _scene_name(spec: DriveSpec) -> str:
+    """:attr:`ProceduralScene.name` without simulating the drive."""
+    return f"town{spec.town_seed:04d}_route{spec.route_seed:04d}_{spec.weather}"
+
+
+def open_scenes(data: DataConfig) -> list[Scene]:
+    """The training scenes of ``data`` (see the module docstring for the three sources)."""
+    if data.lmdrive_root is not None:
+        return list(open_root(data.lmdrive_root))
+    if data.cache is not None:
+        return list(open_root(render_cache(data, Path(data.cache))))
+    return [ProceduralScene(s) for s in drive_specs(data)]
+
+
+def _views(scene: Scene, i: int, views: Sequence[str], size: tuple[int, int]) -> np.ndarray:
+    """uint8 (V, H, W, 3) of frame ``i``, resized to ``size`` = (H, W) when needed."""
+    images = scene.images(i)
+    out = []
+    for v in views:
+        img = images[v]
+        if img.shape[:2] != tuple(size):
+            img = cv2.resize(img, (size[1], size[0]), interpolation=cv2.INTER_AREA)
+        out.append(img)
+    return np.stack(out)
+
+
+def object_array(m: Measurements) -> np.ndarray:
+    """Vehicles and pedestrians of ``m`` as (M, 7) rows for :func:`build_bev_targets`."""
+    rows = [(OBJECT_CLASSES.index(o.cls), o.x, o.y, o.yaw, o.length, o.width, float(np.hypot(o.vx, o.vy)))
+            for o in m.objects if o.cls in OBJECT_CLASSES and OBJECT_CLASSES.index(o.cls) in DETECTED]
+    return np.asarray(rows, dtype=np.float32).reshape(-1, 7)
+
+
+class _SceneDataset(Dataset):
+    """Shared index over (scene, frame) windows."""
+
+    def __init__(self, scenes: Sequence[Scene], config: ModelConfig, before: int, after: int):
+        self.scenes = list(scenes)
+        self.config = config
+        self.index = [(s, i) for s, scene in enumerate(self.scenes) for i in range(before, len(scene) - after)]
+        if not self.index:
+            raise ValueError(f"no training windows: scenes need more than {before + after} frames")
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def frames(self, s: int, i: int) -> np.ndarray:
+        return _views(self.scenes[s], i, self.config.views, self.config.image_size)
+
+
+class FrameDataset(_SceneDataset):
+    """Single frames (stages 0 and 1): views, BEV detection target, waypoints, light class."""
+
+    def __init__(self, scenes: Sequence[Scene], config: ModelConfig):
+        super().__init__(scenes, config, 0, 0)
+
+    def __getitem__(self, k: int) -> dict:
+        s, i = self.index[k]
+        m = self.scenes[s].measurements(i)
+        return {
+            "frames": self.frames(s, i),
+            "detection": build_bev_targets(object_array(m), self.config.vision),
+            "waypoints": np.asarray(m.waypoints, dtype=np.float32),
+            "light": LIGHT_CLASSES.index(m.light_state),
+        }
+
+
+class DriveDataset(_SceneDataset):
+    """Windows of ``context`` frames followed by ``steps`` generation steps (stages 2 and 3).
+
+    Step k's current frame is ``t + k F`` (F = frames_per_step): its waypoints and completion flag
+    are the targets of step k and frames ``t + kF + 1 .. t + (k+1)F`` its future video. The
+    previous action is the waypoints of frame ``t - F`` (zeros at the start of a drive).
+    """
+
+    def __init__(self, scenes: Sequence[Scene], config: ModelConfig, context: int, steps: int):
+        self.context, self.steps, self.step_frames = context, steps, config.frames_per_step
+        super().__init__(scenes, config, context - 1, steps * config.frames_per_step)
+
+    def __getitem__(self, k: int) -> dict:
+        s, t = self.index[k]
+        scene, f = self.scenes[s], self.step_frames
+        now = scene.measurements(t)
+        current = [scene.measurements(t + j * f) for j in range(self.steps)]
+        prev = (np.asarray(scene.measurements(t - f).waypoints, dtype=np.float32) if t >= f
+                else np.zeros((self.config.vision.num_waypoints, 2), np.float32))
+        future = [np.stack([self.frames(s, t + j * f + q) for q in range(1, f + 1)], axis=1)
+                  for j in range(self.steps)]
+        return {
+            "frames": np.stack([self.frames(s, i) for i in range(t - self.context + 1, t + 1)], axis=1),
+            "instruction": now.instruction.text,
+            "speed": np.float32(now.speed),
+            "prev_waypoints": prev,
+            "waypoints": np.stack([np.asarray(m.waypoints, dtype=np.float32) for m in current]),
+            "completed": np.asarray([m.instruction_completed for m in current], dtype=np.float32),
+            "future_frames": np.stack(future),
+        }
+
+
+class StreamSampler(Sampler[int]):
+    """An endless stream of indices: epoch e is ``default_rng([seed, e]).permutation(n)``.
+
+    It starts at global position ``start`` (samples consumed so far, over all ranks) and yields
+    positions ``start + rank, start + rank + world, ...`` so ranks read disjoint samples.
+    """
+
+    def __init__(self, n: int, seed: int, start: int = 0, rank: int = 0, world: int = 1):
+        self.n, self.seed, self.start, self.rank, self.world = n, seed, start, rank, world
+
+    def __iter__(self) -> Iterator[int]:
+        epoch, perm = -1, np.empty(0, dtype=np.int64)
+        p = self.start + self.rank
+        while True:
+            if p // self.n != epoch:
+                epoch = p // self.n
+                perm = np.random.default_rng([self.seed, epoch]).permutation(self.n)
+            yield int(perm[p % self.n])
+            p += self.world
+
+
+def make_loader(dataset: Dataset, batch_size: int, seed: int, start: int, workers: int,
+                rank: int = 0, world: int = 1) -> DataLoader:
+    """A DataLoader over ``dataset`` from stream position ``start``; it never touches the global
+    torch RNG (its own generator), so loading does not perturb the training noise."""
+    return DataLoader(dataset, batch_size=batch_size, sampler=StreamSampler(len(dataset), seed, start, rank, world),
+                      num_workers=workers, generator=torch.Generator().manual_seed(seed),
+                      persistent_workers=False, prefetch_factor=2 if workers else None)

@@ -1,0 +1,112 @@
+"""Run configured stages in order, each resuming where it stopped.
+
+Layout under ``workdir``: ``stage<N>/state`` (resume state, replaced every ``checkpoint_every``
+iterations), ``stage<N>/log.jsonl`` and ``stage<N>/loss.png``, ``stage<N>/final`` (a loadable
+checkpoint; its presence marks the stage done). Stage N starts from the final checkpoint of the
+previous configured stage (the first from ``build_untrained(preset, init_seed)``). After the last
+configured stage the model is saved to ``output`` with a README and the loss curves.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import sys
+from pathlib import Path
+
+from lmgendrive.checkpoint import build_untrained, load_checkpoint, save_checkpoint
+from lmgendrive.errors import ConfigError
+from lmgendrive.model import LMGenDrive
+from lmgendrive.train.backend import LocalBackend, make_backend
+from lmgendrive.train.config import TrainConfig
+from lmgendrive.train.data import DriveDataset, FrameDataset, open_scenes
+from lmgendrive.train.loop import CURVE_FILE, StageTrainer
+from lmgendrive.train.stages import finish_stage
+
+log = logging.getLogger(__name__)
+
+
+def stage_dir(config: TrainConfig, stage: int) -> Path:
+    return Path(config.workdir) / f"stage{stage}"
+
+
+def final_dir(config: TrainConfig, stage: int) -> Path:
+    return stage_dir(config, stage) / "final"
+
+
+def starting_model(config: TrainConfig, stage: int, backend: LocalBackend) -> LMGenDrive:
+    """The previous configured stage's final checkpoint, or a fresh model for the first stage."""
+    earlier = [s for s in config.stage_numbers() if s < stage]
+    if not earlier:
+        return build_untrained(config.preset, seed=config.init_seed).to(backend.device)
+    source = final_dir(config, earlier[-1])
+    if not source.is_dir():
+        raise ConfigError(f"stage {stage} starts from stage {earlier[-1]}'s result {source}, which does not exist: "
+                          f"run `lmgd train --stage {earlier[-1]}` first (or --stage all)")
+    return load_checkpoint(source, backend.device)
+
+
+def train_stage(config: TrainConfig, stage: int, command: str = "") -> LMGenDrive | None:
+    """Train (or resume) one stage; returns the trained model, ``None`` if it was already done."""
+    if final_dir(config, stage).is_dir():
+        log.info("stage %d already done (%s)", stage, final_dir(config, stage))
+        return None
+    stage_config = config.stage(stage)
+    backend = make_backend()
+    model = starting_model(config, stage, backend)
+    scenes = open_scenes(config.data)
+    steps = max(stage_config.sequence_steps) if stage == 3 else 1
+    dataset = (FrameDataset(scenes, model.config) if stage < 2
+               else DriveDataset(scenes, model.config, config.data.context_frames, steps))
+    log.info("stage %d: %d scenes, %d training windows", stage, len(scenes), len(dataset))
+    trainer = StageTrainer(model, stage, stage_config, dataset, stage_dir(config, stage), config.seed + stage,
+                           config.data.workers,
+                           backend)
+    trainer.resume()
+    trainer.run()
+    finish_stage(model, stage, dataset)
+    if backend.is_main:
+        save_checkpoint(model, final_dir(config, stage), readme=readme(config, [stage], command))
+    backend.wait()
+    return model
+
+
+def run(config: TrainConfig, stages: list[int] | None = None, command: str = "") -> Path | None:
+    """Run ``stages`` (default: all configured) in order; after the last configured stage, write
+    ``config.output``. Returns ``config.output`` when it was written."""
+    todo = config.stage_numbers() if stages is None else stages
+    for stage in todo:
+        config.stage(stage)  # every requested stage is configured before any trains
+    for stage in todo:
+        train_stage(config, stage, command)
+    last = config.stage_numbers()[-1]
+    if last not in todo:
+        return None
+    model = load_checkpoint(final_dir(config, last), "cpu")
+    output = Path(config.output)
+    save_checkpoint(model, output, readme=readme(config, config.stage_numbers(), command))
+    for stage in config.stage_numbers():
+        curve = stage_dir(config, stage) / CURVE_FILE
+        if curve.is_file():
+            shutil.copy(curve, output / f"loss_stage{stage}.png")
+    log.info("wrote %s", output)
+    return output
+
+
+def readme(config: TrainConfig, stages: list[int], command: str) -> str:
+    """How the checkpoint was trained: command, data seeds, per-stage recipe, loss curves."""
+    data = config.data
+    source = (f"LMDrive root `{data.lmdrive_root}`" if data.lmdrive_root else
+              f"procedural towns {data.town_seeds()} x {data.routes_per_town} route(s) from route seed "
+              f"{data.route_seed}, weathers {data.weathers} (cycled), {data.frames} frames at {data.size}px")
+    lines = [f"# LMGenDrive `{config.preset}` trained here", "",
+             f"Command: `{command or ' '.join(sys.argv)}`", "",
+             f"Data: {source}; {data.context_frames} context frames. Init seed {config.init_seed}, "
+             f"data seed {config.seed}.", "", "| stage | iterations | batch | lr | warmup | clip | extra |",
+             "|---|---|---|---|---|---|---|"]
+    for s in stages:
+        c = config.stage(s)
+        extra = f"sequence steps {c.sequence_steps}, sampler steps {c.sampler_steps}" if s == 3 else ""
+        lines.append(f"| {s} | {c.iterations} | {c.batch_size} | {c.lr:g} | {c.warmup} | {c.clip:g} | {extra} |")
+    lines += ["", "Loss curves: " + ", ".join(f"`loss_stage{s}.png`" for s in stages), ""]
+    return "\n".join(lines)

@@ -1,0 +1,73 @@
+"""What each stage trains and on which loss; collated loader batches -> model batches.
+
+0: the VAE (autoencoder loss on every view of each frame); afterwards the latent scale is
+calibrated. 1: the vision encoder and its perception heads. 2: single step, encoder frozen.
+3: multi-step sequences (2-3 steps, a curriculum), generator frozen, its sampled videos fed back.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import Dataset
+
+from lmgendrive.config import SamplerConfig
+from lmgendrive.frames import to_pixels
+from lmgendrive.model import DriveBatch, LMGenDrive, LossOutput
+from lmgendrive.train.config import StageConfig
+from lmgendrive.vision import PerceptionBatch
+
+CALIBRATION_FRAMES = 32  # frames (x views) used to calibrate the latent scale after stage 0
+
+
+def sequence_steps(stage: StageConfig, step: int) -> int:
+    """Stage-3 curriculum: the sequence length at iteration ``step`` (equal shares of the list)."""
+    share = len(stage.sequence_steps) * step // stage.iterations
+    return stage.sequence_steps[min(share, len(stage.sequence_steps) - 1)]
+
+
+def drive_batch(batch: dict, steps: int) -> DriveBatch:
+    """A :class:`DriveBatch` of the first ``steps`` steps of a collated drive batch."""
+    return DriveBatch(frames=batch["frames"], instructions=list(batch["instruction"]), speed=batch["speed"],
+                      prev_waypoints=batch["prev_waypoints"], waypoints=batch["waypoints"][:, :steps],
+                      completed=batch["completed"][:, :steps], future_frames=batch["future_frames"][:, :steps])
+
+
+class StageObjective(nn.Module):
+    """The loss of one stage as a module, so data-parallel wrappers see a forward call."""
+
+    def __init__(self, model: LMGenDrive, stage: int, sampler: SamplerConfig | None = None):
+        super().__init__()
+        self.model, self.stage, self.sampler = model, stage, sampler
+
+    def forward(self, batch: dict, steps: int = 1) -> LossOutput:
+        device = self.model.device
+        if self.stage == 0:
+            return self.model.autoencoder_loss(batch["frames"].to(device))
+        if self.stage == 1:
+            return self.model.perception_loss(PerceptionBatch(batch["frames"], batch["detection"], batch["waypoints"],
+                                                              batch["light"]).to(device))
+        drive = drive_batch(batch, steps).to(device)
+        if self.stage == 2:
+            return self.model.single_step_loss(drive)
+        return self.model.multistep_loss(drive, self.sampler)
+
+
+def objective(model: LMGenDrive, stage: int, config: StageConfig) -> StageObjective:
+    """The stage's objective; stage 3 samples its fed-back videos with ``config.sampler_steps`` steps."""
+    sampler = replace(model.config.sampler, steps=config.sampler_steps) if stage == 3 else None
+    return StageObjective(model, stage, sampler)
+
+
+@torch.no_grad()
+def finish_stage(model: LMGenDrive, stage: int, dataset: Dataset) -> None:
+    """After stage 0: set the generator's latent scale from frames spread evenly over ``dataset``."""
+    if stage != 0:
+        return
+    picks = np.linspace(0, len(dataset) - 1, min(CALIBRATION_FRAMES, len(dataset))).round().astype(int)
+    frames = torch.stack([torch.as_tensor(dataset[int(i)]["frames"]) for i in picks])
+    pixels = to_pixels(frames, model.config.image_size, model.device).flatten(0, 1)
+    model.generator.calibrate_latent_scale(pixels)

@@ -1,0 +1,137 @@
+"""Training data and recipes: shaped, deterministic batches from procedural scenes and LMDrive
+roots; resumable sample streams; bad recipes raise ConfigError."""
+
+from __future__ import annotations
+
+import argparse
+
+import numpy as np
+import pytest
+import torch
+
+from lmgendrive.config import preset_config
+from lmgendrive.errors import ConfigError
+from lmgendrive.train import cli
+from lmgendrive.train.config import load_config, parse_config, parse_stage
+from lmgendrive.train.data import (
+    DriveDataset,
+    FrameDataset,
+    StreamSampler,
+    drive_specs,
+    make_loader,
+)
+from lmgendrive.train.schedule import WarmupCosine
+from scenes.lmdrive import open_root, write_index, write_route
+from scenes.procedural.drive import DriveSpec, ProceduralScene
+
+TINY = preset_config("tiny")
+
+
+@pytest.fixture(scope="module")
+def scene() -> ProceduralScene:
+    return ProceduralScene(DriveSpec(town_seed=4, route_seed=2, frames=36, size=(48, 48)))
+
+
+@pytest.fixture(scope="module")
+def lmdrive_scene(scene, tmp_path_factory) -> object:
+    root = tmp_path_factory.mktemp("lmdrive")
+    write_index(root, [write_route(scene, root / scene.name)])
+    return open_root(root)[0]
+
+
+def _batches(dataset, n: int, start: int = 0, workers: int = 0) -> list[dict]:
+    loader = make_loader(dataset, batch_size=3, seed=7, start=start, workers=workers)
+    return [b for b, _ in zip(loader, range(n), strict=False)]
+
+
+def test_frame_batches_are_shaped_and_deterministic(scene):
+    dataset = FrameDataset([scene], TINY)
+    assert len(dataset) == 36
+    first, again = _batches(dataset, 2, workers=2), _batches(dataset, 2, workers=0)
+    b = first[0]
+    assert b["frames"].shape == (3, 3, 32, 32, 3) and b["frames"].dtype == torch.uint8
+    assert b["detection"].shape == (3, 8, 8, 8) and b["waypoints"].shape == (3, 4, 2)
+    assert b["light"].dtype == torch.int64
+    for x, y in zip(first, again, strict=True):
+        assert all(torch.equal(x[k], y[k]) for k in x)
+    skipped = _batches(dataset, 1, start=3)[0]  # resuming at sample 3 continues the same stream
+    assert torch.equal(skipped["frames"], first[1]["frames"])
+
+
+def test_drive_batches_from_procedural_and_lmdrive_agree(scene, lmdrive_scene):
+    procedural = DriveDataset([scene], TINY, context=3, steps=2)
+    recorded = DriveDataset([lmdrive_scene], TINY, context=3, steps=2)
+    assert len(procedural) == len(recorded) == 36 - 2 - 16
+    a, b = _batches(procedural, 1)[0], _batches(recorded, 1, workers=2)[0]
+    assert a["frames"].shape == (3, 3, 3, 32, 32, 3)
+    assert a["future_frames"].shape == (3, 2, 3, 8, 32, 32, 3)
+    assert a["waypoints"].shape == (3, 2, 4, 2) and a["completed"].shape == (3, 2)
+    assert a["prev_waypoints"].shape == (3, 4, 2) and a["speed"].shape == (3,)
+    assert len(a["instruction"]) == 3 and all(isinstance(s, str) for s in a["instruction"])
+    assert torch.equal(a["frames"], b["frames"]) and torch.equal(a["future_frames"], b["future_frames"])
+    assert torch.allclose(a["waypoints"], b["waypoints"], atol=1e-3)
+    assert a["instruction"] == b["instruction"]
+
+
+def test_previous_action_is_the_waypoints_one_step_earlier(scene):
+    dataset = DriveDataset([scene], TINY, context=1, steps=1)
+    assert not dataset[0]["prev_waypoints"].any()
+    np.testing.assert_allclose(dataset[8]["prev_waypoints"], scene.measurements(0).waypoints)
+
+
+def test_stream_sampler_shards_and_crosses_epochs():
+    whole = list(zip(range(12), StreamSampler(5, seed=1), strict=False))
+    assert sorted(i for _, i in whole[:5]) == list(range(5))
+    ranks = [[i for _, i in zip(range(6), StreamSampler(5, 1, rank=r, world=2), strict=False)] for r in (0, 1)]
+    assert [i for pair in zip(*ranks, strict=True) for i in pair] == [i for _, i in whole]
+
+
+def test_warmup_cosine():
+    f = WarmupCosine(warmup=4, total=20, min_ratio=0.1)
+    assert [f(s) for s in range(4)] == [0.25, 0.5, 0.75, 1.0]
+    assert f(20) == pytest.approx(0.1) and 0.1 < f(12) < 1.0
+
+
+def test_procedural_drives_cycle_weathers():
+    config = parse_config({"preset": "demo", "workdir": "w", "output": "o", "stages": {"1": {
+        "iterations": 2, "batch_size": 1, "lr": 1e-3}}, "data": {"towns": {"first": 1, "count": 2},
+                                                               "routes_per_town": 2, "weathers": ["rain", "fog"]}})
+    specs = drive_specs(config.data)
+    assert [(s.town_seed, s.route_seed, s.weather) for s in specs] == [
+        (1, 0, "rain"), (1, 1, "fog"), (2, 0, "rain"), (2, 1, "fog")]
+
+
+@pytest.mark.parametrize(("text", "match"), [
+    ("preset: tiny\nworkdir: w\noutput: o\nstages: {}\nlearning_rate: 1\n", "learning_rate"),
+    ("preset: tiny\nworkdir: w\noutput: o\nstages: {'5': {iterations: 1, batch_size: 1, lr: 1}}\n", "stages.5"),
+    ("preset: huge\nworkdir: w\noutput: o\nstages: {'1': {iterations: 1, batch_size: 1, lr: 1}}\n", "huge"),
+    ("preset: tiny\nworkdir: w\noutput: o\nstages: {'1': {iterations: 2, batch_size: 1, lr: 1, warmup: 5}}\n",
+     "warmup"),
+    ("preset: tiny\nworkdir: w\noutput: o\nstages: {'1': {iterations: 2, batch_size: 1, lr: 1, clipp: 1}}\n",
+     "clipp"),
+    ("preset: tiny\n  bad: [yaml\n", "not valid YAML"),
+])
+def test_bad_recipes_raise_config_error(tmp_path, text, match):
+    path = tmp_path / "train.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=match):
+        load_config(path)
+
+
+def test_cli_rejects_a_bad_or_unconfigured_stage(tmp_path):
+    path = tmp_path / "train.yaml"
+    path.write_text("preset: tiny\nworkdir: w\noutput: o\nstages: {'1': {iterations: 1, batch_size: 1, lr: 1}}\n")
+    parser = argparse.ArgumentParser()
+    cli.add_parser(parser.add_subparsers(dest="verb"))
+    with pytest.raises(ConfigError, match="--stage must be"):
+        parse_stage("7")
+    for stage, match in (("7", "--stage must be"), ("2", "stage 2 is not configured")):
+        args = parser.parse_args(["train", "--stage", stage, "--config", str(path)])
+        with pytest.raises(ConfigError, match=match):
+            args.func(args)
+
+
+@pytest.mark.parametrize("job", ["jobs/train_demo.yaml", "jobs/train_evaluator.yaml"])
+def test_committed_training_recipes_validate(job):
+    config = load_config(job)
+    assert all(seed < 900 for seed in config.data.town_seeds())  # QA / demo towns are 901+
