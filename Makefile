@@ -23,3 +23,7 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) bench/render.py
+	$(PY) bench/model.py
+	$(PY) bench/pipeline.py
+	$(PY) bench/dispatch.py
+	$(PY) bench/qa.py

@@ -325,6 +325,10 @@ def build_parser() -> argparse.ArgumentParser:
     from lmgendrive.train.cli import add_parser as add_train_parser
 
     add_train_parser(verbs)
+
+    from qa.cli import add_parser as add_qa_parser
+
+    add_qa_parser(verbs)
     return p
 
 

@@ -146,8 +146,8 @@ class StorageSpec(Strict):
 
 class QASpec(Strict):
     enabled: bool = True
-    metrics: list[Literal["fid", "fvd", "fd_drive", "instruction_adherence"]] = Field(
-        default=["fid", "fvd", "fd_drive", "instruction_adherence"])
+    metrics: list[Literal["fid", "fvd", "fd_drive", "instruction_adherence", "action_video_agreement"]] = Field(
+        default=["fid", "fvd", "fd_drive", "instruction_adherence", "action_video_agreement"])
     weights_dir: str | None = Field(default=None, description="Inception / I3D weights (else LMGD_WEIGHTS_DIR)")
     evaluator: str = Field(default="checkpoints/evaluator", description="FD-drive encoder checkpoint")
     bootstrap: int = Field(default=200, ge=0)

@@ -14,7 +14,7 @@ from scenes.lmdrive import open_root
 
 VERBS = [[], ["demo"], ["scenes"], ["scenes", "render"], ["scenes", "sheet"], ["manifest"],
          ["manifest", "build"], ["manifest", "curate"], ["manifest", "stats"], ["job"], ["job", "validate"],
-         ["job", "schema"], ["train"]]
+         ["job", "schema"], ["train"], ["qa"]]
 
 
 @pytest.mark.parametrize("verb", VERBS, ids=lambda v: " ".join(v) or "lmgd")

@@ -12,7 +12,8 @@ import torch
 from safetensors.torch import save_file
 
 from lmgendrive.errors import CheckpointError
-from qa.drive import load_drive, load_evaluator, resolve_evaluator
+from qa.config import resolve_evaluator
+from qa.drive import load_drive, load_evaluator
 from qa.i3d import I3D
 from qa.inception import inception_skeleton, load_inception
 from qa.testing import (

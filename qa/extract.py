@@ -1,0 +1,214 @@
+"""Feature extraction for QA: one shard's generated samples and their recorded futures -> statistics.
+
+:class:`FeatureRunner` is plain Python, so the same code runs in-process and inside a Ray actor
+(:mod:`workers.qa`). It loads the extractors once, accumulates :class:`Accumulator` cells across
+the work items it is given and hands them over with :meth:`FeatureRunner.take`. Per sample it also
+returns a small record of the trajectory and motion figures (no features, no frames).
+
+Cells, per metric and horizon (``group`` -1 = not split):
+``(view, "all", -1)`` per camera, ``("pooled", category, -1)`` per instruction category and
+``("pooled", "all", g)`` per task group g; the pooled figure over everything is the sum of the groups.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from lmgendrive.errors import BadInputError
+from pipeline.read import decode_sample, raw_samples
+from pipeline.storage import open_storage
+from qa.config import QAConfig
+from qa.frechet import FeatureStats
+from qa.motion import step_yaw, trajectory, video_yaw
+from qa.video import clips_of
+from scenes.registry import open_scene
+from schemas.tables import STEP_FRAMES
+from workers.media import decode_mp4, encode_mp4
+
+log = logging.getLogger(__name__)
+
+CellKey = tuple[str, int, str, str, int, str]  # metric, horizon, view, category, group, side
+SIDES = ("real", "generated")
+
+
+@dataclass(frozen=True)
+class SampleTask:
+    """What QA needs to know about one generated sample and its task."""
+
+    key: str
+    task_id: str
+    scene_source: str
+    scene_ref: str
+    start_frame: int
+    horizon: int
+    category: str
+    maneuver: str | None  # left / right / straight when the instruction asks for one
+    misleading: bool
+    group: int
+
+
+@dataclass(frozen=True)
+class WorkItem:
+    shard: str
+    horizon: int
+    samples: dict[str, SampleTask]
+
+
+@dataclass
+class Recorded:
+    """The recorded future of a task at the generated resolution."""
+
+    frames: np.ndarray  # (V, T, H, W, 3), through the shards' codec
+    before: np.ndarray  # (V, H, W, 3): frame start_frame - 1, the last seed frame
+    waypoints: np.ndarray  # (steps, K, 2): recorded waypoints at each step's first frame
+
+
+class Accumulator:
+    """Feature statistics per cell; merges with another accumulator."""
+
+    def __init__(self) -> None:
+        self.cells: dict[CellKey, FeatureStats] = {}
+
+    def add(self, key: CellKey, features: np.ndarray) -> None:
+        if key not in self.cells:
+            self.cells[key] = FeatureStats.empty(features.shape[1])
+        self.cells[key].add(features)
+
+    def merge(self, other: Accumulator) -> None:
+        for key, stats in other.cells.items():
+            self.cells[key] = self.cells[key].merge(stats) if key in self.cells else stats
+
+
+def resize(img: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """To (H, W): INTER_AREA when shrinking (as the seed frames are made), INTER_LINEAR when enlarging."""
+    if img.shape[:2] == size:
+        return img
+    shrink = img.shape[0] >= size[0] and img.shape[1] >= size[1]
+    return cv2.resize(img, (size[1], size[0]), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)
+
+
+def recorded_future(task: SampleTask, views: list[str], size: tuple[int, int], encoding: str, crf: int,
+                    fps: float) -> Recorded:
+    """Frames ``[start_frame, start_frame + horizon)`` of the task's scene, resized to ``size``, and
+    (for mp4 outputs) encoded and decoded with the shards' settings so codec loss cancels out."""
+    scene = open_scene(task.scene_source, task.scene_ref)
+    start, h = task.start_frame, task.horizon
+    images = [scene.images(i) for i in range(start - 1, start + h)]
+    stack = np.stack([[resize(img[v], size) for img in images] for v in views])
+    future = stack[:, 1:]
+    if encoding == "mp4":
+        future = np.stack([decode_mp4(encode_mp4(f, fps=fps, crf=crf)) for f in future])
+    waypoints = np.stack([scene.measurements(start - 1 + k * STEP_FRAMES).waypoints for k in range(h // STEP_FRAMES)])
+    return Recorded(frames=future, before=stack[:, 0], waypoints=waypoints)
+
+
+def load_extractors(config: QAConfig, device) -> dict:
+    """metric -> extractor, for the requested FD metrics that can run."""
+    extractors = {}
+    if config.wants("fid"):
+        from qa.inception import load_inception
+
+        extractors["fid"] = load_inception(config.weights_dir, device, config.dims)
+    if config.wants("fvd"):
+        from qa.video import load_i3d
+
+        extractors["fvd"] = load_i3d(config.weights_dir, device)
+    if config.wants("fd_drive") and config.evaluator is not None:
+        from qa.drive import load_drive
+
+        extractors["fd_drive"] = load_drive(Path(config.evaluator), device)
+    return extractors
+
+
+class FeatureRunner:
+    """Extracts and accumulates the features of the work items it runs."""
+
+    def __init__(self, config: QAConfig):
+        from lmgendrive.device import pick_device
+
+        self.config = config
+        self.device = pick_device(config.device)
+        self.extractors = load_extractors(config, self.device)
+        self.storage = open_storage(config.output, config.endpoint_url, config.region)
+        self.acc = Accumulator()
+
+    def descriptions(self) -> dict[str, str]:
+        return {m: e.description for m, e in self.extractors.items()}
+
+    def run(self, item: WorkItem) -> list[dict]:
+        """Accumulate one shard's samples; returns one record per sample."""
+        records = []
+        cache: dict[str, tuple[Recorded, dict[str, np.ndarray]]] = {}
+        for raw in raw_samples(self.storage, [item.shard]):
+            task = item.samples.get(raw["__key__"])
+            if task is None:
+                continue
+            sample = decode_sample(raw)
+            views = list(sample.meta["views"])
+            if task.task_id not in cache:
+                real = recorded_future(task, views, tuple(sample.frames.shape[2:4]), self.config.encoding,
+                                       self.config.crf, float(sample.meta["fps"]))
+                cache[task.task_id] = real, self._extract(real.frames, views)
+            real, real_features = cache[task.task_id]
+            if real.frames.shape != sample.frames.shape:
+                raise BadInputError(f"{sample.key}: generated frames {sample.frames.shape} do not match the "
+                                    f"recorded future {real.frames.shape} of its task")
+            self._accumulate(task, views, real_features, "real")
+            self._accumulate(task, views, self._extract(sample.frames, views), "generated")
+            records.append(self._record(task, views, sample, real))
+        missing = sorted(set(item.samples) - {r["key"] for r in records})
+        if missing:
+            raise BadInputError(f"{item.shard}: sample(s) {missing[:5]} listed in index.parquet are not in the shard")
+        log.debug("%s: %d samples, %d recorded futures", item.shard, len(records), len(cache))
+        return records
+
+    def take(self) -> Accumulator:
+        """The statistics gathered since the last call."""
+        acc, self.acc = self.acc, Accumulator()
+        return acc
+
+    def _extract(self, frames: np.ndarray, views: list[str]) -> dict[str, np.ndarray]:
+        """Features of (V, T, H, W, 3) frames: per view (V, n, D) for FID / FVD, (T, D) for FD-drive."""
+        v, t = frames.shape[:2]
+        out = {}
+        if "fid" in self.extractors:
+            out["fid"] = self.extractors["fid"](frames.reshape(v * t, *frames.shape[2:])).reshape(v, t, -1)
+        if "fvd" in self.extractors:
+            clips = np.stack([clips_of(frames[i]) for i in range(v)])
+            out["fvd"] = self.extractors["fvd"](clips.reshape(-1, *clips.shape[2:])).reshape(v, clips.shape[1], -1)
+        if "fd_drive" in self.extractors:
+            wanted = self.extractors["fd_drive"].views
+            if sorted(wanted) != sorted(views):
+                raise BadInputError(f"the FD-drive evaluator sees views {list(wanted)}, the samples have {views}")
+            order = [views.index(v) for v in wanted]
+            out["fd_drive"] = self.extractors["fd_drive"](frames[order].swapaxes(0, 1))
+        return out
+
+    def _accumulate(self, task: SampleTask, views: list[str], features: dict[str, np.ndarray], side: str) -> None:
+        for metric, feats in features.items():
+            if feats.ndim == 3:
+                for i, view in enumerate(views):
+                    self.acc.add((metric, task.horizon, view, "all", -1, side), feats[i])
+                feats = feats.reshape(-1, feats.shape[-1])
+            self.acc.add((metric, task.horizon, "pooled", task.category, -1, side), feats)
+            self.acc.add((metric, task.horizon, "pooled", "all", task.group, side), feats)
+
+    def _record(self, task: SampleTask, views: list[str], sample, real: Recorded) -> dict:
+        traj = trajectory(sample.waypoints)
+        record = {"key": task.key, "task_id": task.task_id, "horizon": task.horizon, "category": task.category,
+                  "maneuver": task.maneuver, "misleading": task.misleading, "heading_deg": traj.heading_deg,
+                  "lateral_m": traj.lateral_m, "predicted": traj.maneuver()}
+        if "front" in views:
+            f = views.index("front")
+            gen = np.concatenate([sample.seed_frames[f, -1:], sample.frames[f]])
+            rec = np.concatenate([real.before[f][None], real.frames[f]])
+            record.update(action_yaw=step_yaw(sample.waypoints).tolist(),
+                          video_yaw=video_yaw(gen, STEP_FRAMES).tolist(),
+                          recorded_action_yaw=step_yaw(real.waypoints).tolist(),
+                          recorded_video_yaw=video_yaw(rec, STEP_FRAMES).tolist())
+        return record

@@ -1,0 +1,252 @@
+"""The QA driver: plan work from a job output, extract features (in-process or on Ray actors), merge
+statistics per horizon, compute the figures and write ``report.md``, ``horizon.png``, ``qa.json`` and
+``stats/*.npz``.
+
+Horizons are processed one after the other, so the driver holds one horizon's statistics at a time.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import zlib
+from collections import defaultdict
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from functools import partial
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from lmgendrive.errors import BadInputError, RunFailure
+from pipeline.read import read_index
+from pipeline.storage import Storage, open_storage
+from qa.config import FD_METRICS, QAConfig
+from qa.extract import Accumulator, FeatureRunner, SampleTask, WorkItem
+from qa.frechet import FeatureStats, frechet_distance, merge_all
+from qa.motion import MANEUVER_OF_TYPE, TURN_DEG
+from qa.uncertainty import bootstrap_ci, correlation_ci, fd_infinity, wilson
+from qa.weights import I3D_STATE_DICT, I3D_TORCHSCRIPT, INCEPTION, find_weights
+from schemas.spec import validate
+from schemas.tables import QA, TASK
+
+log = logging.getLogger(__name__)
+
+GROUPS = 10  # task groups per horizon: the bootstrap's resampling unit
+TURNING_STEP_DEG = 5.0  # a step turning at least this much (predicted) counts for action-video agreement
+MIN_TURNING_STEPS = 3
+Progress = Callable[[int], None]
+
+
+@dataclass
+class QAResult:
+    rows: list[dict]
+    extractors: dict[str, str]
+    skipped: dict[str, str]
+    details: dict = field(default_factory=dict)
+    files: list[str] = field(default_factory=list)
+
+
+def read_tasks(storage: Storage) -> dict[str, dict]:
+    """The job's tasks by id, from ``manifest.parquet``."""
+    if not storage.exists("manifest.parquet"):
+        raise BadInputError(f"{storage.url('manifest.parquet')}: not found (is this a job output?)")
+    table = validate(pq.read_table(pa.BufferReader(storage.get_bytes("manifest.parquet"))), TASK,
+                     storage.url("manifest.parquet"))
+    return {r["task_id"]: r for r in table.to_pylist()}
+
+
+def plan(storage: Storage) -> dict[int, list[WorkItem]]:
+    """Work items (one per shard) per horizon; tasks are split into groups by task-id rank."""
+    index = read_index(storage).to_pylist()
+    if not index:
+        raise BadInputError(f"{storage.url('index.parquet')}: no samples to evaluate")
+    tasks = read_tasks(storage)
+    missing = sorted({r["task_id"] for r in index} - set(tasks))
+    if missing:
+        raise BadInputError(f"{storage.url('index.parquet')}: task(s) {missing[:5]} are not in manifest.parquet")
+    items: dict[int, dict[str, WorkItem]] = defaultdict(dict)
+    for h in sorted({r["horizon"] for r in index}):
+        rows = [r for r in index if r["horizon"] == h]
+        ids = sorted({r["task_id"] for r in rows})
+        groups = min(GROUPS, len(ids))
+        group_of = {t: i % groups for i, t in enumerate(ids)}
+        for r in rows:
+            t = tasks[r["task_id"]]
+            kind = json.loads(t["instruction_args"] or "{}").get("type", "")
+            sample = SampleTask(key=r["key"], task_id=t["task_id"], scene_source=t["scene_source"],
+                                scene_ref=t["scene_ref"], start_frame=t["start_frame"], horizon=h,
+                                category=t["category"], maneuver=MANEUVER_OF_TYPE.get(kind),
+                                misleading=t["misleading"], group=group_of[t["task_id"]])
+            item = items[h].setdefault(r["shard"], WorkItem(r["shard"], h, {}))
+            item.samples[r["key"]] = sample
+    return {h: list(by_shard.values()) for h, by_shard in items.items()}
+
+
+def preflight(config: QAConfig) -> None:
+    """Fail before any work when a required weights file is missing."""
+    if config.wants("fid"):
+        find_weights((INCEPTION,), config.weights_dir)
+    if config.wants("fvd"):
+        find_weights((I3D_TORCHSCRIPT, I3D_STATE_DICT), config.weights_dir)
+
+
+def execute_local(runner: FeatureRunner, work: dict[int, list[WorkItem]],
+                  progress: Progress) -> Iterator[tuple[int, Accumulator, list[dict]]]:
+    """Every work item in this process, one horizon at a time."""
+    for h, items in work.items():
+        records = []
+        for item in items:
+            records += runner.run(item)
+            progress(len(item.samples))
+        yield h, runner.take(), records
+
+
+def run_qa(config: QAConfig, progress: Progress | None = None, on_start: Progress | None = None) -> QAResult:
+    """Evaluate the job output ``config.output`` and write the QA outputs to ``config.report``;
+    ``on_start`` gets the number of samples, ``progress`` each finished shard's count."""
+    from lmgendrive.device import pick_device
+
+    progress = progress or (lambda n: None)
+    preflight(config)
+    storage = open_storage(config.output, config.endpoint_url, config.region)
+    work = plan(storage)
+    if on_start is not None:
+        on_start(sum(len(item.samples) for items in work.values() for item in items))
+    skipped = config.skipped()
+    for reason in skipped.values():
+        log.info("%s", reason)
+    if config.executor == "ray":
+        from workers.qa import run_on_ray
+
+        stream, extractors = run_on_ray(config, work, progress)
+    elif config.executor == "local":
+        runner = FeatureRunner(config)
+        stream, extractors = execute_local(runner, work, progress), runner.descriptions()
+    else:
+        raise BadInputError(f"unknown executor {config.executor!r}; valid: local, ray")
+    out = open_storage(config.report, config.endpoint_url, config.region)
+    result = QAResult([], extractors, skipped)
+    figures = Figures(config, pick_device(config.device), extractors)
+    for h, acc, records in stream:
+        result.rows += figures.fd_rows(h, acc, out, result)
+        result.rows += figures.trajectory_rows(h, records, result)
+    rows = validate(pa.Table.from_pylist(result.rows, schema=QA.arrow), QA, "qa rows").to_pylist()
+    result.rows = rows
+    from qa.report import write_outputs
+
+    write_outputs(config, result, out)
+    return result
+
+
+class Figures:
+    """The QA rows of one horizon from its merged statistics and sample records."""
+
+    def __init__(self, config: QAConfig, device, extractors: dict[str, str]):
+        self.config = config
+        self.distance = partial(frechet_distance, device=device)
+        self.extractors = extractors
+
+    def _rng(self, figure: str, h: int) -> np.random.Generator:
+        """Resampling stream of one figure at one horizon (reproducible, independent of run order)."""
+        return np.random.default_rng([self.config.seed, h, zlib.crc32(figure.encode())])
+
+    def fd_rows(self, h: int, acc: Accumulator, out: Storage, result: QAResult) -> list[dict]:
+        rows = []
+        for metric in FD_METRICS:
+            groups = sorted({k[4] for k in acc.cells if k[:4] == (metric, h, "pooled", "all")})
+            if not groups:
+                continue
+            real_g = [acc.cells[(metric, h, "pooled", "all", g, "real")] for g in groups]
+            gen_g = [acc.cells[(metric, h, "pooled", "all", g, "generated")] for g in groups]
+            real, gen = merge_all(real_g), merge_all(gen_g)
+            row = self._fd_row(metric, h, "pooled", "all", real, gen)
+            if self.config.bootstrap and len(groups) >= 2:
+                log.info("%s at horizon %d: bootstrap over %d task groups, %d replicates", metric, h, len(groups),
+                         self.config.bootstrap)
+                row["ci_low"], row["ci_high"] = bootstrap_ci(real_g, gen_g, row["value"], self.config.bootstrap,
+                                                             self._rng(metric, h), self.distance)
+            rows.append(row)
+            for (m, hh, view, cat, g, side), stats in sorted(acc.cells.items()):
+                if m == metric and hh == h and g == -1 and side == "real" and not (view == "pooled" and cat == "all"):
+                    rows.append(self._fd_row(metric, h, view, cat, stats, acc.cells[(m, h, view, cat, g, "generated")]))
+            if metric == "fid" and len(groups) >= 3:
+                value, points = fd_infinity(real_g, gen_g, self._rng("fid_inf", h), self.distance)
+                rows.append(_row("fid_inf", h, "pooled", "all", value, (None, None), real.count, gen.count,
+                                 self.extractors[metric]))
+                result.details.setdefault("fid_inf_points", {})[h] = points
+            for side, stats in (("real", real), ("generated", gen)):
+                name = f"stats/{metric}-h{h:03d}-{side}.npz"
+                buf = io.BytesIO()
+                stats.save(buf)
+                out.put_bytes(name, buf.getvalue())
+                result.files.append(name)
+            result.details.setdefault("groups", {})[h] = len(groups)
+        return rows
+
+    def _fd_row(self, metric: str, h: int, view: str, category: str, real: FeatureStats, gen: FeatureStats) -> dict:
+        if real.count != gen.count:
+            raise RunFailure(f"{metric} at horizon {h} ({view}, {category}): {real.count} real vs {gen.count} "
+                             f"generated items; the protocol compares equal numbers")
+        return _row(metric, h, view, category, self.distance(real, gen), (None, None), real.count, gen.count,
+                    self.extractors[metric])
+
+    def trajectory_rows(self, h: int, records: list[dict], result: QAResult) -> list[dict]:
+        rows = []
+        if self.config.wants("instruction_adherence"):
+            rows += self._adherence(h, records, result)
+        if self.config.wants("action_video_agreement"):
+            rows += self._agreement(h, records, result)
+        return rows
+
+    def _adherence(self, h: int, records: list[dict], result: QAResult) -> list[dict]:
+        confusion: dict[str, dict[str, dict[str, int]]] = {"feasible": {}, "misleading": {}}
+        for r in records:
+            if r["maneuver"] is not None:
+                kind = confusion["misleading" if r["misleading"] else "feasible"]
+                cell = kind.setdefault(r["maneuver"], {})
+                cell[r["predicted"]] = cell.get(r["predicted"], 0) + 1
+        result.details.setdefault("adherence", {})[h] = confusion
+        n = sum(sum(c.values()) for c in confusion["feasible"].values())
+        if n == 0:
+            result.details.setdefault("notes", []).append(f"horizon {h}: no feasible turn instruction, "
+                                                          f"no instruction adherence")
+            return []
+        k = sum(c.get(m, 0) for m, c in confusion["feasible"].items())
+        rule = f"predicted waypoints: |heading change| >= {TURN_DEG:g} deg is a turn (same side laterally)"
+        return [_row("instruction_adherence", h, "pooled", "turn", k / n, wilson(k, n), 0, n, rule)]
+
+    def _agreement(self, h: int, records: list[dict], result: QAResult) -> list[dict]:
+        gen = [np.c_[r["action_yaw"], r["video_yaw"]] for r in records if "action_yaw" in r]
+        rec = {r["task_id"]: np.c_[r["recorded_action_yaw"], r["recorded_video_yaw"]] for r in records
+               if "action_yaw" in r}
+        if not gen:
+            return []
+        xy, ref = np.concatenate(gen), np.concatenate(list(rec.values()))
+        figures = {"generated_r": _yaw_correlation(xy), "recorded_r": _yaw_correlation(ref)}
+        result.details.setdefault("agreement", {})[h] = {**figures, "steps": len(xy), "recorded_steps": len(ref)}
+        if figures["generated_r"] is None:
+            result.details.setdefault("notes", []).append(
+                f"horizon {h}: fewer than {MIN_TURNING_STEPS} steps whose predicted yaw reaches {TURNING_STEP_DEG:g} deg "
+                f"(or a still video); action-video agreement needs turning")
+            return []
+        ci = (correlation_ci(gen, self.config.bootstrap, self._rng("agreement", h), _yaw_correlation)
+              if self.config.bootstrap else (None, None))
+        rule = "Pearson r, per-step yaw of predicted waypoints vs front-camera phase-correlation yaw"
+        return [_row("action_video_agreement", h, "front", "all", figures["generated_r"], ci, len(ref), len(xy), rule)]
+
+
+def _yaw_correlation(xy: np.ndarray) -> float | None:
+    """Pearson r of (action yaw, video yaw) rows; None without enough turning to correlate."""
+    if (np.abs(np.degrees(xy[:, 0])) >= TURNING_STEP_DEG).sum() < MIN_TURNING_STEPS or xy[:, 1].std() == 0:
+        return None
+    return float(np.corrcoef(xy[:, 0], xy[:, 1])[0, 1])
+
+
+def _row(metric: str, h: int, view: str, category: str, value: float, ci: tuple, n_real: int, n_gen: int,
+         extractor: str) -> dict:
+    return {"schema_version": QA.version, "metric": metric, "horizon": h, "view": view, "category": category,
+            "value": float(value), "ci_low": ci[0], "ci_high": ci[1], "n_real": int(n_real),
+            "n_generated": int(n_gen), "extractor": extractor}
