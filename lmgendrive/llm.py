@@ -8,8 +8,12 @@ Input sequence, per sample::
 The LLM is causal, so the action queries see everything before them and the world queries also
 see the action queries; planning without generation drops the world queries and gets exactly the
 same action outputs. The action head is one two-layer MLP applied to each action-query output:
-``(x, y, completion logit)``; query ``i`` gives waypoint ``i`` and the completion logit is the mean
-over queries.
+``(x, y, completion logit)``; query ``i`` gives waypoint ``i`` as an offset from constant-velocity
+extrapolation (straight ahead at the measured speed, ``(i + 1) * WAYPOINT_DT`` seconds out) and the
+completion logit is the mean over queries. The kinematic prior is our addition (LMDrive regresses
+waypoints directly): the head then learns braking, accelerating and turning instead of first
+re-learning distance = speed x time, which a small model trained briefly otherwise gets wrong by
+more than constant-velocity extrapolation does.
 """
 
 from __future__ import annotations
@@ -21,8 +25,16 @@ from torch import nn
 from transformers import LlamaConfig, LlamaModel
 
 from lmgendrive.config import LLMConfig
+from lmgendrive.control import WAYPOINT_DT
 
 ACTION_SCALE = 0.1  # speed (m/s) and waypoints (m) are scaled by this before the action embedding
+
+
+def constant_velocity(speed: torch.Tensor, n: int) -> torch.Tensor:
+    """(B, n, 2) ego-frame waypoints driving straight on at ``speed`` (B,) m/s, ``WAYPOINT_DT`` apart."""
+    t = torch.arange(1, n + 1, device=speed.device, dtype=speed.dtype) * WAYPOINT_DT
+    x = speed[:, None] * t[None]
+    return torch.stack([x, torch.zeros_like(x)], dim=-1)
 
 
 def llama_config(config: LLMConfig) -> LlamaConfig:
@@ -91,9 +103,9 @@ class PlannerLLM(nn.Module):
                             use_cache=False).last_hidden_state
         n, w = self.config.num_action_queries, self.config.num_world_queries
         start = embeds.shape[1] - n - (w if with_world else 0)
-        out = self.action_head(hidden[:, start:start + n])
+        out = self.action_head(hidden[:, start:start + n]).float()
         return LLMOutput(
-            waypoints=out[..., :2].float(),
-            completion_logit=out[..., 2].float().mean(dim=1),
+            waypoints=out[..., :2] + constant_velocity(speed.float(), n),
+            completion_logit=out[..., 2].mean(dim=1),
             world=hidden[:, -w:] if with_world else None,
         )

@@ -120,6 +120,31 @@ def test_planning_without_world_queries_gives_the_same_actions(model):
     assert planned.world is None
 
 
+def test_waypoints_are_offsets_from_constant_velocity(model):
+    """With the action head's output zeroed the plan is straight on at the measured speed."""
+    from lmgendrive.control import WAYPOINT_DT
+
+    ids, mask = model.tokenize(["turn right", "go straight"])
+    history = torch.randn(2, 3, model.config.qformer.num_queries, model.config.llm.hidden)
+    speed = torch.tensor([0.0, 5.0])
+    args = (model.llm.embed_instructions(ids), mask, history, speed, torch.zeros(2, 4, 2))
+    head = model.llm.action_head[-1]
+    saved = head.weight.detach().clone(), head.bias.detach().clone()
+    try:
+        with torch.no_grad():
+            assert not torch.allclose(model.llm(*args, with_world=False).waypoints[1, :, 1], torch.zeros(4))
+            head.weight.zero_()
+            head.bias.zero_()
+            out = model.llm(*args, with_world=False)
+    finally:
+        with torch.no_grad():
+            head.weight.copy_(saved[0])
+            head.bias.copy_(saved[1])
+    t = torch.arange(1, 5) * WAYPOINT_DT
+    expected = torch.stack([torch.stack([v * t, torch.zeros(4)], -1) for v in speed])
+    torch.testing.assert_close(out.waypoints, expected)
+
+
 def test_instruction_padding_does_not_change_the_plan(model):
     """A sample's actions do not depend on how far its instruction is padded by batch mates."""
     history = torch.randn(1, 3, model.config.qformer.num_queries, model.config.llm.hidden)
