@@ -1,7 +1,7 @@
 """Imported first by bench scripts that use the project's ``pipeline`` package.
 
-``python bench/X.py`` puts ``bench/`` first on ``sys.path``, where ``bench/pipeline.py`` would
-shadow that package; this drops ``bench/`` from the path again.
+``python bench/X.py`` puts ``bench/`` first on ``sys.path``, where ``bench/pipeline.py`` and
+``bench/qa.py`` would shadow those packages; this drops ``bench/`` from the path again.
 """
 
 import os

@@ -125,6 +125,20 @@ def test_instruction_given_matches_the_maneuver(scene_factory, turn):
     assert "{" not in first.instruction.text and "[x]" not in first.instruction.text
 
 
+@pytest.mark.parametrize("turn", ["left", "right"])
+def test_next_junction_counts_down_to_the_stop_line_then_the_ego_turns(scene_factory, turn):
+    scene = scene_factory(town_seed=21, route_seed=1, frames=300, turns=(turn,))
+    approach = [scene.next_junction(i) for i in range(len(scene))]
+    first = approach[0]
+    assert first.turn == turn and turn in scene.junction_ahead(0, within=1e6)
+    same = [j.stop_line_distance for j in approach if j is not None and j.node == first.node]
+    assert same[0] > 0 > same[-1] and all(b <= a + 1e-9 for a, b in zip(same, same[1:], strict=False))
+    crossed = next(i for i, j in enumerate(approach) if j is not None and j.node == first.node
+                   and j.stop_line_distance < -6)
+    lateral = scene.measurements(crossed).waypoints[-1, 1]  # ego frame: y to the left
+    assert lateral > 0.2 if turn == "left" else lateral < -0.2
+
+
 def test_misleading_instructions_are_flagged_and_infeasible(scene_factory):
     found = []
     for r in range(24):

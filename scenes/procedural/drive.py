@@ -50,6 +50,15 @@ class DriveSpec:
             raise ConfigError(f"unknown turn(s) {bad}; valid: {', '.join(TURNS)}")
 
 
+@dataclass(frozen=True)
+class JunctionApproach:
+    """The next junction on the ego's route (see :meth:`ProceduralScene.next_junction`)."""
+
+    node: tuple[int, int]
+    turn: str  # 'left', 'straight' or 'right'
+    stop_line_distance: float  # metres from the front bumper; negative once past the line
+
+
 @lru_cache(maxsize=4)
 def ground_of_town(seed: int) -> GroundTexture:
     """The ground texture of town ``seed`` (cached: drawing it takes about half a second)."""
@@ -127,6 +136,15 @@ class ProceduralScene:
             return None
         turns = {turn_between(m.k_in, k) for k in self.town.arms(m.node) if (k - m.k_in) % 4 != 2}
         return [t for t in TURNS if t in turns]
+
+    def next_junction(self, i: int) -> JunctionApproach | None:
+        """The junction the ego is approaching or crossing at frame ``i`` (``None`` when no junction
+        is left on the route): its node, the route's turn there and the distance from the front
+        bumper to its stop line (negative once past the line)."""
+        self._check(i)
+        front = self.log.frames[i].ego_s + VEHICLE_SIZE[0] / 2
+        m = self.log.route.next_maneuver(front)
+        return None if m is None else JunctionApproach(m.node, turn_between(m.k_in, m.k_out), float(m.s_stop - front))
 
     def _check(self, i: int) -> None:
         if not 0 <= i < len(self):

@@ -1,0 +1,277 @@
+"""Quality of a trained checkpoint on held-out procedural towns (town seeds no training recipe uses).
+
+Four figures, each against a baseline measured in the same run:
+
+* ``wp_l1_over_const_vel``: mean L1 of ``plan()``'s waypoints against the expert's, divided by that
+  of constant-velocity extrapolation (straight ahead at the measured speed). Goal <= 0.70.
+* ``fd_drive_over_repeat_last`` / ``fd_drive_over_untrained``: FD-drive (the evaluator encoder,
+  ``checkpoints/evaluator``) of one generated 8-frame step against the real next 8 frames of the same
+  windows, divided by FD-drive of "repeat the last seed frame" and of the untrained model (same
+  preset and init seed). Goal < 1 for both.
+* ``turn_agreement``: at junction entries (front bumper 2-5 m past the stop line, moving), every
+  feasible maneuver is asked for in turn ("turn left" / "go straight" / "turn right": the one the
+  expert took and the counterfactual ones); the heading of the last segment of ``plan()``'s
+  trajectory classifies it. Goal >= 0.80. ``turn_agreement_actual`` counts only the maneuvers the
+  expert took; ``turn_agreement_expert`` classifies the expert's own waypoints the same way, a
+  check that the classifier and the chosen frames tell the maneuvers apart at all.
+
+Every window is planned as the generation loop plans: the model observes ``CONTEXT`` frames ending
+one step (8 frames) earlier, plans, observes the step's 8 real frames, then plans (or generates)
+for the window's frame, so the previous action it sees is its own.
+
+``--sheet PNG`` also writes a contact sheet (the paper's Figure 4): per junction case, the seed frame
+and the generated futures for each instruction. The last line printed is one JSON object.
+
+    python bench/quality.py [--checkpoint demo] [--towns 12] [--sheet docs/futures.png]
+"""
+
+from __future__ import annotations
+
+import _syspath  # noqa: F401  (must come first: keeps bench/qa.py from shadowing `qa`)
+
+# isort: split
+import argparse
+import json
+import logging
+import platform
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+
+from lmgendrive.checkpoint import build_untrained, load_checkpoint, model_identity
+from lmgendrive.device import pick_device
+from lmgendrive.model import LMGenDrive, RolloutState
+from qa.drive import load_drive
+from qa.frechet import FeatureStats, frechet_distance
+from scenes.contract import WAYPOINT_TIMES
+from scenes.procedural.drive import DriveSpec, ProceduralScene
+from scenes.procedural.instructions import make_instruction
+from scenes.sheet import write_png
+
+HELD_OUT_FIRST = 951  # training uses towns 1-40, the evaluator 101-140, the demo and QA jobs 901-902
+WEATHERS = ("clear_noon", "cloudy", "rain", "fog", "sunset", "night")
+CONTEXT = 4
+KIND = {"left": "turn_left", "straight": "go_straight", "right": "turn_right"}
+TURN_DEGREES = 4.0  # |heading change| of the last waypoint segment above this is a turn
+ENTRY = (-5.0, -2.0)  # junction cases: front bumper this far (m) past the stop line: the turn is
+# just beginning (the expert's waypoints turn by 7-20 degrees), the car is still aligned with its road
+MIN_SPEED = 1.5  # m/s, junction cases only: a car waiting at a red light plans no turn yet
+
+
+@dataclass(frozen=True)
+class Window:
+    scene: ProceduralScene
+    t: int  # the frame the model plans (or generates) for
+
+
+def held_out_scenes(towns: int, frames: int, size: int) -> list[ProceduralScene]:
+    return [ProceduralScene(DriveSpec(HELD_OUT_FIRST + k, 0, WEATHERS[k % len(WEATHERS)], frames, (size, size)))
+            for k in range(towns)]
+
+
+def frames_of(scene: ProceduralScene, first: int, last: int) -> np.ndarray:
+    """uint8 (V, T, H, W, 3) of frames ``first .. last``."""
+    return np.stack([np.stack([scene.images(i)[v] for i in range(first, last + 1)]) for v in scene.views])
+
+
+def plan_windows(scenes: list[ProceduralScene], every: int, step: int) -> list[Window]:
+    first = step + CONTEXT - 1
+    return [Window(s, t) for s in scenes for t in range(first, len(s) - step, every)]
+
+
+def junction_windows(scenes: list[ProceduralScene], step: int) -> list[Window]:
+    """The first frame per junction crossing with the front bumper in ``ENTRY`` and the ego moving."""
+    out = []
+    for s in scenes:
+        seen = set()
+        for t in range(step + CONTEXT - 1, len(s)):
+            j = s.next_junction(t)
+            if j is None or not ENTRY[0] <= j.stop_line_distance <= ENTRY[1] or s.measurements(t).speed < MIN_SPEED:
+                continue
+            if j.node not in seen and s.junction_ahead(t, within=0.0):
+                seen.add(j.node)
+                out.append(Window(s, t))
+    return out
+
+
+def prepare(model: LMGenDrive, windows: list[Window], instructions: list[str], step: int) -> RolloutState:
+    """A batched state after the model has planned one step before each window and observed that
+    step's real frames, its speed set to the window frame's measured speed."""
+    seed = np.stack([frames_of(w.scene, w.t - step - CONTEXT + 1, w.t - step) for w in windows])
+    before = [w.scene.measurements(w.t - step).speed for w in windows]
+    state = model.start(seed, instructions, seeds=list(range(len(windows))), speed=before)
+    model.plan(state)
+    observed = np.stack([frames_of(w.scene, w.t - step + 1, w.t) for w in windows])
+    model.plan(state, observed, speed=[w.scene.measurements(w.t).speed for w in windows])
+    return state
+
+
+def batches(items: list, size: int):
+    for i in range(0, len(items), size):
+        yield items[i:i + size]
+
+
+def waypoint_errors(model: LMGenDrive, windows: list[Window], step: int, batch: int) -> tuple[float, float]:
+    """Mean L1 (m) of the model's waypoints and of constant-velocity extrapolation."""
+    ours, const = [], []
+    times = np.asarray(WAYPOINT_TIMES, dtype=np.float32)
+    for chunk in batches(windows, batch):
+        truth = np.stack([w.scene.measurements(w.t).waypoints for w in chunk])
+        state = prepare(model, chunk, [w.scene.measurements(w.t).instruction.text for w in chunk], step)
+        predicted = model.plan(state).waypoints
+        speed = np.asarray([w.scene.measurements(w.t).speed for w in chunk], dtype=np.float32)
+        straight = np.stack([np.stack([speed * t, np.zeros_like(speed)], -1) for t in times], 1)
+        ours.append(np.abs(predicted - truth).mean(axis=(1, 2)))
+        const.append(np.abs(straight - truth).mean(axis=(1, 2)))
+    return float(np.concatenate(ours).mean()), float(np.concatenate(const).mean())
+
+
+def maneuver_of(waypoints: np.ndarray) -> str:
+    """'left' / 'straight' / 'right' from the heading of the last waypoint segment (x forward, y left)."""
+    d = waypoints[-1] - waypoints[-2]
+    if np.hypot(*d) < 0.05:  # standing still: no heading to read
+        return "straight"
+    heading = np.degrees(np.arctan2(d[1], d[0]))
+    return "left" if heading > TURN_DEGREES else "right" if heading < -TURN_DEGREES else "straight"
+
+
+def turn_cases(windows: list[Window]) -> list[tuple[Window, str, str]]:
+    """(window, asked maneuver, instruction text) for every feasible maneuver at every junction."""
+    cases = []
+    for n, w in enumerate(windows):
+        for maneuver in w.scene.junction_ahead(w.t, within=0.0) or []:
+            text = make_instruction(KIND[maneuver], np.random.default_rng([n, len(cases)])).text
+            cases.append((w, maneuver, text))
+    return cases
+
+
+def turn_agreement(model: LMGenDrive, cases: list[tuple[Window, str, str]], step: int,
+                   batch: int) -> tuple[float, float]:
+    """Agreement over all cases, and over the cases asking for the maneuver the expert took."""
+    agree, actual = [], []
+    for chunk in batches(cases, batch):
+        state = prepare(model, [w for w, _, _ in chunk], [text for _, _, text in chunk], step)
+        predicted = model.plan(state).waypoints
+        for p, (w, m, _) in zip(predicted, chunk, strict=True):
+            agree.append(maneuver_of(p) == m)
+            if m == w.scene.next_junction(w.t).turn:
+                actual.append(agree[-1])
+    return float(np.mean(agree)), float(np.mean(actual))
+
+
+def expert_agreement(windows: list[Window]) -> float:
+    """How often the expert's own waypoints classify as the maneuver it actually takes."""
+    return float(np.mean([maneuver_of(w.scene.measurements(w.t).waypoints) == w.scene.next_junction(w.t).turn
+                          for w in windows]))
+
+
+def generated_futures(model: LMGenDrive, windows: list[Window], instructions: list[str], step: int,
+                      batch: int) -> np.ndarray:
+    """uint8 (N, V, step, H, W, 3): one generation step per window."""
+    out = []
+    for k, chunk in enumerate(batches(windows, batch)):
+        state = prepare(model, chunk, instructions[k * batch:(k + 1) * batch], step)
+        out.append(model.step(state).frames)
+    return np.concatenate(out)
+
+
+def fd_drive(extract, futures: np.ndarray, reference: FeatureStats) -> float:
+    """FD-drive of (N, V, T, H, W, 3) futures (every frame a multi-view sample) against ``reference``."""
+    n, v, t = futures.shape[:3]
+    frames = futures.transpose(0, 2, 1, 3, 4, 5).reshape(n * t, v, *futures.shape[3:])
+    return frechet_distance(FeatureStats.of(extract(frames)), reference)
+
+
+def sheet(model: LMGenDrive, windows: list[Window], step: int, path: Path) -> None:
+    """Per junction window, a row per feasible maneuver: seed frame, then every other generated frame."""
+    rows = []
+    width = 3 * 64
+    for w in windows:
+        options = w.scene.junction_ahead(w.t, within=0.0) or []
+        texts = [make_instruction(KIND[m], np.random.default_rng(0)).text for m in options]
+        state = prepare(model, [w] * len(options), texts, step)
+        futures = model.step(state).frames
+        rows.append(_label(f"{w.scene.name} frame {w.t}: seed (left | front | right), then generated t+2, "
+                           f"t+4, t+6, t+8", width * 5, header=True))
+        seed = frames_of(w.scene, w.t, w.t)[:, 0]
+        for text, future in zip(texts, futures, strict=True):
+            tiles = [np.concatenate(list(seed), axis=1)]
+            tiles += [np.concatenate(list(future[:, j]), axis=1) for j in (1, 3, 5, 7)]
+            strip = np.concatenate([cv2.resize(tile, (width, 64), interpolation=cv2.INTER_AREA) for tile in tiles], 1)
+            rows += [_label(f'"{text}"', strip.shape[1]), strip]
+    write_png(np.concatenate(rows, axis=0), path)
+
+
+def _label(text: str, width: int, header: bool = False) -> np.ndarray:
+    strip = np.full((20, width, 3), (32, 34, 40) if header else (16, 16, 18), np.uint8)
+    cv2.putText(strip, text, (4, 14), cv2.FONT_HERSHEY_SIMPLEX, 0.4, (235, 235, 235), 1, cv2.LINE_AA)
+    return strip
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--checkpoint", default="demo", help="checkpoint directory or preset (default: demo)")
+    parser.add_argument("--evaluator", type=Path, default=Path("checkpoints/evaluator"))
+    parser.add_argument("--towns", type=int, default=12,
+                        help=f"held-out towns for waypoints and FD-drive (seeds from {HELD_OUT_FIRST})")
+    parser.add_argument("--junction-towns", type=int, default=36, help="held-out towns searched for junctions")
+    parser.add_argument("--frames", type=int, default=200, help="frames per held-out drive")
+    parser.add_argument("--every", type=int, default=20, help="frames between waypoint-test windows")
+    parser.add_argument("--fd-windows", type=int, default=48, help="windows generated for FD-drive")
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--sheet", type=Path, help="write the Figure-4 contact sheet here")
+    parser.add_argument("--sheet-cases", type=int, default=3)
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.WARNING)
+    device = pick_device()
+    started = time.perf_counter()
+    model = load_checkpoint(args.checkpoint, device)
+    cfg = model.config
+    step = cfg.frames_per_step
+    untrained = build_untrained(cfg.preset, seed=0).to(device)
+    scenes = held_out_scenes(args.towns, args.frames, cfg.image_size[0])
+
+    windows = plan_windows(scenes, args.every, step)
+    wp_ours, wp_const = waypoint_errors(model, windows, step, args.batch)
+
+    junctions = junction_windows(held_out_scenes(args.junction_towns, args.frames, cfg.image_size[0]), step)
+    cases = turn_cases(junctions)
+    agreement, agreement_actual = turn_agreement(model, cases, step, args.batch)
+
+    extract = load_drive(args.evaluator, device)
+    rng = np.random.default_rng(0)
+    fd_set = [windows[i] for i in sorted(rng.choice(len(windows), min(args.fd_windows, len(windows)), replace=False))]
+    real = np.stack([frames_of(w.scene, w.t + 1, w.t + step) for w in fd_set])
+    reference = FeatureStats.of(extract(real.transpose(0, 2, 1, 3, 4, 5).reshape(-1, *real.shape[1:2], *real.shape[3:])))
+    texts = [w.scene.measurements(w.t).instruction.text for w in fd_set]
+    ours = generated_futures(model, fd_set, texts, step, args.batch)
+    repeat = np.repeat(np.stack([frames_of(w.scene, w.t, w.t) for w in fd_set]), step, axis=2)
+    baseline = generated_futures(untrained, fd_set, texts, step, args.batch)
+    fd = {"ours": fd_drive(extract, ours, reference), "repeat_last": fd_drive(extract, repeat, reference),
+          "untrained": fd_drive(extract, baseline, reference)}
+    if args.sheet:
+        sheet(model, junctions[:args.sheet_cases], step, args.sheet)
+
+    result = {
+        "checkpoint": str(args.checkpoint), "model_id": model_identity(model).model_id, "device": str(device),
+        "machine": f"{platform.machine()} {torch.get_num_threads()} threads", "held_out_towns":
+            [HELD_OUT_FIRST, HELD_OUT_FIRST + args.towns - 1],
+        "waypoint_windows": len(windows), "wp_l1_m": round(wp_ours, 4), "wp_l1_const_vel_m": round(wp_const, 4),
+        "wp_l1_over_const_vel": round(wp_ours / wp_const, 4),
+        "fd_windows": len(fd_set), "fd_drive": {k: round(v, 3) for k, v in fd.items()},
+        "fd_drive_over_repeat_last": round(fd["ours"] / fd["repeat_last"], 4),
+        "fd_drive_over_untrained": round(fd["ours"] / fd["untrained"], 4),
+        "junctions": len(junctions), "turn_cases": len(cases), "turn_agreement": round(agreement, 4),
+        "turn_agreement_actual": round(agreement_actual, 4),
+        "turn_agreement_expert": round(expert_agreement(junctions), 4),
+        "seconds": round(time.perf_counter() - started, 1),
+    }
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()
