@@ -35,6 +35,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     p.add_argument("--ray-address", default="local",
                    help="'local' starts a one-node cluster, 'auto' joins a running one, or an address")
     p.add_argument("--workers", type=int, help="Ray feature workers (default: the job's resources.workers)")
+    p.add_argument("--gallery", type=int, help="seed points drawn with their generated futures in report.md "
+                                                "(default 4; 0: none)")
     p.add_argument("--device", help="torch device (default: $LMGD_DEVICE, else CUDA, MPS, CPU)")
     p.add_argument("--endpoint-url", help="S3-compatible endpoint (else the job's, else AWS_ENDPOINT_URL)")
     p.add_argument("--region", help="S3 region")
@@ -67,10 +69,11 @@ def cmd_qa(args: argparse.Namespace) -> int:
         raise ConfigError("give a job spec (lmgd qa JOB) or a job output (lmgd qa --generated OUT --out DIR)")
     if args.generated and not args.out:
         raise ConfigError("--generated OUT needs --out DIR (where the QA outputs go)")
-    for name in ("bootstrap", "workers"):
+    for name in ("bootstrap", "workers", "gallery"):
         value = getattr(args, name)
-        if value is not None and value < (0 if name == "bootstrap" else 1):
-            raise ConfigError(f"--{name} must be >= {0 if name == 'bootstrap' else 1}, got {value}")
+        least = 1 if name == "workers" else 0
+        if value is not None and value < least:
+            raise ConfigError(f"--{name} must be >= {least}, got {value}")
     if args.job:
         job = load_job(args.job)
         output = job.output
@@ -80,7 +83,7 @@ def cmd_qa(args: argparse.Namespace) -> int:
     config = qa_config(output, args.out or report_dir_of(output), job.qa if job else QASpec(), job,
                        metrics=args.metrics, weights_dir=args.weights_dir, evaluator=args.evaluator,
                        bootstrap=args.bootstrap, dims=args.dims, executor=args.executor,
-                       ray_address=args.ray_address, workers=args.workers, device=args.device,
+                       ray_address=args.ray_address, workers=args.workers, device=args.device, gallery=args.gallery,
                        endpoint_url=args.endpoint_url, region=args.region)
     for reason in config.skipped().values():
         print(reason)
@@ -94,5 +97,5 @@ def cmd_qa(args: argparse.Namespace) -> int:
         figures = [f"{r['metric']} {cell(r)}" for r in result.rows
                    if r["horizon"] == h and r["view"] in ("pooled", "front") and r["category"] in ("all", "turn")]
         print(f"horizon {h}: " + "; ".join(figures))
-    print(f"wrote {config.report}/report.md, horizon.png, qa.json and {len(result.files)} statistics file(s)")
+    print(f"wrote {config.report}/report.md, horizon.png, qa.json and {len(result.files)} more file(s)")
     return 0

@@ -40,16 +40,19 @@ class QAConfig:
     cpus_per_worker: float = 1.0
     device: str | None = None
     seed: int = 0
+    gallery: int = 4  # seed points shown with their generated futures in report.md (0: none)
+    unavailable: tuple[tuple[str, str], ...] = ()  # (metric, reason) dropped by without_missing_weights
 
     def wants(self, metric: str) -> bool:
         return metric in self.metrics
 
     def skipped(self) -> dict[str, str]:
         """Requested metrics that cannot run, with the reason."""
+        skipped = dict(self.unavailable)
         if self.wants("fd_drive") and self.evaluator is None:
-            return {"fd_drive": f"FD-drive skipped: the evaluator checkpoint {self.evaluator_missing} is missing "
-                                f"(it is trained separately from the model under test; see checkpoints/README.md)"}
-        return {}
+            skipped["fd_drive"] = (f"FD-drive skipped: the evaluator checkpoint {self.evaluator_missing} is missing "
+                                   f"(it is trained separately from the model under test; see checkpoints/README.md)")
+        return skipped
 
 
 def resolve_evaluator(path: str | Path) -> Path | None:

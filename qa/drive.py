@@ -23,11 +23,11 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file
 
+from lmgendrive.checkpoint import file_sha256
 from lmgendrive.config import ModelConfig
 from lmgendrive.errors import CheckpointError, ConfigError
 from lmgendrive.frames import to_pixels
 from lmgendrive.vision import VisionEncoder
-from qa.weights import file_sha256
 
 log = logging.getLogger(__name__)
 

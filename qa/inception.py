@@ -20,9 +20,10 @@ import torchvision
 from pytorch_fid.inception import FIDInceptionA, FIDInceptionC, FIDInceptionE_1, FIDInceptionE_2
 from torch import nn
 
+from lmgendrive.checkpoint import file_sha256
 from lmgendrive.errors import CheckpointError
 from qa.config import INCEPTION_DIMS, PROTOCOL_DIMS
-from qa.weights import INCEPTION, file_sha256, find_weights
+from qa.weights import INCEPTION, find_weights
 
 log = logging.getLogger(__name__)
 

@@ -74,6 +74,10 @@ def markdown(config: QAConfig, result: QAResult) -> str:
     lines += _breakdown(rows, horizons, "view", VIEWS, "Per camera view")
     lines += _breakdown(rows, horizons, "category", INSTRUCTION_CATEGORIES, "Per instruction category")
     lines += _trajectory(result)
+    if result.gallery:
+        lines += ["", "## Gallery", "", "The first sample of each task at the longest horizon, grouped by seed point: "
+                  "the last seed frame, then generated frames (`qa/gallery.py`).", ""]
+        lines += [f"![{name}]({name})" for name in result.gallery]
     notes = list(result.skipped.values()) + result.details.get("notes", [])
     if notes:
         lines += ["", "## Skipped and notes", ""] + [f"- {n}" for n in notes]
@@ -81,7 +85,8 @@ def markdown(config: QAConfig, result: QAResult) -> str:
     lines += ["", "## Files", "", "- `qa.json`: every row (schema `qa`), the groups, confusion matrices and "
               "FID∞ fit points", "- `horizon.png`: the figures versus horizon",
               "- `stats/*.npz`: pooled statistics per metric, horizon and side (`mu`, `sigma` as pytorch-fid writes "
-              "them, and `count`)", ""]
+              "them, and `count`)", *(["- `gallery/*.png`: seed frames and generated futures"] if result.gallery else []),
+              ""]
     return "\n".join(lines)
 
 

@@ -13,14 +13,14 @@ import logging
 import zlib
 from collections import defaultdict
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import partial
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from lmgendrive.errors import BadInputError, RunFailure
+from lmgendrive.errors import BadInputError, CheckpointError, RunFailure
 from pipeline.read import read_index
 from pipeline.storage import Storage, open_storage
 from qa.config import FD_METRICS, QAConfig
@@ -47,6 +47,7 @@ class QAResult:
     skipped: dict[str, str]
     details: dict = field(default_factory=dict)
     files: list[str] = field(default_factory=list)
+    gallery: list[str] = field(default_factory=list)  # report-relative PNG names
 
 
 def read_tasks(storage: Storage) -> dict[str, dict]:
@@ -85,12 +86,29 @@ def plan(storage: Storage) -> dict[int, list[WorkItem]]:
     return {h: list(by_shard.values()) for h, by_shard in items.items()}
 
 
+REFERENCE_WEIGHTS = {"fid": (INCEPTION,), "fvd": (I3D_TORCHSCRIPT, I3D_STATE_DICT)}
+
+
 def preflight(config: QAConfig) -> None:
     """Fail before any work when a required weights file is missing."""
-    if config.wants("fid"):
-        find_weights((INCEPTION,), config.weights_dir)
-    if config.wants("fvd"):
-        find_weights((I3D_TORCHSCRIPT, I3D_STATE_DICT), config.weights_dir)
+    for metric, files in REFERENCE_WEIGHTS.items():
+        if config.wants(metric):
+            find_weights(files, config.weights_dir)
+
+
+def without_missing_weights(config: QAConfig) -> QAConfig:
+    """``config`` minus FID / FVD when their reference weights are not on disk, each noted as skipped
+    with the reason (``lmgd demo`` runs on a fresh machine; ``lmgd qa`` fails instead)."""
+    dropped = []
+    for metric, files in REFERENCE_WEIGHTS.items():
+        if config.wants(metric):
+            try:
+                find_weights(files, config.weights_dir)
+            except CheckpointError as exc:
+                dropped.append((metric, f"{metric.upper()} skipped: {exc}"))
+    names = {m for m, _ in dropped}
+    return replace(config, metrics=tuple(m for m in config.metrics if m not in names),
+                   unavailable=config.unavailable + tuple(dropped))
 
 
 def execute_local(runner: FeatureRunner, work: dict[int, list[WorkItem]],
@@ -135,6 +153,11 @@ def run_qa(config: QAConfig, progress: Progress | None = None, on_start: Progres
         result.rows += figures.trajectory_rows(h, records, result)
     rows = validate(pa.Table.from_pylist(result.rows, schema=QA.arrow), QA, "qa rows").to_pylist()
     result.rows = rows
+    if config.gallery:
+        from qa.gallery import write_gallery
+
+        result.gallery = write_gallery(storage, out, config.gallery)
+        result.files += result.gallery
     from qa.report import write_outputs
 
     write_outputs(config, result, out)

@@ -15,9 +15,10 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
+from lmgendrive.checkpoint import file_sha256
 from qa.i3d import I3D
 from qa.inception import inception_skeleton
-from qa.weights import I3D_STATE_DICT, INCEPTION, file_sha256
+from qa.weights import I3D_STATE_DICT, INCEPTION
 
 
 def random_state_dict(module: nn.Module, seed: int) -> dict[str, torch.Tensor]:

@@ -25,9 +25,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from lmgendrive.checkpoint import file_sha256
 from lmgendrive.errors import CheckpointError
 from qa.i3d import I3D
-from qa.weights import I3D_STATE_DICT, I3D_TORCHSCRIPT, file_sha256, find_weights
+from qa.weights import I3D_STATE_DICT, I3D_TORCHSCRIPT, find_weights
 
 log = logging.getLogger(__name__)
 

@@ -7,7 +7,6 @@ is unset), which is where pytorch-fid and torch.hub would have cached a download
 
 from __future__ import annotations
 
-import hashlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -61,11 +60,3 @@ def find_weights(choices: tuple[WeightsFile, ...], weights_dir: str | Path | Non
     raise CheckpointError(
         f"{wanted} not found in {', '.join(map(str, dirs))}. Put the file in one of these directories "
         f"(set qa.weights_dir in the job, --weights-dir, or ${WEIGHTS_ENV}); nothing is downloaded. {sources}")
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()

@@ -239,3 +239,40 @@ def test_report_dir_and_parser(lmgd):
     assert report_dir_of("out/demo") == str(Path("out/demo") / "qa")
     args = cli.build_parser().parse_args(["qa", "jobs/demo.yaml", "--dims", "64"])
     assert args.job == "jobs/demo.yaml" and args.dims == 64 and args.executor == "ray"
+
+
+def test_gallery_draws_seed_and_generated_frames(fixture_output, local_run):
+    from pipeline.read import iter_samples
+    from qa.gallery import CAPTION_H, frame_times
+
+    report, _ = local_run
+    pngs = sorted((report / "gallery").glob("*.png"))
+    text = (report / "report.md").read_text()
+    assert pngs and len(pngs) <= 4 and all(f"![gallery/{p.name}](gallery/{p.name})" in text for p in pngs)
+    samples = {(s.meta["scene"], s.meta["start_frame"]): s for s in iter_samples(str(fixture_output))
+               if s.meta["horizon"] == max(HORIZONS)}
+    image = cv2.cvtColor(cv2.imread(str(pngs[0])), cv2.COLOR_BGR2RGB)
+    scene, start = pngs[0].stem.rsplit("-f", 1)
+    sample = samples[(scene, int(start))]
+    scale = 128 // GEN_SIZE[0]
+    tile_h, tile_w = GEN_SIZE[0] * scale, 3 * GEN_SIZE[1] * scale
+    assert frame_times(16) == [8, 16] and frame_times(64) == [8, 16, 32, 64] and frame_times(8) == [8]
+    assert image.shape == (2 * CAPTION_H + tile_h, 3 * tile_w + 2 * 4, 3)  # header, caption, seed + t+8 + t+16
+    last = image[2 * CAPTION_H:, 2 * (tile_w + 4):]
+    expected = np.concatenate(list(sample.frames[:, 15]), axis=1).repeat(scale, 0).repeat(scale, 1)
+    assert np.array_equal(last, expected)
+
+
+def test_gallery_groups_counterfactuals_of_one_seed_point():
+    from qa.gallery import pick_groups
+
+    def row(scene, start, instruction, horizon=64, counterfactual=False, index=0):
+        return {"key": f"{scene}{start}{instruction}{horizon}", "shard": "shards/unit-000000.tar",
+                "sample_index": index, "horizon": horizon, "scene": scene, "start_frame": start,
+                "instruction": instruction, "counterfactual": counterfactual}
+
+    rows = [row("a", 10, "go straight"), row("b", 20, "turn left"), row("b", 20, "turn right", counterfactual=True),
+            row("b", 20, "turn left", horizon=8), row("b", 20, "turn left", index=1), row("c", 5, "stop")]
+    groups = pick_groups(pa.Table.from_pylist(rows), limit=2)
+    assert [[r["instruction"] for r in g] for g in groups] == [["turn left", "turn right"], ["go straight"]]
+    assert all(r["horizon"] == 64 and r["sample_index"] == 0 for g in groups for r in g)
