@@ -16,9 +16,8 @@ from lmgendrive.errors import BadInputError, ConfigError, LmgdError
 
 log = logging.getLogger("lmgd")
 
-DEMO_DRIVES = [  # (town seed, route seed, weather) shown by ``lmgd demo`` until the full job lands
-    (1, 3, "clear_noon"), (2, 11, "cloudy"), (3, 5, "rain"), (4, 8, "fog"), (5, 2, "sunset"), (6, 4, "night"),
-]
+REPO_ROOT = Path(__file__).resolve().parents[1]
+DEMO_JOB = "jobs/demo.yaml"
 
 
 def _size(text: str) -> tuple[int, int]:
@@ -193,25 +192,44 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 
 
 # ----------------------------------------------------------------------------- demo
+def _demo_job(path: str) -> Path:
+    """``path`` as given, else (the default, relative) under the repository root."""
+    p = Path(path)
+    if p.is_file() or p.is_absolute() or not (REPO_ROOT / p).is_file():
+        return p
+    return REPO_ROOT / p
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
-    from scenes.procedural.drive import DriveSpec, ProceduralScene
-    from scenes.sheet import contact_sheet, write_png
+    from pipeline.driver import run_job
+    from qa.config import qa_config, report_dir_of
+    from qa.report import cell
+    from qa.run import run_qa, without_missing_weights
+    from schemas.job import load_job
 
-    out = Path(args.out)
-    scenes = []
-    with _progress(len(DEMO_DRIVES), "simulate drives", unit="drive") as bar:
-        for town, route, weather in DEMO_DRIVES:
-            scenes.append(ProceduralScene(DriveSpec(town, route, weather, args.frames, args.size)))
-            bar.update()
-    with _progress(len(scenes), "render contact sheet", unit="drive") as bar:
-        rows = []
-        for scene in scenes:
-            rows.append(contact_sheet([scene], args.frames_per_drive))
-            bar.update()
-    import numpy as np
+    job = load_job(_demo_job(args.job))
+    if args.out:
+        job = job.model_copy(update={"output": args.out})
+    print(f"[1/2] {job.name}: seed scenes, manifest and generation with model {job.model!r}, horizons "
+          f"{job.horizons} -> {job.output}", flush=True)
+    s = run_job(job, executor=args.executor, ray_address="local", overwrite=args.overwrite)
+    print(f"      {s.ran} unit(s) generated, {s.skipped} already done, {s.samples} samples, {s.frames} frames "
+          f"in {s.seconds:.0f} s", flush=True)
+    config = without_missing_weights(qa_config(job.output, report_dir_of(job.output), job.qa, job, executor="local"))
+    print(f"[2/2] QA: {', '.join(config.metrics)}", flush=True)
+    for reason in config.skipped().values():
+        print(f"      {reason}", flush=True)
+    with _progress(0, "qa features", unit="sample") as bar:
+        def start(total: int) -> None:
+            bar.total = total
+            bar.refresh()
 
-    sheet = write_png(np.concatenate(rows, axis=0), out / "drives.png")
-    print(f"demo: contact sheet of {len(scenes)} procedural drives -> {sheet}")
+        result = run_qa(config, progress=bar.update, on_start=start)
+    for h in sorted({r["horizon"] for r in result.rows}):
+        figures = [f"{r['metric']} {cell(r, with_n=False)}" for r in result.rows
+                   if r["horizon"] == h and r["view"] in ("pooled", "front") and r["category"] in ("all", "turn")]
+        print(f"      horizon {h}: " + "; ".join(figures))
+    print(f"report: {config.report}/report.md (with horizon.png and {len(result.gallery)} gallery sheet(s))")
     return 0
 
 
@@ -222,11 +240,15 @@ def build_parser() -> argparse.ArgumentParser:
     verbs = p.add_subparsers(dest="verb", metavar="VERB", required=True)
 
     demo = verbs.add_parser("demo", help="run the main job on the embedded default",
-                            description="Render procedural drives across weathers and write their contact sheet.")
-    demo.add_argument("--out", default="out/demo", help="output folder (default: out/demo)")
-    demo.add_argument("--frames", type=int, default=120, help="frames per drive (default: 120)")
-    demo.add_argument("--frames-per-drive", type=int, default=3, help="rows per drive on the sheet")
-    demo.add_argument("--size", type=_size, default=(128, 128), help="image size N or HxW (default: 128)")
+                            description="Render procedural seed scenes, build a manifest with counterfactual "
+                                        "instructions, generate horizons 8-64 with the embedded checkpoint on a "
+                                        "local Ray cluster, write shards, run QA and draw the report's gallery. "
+                                        "Reruns resume.")
+    demo.add_argument("--job", default=DEMO_JOB, help=f"job spec (default: {DEMO_JOB})")
+    demo.add_argument("--out", help="output folder (default: the job's, out/demo)")
+    demo.add_argument("--executor", choices=("ray", "local"), default="ray",
+                      help="ray: a local Ray cluster (default); local: in this process")
+    demo.add_argument("--overwrite", action="store_true", help="start clean instead of resuming")
     demo.set_defaults(func=cmd_demo)
 
     scenes = verbs.add_parser("scenes", help="seed scenes: render procedural drives, draw contact sheets")

@@ -6,7 +6,6 @@ import sys
 from pathlib import Path
 
 import cv2
-import numpy as np
 import pytest
 
 from pipeline.cli import build_parser, main
@@ -90,9 +89,25 @@ def test_argparse_errors_exit_2_through_the_console_script(tmp_path):
     assert r.returncode == 2 and "size must be N or HxW" in r.stderr
 
 
-def test_demo_writes_a_contact_sheet(tmp_path):
-    assert main(["demo", "--out", str(tmp_path), "--frames", "8", "--frames-per-drive", "1", "--size", "48"]) == 0
-    img = cv2.imread(str(tmp_path / "drives.png"))
-    assert img is not None
-    assert img.shape[0] > 6 * 224 * 0.5  # six drives, one row each
-    assert np.ptp(img) > 100  # not blank
+def test_demo_runs_the_job_and_reports_with_a_gallery(tmp_path, monkeypatch, capsys):
+    from pipeline_helpers import tiny_job, write_job
+
+    from pipeline.cli import _demo_job
+    from qa.testing import write_evaluator
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "no-weights"))  # no Inception weights anywhere
+    monkeypatch.delenv("LMGD_WEIGHTS_DIR", raising=False)
+    evaluator = write_evaluator(tmp_path / "evaluator")
+    job = tiny_job(str(tmp_path / "unused"), qa={"metrics": ["fid", "fd_drive", "instruction_adherence"],
+                                                  "evaluator": str(evaluator), "bootstrap": 0})
+    spec = write_job(tmp_path / "job.yaml", job)
+    out = tmp_path / "out"
+    assert main(["demo", "--job", str(spec), "--out", str(out), "--executor", "local"]) == 0
+    printed = capsys.readouterr().out
+    report = (out / "qa" / "report.md").read_text()
+    assert "FID skipped: pt_inception" in printed and "FID skipped: pt_inception" in report
+    assert "horizon 16: fd_drive" in printed and f"report: {out}/qa/report.md" in printed
+    assert "| Horizon | FD-drive |" in report and "## Gallery" in report
+    sheets = sorted((out / "qa" / "gallery").glob("*.png"))
+    assert sheets and all(f"(gallery/{p.name})" in report for p in sheets)
+    assert _demo_job("jobs/demo.yaml").is_file()  # the default resolves from any working directory
