@@ -21,9 +21,5 @@ test: $(STAMP)
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 
-bench: $(STAMP)
-	$(PY) bench/render.py
-	$(PY) bench/model.py
-	$(PY) bench/pipeline.py
-	$(PY) bench/dispatch.py
-	$(PY) bench/qa.py
+bench: $(STAMP)  ## every benchmark -> bench/results.md
+	$(PY) bench/run_all.py

@@ -1,0 +1,115 @@
+"""Run every benchmark and write ``bench/results.md``: each figure with its goal, on this machine.
+
+Each script runs in its own process (so none inherits another's threads, Ray cluster or caches) and
+prints a JSON object as its last line; the figures named in ``GOALS`` are taken from it. The raw
+JSON lines are kept in ``bench/results.json``.
+
+    python bench/run_all.py [--only render model ...] [--out bench/results.md]
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import operator
+import os
+import platform
+import subprocess
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+
+# script -> (figure path in its JSON, comparison, goal, what it measures)
+GOALS: dict[str, list[tuple[str, str, float, str]]] = {
+    "render": [("multiview_fps", ">=", 25.0, "procedural renderer, 3 views at 128 px, frames/s")],
+    "model": [("demo.plan_over_step", "<=", 0.05, "online plan() / one generation step()"),
+              ("demo.hist128_over_hist8", "<=", 1.10, "step() with 128 vs 8 history frames"),
+              ("demo.step_ms", "<=", 3000.0, "one generation step (3 views x 8 frames), ms")],
+    "pipeline": [("pipeline_over_bare", ">=", 0.90, "full pipeline (Ray, encoding, shards) / bare rollout() loop")],
+    "dispatch": [("overhead_ms_per_unit", "<", 5.0, "driver CPU per unit, 256 fake-GPU workers, ms"),
+                 ("utilization", ">=", 0.95, "worker utilisation, 256 fake-GPU workers")],
+    "qa": [("ours_over_pytorch_fid", ">=", 1.0, "FID feature extraction, ours / pytorch-fid, images/s")],
+    "quality": [("wp_l1_over_const_vel", "<=", 0.70, "waypoint L1 / constant-velocity extrapolation"),
+                ("fd_drive_over_repeat_last", "<", 1.0, "FD-drive of generated 8 frames / repeat last frame"),
+                ("fd_drive_over_untrained", "<", 1.0, "FD-drive / untrained model"),
+                ("turn_agreement", ">=", 0.80, "junction maneuvers following the instruction")],
+}
+COMPARE = {">=": operator.ge, "<=": operator.le, "<": operator.lt}
+
+
+def figure(result: dict, path: str) -> float:
+    value = result
+    for part in path.split("."):
+        value = value[part]
+    return float(value)
+
+
+def run(script: str) -> tuple[dict, float]:
+    """The last JSON line of ``bench/<script>.py`` and the seconds it took."""
+    start = time.perf_counter()
+    proc = subprocess.run([sys.executable, str(HERE / f"{script}.py")], capture_output=True, text=True,
+                          cwd=HERE.parent)
+    seconds = time.perf_counter() - start
+    if proc.returncode != 0:
+        raise SystemExit(f"bench/{script}.py failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}")
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
+    if not lines:
+        raise SystemExit(f"bench/{script}.py printed no JSON line:\n{proc.stdout[-2000:]}")
+    return json.loads(lines[-1]), seconds
+
+
+def machine() -> str:
+    import torch
+
+    cpu = platform.processor() or platform.machine()
+    with contextlib.suppress(OSError, StopIteration):
+        cpu = next(ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
+                   if ln.startswith("model name"))
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
+    return f"{cpu}, {os.cpu_count()} cores, {gpu}; Python {platform.python_version()}, torch {torch.__version__}"
+
+
+def table(results: dict[str, dict], seconds: dict[str, float]) -> list[str]:
+    lines = ["| Benchmark | Figure | Value | Goal | Met | What |", "|---|---|---:|---|---|---|"]
+    for script, goals in GOALS.items():
+        if script not in results:
+            continue
+        for path, op, goal, what in goals:
+            value = figure(results[script], path)
+            met = "yes" if COMPARE[op](value, goal) else "**no**"
+            lines.append(f"| `bench/{script}.py` ({seconds[script]:.0f} s) | `{path}` | {value:g} | {op} {goal:g} "
+                         f"| {met} | {what} |")
+    return lines
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--only", nargs="+", choices=list(GOALS), help="run only these (others keep their last result)")
+    parser.add_argument("--out", type=Path, default=HERE / "results.md")
+    args = parser.parse_args()
+    raw_path = args.out.with_suffix(".json")
+    previous = json.loads(raw_path.read_text()) if raw_path.is_file() and args.only else {}
+    results, seconds = dict(previous.get("results", {})), dict(previous.get("seconds", {}))
+    for script in args.only or list(GOALS):
+        print(f"bench/{script}.py ...", flush=True)
+        results[script], seconds[script] = run(script)
+        print(f"  {json.dumps(results[script])[:300]}", flush=True)
+    when = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    text = "\n".join([
+        "# Benchmark results", "",
+        f"Measured {when} by `python bench/run_all.py` on: {machine()}.", "",
+        "Every ratio is measured side by side in one run of its script; the scripts' docstrings say how.", "",
+        *table(results, seconds), ""])
+    tmp = args.out.with_name(args.out.name + ".partial")
+    tmp.write_text(text)
+    tmp.replace(args.out)
+    raw_path.write_text(json.dumps({"results": results, "seconds": seconds}, indent=1, sort_keys=True) + "\n")
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
