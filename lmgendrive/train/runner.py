@@ -9,6 +9,7 @@ configured stage the model is saved to ``output`` with a README and the loss cur
 
 from __future__ import annotations
 
+import json
 import logging
 import shutil
 import sys
@@ -20,7 +21,7 @@ from lmgendrive.model import LMGenDrive
 from lmgendrive.train.backend import LocalBackend, make_backend
 from lmgendrive.train.config import TrainConfig
 from lmgendrive.train.data import DriveDataset, FrameDataset, open_scenes
-from lmgendrive.train.loop import CURVE_FILE, StageTrainer
+from lmgendrive.train.loop import CURVE_FILE, LOG_FILE, StageTrainer
 from lmgendrive.train.stages import finish_stage
 
 log = logging.getLogger(__name__)
@@ -93,6 +94,17 @@ def run(config: TrainConfig, stages: list[int] | None = None, command: str = "")
     return output
 
 
+def log_summary(path: Path, last: int = 50) -> tuple[str, str]:
+    """(mean loss of the last ``last`` iterations, minutes of iteration time) of a stage log."""
+    if not path.is_file():
+        return "–", "–"
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    if not rows:
+        return "–", "–"
+    loss = sum(r["loss"] for r in rows[-last:]) / len(rows[-last:])
+    return f"{loss:.4g}", f"{sum(r['seconds'] for r in rows) / 60:.1f}"
+
+
 def readme(config: TrainConfig, stages: list[int], command: str) -> str:
     """How the checkpoint was trained: command, data seeds, per-stage recipe, loss curves."""
     data = config.data
@@ -102,11 +114,16 @@ def readme(config: TrainConfig, stages: list[int], command: str) -> str:
     lines = [f"# LMGenDrive `{config.preset}` trained here", "",
              f"Command: `{command or ' '.join(sys.argv)}`", "",
              f"Data: {source}; {data.context_frames} context frames. Init seed {config.init_seed}, "
-             f"data seed {config.seed}.", "", "| stage | iterations | batch | lr | warmup | clip | extra |",
-             "|---|---|---|---|---|---|---|"]
+             f"data seed {config.seed}.", "",
+             "| stage | iterations | batch | lr | warmup | clip | extra | final loss | minutes |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for s in stages:
         c = config.stage(s)
         extra = f"sequence steps {c.sequence_steps}, sampler steps {c.sampler_steps}" if s == 3 else ""
-        lines.append(f"| {s} | {c.iterations} | {c.batch_size} | {c.lr:g} | {c.warmup} | {c.clip:g} | {extra} |")
+        loss, minutes = log_summary(stage_dir(config, s) / LOG_FILE)
+        lines.append(f"| {s} | {c.iterations} | {c.batch_size} | {c.lr:g} | {c.warmup} | {c.clip:g} | {extra} "
+                     f"| {loss} | {minutes} |")
+    lines += ["", "Final loss: mean of the last 50 iterations. Minutes: the sum of the iterations' own times "
+              "(`seconds` in `log.jsonl`; data loading and checkpointing excluded)."]
     lines += ["", "Loss curves: " + ", ".join(f"`loss_stage{s}.png`" for s in stages), ""]
     return "\n".join(lines)
