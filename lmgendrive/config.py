@@ -154,11 +154,15 @@ class DiffusionConfig:
 
 @dataclass(frozen=True)
 class SamplerConfig:
-    """Sampling: ``ddim`` or ``dpmsolver++``, denoising steps, classifier-free guidance scale (1 = off)."""
+    """Sampling: ``ddim`` or ``dpmsolver++``, denoising steps, classifier-free guidance scale (1 = off)
+    and ``strength``: 1 starts from pure noise (the paper); below 1 starts from the last context
+    frame's latent noised to that share of the schedule and runs only that share of the steps
+    (SDEdit-style initialisation; not in the paper)."""
 
     name: str = "ddim"
     steps: int = 25
     guidance_scale: float = 1.0
+    strength: float = 1.0
 
 
 @dataclass(frozen=True)
@@ -273,6 +277,9 @@ def validate_sampler(sampler: SamplerConfig) -> None:
     _check(sampler.name in SAMPLERS, "sampler.name", f"must be one of {SAMPLERS}, got {sampler.name!r}")
     _check(sampler.steps >= 1, "sampler.steps", "must be >= 1")
     _check(sampler.guidance_scale >= 1.0, "sampler.guidance_scale", "must be >= 1 (1 disables guidance)")
+    _check(0.0 < sampler.strength <= 1.0, "sampler.strength", "must be in (0, 1] (1: start from pure noise)")
+    _check(round(sampler.steps * sampler.strength) >= 1, "sampler.strength",
+           f"x steps must leave at least one denoising step, got {sampler.strength} x {sampler.steps}")
 
 
 def _check(ok: bool, key: str, message: str) -> None:
@@ -376,7 +383,7 @@ def _demo() -> ModelConfig:
                         motion_heads=4, motion_max_seq_length=16, motion_mid_block=False),
         vae=VAEConfig(block_out_channels=(32, 64, 64), layers_per_block=1, norm_groups=16, scaling_factor=1.0),
         diffusion=DiffusionConfig(concat_last_latent=True),
-        sampler=SamplerConfig(name="dpmsolver++", steps=12),
+        sampler=SamplerConfig(name="dpmsolver++", steps=12, strength=0.8),
     )
 
 

@@ -249,13 +249,22 @@ class WorldGenerator(nn.Module):
         b, v = cond.shape[:2]
         scheduler = make_sampler(self.train_scheduler, sampler, cond.device)
         context = self._context(last_pixels)
-        latents = self.initial_noise(generators, v).to(cond.device) * scheduler.init_noise_sigma
+        noise = self.initial_noise(generators, v).to(cond.device)
+        timesteps = scheduler.timesteps
+        if sampler.strength < 1.0:  # start from the last frame's latent, noised to the first kept step
+            skip = len(timesteps) - round(len(timesteps) * sampler.strength)
+            timesteps = timesteps[skip:]
+            if hasattr(scheduler, "set_begin_index"):  # multistep solvers index their own steps; DDIM has none
+                scheduler.set_begin_index(skip)
+            last = context if context is not None else self.encode(last_pixels.flatten(0, 1))
+            latents = scheduler.add_noise(last[:, :, None].expand_as(noise), noise, timesteps[:1])
+        else:
+            latents = noise * scheduler.init_noise_sigma
         guided = sampler.guidance_scale > 1.0
         if guided:
             cond = torch.cat([cond, null_cond.to(cond.dtype).expand_as(cond)])
             context = None if context is None else torch.cat([context, context])
         grad = torch.is_grad_enabled()
-        timesteps = scheduler.timesteps
         for i, t in enumerate(timesteps):
             with torch.set_grad_enabled(grad and i >= len(timesteps) - grad_steps):
                 x = scheduler.scale_model_input(latents, t)

@@ -121,6 +121,9 @@ class SamplerSpec(Strict):
     scheduler: Literal["ddim", "dpmsolver++"] = "ddim"
     steps: int = Field(default=20, ge=1, le=1000)
     guidance: float = Field(default=1.0, ge=0.0, description="classifier-free guidance scale (1 = off)")
+    strength: float | None = Field(default=None, gt=0.0, le=1.0,
+                                   description="1: start from pure noise; below 1: from the last frame's latent "
+                                               "noised that far (default: the model's)")
 
 
 class ResourceSpec(Strict):

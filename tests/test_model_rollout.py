@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import cv2
 import numpy as np
 import pytest
 import torch
@@ -110,3 +111,35 @@ def test_rollout_rejects_bad_input(model):
         model.rollout(seed, INSTRUCTIONS[:1], horizon=8, seeds=[0], speed=[1.0, 2.0])
     with pytest.raises(ConfigError, match="sampler.name"):
         model.rollout(seed, INSTRUCTIONS[:1], horizon=8, seeds=[0], sampler=SamplerConfig("euler", 3))
+    with pytest.raises(ConfigError, match="sampler.strength"):
+        model.rollout(seed, INSTRUCTIONS[:1], horizon=8, seeds=[0], sampler=SamplerConfig("ddim", 10, strength=0.0))
+    with pytest.raises(ConfigError, match="at least one denoising step"):
+        model.rollout(seed, INSTRUCTIONS[:1], horizon=8, seeds=[0], sampler=SamplerConfig("ddim", 4, strength=0.1))
+
+
+@pytest.fixture(scope="module")
+def demo_model():
+    from lmgendrive.checkpoint import load_checkpoint
+
+    return load_checkpoint("demo", "cpu")
+
+
+@pytest.mark.parametrize("name", ["ddim", "dpmsolver++"])
+def test_strength_below_one_starts_from_the_last_frame(demo_model, noon_scene, name):
+    """With the trained demo checkpoint: a small strength keeps the generated frames near the last
+    seed frame as the VAE decodes it; strength 1 starts from pure noise and lands farther away."""
+    model = demo_model
+    size = tuple(model.config.image_size)
+    seed = np.stack([np.stack([cv2.resize(noon_scene.images(i)[v], size[::-1], interpolation=cv2.INTER_AREA)
+                               for i in (10, 11)]) for v in noon_scene.views])[None]
+    with torch.no_grad():
+        pixels = torch.as_tensor(seed[0, :, -1]).permute(0, 3, 1, 2).float() / 127.5 - 1
+        decoded = (model.generator.decode(model.generator.encode(pixels)) + 1) * 127.5  # (V, 3, H, W)
+
+    def distance(strength: float) -> float:
+        frames = model.rollout(seed, INSTRUCTIONS[:1], horizon=8, seeds=[0],
+                               sampler=SamplerConfig(name, 10, strength=strength)).frames[0]  # (V, F, H, W, 3)
+        return float((torch.as_tensor(frames).float().permute(1, 0, 4, 2, 3) - decoded).abs().mean())
+
+    near, far = distance(0.1), distance(1.0)
+    assert near < 8.0 and far > 2 * near

@@ -116,7 +116,8 @@ class UnitRunner:
         from lmgendrive.config import SamplerConfig
 
         s = self.job.sampler
-        return SamplerConfig(name=s.scheduler, steps=s.steps, guidance_scale=s.guidance)
+        strength = self.model.config.sampler.strength if s.strength is None else s.strength
+        return SamplerConfig(name=s.scheduler, steps=s.steps, guidance_scale=s.guidance, strength=strength)
 
     def _meta(self, ref, frames: np.ndarray) -> dict:
         t = ref.task
