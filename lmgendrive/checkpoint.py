@@ -107,8 +107,7 @@ def load_checkpoint(source: str | Path, device: str | torch.device | None = None
     """A model in eval mode on ``device`` (default :func:`~lmgendrive.device.pick_device`).
 
     ``source`` is a checkpoint directory or a preset name: ``tiny`` (random weights, seed 0),
-    ``demo`` (the embedded checkpoint in ``checkpoints/demo``; until it is trained, the demo
-    architecture with random weights, loudly, and ``untrained`` in its model id) or ``paper``
+    ``demo`` (the embedded checkpoint in ``checkpoints/demo``, trained on the procedural world) or ``paper``
     (pretrained components from local directories; the LMGenDrive-specific parts are untrained).
     """
     device = pick_device(device)
@@ -116,14 +115,8 @@ def load_checkpoint(source: str | Path, device: str | torch.device | None = None
     path = Path(source)
     if path.is_dir():
         model = _load_dir(path)
-    elif str(source) == "demo" and (EMBEDDED_DIR / "demo" / CONFIG_FILE).is_file():
-        model = _load_dir(EMBEDDED_DIR / "demo")
     elif str(source) == "demo":
-        log.warning("%s not found: using the demo architecture with UNTRAINED weights; train it with "
-                    "`lmgd train --stage all --config jobs/train_demo.yaml`", EMBEDDED_DIR / "demo")
-        model = build_untrained("demo")
-        sha = weights_sha256(model)
-        model.identity = ModelIdentity(f"lmgendrive-demo-untrained-{sha[:12]}", sha)
+        model = _load_dir(EMBEDDED_DIR / "demo")
     elif str(source) == "tiny":
         model = build_untrained("tiny")
     elif str(source) == "paper":

@@ -212,12 +212,14 @@ def test_pretrained_components_load_from_local_directories(tmp_path, monkeypatch
         load_components(config, torch.float32)
 
 
-def test_demo_preset_without_the_embedded_checkpoint_is_untrained_and_says_so(monkeypatch, tmp_path, caplog):
+def test_demo_preset_is_the_embedded_trained_checkpoint(monkeypatch, tmp_path):
     import lmgendrive.checkpoint as ckpt
 
-    monkeypatch.setattr(ckpt, "EMBEDDED_DIR", tmp_path)
-    with caplog.at_level("WARNING"):
-        model = ckpt.load_checkpoint("demo", device="cpu")
-    assert "UNTRAINED" in caplog.text
-    assert ckpt.model_identity(model).model_id.startswith("lmgendrive-demo-untrained-")
-    assert model.config.preset == "demo"
+    model = ckpt.load_checkpoint("demo", device="cpu")
+    meta = json.loads((ckpt.EMBEDDED_DIR / "demo" / "config.json").read_text())
+    assert model.config.preset == "demo" and ckpt.model_identity(model).sha256 == meta["weights_sha256"]
+    assert ckpt.model_identity(model).sha256 != ckpt.weights_sha256(ckpt.build_untrained("demo"))
+    assert (ckpt.EMBEDDED_DIR / "demo" / "model.safetensors").stat().st_size < 60 * 2**20
+    monkeypatch.setattr(ckpt, "EMBEDDED_DIR", tmp_path)  # a checkout without it: a clear error, no fallback
+    with pytest.raises(CheckpointError, match=r"demo/config.json is missing.*lmgd train"):
+        ckpt.load_checkpoint("demo", device="cpu")
