@@ -202,9 +202,9 @@ def _demo_job(path: str) -> Path:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     from pipeline.driver import run_job
+    from qa.cli import run_and_print
     from qa.config import qa_config, report_dir_of
-    from qa.report import cell
-    from qa.run import run_qa, without_missing_weights
+    from qa.run import without_missing_weights
     from schemas.job import load_job
 
     job = load_job(_demo_job(args.job))
@@ -217,18 +217,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
           f"in {s.seconds:.0f} s", flush=True)
     config = without_missing_weights(qa_config(job.output, report_dir_of(job.output), job.qa, job, executor="local"))
     print(f"[2/2] QA: {', '.join(config.metrics)}", flush=True)
-    for reason in config.skipped().values():
-        print(f"      {reason}", flush=True)
-    with _progress(0, "qa features", unit="sample") as bar:
-        def start(total: int) -> None:
-            bar.total = total
-            bar.refresh()
-
-        result = run_qa(config, progress=bar.update, on_start=start)
-    for h in sorted({r["horizon"] for r in result.rows}):
-        figures = [f"{r['metric']} {cell(r, with_n=False)}" for r in result.rows
-                   if r["horizon"] == h and r["view"] in ("pooled", "front") and r["category"] in ("all", "turn")]
-        print(f"      horizon {h}: " + "; ".join(figures))
+    result = run_and_print(config, indent="      ")
     print(f"report: {config.report}/report.md (with horizon.png and {len(result.gallery)} gallery sheet(s))")
     return 0
 

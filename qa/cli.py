@@ -57,12 +57,32 @@ def _job_of_output(output: str, endpoint_url: str | None, region: str | None):
     return parse_job(yaml.safe_load(storage.get_bytes("job.yaml")), storage.url("job.yaml"))
 
 
-def cmd_qa(args: argparse.Namespace) -> int:
+def run_and_print(config, indent: str = ""):
+    """Run QA with a progress bar, printing skipped metrics first and the headline figures per horizon
+    after (pooled or front view, all or turn instructions); returns the :class:`~qa.run.QAResult`."""
     from tqdm import tqdm
 
-    from qa.config import qa_config, report_dir_of
     from qa.report import cell
     from qa.run import run_qa
+
+    for reason in config.skipped().values():
+        print(f"{indent}{reason}", flush=True)
+    with tqdm(desc="qa features", unit="sample", dynamic_ncols=True, disable=None) as bar:
+        def start(total: int) -> None:
+            bar.total = total
+            bar.refresh()
+
+        result = run_qa(config, progress=bar.update, on_start=start)
+    for h in sorted({r["horizon"] for r in result.rows}):
+        figures = [f"{r['metric']} ({r['category']}) {cell(r)}" for r in result.rows
+                   if r["horizon"] == h and r["view"] in ("pooled", "front") and r["category"] in ("all", "turn")]
+        print(f"{indent}horizon {h}: " + "; ".join(figures))
+    return result
+
+
+def cmd_qa(args: argparse.Namespace) -> int:
+
+    from qa.config import qa_config, report_dir_of
     from schemas.job import QASpec, load_job
 
     if bool(args.job) == bool(args.generated):
@@ -85,17 +105,6 @@ def cmd_qa(args: argparse.Namespace) -> int:
                        bootstrap=args.bootstrap, dims=args.dims, executor=args.executor,
                        ray_address=args.ray_address, workers=args.workers, device=args.device, gallery=args.gallery,
                        endpoint_url=args.endpoint_url, region=args.region)
-    for reason in config.skipped().values():
-        print(reason)
-    with tqdm(desc="qa features", unit="sample", dynamic_ncols=True, disable=None) as bar:
-        def start(total: int) -> None:
-            bar.total = total
-            bar.refresh()
-
-        result = run_qa(config, progress=bar.update, on_start=start)
-    for h in sorted({r["horizon"] for r in result.rows}):
-        figures = [f"{r['metric']} {cell(r)}" for r in result.rows
-                   if r["horizon"] == h and r["view"] in ("pooled", "front") and r["category"] in ("all", "turn")]
-        print(f"horizon {h}: " + "; ".join(figures))
+    result = run_and_print(config)
     print(f"wrote {config.report}/report.md, horizon.png, qa.json and {len(result.files)} more file(s)")
     return 0

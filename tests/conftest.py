@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -37,3 +39,14 @@ def model():
     from lmgendrive.checkpoint import build_untrained
 
     return build_untrained("tiny").eval()
+
+
+@pytest.fixture(scope="session")
+def weights(tmp_path_factory) -> Path:
+    """A directory with seeded random Inception and I3D weight files in the reference formats."""
+    from qa.testing import write_i3d_weights, write_inception_weights
+
+    d = tmp_path_factory.mktemp("weights")
+    write_inception_weights(d)
+    write_i3d_weights(d)
+    return d

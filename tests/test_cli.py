@@ -106,7 +106,7 @@ def test_demo_runs_the_job_and_reports_with_a_gallery(tmp_path, monkeypatch, cap
     printed = capsys.readouterr().out
     report = (out / "qa" / "report.md").read_text()
     assert "FID skipped: pt_inception" in printed and "FID skipped: pt_inception" in report
-    assert "horizon 16: fd_drive" in printed and f"report: {out}/qa/report.md" in printed
+    assert "horizon 16: fd_drive (all)" in printed and f"report: {out}/qa/report.md" in printed
     assert "| Horizon | FD-drive |" in report and "## Gallery" in report
     sheets = sorted((out / "qa" / "gallery").glob("*.png"))
     assert sheets and all(f"(gallery/{p.name})" in report for p in sheets)

@@ -18,7 +18,7 @@ from qa.cli import add_parser
 from qa.config import qa_config, report_dir_of
 from qa.frechet import FeatureStats
 from qa.run import run_qa
-from qa.testing import write_evaluator, write_i3d_weights, write_inception_weights
+from qa.testing import write_evaluator
 from scenes.contract import VIEWS
 from scenes.procedural.drive import DriveSpec, ProceduralScene
 from scenes.procedural.instructions import make_instruction
@@ -103,14 +103,6 @@ def build_output(root: Path) -> Path:
 @pytest.fixture(scope="module")
 def fixture_output(tmp_path_factory) -> Path:
     return build_output(tmp_path_factory.mktemp("qa-job"))
-
-
-@pytest.fixture(scope="module")
-def weights(tmp_path_factory) -> Path:
-    d = tmp_path_factory.mktemp("weights")
-    write_inception_weights(d)
-    write_i3d_weights(d)
-    return d
 
 
 @pytest.fixture(scope="module")

@@ -14,7 +14,6 @@ from pytorch_fid.fid_score import calculate_frechet_distance
 
 from qa.frechet import FeatureStats, frechet_distance, merge_all, weighted_sum
 from qa.inception import load_inception
-from qa.testing import write_i3d_weights, write_inception_weights
 from qa.uncertainty import bootstrap_ci, fd_infinity, wilson
 from qa.video import clips_of, load_i3d
 
@@ -94,14 +93,6 @@ def test_wilson():
     lo, hi = wilson(7, 10)
     assert 0.39 < lo < 0.40 and 0.89 < hi < 0.90
     assert wilson(0, 5)[0] == 0.0 and wilson(5, 5)[1] == 1.0
-
-
-@pytest.fixture(scope="module")
-def weights(tmp_path_factory) -> Path:
-    d = tmp_path_factory.mktemp("weights")
-    write_inception_weights(d)
-    write_i3d_weights(d)
-    return d
 
 
 def _strictly_increasing(values: list[float]) -> bool:
