@@ -171,11 +171,12 @@ def test_end_to_end_ray_matches_local(fixture_output, weights, evaluator, local_
     local_rows = [r for r in local_run[1] if r["metric"] in metrics]
     assert {r["metric"] for r in ray_rows} == set(metrics) and len(ray_rows) == len(local_rows)
     # statistics merged across 2 actors = one pass (actors run torch on 1 thread: float32 features may
-    # differ in the last bits from the in-process run)
+    # differ in the last bits from the in-process run; near-zero distances, such as the random
+    # evaluator's FD-drive of ~3e-4, then differ by ~1e-5 absolute)
     for a, b in zip(ray_rows, local_rows, strict=True):
         assert a["n_generated"] == b["n_generated"] and a["n_real"] == b["n_real"]
         for key in ("value", "ci_low", "ci_high"):
-            assert a[key] == (None if b[key] is None else pytest.approx(b[key], rel=2e-2, abs=1e-9)), (a, b)
+            assert a[key] == (None if b[key] is None else pytest.approx(b[key], rel=2e-2, abs=1e-4)), (a, b)
 
 
 @pytest.fixture
