@@ -196,6 +196,18 @@ def run_job(job: JobSpec, executor: str = "ray", ray_address: str | None = "loca
     return summary
 
 
+def _check_fits(job: JobSpec, have: dict) -> None:
+    """Refuse at once a job whose workers this machine cannot hold (Ray would leave them pending)."""
+    r = job.resources
+    gpus, cpus = have.get("GPU", 0.0), have.get("CPU", 0.0)
+    if r.workers * r.gpus_per_worker > gpus or r.workers * r.cpus_per_worker > cpus:
+        raise BadInputError(
+            f"{job.name}: resources ask for {r.workers} worker(s) x {r.gpus_per_worker:g} GPU(s) and "
+            f"{r.cpus_per_worker:g} CPU(s); this machine has {gpus:g} GPU(s) and {cpus:g} CPU(s). Set "
+            f"resources.gpus_per_worker: 0 to generate on CPU, lower resources.workers / cpus_per_worker, "
+            f"or join a larger cluster with --ray-address auto")
+
+
 def _run_on_ray(units, runner_class, args, job: JobSpec, address: str | None, on_done) -> Outcome:
     import ray
 
@@ -206,6 +218,8 @@ def _run_on_ray(units, runner_class, args, job: JobSpec, address: str | None, on
         started = True
     try:
         r = job.resources
+        if started:  # a one-node cluster of this machine: what it lacks now it will never have
+            _check_fits(job, ray.cluster_resources())
         return run_ray(units, runner_class, args, r.workers, r.gpus_per_worker, r.cpus_per_worker,
                        r.max_retries, on_done)
     finally:

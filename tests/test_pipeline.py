@@ -176,3 +176,12 @@ def test_inspect_detects_a_corrupt_shard(clean_run, tmp_path, capsys):
     assert main(["inspect", str(out)]) == 2
     assert f"{shard.name}: sha256 differs" in capsys.readouterr().err
 
+
+
+def test_a_local_cluster_without_the_gpus_asked_for_is_refused_at_once(tmp_path):
+    # this machine has no GPU: Ray would keep the worker pending until the start timeout
+    out = tmp_path / "out"
+    job = tiny_job(str(out), resources={"workers": 1, "gpus_per_worker": 1})
+    with pytest.raises(BadInputError, match="1 worker.*1 GPU.*has 0 GPU.*gpus_per_worker: 0"):
+        run_job(job, executor="ray", ray_address="local", progress_bar=False)
+    assert not (out / "shards").exists() or not any((out / "shards").iterdir())
