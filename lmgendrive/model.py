@@ -380,6 +380,11 @@ class LMGenDrive(nn.Module):
             if stage == 2:
                 self.conditioner.requires_grad_(True)
                 self.conditioner.clip.requires_grad_(self.config.pretrained.clip is None)
+                # the conditioner reads CLIP's patch tokens, never its pooled output: a parameter
+                # that gets no gradient would stall data-parallel training (DDP's reducer)
+                for name, module in self.conditioner.clip.named_modules():
+                    if name.endswith("post_layernorm"):
+                        module.requires_grad_(False)
                 self.generator.unet.requires_grad_(True)
         return [p for p in self.parameters() if p.requires_grad]
 

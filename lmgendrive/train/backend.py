@@ -9,6 +9,8 @@ clipping 1.0; set ``train_micro_batch_size_per_gpu`` to the recipe's ``batch_siz
         --use_deepspeed --deepspeed_config_file jobs/zero2.json \\
         -m pipeline.cli train --stage all --config RECIPE.yaml   # a recipe with ``preset: paper``
 
+On CPU (tested here, gloo): ``torchrun --nproc_per_node 2 -m pipeline.cli train ...``.
+
 Each rank reads its own slice of the sample stream; checkpoints and logs are written by rank 0.
 """
 
@@ -21,6 +23,7 @@ import torch
 from torch import nn
 
 from lmgendrive.device import pick_device
+from lmgendrive.errors import ConfigError
 
 
 class LocalBackend:
@@ -50,10 +53,16 @@ class AccelerateBackend(LocalBackend):
     def __init__(self) -> None:
         from accelerate import Accelerator
 
-        self.accelerator = Accelerator()
+        # without cpu=True, accelerate on a machine with no accelerator treats every launched
+        # process as a world of its own: each would train alone and write the same files
+        self.accelerator = Accelerator(cpu=pick_device(None).type == "cpu")
         self.device = self.accelerator.device
         self.rank, self.world = self.accelerator.process_index, self.accelerator.num_processes
         self.is_main = self.accelerator.is_main_process
+        launched = int(os.environ.get("WORLD_SIZE", "1"))
+        if self.world != launched:
+            raise ConfigError(f"{launched} processes were launched but accelerate formed a group of {self.world} "
+                              f"(distributed type {self.accelerator.distributed_type}); check the launch options")
 
     def prepare(self, objective: nn.Module, optimizer: torch.optim.Optimizer) -> tuple:
         """Wrap the objective and optimizer (the scheduler is stepped by hand, once per iteration)."""
@@ -71,6 +80,11 @@ class AccelerateBackend(LocalBackend):
 
 def launched_by_accelerate() -> bool:
     return any(k.startswith("ACCELERATE_") for k in os.environ) or int(os.environ.get("WORLD_SIZE", "1")) > 1
+
+
+def is_main_process() -> bool:
+    """Rank 0 of a multi-process launch (``RANK`` is set by torchrun and accelerate), or a single process."""
+    return int(os.environ.get("RANK", "0")) == 0
 
 
 def make_backend() -> LocalBackend:

@@ -18,10 +18,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    from lmgendrive.train.backend import is_main_process
     from lmgendrive.train.config import load_config, parse_stage
     from lmgendrive.train.runner import run
 
     config = load_config(args.config)
     output = run(config, parse_stage(args.stage), command="lmgd " + " ".join(sys.argv[1:]))
-    print(f"trained stage(s) {args.stage} of {args.config}" + (f"; model in {output}" if output else ""))
+    if is_main_process():
+        print(f"trained stage(s) {args.stage} of {args.config}" + (f"; model in {output}" if output else ""))
     return 0

@@ -18,7 +18,7 @@ from pathlib import Path
 from lmgendrive.checkpoint import build_untrained, load_checkpoint, save_checkpoint
 from lmgendrive.errors import ConfigError
 from lmgendrive.model import LMGenDrive
-from lmgendrive.train.backend import LocalBackend, make_backend
+from lmgendrive.train.backend import LocalBackend, is_main_process, make_backend
 from lmgendrive.train.config import TrainConfig
 from lmgendrive.train.data import DriveDataset, FrameDataset, open_scenes
 from lmgendrive.train.loop import CURVE_FILE, LOG_FILE, StageTrainer
@@ -81,7 +81,7 @@ def run(config: TrainConfig, stages: list[int] | None = None, command: str = "")
     for stage in todo:
         train_stage(config, stage, command)
     last = config.stage_numbers()[-1]
-    if last not in todo:
+    if last not in todo or not is_main_process():  # under a multi-process launch rank 0 writes it
         return None
     model = load_checkpoint(final_dir(config, last), "cpu")
     output = Path(config.output)
