@@ -73,41 +73,45 @@ def machine() -> str:
     return f"{cpu}, {os.cpu_count()} cores, {gpu}; Python {platform.python_version()}, torch {torch.__version__}"
 
 
-def table(results: dict[str, dict], seconds: dict[str, float]) -> list[str]:
-    lines = ["| Benchmark | Figure | Value | Goal | Met | What |", "|---|---|---:|---|---|---|"]
+def table(results: dict[str, dict], seconds: dict[str, float], measured: dict[str, str]) -> list[str]:
+    lines = ["| Benchmark | Measured | Figure | Value | Goal | Met | What |", "|---|---|---|---:|---|---|---|"]
     for script, goals in GOALS.items():
         if script not in results:
             continue
         for path, op, goal, what in goals:
             value = figure(results[script], path)
             met = "yes" if COMPARE[op](value, goal) else "**no**"
-            lines.append(f"| `bench/{script}.py` ({seconds[script]:.0f} s) | `{path}` | {value:g} | {op} {goal:g} "
-                         f"| {met} | {what} |")
+            lines.append(f"| `bench/{script}.py` ({seconds[script]:.0f} s) | {measured.get(script, '?')} | `{path}` "
+                         f"| {value:g} | {op} {goal:g} | {met} | {what} |")
     return lines
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--only", nargs="+", choices=list(GOALS), help="run only these (others keep their last result)")
+    parser.add_argument("--rewrite", action="store_true", help="only rewrite the table from the JSON next to it")
     parser.add_argument("--out", type=Path, default=HERE / "results.md")
     args = parser.parse_args()
     raw_path = args.out.with_suffix(".json")
-    previous = json.loads(raw_path.read_text()) if raw_path.is_file() and args.only else {}
+    keep = args.only or args.rewrite
+    previous = json.loads(raw_path.read_text()) if raw_path.is_file() and keep else {}
     results, seconds = dict(previous.get("results", {})), dict(previous.get("seconds", {}))
-    for script in args.only or list(GOALS):
+    measured = dict(previous.get("measured", {}))
+    for script in [] if args.rewrite else args.only or list(GOALS):
         print(f"bench/{script}.py ...", flush=True)
         results[script], seconds[script] = run(script)
+        measured[script] = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
         print(f"  {json.dumps(results[script])[:300]}", flush=True)
-    when = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     text = "\n".join([
         "# Benchmark results", "",
-        f"Measured {when} by `python bench/run_all.py` on: {machine()}.", "",
+        f"Measured by `python bench/run_all.py` (time per row, UTC) on: {machine()}.", "",
         "Every ratio is measured side by side in one run of its script; the scripts' docstrings say how.", "",
-        *table(results, seconds), ""])
+        *table(results, seconds, measured), ""])
     tmp = args.out.with_name(args.out.name + ".partial")
     tmp.write_text(text)
     tmp.replace(args.out)
-    raw_path.write_text(json.dumps({"results": results, "seconds": seconds}, indent=1, sort_keys=True) + "\n")
+    raw = {"results": results, "seconds": seconds, "measured": measured}
+    raw_path.write_text(json.dumps(raw, indent=1, sort_keys=True) + "\n")
     print(text)
 
 
