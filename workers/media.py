@@ -1,6 +1,6 @@
 """Encoding and decoding frame stacks: H.264 mp4 through PyAV, or lossless PNG frames.
 
-Encoding is deterministic (one encoder thread, fixed settings, explicit timestamps), so the same
+Encoding is deterministic (one encoder thread, no macroblock-tree, fixed settings), so the same
 frames give the same bytes. Decoding uses decord when installed and PyAV otherwise.
 """
 
