@@ -48,11 +48,15 @@ def figure(result: dict, path: str) -> float:
     return float(value)
 
 
+# extra arguments: quality.py also redraws the README's contact sheet from the same run
+ARGS: dict[str, list[str]] = {"quality": ["--sheet", "docs/futures.png"]}
+
+
 def run(script: str) -> tuple[dict, float]:
     """The last JSON line of ``bench/<script>.py`` and the seconds it took."""
     start = time.perf_counter()
-    proc = subprocess.run([sys.executable, str(HERE / f"{script}.py")], capture_output=True, text=True,
-                          cwd=HERE.parent)
+    proc = subprocess.run([sys.executable, str(HERE / f"{script}.py"), *ARGS.get(script, [])], capture_output=True,
+                          text=True, cwd=HERE.parent)
     seconds = time.perf_counter() - start
     if proc.returncode != 0:
         raise SystemExit(f"bench/{script}.py failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}")

@@ -274,5 +274,9 @@ class WorldGenerator(nn.Module):
                     eps = eps_u + sampler.guidance_scale * (eps_c - eps_u)
                 latents = scheduler.step(eps, t, latents).prev_sample
         f = latents.shape[2]
-        frames = self.decode(latents.transpose(1, 2).flatten(0, 1))  # (B*V*F, 3, H, W)
-        return frames.unflatten(0, (b, v, f)).float()
+        frames = self.decode(latents.transpose(1, 2).flatten(0, 1)).unflatten(0, (b, v, f)).float()
+        if sampler.context_detail:
+            last = context if context is not None else self.encode(last_pixels.flatten(0, 1))
+            lost = last_pixels - self.decode(last[: b * v]).unflatten(0, (b, v)).float()
+            frames = (frames + lost[:, :, None]).clamp(-1.0, 1.0)
+        return frames

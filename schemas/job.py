@@ -124,6 +124,9 @@ class SamplerSpec(Strict):
     strength: float | None = Field(default=None, gt=0.0, le=1.0,
                                    description="1: start from pure noise; below 1: from the last frame's latent "
                                                "noised that far (default: the model's)")
+    context_detail: bool | None = Field(default=None,
+                                        description="add the context frame's detail lost by the VAE to every "
+                                                    "generated frame (default: the model's)")
 
 
 class ResourceSpec(Strict):

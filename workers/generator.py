@@ -116,8 +116,11 @@ class UnitRunner:
         from lmgendrive.config import SamplerConfig
 
         s = self.job.sampler
-        strength = self.model.config.sampler.strength if s.strength is None else s.strength
-        return SamplerConfig(name=s.scheduler, steps=s.steps, guidance_scale=s.guidance, strength=strength)
+        own = self.model.config.sampler
+        strength = own.strength if s.strength is None else s.strength
+        detail = own.context_detail if s.context_detail is None else s.context_detail
+        return SamplerConfig(name=s.scheduler, steps=s.steps, guidance_scale=s.guidance, strength=strength,
+                             context_detail=detail)
 
     def _meta(self, ref, frames: np.ndarray) -> dict:
         t = ref.task

@@ -57,6 +57,10 @@ def train_stage(config: TrainConfig, stage: int, command: str = "") -> LMGenDriv
     model = starting_model(config, stage, backend)
     scenes = open_scenes(config.data)
     steps = max(stage_config.sequence_steps) if stage == 3 else 1
+    if stage >= 2 and config.data.context_frames < model.config.llm.history_frames:
+        log.warning("stage %d trains on %d context frames but the model plans from up to %d history frames: "
+                    "it will see longer histories than it was trained on", stage, config.data.context_frames,
+                    model.config.llm.history_frames)
     dataset = (FrameDataset(scenes, model.config) if stage < 2
                else DriveDataset(scenes, model.config, config.data.context_frames, steps))
     log.info("stage %d: %d scenes, %d training windows", stage, len(scenes), len(dataset))
