@@ -124,17 +124,24 @@ def demo_model():
     return load_checkpoint("demo", "cpu")
 
 
+def _noon_seed(model, scene) -> tuple[np.ndarray, torch.Tensor, torch.Tensor]:
+    """Seed frames (1, V, 2, H, W, 3) of ``scene`` at the model's size, then the last seed frame
+    (V, 3, H, W) in 0..255 and as the model's VAE reconstructs it."""
+    size = tuple(model.config.image_size)
+    seed = np.stack([np.stack([cv2.resize(scene.images(i)[v], size[::-1], interpolation=cv2.INTER_AREA)
+                               for i in (10, 11)]) for v in scene.views])[None]
+    last = torch.as_tensor(seed[0, :, -1]).permute(0, 3, 1, 2).float()
+    with torch.no_grad():
+        decoded = (model.generator.decode(model.generator.encode(last / 127.5 - 1)) + 1) * 127.5
+    return seed, last, decoded
+
+
 @pytest.mark.parametrize("name", ["ddim", "dpmsolver++"])
 def test_strength_below_one_starts_from_the_last_frame(demo_model, noon_scene, name):
     """With the trained demo checkpoint: a small strength keeps the generated frames near the last
     seed frame as the VAE decodes it; strength 1 starts from pure noise and lands farther away."""
     model = demo_model
-    size = tuple(model.config.image_size)
-    seed = np.stack([np.stack([cv2.resize(noon_scene.images(i)[v], size[::-1], interpolation=cv2.INTER_AREA)
-                               for i in (10, 11)]) for v in noon_scene.views])[None]
-    with torch.no_grad():
-        pixels = torch.as_tensor(seed[0, :, -1]).permute(0, 3, 1, 2).float() / 127.5 - 1
-        decoded = (model.generator.decode(model.generator.encode(pixels)) + 1) * 127.5  # (V, 3, H, W)
+    seed, _, decoded = _noon_seed(model, noon_scene)
 
     def distance(strength: float) -> float:
         frames = model.rollout(seed, INSTRUCTIONS[:1], horizon=8, seeds=[0],
@@ -149,12 +156,8 @@ def test_context_detail_adds_back_what_the_vae_loses(demo_model, noon_scene):
     """The same sample with ``context_detail``: every frame gains the last seed frame's VAE loss
     (up to clipping and rounding) and so lands nearer the real frame the VAE blurs."""
     model = demo_model
-    size = tuple(model.config.image_size)
-    seed = np.stack([np.stack([cv2.resize(noon_scene.images(i)[v], size[::-1], interpolation=cv2.INTER_AREA)
-                               for i in (10, 11)]) for v in noon_scene.views])[None]
-    with torch.no_grad():
-        pixels = torch.as_tensor(seed[0, :, -1]).permute(0, 3, 1, 2).float() / 127.5 - 1
-        lost = (pixels - model.generator.decode(model.generator.encode(pixels))) * 127.5  # (V, 3, H, W)
+    seed, last, decoded = _noon_seed(model, noon_scene)
+    lost = last - decoded
 
     def frames(detail: bool) -> torch.Tensor:  # (F, V, 3, H, W) float 0..255
         out = model.rollout(seed, INSTRUCTIONS[:1], horizon=8, seeds=[0],
@@ -164,5 +167,4 @@ def test_context_detail_adds_back_what_the_vae_loses(demo_model, noon_scene):
     plain, detailed = frames(False), frames(True)
     inside = (detailed > 0) & (detailed < 255)  # not clipped
     assert ((detailed - plain) - lost)[inside].abs().median() <= 1.0
-    last = torch.as_tensor(seed[0, :, -1]).permute(0, 3, 1, 2).float()
     assert (detailed - last).abs().mean() < 0.8 * (plain - last).abs().mean()
