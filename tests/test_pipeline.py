@@ -185,3 +185,15 @@ def test_a_local_cluster_without_the_gpus_asked_for_is_refused_at_once(tmp_path)
     with pytest.raises(BadInputError, match="1 worker.*1 GPU.*has 0 GPU.*gpus_per_worker: 0"):
         run_job(job, executor="ray", ray_address="local", progress_bar=False)
     assert not (out / "shards").exists() or not any((out / "shards").iterdir())
+
+
+@pytest.mark.parametrize(("override", "expected"), [(None, True), (False, False)])
+def test_the_worker_samples_as_the_checkpoint_says_unless_the_job_overrides(tmp_path, override, expected):
+    from workers.generator import UnitRunner
+
+    sampler = {"scheduler": "ddim", "steps": 4, **({} if override is None else {"context_detail": override})}
+    job = tiny_job(str(tmp_path / "out"), model="demo", sampler=sampler)
+    runner = UnitRunner(job.model_dump(mode="json"), "test", device="cpu")
+    chosen = runner._sampler()
+    assert runner.model.config.sampler.context_detail and runner.model.config.sampler.strength == 0.8
+    assert chosen.context_detail is expected and chosen.strength == 0.8 and chosen.steps == 4
