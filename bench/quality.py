@@ -45,6 +45,7 @@ import torch
 from lmgendrive.checkpoint import build_untrained, load_checkpoint, model_identity
 from lmgendrive.device import pick_device
 from lmgendrive.model import LMGenDrive, RolloutState
+from lmgendrive.train.data import maneuver_of
 from qa.drive import load_drive
 from qa.frechet import FeatureStats, frechet_distance
 from scenes.contract import WAYPOINT_TIMES
@@ -56,7 +57,6 @@ HELD_OUT_FIRST = 951  # training uses towns 1-40, the evaluator 101-140, the dem
 WEATHERS = ("clear_noon", "cloudy", "rain", "fog", "sunset", "night")
 CONTEXT = 4
 KIND = {"left": "turn_left", "straight": "go_straight", "right": "turn_right"}
-TURN_DEGREES = 4.0  # |heading change| of the last waypoint segment above this is a turn
 ENTRY = (-5.0, -2.0)  # junction cases: front bumper this far (m) past the stop line: the turn is
 # just beginning (the expert's waypoints turn by 7-20 degrees), the car is still aligned with its road
 MIN_SPEED = 1.5  # m/s, junction cases only: a car waiting at a red light plans no turn yet
@@ -128,15 +128,6 @@ def waypoint_errors(model: LMGenDrive, windows: list[Window], step: int, batch: 
         ours.append(np.abs(predicted - truth).mean(axis=(1, 2)))
         const.append(np.abs(straight - truth).mean(axis=(1, 2)))
     return float(np.concatenate(ours).mean()), float(np.concatenate(const).mean())
-
-
-def maneuver_of(waypoints: np.ndarray) -> str:
-    """'left' / 'straight' / 'right' from the heading of the last waypoint segment (x forward, y left)."""
-    d = waypoints[-1] - waypoints[-2]
-    if np.hypot(*d) < 0.05:  # standing still: no heading to read
-        return "straight"
-    heading = np.degrees(np.arctan2(d[1], d[0]))
-    return "left" if heading > TURN_DEGREES else "right" if heading < -TURN_DEGREES else "straight"
 
 
 def turn_cases(windows: list[Window]) -> list[tuple[Window, str, str]]:

@@ -10,7 +10,7 @@ import torch
 
 from lmgendrive.checkpoint import build_untrained
 from lmgendrive.errors import BadInputError, ConfigError
-from lmgendrive.model import DriveBatch, LMGenDrive, LossOutput
+from lmgendrive.model import DriveBatch, LMGenDrive, LossOutput, heading_loss
 from lmgendrive.vision import PerceptionBatch, build_bev_targets
 
 
@@ -117,7 +117,7 @@ def _decreases(model: LMGenDrive, loss_fn: Callable[[], LossOutput], stage: int,
     return losses[0], losses[-1]
 
 
-@pytest.mark.parametrize("stage", [0, 1, 2, 3])
+@pytest.mark.parametrize("stage", [0, 1, 2, 3, "planner"])
 def test_each_loss_decreases_on_a_fixed_batch(stage):
     torch.manual_seed(0)
     model = build_untrained("tiny")
@@ -126,9 +126,36 @@ def test_each_loss_decreases_on_a_fixed_batch(stage):
         1: lambda: model.perception_loss(_perception_batch(model)),
         2: lambda: model.single_step_loss(_drive_batch(steps=1)),
         3: lambda: model.multistep_loss(_drive_batch(steps=2)),
+        "planner": lambda: model.planner_loss(_drive_batch(steps=1)),
     }[stage]
-    first, last = _decreases(model, loss_fn, stage)
+    first, last = _decreases(model, loss_fn, 3 if stage == "planner" else stage)
     assert last < 0.9 * first, (first, last)
+
+
+def test_heading_loss_is_the_angle_between_trajectory_segments():
+    ahead = torch.tensor([[[1.0, 0.0], [2.0, 0.0], [3.0, 0.0], [4.0, 0.0]]])
+    angle = 0.3
+    turned = ahead @ torch.tensor([[np.cos(angle), np.sin(angle)], [-np.sin(angle), np.cos(angle)]], dtype=torch.float32)
+    assert float(heading_loss(ahead, ahead)) == pytest.approx(0.0, abs=1e-6)
+    assert float(heading_loss(turned, ahead)) == pytest.approx(angle, abs=1e-5)  # every segment off by 0.3 rad
+    assert float(heading_loss(-ahead, ahead)) == pytest.approx(np.pi, abs=1e-5)
+    standing = torch.zeros(1, 4, 2)
+    assert float(heading_loss(turned, standing)) == 0.0  # a standing target has no heading to match
+    predicted = torch.zeros(1, 4, 2, requires_grad=True)  # zero-length predicted segments
+    heading_loss(predicted, ahead).backward()
+    assert torch.isfinite(predicted.grad).all()
+
+
+def test_planner_loss_trains_the_planner_alone():
+    torch.manual_seed(0)
+    model = build_untrained("tiny").train()
+    model.set_stage(3)
+    out = model.planner_loss(_drive_batch(steps=1))
+    assert set(out.terms) == {"plan_waypoints", "plan_heading", "plan_completion", "total"}
+    out.loss.backward()
+    assert float(model.llm.action_head[0].weight.grad.abs().sum()) > 0
+    assert model.llm.world_queries.grad is None  # no world queries, no generation
+    assert all(p.grad is None for p in model.generator.parameters())
 
 
 def test_losses_reject_malformed_batches():

@@ -10,9 +10,10 @@ from PIL import Image
 from lmgendrive.checkpoint import build_untrained, load_checkpoint
 from lmgendrive.train.config import StageConfig, parse_config
 from lmgendrive.train.curves import plot_log
-from lmgendrive.train.data import DriveDataset, FrameDataset
+from lmgendrive.train.data import DriveDataset, FrameDataset, PlannerData
 from lmgendrive.train.loop import StageTrainer
 from lmgendrive.train.runner import run
+from lmgendrive.train.stages import straighten_previous_action
 from scenes.procedural.drive import DriveSpec, ProceduralScene
 
 
@@ -40,12 +41,13 @@ def _dataset(scene: ProceduralScene, stage: int, model) -> torch.utils.data.Data
     return DriveDataset([scene], model.config, context=2, steps=1 if stage == 2 else 2)
 
 
-def _trainer(scene, stage, tmp_path, iterations=8, lr=2e-3, dataset=None, **kw) -> StageTrainer:
+def _trainer(scene, stage, tmp_path, iterations=8, lr=2e-3, dataset=None, planner=False, **kw) -> StageTrainer:
     model = build_untrained("tiny")
     config = StageConfig(iterations=iterations, batch_size=2, lr=lr, warmup=1, weight_decay=0.0, clip=5.0,
-                         sequence_steps=[2], sampler_steps=2, **kw)
+                         sequence_steps=[2], sampler_steps=2, planner={"batch_size": 3, "straight_previous": 0.5} if planner else None, **kw)
     dataset = dataset or _dataset(scene, stage, model)
-    return StageTrainer(model, stage, config, dataset, tmp_path, seed=0)
+    plans = PlannerData(_dataset(scene, 2, model), 0.75, 16) if planner else None
+    return StageTrainer(model, stage, config, dataset, tmp_path, seed=0, planner=plans)
 
 
 @pytest.mark.parametrize("stage", [0, 1, 2, 3])
@@ -59,15 +61,15 @@ def test_each_stage_loss_decreases_through_the_loop(stage, small_scene, tmp_path
     assert min(losses[-2:]) < 0.9 * losses[0], losses
 
 
-@pytest.mark.parametrize("stage", [1, 3])
-def test_resume_gives_identical_losses(stage, small_scene, tmp_path):
+@pytest.mark.parametrize(("stage", "planner"), [(1, False), (3, False), (2, True)])
+def test_resume_gives_identical_losses(stage, planner, small_scene, tmp_path):
     torch.manual_seed(0)
-    straight = _trainer(small_scene, stage, tmp_path / "straight", iterations=4).run()
+    straight = _trainer(small_scene, stage, tmp_path / "straight", iterations=4, planner=planner).run()
     torch.manual_seed(0)
-    first = _trainer(small_scene, stage, tmp_path / "split", iterations=4)
+    first = _trainer(small_scene, stage, tmp_path / "split", iterations=4, planner=planner)
     head = first.run(until=2)
     torch.manual_seed(123)  # a new process: different RNG state until the saved one is restored
-    second = _trainer(small_scene, stage, tmp_path / "split", iterations=4)
+    second = _trainer(small_scene, stage, tmp_path / "split", iterations=4, planner=planner)
     assert second.resume() and second.progress.step == 2 and second.progress.samples == 4
     tail = second.run()
     assert head + tail == straight
@@ -75,13 +77,26 @@ def test_resume_gives_identical_losses(stage, small_scene, tmp_path):
     assert len(rows) == 4
 
 
+def test_straightened_previous_actions_keep_their_distances():
+    bend = torch.tensor([[1.0, 0.0], [2.0, 0.2], [2.9, 0.6], [3.7, 1.2]])
+    batch = {"prev_waypoints": bend.expand(400, 4, 2).clone(), "speed": torch.ones(400)}
+    torch.manual_seed(0)
+    out = straighten_previous_action(batch, 0.5)
+    straight = (out["prev_waypoints"][:, :, 1] == 0).all(dim=1)
+    assert 0.4 < straight.float().mean() < 0.6
+    assert torch.equal(out["prev_waypoints"][~straight], batch["prev_waypoints"][~straight])
+    assert torch.allclose(out["prev_waypoints"][straight][:, :, 0], bend.norm(dim=-1).expand(int(straight.sum()), 4))
+    assert out["speed"] is batch["speed"] and straighten_previous_action(batch, 0.0) is batch
+
+
 def _snapshot(module: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().clone() for k, v in module.state_dict().items()}
 
 
-def test_stage3_changes_the_llm_not_the_generator(small_scene, tmp_path):
+@pytest.mark.parametrize("planner", [False, True])
+def test_stage3_changes_the_llm_not_the_generator(planner, small_scene, tmp_path):
     torch.manual_seed(0)
-    trainer = _trainer(small_scene, 3, tmp_path, iterations=2)
+    trainer = _trainer(small_scene, 3, tmp_path, iterations=2, planner=planner)
     model = trainer.model
     frozen = {name: _snapshot(getattr(model, name)) for name in ("generator", "conditioner", "vision")}
     llm = _snapshot(model.llm)
@@ -98,7 +113,8 @@ def test_all_stages_write_a_loadable_checkpoint_and_curves(tmp_path):
         "preset": "tiny", "workdir": str(tmp_path / "work"), "output": str(tmp_path / "model"),
         "data": {"towns": [3], "frames": 40, "size": 32, "cache": str(tmp_path / "scenes"), "context_frames": 2,
                  "workers": 0},
-        "stages": {"0": iters, "1": iters, "2": iters, "3": {**iters, "sequence_steps": [2], "sampler_steps": 1}},
+        "stages": {"0": iters, "1": iters, "2": iters, "3": {**iters, "sequence_steps": [2], "sampler_steps": 1,
+                                                              "planner": {"batch_size": 2, "routes_per_town": 2}}},
     })
     assert run(config, [0, 1]) is None  # not the last stage: no output yet
     assert run(config) == tmp_path / "model"  # stages 0 and 1 are done and skipped; 2 and 3 train
@@ -107,7 +123,10 @@ def test_all_stages_write_a_loadable_checkpoint_and_curves(tmp_path):
     assert (tmp_path / "scenes" / "dataset_index.txt").is_file()
     for stage in range(4):
         assert (tmp_path / "model" / f"loss_stage{stage}.png").is_file()
-    assert "| 3 | 2 | 2 |" in (tmp_path / "model" / "README.md").read_text()
+    readme = (tmp_path / "model" / "README.md").read_text()
+    assert "| 3 | 2 | 2 |" in readme and "planner batches of 2" in readme
+    assert '"plan_heading"' in (tmp_path / "work" / "stage3" / "log.jsonl").read_text()
+    assert len(list((tmp_path / "scenes").glob("town0003_route000[01]_*"))) == 2  # the planner's second route
 
 
 def test_loss_curve_png(tmp_path):

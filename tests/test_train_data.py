@@ -16,9 +16,13 @@ from lmgendrive.train.config import load_config, parse_config, parse_stage
 from lmgendrive.train.data import (
     DriveDataset,
     FrameDataset,
+    PlannerData,
+    StratifiedSampler,
     StreamSampler,
     drive_specs,
     make_loader,
+    maneuver_groups,
+    maneuver_of,
 )
 from lmgendrive.train.schedule import WarmupCosine
 from scenes.lmdrive import open_root, write_index, write_route
@@ -86,6 +90,67 @@ def test_stream_sampler_shards_and_crosses_epochs():
     assert [i for pair in zip(*ranks, strict=True) for i in pair] == [i for _, i in whole]
 
 
+def test_maneuver_of_reads_the_last_segments_heading():
+    ahead = np.array([[1.0, 0.0], [2.0, 0.0], [3.0, 0.0], [4.0, 0.0]])
+    assert maneuver_of(ahead) == "straight"
+    assert maneuver_of(ahead + [[0, 0], [0, 0], [0, 0], [0, 0.2]]) == "left"  # 11 degrees to the left (+y)
+    assert maneuver_of(ahead - [[0, 0], [0, 0], [0, 0], [0, 0.2]]) == "right"
+    assert maneuver_of(np.zeros((4, 2))) == "straight"  # standing: no heading
+
+
+@pytest.fixture(scope="module")
+def junction_drive() -> DriveDataset:
+    """One-step windows of a drive that turns at a junction."""
+    scene = ProceduralScene(DriveSpec(town_seed=1, route_seed=0, frames=200, size=(32, 32)))
+    return DriveDataset([scene], TINY, context=2, steps=1)
+
+
+def test_maneuver_groups_split_junction_windows_by_the_experts_turn(junction_drive):
+    dataset, scene = junction_drive, junction_drive.scenes[0]
+    groups = maneuver_groups(dataset, before=16, after=8)
+    assert sorted(np.concatenate(list(groups.values())).tolist()) == list(range(len(dataset)))  # a partition
+    inside = [scene.measurements(i).is_junction for i in range(len(scene))]
+    entries = [t for t in range(1, len(inside)) if inside[t] and not inside[t - 1]]
+    assert entries and len(groups["other"]) and sum(len(groups[m]) for m in ("left", "straight", "right"))
+    assert len(groups["left"])  # this drive turns left at a junction
+    for name, members in groups.items():
+        for k in members:
+            _, t = dataset.index[k]
+            assert any(e - 16 <= t <= e + 8 for e in entries) == (name != "other")
+            if name != "other":
+                assert maneuver_of(scene.measurements(t).waypoints) == name
+
+
+def test_stratified_sampler_draws_by_share_and_resumes_exactly():
+    groups = [np.arange(3), np.arange(100, 150), np.arange(200, 202), np.arange(1000, 3000)]
+    draws = [x for x, _ in zip(StratifiedSampler(groups, [0.25] * 4, seed=3), range(4000), strict=False)]
+    share = [np.isin(draws, g).mean() for g in groups]
+    assert np.allclose(share, 0.25, atol=0.03), share
+    assert set(draws[:2000]) >= {0, 1, 2, 200, 201}  # small groups are drawn again and again
+    resumed = [x for x, _ in zip(StratifiedSampler(groups, [0.25] * 4, seed=3, start=100), range(50), strict=False)]
+    assert resumed == draws[100:150]
+    rank1 = [x for x, _ in zip(StratifiedSampler(groups, [0.25] * 4, 3, start=100, rank=1, world=2), range(20),
+                               strict=False)]
+    assert rank1 == draws[101:141:2]
+    empty_left = StratifiedSampler([np.array([], dtype=int), np.array([7]), np.array([9])], [0.5, 0.25, 0.25], 0)
+    drawn = [x for x, _ in zip(empty_left, range(400), strict=False)]
+    assert set(drawn) == {7, 9} and 0.4 < drawn.count(7) / 400 < 0.6
+    with pytest.raises(ValueError, match="no group"):
+        StratifiedSampler([np.array([], dtype=int)], [1.0], 0)
+
+
+def test_planner_batches_follow_the_junction_share(junction_drive):
+    planner = PlannerData(junction_drive, junction_share=0.75, entry_zone=(16, 8))
+    other = set(planner.groups[-1].tolist())
+    assert len(other) / len(junction_drive) > 0.7  # most of a drive is open road ...
+    assert [len(g) > 0 for g in planner.groups] == [True, True, False, True]  # this drive never turns right
+    picks = [k for k, _ in zip(planner.loader(8, 0, 0, 0).sampler, range(1200), strict=False)]
+    for group in planner.groups[:2] + planner.groups[3:]:  # so the left, straight and open-road windows
+        assert 0.28 < np.isin(picks, group).mean() < 0.39  # share its quarter: a third each
+    batch = next(iter(planner.loader(8, 0, 0, 0)))
+    assert batch["frames"].shape == (8, 3, 2, 32, 32, 3) and batch["waypoints"].shape == (8, 1, 4, 2)
+
+
 def test_warmup_cosine():
     f = WarmupCosine(warmup=4, total=20, min_ratio=0.1)
     assert [f(s) for s in range(4)] == [0.25, 0.5, 0.75, 1.0]
@@ -129,6 +194,15 @@ def test_cli_rejects_a_bad_or_unconfigured_stage(tmp_path):
         args = parser.parse_args(["train", "--stage", stage, "--config", str(path)])
         with pytest.raises(ConfigError, match=match):
             args.func(args)
+
+
+def test_planner_batches_are_refused_before_stage_2():
+    stages = {"1": {"iterations": 2, "batch_size": 1, "lr": 1e-3, "planner": {"batch_size": 4}}}
+    with pytest.raises(ConfigError, match="stages 2 and 3 only"):
+        parse_config({"preset": "tiny", "workdir": "w", "output": "o", "stages": stages})
+    with pytest.raises(ConfigError, match="junction_share"):
+        parse_config({"preset": "tiny", "workdir": "w", "output": "o", "stages": {
+            "2": {"iterations": 2, "batch_size": 1, "lr": 1e-3, "planner": {"junction_share": 1.5}}}})
 
 
 @pytest.mark.parametrize("job", ["jobs/train_demo.yaml", "jobs/train_evaluator.yaml"])

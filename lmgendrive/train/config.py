@@ -76,6 +76,21 @@ class DataConfig(_Strict):
         return self
 
 
+class PlannerConfig(_Strict):
+    """Stages 2-3: an extra planner-only batch per iteration (waypoint L1 + heading + completion, no
+    generation), drawn by maneuver: ``junction_share`` of it from windows ``entry_zone`` = (frames
+    before, frames after) a junction entry, in equal thirds turning left, going straight and turning
+    right; the rest from everywhere else. Its drives: ``routes_per_town`` routes per town (default ``data``'s). With
+    probability ``straight_previous`` a window's previous action is replaced by driving straight on
+    (see :func:`lmgendrive.train.stages.straighten_previous_action`)."""
+
+    batch_size: PositiveInt = 16
+    junction_share: Annotated[float, Field(ge=0, le=1)] = 0.75
+    entry_zone: tuple[Annotated[int, Field(ge=0)], Annotated[int, Field(ge=0)]] = (16, 8)
+    routes_per_town: PositiveInt | None = None
+    straight_previous: Annotated[float, Field(ge=0, le=1)] = 0.0  # share whose previous action drives straight
+
+
 class StageConfig(_Strict):
     """One stage: optimisation (AdamW, warm-up + cosine to ``min_lr_ratio`` x lr, clipping) and
     bookkeeping (checkpoint and log intervals in iterations)."""
@@ -91,6 +106,7 @@ class StageConfig(_Strict):
     log_every: PositiveInt = 10
     sequence_steps: list[Annotated[int, Field(ge=2, le=3)]] = [2, 3]  # stage 3 curriculum, equal shares
     sampler_steps: PositiveInt = 3  # stage 3: denoising steps of the fed-back videos
+    planner: PlannerConfig | None = None  # stages 2-3: planner batches balanced by maneuver
 
     @model_validator(mode="after")
     def _check(self) -> StageConfig:
@@ -118,6 +134,9 @@ class TrainConfig(_Strict):
             raise ValueError(f"unknown preset {self.preset!r}; valid: {sorted(PRESETS)}")
         if not self.stages:
             raise ValueError("stages must configure at least one stage")
+        for name, stage in self.stages.items():
+            if stage.planner is not None and int(name) < 2:
+                raise ValueError(f"stage {name}: planner batches exist in stages 2 and 3 only (the LLM trains there)")
         return self
 
     def stage_numbers(self) -> list[int]:

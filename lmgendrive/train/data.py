@@ -39,6 +39,8 @@ from scenes.procedural.drive import DriveSpec, ProceduralScene
 log = logging.getLogger(__name__)
 
 DETECTED = (OBJECT_CLASSES.index("vehicle"), OBJECT_CLASSES.index("pedestrian"))
+TURN_DEGREES = 4.0  # a trajectory whose last waypoint segment heads more than this off straight turns
+MANEUVERS = ("left", "straight", "right")
 
 
 def drive_specs(data: DataConfig) -> list[DriveSpec]:
@@ -174,6 +176,81 @@ class DriveDataset(_SceneDataset):
         }
 
 
+def maneuver_of(waypoints: np.ndarray) -> str:
+    """"left", "straight" or "right": the heading of the last segment of ego-frame ``waypoints``
+    (x forward, y left) against ``TURN_DEGREES``; a standing car goes straight."""
+    dx, dy = np.asarray(waypoints[-1], dtype=np.float64) - np.asarray(waypoints[-2], dtype=np.float64)
+    if np.hypot(dx, dy) < 0.05:
+        return "straight"
+    heading = np.degrees(np.arctan2(dy, dx))
+    return "left" if heading > TURN_DEGREES else "right" if heading < -TURN_DEGREES else "straight"
+
+
+def junction_entries(scene: Scene) -> list[int]:
+    """The frames at which ``scene`` enters a junction (``is_junction`` turns true)."""
+    inside = [scene.measurements(i).is_junction for i in range(len(scene))]
+    return [t for t in range(1, len(inside)) if inside[t] and not inside[t - 1]]
+
+
+def maneuver_groups(dataset: DriveDataset, before: int, after: int) -> dict[str, np.ndarray]:
+    """Dataset indices by what the expert does: "left" / "straight" / "right" for windows from
+    ``before`` frames before to ``after`` frames after a junction entry, by their waypoints'
+    maneuver (so the turns are their first frames, where the instruction decides); "other" for the
+    rest (open road, and the rest of each turn, which the turning car's own motion already shows)."""
+    entries: dict[int, list[int]] = {}
+    groups: dict[str, list[int]] = {name: [] for name in (*MANEUVERS, "other")}
+    for k, (s, t) in enumerate(dataset.index):
+        scene = dataset.scenes[s]
+        if s not in entries:
+            entries[s] = junction_entries(scene)
+        zone = any(e - before <= t <= e + after for e in entries[s])
+        groups[maneuver_of(scene.measurements(t).waypoints) if zone else "other"].append(k)
+    return {name: np.asarray(ks, dtype=np.int64) for name, ks in groups.items()}
+
+
+class StratifiedSampler(Sampler[int]):
+    """An endless stream drawing group g with probability ``shares[g]`` (empty groups' shares go to
+    the others), then a uniform member of it: with replacement, so small groups (the turns) are seen
+    as often as their share says.
+
+    Position p's draw depends only on ``(seed, p)``, so a resumed run starts at ``start`` (samples
+    drawn so far, over all ranks) and continues exactly; rank r draws ``start + r, start + r + world, ...``.
+    """
+
+    def __init__(self, groups: Sequence[np.ndarray], shares: Sequence[float], seed: int, start: int = 0,
+                 rank: int = 0, world: int = 1):
+        weights = np.array([w if len(g) else 0.0 for g, w in zip(groups, shares, strict=True)], dtype=np.float64)
+        if weights.sum() <= 0:
+            raise ValueError("no group with a positive share has members")
+        self.groups, self.cumulative = [np.asarray(g) for g in groups], np.cumsum(weights / weights.sum())
+        self.seed, self.start, self.rank, self.world = seed, start, rank, world
+
+    def __iter__(self) -> Iterator[int]:
+        p = self.start + self.rank
+        while True:
+            rng = np.random.default_rng([self.seed, p])
+            g = min(int(np.searchsorted(self.cumulative, rng.random(), side="right")), len(self.groups) - 1)
+            yield int(self.groups[g][rng.integers(len(self.groups[g]))])
+            p += self.world
+
+
+class PlannerData:
+    """The windows of planner batches and how they are drawn: ``junction_share`` from the three
+    junction maneuver groups in equal parts, the rest from the open road (see :class:`PlannerConfig`)."""
+
+    def __init__(self, dataset: DriveDataset, junction_share: float, entry_zone: tuple[int, int]):
+        self.dataset = dataset
+        groups = maneuver_groups(dataset, *entry_zone)
+        self.groups = [groups[name] for name in (*MANEUVERS, "other")]
+        self.shares = [junction_share / 3] * 3 + [1.0 - junction_share]
+        log.info("planner windows: %s", ", ".join(f"{name} {len(g)}" for name, g in groups.items()))
+
+    def loader(self, batch_size: int, seed: int, start: int, workers: int, rank: int = 0, world: int = 1) -> DataLoader:
+        """Planner batches from stream position ``start``."""
+        sampler = StratifiedSampler(self.groups, self.shares, seed, start, rank, world)
+        return make_loader(self.dataset, batch_size, seed, start, workers, rank, world, sampler=sampler)
+
+
 class StreamSampler(Sampler[int]):
     """An endless stream of indices: epoch e is ``default_rng([seed, e]).permutation(n)``.
 
@@ -196,9 +273,11 @@ class StreamSampler(Sampler[int]):
 
 
 def make_loader(dataset: Dataset, batch_size: int, seed: int, start: int, workers: int,
-                rank: int = 0, world: int = 1) -> DataLoader:
-    """A DataLoader over ``dataset`` from stream position ``start``; it never touches the global
-    torch RNG (its own generator), so loading does not perturb the training noise."""
-    return DataLoader(dataset, batch_size=batch_size, sampler=StreamSampler(len(dataset), seed, start, rank, world),
-                      num_workers=workers, generator=torch.Generator().manual_seed(seed),
+                rank: int = 0, world: int = 1, sampler: Sampler[int] | None = None) -> DataLoader:
+    """A DataLoader over ``dataset`` from stream position ``start`` (of a :class:`StreamSampler`
+    unless ``sampler`` is given); it never touches the global torch RNG (its own generator), so
+    loading does not perturb the training noise."""
+    sampler = sampler or StreamSampler(len(dataset), seed, start, rank, world)
+    return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=workers,
+                      generator=torch.Generator().manual_seed(seed),
                       persistent_workers=False, prefetch_factor=2 if workers else None)

@@ -9,14 +9,14 @@ import time
 from pathlib import Path
 
 import torch
-from torch.utils.data import Dataset
+from torch.utils.data import DataLoader, Dataset
 
 from lmgendrive.errors import RunFailure
 from lmgendrive.model import LMGenDrive
 from lmgendrive.train.backend import LocalBackend
 from lmgendrive.train.config import StageConfig
 from lmgendrive.train.curves import plot_log
-from lmgendrive.train.data import make_loader
+from lmgendrive.train.data import PlannerData, make_loader
 from lmgendrive.train.schedule import warmup_cosine
 from lmgendrive.train.stages import objective, sequence_steps
 from lmgendrive.train.state import Progress, load_state, save_state
@@ -30,8 +30,11 @@ class StageTrainer:
     """Trains ``model`` for one stage; ``workdir`` holds the resume state, the log and the curve."""
 
     def __init__(self, model: LMGenDrive, stage: int, config: StageConfig, dataset: Dataset, workdir: Path,
-                 seed: int, workers: int = 0, backend: LocalBackend | None = None):
-        self.model, self.stage, self.config, self.dataset = model, stage, config, dataset
+                 seed: int, workers: int = 0, backend: LocalBackend | None = None,
+                 planner: PlannerData | None = None):
+        if (planner is None) != (config.planner is None):
+            raise ValueError("planner data must be given exactly when the stage configures planner batches")
+        self.model, self.stage, self.config, self.dataset, self.planner = model, stage, config, dataset, planner
         self.workdir, self.seed, self.workers = Path(workdir), seed, workers
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.backend = backend or LocalBackend()
@@ -66,12 +69,13 @@ class StageTrainer:
         self.model.train()
         loader = make_loader(self.dataset, self.config.batch_size, self.seed, self.progress.samples, self.workers,
                              self.backend.rank, self.backend.world)
+        plans = iter(self._planner_loader()) if self.planner is not None else None
         losses: list[float] = []
         bar = tqdm(total=until, initial=self.progress.step, desc=f"stage {self.stage}", unit="it",
                    disable=None if self.backend.is_main else True, dynamic_ncols=True)
         with bar, open(self.workdir / LOG_FILE, "a") as log_fh:
             for batch in loader:
-                row = self._iteration(batch)
+                row = self._iteration(batch, next(plans) if plans is not None else None)
                 losses.append(row["loss"])
                 if self.backend.is_main:
                     log_fh.write(json.dumps(row) + "\n")
@@ -87,10 +91,16 @@ class StageTrainer:
                     break
         return losses
 
-    def _iteration(self, batch: dict) -> dict:
+    def _planner_loader(self) -> DataLoader:
+        """Planner batches continue where the last run stopped: position = iterations x batch x ranks."""
+        size = self.config.planner.batch_size
+        start = self.progress.step * size * self.backend.world
+        return self.planner.loader(size, self.seed, start, self.workers, self.backend.rank, self.backend.world)
+
+    def _iteration(self, batch: dict, plan: dict | None) -> dict:
         started = time.perf_counter()
         steps = sequence_steps(self.config, self.progress.step) if self.stage == 3 else 1
-        out = self.objective(batch, steps)
+        out = self.objective(batch, steps, plan)
         loss = out.loss.detach().item()
         if not math.isfinite(loss):
             raise RunFailure(f"stage {self.stage} iteration {self.progress.step + 1}: loss is {loss} "

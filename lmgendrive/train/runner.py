@@ -20,7 +20,7 @@ from lmgendrive.errors import ConfigError
 from lmgendrive.model import LMGenDrive
 from lmgendrive.train.backend import LocalBackend, is_main_process, make_backend
 from lmgendrive.train.config import TrainConfig
-from lmgendrive.train.data import DriveDataset, FrameDataset, open_scenes
+from lmgendrive.train.data import DriveDataset, FrameDataset, PlannerData, open_scenes
 from lmgendrive.train.loop import CURVE_FILE, LOG_FILE, StageTrainer
 from lmgendrive.train.stages import finish_stage
 
@@ -33,6 +33,18 @@ def stage_dir(config: TrainConfig, stage: int) -> Path:
 
 def final_dir(config: TrainConfig, stage: int) -> Path:
     return stage_dir(config, stage) / "final"
+
+
+def planner_data(config: TrainConfig, stage: int, model: LMGenDrive) -> PlannerData | None:
+    """The stage's planner windows (one-step drive windows of the planner's routes), if it has planner batches."""
+    planner = config.stage(stage).planner
+    if planner is None:
+        return None
+    data = config.data
+    if planner.routes_per_town is not None:
+        data = data.model_copy(update={"routes_per_town": planner.routes_per_town})
+    dataset = DriveDataset(open_scenes(data), model.config, data.context_frames, 1)
+    return PlannerData(dataset, planner.junction_share, planner.entry_zone)
 
 
 def starting_model(config: TrainConfig, stage: int, backend: LocalBackend) -> LMGenDrive:
@@ -65,8 +77,7 @@ def train_stage(config: TrainConfig, stage: int, command: str = "") -> LMGenDriv
                else DriveDataset(scenes, model.config, config.data.context_frames, steps))
     log.info("stage %d: %d scenes, %d training windows", stage, len(scenes), len(dataset))
     trainer = StageTrainer(model, stage, stage_config, dataset, stage_dir(config, stage), config.seed + stage,
-                           config.data.workers,
-                           backend)
+                           config.data.workers, backend, planner_data(config, stage, model))
     trainer.resume()
     trainer.run()
     finish_stage(model, stage, dataset)
@@ -123,7 +134,14 @@ def readme(config: TrainConfig, stages: list[int], command: str) -> str:
              "|---|---|---|---|---|---|---|---|---|"]
     for s in stages:
         c = config.stage(s)
-        extra = f"sequence steps {c.sequence_steps}, sampler steps {c.sampler_steps}" if s == 3 else ""
+        notes = [f"sequence steps {c.sequence_steps}, sampler steps {c.sampler_steps}"] if s == 3 else []
+        if c.planner is not None:
+            p = c.planner
+            notes.append(f"planner batches of {p.batch_size}, {p.junction_share:g} from junction entries "
+                         f"({p.entry_zone[0]} frames before to {p.entry_zone[1]} after), "
+                         f"{p.routes_per_town or data.routes_per_town} route(s) per town, "
+                         f"previous action straightened with p {p.straight_previous:g}")
+        extra = "; ".join(notes)
         loss, minutes = log_summary(stage_dir(config, s) / LOG_FILE)
         lines.append(f"| {s} | {c.iterations} | {c.batch_size} | {c.lr:g} | {c.warmup} | {c.clip:g} | {extra} "
                      f"| {loss} | {minutes} |")

@@ -3,6 +3,7 @@
 0: the VAE (autoencoder loss on every view of each frame); afterwards the latent scale is
 calibrated. 1: the vision encoder and its perception heads. 2: single step, encoder frozen.
 3: multi-step sequences (2-3 steps, a curriculum), generator frozen, its sampled videos fed back.
+Stages 2-3 may add a planner-only batch per iteration, drawn by maneuver (``StageConfig.planner``).
 """
 
 from __future__ import annotations
@@ -39,11 +40,14 @@ def drive_batch(batch: dict, steps: int) -> DriveBatch:
 class StageObjective(nn.Module):
     """The loss of one stage as a module, so data-parallel wrappers see a forward call."""
 
-    def __init__(self, model: LMGenDrive, stage: int, sampler: SamplerConfig | None = None):
+    def __init__(self, model: LMGenDrive, stage: int, sampler: SamplerConfig | None = None,
+                 straight_previous: float = 0.0):
         super().__init__()
-        self.model, self.stage, self.sampler = model, stage, sampler
+        self.model, self.stage, self.sampler, self.straight_previous = model, stage, sampler, straight_previous
 
-    def forward(self, batch: dict, steps: int = 1) -> LossOutput:
+    def forward(self, batch: dict, steps: int = 1, plan: dict | None = None) -> LossOutput:
+        """The stage's loss on ``batch`` (``steps`` steps in stage 3), plus the planner loss on
+        ``plan`` when the stage has planner batches."""
         device = self.model.device
         if self.stage == 0:
             return self.model.autoencoder_loss(batch["frames"].to(device))
@@ -51,15 +55,37 @@ class StageObjective(nn.Module):
             return self.model.perception_loss(PerceptionBatch(batch["frames"], batch["detection"], batch["waypoints"],
                                                               batch["light"]).to(device))
         drive = drive_batch(batch, steps).to(device)
-        if self.stage == 2:
-            return self.model.single_step_loss(drive)
-        return self.model.multistep_loss(drive, self.sampler)
+        out = (self.model.single_step_loss(drive) if self.stage == 2
+               else self.model.multistep_loss(drive, self.sampler))
+        if plan is None:
+            return out
+        plan = straighten_previous_action(plan, self.straight_previous)
+        planned = self.model.planner_loss(drive_batch(plan, 1).to(device))
+        total = out.loss + planned.loss
+        terms = {**out.terms, **{k: v for k, v in planned.terms.items() if k != "total"}, "total": total.item()}
+        return LossOutput(total, terms)
 
 
 def objective(model: LMGenDrive, stage: int, config: StageConfig) -> StageObjective:
     """The stage's objective; stage 3 samples its fed-back videos with ``config.sampler_steps`` steps."""
     sampler = replace(model.config.sampler, steps=config.sampler_steps) if stage == 3 else None
-    return StageObjective(model, stage, sampler)
+    return StageObjective(model, stage, sampler, config.planner.straight_previous if config.planner else 0.0)
+
+
+def straighten_previous_action(batch: dict, probability: float) -> dict:
+    """``batch`` with each sample's previous action replaced, with ``probability`` (global torch RNG),
+    by driving straight ahead over the same distances.
+
+    At a junction entry the expert's action of 0.8 s earlier already bends the way it will turn, so
+    a planner trained on it learns to continue that bend instead of reading the instruction; the
+    generation loop gives it its own earlier action, which bends only if it read the instruction then.
+    """
+    if probability <= 0:
+        return batch
+    prev = batch["prev_waypoints"]
+    straight = torch.stack([prev.norm(dim=-1), torch.zeros_like(prev[..., 0])], dim=-1)
+    pick = torch.rand(prev.shape[0]) < probability
+    return {**batch, "prev_waypoints": torch.where(pick[:, None, None], straight, prev)}
 
 
 @torch.no_grad()
