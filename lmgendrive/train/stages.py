@@ -76,7 +76,7 @@ def straighten_previous_action(batch: dict, probability: float) -> dict:
     """``batch`` with each sample's previous action replaced, with ``probability`` (global torch RNG),
     by driving straight ahead over the same distances.
 
-    At a junction entry the expert's action of 0.8 s earlier already bends the way it will turn, so
+    At a junction entry the expert's action of 0.8 s earlier can already bend the way it will turn, so
     a planner trained on it learns to continue that bend instead of reading the instruction; the
     generation loop gives it its own earlier action, which bends only if it read the instruction then.
     """
