@@ -46,7 +46,7 @@ def _trainer(scene, stage, tmp_path, iterations=8, lr=2e-3, dataset=None, planne
     config = StageConfig(iterations=iterations, batch_size=2, lr=lr, warmup=1, weight_decay=0.0, clip=5.0,
                          sequence_steps=[2], sampler_steps=2, planner={"batch_size": 3, "straight_previous": 0.5} if planner else None, **kw)
     dataset = dataset or _dataset(scene, stage, model)
-    plans = PlannerData(_dataset(scene, 2, model), 0.75, 16) if planner else None
+    plans = PlannerData(_dataset(scene, 2, model), 0.75, (16, 8)) if planner else None
     return StageTrainer(model, stage, config, dataset, tmp_path, seed=0, planner=plans)
 
 
