@@ -236,7 +236,7 @@ class StratifiedSampler(Sampler[int]):
 
 class PlannerData:
     """The windows of planner batches and how they are drawn: ``junction_share`` from the three
-    junction maneuver groups in equal parts, the rest from the open road (see :class:`PlannerConfig`)."""
+    junction maneuver groups in equal parts, the rest from all other windows (see :class:`PlannerConfig`)."""
 
     def __init__(self, dataset: DriveDataset, junction_share: float, entry_zone: tuple[int, int]):
         self.dataset = dataset
