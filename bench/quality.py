@@ -14,8 +14,8 @@ Four figures, each against a baseline measured in the same run:
   trajectory classifies it. Goal >= 0.80. ``turn_agreement_actual`` counts only the maneuvers the
   expert took; ``turn_agreement_expert`` classifies the expert's own waypoints the same way, a
   check that the classifier and the chosen frames tell the maneuvers apart at all.
-  ``turn_agreement_ci95`` is the Wilson 95 % interval over the cases: 108 junction towns give ~130
-  cases, +-8 points; the 36 used before gave 43, and two stage-3 runs with the same settings on
+  ``turn_agreement_ci95`` is the Wilson 95 % interval over the cases: 108 junction towns give 141
+  cases, +-7 points; the 36 used before gave 43, and two stage-3 runs with the same settings on
   different drives differed by 9 points there.
 
 Every window is planned as the generation loop plans: the model observes ``CONTEXT`` frames ending
