@@ -32,6 +32,7 @@ GOALS: dict[str, list[tuple[str, str, float, str]]] = {
     "pipeline": [("pipeline_over_bare", ">=", 0.90, "full pipeline (Ray, encoding, shards) / bare rollout() loop")],
     "dispatch": [("overhead_ms_per_unit", "<", 5.0, "driver CPU per unit, 256 fake-GPU workers, ms"),
                  ("utilization", ">=", 0.95, "worker utilisation, 256 fake-GPU workers")],
+    "planner": [("tokens_over_frames", "<=", 0.20, "planner batch (48 windows) of cached vision tokens / of pixels")],
     "qa": [("ours_over_pytorch_fid", ">=", 1.0, "FID feature extraction, ours / pytorch-fid, images/s")],
     "quality": [("wp_l1_over_const_vel", "<=", 0.70, "waypoint L1 / constant-velocity extrapolation"),
                 ("fd_drive_over_repeat_last", "<", 1.0, "FD-drive of generated 8 frames / repeat last frame"),

@@ -133,19 +133,23 @@ class DriveBatch:
     waypoints: float (B, S, K, 2) target waypoints of each step (ego frame of that step).
     completed: float (B, S) 1 where the instruction is completed at that step.
     future_frames: uint8 (B, S, V, F, H, W, 3) the F frames that follow each step.
+    tokens: float (B, T, N, D) the context frames' :meth:`LMGenDrive.vision_tokens`, precomputed
+    (the encoder is frozen in stages 2-3); :meth:`LMGenDrive.planner_loss` reads them instead of
+    ``frames``, which may then be ``None``, as may ``future_frames`` (planning needs no future).
     """
 
-    frames: torch.Tensor
+    frames: torch.Tensor | None
     instructions: list[str]
     speed: torch.Tensor
     prev_waypoints: torch.Tensor
     waypoints: torch.Tensor
     completed: torch.Tensor
-    future_frames: torch.Tensor
+    future_frames: torch.Tensor | None
+    tokens: torch.Tensor | None = None
 
     def to(self, device: torch.device) -> DriveBatch:
-        move = {k: getattr(self, k).to(device) for k in ("frames", "speed", "prev_waypoints", "waypoints",
-                                                          "completed", "future_frames")}
+        move = {k: None if getattr(self, k) is None else getattr(self, k).to(device)
+                for k in ("frames", "speed", "prev_waypoints", "waypoints", "completed", "future_frames", "tokens")}
         return DriveBatch(instructions=self.instructions, **move)
 
 
@@ -196,14 +200,20 @@ class LMGenDrive(nn.Module):
 
     def encode_history(self, pixels: torch.Tensor) -> torch.Tensor:
         """Per-frame LLM tokens (B, T, Q, llm_hidden) of ``pixels`` (B, T, V, 3, H, W)."""
+        return self.compress_history(self.vision_tokens(pixels))
+
+    def vision_tokens(self, pixels: torch.Tensor) -> torch.Tensor:
+        """The vision encoder's per-frame Q-Former input (B, T, N, D) of ``pixels`` (B, T, V, 3, H, W)."""
         b, t = pixels.shape[:2]
-        flat = pixels.flatten(0, 1)
         dtype = self.vision.proj.weight.dtype
-        chunks = [
-            self.compressor(self.vision(chunk.to(dtype)).for_qformer(self.config.vision.bev_pool))
-            for chunk in flat.split(ENCODE_CHUNK)
-        ]
+        chunks = [self.vision(chunk.to(dtype)).for_qformer(self.config.vision.bev_pool)
+                  for chunk in pixels.flatten(0, 1).split(ENCODE_CHUNK)]
         return torch.cat(chunks).unflatten(0, (b, t))
+
+    def compress_history(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Per-frame LLM tokens (B, T, Q, llm_hidden) of :meth:`vision_tokens` output (B, T, N, D)."""
+        chunks = [self.compressor(chunk) for chunk in tokens.flatten(0, 1).split(ENCODE_CHUNK)]
+        return torch.cat(chunks).unflatten(0, tokens.shape[:2])
 
     def _pixels(self, frames: np.ndarray | torch.Tensor, name: str) -> torch.Tensor:
         return to_pixels(frames, self.config.image_size, self.device, name)
@@ -439,13 +449,18 @@ class LMGenDrive(nn.Module):
 
     def planner_loss(self, batch: DriveBatch) -> LossOutput:
         """Planning alone (no world queries, no generation) for the first step of ``batch``:
-        waypoint L1 + heading loss + 0.2 completion BCE. Stages 2-3 add it on their planner batches."""
-        pixels = self._pixels(batch.frames, "frames")
-        if pixels.ndim != 6:
-            raise BadInputError(f"frames must be (B, V, T, H, W, 3), got {tuple(batch.frames.shape)}")
-        self._check_views(pixels, "frames")
+        waypoint L1 + heading loss + 0.2 completion BCE. Stages 2-3 add it on their planner batches.
+        Reads ``batch.tokens`` when given, else encodes ``batch.frames``."""
+        if batch.tokens is not None:
+            tokens = batch.tokens[:, -self.config.llm.history_frames:].to(self.vision.proj.weight.dtype)
+        else:
+            pixels = self._pixels(batch.frames, "frames")
+            if pixels.ndim != 6:
+                raise BadInputError(f"frames must be (B, V, T, H, W, 3), got {tuple(batch.frames.shape)}")
+            self._check_views(pixels, "frames")
+            tokens = self.vision_tokens(pixels[:, :, -self.config.llm.history_frames:].transpose(1, 2))
         ids, mask = self.tokenize(batch.instructions)
-        history = self.encode_history(pixels[:, :, -self.config.llm.history_frames:].transpose(1, 2))
+        history = self.compress_history(tokens)
         out = self.llm(self.llm.embed_instructions(ids), mask, history, batch.speed.float(),
                        batch.prev_waypoints.float(), with_world=False)
         target = batch.waypoints[:, 0].float()

@@ -8,12 +8,14 @@ import torch
 from PIL import Image
 
 from lmgendrive.checkpoint import build_untrained, load_checkpoint
+from lmgendrive.train import tokens as tokens_module
 from lmgendrive.train.config import StageConfig, parse_config
 from lmgendrive.train.curves import plot_log
 from lmgendrive.train.data import DriveDataset, FrameDataset, PlannerData
 from lmgendrive.train.loop import StageTrainer
 from lmgendrive.train.runner import run
-from lmgendrive.train.stages import straighten_previous_action
+from lmgendrive.train.stages import drive_batch, straighten_previous_action
+from lmgendrive.train.tokens import PlannerWindows, VisionTokenCache
 from scenes.procedural.drive import DriveSpec, ProceduralScene
 
 
@@ -42,11 +44,16 @@ def _dataset(scene: ProceduralScene, stage: int, model) -> torch.utils.data.Data
 
 
 def _trainer(scene, stage, tmp_path, iterations=8, lr=2e-3, dataset=None, planner=False, **kw) -> StageTrainer:
+    """``planner``: False, True (planner batches of pixels) or "tokens" (of cached vision tokens)."""
     model = build_untrained("tiny")
     config = StageConfig(iterations=iterations, batch_size=2, lr=lr, warmup=1, weight_decay=0.0, clip=5.0,
                          sequence_steps=[2], sampler_steps=2, planner={"batch_size": 3, "straight_previous": 0.5} if planner else None, **kw)
     dataset = dataset or _dataset(scene, stage, model)
-    plans = PlannerData(_dataset(scene, 2, model), 0.75, (16, 8)) if planner else None
+    plans = None
+    if planner:
+        windows = _dataset(scene, 2, model)
+        cached = PlannerWindows(windows, VisionTokenCache.build(model, windows)) if planner == "tokens" else None
+        plans = PlannerData(windows, 0.75, (16, 8), cached)
     return StageTrainer(model, stage, config, dataset, tmp_path, seed=0, planner=plans)
 
 
@@ -61,7 +68,7 @@ def test_each_stage_loss_decreases_through_the_loop(stage, small_scene, tmp_path
     assert min(losses[-2:]) < 0.9 * losses[0], losses
 
 
-@pytest.mark.parametrize(("stage", "planner"), [(1, False), (3, False), (2, True)])
+@pytest.mark.parametrize(("stage", "planner"), [(1, False), (3, False), (2, True), (3, "tokens")])
 def test_resume_gives_identical_losses(stage, planner, small_scene, tmp_path):
     torch.manual_seed(0)
     straight = _trainer(small_scene, stage, tmp_path / "straight", iterations=4, planner=planner).run()
@@ -89,11 +96,56 @@ def test_straightened_previous_actions_keep_their_distances():
     assert out["speed"] is batch["speed"] and straighten_previous_action(batch, 0.0) is batch
 
 
+def test_planner_loss_from_cached_tokens_equals_the_loss_from_pixels(small_scene):
+    other = ProceduralScene(DriveSpec(town_seed=5, route_seed=0, frames=30, size=(32, 32)))
+    torch.manual_seed(0)
+    model = build_untrained("tiny")
+    model.set_stage(3)  # the encoder frozen (eval mode), as in stages 2-3
+    windows = DriveDataset([small_scene, other], model.config, context=2, steps=1)
+    cache = VisionTokenCache.build(model, windows)
+    assert cache.tokens.shape[0] == len(small_scene) + len(other)
+    cached = PlannerWindows(windows, cache)
+    picks = [0, 17, len(windows) - 1]  # the last window is in the second scene: offsets matter
+    assert windows.index[picks[-1]][0] == 1
+    collate = torch.utils.data.default_collate
+    pixels = drive_batch(collate([windows[k] for k in picks]), 1)
+    tokens = drive_batch(collate([cached[k] for k in picks]), 1)
+    assert tokens.frames is None and tokens.future_frames is None and tokens.tokens.shape[:2] == (3, 2)
+    assert torch.equal(tokens.waypoints, pixels.waypoints) and tokens.instructions == pixels.instructions
+    model.train()  # dropout in the compressor and LLM: the same noise for both
+    torch.manual_seed(1)
+    expected = model.planner_loss(pixels)
+    torch.manual_seed(1)
+    got = model.planner_loss(tokens)
+    for name, value in expected.terms.items():
+        assert got.terms[name] == pytest.approx(value, rel=1e-5, abs=1e-6), name
+
+
+def test_the_token_cache_file_is_reused_only_by_the_same_encoder_and_scenes(small_scene, tmp_path, monkeypatch):
+    torch.manual_seed(0)
+    model = build_untrained("tiny")
+    windows = DriveDataset([small_scene], model.config, context=2, steps=1)
+    path = tmp_path / "tokens.safetensors"
+    first = VisionTokenCache.build(model, windows, path=path)
+    assert path.is_file() and not path.with_name(path.name + ".partial").exists()
+    encoded = []
+    real = tokens_module._encode_all
+    monkeypatch.setattr(tokens_module, "_encode_all", lambda *a: encoded.append(1) or real(*a))
+    assert torch.equal(VisionTokenCache.build(model, windows, path=path).tokens, first.tokens) and not encoded
+    fewer = DriveDataset([ProceduralScene(DriveSpec(town_seed=2, route_seed=1, frames=30, size=(32, 32)))],
+                         model.config, context=2, steps=1)
+    assert VisionTokenCache.build(model, fewer, path=path).tokens.shape[0] == 30 and len(encoded) == 1
+    with torch.no_grad():
+        model.vision.proj.weight.add_(0.1)  # another encoder: its tokens differ, the file is rewritten
+    retrained = VisionTokenCache.build(model, windows, path=path)
+    assert len(encoded) == 2 and not torch.equal(retrained.tokens, first.tokens)
+
+
 def _snapshot(module: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().clone() for k, v in module.state_dict().items()}
 
 
-@pytest.mark.parametrize("planner", [False, True])
+@pytest.mark.parametrize("planner", [False, True, "tokens"])
 def test_stage3_changes_the_llm_not_the_generator(planner, small_scene, tmp_path):
     torch.manual_seed(0)
     trainer = _trainer(small_scene, 3, tmp_path, iterations=2, planner=planner)
@@ -114,7 +166,8 @@ def test_all_stages_write_a_loadable_checkpoint_and_curves(tmp_path):
         "data": {"towns": [3], "frames": 40, "size": 32, "cache": str(tmp_path / "scenes"), "context_frames": 2,
                  "workers": 0},
         "stages": {"0": iters, "1": iters, "2": iters, "3": {**iters, "sequence_steps": [2], "sampler_steps": 1,
-                                                              "planner": {"batch_size": 2, "routes_per_town": 2}}},
+                                                              "planner": {"batch_size": 2, "routes_per_town": 2,
+                                                                          "token_cache": True}}},
     })
     assert run(config, [0, 1]) is None  # not the last stage: no output yet
     assert run(config) == tmp_path / "model"  # stages 0 and 1 are done and skipped; 2 and 3 train

@@ -82,13 +82,17 @@ class PlannerConfig(_Strict):
     before, frames after) a junction entry, in equal thirds turning left, going straight and turning
     right; the rest from everywhere else. Its drives: ``routes_per_town`` routes per town (default ``data``'s). With
     probability ``straight_previous`` a window's previous action is replaced by driving straight on
-    (see :func:`lmgendrive.train.stages.straighten_previous_action`)."""
+    (see :func:`lmgendrive.train.stages.straighten_previous_action`). ``token_cache``: encode every
+    frame of those drives once with the frozen vision encoder and read its tokens instead of pixels
+    (:class:`lmgendrive.train.tokens.VisionTokenCache`; the same losses at a fraction of the cost, held
+    in memory: ~5 KB per frame for ``demo``, too much for LMDrive-scale data with the paper preset)."""
 
     batch_size: PositiveInt = 16
     junction_share: Annotated[float, Field(ge=0, le=1)] = 0.75
     entry_zone: tuple[Annotated[int, Field(ge=0)], Annotated[int, Field(ge=0)]] = (16, 8)
     routes_per_town: PositiveInt | None = None
     straight_previous: Annotated[float, Field(ge=0, le=1)] = 0.0  # share whose previous action drives straight
+    token_cache: bool = False
 
 
 class StageConfig(_Strict):

@@ -158,21 +158,28 @@ class DriveDataset(_SceneDataset):
 
     def __getitem__(self, k: int) -> dict:
         s, t = self.index[k]
-        scene, f = self.scenes[s], self.step_frames
-        now = scene.measurements(t)
-        current = [scene.measurements(t + j * f) for j in range(self.steps)]
-        prev = (np.asarray(scene.measurements(t - f).waypoints, dtype=np.float32) if t >= f
-                else np.zeros((self.config.vision.num_waypoints, 2), np.float32))
+        f = self.step_frames
         future = [np.stack([self.frames(s, t + j * f + q) for q in range(1, f + 1)], axis=1)
                   for j in range(self.steps)]
         return {
             "frames": np.stack([self.frames(s, i) for i in range(t - self.context + 1, t + 1)], axis=1),
+            **self.targets(s, t, self.steps),
+            "future_frames": np.stack(future),
+        }
+
+    def targets(self, s: int, t: int, steps: int) -> dict:
+        """Everything of window (scene ``s``, frame ``t``) but pixels, for its first ``steps`` steps."""
+        scene, f = self.scenes[s], self.step_frames
+        now = scene.measurements(t)
+        current = [scene.measurements(t + j * f) for j in range(steps)]
+        prev = (np.asarray(scene.measurements(t - f).waypoints, dtype=np.float32) if t >= f
+                else np.zeros((self.config.vision.num_waypoints, 2), np.float32))
+        return {
             "instruction": now.instruction.text,
             "speed": np.float32(now.speed),
             "prev_waypoints": prev,
             "waypoints": np.stack([np.asarray(m.waypoints, dtype=np.float32) for m in current]),
             "completed": np.asarray([m.instruction_completed for m in current], dtype=np.float32),
-            "future_frames": np.stack(future),
         }
 
 
@@ -236,10 +243,13 @@ class StratifiedSampler(Sampler[int]):
 
 class PlannerData:
     """The windows of planner batches and how they are drawn: ``junction_share`` from the three
-    junction maneuver groups in equal parts, the rest from all other windows (see :class:`PlannerConfig`)."""
+    junction maneuver groups in equal parts, the rest from all other windows (see :class:`PlannerConfig`).
+    ``windows`` serves ``dataset``'s windows by the same indices (default ``dataset`` itself; a
+    :class:`lmgendrive.train.tokens.PlannerWindows` to read cached vision tokens)."""
 
-    def __init__(self, dataset: DriveDataset, junction_share: float, entry_zone: tuple[int, int]):
-        self.dataset = dataset
+    def __init__(self, dataset: DriveDataset, junction_share: float, entry_zone: tuple[int, int],
+                 windows: Dataset | None = None):
+        self.windows = dataset if windows is None else windows
         groups = maneuver_groups(dataset, *entry_zone)
         self.groups = [groups[name] for name in (*MANEUVERS, "other")]
         self.shares = [junction_share / 3] * 3 + [1.0 - junction_share]
@@ -248,7 +258,7 @@ class PlannerData:
     def loader(self, batch_size: int, seed: int, start: int, workers: int, rank: int = 0, world: int = 1) -> DataLoader:
         """Planner batches from stream position ``start``."""
         sampler = StratifiedSampler(self.groups, self.shares, seed, start, rank, world)
-        return make_loader(self.dataset, batch_size, seed, start, workers, rank, world, sampler=sampler)
+        return make_loader(self.windows, batch_size, seed, start, workers, rank, world, sampler=sampler)
 
 
 class StreamSampler(Sampler[int]):

@@ -2,7 +2,8 @@
 
 Layout under ``workdir``: ``stage<N>/state`` (resume state, replaced every ``checkpoint_every``
 iterations), ``stage<N>/log.jsonl`` and ``stage<N>/loss.png``, ``stage<N>/final`` (a loadable
-checkpoint; its presence marks the stage done). Stage N starts from the final checkpoint of the
+checkpoint; its presence marks the stage done), ``vision_tokens.safetensors`` (the planner batches'
+token cache, :mod:`lmgendrive.train.tokens`). Stage N starts from the final checkpoint of the
 previous configured stage (the first from ``build_untrained(preset, init_seed)``). After the last
 configured stage the model is saved to ``output`` with a README and the loss curves.
 """
@@ -23,8 +24,11 @@ from lmgendrive.train.config import TrainConfig
 from lmgendrive.train.data import DriveDataset, FrameDataset, PlannerData, open_scenes
 from lmgendrive.train.loop import CURVE_FILE, LOG_FILE, StageTrainer
 from lmgendrive.train.stages import finish_stage
+from lmgendrive.train.tokens import PlannerWindows, VisionTokenCache
 
 log = logging.getLogger(__name__)
+
+TOKEN_CACHE_FILE = "vision_tokens.safetensors"
 
 
 def stage_dir(config: TrainConfig, stage: int) -> Path:
@@ -44,7 +48,11 @@ def planner_data(config: TrainConfig, stage: int, model: LMGenDrive) -> PlannerD
     if planner.routes_per_town is not None:
         data = data.model_copy(update={"routes_per_town": planner.routes_per_town})
     dataset = DriveDataset(open_scenes(data), model.config, data.context_frames, 1)
-    return PlannerData(dataset, planner.junction_share, planner.entry_zone)
+    windows = None
+    if planner.token_cache:  # stages 2 and 3 share the file: the encoder is frozen from stage 2 on
+        cache = VisionTokenCache.build(model, dataset, data.workers, Path(config.workdir) / TOKEN_CACHE_FILE)
+        windows = PlannerWindows(dataset, cache)
+    return PlannerData(dataset, planner.junction_share, planner.entry_zone, windows)
 
 
 def starting_model(config: TrainConfig, stage: int, backend: LocalBackend) -> LMGenDrive:

@@ -31,10 +31,13 @@ def sequence_steps(stage: StageConfig, step: int) -> int:
 
 
 def drive_batch(batch: dict, steps: int) -> DriveBatch:
-    """A :class:`DriveBatch` of the first ``steps`` steps of a collated drive batch."""
-    return DriveBatch(frames=batch["frames"], instructions=list(batch["instruction"]), speed=batch["speed"],
+    """A :class:`DriveBatch` of the first ``steps`` steps of a collated drive batch (planner
+    batches may carry ``tokens`` instead of ``frames`` and no ``future_frames``)."""
+    future = batch.get("future_frames")
+    return DriveBatch(frames=batch.get("frames"), instructions=list(batch["instruction"]), speed=batch["speed"],
                       prev_waypoints=batch["prev_waypoints"], waypoints=batch["waypoints"][:, :steps],
-                      completed=batch["completed"][:, :steps], future_frames=batch["future_frames"][:, :steps])
+                      completed=batch["completed"][:, :steps],
+                      future_frames=None if future is None else future[:, :steps], tokens=batch.get("tokens"))
 
 
 class StageObjective(nn.Module):

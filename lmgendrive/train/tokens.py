@@ -1,0 +1,129 @@
+"""Planner batches from cached vision tokens instead of pixels.
+
+Stages 2-3 freeze the vision encoder (eval mode, no gradients), so a frame's encoder output never
+changes during them. A planner window reads 3 views x context frames; on the demo the encoder is
+~90 % of a window's cost (`bench/planner.py`: 934 vs 90 ms per 48 windows, forward + backward), and
+most frames fall in several windows. :class:`VisionTokenCache` encodes every frame once; :class:`PlannerWindows` serves the
+windows with those tokens, so the planner sees many more windows in the same time.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+from torch.utils.data import DataLoader, Dataset
+
+if TYPE_CHECKING:
+    from lmgendrive.model import LMGenDrive
+    from lmgendrive.train.data import DriveDataset
+
+log = logging.getLogger(__name__)
+
+ENCODE_BATCH = 64  # frames (x views) per encoder call while filling the cache
+
+
+class _AllFrames(Dataset):
+    """Every frame of ``dataset``'s scenes, in (scene, frame) order: (views, H, W, 3) uint8."""
+
+    def __init__(self, dataset: DriveDataset):
+        self.dataset = dataset
+        self.index = [(s, i) for s, scene in enumerate(dataset.scenes) for i in range(len(scene))]
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def __getitem__(self, k: int) -> np.ndarray:
+        return self.dataset.frames(*self.index[k])
+
+
+class VisionTokenCache:
+    """:meth:`LMGenDrive.vision_tokens` of every frame of some scenes as one (frames, N, D) tensor;
+    ``offsets[s]`` is scene s's first row. Build it with :meth:`build`."""
+
+    def __init__(self, tokens: torch.Tensor, offsets: np.ndarray):
+        self.tokens, self.offsets = tokens, offsets
+
+    @classmethod
+    def build(cls, model: LMGenDrive, dataset: DriveDataset, workers: int = 0,
+              path: Path | None = None) -> VisionTokenCache:
+        """Encode every frame of ``dataset``'s scenes in eval mode (the frozen encoder's mode in
+        stages 2-3). With ``path``: reuse the file there if it was made by the same encoder weights
+        from the same scenes (stages 2 and 3 share one), else write it (atomically)."""
+        offsets = np.cumsum([0] + [len(scene) for scene in dataset.scenes])
+        key = _cache_key(model, dataset)
+        if path is not None and path.is_file():
+            with safe_open(path, "pt") as f:
+                if (f.metadata() or {}).get("key") == key:
+                    log.info("vision tokens from %s", path)
+                    return cls(f.get_tensor("tokens"), offsets)
+        cache = cls(_encode_all(model, dataset, workers), offsets)
+        if path is not None:
+            partial = path.with_name(path.name + ".partial")
+            save_file({"tokens": cache.tokens}, partial, metadata={"key": key})
+            partial.replace(path)
+        return cache
+
+    def window(self, scene: int, first: int, last: int) -> torch.Tensor:
+        """Tokens (last - first + 1, N, D) of frames ``first .. last`` of scene ``scene``."""
+        start = int(self.offsets[scene])
+        return self.tokens[start + first:start + last + 1]
+
+
+def _cache_key(model: LMGenDrive, dataset: DriveDataset) -> str:
+    """sha256 of the encoder's weights, the image size and the scenes' names and lengths."""
+    digest = hashlib.sha256()
+    for name, value in sorted(model.vision.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(value.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+    layout = [list(model.config.image_size), list(model.config.views), [[s.name, len(s)] for s in dataset.scenes]]
+    digest.update(json.dumps(layout).encode())
+    return digest.hexdigest()
+
+
+@torch.no_grad()
+def _encode_all(model: LMGenDrive, dataset: DriveDataset, workers: int) -> torch.Tensor:
+    from tqdm import tqdm
+
+    from lmgendrive.frames import to_pixels
+
+    frames = _AllFrames(dataset)
+    loader = DataLoader(frames, batch_size=ENCODE_BATCH, num_workers=workers, prefetch_factor=2 if workers else None)
+    started, parts, mode = time.perf_counter(), [], model.vision.training
+    model.vision.eval()
+    try:
+        with tqdm(total=len(frames), desc="vision tokens", unit="frame", dynamic_ncols=True) as bar:
+            for batch in loader:
+                pixels = to_pixels(batch[:, None], model.config.image_size, model.device, "frames")
+                parts.append(model.vision_tokens(pixels)[:, 0].cpu())
+                bar.update(len(batch))
+    finally:
+        model.vision.train(mode)
+    tokens = torch.cat(parts)
+    log.info("vision tokens of %d frames (%.0f MB) in %.0f s", len(frames),
+             tokens.numel() * tokens.element_size() / 2**20, time.perf_counter() - started)
+    return tokens
+
+
+class PlannerWindows(Dataset):
+    """``dataset``'s windows (same indices) as planner batches read them: the context frames'
+    cached tokens in place of pixels, the first step's targets, no future video."""
+
+    def __init__(self, dataset: DriveDataset, cache: VisionTokenCache):
+        self.dataset, self.cache = dataset, cache
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, k: int) -> dict:
+        s, t = self.dataset.index[k]
+        tokens = self.cache.window(s, t - self.dataset.context + 1, t)
+        return {"tokens": tokens, **self.dataset.targets(s, t, steps=1)}
