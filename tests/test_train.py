@@ -13,7 +13,7 @@ from lmgendrive.train.config import StageConfig, parse_config
 from lmgendrive.train.curves import plot_log
 from lmgendrive.train.data import DriveDataset, FrameDataset, PlannerData
 from lmgendrive.train.loop import StageTrainer
-from lmgendrive.train.runner import run
+from lmgendrive.train.runner import TOKEN_CACHE_FILE, run
 from lmgendrive.train.stages import drive_batch, straighten_previous_action
 from lmgendrive.train.tokens import PlannerWindows, VisionTokenCache
 from scenes.procedural.drive import DriveSpec, ProceduralScene
@@ -177,7 +177,8 @@ def test_all_stages_write_a_loadable_checkpoint_and_curves(tmp_path):
     for stage in range(4):
         assert (tmp_path / "model" / f"loss_stage{stage}.png").is_file()
     readme = (tmp_path / "model" / "README.md").read_text()
-    assert "| 3 | 2 | 2 |" in readme and "planner batches of 2" in readme
+    assert "| 3 | 2 | 2 |" in readme and "planner batches of 2" in readme and "encoder tokens cached" in readme
+    assert (tmp_path / "work" / TOKEN_CACHE_FILE).is_file()
     assert '"plan_heading"' in (tmp_path / "work" / "stage3" / "log.jsonl").read_text()
     assert len(list((tmp_path / "scenes").glob("town0003_route000[01]_*"))) == 2  # the planner's second route
 

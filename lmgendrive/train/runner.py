@@ -148,7 +148,8 @@ def readme(config: TrainConfig, stages: list[int], command: str) -> str:
             notes.append(f"planner batches of {p.batch_size}, {p.junction_share:g} from junction entries "
                          f"({p.entry_zone[0]} frames before to {p.entry_zone[1]} after), "
                          f"{p.routes_per_town or data.routes_per_town} route(s) per town, "
-                         f"previous action straightened with p {p.straight_previous:g}")
+                         f"previous action straightened with p {p.straight_previous:g}"
+                         + (", encoder tokens cached" if p.token_cache else ""))
         extra = "; ".join(notes)
         loss, minutes = log_summary(stage_dir(config, s) / LOG_FILE)
         lines.append(f"| {s} | {c.iterations} | {c.batch_size} | {c.lr:g} | {c.warmup} | {c.clip:g} | {extra} "
