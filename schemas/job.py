@@ -201,22 +201,30 @@ class JobSpec(Strict):
         return self
 
 
-def _vocabulary() -> list[str]:
-    names: set[str] = set()
-    for model in (JobSpec, ManifestSpec, ProceduralRecipe, LMDriveRecipe, CurateSpec, SamplerSpec,
-                  ResourceSpec, ShardingSpec, EncodingSpec, QASpec, StorageSpec):
-        names.update(model.model_fields)
-    return sorted(names)
+def _sections() -> dict[str, tuple[type[BaseModel], ...]]:
+    """The models behind each section of a job spec, by dotted path ('' is the top level)."""
+    return {"": (JobSpec,), "manifest": (ManifestSpec,), "manifest.build": (ProceduralRecipe, LMDriveRecipe),
+            "manifest.curate": (CurateSpec,), "sampler": (SamplerSpec,), "resources": (ResourceSpec,),
+            "sharding": (ShardingSpec,), "encoding": (EncodingSpec,), "qa": (QASpec,), "storage": (StorageSpec,)}
+
+
+def _unknown_key_hint(section: str, key: str) -> str:
+    """'did you mean' a key of the same section, else the sections where ``key`` is valid."""
+    sections = _sections()
+    here = sorted({name for model in sections.get(section, ()) for name in model.model_fields})
+    close = difflib.get_close_matches(key, here, n=1, cutoff=0.6)
+    if close:
+        return f" (did you mean {close[0]!r}?)"
+    elsewhere = [path or "the top level" for path, models in sections.items()
+                 if path != section and any(key in model.model_fields for model in models)]
+    return f" (it belongs under {' or '.join(elsewhere)})" if elsewhere else ""
 
 
 def _describe(err: dict) -> str:
     parts = [str(p) for i, p in enumerate(err["loc"]) if i == 0 or err["loc"][i - 1] != "build"]
     loc = ".".join(parts)  # the discriminator tag after 'build' is not a key the user wrote
     if err["type"] == "extra_forbidden":
-        key = str(err["loc"][-1])
-        close = difflib.get_close_matches(key, _vocabulary(), n=1, cutoff=0.6)
-        hint = f" (did you mean {close[0]!r}?)" if close else ""
-        return f"unknown key {loc!r}{hint}"
+        return f"unknown key {loc!r}{_unknown_key_hint('.'.join(parts[:-1]), parts[-1])}"
     msg = err["msg"].removeprefix("Value error, ")
     return f"{loc or 'job'}: {msg}" + (f" (got {err['input']!r})" if err["type"] != "missing" and
                                        not isinstance(err.get("input"), dict) else "")
@@ -230,6 +238,9 @@ def parse_job(data: object, source: str = "job") -> JobSpec:
         return JobSpec.model_validate(data)
     except ValidationError as e:
         lines = [_describe(err) for err in e.errors()]
+        if "stages" in data:
+            lines.insert(0, f"this looks like a training recipe (it has 'stages'): train it with "
+                            f"`lmgd train --stage all --config {source}`")
         raise ConfigError(f"{source}: invalid job spec:\n  " + "\n  ".join(lines)) from None
 
 

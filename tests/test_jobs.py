@@ -46,6 +46,8 @@ def _set(path, value):
 @pytest.mark.parametrize("edit, message", [
     (lambda d: d.update(horizns=[8]), "unknown key 'horizns' (did you mean 'horizons'?)"),
     (lambda d: d["sampler"].update(stpes=10), "unknown key 'sampler.stpes' (did you mean 'steps'?)"),
+    (lambda d: d.update(seed=3), "unknown key 'seed' (it belongs under manifest.build or manifest.curate)"),
+    (lambda d: d.update(stages={"2": {}}), "this looks like a training recipe (it has 'stages'): train it with `lmgd train"),
     (_set(["horizons"], [8, 12]), "horizon(s) [12] are not positive multiples of 8"),
     (_set(["horizons"], [8, 256]), "horizon 256 needs 264 recorded frames"),
     (_set(["manifest"], {"path": "nowhere/tasks.parquet"}), "nowhere/tasks.parquet: manifest not found"),

@@ -9,17 +9,20 @@ from pathlib import Path
 import yaml
 
 from lmgendrive.checkpoint import load_checkpoint
+from lmgendrive.train.runner import TOKEN_CACHE_FILE
 
 RECIPE = {
     "preset": "tiny",
     "data": {"towns": [1, 2], "frames": 40, "size": 32, "workers": 0},
     "stages": {"1": {"iterations": 6, "batch_size": 2, "lr": 1.0e-3, "checkpoint_every": 3},
-               "2": {"iterations": 4, "batch_size": 2, "lr": 3.0e-4, "checkpoint_every": 2}},
+               "2": {"iterations": 4, "batch_size": 2, "lr": 3.0e-4, "checkpoint_every": 2,
+                     "planner": {"batch_size": 2, "routes_per_town": 2, "token_cache": True}}},
 }
 
 
 def test_two_processes_train_as_one_group_and_rank_zero_writes(tmp_path):
-    recipe = {**RECIPE, "workdir": str(tmp_path / "work"), "output": str(tmp_path / "ckpt")}
+    recipe = {**RECIPE, "workdir": str(tmp_path / "work"), "output": str(tmp_path / "ckpt"),
+              "data": {**RECIPE["data"], "cache": str(tmp_path / "scenes")}}
     path = tmp_path / "recipe.yaml"
     path.write_text(yaml.safe_dump(recipe))
     torchrun = Path(sys.executable).with_name("torchrun")
@@ -33,5 +36,9 @@ def test_two_processes_train_as_one_group_and_rank_zero_writes(tmp_path):
         assert progress["step"] == its and progress["samples"] == its * 2 * 2  # both ranks' batches counted
         rows = (tmp_path / "work" / f"stage{stage}" / "log.jsonl").read_text().splitlines()
         assert [json.loads(r)["step"] for r in rows] == list(range(1, its + 1))  # one log, not two
+    # rank 0 rendered the drives (the planner's second routes too) and the token cache; rank 1 read them
+    drives = sorted(p.name for p in (tmp_path / "scenes").iterdir() if p.is_dir())
+    assert len(drives) == 4 and not any(name.endswith(".partial") for name in drives)
+    assert (tmp_path / "work" / TOKEN_CACHE_FILE).is_file()
     model = load_checkpoint(tmp_path / "ckpt", "cpu")
     assert model.config.preset == "tiny"

@@ -16,8 +16,10 @@ Each rank reads its own slice of the sample stream; checkpoints and logs are wri
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import os
+from collections.abc import Iterator
 
 import torch
 from torch import nn
@@ -45,6 +47,12 @@ class LocalBackend:
 
     def wait(self) -> None:
         """Barrier (nothing to wait for on one process)."""
+
+    @contextlib.contextmanager
+    def main_first(self) -> Iterator[None]:
+        """Run the block on rank 0, then on the other ranks: what rank 0 writes there (rendered
+        drives, the token cache) the others then find and read instead of writing it again."""
+        yield
 
 
 class AccelerateBackend(LocalBackend):
@@ -76,6 +84,9 @@ class AccelerateBackend(LocalBackend):
 
     def wait(self) -> None:
         self.accelerator.wait_for_everyone()
+
+    def main_first(self) -> contextlib.AbstractContextManager[None]:
+        return self.accelerator.main_process_first()
 
 
 def launched_by_accelerate() -> bool:

@@ -75,7 +75,9 @@ def train_stage(config: TrainConfig, stage: int, command: str = "") -> LMGenDriv
     stage_config = config.stage(stage)
     backend = make_backend()
     model = starting_model(config, stage, backend)
-    scenes = open_scenes(config.data)
+    with backend.main_first():  # one rank renders the drives and fills the token cache, the others read them
+        scenes = open_scenes(config.data)
+        planner = planner_data(config, stage, model)
     steps = max(stage_config.sequence_steps) if stage == 3 else 1
     if stage >= 2 and config.data.context_frames < model.config.llm.history_frames:
         log.warning("stage %d trains on %d context frames but the model plans from up to %d history frames: "
@@ -85,7 +87,7 @@ def train_stage(config: TrainConfig, stage: int, command: str = "") -> LMGenDriv
                else DriveDataset(scenes, model.config, config.data.context_frames, steps))
     log.info("stage %d: %d scenes, %d training windows", stage, len(scenes), len(dataset))
     trainer = StageTrainer(model, stage, stage_config, dataset, stage_dir(config, stage), config.seed + stage,
-                           config.data.workers, backend, planner_data(config, stage, model))
+                           config.data.workers, backend, planner)
     trainer.resume()
     trainer.run()
     finish_stage(model, stage, dataset)
