@@ -1,7 +1,9 @@
 """Pipeline efficiency: the full pipeline's frames/s over a bare ``rollout()`` loop's, in one run.
 
 Both generate the same tasks with the same model (the ``demo`` architecture by default, random
-weights saved as a checkpoint: speed does not depend on the weights) and batching. The bare loop
+weights saved as a checkpoint: speed does not depend on the weights), batching and sampler (the
+job's, with the checkpoint's strength: until 2026-11-25 the bare loop ran strength 1, 12 denoising
+steps against the pipeline's 10, which flattered the pipeline by about a fifth). The bare loop
 runs before and after the pipeline (their mean is the reference, so slow drift of a shared
 machine cancels) and gets its seed frames for free (loaded before timing) and does nothing with the results; the
 pipeline runs on a local Ray cluster with one worker that reads seed frames, generates, encodes
@@ -26,12 +28,11 @@ import time
 import numpy as np
 
 from lmgendrive.checkpoint import build_untrained, load_checkpoint, save_checkpoint
-from lmgendrive.config import SamplerConfig
 from pipeline.driver import prepare, run_job
 from pipeline.storage import open_storage
 from pipeline.units import make_units
 from schemas.job import parse_job
-from workers.generator import seed_stack
+from workers.generator import job_sampler, seed_stack, stack_driven
 
 
 def job_spec(output: str, model: str, args) -> dict:
@@ -46,23 +47,24 @@ def job_spec(output: str, model: str, args) -> dict:
 
 
 def bare(job, units) -> tuple[float, int]:
-    """frames/s of rollout() alone over the same units (batches) and seeds, with the worker's
-    thread count."""
+    """frames/s of rollout() alone over the same units (batches), seeds and sampler, with the
+    worker's thread count."""
     import torch
 
     torch.set_num_threads(max(1, int(job.resources.cpus_per_worker)))
     model = load_checkpoint(job.model)
     size = tuple(model.config.image_size)
+    step, k = model.config.frames_per_step, model.config.vision.num_waypoints
     batches = []
     for unit in units:
-        stacks, speeds = zip(*(seed_stack(s.task, size) for s in unit.samples), strict=True)
+        stacks, speeds, driven = zip(*(seed_stack(s.task, size, step) for s in unit.samples), strict=True)
         batches.append((np.stack(stacks), [s.task["instruction"] for s in unit.samples], unit.horizon,
-                        [s.seed for s in unit.samples], np.array(speeds, np.float32)))
-    sampler = SamplerConfig(name=job.sampler.scheduler, steps=job.sampler.steps)
+                        [s.seed for s in unit.samples], np.array(speeds, np.float32), stack_driven(driven, k)))
+    sampler = job_sampler(job, model.config.sampler)  # the worker's: the model's strength unless the job sets one
     t0 = time.perf_counter()
     frames = 0
-    for stacks, instructions, horizon, seeds, speeds in batches:
-        result = model.rollout(stacks, instructions, horizon, seeds, speed=speeds, sampler=sampler)
+    for stacks, instructions, horizon, seeds, speeds, driven in batches:
+        result = model.rollout(stacks, instructions, horizon, seeds, speed=speeds, driven=driven, sampler=sampler)
         frames += result.frames.shape[0] * result.frames.shape[1] * result.frames.shape[2]
     return frames / (time.perf_counter() - t0), frames
 

@@ -18,9 +18,12 @@ Four figures, each against a baseline measured in the same run:
   cases, +-7 points; the 36 used before gave 43, and two stage-3 runs with the same settings on
   different drives differed by 9 points there.
 
-Every window is planned as the generation loop plans: the model observes ``CONTEXT`` frames ending
-one step (8 frames) earlier, plans, observes the step's 8 real frames, then plans (or generates)
-for the window's frame, so the previous action it sees is its own.
+Every window is planned as an online planner plans: the model starts from ``CONTEXT`` frames ending
+one step (8 frames) earlier, plans, observes the step's 8 real frames with the measured speed and
+odometry (the path driven over that step, ``plan(driven=...)``), then plans (or generates) for the
+window's frame. ``wp_l1_over_const_vel_without_odometry`` leaves the odometry out: the model then
+takes its own last plan for the path driven, as it does in generation, although the real car drove
+the expert's.
 
 ``--sheet PNG`` also writes a contact sheet (the paper's Figure 4): per junction case, the seed frame
 and the generated futures for each instruction. The last line printed is one JSON object.
@@ -102,16 +105,29 @@ def junction_windows(scenes: list[ProceduralScene], step: int) -> list[Window]:
     return out
 
 
-def prepare(model: LMGenDrive, windows: list[Window], instructions: list[str], step: int) -> RolloutState:
-    """A batched state after the model has planned one step before each window and observed that
-    step's real frames, its speed set to the window frame's measured speed."""
+def prepare(model: LMGenDrive, windows: list[Window], instructions: list[str], step: int,
+            odometry: bool = True) -> RolloutState:
+    """A batched state ready to act at each window's frame: the model has planned one step before
+    it, then observed that step's real frames and measurements: the window frame's speed and
+    (``odometry``) the path driven over the step; without it its own last plan stands for that path."""
     seed = np.stack([frames_of(w.scene, w.t - step - CONTEXT + 1, w.t - step) for w in windows])
     before = [w.scene.measurements(w.t - step).speed for w in windows]
-    state = model.start(seed, instructions, seeds=list(range(len(windows))), speed=before)
+    state = model.start(seed, instructions, seeds=list(range(len(windows))), speed=before,
+                        driven=driven_paths(windows, step, step) if odometry else None)
     model.plan(state)
     observed = np.stack([frames_of(w.scene, w.t - step + 1, w.t) for w in windows])
-    model.plan(state, observed, speed=[w.scene.measurements(w.t).speed for w in windows])
+    model.observe(state, observed, speed=[w.scene.measurements(w.t).speed for w in windows],
+                  driven=driven_paths(windows, 0, step) if odometry else None)
     return state
+
+
+def driven_paths(windows: list[Window], ago: int, step: int) -> np.ndarray:
+    """(B, K, 2) odometry: the path each ego drove over the ``step`` frames ending ``ago`` frames
+    before its window frame, i.e. the expert's waypoints at the step's first frame (zeros before a
+    drive's start, as in training)."""
+    first = [w.t - ago - step for w in windows]
+    return np.stack([w.scene.measurements(f).waypoints if f >= 0 else np.zeros((len(WAYPOINT_TIMES), 2))
+                     for w, f in zip(windows, first, strict=True)]).astype(np.float32)
 
 
 def batches(items: list, size: int):
@@ -119,13 +135,14 @@ def batches(items: list, size: int):
         yield items[i:i + size]
 
 
-def waypoint_errors(model: LMGenDrive, windows: list[Window], step: int, batch: int) -> tuple[float, float]:
+def waypoint_errors(model: LMGenDrive, windows: list[Window], step: int, batch: int,
+                    odometry: bool = True) -> tuple[float, float]:
     """Mean L1 (m) of the model's waypoints and of constant-velocity extrapolation."""
     ours, const = [], []
     times = np.asarray(WAYPOINT_TIMES, dtype=np.float32)
     for chunk in batches(windows, batch):
         truth = np.stack([w.scene.measurements(w.t).waypoints for w in chunk])
-        state = prepare(model, chunk, [w.scene.measurements(w.t).instruction.text for w in chunk], step)
+        state = prepare(model, chunk, [w.scene.measurements(w.t).instruction.text for w in chunk], step, odometry)
         predicted = model.plan(state).waypoints
         speed = np.asarray([w.scene.measurements(w.t).speed for w in chunk], dtype=np.float32)
         straight = np.stack([np.stack([speed * t, np.zeros_like(speed)], -1) for t in times], 1)
@@ -238,6 +255,7 @@ def main() -> None:
 
     windows = plan_windows(scenes, args.every, step)
     wp_ours, wp_const = waypoint_errors(model, windows, step, args.batch)
+    wp_own, _ = waypoint_errors(model, windows, step, args.batch, odometry=False)
 
     junctions = junction_windows(held_out_scenes(args.junction_towns, args.frames, cfg.image_size[0]), step)
     cases = turn_cases(junctions)
@@ -263,6 +281,7 @@ def main() -> None:
             [HELD_OUT_FIRST, HELD_OUT_FIRST + max(args.towns, args.junction_towns) - 1],
         "waypoint_windows": len(windows), "wp_l1_m": round(wp_ours, 4), "wp_l1_const_vel_m": round(wp_const, 4),
         "wp_l1_over_const_vel": round(wp_ours / wp_const, 4),
+        "wp_l1_over_const_vel_without_odometry": round(wp_own / wp_const, 4),
         "fd_windows": len(fd_set), "fd_drive": {k: round(v, 3) for k, v in fd.items()},
         "fd_drive_over_repeat_last": round(fd["ours"] / fd["repeat_last"], 4),
         "fd_drive_over_untrained": round(fd["ours"] / fd["untrained"], 4),

@@ -245,9 +245,11 @@ class LMGenDrive(nn.Module):
         instructions: Sequence[str],
         seeds: Sequence[int] | None = None,
         speed: np.ndarray | torch.Tensor | Sequence[float] | None = None,
+        driven: np.ndarray | torch.Tensor | None = None,
     ) -> RolloutState:
         """A state from seed frames uint8 (B, V, T, H, W, 3) (any size; resized), B instructions,
-        B seeds (default 0 each) and the current speed (B,) in m/s (default 0)."""
+        B seeds (default 0 each), the current speed (B,) in m/s (default 0) and, when known, the
+        path ``driven`` (B, K, 2) over the last step (see :meth:`plan`; default: unknown, zeros)."""
         pixels = self._pixels(seed_frames, "seed_frames")
         if pixels.ndim != 6:
             raise BadInputError(f"seed_frames must be (B, V, T, H, W, 3), got {tuple(torch.as_tensor(seed_frames).shape)}")
@@ -267,7 +269,8 @@ class LMGenDrive(nn.Module):
             history=history,
             last_pixels=pixels[:, :, -1],
             speed=self._speed(speed, b),
-            waypoints=torch.zeros(b, self.config.vision.num_waypoints, 2, device=self.device),
+            waypoints=self._driven(driven, b) if driven is not None
+            else torch.zeros(b, self.config.vision.num_waypoints, 2, device=self.device),
             controllers=[WaypointController() for _ in range(b)],
             generators=[torch.Generator().manual_seed(int(s)) for s in seeds],
         )
@@ -279,6 +282,16 @@ class LMGenDrive(nn.Module):
         if s.shape != (b,):
             raise BadInputError(f"speed must have shape ({b},), got {tuple(s.shape)}")
         return s.to(self.device)
+
+    def _driven(self, driven: np.ndarray | torch.Tensor, b: int) -> torch.Tensor:
+        d = torch.as_tensor(driven, dtype=torch.float32)
+        k = self.config.vision.num_waypoints
+        if d.shape != (b, k, 2):
+            raise BadInputError(f"driven must have shape ({b}, {k}, 2): the ego's positions at the {k} waypoint "
+                                f"times of the last step, in that step's ego frame; got {tuple(d.shape)}")
+        if not torch.isfinite(d).all():
+            raise BadInputError("driven has non-finite values")
+        return d.to(self.device)
 
     def _observe(self, state: RolloutState, pixels: torch.Tensor) -> None:
         """Append ``pixels`` (B, V, T, 3, H, W) to the history and make the last frame the context."""
@@ -295,15 +308,22 @@ class LMGenDrive(nn.Module):
         return PlanResult(waypoints=waypoints, completion=torch.sigmoid(out.completion_logit).cpu().numpy(),
                           controls=controls)
 
-    def plan(
+    def observe(
         self,
         state: RolloutState,
         frames: np.ndarray | torch.Tensor | None = None,
         speed: np.ndarray | torch.Tensor | Sequence[float] | None = None,
-    ) -> PlanResult:
-        """Online planning: optionally observe new real ``frames`` uint8 (B, V, H, W, 3) or
-        (B, V, T, H, W, 3) and the measured ``speed`` (B,), then predict the action. Never runs the
-        world generator (CLIP, UNet, VAE)."""
+        driven: np.ndarray | torch.Tensor | None = None,
+    ) -> None:
+        """Feed measurements into ``state`` without acting: new real ``frames`` uint8 (B, V, H, W, 3)
+        or (B, V, T, H, W, 3), the measured ``speed`` (B,) and the path ``driven`` (B, K, 2) since the
+        last plan.
+
+        ``driven`` is odometry: where the ego was at the K waypoint times (0.2 .. 0.8 s) after the
+        last step began, in the ego frame at that moment; exactly what the previous action means in
+        training (the expert's waypoints one step earlier). Without it the model takes its own last
+        plan for the path driven, as in generation; a real car seldom drove exactly that, and the
+        planner reads the car's acceleration from this path."""
         with self._inference():
             if frames is not None:
                 pixels = self._pixels(frames, "frames")
@@ -315,6 +335,21 @@ class LMGenDrive(nn.Module):
                 self._observe(state, pixels)
             if speed is not None:
                 state.speed = self._speed(speed, state.batch_size)
+            if driven is not None:
+                state.waypoints = self._driven(driven, state.batch_size)
+
+    def plan(
+        self,
+        state: RolloutState,
+        frames: np.ndarray | torch.Tensor | None = None,
+        speed: np.ndarray | torch.Tensor | Sequence[float] | None = None,
+        driven: np.ndarray | torch.Tensor | None = None,
+    ) -> PlanResult:
+        """Online planning: :meth:`observe` what is given, then predict the action (which becomes
+        the path driven unless the next call says otherwise). Never runs the world generator
+        (CLIP, UNet, VAE)."""
+        self.observe(state, frames, speed, driven)
+        with self._inference():
             return self._act(state, self._think(state, with_world=False))
 
     def step(self, state: RolloutState, sampler: SamplerConfig | None = None) -> StepResult:
@@ -341,10 +376,13 @@ class LMGenDrive(nn.Module):
         horizon: int,
         seeds: Sequence[int],
         speed: np.ndarray | torch.Tensor | Sequence[float] | None = None,
+        driven: np.ndarray | torch.Tensor | None = None,
         sampler: SamplerConfig | None = None,
         on_step: Callable[[int, StepResult], None] | None = None,
     ) -> RolloutResult:
-        """Autoregressive generation of ``horizon`` frames (a multiple of ``frames_per_step``) per view.
+        """Autoregressive generation of ``horizon`` frames (a multiple of ``frames_per_step``) per view,
+        from seed frames, the speed and (when known) the path driven over the last step at the last
+        seed frame (:meth:`start`).
 
         Deterministic given ``seeds``: sample i draws its noise only from ``seeds[i]``, so its result
         does not depend on its batch mates. ``on_step(step_index, result)`` is called after each step.
@@ -352,7 +390,7 @@ class LMGenDrive(nn.Module):
         f = self.config.frames_per_step
         if horizon <= 0 or horizon % f:
             raise BadInputError(f"horizon must be a positive multiple of {f}, got {horizon}")
-        state = self.start(seed_frames, instructions, seeds, speed)
+        state = self.start(seed_frames, instructions, seeds, speed, driven)
         results = []
         for i in range(horizon // f):
             result = self.step(state, sampler)

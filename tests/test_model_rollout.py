@@ -39,6 +39,38 @@ def test_plan_never_runs_the_world_generator(model):
     np.testing.assert_allclose(state.speed.numpy(), [3.0, 5.0])
 
 
+def test_the_path_driven_is_the_previous_action_training_uses(model):
+    """start()/plan() told the path driven over the last step plan exactly as the training losses
+    do with that path as ``prev_waypoints``; without it the model's own last plan stands in."""
+    from lmgendrive.model import DriveBatch
+
+    seed, speed = _frames(2, 4), [5.0, 1.0]
+    driven = np.array([[[1.0, 0.0], [2.0, 0.1], [3.0, 0.3], [4.0, 0.6]],
+                       [[0.3, 0.0], [0.5, 0.0], [0.6, 0.0], [0.6, 0.0]]], np.float32)
+    planned = model.plan(model.start(seed, INSTRUCTIONS, speed=speed, driven=driven))
+    unknown = model.plan(model.start(seed, INSTRUCTIONS, speed=speed))
+    assert np.abs(planned.waypoints - unknown.waypoints).max() > 1e-3
+    batch = DriveBatch(frames=torch.as_tensor(seed), instructions=INSTRUCTIONS, speed=torch.tensor(speed),
+                       prev_waypoints=torch.as_tensor(driven), waypoints=torch.as_tensor(planned.waypoints)[:, None],
+                       completed=torch.zeros(2, 1), future_frames=None)
+    with torch.no_grad():
+        assert model.planner_loss(batch).terms["plan_waypoints"] < 1e-5
+
+    state = model.start(seed, INSTRUCTIONS, speed=speed)
+    first = model.plan(state)
+    model.observe(state, _frames(2, 8, seed=1), speed=[4.0, 2.0])
+    np.testing.assert_array_equal(state.waypoints.numpy(), first.waypoints)  # its own plan stands in
+    told = model.start(seed, INSTRUCTIONS, speed=speed)
+    model.plan(told)
+    a = model.plan(told, _frames(2, 8, seed=1), speed=[4.0, 2.0], driven=driven)
+    model.observe(state, driven=driven)
+    np.testing.assert_allclose(model.plan(state).waypoints, a.waypoints, atol=1e-6)
+    with pytest.raises(BadInputError, match=r"driven must have shape \(2, 4, 2\).*got \(2, 3, 2\)"):
+        model.plan(state, driven=driven[:, :3])
+    with pytest.raises(BadInputError, match="non-finite"):
+        model.start(seed, INSTRUCTIONS, driven=np.full((2, 4, 2), np.nan, np.float32))
+
+
 def test_rollout_of_horizon_32(model):
     seen = []
     result = model.rollout(_frames(2, 3, size=(48, 40)), INSTRUCTIONS, horizon=32, seeds=[1, 2],

@@ -195,5 +195,24 @@ def test_the_worker_samples_as_the_checkpoint_says_unless_the_job_overrides(tmp_
     job = tiny_job(str(tmp_path / "out"), model="demo", sampler=sampler)
     runner = UnitRunner(job.model_dump(mode="json"), "test", device="cpu")
     chosen = runner._sampler()
-    assert runner.model.config.sampler.context_detail and runner.model.config.sampler.strength == 0.8
-    assert chosen.context_detail is expected and chosen.strength == 0.8 and chosen.steps == 4
+    assert runner.model.config.sampler.context_detail and runner.model.config.sampler.strength == 0.5
+    assert chosen.context_detail is expected and chosen.strength == 0.5 and chosen.steps == 4
+
+
+def test_seed_stack_gives_the_speed_and_the_path_driven_at_the_last_seed_frame():
+    from scenes.procedural.drive import DriveSpec, ProceduralScene
+    from scenes.registry import procedural_ref
+    from workers.generator import seed_stack, stack_driven
+
+    spec = DriveSpec(5, 0, "clear_noon", 40, (32, 32))
+    scene = ProceduralScene(spec)
+    task = {"scene_source": "procedural", "scene_ref": procedural_ref(spec), "start_frame": 20, "seed_frames": 3}
+    stack, speed, driven = seed_stack(task, (32, 32), 8)
+    assert stack.shape == (3, 3, 32, 32, 3)
+    np.testing.assert_array_equal(stack[1, -1], scene.images(19)["front"])
+    assert speed == pytest.approx(scene.measurements(19).speed)
+    np.testing.assert_allclose(driven, scene.measurements(11).waypoints)  # positions at frames 13, 15, 17, 19
+    young = seed_stack({**task, "start_frame": 5}, (32, 32), 8)[2]
+    assert young is None  # a drive younger than one step: unknown, zeros as in training
+    assert not stack_driven((young, driven), 4)[0].any()
+    np.testing.assert_array_equal(stack_driven((young, driven), 4)[1], driven)

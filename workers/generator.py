@@ -19,6 +19,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from lmgendrive.config import SamplerConfig
 from pipeline.storage import open_storage
 from pipeline.units import Unit
 from scenes.contract import VIEWS
@@ -31,14 +32,31 @@ from workers.shard import GeneratedSample, content_hash, sample_members, write_s
 log = logging.getLogger(__name__)
 
 
-def seed_stack(task: dict, size: tuple[int, int]) -> tuple[np.ndarray, float]:
-    """The seed frames of a task, (V, S, H, W, 3) uint8 at the model's resolution, and the ego
-    speed at the last seed frame."""
+def seed_stack(task: dict, size: tuple[int, int], step: int) -> tuple[np.ndarray, float, np.ndarray | None]:
+    """The seed frames of a task, (V, S, H, W, 3) uint8 at the model's resolution, the ego speed at
+    the last seed frame and the path driven in the ``step`` frames up to it (the expert's waypoints
+    ``step`` frames earlier, as the model trained on; ``None`` when the drive is younger than that)."""
     scene = open_scene(task["scene_source"], task["scene_ref"])
     start, n = int(task["start_frame"]), int(task["seed_frames"])
     frames = [scene.images(i) for i in range(start - n, start)]
     stack = np.stack([[_resize(f[v], size) for f in frames] for v in VIEWS])
-    return stack, float(scene.measurements(start - 1).speed)
+    last = start - 1
+    driven = np.asarray(scene.measurements(last - step).waypoints, np.float32) if last >= step else None
+    return stack, float(scene.measurements(last).speed), driven
+
+
+def job_sampler(job: JobSpec, own: SamplerConfig) -> SamplerConfig:
+    """The sampler a job runs: its ``sampler`` section, the model's own value where it leaves one unset."""
+    s = job.sampler
+    strength = own.strength if s.strength is None else s.strength
+    detail = own.context_detail if s.context_detail is None else s.context_detail
+    return SamplerConfig(name=s.scheduler, steps=s.steps, guidance_scale=s.guidance, strength=strength,
+                         context_detail=detail)
+
+
+def stack_driven(driven: tuple[np.ndarray | None, ...], waypoints: int) -> np.ndarray:
+    """(B, K, 2) driven paths; a sample without one gets zeros, as the model trained on drive starts."""
+    return np.stack([np.zeros((waypoints, 2), np.float32) if d is None else d for d in driven])
 
 
 def _resize(img: np.ndarray, size: tuple[int, int]) -> np.ndarray:
@@ -79,11 +97,12 @@ class UnitRunner:
         faults.maybe_fail(unit.name)
         t0 = time.perf_counter()
         size = tuple(self.model.config.image_size)
-        stacks, speeds = zip(*(seed_stack(s.task, size) for s in unit.samples), strict=True)
+        step = self.model.config.frames_per_step
+        stacks, speeds, driven = zip(*(seed_stack(s.task, size, step) for s in unit.samples), strict=True)
         t_seed = time.perf_counter()
         result = self.model.rollout(
             np.stack(stacks), [s.task["instruction"] for s in unit.samples], unit.horizon,
-            [s.seed for s in unit.samples], speed=np.array(speeds, np.float32),
+            [s.seed for s in unit.samples], speed=np.array(speeds, np.float32), driven=stack_driven(driven, self.model.config.vision.num_waypoints),
             sampler=self._sampler())
         t1 = time.perf_counter()
         faults.maybe_kill(unit.name)
@@ -113,14 +132,7 @@ class UnitRunner:
         return marker
 
     def _sampler(self):
-        from lmgendrive.config import SamplerConfig
-
-        s = self.job.sampler
-        own = self.model.config.sampler
-        strength = own.strength if s.strength is None else s.strength
-        detail = own.context_detail if s.context_detail is None else s.context_detail
-        return SamplerConfig(name=s.scheduler, steps=s.steps, guidance_scale=s.guidance, strength=strength,
-                             context_detail=detail)
+        return job_sampler(self.job, self.model.config.sampler)
 
     def _meta(self, ref, frames: np.ndarray) -> dict:
         t = ref.task
