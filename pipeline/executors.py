@@ -73,8 +73,10 @@ def run_ray(units: list[Unit], actor_class, actor_args: tuple, workers: int, gpu
     from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError
 
     env = {k: v for k, v in os.environ.items() if k.startswith("LMGD_")}  # e.g. LMGD_WEIGHTS_DIR
-    remote_cls = ray.remote(actor_class).options(num_gpus=gpus, num_cpus=cpus, max_restarts=0,
-                                                  max_task_retries=0, runtime_env={"env_vars": env})
+    # a class that says it can (UnitRunner) runs its queued units in threads that overlap their stages
+    concurrency = min(INFLIGHT_PER_ACTOR, getattr(actor_class, "concurrent_units", 1))
+    remote_cls = ray.remote(actor_class).options(num_gpus=gpus, num_cpus=cpus, max_restarts=0, max_task_retries=0,
+                                                  max_concurrency=concurrency, runtime_env={"env_vars": env})
     out = Outcome()
     actors: dict[int, tuple[object, int]] = {}
 

@@ -216,3 +216,47 @@ def test_seed_stack_gives_the_speed_and_the_path_driven_at_the_last_seed_frame()
     assert young is None  # a drive younger than one step: unknown, zeros as in training
     assert not stack_driven((young, driven), 4)[0].any()
     np.testing.assert_array_equal(stack_driven((young, driven), 4)[1], driven)
+
+
+def test_the_worker_overlaps_units_but_never_runs_the_model_on_two_at_once(tmp_path, monkeypatch):
+    """Two units in threads (as a threaded Ray actor runs them): one's seeds load while the other
+    generates, one rollout at a time, and the shards are the bytes a sequential run writes."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    import workers.generator as generator
+    from pipeline.driver import prepare
+    from pipeline.storage import open_storage
+    from pipeline.units import make_units
+
+    spans: dict[str, list[tuple[float, float]]] = {"seed": [], "rollout": []}
+
+    def timed(kind, fn):
+        def wrapper(*args, **kwargs):
+            t0 = time.perf_counter()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                spans[kind].append((t0, time.perf_counter()))
+        return wrapper
+
+    monkeypatch.setattr(generator, "seed_stack", timed("seed", generator.seed_stack))
+    shards = {}
+    for mode in ("sequential", "threads"):
+        for kind in spans:
+            spans[kind].clear()
+        job = tiny_job(str(tmp_path / mode))
+        units = make_units(prepare(job, open_storage(job.output), overwrite=True), job.sharding.samples_per_shard)
+        runner = generator.UnitRunner(job.model_dump(mode="json"), "test", device="cpu")
+        runner.model.rollout = timed("rollout", runner.model.rollout)
+        if mode == "threads":
+            with ThreadPoolExecutor(generator.UnitRunner.concurrent_units) as pool:
+                markers = list(pool.map(runner.run, units))
+        else:
+            markers = [runner.run(u) for u in units]
+        shards[mode] = {m["unit"]: (tmp_path / mode / m["shard"]).read_bytes() for m in markers}
+        rollouts = sorted(spans["rollout"])
+        assert len(rollouts) == len(units) >= 3
+        assert all(a[1] <= b[0] for a, b in zip(rollouts, rollouts[1:], strict=False))  # never two at once
+        overlaps = any(s0 < r1 and r0 < s1 for s0, s1 in spans["seed"] for r0, r1 in rollouts)
+        assert overlaps == (mode == "threads")
+    assert shards["threads"] == shards["sequential"]

@@ -1,7 +1,8 @@
 """The generator: loads the model once, turns work units into published shards.
 
 ``UnitRunner`` is plain Python, so the same unit code runs in-process (``--executor local``) and
-inside a Ray actor (``GeneratorWorker``, pinned to the GPUs Ray gives it). A unit's shard is built
+inside a threaded Ray actor pinned to the GPUs Ray gives it (two units at once, their stages
+overlapped). A unit's shard is built
 in a temporary file, published whole, and only then is its completion marker written; the
 runner returns the marker (small metadata), never video bytes.
 """
@@ -13,6 +14,7 @@ import logging
 import os
 import platform
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -66,7 +68,15 @@ def _resize(img: np.ndarray, size: tuple[int, int]) -> np.ndarray:
 
 
 class UnitRunner:
-    """Generates units of one job with one model instance."""
+    """Generates units of one job with one model instance.
+
+    Thread-safe, and meant to run ``concurrent_units`` units at once (a threaded Ray actor): each
+    stage of :meth:`run` that holds shared state takes its own lock, so one unit's seed frames load
+    and another's shard encodes and publishes while a third generates; the model never runs two
+    units at once. On a GPU that keeps the CPU-side work off the GPU's critical path.
+    """
+
+    concurrent_units = 2
 
     def __init__(self, job: dict, code_version: str, device: str | None = None):
         import torch
@@ -86,6 +96,8 @@ class UnitRunner:
         self.model = load_checkpoint(self.job.model, device=self.device)
         self.identity = model_identity(self.model)
         self.storage = open_storage(self.job.output, self.job.storage.endpoint_url, self.job.storage.region)
+        self._seed_lock = threading.Lock()  # scenes (renderers, caches) are not thread-safe
+        self._model_lock = threading.Lock()
         self.load_s = time.perf_counter() - t0
         log.info("generator ready on %s (Ray GPU ids %s) in %.1f s", self.device, self.gpu_ids, self.load_s)
 
@@ -95,16 +107,19 @@ class UnitRunner:
     def run(self, unit: Unit) -> dict:
         """Generate, encode and publish one unit; returns its completion marker."""
         faults.maybe_fail(unit.name)
-        t0 = time.perf_counter()
         size = tuple(self.model.config.image_size)
-        step = self.model.config.frames_per_step
-        stacks, speeds, driven = zip(*(seed_stack(s.task, size, step) for s in unit.samples), strict=True)
-        t_seed = time.perf_counter()
-        result = self.model.rollout(
-            np.stack(stacks), [s.task["instruction"] for s in unit.samples], unit.horizon,
-            [s.seed for s in unit.samples], speed=np.array(speeds, np.float32), driven=stack_driven(driven, self.model.config.vision.num_waypoints),
-            sampler=self._sampler())
-        t1 = time.perf_counter()
+        step, waypoints = self.model.config.frames_per_step, self.model.config.vision.num_waypoints
+        with self._seed_lock:
+            t0 = time.perf_counter()
+            stacks, speeds, driven = zip(*(seed_stack(s.task, size, step) for s in unit.samples), strict=True)
+            t_seed = time.perf_counter()
+        with self._model_lock:
+            t_model = time.perf_counter()
+            result = self.model.rollout(
+                np.stack(stacks), [s.task["instruction"] for s in unit.samples], unit.horizon,
+                [s.seed for s in unit.samples], speed=np.array(speeds, np.float32),
+                driven=stack_driven(driven, waypoints), sampler=self._sampler())
+            t1 = time.perf_counter()
         faults.maybe_kill(unit.name)
         encoded = []
         rows = []
@@ -125,7 +140,7 @@ class UnitRunner:
         marker = {
             "schema_version": 1, "unit": unit.name, "fingerprint": unit.fingerprint, "shard": unit.shard_key,
             "sha256": sha, "bytes": size_bytes, "samples": rows, "frames": unit.frames * len(VIEWS),
-            "timings": {"seed_s": t_seed - t0, "generate_s": t1 - t_seed, "encode_s": t2 - t1, "publish_s": t3 - t2},
+            "timings": {"seed_s": t_seed - t0, "generate_s": t1 - t_model, "encode_s": t2 - t1, "publish_s": t3 - t2},
             "worker": self.info(),
         }
         self.storage.put_bytes(unit.marker_key, json.dumps(marker, sort_keys=True, indent=1).encode())
