@@ -391,7 +391,7 @@ def _demo() -> ModelConfig:
                         motion_heads=4, motion_max_seq_length=16, motion_mid_block=False),
         vae=VAEConfig(block_out_channels=(32, 64, 64), layers_per_block=1, norm_groups=16, scaling_factor=1.0),
         diffusion=DiffusionConfig(concat_last_latent=True),
-        sampler=SamplerConfig(name="dpmsolver++", steps=12, strength=0.5, context_detail=True),
+        sampler=SamplerConfig(name="dpmsolver++", steps=12, strength=0.8, context_detail=True),
     )
 
 

@@ -195,8 +195,8 @@ def test_the_worker_samples_as_the_checkpoint_says_unless_the_job_overrides(tmp_
     job = tiny_job(str(tmp_path / "out"), model="demo", sampler=sampler)
     runner = UnitRunner(job.model_dump(mode="json"), "test", device="cpu")
     chosen = runner._sampler()
-    assert runner.model.config.sampler.context_detail and runner.model.config.sampler.strength == 0.5
-    assert chosen.context_detail is expected and chosen.strength == 0.5 and chosen.steps == 4
+    assert runner.model.config.sampler.context_detail and runner.model.config.sampler.strength == 0.8
+    assert chosen.context_detail is expected and chosen.strength == 0.8 and chosen.steps == 4
 
 
 def test_seed_stack_gives_the_speed_and_the_path_driven_at_the_last_seed_frame():
