@@ -2,9 +2,8 @@
 
 ``UnitRunner`` is plain Python, so the same unit code runs in-process (``--executor local``) and
 inside a threaded Ray actor pinned to the GPUs Ray gives it (two units at once, their stages
-overlapped). A unit's shard is built
-in a temporary file, published whole, and only then is its completion marker written; the
-runner returns the marker (small metadata), never video bytes.
+overlapped). A unit's shard is built in a temporary file, published whole, and only then is its
+completion marker written; the runner returns the marker (small metadata), never video bytes.
 """
 
 from __future__ import annotations
