@@ -34,6 +34,7 @@ from transformers import CLIPVisionModel, LlamaModel, PreTrainedTokenizerBase
 
 from lmgendrive.config import ModelConfig, SamplerConfig, validate_sampler
 from lmgendrive.control import WAYPOINT_DT, WaypointController
+from lmgendrive.ego_warp import poses_from_waypoints
 from lmgendrive.errors import BadInputError, ConfigError
 from lmgendrive.frames import to_pixels, to_uint8
 from lmgendrive.llm import LLMOutput, PlannerLLM
@@ -362,12 +363,17 @@ class LMGenDrive(nn.Module):
             plan = self._act(state, out)
             cond = self.conditioner(state.last_pixels, out.world)
             frames = self.generator.sample(cond, self.conditioner.null_cond, state.last_pixels, state.generators,
-                                           sampler)
+                                           sampler, ego_poses=self._poses(out.waypoints))
             self._observe(state, frames)
             state.speed = _speed_after(out.waypoints)
             state.steps += 1
         return StepResult(frames=to_uint8(frames), waypoints=plan.waypoints, completion=plan.completion,
                           controls=plan.controls)
+
+    def _poses(self, waypoints: torch.Tensor) -> torch.Tensor:
+        """The planned ego pose (B, F, 3) at each frame of the step ``waypoints`` (B, K, 2) plan."""
+        times = [WAYPOINT_DT * (k + 1) for k in range(waypoints.shape[1])]
+        return poses_from_waypoints(waypoints, self.config.frames_per_step, self.config.fps, times)
 
     def rollout(
         self,
@@ -534,7 +540,8 @@ class LMGenDrive(nn.Module):
                 generators = [torch.Generator().manual_seed(int(torch.randint(2**62, ()))) for _ in batch.instructions]
                 cond = self.conditioner(context, out.world)
                 video = self.generator.sample(cond, self.conditioner.null_cond, context, generators, sampler,
-                                              grad_steps=self.config.diffusion.grad_steps)
+                                              grad_steps=self.config.diffusion.grad_steps,
+                                              ego_poses=self._poses(out.waypoints.detach()))
                 history = torch.cat([history, self.encode_history(video.transpose(1, 2))], dim=1)
                 history = history[:, -self.config.llm.history_frames:]
                 context, action, speed = video[:, :, -1], out.waypoints, _speed_after(out.waypoints)

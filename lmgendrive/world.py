@@ -33,6 +33,7 @@ from torch import nn
 from transformers import CLIPVisionConfig, CLIPVisionModel
 
 from lmgendrive.config import ModelConfig, SamplerConfig
+from lmgendrive.ego_warp import warp_views
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -239,8 +240,12 @@ class WorldGenerator(nn.Module):
         generators: Sequence[torch.Generator],
         sampler: SamplerConfig,
         grad_steps: int = 0,
+        ego_poses: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Future frames (B, V, F, 3, H, W) in [-1, 1] from ``cond`` (B, V, S, dim) and the context frames.
+
+        ``ego_poses`` (B, F, 3): the planned ego pose at each future frame
+        (:func:`lmgendrive.ego_warp.poses_from_waypoints`), used by ``sampler.warp_start``.
 
         One UNet call per denoising step covers all samples, views and frames (and the unconditional
         branch when ``guidance_scale > 1``). Only the last ``grad_steps`` steps keep their autograd
@@ -256,8 +261,8 @@ class WorldGenerator(nn.Module):
             timesteps = timesteps[skip:]
             if hasattr(scheduler, "set_begin_index"):  # multistep solvers index their own steps; DDIM has none
                 scheduler.set_begin_index(skip)
-            last = context if context is not None else self.encode(last_pixels.flatten(0, 1))
-            latents = scheduler.add_noise(last[:, :, None].expand_as(noise), noise, timesteps[:1])
+            latents = scheduler.add_noise(self._start(last_pixels, context, sampler, ego_poses, noise), noise,
+                                          timesteps[:1])
         else:
             latents = noise * scheduler.init_noise_sigma
         guided = sampler.guidance_scale > 1.0
@@ -278,5 +283,24 @@ class WorldGenerator(nn.Module):
         if sampler.context_detail:
             last = context if context is not None else self.encode(last_pixels.flatten(0, 1))
             lost = last_pixels - self.decode(last[: b * v]).unflatten(0, (b, v)).float()
-            frames = (frames + lost[:, :, None]).clamp(-1.0, 1.0)
+            moved = self._moved(lost, sampler, ego_poses)
+            frames = (frames + (moved if moved is not None else lost[:, :, None])).clamp(-1.0, 1.0)
         return frames
+
+    def _moved(self, pixels: torch.Tensor, sampler: SamplerConfig, ego_poses: torch.Tensor | None) -> torch.Tensor | None:
+        """``pixels`` (B, V, C, H, W) moved to every future frame's pose (B, V, F, C, H, W) when
+        ``sampler.warp_start`` asks for it and the poses are known, else None."""
+        if not sampler.warp_start or ego_poses is None:
+            return None
+        return warp_views(pixels, ego_poses, self.config.views)
+
+    def _start(self, last_pixels: torch.Tensor, context: torch.Tensor | None, sampler: SamplerConfig,
+               ego_poses: torch.Tensor | None, noise: torch.Tensor) -> torch.Tensor:
+        """Clean start latents (B*V, c, F, h, w): the context frames moved by the plan, or the last
+        frame's latent held still."""
+        moved = self._moved(last_pixels, sampler, ego_poses)
+        if moved is None:
+            last = context if context is not None else self.encode(last_pixels.flatten(0, 1))
+            return last[:, :, None].expand_as(noise)
+        latents = self.encode(moved.flatten(0, 2).clamp(-1.0, 1.0))  # (B*V*F, c, h, w); bicubic overshoots
+        return latents.unflatten(0, (noise.shape[0], noise.shape[2])).transpose(1, 2)

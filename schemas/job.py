@@ -127,6 +127,9 @@ class SamplerSpec(Strict):
     context_detail: bool | None = Field(default=None,
                                         description="add the context frame's detail lost by the VAE to every "
                                                     "generated frame (default: the model's)")
+    warp_start: bool | None = Field(default=None,
+                                    description="with strength below 1: start from the context frames moved by "
+                                                "the step's planned ego motion, not held still (default: the model's)")
 
 
 class ResourceSpec(Strict):

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import math
+from dataclasses import replace
+
 import cv2
 import numpy as np
 import pytest
@@ -200,3 +203,48 @@ def test_context_detail_adds_back_what_the_vae_loses(demo_model, noon_scene):
     inside = (detailed > 0) & (detailed < 255)  # not clipped
     assert ((detailed - plain) - lost)[inside].abs().median() <= 1.0
     assert (detailed - last).abs().mean() < 0.8 * (plain - last).abs().mean()
+
+
+def test_warp_start_moves_the_generated_video_as_the_step_plans(demo_model, noon_scene, monkeypatch):
+    """``warp_start`` hands the generator the poses of the step's own plan; started from the context
+    frames moved by a plan that turns 15 degrees left, the front view of the generated video turns
+    as much as the moved frames themselves do (both measured on the video by ``qa.motion.video_yaw``,
+    which reads this wide lens's pure rotation about 1.35 times too large), held still it does not
+    turn, and with no motion the moved start is the still one."""
+    from lmgendrive.ego_warp import poses_from_waypoints, warp_views
+    from qa.motion import video_yaw
+
+    model = demo_model
+    seed, last, _ = _noon_seed(model, noon_scene)
+    handed = []
+    sample = model.generator.sample
+
+    def spy(*args, ego_poses=None, **kwargs):
+        handed.append(ego_poses)
+        return sample(*args, ego_poses=ego_poses, **kwargs)
+
+    monkeypatch.setattr(model.generator, "sample", spy)
+    warp = SamplerConfig("ddim", 10, strength=0.3, context_detail=True, warp_start=True)
+    result = model.rollout(seed, INSTRUCTIONS[:1], horizon=8, seeds=[0], speed=[5.0], sampler=warp)
+    torch.testing.assert_close(handed[0], poses_from_waypoints(torch.as_tensor(result.waypoints[:, 0]), 8, 10.0))
+
+    t = torch.arange(1, 9) / 10.0
+    turning = torch.stack([2.0 * t, torch.zeros_like(t), math.radians(15.0) * t / 0.8], dim=-1)[None]
+    front = model.config.views.index("front")
+
+    def yaw_of(frames: np.ndarray) -> float:  # degrees, front frames (8, H, W, 3) after the seed's last
+        return math.degrees(video_yaw(np.concatenate([seed[0, front, -1:], frames]), 8)[0])
+
+    def video(sampler: SamplerConfig, poses: torch.Tensor) -> np.ndarray:
+        monkeypatch.setattr(model, "_poses", lambda waypoints: poses)
+        return model.rollout(seed, INSTRUCTIONS[:1], horizon=8, seeds=[0], speed=[5.0],
+                             sampler=sampler).frames[0, front]
+
+    moved = warp_views(last[None], turning, model.config.views)[0, front].permute(0, 2, 3, 1)
+    expected = yaw_of(moved.clamp(0, 255).round().numpy().astype(np.uint8))
+    still = replace(warp, warp_start=False)
+    assert 15.0 < expected < 25.0
+    assert yaw_of(video(warp, turning)) == pytest.approx(expected, rel=0.15)
+    assert abs(yaw_of(video(still, turning))) < 2.0
+    unmoved = video(warp, torch.zeros_like(turning)).astype(float)
+    assert np.abs(unmoved - video(still, turning)).max() <= 2.0

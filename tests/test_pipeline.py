@@ -191,12 +191,15 @@ def test_a_local_cluster_without_the_gpus_asked_for_is_refused_at_once(tmp_path)
 def test_the_worker_samples_as_the_checkpoint_says_unless_the_job_overrides(tmp_path, override, expected):
     from workers.generator import UnitRunner
 
-    sampler = {"scheduler": "ddim", "steps": 4, **({} if override is None else {"context_detail": override})}
+    sampler = {"scheduler": "ddim", "steps": 4,
+               **({} if override is None else {"context_detail": override, "warp_start": override})}
     job = tiny_job(str(tmp_path / "out"), model="demo", sampler=sampler)
     runner = UnitRunner(job.model_dump(mode="json"), "test", device="cpu")
     chosen = runner._sampler()
-    assert runner.model.config.sampler.context_detail and runner.model.config.sampler.strength == 0.8
-    assert chosen.context_detail is expected and chosen.strength == 0.8 and chosen.steps == 4
+    own = runner.model.config.sampler
+    assert own.context_detail and own.warp_start and own.strength == 0.3
+    assert chosen.context_detail is expected and chosen.warp_start is expected
+    assert chosen.strength == 0.3 and chosen.steps == 4
 
 
 def test_seed_stack_gives_the_speed_and_the_path_driven_at_the_last_seed_frame():

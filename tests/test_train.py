@@ -14,7 +14,7 @@ from lmgendrive.train.curves import plot_log
 from lmgendrive.train.data import DriveDataset, FrameDataset, PlannerData
 from lmgendrive.train.loop import StageTrainer
 from lmgendrive.train.runner import TOKEN_CACHE_FILE, run
-from lmgendrive.train.stages import drive_batch, straighten_previous_action
+from lmgendrive.train.stages import drive_batch, objective, straighten_previous_action
 from lmgendrive.train.tokens import PlannerWindows, VisionTokenCache
 from scenes.procedural.drive import DriveSpec, ProceduralScene
 
@@ -82,6 +82,19 @@ def test_resume_gives_identical_losses(stage, planner, small_scene, tmp_path):
     assert head + tail == straight
     rows = (tmp_path / "split" / "log.jsonl").read_text().splitlines()
     assert len(rows) == 4
+
+
+def test_stage3_feeds_back_videos_from_its_own_sampler_start_not_the_models():
+    """The demo model generates from the moved start at 0.3; stage 3 of its recipe fed back videos
+    from the still start at 0.8, and keeps doing so unless its config says otherwise."""
+    model = build_untrained("demo")
+    assert model.config.sampler.warp_start and model.config.sampler.strength == 0.3
+    stage = StageConfig(iterations=10, batch_size=1, lr=1e-4, sampler_steps=3)
+    sampler = objective(model, 3, stage).sampler
+    assert (sampler.strength, sampler.warp_start, sampler.steps) == (0.8, False, 3)
+    moved = objective(model, 3, stage.model_copy(update={"sampler_strength": 0.5, "sampler_warp_start": True}))
+    assert (moved.sampler.strength, moved.sampler.warp_start) == (0.5, True)
+    assert objective(model, 2, stage).sampler is None
 
 
 def test_straightened_previous_actions_keep_their_distances():

@@ -51,8 +51,9 @@ def job_sampler(job: JobSpec, own: SamplerConfig) -> SamplerConfig:
     s = job.sampler
     strength = own.strength if s.strength is None else s.strength
     detail = own.context_detail if s.context_detail is None else s.context_detail
+    warp = own.warp_start if s.warp_start is None else s.warp_start
     return SamplerConfig(name=s.scheduler, steps=s.steps, guidance_scale=s.guidance, strength=strength,
-                         context_detail=detail)
+                         context_detail=detail, warp_start=warp)
 
 
 def stack_driven(driven: tuple[np.ndarray | None, ...], waypoints: int) -> np.ndarray:

@@ -110,6 +110,9 @@ class StageConfig(_Strict):
     log_every: PositiveInt = 10
     sequence_steps: list[Annotated[int, Field(ge=2, le=3)]] = [2, 3]  # stage 3 curriculum, equal shares
     sampler_steps: PositiveInt = 3  # stage 3: denoising steps of the fed-back videos
+    # stage 3: the fed-back videos' start, independent of the model's inference sampler
+    sampler_strength: Annotated[float, Field(gt=0, le=1)] = 0.8
+    sampler_warp_start: bool = False
     planner: PlannerConfig | None = None  # stages 2-3: planner batches balanced by maneuver
 
     @model_validator(mode="after")

@@ -70,8 +70,10 @@ class StageObjective(nn.Module):
 
 
 def objective(model: LMGenDrive, stage: int, config: StageConfig) -> StageObjective:
-    """The stage's objective; stage 3 samples its fed-back videos with ``config.sampler_steps`` steps."""
-    sampler = replace(model.config.sampler, steps=config.sampler_steps) if stage == 3 else None
+    """The stage's objective; stage 3 samples its fed-back videos with ``config.sampler_steps`` steps
+    from ``config.sampler_strength`` (and ``sampler_warp_start``)."""
+    sampler = (replace(model.config.sampler, steps=config.sampler_steps, strength=config.sampler_strength,
+                       warp_start=config.sampler_warp_start) if stage == 3 else None)
     return StageObjective(model, stage, sampler, config.planner.straight_previous if config.planner else 0.0)
 
 
