@@ -6,8 +6,9 @@ job's, with the checkpoint's strength: until 2026-11-25 the bare loop ran streng
 steps against the pipeline's 10, which flattered the pipeline). On a small shared VM the same work
 can run up to ~15 % faster or slower from one process to the next, and the pipeline's generator is
 another process than the bare loop's: three runs on 2026-11-25 with the checkpoint at strength 0.5
-gave 0.81, 1.00 and 1.01 (the bare loop at 17.9, 15.5 and 15.4 frames/s), one at 0.8 0.96, so read
-one run's ratio with that spread. The bare loop
+gave 0.81, 1.00 and 1.01 (the bare loop at 17.9, 15.5 and 15.4 frames/s), one at 0.8 0.96, one at
+0.3 from the moved start 0.92 (its two bare runs 17.5 and 20.1 frames/s), so read one run's ratio
+with that spread. The bare loop
 runs before and after the pipeline (their mean is the reference, so slow drift of a shared
 machine cancels) and gets its seed frames for free (loaded before timing) and does nothing with the results; the
 pipeline runs on a local Ray cluster with one worker that reads seed frames, generates, encodes
