@@ -27,8 +27,8 @@ import time
 
 import ray
 
-from pipeline.executors import run_ray
-from pipeline.units import SampleRef, Unit
+from pipeline.executor import Policy, RayPool, Resources
+from schemas.units import SampleRef, Unit
 
 
 class SleepRunner:
@@ -62,8 +62,8 @@ def main() -> None:
     first_start: dict[int, float] = {}  # worker pid -> wall-clock start of its first unit
     cpu0 = time.process_time()
     t0 = time.perf_counter()
-    out = run_ray(units, SleepRunner, (args.unit_seconds,), args.workers, 1, 0, 0,
-                  _recorder(busy, first_start))
+    with RayPool(SleepRunner, (args.unit_seconds,), Resources(args.workers, 1, 0), Policy()) as pool:
+        out = pool.map(units, _recorder(busy, first_start))
     end = time.perf_counter()
     wall, steady = end - t0, end - out.dispatch_started  # steady: after every worker is up
     driver_cpu = time.process_time() - cpu0

@@ -34,9 +34,9 @@ import numpy as np
 
 from lmgendrive.checkpoint import build_untrained, load_checkpoint, save_checkpoint
 from pipeline.driver import prepare, run_job
-from pipeline.storage import open_storage
-from pipeline.units import make_units
 from schemas.job import parse_job
+from schemas.units import make_units
+from storage.store import open_storage
 from workers.generator import job_sampler, seed_stack, stack_driven
 
 

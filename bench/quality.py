@@ -55,13 +55,12 @@ from lmgendrive.model import LMGenDrive, RolloutState
 from lmgendrive.train.data import maneuver_of
 from qa.drive import load_drive
 from qa.frechet import FeatureStats, frechet_distance
-from scenes.contract import WAYPOINT_TIMES
 from scenes.procedural.drive import DriveSpec, ProceduralScene
 from scenes.procedural.instructions import make_instruction
 from scenes.sheet import write_png
+from schemas.scene import WAYPOINT_TIMES, WEATHERS
 
 HELD_OUT_FIRST = 951  # training uses towns 1-40, the evaluator 101-140, the demo and QA jobs 901-902
-WEATHERS = ("clear_noon", "cloudy", "rain", "fog", "sunset", "night")
 CONTEXT = 4
 KIND = {"left": "turn_left", "straight": "go_straight", "right": "turn_right"}
 ENTRY = (-5.0, -2.0)  # junction cases: front bumper this far (m) past the stop line: the turn is

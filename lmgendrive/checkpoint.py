@@ -2,7 +2,7 @@
 
 Weights are read with safetensors only (never unpickled). Loading checks the recorded sha256 and
 reports missing, unexpected and mis-shaped tensors and config problems as
-:class:`~lmgendrive.errors.CheckpointError`. Saving writes ``<dir>.partial`` and renames it.
+:class:`~schemas.errors.CheckpointError`. Saving writes ``<dir>.partial`` and renames it.
 """
 
 from __future__ import annotations
@@ -19,9 +19,9 @@ from safetensors.torch import load_file, save_file
 
 from lmgendrive.config import PRESETS, ModelConfig, preset_config
 from lmgendrive.device import pick_device, pick_dtype
-from lmgendrive.errors import CheckpointError, ConfigError
 from lmgendrive.model import LMGenDrive, ModelIdentity
 from lmgendrive.tokenizer import DEFAULT_CORPUS, build_tokenizer, load_tokenizer
+from schemas.errors import CheckpointError, ConfigError
 
 log = logging.getLogger(__name__)
 

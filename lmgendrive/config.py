@@ -16,7 +16,7 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
-from lmgendrive.errors import ConfigError
+from schemas.errors import ConfigError
 
 VIEWS = ("left", "front", "right")
 SAMPLERS = ("ddim", "dpmsolver++")

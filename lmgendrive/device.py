@@ -7,7 +7,7 @@ import os
 
 import torch
 
-from lmgendrive.errors import ConfigError
+from schemas.errors import ConfigError
 
 log = logging.getLogger(__name__)
 

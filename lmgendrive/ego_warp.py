@@ -6,7 +6,7 @@ all views to where the cameras will be at each future frame, so the noised start
 plan says and the UNet only has to repair what the re-projection gets wrong (disocclusions, the sides
 of objects, anything that moves on its own).
 
-Geometry is the seed-scene camera rig (``scenes.contract``: pinhole cameras of ``CAMERA_FOV_DEG`` at
+Geometry is the seed-scene camera rig (``schemas.scene``: pinhole cameras of ``CAMERA_FOV_DEG`` at
 ``CAMERA_POSITION``, level, turned by ``VIEW_YAW_DEG``; LMDrive's rig) and a depth guess per pixel:
 the road plane below the horizon, capped at ``max_depth``, and ``max_depth`` above it. Each target
 pixel is looked up in whichever context view sees its point (the same view first), so what enters a
@@ -22,7 +22,7 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
-from scenes.contract import CAMERA_FOV_DEG, CAMERA_POSITION, VIEW_YAW_DEG, WAYPOINT_TIMES
+from schemas.scene import CAMERA_FOV_DEG, CAMERA_POSITION, VIEW_YAW_DEG, WAYPOINT_TIMES
 
 STILL = 0.5  # m/s
 NEAR = 0.5  # metres: points closer than this to a camera's image plane are not looked up in it

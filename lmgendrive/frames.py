@@ -6,7 +6,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from lmgendrive.errors import BadInputError
+from schemas.errors import BadInputError
 
 
 def to_pixels(frames: np.ndarray | torch.Tensor, size: tuple[int, int], device: torch.device, name: str = "frames") -> torch.Tensor:

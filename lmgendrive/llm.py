@@ -24,8 +24,8 @@ import torch
 from torch import nn
 from transformers import LlamaConfig, LlamaModel
 
+from driving.control import WAYPOINT_DT
 from lmgendrive.config import LLMConfig
-from lmgendrive.control import WAYPOINT_DT
 
 ACTION_SCALE = 0.1  # speed (m/s) and waypoints (m) are scaled by this before the action embedding
 

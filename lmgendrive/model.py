@@ -32,16 +32,16 @@ from diffusers import AutoencoderKL, UNetMotionModel
 from torch import nn
 from transformers import CLIPVisionModel, LlamaModel, PreTrainedTokenizerBase
 
+from driving.control import WAYPOINT_DT, WaypointController
 from lmgendrive.config import ModelConfig, SamplerConfig, validate_sampler
-from lmgendrive.control import WAYPOINT_DT, WaypointController
 from lmgendrive.ego_warp import poses_from_waypoints
-from lmgendrive.errors import BadInputError, ConfigError
 from lmgendrive.frames import to_pixels, to_uint8
 from lmgendrive.llm import LLMOutput, PlannerLLM
 from lmgendrive.qformer import FrameCompressor
 from lmgendrive.tokenizer import encode_instructions
 from lmgendrive.vision import PerceptionBatch, VisionEncoder, perception_loss
 from lmgendrive.world import WorldConditioner, WorldGenerator
+from schemas.errors import BadInputError, ConfigError
 
 log = logging.getLogger(__name__)
 

@@ -2,7 +2,7 @@
 
 Nothing is downloaded: each directory named in :class:`~lmgendrive.config.PretrainedPaths` must
 already hold the files, in safetensors format (pickled ``.bin`` weights are refused). A missing
-directory or file raises :class:`~lmgendrive.errors.CheckpointError` naming the file, where to put
+directory or file raises :class:`~schemas.errors.CheckpointError` naming the file, where to put
 it and where it is published.
 """
 
@@ -17,9 +17,9 @@ from torch import nn
 from transformers import CLIPVisionModel, LlamaModel, PreTrainedTokenizerBase
 
 from lmgendrive.config import PRETRAINED_ENV, PUBLISHED, ModelConfig
-from lmgendrive.errors import CheckpointError
 from lmgendrive.model import PretrainedComponents
 from lmgendrive.tokenizer import load_tokenizer
+from schemas.errors import CheckpointError
 
 log = logging.getLogger(__name__)
 

@@ -14,11 +14,11 @@ from collections.abc import Callable, Iterable
 import numpy as np
 import pyarrow as pa
 
-from lmgendrive.errors import BadInputError
-from scenes.contract import Instruction, Measurements, Scene
 from scenes.procedural.drive import DriveSpec, ProceduralScene
 from scenes.registry import procedural_ref
+from schemas.errors import BadInputError
 from schemas.job import LMDriveRecipe, ProceduralRecipe
+from schemas.scene import Instruction, Measurements, Scene
 from schemas.spec import validate
 from schemas.tables import TASK
 

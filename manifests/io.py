@@ -8,7 +8,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from lmgendrive.errors import BadInputError, SchemaError
+from schemas.errors import BadInputError, SchemaError
 from schemas.spec import validate
 from schemas.tables import TASK
 

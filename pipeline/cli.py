@@ -12,7 +12,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from lmgendrive.errors import BadInputError, ConfigError, LmgdError
+from schemas.errors import BadInputError, ConfigError, LmgdError
 
 log = logging.getLogger("lmgd")
 
@@ -185,7 +185,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
 def cmd_inspect(args: argparse.Namespace) -> int:
     from pipeline.inspect_output import report
-    from pipeline.storage import open_storage
+    from storage.store import open_storage
 
     print(report(open_storage(args.output, args.endpoint_url, args.region)))
     return 0
@@ -202,7 +202,7 @@ def _demo_job(path: str) -> Path:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     from pipeline.driver import run_job
-    from qa.cli import run_and_print
+    from pipeline.qa_cli import run_and_print
     from qa.config import qa_config, report_dir_of
     from qa.run import without_missing_weights
     from schemas.job import load_job
@@ -337,7 +337,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_train_parser(verbs)
 
-    from qa.cli import add_parser as add_qa_parser
+    from pipeline.qa_cli import add_parser as add_qa_parser
 
     add_qa_parser(verbs)
     return p

@@ -19,17 +19,17 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import yaml
 
-from lmgendrive.errors import BadInputError, RunFailure
 from manifests.build import build
 from manifests.curate import curate
 from manifests.io import read_manifest
-from pipeline.executors import Outcome, run_local, run_ray
+from pipeline.executor import Outcome, Policy, Resources, open_pool
 from pipeline.jobcheck import check_manifest_scenes, check_model
-from pipeline.storage import Storage, open_storage
-from pipeline.units import Unit, make_units
+from schemas.errors import BadInputError, RunFailure
 from schemas.job import JobSpec
 from schemas.spec import validate
 from schemas.tables import INDEX, TASK
+from schemas.units import Unit, make_units
+from storage.store import Storage, open_storage
 
 log = logging.getLogger(__name__)
 
@@ -153,9 +153,10 @@ def run_job(job: JobSpec, executor: str = "ray", ray_address: str | None = "loca
     runner_class = runner_class or UnitRunner
     args = (job.model_dump(mode="json"), code_version())
     total = sum(len(u.samples) for u in pending)
+    r = job.resources
+    resources = Resources(r.workers, r.gpus_per_worker, r.cpus_per_worker)
     with tqdm(total=total, desc="generate", unit="sample", disable=not progress_bar or None) as bar:
         start = time.perf_counter()
-
         finished: list[str] = []
 
         def on_done(unit: Unit, marker: dict) -> None:
@@ -166,14 +167,12 @@ def run_job(job: JobSpec, executor: str = "ray", ray_address: str | None = "loca
             bar.set_postfix(units=f"{len(finished)}/{len(pending)}",
                             frames_per_s=f"{summary.frames / max(time.perf_counter() - start, 1e-6):.1f}")
 
-        if not pending:
-            outcome = Outcome()
-        elif executor == "local":
-            outcome = run_local(pending, lambda: runner_class(*args), job.resources.max_retries, on_done)
-        elif executor == "ray":
-            outcome = _run_on_ray(pending, runner_class, args, job, ray_address, on_done)
+        if pending:
+            with open_pool(executor, runner_class, args, resources, Policy(r.max_retries), ray_address,
+                           what=job.name) as pool:
+                outcome = pool.map(pending, on_done)
         else:
-            raise BadInputError(f"unknown executor {executor!r}; valid: local, ray")
+            outcome = Outcome()
     summary.failed = outcome.failed
     if outcome.dispatch_started:
         summary.generate_seconds = time.perf_counter() - outcome.dispatch_started
@@ -194,34 +193,3 @@ def run_job(job: JobSpec, executor: str = "ray", ray_address: str | None = "loca
         raise RunFailure(f"{len(outcome.failed)} unit(s) failed after {job.resources.max_retries} retries "
                          f"(the other {len(units) - len(outcome.failed)} are complete; rerun to retry):\n  {lines}")
     return summary
-
-
-def _check_fits(job: JobSpec, have: dict) -> None:
-    """Refuse at once a job whose workers this machine cannot hold (Ray would leave them pending)."""
-    r = job.resources
-    gpus, cpus = have.get("GPU", 0.0), have.get("CPU", 0.0)
-    if r.workers * r.gpus_per_worker > gpus or r.workers * r.cpus_per_worker > cpus:
-        raise BadInputError(
-            f"{job.name}: resources ask for {r.workers} worker(s) x {r.gpus_per_worker:g} GPU(s) and "
-            f"{r.cpus_per_worker:g} CPU(s); this machine has {gpus:g} GPU(s) and {cpus:g} CPU(s). Set "
-            f"resources.gpus_per_worker: 0 to generate on CPU, lower resources.workers / cpus_per_worker, "
-            f"or join a larger cluster with --ray-address auto")
-
-
-def _run_on_ray(units, runner_class, args, job: JobSpec, address: str | None, on_done) -> Outcome:
-    import ray
-
-    started = False
-    if not ray.is_initialized():
-        ray.init(address=None if address in (None, "local") else address, include_dashboard=False,
-                 log_to_driver=False, configure_logging=False)
-        started = True
-    try:
-        r = job.resources
-        if started:  # a one-node cluster of this machine: what it lacks now it will never have
-            _check_fits(job, ray.cluster_resources())
-        return run_ray(units, runner_class, args, r.workers, r.gpus_per_worker, r.cpus_per_worker,
-                       r.max_retries, on_done)
-    finally:
-        if started:
-            ray.shutdown()

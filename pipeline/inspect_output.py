@@ -6,9 +6,9 @@ import hashlib
 import json
 from collections import Counter
 
-from lmgendrive.errors import BadInputError
-from pipeline.read import raw_samples, read_index, shard_keys
-from pipeline.storage import Storage
+from schemas.errors import BadInputError
+from storage.read import raw_samples, read_index, shard_keys
+from storage.store import Storage
 
 
 def verify(storage: Storage) -> tuple[list[str], int]:

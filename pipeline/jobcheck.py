@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pyarrow as pa
 
-from lmgendrive.errors import BadInputError, CheckpointError, SceneFormatError
 from manifests.io import read_manifest
 from scenes.registry import parse_procedural_ref
+from schemas.errors import BadInputError, CheckpointError, SceneFormatError
 from schemas.job import MODEL_PRESETS, JobSpec, LMDriveRecipe, load_job
 
 

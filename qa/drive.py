@@ -25,9 +25,9 @@ from safetensors.torch import load_file
 
 from lmgendrive.checkpoint import file_sha256
 from lmgendrive.config import ModelConfig
-from lmgendrive.errors import CheckpointError, ConfigError
 from lmgendrive.frames import to_pixels
 from lmgendrive.vision import VisionEncoder
+from schemas.errors import CheckpointError, ConfigError
 
 log = logging.getLogger(__name__)
 

@@ -19,16 +19,16 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from lmgendrive.errors import BadInputError
-from pipeline.read import decode_sample, raw_samples
-from pipeline.storage import open_storage
 from qa.config import QAConfig
 from qa.frechet import FeatureStats
 from qa.motion import step_yaw, trajectory, video_yaw
 from qa.video import clips_of
 from scenes.registry import open_scene
+from schemas.errors import BadInputError
 from schemas.tables import STEP_FRAMES
-from workers.media import decode_mp4, encode_mp4
+from storage.media import decode_mp4, encode_mp4
+from storage.read import decode_sample, raw_samples
+from storage.store import open_storage
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +57,10 @@ class WorkItem:
     shard: str
     horizon: int
     samples: dict[str, SampleTask]
+
+    @property
+    def name(self) -> str:
+        return self.shard
 
 
 @dataclass

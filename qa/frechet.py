@@ -18,7 +18,7 @@ from typing import BinaryIO
 import numpy as np
 import torch
 
-from lmgendrive.errors import BadInputError
+from schemas.errors import BadInputError
 
 SMALL_DIM = 512
 

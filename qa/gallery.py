@@ -14,8 +14,8 @@ import cv2
 import numpy as np
 import pyarrow as pa
 
-from pipeline.read import decode_sample, raw_samples, read_index
-from pipeline.storage import Storage
+from storage.read import decode_sample, raw_samples, read_index
+from storage.store import Storage
 
 CAPTION_H = 22
 FONT = cv2.FONT_HERSHEY_SIMPLEX

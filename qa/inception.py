@@ -21,9 +21,9 @@ from pytorch_fid.inception import FIDInceptionA, FIDInceptionC, FIDInceptionE_1,
 from torch import nn
 
 from lmgendrive.checkpoint import file_sha256
-from lmgendrive.errors import CheckpointError
 from qa.config import INCEPTION_DIMS, PROTOCOL_DIMS
 from qa.weights import INCEPTION, find_weights
+from schemas.errors import CheckpointError
 
 log = logging.getLogger(__name__)
 

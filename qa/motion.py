@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from scenes.contract import CAMERA_FOV_DEG
+from schemas.scene import CAMERA_FOV_DEG
 
 MIN_SEGMENT_M = 0.2  # 1 m/s over the 0.2 s between waypoints
 TURN_DEG = 30.0  # |heading change| at or above this is a turn; below it the ego went straight

@@ -5,19 +5,16 @@ from __future__ import annotations
 import io
 import json
 import textwrap
-from typing import TYPE_CHECKING
 
 import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from pipeline.storage import Storage  # noqa: E402
 from qa.config import QAConfig  # noqa: E402
-from scenes.contract import INSTRUCTION_CATEGORIES, VIEWS  # noqa: E402
-
-if TYPE_CHECKING:
-    from qa.run import QAResult
+from qa.result import QAResult  # noqa: E402
+from schemas.scene import INSTRUCTION_CATEGORIES, VIEWS  # noqa: E402
+from storage.store import Storage  # noqa: E402
 
 NAMES = {"fid": "FID", "fid_inf": "FID∞", "fvd": "FVD", "fd_drive": "FD-drive",
          "instruction_adherence": "Instruction adherence", "action_video_agreement": "Action–video r"}

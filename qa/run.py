@@ -1,8 +1,9 @@
-"""The QA driver: plan work from a job output, extract features (in-process or on Ray actors), merge
-statistics per horizon, compute the figures and write ``report.md``, ``horizon.png``, ``qa.json`` and
-``stats/*.npz``.
+"""QA's planning and figures: work items from a job output, then, from the merged statistics of each
+horizon, the figures, written as ``report.md``, ``horizon.png``, ``qa.json`` and ``stats/*.npz``.
 
-Horizons are processed one after the other, so the driver holds one horizon's statistics at a time.
+The features are extracted by :mod:`workers.qa` stages, run by the pipeline's executor
+(:mod:`pipeline.qa_run`); horizons arrive one after the other, so one horizon's statistics are held
+at a time.
 """
 
 from __future__ import annotations
@@ -12,42 +13,33 @@ import json
 import logging
 import zlib
 from collections import defaultdict
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field, replace
+from collections.abc import Iterable
+from dataclasses import replace
 from functools import partial
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from lmgendrive.errors import BadInputError, CheckpointError, RunFailure
-from pipeline.read import read_index
-from pipeline.storage import Storage, open_storage
 from qa.config import FD_METRICS, QAConfig
-from qa.extract import Accumulator, FeatureRunner, SampleTask, WorkItem
+from qa.extract import Accumulator, SampleTask, WorkItem
 from qa.frechet import FeatureStats, frechet_distance, merge_all
 from qa.motion import MANEUVER_OF_TYPE, TURN_DEG
+from qa.report import write_outputs
+from qa.result import QAResult
 from qa.uncertainty import bootstrap_ci, correlation_ci, fd_infinity, wilson
 from qa.weights import I3D_STATE_DICT, I3D_TORCHSCRIPT, INCEPTION, find_weights
+from schemas.errors import BadInputError, CheckpointError, RunFailure
 from schemas.spec import validate
 from schemas.tables import QA, TASK
+from storage.read import read_index
+from storage.store import Storage, open_storage
 
 log = logging.getLogger(__name__)
 
 GROUPS = 10  # task groups per horizon: the bootstrap's resampling unit
 TURNING_STEP_DEG = 5.0  # a step turning at least this much (predicted) counts for action-video agreement
 MIN_TURNING_STEPS = 3
-Progress = Callable[[int], None]
-
-
-@dataclass
-class QAResult:
-    rows: list[dict]
-    extractors: dict[str, str]
-    skipped: dict[str, str]
-    details: dict = field(default_factory=dict)
-    files: list[str] = field(default_factory=list)
-    gallery: list[str] = field(default_factory=list)  # report-relative PNG names
 
 
 def read_tasks(storage: Storage) -> dict[str, dict]:
@@ -111,42 +103,14 @@ def without_missing_weights(config: QAConfig) -> QAConfig:
                    unavailable=config.unavailable + tuple(dropped))
 
 
-def execute_local(runner: FeatureRunner, work: dict[int, list[WorkItem]],
-                  progress: Progress) -> Iterator[tuple[int, Accumulator, list[dict]]]:
-    """Every work item in this process, one horizon at a time."""
-    for h, items in work.items():
-        records = []
-        for item in items:
-            records += runner.run(item)
-            progress(len(item.samples))
-        yield h, runner.take(), records
-
-
-def run_qa(config: QAConfig, progress: Progress | None = None, on_start: Progress | None = None) -> QAResult:
-    """Evaluate the job output ``config.output`` and write the QA outputs to ``config.report``;
-    ``on_start`` gets the number of samples, ``progress`` each finished shard's count."""
+def evaluate(config: QAConfig, storage: Storage, stream: Iterable[tuple[int, Accumulator, list[dict]]],
+             extractors: dict[str, str]) -> QAResult:
+    """The QA rows from the per-horizon statistics and records in ``stream``; writes ``report.md``,
+    ``horizon.png``, ``qa.json``, ``stats/*.npz`` and the gallery to ``config.report``."""
     from lmgendrive.device import pick_device
 
-    progress = progress or (lambda n: None)
-    preflight(config)
-    storage = open_storage(config.output, config.endpoint_url, config.region)
-    work = plan(storage)
-    if on_start is not None:
-        on_start(sum(len(item.samples) for items in work.values() for item in items))
-    skipped = config.skipped()
-    for reason in skipped.values():
-        log.info("%s", reason)
-    if config.executor == "ray":
-        from workers.qa import run_on_ray
-
-        stream, extractors = run_on_ray(config, work, progress)
-    elif config.executor == "local":
-        runner = FeatureRunner(config)
-        stream, extractors = execute_local(runner, work, progress), runner.descriptions()
-    else:
-        raise BadInputError(f"unknown executor {config.executor!r}; valid: local, ray")
     out = open_storage(config.report, config.endpoint_url, config.region)
-    result = QAResult([], extractors, skipped)
+    result = QAResult([], extractors, config.skipped())
     figures = Figures(config, pick_device(config.device), extractors)
     for h, acc, records in stream:
         result.rows += figures.fd_rows(h, acc, out, result)
@@ -158,8 +122,6 @@ def run_qa(config: QAConfig, progress: Progress | None = None, on_start: Progres
 
         result.gallery = write_gallery(storage, out, config.gallery)
         result.files += result.gallery
-    from qa.report import write_outputs
-
     write_outputs(config, result, out)
     return result
 

@@ -26,9 +26,9 @@ import torch
 import torch.nn.functional as F
 
 from lmgendrive.checkpoint import file_sha256
-from lmgendrive.errors import CheckpointError
 from qa.i3d import I3D
 from qa.weights import I3D_STATE_DICT, I3D_TORCHSCRIPT, find_weights
+from schemas.errors import CheckpointError
 
 log = logging.getLogger(__name__)
 

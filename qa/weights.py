@@ -11,7 +11,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from lmgendrive.errors import CheckpointError
+from schemas.errors import CheckpointError
 
 WEIGHTS_ENV = "LMGD_WEIGHTS_DIR"
 

@@ -64,8 +64,8 @@ import cv2
 import numpy as np
 from PIL import Image
 
-from lmgendrive.errors import BadInputError, SceneFormatError
-from scenes.contract import (
+from schemas.errors import BadInputError, SceneFormatError
+from schemas.scene import (
     FPS,
     INSTRUCTION_CATEGORIES,
     VIEWS,

@@ -5,9 +5,9 @@ from __future__ import annotations
 import json
 from functools import lru_cache
 
-from lmgendrive.errors import SceneFormatError
-from scenes.contract import Scene
 from scenes.procedural.drive import DriveSpec, ProceduralScene
+from schemas.errors import SceneFormatError
+from schemas.scene import Scene
 
 SOURCES = ("procedural", "lmdrive")
 

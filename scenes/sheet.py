@@ -8,7 +8,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from scenes.contract import Scene
+from schemas.scene import Scene
 
 CAPTION_H = 26
 FONT = cv2.FONT_HERSHEY_SIMPLEX

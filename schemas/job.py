@@ -15,8 +15,8 @@ from typing import Annotated, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from lmgendrive.errors import ConfigError
-from scenes.procedural.weather import WEATHERS
+from schemas.errors import ConfigError
+from schemas.scene import WEATHERS
 from schemas.tables import STEP_FRAMES
 
 MODEL_PRESETS = ("tiny", "demo", "paper")

@@ -13,7 +13,7 @@ from typing import Any
 
 import pyarrow as pa
 
-from lmgendrive.errors import SchemaError
+from schemas.errors import SchemaError
 
 MAX_REPORTED = 50
 

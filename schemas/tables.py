@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pyarrow as pa
 
-from scenes.contract import INSTRUCTION_CATEGORIES as CATEGORIES
-from scenes.contract import VIEWS
+from schemas.scene import INSTRUCTION_CATEGORIES as CATEGORIES
+from schemas.scene import VIEWS
 from schemas.spec import Column, TableSchema
 
 STEP_FRAMES = 8  # frames the model generates per autoregressive step

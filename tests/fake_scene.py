@@ -6,7 +6,7 @@ import math
 
 import numpy as np
 
-from scenes.contract import (
+from schemas.scene import (
     FPS,
     VIEWS,
     WAYPOINT_TIMES,

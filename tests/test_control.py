@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from lmgendrive.control import WAYPOINT_DT, PIDController, WaypointController
+from driving.control import WAYPOINT_DT, PIDController, WaypointController
 
 
 def test_pid_is_lmdrive_formula():

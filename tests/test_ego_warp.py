@@ -8,8 +8,8 @@ import numpy as np
 import torch
 
 from lmgendrive.ego_warp import poses_from_waypoints, warp_views
-from scenes.contract import FPS, WAYPOINT_TIMES
 from scenes.procedural.drive import DriveSpec, ProceduralScene
+from schemas.scene import FPS, WAYPOINT_TIMES
 
 
 def _arc(speed: float, radius: float, slip: float, times) -> torch.Tensor:

@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 from fake_scene import FakeScene
 
-from lmgendrive.errors import BadInputError, SceneFormatError
 from scenes import lmdrive
 from scenes.lmdrive import open_root, open_route, write_index, write_route
+from schemas.errors import BadInputError, SceneFormatError
 
 ROUTE = "routes_town01_short_w3_11_23_12_00_00"
 

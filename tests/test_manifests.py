@@ -6,12 +6,12 @@ import re
 import pyarrow as pa
 import pytest
 
-from lmgendrive.errors import SchemaError
 from manifests.build import build
 from manifests.curate import curate, maneuver_of
 from manifests.io import read_manifest, write_manifest
 from manifests.stats import counts, format_stats
 from pipeline.cli import main
+from schemas.errors import SchemaError
 from schemas.job import CurateSpec, ProceduralRecipe
 from schemas.spec import validate
 from schemas.tables import TASK

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from lmgendrive.errors import BadInputError
-from workers.media import decode_mp4, decode_png, encode_mp4, encode_png
+from schemas.errors import BadInputError
+from storage.media import decode_mp4, decode_png, encode_mp4, encode_png
 
 
 def _frames(size: int, n: int = 8) -> np.ndarray:

@@ -22,12 +22,12 @@ from lmgendrive.checkpoint import (
     save_checkpoint,
 )
 from lmgendrive.config import PretrainedPaths, preset_config
-from lmgendrive.errors import CheckpointError
 from lmgendrive.llm import llama_config
 from lmgendrive.model import LMGenDrive
 from lmgendrive.pretrained import load_components
 from lmgendrive.tokenizer import DEFAULT_CORPUS, build_tokenizer
 from lmgendrive.world import build_clip, build_vae
+from schemas.errors import CheckpointError
 
 INSTRUCTION = ["Change to the left lane."]
 

@@ -13,9 +13,9 @@ import torch
 from lmgendrive.checkpoint import build_untrained
 from lmgendrive.config import ModelConfig, preset_config
 from lmgendrive.device import pick_device
-from lmgendrive.errors import ConfigError
 from lmgendrive.tokenizer import DEFAULT_CORPUS, build_tokenizer, load_tokenizer
 from lmgendrive.vision import DET_CHANNELS, LIGHT_CLASSES, build_bev_targets
+from schemas.errors import ConfigError
 
 
 @pytest.mark.parametrize("name", ["tiny", "demo", "paper"])
@@ -122,7 +122,7 @@ def test_planning_without_world_queries_gives_the_same_actions(model):
 
 def test_waypoints_are_offsets_from_constant_velocity(model):
     """With the action head's output zeroed the plan is straight on at the measured speed."""
-    from lmgendrive.control import WAYPOINT_DT
+    from driving.control import WAYPOINT_DT
 
     ids, mask = model.tokenize(["turn right", "go straight"])
     history = torch.randn(2, 3, model.config.qformer.num_queries, model.config.llm.hidden)

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from lmgendrive.config import SamplerConfig
-from lmgendrive.errors import BadInputError, ConfigError
+from schemas.errors import BadInputError, ConfigError
 
 INSTRUCTIONS = ["After 30 meters, execute a left turn.", "Follow the current route."]
 

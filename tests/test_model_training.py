@@ -9,9 +9,9 @@ import pytest
 import torch
 
 from lmgendrive.checkpoint import build_untrained
-from lmgendrive.errors import BadInputError, ConfigError
 from lmgendrive.model import DriveBatch, LMGenDrive, LossOutput, heading_loss
 from lmgendrive.vision import PerceptionBatch, build_bev_targets
+from schemas.errors import BadInputError, ConfigError
 
 
 def _uint8(shape: tuple[int, ...], seed: int) -> torch.Tensor:

@@ -16,11 +16,11 @@ import pytest
 import webdataset as wds
 from pipeline_helpers import tiny_job, write_job
 
-from lmgendrive.errors import BadInputError, CheckpointError
 from pipeline.cli import main
 from pipeline.driver import run_job
-from pipeline.read import iter_samples, raw_samples
-from pipeline.storage import open_storage
+from schemas.errors import BadInputError, CheckpointError
+from storage.read import iter_samples, raw_samples
+from storage.store import open_storage
 
 
 @pytest.fixture(scope="module")
@@ -228,8 +228,8 @@ def test_the_worker_overlaps_units_but_never_runs_the_model_on_two_at_once(tmp_p
 
     import workers.generator as generator
     from pipeline.driver import prepare
-    from pipeline.storage import open_storage
-    from pipeline.units import make_units
+    from schemas.units import make_units
+    from storage.store import open_storage
 
     spans: dict[str, list[tuple[float, float]]] = {"seed": [], "rollout": []}
 

@@ -8,8 +8,8 @@ import pytest
 import ray
 from pipeline_helpers import tiny_job
 
-from lmgendrive.errors import RunFailure
 from pipeline.driver import run_job
+from schemas.errors import RunFailure
 
 
 @pytest.fixture(scope="module")
@@ -64,7 +64,7 @@ def test_unit_that_always_fails_on_ray(cluster, tmp_path, monkeypatch):
 
 
 def test_actor_that_cannot_be_scheduled_fails_clearly(cluster, tmp_path, monkeypatch):
-    monkeypatch.setattr("pipeline.executors.ACTOR_START_TIMEOUT_S", 3.0)
+    monkeypatch.setattr("pipeline.executor.ACTOR_START_TIMEOUT_S", 3.0)
     job = tiny_job(str(tmp_path / "out"), resources={"workers": 1, "gpus_per_worker": 4})
     with pytest.raises(RunFailure, match="could not be scheduled.*4 GPU"):
         run_job(job, executor="ray", progress_bar=False)

@@ -12,10 +12,10 @@ import boto3
 import pytest
 from pipeline_helpers import tiny_job, write_job
 
-from lmgendrive.errors import BadInputError
 from pipeline.cli import main
 from pipeline.driver import run_job
-from pipeline.read import iter_samples
+from schemas.errors import BadInputError
+from storage.read import iter_samples
 
 KEY, SECRET = "lmgd-test-key", "lmgd-test-secret"
 

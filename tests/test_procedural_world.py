@@ -7,13 +7,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from scenes.contract import VIEWS
 from scenes.lmdrive import write_route
 from scenes.procedural.drive import DriveSpec, ProceduralScene
 from scenes.procedural.geometry import DIRECTIONS, Polyline
 from scenes.procedural.safety import collisions, red_light_violations
 from scenes.procedural.town import make_town, turn_between
 from scenes.procedural.world import simulate
+from schemas.scene import VIEWS
 
 
 def _tree_digest(root: Path) -> dict[str, str]:
@@ -177,7 +177,7 @@ def test_views_and_sizes(scene_factory):
 
 
 def test_bad_spec_is_rejected():
-    from lmgendrive.errors import ConfigError
+    from schemas.errors import ConfigError
 
     with pytest.raises(ConfigError, match="valid: clear_noon"):
         ProceduralScene(DriveSpec(1, 1, weather="snow"))

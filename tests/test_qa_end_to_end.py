@@ -14,19 +14,19 @@ import pytest
 import yaml
 
 from manifests.build import finish_row, instruction_fields, seed_point_rows
-from qa.cli import add_parser
+from pipeline.qa_cli import add_parser
+from pipeline.qa_run import run_qa
 from qa.config import qa_config, report_dir_of
 from qa.frechet import FeatureStats
-from qa.run import run_qa
 from qa.testing import write_evaluator
-from scenes.contract import VIEWS
 from scenes.procedural.drive import DriveSpec, ProceduralScene
 from scenes.procedural.instructions import make_instruction
 from scenes.registry import procedural_ref
 from schemas.job import QASpec
+from schemas.scene import VIEWS
 from schemas.spec import validate
 from schemas.tables import INDEX, QA, SAMPLE, TASK
-from workers.shard import GeneratedSample, content_hash, sample_members, write_shard
+from storage.shards import GeneratedSample, content_hash, sample_members, write_shard
 
 GEN_SIZE = (32, 32)
 HORIZONS = [8, 16]
@@ -235,8 +235,8 @@ def test_report_dir_and_parser(lmgd):
 
 
 def test_gallery_draws_seed_and_generated_frames(fixture_output, local_run):
-    from pipeline.read import iter_samples
     from qa.gallery import CAPTION_H, frame_times
+    from storage.read import iter_samples
 
     report, _ = local_run
     pngs = sorted((report / "gallery").glob("*.png"))

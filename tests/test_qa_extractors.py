@@ -11,7 +11,6 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from lmgendrive.errors import CheckpointError
 from qa.config import resolve_evaluator
 from qa.drive import load_drive, load_evaluator
 from qa.i3d import I3D
@@ -24,6 +23,7 @@ from qa.testing import (
 )
 from qa.video import clip_starts, clips_of, load_i3d, preprocess
 from qa.weights import INCEPTION, find_weights
+from schemas.errors import CheckpointError
 
 CPU = torch.device("cpu")
 

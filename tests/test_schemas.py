@@ -3,7 +3,7 @@
 import pyarrow as pa
 import pytest
 
-from lmgendrive.errors import SchemaError
+from schemas.errors import SchemaError
 from schemas.spec import problems, validate
 from schemas.tables import ALL, INDEX, QA, TASK
 

@@ -10,7 +10,6 @@ import pytest
 import torch
 
 from lmgendrive.config import preset_config
-from lmgendrive.errors import ConfigError
 from lmgendrive.train import cli
 from lmgendrive.train.config import load_config, parse_config, parse_stage
 from lmgendrive.train.data import (
@@ -27,6 +26,7 @@ from lmgendrive.train.data import (
 from lmgendrive.train.schedule import WarmupCosine
 from scenes.lmdrive import open_root, write_index, write_route
 from scenes.procedural.drive import DriveSpec, ProceduralScene
+from schemas.errors import ConfigError
 
 TINY = preset_config("tiny")
 

@@ -21,14 +21,14 @@ import cv2
 import numpy as np
 
 from lmgendrive.config import SamplerConfig
-from pipeline.storage import open_storage
-from pipeline.units import Unit
-from scenes.contract import VIEWS
 from scenes.registry import open_scene
 from schemas.job import JobSpec
+from schemas.scene import VIEWS
 from schemas.tables import INDEX, SAMPLE
+from schemas.units import Unit
+from storage.shards import GeneratedSample, content_hash, sample_members, write_shard
+from storage.store import open_storage
 from workers import faults
-from workers.shard import GeneratedSample, content_hash, sample_members, write_shard
 
 log = logging.getLogger(__name__)
 

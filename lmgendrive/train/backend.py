@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from lmgendrive.device import pick_device
-from lmgendrive.errors import ConfigError
+from schemas.errors import ConfigError
 
 
 class LocalBackend:

@@ -27,10 +27,10 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from lmgendrive.config import PRESETS
-from lmgendrive.errors import ConfigError
+from schemas.errors import ConfigError
+from schemas.scene import WEATHERS
 
 STAGES = (0, 1, 2, 3)
-WEATHERS = ("clear_noon", "cloudy", "rain", "fog", "sunset", "night")
 
 PositiveInt = Annotated[int, Field(ge=1)]
 

@@ -32,9 +32,9 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from lmgendrive.config import ModelConfig
 from lmgendrive.train.config import DataConfig
 from lmgendrive.vision import LIGHT_CLASSES, build_bev_targets
-from scenes.contract import OBJECT_CLASSES, Measurements, Scene
 from scenes.lmdrive import open_root, write_index, write_route
 from scenes.procedural.drive import DriveSpec, ProceduralScene
+from schemas.scene import OBJECT_CLASSES, Measurements, Scene
 
 log = logging.getLogger(__name__)
 

@@ -11,7 +11,6 @@ from pathlib import Path
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from lmgendrive.errors import RunFailure
 from lmgendrive.model import LMGenDrive
 from lmgendrive.train.backend import LocalBackend
 from lmgendrive.train.config import StageConfig
@@ -20,6 +19,7 @@ from lmgendrive.train.data import PlannerData, make_loader
 from lmgendrive.train.schedule import warmup_cosine
 from lmgendrive.train.stages import objective, sequence_steps
 from lmgendrive.train.state import Progress, load_state, save_state
+from schemas.errors import RunFailure
 
 log = logging.getLogger(__name__)
 

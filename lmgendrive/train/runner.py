@@ -17,7 +17,6 @@ import sys
 from pathlib import Path
 
 from lmgendrive.checkpoint import build_untrained, load_checkpoint, save_checkpoint
-from lmgendrive.errors import ConfigError
 from lmgendrive.model import LMGenDrive
 from lmgendrive.train.backend import LocalBackend, is_main_process, make_backend
 from lmgendrive.train.config import TrainConfig
@@ -25,6 +24,7 @@ from lmgendrive.train.data import DriveDataset, FrameDataset, PlannerData, open_
 from lmgendrive.train.loop import CURVE_FILE, LOG_FILE, StageTrainer
 from lmgendrive.train.stages import finish_stage
 from lmgendrive.train.tokens import PlannerWindows, VisionTokenCache
+from schemas.errors import ConfigError
 
 log = logging.getLogger(__name__)
 

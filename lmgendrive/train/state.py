@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
-from lmgendrive.errors import CheckpointError
+from schemas.errors import CheckpointError
 
 FORMAT = "lmgendrive-train-state"
 

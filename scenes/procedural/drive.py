@@ -1,4 +1,4 @@
-"""A procedural drive as a contract :class:`~scenes.contract.Scene`.
+"""A procedural drive as a contract :class:`~schemas.scene.Scene`.
 
 The drive is simulated when the scene is made (cheap); images are rendered only when asked for.
 """
@@ -10,8 +10,6 @@ from functools import lru_cache
 
 import numpy as np
 
-from lmgendrive.errors import ConfigError
-from scenes.contract import FPS, VIEWS, InstructionSpan, Measurements, SceneObject
 from scenes.procedural.geometry import to_ego
 from scenes.procedural.ground import GroundTexture, build_ground
 from scenes.procedural.instructions import active_per_frame, build_timeline, plan_events
@@ -21,6 +19,8 @@ from scenes.procedural.signals import light_state
 from scenes.procedural.town import BOX, make_town, turn_between
 from scenes.procedural.weather import get_weather
 from scenes.procedural.world import simulate
+from schemas.errors import ConfigError
+from schemas.scene import FPS, VIEWS, InstructionSpan, Measurements, SceneObject
 
 OBJECT_RANGE = 50.0
 LIGHT_RANGE = 45.0

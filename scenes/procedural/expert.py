@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import numpy as np
 
-from lmgendrive.control import Control, WaypointController
-from scenes.contract import WAYPOINT_TIMES
+from driving.control import Control, WaypointController
 from scenes.procedural.geometry import to_ego
 from scenes.procedural.routes import Route, first_obstacle, idm_acceleration
 from scenes.procedural.town import Town
 from scenes.procedural.traffic import HALF_LENGTH, lookahead, signal_gap
+from schemas.scene import WAYPOINT_TIMES
 
 WHEELBASE = 2.9
 MAX_WHEEL_ANGLE = np.radians(70.0)

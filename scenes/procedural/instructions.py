@@ -10,11 +10,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from scenes.contract import Instruction, InstructionSpan
 from scenes.procedural.routes import Maneuver
 from scenes.procedural.signals import light_state
 from scenes.procedural.town import Town, turn_between
 from scenes.procedural.world import DriveLog, EgoEvent
+from schemas.scene import Instruction, InstructionSpan
 
 HALF_LENGTH = 2.25
 

@@ -16,12 +16,12 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from scenes.contract import CAMERA_FOV_DEG, CAMERA_POSITION, VIEW_YAW_DEG, VIEWS
 from scenes.procedural import props
 from scenes.procedural.ground import MIP_LEVELS, RES, GroundTexture
 from scenes.procedural.town import Town
 from scenes.procedural.weather import Weather
 from scenes.procedural.world import FrameState
+from schemas.scene import CAMERA_FOV_DEG, CAMERA_POSITION, VIEW_YAW_DEG, VIEWS
 
 NEAR = 0.2
 DRAW_DISTANCE = 160.0

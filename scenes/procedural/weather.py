@@ -6,7 +6,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from lmgendrive.errors import ConfigError
+from schemas.errors import ConfigError
+from schemas.scene import WEATHERS as WEATHER_NAMES
 
 
 @dataclass(frozen=True)
@@ -49,6 +50,9 @@ WEATHERS: dict[str, Weather] = {
                 (0.78, 0.84, 1.0), (14, 17, 28), 0.009, night=True),
     ]
 }
+
+
+assert tuple(WEATHERS) == WEATHER_NAMES, "the presets are the scene contract's weathers"
 
 
 def get_weather(name: str) -> Weather:

@@ -21,11 +21,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from webdataset.tariterators import group_by_keys, tar_file_expander
 
-from lmgendrive.errors import BadInputError
-from pipeline.storage import Storage, open_storage
+from schemas.errors import BadInputError
 from schemas.spec import validate
 from schemas.tables import INDEX
-from workers.media import decode_mp4, decode_png, load_npy
+from storage.media import decode_mp4, decode_png, load_npy
+from storage.store import Storage, open_storage
 
 
 @dataclass

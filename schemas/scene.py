@@ -29,6 +29,8 @@ WAYPOINT_TIMES: tuple[float, ...] = (0.2, 0.4, 0.6, 0.8)
 INSTRUCTION_CATEGORIES: tuple[str, ...] = ("turn", "follow", "notice", "other")
 OBJECT_CLASSES: tuple[str, ...] = ("vehicle", "pedestrian", "traffic_light")
 LIGHT_STATES: tuple[str, ...] = ("none", "red", "yellow", "green")
+# the weathers a scene can be tagged with: the procedural world's presets, CARLA-style names
+WEATHERS: tuple[str, ...] = ("clear_noon", "cloudy", "rain", "fog", "sunset", "night")
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import BinaryIO
 from urllib.parse import urlparse
 
-from lmgendrive.errors import BadInputError, RunFailure
+from schemas.errors import BadInputError, RunFailure
 
 log = logging.getLogger(__name__)
 

@@ -20,7 +20,7 @@ import webdataset as wds
 
 from schemas.spec import validate
 from schemas.tables import SAMPLE
-from workers.media import encode_mp4, encode_png, npy_bytes
+from storage.media import encode_mp4, encode_png, npy_bytes
 
 
 @dataclass

@@ -12,7 +12,7 @@ import av
 import cv2
 import numpy as np
 
-from lmgendrive.errors import BadInputError
+from schemas.errors import BadInputError
 
 FORMATS = ("mp4", "png")
 

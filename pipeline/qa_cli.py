@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from lmgendrive.errors import ConfigError
+from schemas.errors import ConfigError
 
 DESCRIPTION = """\
 Measure a job output per horizon: FID (Inception-v3), FVD (I3D), FD-drive (the project's evaluator
@@ -48,8 +48,8 @@ def _job_of_output(output: str, endpoint_url: str | None, region: str | None):
     """The resolved job spec a job output keeps in ``job.yaml``, if any."""
     import yaml
 
-    from pipeline.storage import open_storage
     from schemas.job import parse_job
+    from storage.store import open_storage
 
     storage = open_storage(output, endpoint_url, region)
     if not storage.exists("job.yaml"):
@@ -62,8 +62,8 @@ def run_and_print(config, indent: str = ""):
     after (pooled or front view, all or turn instructions); returns the :class:`~qa.run.QAResult`."""
     from tqdm import tqdm
 
+    from pipeline.qa_run import run_qa
     from qa.report import cell
-    from qa.run import run_qa
 
     for reason in config.skipped().values():
         print(f"{indent}{reason}", flush=True)
