@@ -21,6 +21,8 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
+from storage.atomic import write_bytes
+
 HERE = Path(__file__).resolve().parent
 
 # script -> (figure path in its JSON, comparison, goal, what it measures)
@@ -112,9 +114,7 @@ def main() -> None:
         f"Measured by `python bench/run_all.py` (time per row, UTC) on: {machine()}.", "",
         "Every ratio is measured side by side in one run of its script; the scripts' docstrings say how.", "",
         *table(results, seconds, measured), ""])
-    tmp = args.out.with_name(args.out.name + ".partial")
-    tmp.write_text(text)
-    tmp.replace(args.out)
+    write_bytes(args.out, text.encode())
     raw = {"results": results, "seconds": seconds, "measured": measured}
     raw_path.write_text(json.dumps(raw, indent=1, sort_keys=True) + "\n")
     print(text)

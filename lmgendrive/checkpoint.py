@@ -10,7 +10,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import shutil
 from pathlib import Path
 
 import torch
@@ -22,6 +21,7 @@ from lmgendrive.device import pick_device, pick_dtype
 from lmgendrive.model import LMGenDrive, ModelIdentity
 from lmgendrive.tokenizer import DEFAULT_CORPUS, build_tokenizer, load_tokenizer
 from schemas.errors import CheckpointError, ConfigError
+from storage.atomic import atomic_path
 
 log = logging.getLogger(__name__)
 
@@ -63,26 +63,16 @@ def save_checkpoint(model: LMGenDrive, directory: str | Path, model_id: str | No
     if model.tokenizer is None:
         raise CheckpointError("cannot save a model without a tokenizer")
     directory = Path(directory)
-    partial = directory.with_name(directory.name + ".partial")
-    shutil.rmtree(partial, ignore_errors=True)
-    partial.mkdir(parents=True)
-    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    save_file(state, partial / WEIGHTS_FILE, metadata={"format": "pt"})
-    sha = file_sha256(partial / WEIGHTS_FILE)
-    identity = ModelIdentity(model_id or f"lmgendrive-{model.config.preset}-{sha[:12]}", sha)
-    meta = {"format": FORMAT, "format_version": FORMAT_VERSION, "model_id": identity.model_id,
-            "weights_sha256": sha, "config": model.config.to_dict()}
-    (partial / CONFIG_FILE).write_text(json.dumps(meta, indent=2) + "\n")
-    model.tokenizer.save_pretrained(str(partial))
-    (partial / README_FILE).write_text(readme or _default_readme(model.config, identity))
-    if directory.exists():
-        old = directory.with_name(directory.name + ".old")
-        shutil.rmtree(old, ignore_errors=True)
-        directory.rename(old)
-        partial.rename(directory)
-        shutil.rmtree(old)
-    else:
-        partial.rename(directory)
+    with atomic_path(directory, directory=True) as partial:
+        state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+        save_file(state, partial / WEIGHTS_FILE, metadata={"format": "pt"})
+        sha = file_sha256(partial / WEIGHTS_FILE)
+        identity = ModelIdentity(model_id or f"lmgendrive-{model.config.preset}-{sha[:12]}", sha)
+        meta = {"format": FORMAT, "format_version": FORMAT_VERSION, "model_id": identity.model_id,
+                "weights_sha256": sha, "config": model.config.to_dict()}
+        (partial / CONFIG_FILE).write_text(json.dumps(meta, indent=2) + "\n")
+        model.tokenizer.save_pretrained(str(partial))
+        (partial / README_FILE).write_text(readme or _default_readme(model.config, identity))
     model.identity = identity
     log.info("saved %s to %s", identity.model_id, directory)
     return identity

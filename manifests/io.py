@@ -11,6 +11,7 @@ import pyarrow.parquet as pq
 from schemas.errors import BadInputError, SchemaError
 from schemas.spec import validate
 from schemas.tables import TASK
+from storage.atomic import atomic_path
 
 
 def read_manifest(path: str | Path) -> pa.Table:
@@ -73,8 +74,6 @@ def write_manifest(table: pa.Table, path: str | Path) -> Path:
     """Validate and write a manifest as Parquet, atomically."""
     path = Path(path)
     table = validate(table, TASK, str(path))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".partial")
-    pq.write_table(table, tmp)
-    tmp.replace(path)
+    with atomic_path(path) as tmp:
+        pq.write_table(table, tmp)
     return path

@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from schemas.errors import BadInputError, ConfigError, LmgdError
+from storage.atomic import PARTIAL_SUFFIX
 
 log = logging.getLogger("lmgd")
 
@@ -50,7 +51,7 @@ def cmd_scenes_render(args: argparse.Namespace) -> int:
     root.mkdir(parents=True, exist_ok=True)
     with _progress(len(scene), f"render {scene.name}") as bar:
         route = write_route(scene, root / scene.name, overwrite=args.overwrite, on_frame=lambda _: bar.update())
-    routes = sorted(p for p in root.iterdir() if (p / "measurements").is_dir() and not p.name.endswith(".partial"))
+    routes = sorted(p for p in root.iterdir() if (p / "measurements").is_dir() and not p.name.endswith(PARTIAL_SUFFIX))
     index = write_index(root, routes)
     print(f"wrote {route} ({len(scene)} frames); {index} lists {len(routes)} route(s)")
     return 0

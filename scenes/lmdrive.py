@@ -54,7 +54,6 @@ import logging
 import math
 import os
 import re
-import shutil
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from itertools import takewhile
@@ -76,6 +75,7 @@ from schemas.scene import (
     Scene,
     SceneObject,
 )
+from storage.atomic import atomic_path, write_bytes
 
 log = logging.getLogger(__name__)
 
@@ -977,21 +977,8 @@ def write_route(scene: Scene, out_dir: PathLike, *, overwrite: bool = False,
     out = Path(out_dir)
     if out.exists() and not overwrite:
         raise BadInputError(f"{out}: already exists (pass overwrite=True to replace it)")
-    partial = out.with_name(out.name + ".partial")
-    shutil.rmtree(partial, ignore_errors=True)
-    try:
+    with atomic_path(out, directory=True) as partial:
         _write_contents(scene, partial, out.name, on_frame)
-    except BaseException:
-        shutil.rmtree(partial, ignore_errors=True)
-        raise
-    if out.exists():
-        old = out.with_name(out.name + ".old")
-        shutil.rmtree(old, ignore_errors=True)
-        os.replace(out, old)
-        os.replace(partial, out)
-        shutil.rmtree(old)
-    else:
-        os.replace(partial, out)
     log.info("wrote %s (%d frames) to %s", scene.name, len(scene), out)
     return out
 
@@ -1012,8 +999,4 @@ def write_index(root: PathLike, route_dirs: Iterable[PathLike]) -> Path:
             raise BadInputError(f"{route}: not inside the dataset root {root}") from e
         n, _ = _count_frames(route / MEASUREMENTS_DIR, ("json",))
         lines.append(f"{rel.as_posix()}/ {n}\n")
-    index = root / INDEX_FILE
-    partial = index.with_name(INDEX_FILE + ".partial")
-    partial.write_text("".join(lines), encoding="utf-8")
-    os.replace(partial, index)
-    return index
+    return write_bytes(root / INDEX_FILE, "".join(lines).encode("utf-8"))

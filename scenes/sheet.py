@@ -9,6 +9,7 @@ import cv2
 import numpy as np
 
 from schemas.scene import Scene
+from storage.atomic import write_bytes
 
 CAPTION_H = 26
 FONT = cv2.FONT_HERSHEY_SIMPLEX
@@ -42,15 +43,10 @@ def contact_sheet(scenes: Sequence[Scene], frames_per_scene: int = 4, width: int
 
 def write_png(rgb: np.ndarray, path: str | Path) -> Path:
     """Write an RGB image as PNG, atomically (temporary file, then rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     ok, buf = cv2.imencode(".png", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
     if not ok:
         raise RuntimeError(f"could not encode {path}")
-    tmp = path.with_name(path.name + ".partial")
-    tmp.write_bytes(buf.tobytes())
-    tmp.replace(path)
-    return path
+    return write_bytes(path, buf.tobytes())
 
 
 def _caption(text: str, width: int, header: bool = False) -> np.ndarray:

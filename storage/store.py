@@ -16,6 +16,7 @@ from typing import BinaryIO
 from urllib.parse import urlparse
 
 from schemas.errors import BadInputError, RunFailure
+from storage.atomic import PARTIAL_SUFFIX, copy_file, write_bytes
 
 log = logging.getLogger(__name__)
 
@@ -66,21 +67,10 @@ class LocalStorage(Storage):
         return self.root / key
 
     def put_bytes(self, key: str, data: bytes) -> None:
-        path = self._path(key)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".partial")
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+        write_bytes(self._path(key), data, fsync=True)
 
     def put_file(self, key: str, path: Path) -> None:
-        dest = self._path(key)
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        tmp = dest.with_name(dest.name + ".partial")
-        shutil.copyfile(path, tmp)
-        os.replace(tmp, dest)
+        copy_file(path, self._path(key))
 
     def get_bytes(self, key: str) -> bytes:
         try:
@@ -102,7 +92,7 @@ class LocalStorage(Storage):
         if not base.is_dir():
             return []
         return sorted(str(p.relative_to(self.root)) for p in base.rglob("*")
-                      if p.is_file() and not p.name.endswith(".partial"))
+                      if p.is_file() and not p.name.endswith(PARTIAL_SUFFIX))
 
     def delete_all(self) -> None:
         if self.root.exists():

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import random
-import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -19,6 +18,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from schemas.errors import CheckpointError
+from storage.atomic import atomic_path
 
 FORMAT = "lmgendrive-train-state"
 
@@ -77,23 +77,16 @@ def _set_rng(tensors: dict[str, torch.Tensor], meta: dict) -> None:
 def save_state(directory: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
                scheduler: torch.optim.lr_scheduler.LRScheduler, progress: Progress) -> None:
     """Write everything needed to continue bit for bit to ``directory`` (atomically)."""
-    partial = directory.with_name(directory.name + ".partial")
-    shutil.rmtree(partial, ignore_errors=True)
-    partial.mkdir(parents=True)
-    save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, partial / "model.safetensors")
-    opt_tensors, opt_meta = _optimizer_tensors(optimizer)
-    save_file(opt_tensors, partial / "optimizer.safetensors")
-    rng_tensors, rng_meta = _rng_state()
-    save_file(rng_tensors, partial / "rng.safetensors")
-    meta = {"format": FORMAT, "progress": asdict(progress), "optimizer": opt_meta,
-            "scheduler": scheduler.state_dict(), "rng": rng_meta}
-    (partial / "trainer.json").write_text(json.dumps(meta) + "\n")
-    old = directory.with_name(directory.name + ".old")
-    shutil.rmtree(old, ignore_errors=True)
-    if directory.exists():
-        directory.rename(old)
-    partial.rename(directory)
-    shutil.rmtree(old, ignore_errors=True)
+    with atomic_path(directory, directory=True) as partial:
+        state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+        save_file(state, partial / "model.safetensors")
+        opt_tensors, opt_meta = _optimizer_tensors(optimizer)
+        save_file(opt_tensors, partial / "optimizer.safetensors")
+        rng_tensors, rng_meta = _rng_state()
+        save_file(rng_tensors, partial / "rng.safetensors")
+        meta = {"format": FORMAT, "progress": asdict(progress), "optimizer": opt_meta,
+                "scheduler": scheduler.state_dict(), "rng": rng_meta}
+        (partial / "trainer.json").write_text(json.dumps(meta) + "\n")
 
 
 def load_state(directory: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer,

@@ -22,6 +22,8 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from torch.utils.data import DataLoader, Dataset
 
+from storage.atomic import atomic_path
+
 if TYPE_CHECKING:
     from lmgendrive.model import LMGenDrive
     from lmgendrive.train.data import DriveDataset
@@ -67,9 +69,8 @@ class VisionTokenCache:
                     return cls(f.get_tensor("tokens"), offsets)
         cache = cls(_encode_all(model, dataset, workers), offsets)
         if path is not None:
-            partial = path.with_name(path.name + ".partial")
-            save_file({"tokens": cache.tokens}, partial, metadata={"key": key})
-            partial.replace(path)
+            with atomic_path(path) as partial:
+                save_file({"tokens": cache.tokens}, partial, metadata={"key": key})
         return cache
 
     def window(self, scene: int, first: int, last: int) -> torch.Tensor:
