@@ -17,9 +17,6 @@ dominate the figure.
 
 from __future__ import annotations
 
-import _syspath  # noqa: F401  (must come first: keeps bench/pipeline.py from shadowing `pipeline`)
-
-# isort: split
 import argparse
 import json
 import os

@@ -22,7 +22,8 @@ import torch
 
 from lmgendrive.checkpoint import build_untrained
 from lmgendrive.device import pick_device
-from lmgendrive.model import LMGenDrive, RolloutState
+from lmgendrive.model import LMGenDrive
+from lmgendrive.rollout import RolloutState
 
 INSTRUCTION = "After 30 meters, execute a left turn."
 

@@ -17,13 +17,13 @@ import json
 import statistics
 import time
 
-import _syspath  # noqa: F401
 import torch
 
 from lmgendrive.checkpoint import load_checkpoint
 from lmgendrive.device import pick_device
 from lmgendrive.frames import to_pixels
-from lmgendrive.model import DriveBatch
+from lmgendrive.train.losses import DriveBatch, planner_loss
+from lmgendrive.train.stages import set_stage
 
 CONTEXT = 4
 
@@ -31,7 +31,7 @@ CONTEXT = 4
 def timed_loss(model, batch: DriveBatch) -> float:
     model.zero_grad(set_to_none=True)
     start = time.perf_counter()
-    model.planner_loss(batch).loss.backward()
+    planner_loss(model, batch).loss.backward()
     return time.perf_counter() - start
 
 
@@ -42,8 +42,8 @@ def main() -> None:
     args = parser.parse_args()
     device = pick_device()
     torch.manual_seed(0)
-    model = load_checkpoint("demo", device)
-    model.set_stage(3)
+    model, _ = load_checkpoint("demo", device)
+    set_stage(model, 3)
     model.train()
     n, (h, w) = args.windows, model.config.image_size
     frames = torch.randint(0, 256, (n, len(model.config.views), CONTEXT, h, w, 3), dtype=torch.uint8)

@@ -33,9 +33,6 @@ and the generated futures for each instruction. The last line printed is one JSO
 
 from __future__ import annotations
 
-import _syspath  # noqa: F401  (must come first: keeps bench/qa.py from shadowing `qa`)
-
-# isort: split
 import argparse
 import json
 import logging
@@ -49,20 +46,20 @@ import numpy as np
 import torch
 from scipy.stats import binomtest
 
-from lmgendrive.checkpoint import build_untrained, load_checkpoint, model_identity
+from driving.maneuver import path_maneuver
+from lmgendrive.checkpoint import build_untrained, load_checkpoint
 from lmgendrive.device import pick_device
-from lmgendrive.model import LMGenDrive, RolloutState
-from lmgendrive.train.data import maneuver_of
+from lmgendrive.model import LMGenDrive
+from lmgendrive.rollout import RolloutState
 from qa.drive import load_drive
 from qa.frechet import FeatureStats, frechet_distance
 from scenes.procedural.drive import DriveSpec, ProceduralScene
 from scenes.procedural.instructions import make_instruction
 from scenes.sheet import write_png
-from schemas.scene import WAYPOINT_TIMES, WEATHERS
+from schemas.scene import TYPE_ASKING_FOR, WAYPOINT_TIMES, WEATHERS
 
 HELD_OUT_FIRST = 951  # training uses towns 1-40, the evaluator 101-140, the demo and QA jobs 901-902
 CONTEXT = 4
-KIND = {"left": "turn_left", "straight": "go_straight", "right": "turn_right"}
 ENTRY = (-5.0, -2.0)  # junction cases: front bumper this far (m) past the stop line: the turn is
 # just beginning (the expert's waypoints turn by 7-20 degrees), the car is still aligned with its road
 MIN_SPEED = 1.5  # m/s, junction cases only: a car waiting at a red light plans no turn yet
@@ -155,7 +152,8 @@ def turn_cases(windows: list[Window]) -> list[tuple[Window, str, str]]:
     cases = []
     for n, w in enumerate(windows):
         for maneuver in w.scene.junction_ahead(w.t, within=0.0) or []:
-            text = make_instruction(KIND[maneuver], np.random.default_rng([n, len(cases)])).text
+            rng = np.random.default_rng([n, len(cases)])
+            text = make_instruction(TYPE_ASKING_FOR[maneuver], rng).text
             cases.append((w, maneuver, text))
     return cases
 
@@ -168,7 +166,7 @@ def turn_agreement(model: LMGenDrive, cases: list[tuple[Window, str, str]], step
         state = prepare(model, [w for w, _, _ in chunk], [text for _, _, text in chunk], step)
         predicted = model.plan(state).waypoints
         for p, (w, m, _) in zip(predicted, chunk, strict=True):
-            agree.append(maneuver_of(p) == m)
+            agree.append(path_maneuver(p) == m)
             if m == w.scene.next_junction(w.t).turn:
                 actual.append(agree[-1])
     return float(np.mean(agree)), float(np.mean(actual))
@@ -182,8 +180,8 @@ def wilson_interval(share: float, n: int) -> list[float]:
 
 def expert_agreement(windows: list[Window]) -> float:
     """How often the expert's own waypoints classify as the maneuver it actually takes."""
-    return float(np.mean([maneuver_of(w.scene.measurements(w.t).waypoints) == w.scene.next_junction(w.t).turn
-                          for w in windows]))
+    return float(np.mean([path_maneuver(w.scene.measurements(w.t).waypoints)
+                          == w.scene.next_junction(w.t).turn for w in windows]))
 
 
 def generated_futures(model: LMGenDrive, windows: list[Window], instructions: list[str], step: int,
@@ -209,7 +207,8 @@ def sheet(model: LMGenDrive, windows: list[Window], step: int, path: Path) -> No
     width = 3 * 64
     for w in windows:
         options = w.scene.junction_ahead(w.t, within=0.0) or []
-        texts = [make_instruction(KIND[m], np.random.default_rng(0)).text for m in options]
+        texts = [make_instruction(TYPE_ASKING_FOR[m], np.random.default_rng(0)).text
+                 for m in options]
         state = prepare(model, [w] * len(options), texts, step)
         futures = model.step(state).frames
         rows.append(_label(f"{w.scene.name} frame {w.t}: seed (left | front | right), then generated t+2, "
@@ -246,7 +245,7 @@ def main() -> None:
     logging.basicConfig(level=logging.WARNING)
     device = pick_device()
     started = time.perf_counter()
-    model = load_checkpoint(args.checkpoint, device)
+    model, identity = load_checkpoint(args.checkpoint, device)
     cfg = model.config
     step = cfg.frames_per_step
     untrained = build_untrained(cfg.preset, seed=0).to(device)
@@ -275,7 +274,7 @@ def main() -> None:
         sheet(model, junctions[:args.sheet_cases], step, args.sheet)
 
     result = {
-        "checkpoint": str(args.checkpoint), "model_id": model_identity(model).model_id, "device": str(device),
+        "checkpoint": str(args.checkpoint), "model_id": identity.model_id, "device": str(device),
         "machine": f"{platform.machine()} {torch.get_num_threads()} threads", "held_out_towns":
             [HELD_OUT_FIRST, HELD_OUT_FIRST + max(args.towns, args.junction_towns) - 1],
         "waypoint_windows": len(windows), "wp_l1_m": round(wp_ours, 4), "wp_l1_const_vel_m": round(wp_const, 4),

@@ -2,7 +2,9 @@
 
 Weights are read with safetensors only (never unpickled). Loading checks the recorded sha256 and
 reports missing, unexpected and mis-shaped tensors and config problems as
-:class:`~schemas.errors.CheckpointError`. Saving writes ``<dir>.partial`` and renames it.
+:class:`~schemas.errors.CheckpointError`, and returns the model with its :class:`ModelIdentity`
+(what generated a sample). Saving writes ``<dir>.partial`` and renames it. ``config.json`` alone is
+read by :mod:`lmgendrive.checkpoint_meta`.
 """
 
 from __future__ import annotations
@@ -10,25 +12,41 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from lmgendrive.config import PRESETS, ModelConfig, preset_config
+from lmgendrive.checkpoint_meta import (
+    CONFIG_FILE,
+    FORMAT,
+    FORMAT_VERSION,
+    README_FILE,
+    WEIGHTS_FILE,
+    checkpoint_dir,
+    read_meta,
+)
+from lmgendrive.config import ModelConfig, preset_config
 from lmgendrive.device import pick_device, pick_dtype
-from lmgendrive.model import LMGenDrive, ModelIdentity
+from lmgendrive.model import LMGenDrive
 from lmgendrive.tokenizer import DEFAULT_CORPUS, build_tokenizer, load_tokenizer
 from schemas.errors import CheckpointError, ConfigError
 from storage.atomic import atomic_path
 
 log = logging.getLogger(__name__)
 
-FORMAT, FORMAT_VERSION = "lmgendrive-checkpoint", 1
-CONFIG_FILE, WEIGHTS_FILE, README_FILE = "config.json", "model.safetensors", "README.md"
-EMBEDDED_DIR = Path(__file__).resolve().parents[1] / "checkpoints"
 MAX_LISTED = 20
+
+
+@dataclass(frozen=True)
+class ModelIdentity:
+    """What generated a sample: model id and the sha256 of ``model.safetensors`` (or of the
+    weights of a model built in code)."""
+
+    model_id: str
+    sha256: str
 
 
 def file_sha256(path: Path) -> str:
@@ -49,14 +67,6 @@ def weights_sha256(model: torch.nn.Module) -> str:
     return digest.hexdigest()
 
 
-def model_identity(model: LMGenDrive) -> ModelIdentity:
-    """The model id and weights sha256 to record with generated samples."""
-    if model.identity is None:
-        sha = weights_sha256(model)
-        model.identity = ModelIdentity(f"lmgendrive-{model.config.preset}-{sha[:12]}", sha)
-    return model.identity
-
-
 def save_checkpoint(model: LMGenDrive, directory: str | Path, model_id: str | None = None,
                     readme: str | None = None) -> ModelIdentity:
     """Write ``model`` to ``directory`` atomically; ``readme`` says how it was trained."""
@@ -69,11 +79,10 @@ def save_checkpoint(model: LMGenDrive, directory: str | Path, model_id: str | No
         sha = file_sha256(partial / WEIGHTS_FILE)
         identity = ModelIdentity(model_id or f"lmgendrive-{model.config.preset}-{sha[:12]}", sha)
         meta = {"format": FORMAT, "format_version": FORMAT_VERSION, "model_id": identity.model_id,
-                "weights_sha256": sha, "config": model.config.to_dict()}
+                "weights_sha256": sha, "config": model.config.model_dump(mode="json")}
         (partial / CONFIG_FILE).write_text(json.dumps(meta, indent=2) + "\n")
         model.tokenizer.save_pretrained(str(partial))
         (partial / README_FILE).write_text(readme or _default_readme(model.config, identity))
-    model.identity = identity
     log.info("saved %s to %s", identity.model_id, directory)
     return identity
 
@@ -93,55 +102,45 @@ def build_untrained(config: ModelConfig | str, seed: int = 0) -> LMGenDrive:
         return LMGenDrive(config, build_tokenizer(DEFAULT_CORPUS, config.llm.vocab_size))
 
 
-def load_checkpoint(source: str | Path, device: str | torch.device | None = None) -> LMGenDrive:
-    """A model in eval mode on ``device`` (default :func:`~lmgendrive.device.pick_device`).
+def load_checkpoint(source: str | Path,
+                    device: str | torch.device | None = None) -> tuple[LMGenDrive, ModelIdentity]:
+    """A model in eval mode on ``device`` (default :func:`~lmgendrive.device.pick_device`) and its
+    identity (the id and weights sha256 to record with generated samples).
 
     ``source`` is a checkpoint directory or a preset name: ``tiny`` (random weights, seed 0),
     ``demo`` (the embedded checkpoint in ``checkpoints/demo``, trained on the procedural world) or ``paper``
     (pretrained components from local directories; the LMGenDrive-specific parts are untrained).
     """
     device = pick_device(device)
-    dtype = None
-    path = Path(source)
-    if path.is_dir():
-        model = _load_dir(path)
-    elif str(source) == "demo":
-        model = _load_dir(EMBEDDED_DIR / "demo")
-    elif str(source) == "tiny":
+    directory = checkpoint_dir(source)
+    if directory is not None:
+        model, identity = _load_dir(directory)
+        dtype = pick_dtype(model.config.dtype, device)
+    else:  # built in code: identified by its weights
+        model, dtype = _build(str(source), device)
+        sha = weights_sha256(model)
+        identity = ModelIdentity(f"lmgendrive-{model.config.preset}-{sha[:12]}", sha)
+    return model.to(device=device, dtype=dtype).eval(), identity
+
+
+def _build(preset: str, device: torch.device) -> tuple[LMGenDrive, torch.dtype]:
+    """``tiny`` (random weights, seed 0) or ``paper`` (pretrained components), and its dtype."""
+    if preset == "tiny":
         model = build_untrained("tiny")
-    elif str(source) == "paper":
-        from lmgendrive.pretrained import load_components
+        return model, pick_dtype(model.config.dtype, device)
+    from lmgendrive.pretrained import load_components
 
-        config = preset_config("paper")
-        dtype = pick_dtype(config.dtype, device)
-        components, tokenizer = load_components(config, dtype)
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(0)
-            model = LMGenDrive(config, tokenizer, components)
-    else:
-        raise CheckpointError(f"{source!s} is neither a checkpoint directory nor a preset name "
-                              f"({', '.join(sorted(PRESETS))})")
-    dtype = dtype or pick_dtype(model.config.dtype, device)
-    model_identity(model)
-    return model.to(device=device, dtype=dtype).eval()
+    config = preset_config("paper")
+    dtype = pick_dtype(config.dtype, device)
+    components, tokenizer = load_components(config, dtype)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        return LMGenDrive(config, tokenizer, components), dtype
 
 
-def _load_dir(directory: Path) -> LMGenDrive:
+def _load_dir(directory: Path) -> tuple[LMGenDrive, ModelIdentity]:
+    meta, config = read_meta(directory)
     config_path, weights = directory / CONFIG_FILE, directory / WEIGHTS_FILE
-    if not config_path.is_file():
-        hint = " (train it with `lmgd train`)" if directory.parent == EMBEDDED_DIR else ""
-        raise CheckpointError(f"{config_path} is missing: {directory} is not an lmgendrive checkpoint{hint}")
-    try:
-        meta = json.loads(config_path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise CheckpointError(f"{config_path} is not valid JSON: {exc}") from exc
-    if not isinstance(meta, dict) or meta.get("format") != FORMAT or meta.get("format_version") != FORMAT_VERSION:
-        raise CheckpointError(f"{config_path} is not an lmgendrive checkpoint config "
-                              f"(expected format {FORMAT!r} version {FORMAT_VERSION})")
-    try:
-        config = ModelConfig.from_dict(meta.get("config"))
-    except ConfigError as exc:
-        raise CheckpointError(f"{config_path}: {exc}") from exc
     if not weights.is_file():
         raise CheckpointError(f"{weights} is missing")
     sha = file_sha256(weights)
@@ -160,9 +159,10 @@ def _load_dir(directory: Path) -> LMGenDrive:
             raise CheckpointError(f"{directory}: {exc}") from exc
     _check_tensors(model, state, weights, config_path)
     model.load_state_dict(state)
-    model.identity = ModelIdentity(str(meta.get("model_id") or f"lmgendrive-{config.preset}-{sha[:12]}"), sha)
-    log.info("loaded %s from %s", model.identity.model_id, directory)
-    return model
+    model_id = str(meta.get("model_id") or f"lmgendrive-{config.preset}-{sha[:12]}")
+    identity = ModelIdentity(model_id, sha)
+    log.info("loaded %s from %s", identity.model_id, directory)
+    return model, identity
 
 
 def _names(names: list[str]) -> str:

@@ -1,32 +1,39 @@
-"""Model configuration: typed dataclasses, the ``tiny`` / ``demo`` / ``paper`` presets, JSON round trip.
+"""Model configuration: frozen pydantic models, the ``tiny`` / ``demo`` / ``paper`` presets, JSON
+round trip.
 
 Every component is built from these numbers; nothing is fetched from a hub. The ``paper`` preset
 additionally names local Hugging Face-format directories (:class:`PretrainedPaths`) from which the
 pretrained components (Vicuna-7B, SD-1.5 UNet and VAE, AnimateDiff motion adapter, CLIP ViT-L/14)
-are loaded with ``local_files_only=True``.
+are loaded with ``local_files_only=True``. The sampler settings are
+:class:`schemas.sampler.SamplerConfig`, shared with job specs and training recipes.
 """
 
 from __future__ import annotations
 
-import dataclasses
+import json
 import os
-import types
-import typing
-from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
+from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
+
 from schemas.errors import ConfigError
+from schemas.sampler import SamplerConfig
 
 VIEWS = ("left", "front", "right")
-SAMPLERS = ("ddim", "dpmsolver++")
 BACKBONES = {"resnet18": 512, "resnet34": 512, "resnet50": 2048}
 DTYPES = ("float32", "float16", "bfloat16")
 PRETRAINED_ENV = "LMGD_PRETRAINED_DIR"
+RENAMED = {"sampler.name": "sampler.scheduler", "sampler.guidance_scale": "sampler.guidance"}
 
 
-@dataclass(frozen=True)
-class VisionConfig:
+class _Frozen(BaseModel):
+    """Unknown keys and values of the wrong type are errors (no coercion: "3" is not an int)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+
+
+class VisionConfig(_Frozen):
     """Vision encoder: per-view ResNet trunk, view-fusion encoder, BEV-query decoder (LMDrive numbers)."""
 
     backbone: str = "resnet50"
@@ -43,8 +50,7 @@ class VisionConfig:
     num_waypoints: int = 4
 
 
-@dataclass(frozen=True)
-class QFormerConfig:
+class QFormerConfig(_Frozen):
     """``Blip2QFormerModel`` size and the number of learnable queries per frame."""
 
     hidden: int = 768
@@ -55,8 +61,7 @@ class QFormerConfig:
     num_queries: int = 8
 
 
-@dataclass(frozen=True)
-class LLMConfig:
+class LLMConfig(_Frozen):
     """``LlamaModel`` size and the LLM input layout."""
 
     hidden: int = 4096
@@ -73,8 +78,7 @@ class LLMConfig:
     num_world_queries: int = 64
 
 
-@dataclass(frozen=True)
-class ClipConfig:
+class ClipConfig(_Frozen):
     """CLIP vision tower encoding the last frame of each view."""
 
     hidden: int = 1024
@@ -85,8 +89,7 @@ class ClipConfig:
     patch_size: int = 14
 
 
-@dataclass(frozen=True)
-class FusionConfig:
+class FusionConfig(_Frozen):
     """Multi-view world fusion: view self-attention + cross-attention to the LLM world features."""
 
     layers: int = 2
@@ -94,8 +97,7 @@ class FusionConfig:
     multiview: bool = True  # False: self-attention within each view only (paper Table 3 ablation)
 
 
-@dataclass(frozen=True)
-class UNetConfig:
+class UNetConfig(_Frozen):
     """``UNetMotionModel`` (UNet2DConditionModel + AnimateDiff motion modules)."""
 
     block_out_channels: tuple[int, ...] = (320, 640, 1280, 1280)
@@ -120,8 +122,7 @@ class UNetConfig:
     motion_mid_block: bool = True
 
 
-@dataclass(frozen=True)
-class VAEConfig:
+class VAEConfig(_Frozen):
     """``AutoencoderKL``; its spatial downsampling is 2 ** (len(block_out_channels) - 1)."""
 
     block_out_channels: tuple[int, ...] = (128, 256, 512, 512)
@@ -131,8 +132,7 @@ class VAEConfig:
     scaling_factor: float = 0.18215
 
 
-@dataclass(frozen=True)
-class DiffusionConfig:
+class DiffusionConfig(_Frozen):
     """DDPM training schedule and the extra conditioning / training switches of the world generator.
 
     ``concat_last_latent`` is conditioning the paper does not describe: the VAE latent of each
@@ -152,35 +152,7 @@ class DiffusionConfig:
     grad_steps: int = 1
 
 
-@dataclass(frozen=True)
-class SamplerConfig:
-    """Sampling: ``ddim`` or ``dpmsolver++``, denoising steps, classifier-free guidance scale (1 = off)
-    and ``strength``: 1 starts from pure noise (the paper); below 1 starts from the last context
-    frame's latent noised to that share of the schedule and runs only that share of the steps
-    (SDEdit-style initialisation; not in the paper).
-
-    ``context_detail`` (not in the paper) adds each view's context-frame detail that the VAE loses,
-    ``last - decode(encode(last))``, to every generated frame of that view. A small VAE drops most
-    fine texture (on the demo's 64 px frames its reconstructions alone score FD-drive ~35x that of
-    repeating the last frame); the UNet then only has to get the coarse change right. Detail that
-    should move stays put, so it suits short steps from a sharp context frame.
-
-    ``warp_start`` (not in the paper; with ``strength`` < 1) starts from the context frames moved by
-    the step's planned ego motion (:mod:`lmgendrive.ego_warp`) instead of the last frame standing
-    still, and moves ``context_detail`` with them: a low strength then keeps the frames clean and
-    still drives forward and turns.
-    """
-
-    name: str = "ddim"
-    steps: int = 25
-    guidance_scale: float = 1.0
-    strength: float = 1.0
-    context_detail: bool = False
-    warp_start: bool = False
-
-
-@dataclass(frozen=True)
-class PretrainedPaths:
+class PretrainedPaths(_Frozen):
     """Local Hugging Face-format directories of the pretrained components (``paper`` preset).
 
     Relative paths are resolved against ``$LMGD_PRETRAINED_DIR`` (default
@@ -203,8 +175,7 @@ class PretrainedPaths:
         return path
 
 
-@dataclass(frozen=True)
-class ModelConfig:
+class ModelConfig(_Frozen):
     """The whole LMGenDrive network."""
 
     preset: str = "custom"
@@ -213,35 +184,39 @@ class ModelConfig:
     fps: int = 10
     frames_per_step: int = 8
     dtype: str = "float32"
-    vision: VisionConfig = field(default_factory=VisionConfig)
-    qformer: QFormerConfig = field(default_factory=QFormerConfig)
-    llm: LLMConfig = field(default_factory=LLMConfig)
-    clip: ClipConfig = field(default_factory=ClipConfig)
-    fusion: FusionConfig = field(default_factory=FusionConfig)
-    unet: UNetConfig = field(default_factory=UNetConfig)
-    vae: VAEConfig = field(default_factory=VAEConfig)
-    diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
-    sampler: SamplerConfig = field(default_factory=SamplerConfig)
-    pretrained: PretrainedPaths = field(default_factory=PretrainedPaths)
+    vision: VisionConfig = VisionConfig()
+    qformer: QFormerConfig = QFormerConfig()
+    llm: LLMConfig = LLMConfig()
+    clip: ClipConfig = ClipConfig()
+    fusion: FusionConfig = FusionConfig()
+    unet: UNetConfig = UNetConfig()
+    vae: VAEConfig = VAEConfig()
+    diffusion: DiffusionConfig = DiffusionConfig()
+    sampler: SamplerConfig = SamplerConfig()
+    pretrained: PretrainedPaths = PretrainedPaths()
 
     @property
     def latent_size(self) -> tuple[int, int]:
         down = 2 ** (len(self.vae.block_out_channels) - 1)
         return self.image_size[0] // down, self.image_size[1] // down
 
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> ModelConfig:
-        """Build from a JSON-like dict; unknown keys and wrong types raise :class:`ConfigError`."""
-        config = _from_dict(cls, data, "config")
-        config.validate()
-        return config
+    def from_dict(cls, data: object) -> ModelConfig:
+        """Build from JSON data (a checkpoint's ``config``); an unknown key, a value of the wrong
+        type or an inconsistency raises :class:`ConfigError` naming the key."""
+        if not isinstance(data, dict):
+            raise ConfigError(f"model config: config must be an object, got {type(data).__name__}")
+        try:  # validated as JSON, where arrays stand for tuples
+            return cls.model_validate_json(json.dumps(data))
+        except ValidationError as e:
+            problems = "; ".join(_describe(err) for err in e.errors())
+            raise ConfigError(f"model config: {problems}") from None
 
-    def validate(self) -> None:
-        """Raise :class:`ConfigError` naming the first inconsistent field."""
-        _check(len(self.views) > 0 and len(set(self.views)) == len(self.views), "views", "must be non-empty and unique")
+    @model_validator(mode="after")
+    def _consistent(self) -> ModelConfig:
+        """Raise naming the first inconsistent field."""
+        _check(len(self.views) > 0 and len(set(self.views)) == len(self.views), "views",
+               "must be non-empty and unique")
         _check(self.dtype in DTYPES, "dtype", f"must be one of {DTYPES}")
         _check(self.frames_per_step >= 1, "frames_per_step", "must be >= 1")
         _check(self.frames_per_step <= self.unet.motion_max_seq_length, "frames_per_step",
@@ -251,10 +226,11 @@ class ModelConfig:
         _check(1 <= v.backbone_stages <= 4, "vision.backbone_stages", "must be 1..4")
         _check(v.dim % v.heads == 0, "vision.dim", "must be divisible by vision.heads")
         _check(1 <= v.bev_pool <= v.bev_size, "vision.bev_pool", "must be in 1..bev_size")
-        _check(v.bev_range[0] < v.bev_range[1] and v.bev_range[2] < v.bev_range[3], "vision.bev_range",
-               "must be (x_min < x_max, y_min < y_max)")
+        _check(v.bev_range[0] < v.bev_range[1] and v.bev_range[2] < v.bev_range[3],
+               "vision.bev_range", "must be (x_min < x_max, y_min < y_max)")
         _check(v.num_waypoints >= 2, "vision.num_waypoints", "must be >= 2")
-        _check(self.qformer.hidden % self.qformer.heads == 0, "qformer.hidden", "must be divisible by qformer.heads")
+        _check(self.qformer.hidden % self.qformer.heads == 0, "qformer.hidden",
+               "must be divisible by qformer.heads")
         _check(self.qformer.num_queries >= 1, "qformer.num_queries", "must be >= 1")
         m = self.llm
         _check(m.hidden % m.heads == 0, "llm.hidden", "must be divisible by llm.heads")
@@ -265,9 +241,12 @@ class ModelConfig:
                "history_frames and num_world_queries must be >= 1")
         needed = (m.max_instruction_tokens + m.history_frames * self.qformer.num_queries
                   + 1 + m.num_action_queries + m.num_world_queries)
-        _check(needed <= m.max_positions, "llm.max_positions", f"must be >= {needed} (the LLM input length)")
-        _check(self.clip.hidden % self.clip.heads == 0, "clip.hidden", "must be divisible by clip.heads")
-        _check(self.clip.image_size % self.clip.patch_size == 0, "clip.image_size", "must be a multiple of patch_size")
+        _check(needed <= m.max_positions, "llm.max_positions",
+               f"must be >= {needed} (the LLM input length)")
+        _check(self.clip.hidden % self.clip.heads == 0, "clip.hidden",
+               "must be divisible by clip.heads")
+        _check(self.clip.image_size % self.clip.patch_size == 0, "clip.image_size",
+               "must be a multiple of patch_size")
         u = self.unet
         n = len(u.block_out_channels)
         _check(len(u.down_block_types) == n and len(u.up_block_types) == n, "unet.down_block_types",
@@ -276,82 +255,51 @@ class ModelConfig:
                "must be divisible by fusion.heads")
         _check(all(c % u.norm_groups == 0 for c in u.block_out_channels), "unet.norm_groups",
                "must divide every unet block width")
-        _check(all(c % self.vae.norm_groups == 0 for c in self.vae.block_out_channels), "vae.norm_groups",
-               "must divide every vae block width")
+        _check(all(c % self.vae.norm_groups == 0 for c in self.vae.block_out_channels),
+               "vae.norm_groups", "must divide every vae block width")
         down = 2 ** (len(self.vae.block_out_channels) - 1)
         _check(self.image_size[0] % down == 0 and self.image_size[1] % down == 0, "image_size",
                f"must be a multiple of {down} (the VAE downsampling)")
         d = self.diffusion
         _check(0.0 <= d.cond_dropout < 1.0, "diffusion.cond_dropout", "must be in [0, 1)")
         _check(d.grad_steps >= 1, "diffusion.grad_steps", "must be >= 1")
-        validate_sampler(self.sampler)
-
-
-def validate_sampler(sampler: SamplerConfig) -> None:
-    _check(sampler.name in SAMPLERS, "sampler.name", f"must be one of {SAMPLERS}, got {sampler.name!r}")
-    _check(sampler.steps >= 1, "sampler.steps", "must be >= 1")
-    _check(sampler.guidance_scale >= 1.0, "sampler.guidance_scale", "must be >= 1 (1 disables guidance)")
-    _check(0.0 < sampler.strength <= 1.0, "sampler.strength", "must be in (0, 1] (1: start from pure noise)")
-    _check(round(sampler.steps * sampler.strength) >= 1, "sampler.strength",
-           f"x steps must leave at least one denoising step, got {sampler.strength} x {sampler.steps}")
+        return self
 
 
 def _check(ok: bool, key: str, message: str) -> None:
     if not ok:
-        raise ConfigError(f"model config: {key} {message}")
+        raise ValueError(f"{key} {message}")
 
 
-def _from_dict(cls: type, data: Any, where: str) -> Any:
-    if not isinstance(data, dict):
-        raise ConfigError(f"model config: {where} must be an object, got {type(data).__name__}")
-    hints = typing.get_type_hints(cls)
-    names = {f.name for f in fields(cls)}
-    unknown = sorted(set(data) - names)
-    if unknown:
-        raise ConfigError(f"model config: unknown key(s) {unknown} in {where}; valid keys: {sorted(names)}")
-    kwargs = {name: _coerce(hints[name], value, f"{where}.{name}") for name, value in data.items()}
-    return cls(**kwargs)
+def _describe(err: Any) -> str:
+    """One validation error of a config as a sentence naming the key (``config.llm.hidden``)."""
+    loc = [str(p) for p in err["loc"]]
+    key = ".".join(loc)
+    if err["type"] == "extra_forbidden":
+        if key in RENAMED:
+            return f"config.{key} is now config.{RENAMED[key]}"
+        section = ".".join(["config", *loc[:-1]])
+        return f"unknown key {loc[-1]!r} in {section}; valid keys: {_keys(loc[:-1])}"
+    msg = err["msg"].removeprefix("Value error, ")
+    if not loc:
+        return msg
+    got = "" if isinstance(err["input"], dict) else f" (got {err['input']!r})"
+    return f"config.{key}: {msg}{got}"
 
 
-def _coerce(hint: Any, value: Any, where: str) -> Any:
-    if dataclasses.is_dataclass(hint):
-        return _from_dict(hint, value, where)
-    origin = typing.get_origin(hint)
-    if origin in (typing.Union, types.UnionType):
-        args = typing.get_args(hint)
-        if value is None and type(None) in args:
-            return None
-        return _coerce(next(a for a in args if a is not type(None)), value, where)
-    if origin is tuple:
-        if not isinstance(value, list | tuple):
-            raise ConfigError(f"model config: {where} must be a list, got {value!r}")
-        args = typing.get_args(hint)
-        fixed = not (len(args) == 2 and args[1] is Ellipsis)
-        if fixed and len(value) != len(args):
-            raise ConfigError(f"model config: {where} must have {len(args)} items, got {len(value)}")
-        return tuple(_coerce(args[0], v, f"{where}[{i}]") for i, v in enumerate(value))
-    if hint in (int, float, str, bool):
-        accepted = (int, float) if hint is float else hint
-        if not isinstance(value, accepted) or (hint is not bool and isinstance(value, bool)):
-            raise ConfigError(f"model config: {where} must be {hint.__name__}, got {value!r}")
-        return hint(value)
-    return value
+def _keys(path: list[str]) -> list[str]:
+    """The valid keys of the config section at ``path``."""
+    model: Any = ModelConfig
+    for name in path:
+        model = model.model_fields[name].annotation
+    return sorted(model.model_fields)
 
 
 def preset_config(name: str) -> ModelConfig:
     """The named preset (``tiny``, ``demo``, ``paper``)."""
     if name not in PRESETS:
         raise ConfigError(f"unknown model preset {name!r}; valid presets: {sorted(PRESETS)}")
-    config = PRESETS[name]()
-    config.validate()
-    return config
-
-
-def with_sampler(config: ModelConfig, **changes: Any) -> ModelConfig:
-    """A copy of ``config`` whose default sampler has ``changes`` applied (validated)."""
-    sampler = replace(config.sampler, **changes)
-    validate_sampler(sampler)
-    return replace(config, sampler=sampler)
+    return PRESETS[name]()
 
 
 def _tiny() -> ModelConfig:
@@ -373,7 +321,7 @@ def _tiny() -> ModelConfig:
                         motion_max_seq_length=16, motion_mid_block=False),
         vae=VAEConfig(block_out_channels=(16, 32), layers_per_block=1, norm_groups=16, scaling_factor=1.0),
         diffusion=DiffusionConfig(concat_last_latent=True),
-        sampler=SamplerConfig(name="ddim", steps=2),
+        sampler=SamplerConfig(scheduler="ddim", steps=2),
     )
 
 
@@ -397,7 +345,8 @@ def _demo() -> ModelConfig:
                         motion_heads=4, motion_max_seq_length=16, motion_mid_block=False),
         vae=VAEConfig(block_out_channels=(32, 64, 64), layers_per_block=1, norm_groups=16, scaling_factor=1.0),
         diffusion=DiffusionConfig(concat_last_latent=True),
-        sampler=SamplerConfig(name="dpmsolver++", steps=12, strength=0.3, context_detail=True, warp_start=True),
+        sampler=SamplerConfig(scheduler="dpmsolver++", steps=12, strength=0.3, context_detail=True,
+                              warp_start=True),
     )
 
 

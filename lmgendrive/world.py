@@ -1,4 +1,4 @@
-"""Multi-view world model (paper section 3.4): conditioning, UNetMotionModel diffusion, VAE, sampling.
+"""Multi-view world model networks (paper section 3.4): conditioning, UNetMotionModel, VAE.
 
 Conditioning (:class:`WorldConditioner`): CLIP vision tokens of each view's last frame are fused
 with the LLM's world-query outputs by transformer layers of self-attention across all views
@@ -6,13 +6,13 @@ with the LLM's world-query outputs by transformer layers of self-attention acros
 cross-attention to the world features, giving one embedding set per view.
 
 Generation (:class:`WorldGenerator`): a diffusers ``UNetMotionModel`` (UNet2DConditionModel +
-AnimateDiff motion modules) denoises ``AutoencoderKL`` latents of ``frames_per_step`` future frames
-of every view in one batched call per denoising step: views are folded into the batch and each view
+AnimateDiff motion modules) predicts the noise of ``AutoencoderKL`` latents of ``frames_per_step``
+future frames of every view in one batched call: views are folded into the batch and each view
 gets its own cross-attention rows, ``encoder_hidden_states`` (B*V*F, S, dim) in order
 ``(b*V + v)*F + f``. With ``diffusion.concat_last_latent`` (not in the paper) the latent of each
-view's last context frame is concatenated to the UNet input channels of every frame. Training is
-DDPM epsilon-prediction; sampling uses diffusers' DDIM or DPM-Solver++ with optional
-classifier-free guidance against a learned null conditioning.
+view's last context frame is concatenated to the UNet input channels of every frame. The
+denoising loop is :func:`lmgendrive.sampling.sample_frames`; the DDPM epsilon-prediction loss is
+:func:`lmgendrive.train.losses.diffusion_loss`.
 """
 
 from __future__ import annotations
@@ -21,19 +21,11 @@ from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
-from diffusers import (
-    AutoencoderKL,
-    DDIMScheduler,
-    DDPMScheduler,
-    DPMSolverMultistepScheduler,
-    UNetMotionModel,
-)
-from diffusers.schedulers.scheduling_utils import SchedulerMixin
+from diffusers import AutoencoderKL, DDPMScheduler, UNetMotionModel
 from torch import nn
 from transformers import CLIPVisionConfig, CLIPVisionModel
 
-from lmgendrive.config import ModelConfig, SamplerConfig
-from lmgendrive.ego_warp import warp_views
+from lmgendrive.config import ModelConfig
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -139,21 +131,8 @@ class WorldConditioner(nn.Module):
         return self.norm(x)
 
 
-def make_sampler(train_scheduler: DDPMScheduler, sampler: SamplerConfig, device: torch.device) -> SchedulerMixin:
-    """A fresh DDIM or DPM-Solver++ scheduler sharing the training noise schedule."""
-    base = dict(train_scheduler.config)
-    if sampler.name == "ddim":
-        scheduler = DDIMScheduler.from_config(base, clip_sample=False, set_alpha_to_one=False,
-                                              timestep_spacing="trailing")
-    else:
-        scheduler = DPMSolverMultistepScheduler.from_config(base, algorithm_type="dpmsolver++", solver_order=2,
-                                                            timestep_spacing="trailing")
-    scheduler.set_timesteps(sampler.steps, device=device)
-    return scheduler
-
-
 class WorldGenerator(nn.Module):
-    """UNetMotionModel + AutoencoderKL with DDPM training and DDIM / DPM-Solver++ sampling.
+    """UNetMotionModel + AutoencoderKL and the DDPM noise schedule they were trained with.
 
     ``latent_scale`` (a saved buffer) maps VAE latents to unit variance; it starts at
     ``vae.scaling_factor`` and :meth:`calibrate_latent_scale` sets it from data for a VAE trained here.
@@ -194,36 +173,19 @@ class WorldGenerator(nn.Module):
             return noisy
         return torch.cat([noisy, context[:, :, None].expand(-1, -1, noisy.shape[2], -1, -1)], dim=1)
 
-    def _context(self, last_pixels: torch.Tensor) -> torch.Tensor | None:
+    def context_latents(self, last_pixels: torch.Tensor) -> torch.Tensor | None:
+        """The latents (B*V, c, h, w) of the context frames ``last_pixels`` (B, V, 3, H, W) the UNet
+        is conditioned on with ``diffusion.concat_last_latent``, else None."""
         if not self.config.diffusion.concat_last_latent:
             return None
         return self.encode(last_pixels.flatten(0, 1))
 
-    def _eps(self, latents: torch.Tensor, t: torch.Tensor, cond: torch.Tensor, context: torch.Tensor | None) -> torch.Tensor:
+    def predict_noise(self, latents: torch.Tensor, t: torch.Tensor, cond: torch.Tensor,
+                      context: torch.Tensor | None) -> torch.Tensor:
+        """The UNet's noise prediction for ``latents`` (B*V, c, F, h, w) at timestep(s) ``t`` under
+        ``cond`` (B, V, S, dim) and the :meth:`context_latents`."""
         ehs = cond.flatten(0, 1).repeat_interleave(latents.shape[2], dim=0)  # (B*V*F, S, dim)
         return self.unet(self._unet_input(latents, context).to(self.dtype), t, ehs.to(self.dtype)).sample
-
-    def diffusion_loss(self, target: torch.Tensor, cond: torch.Tensor, last_pixels: torch.Tensor,
-                       null_cond: torch.Tensor) -> torch.Tensor:
-        """Epsilon MSE on the future frames ``target`` (B, V, F, 3, H, W) in [-1, 1].
-
-        ``cond`` (B, V, S, dim) is replaced by ``null_cond`` (S, dim) for a ``cond_dropout`` share of
-        samples while training (classifier-free guidance); ``last_pixels`` (B, V, 3, H, W) are the
-        context frames.
-        """
-        b, v, f = target.shape[:3]
-        with torch.no_grad():
-            z0 = self.encode(target.flatten(0, 2), sample=True)
-        z0 = z0.unflatten(0, (b * v, f)).transpose(1, 2)  # (B*V, c, F, h, w)
-        noise = torch.randn_like(z0)
-        t = torch.randint(0, self.train_scheduler.config.num_train_timesteps, (b,), device=z0.device)
-        t = t.repeat_interleave(v)
-        noisy = self.train_scheduler.add_noise(z0, noise, t)
-        if self.training and self.config.diffusion.cond_dropout > 0:
-            drop = torch.rand(b, device=cond.device) < self.config.diffusion.cond_dropout
-            cond = torch.where(drop[:, None, None, None], null_cond.to(cond.dtype), cond)
-        eps = self._eps(noisy, t, cond, self._context(last_pixels))
-        return F.mse_loss(eps.float(), noise.float())
 
     def initial_noise(self, generators: Sequence[torch.Generator], views: int) -> torch.Tensor:
         """Per-sample starting latents (B*V, c, F, h, w): sample i's noise comes only from ``generators[i]``."""
@@ -231,76 +193,3 @@ class WorldGenerator(nn.Module):
         shape = (views, self.config.vae.latent_channels, self.config.frames_per_step, h, w)
         noise = torch.stack([torch.randn(shape, generator=g, device=g.device) for g in generators])
         return noise.flatten(0, 1)
-
-    def sample(
-        self,
-        cond: torch.Tensor,
-        null_cond: torch.Tensor,
-        last_pixels: torch.Tensor,
-        generators: Sequence[torch.Generator],
-        sampler: SamplerConfig,
-        grad_steps: int = 0,
-        ego_poses: torch.Tensor | None = None,
-    ) -> torch.Tensor:
-        """Future frames (B, V, F, 3, H, W) in [-1, 1] from ``cond`` (B, V, S, dim) and the context frames.
-
-        ``ego_poses`` (B, F, 3): the planned ego pose at each future frame
-        (:func:`lmgendrive.ego_warp.poses_from_waypoints`), used by ``sampler.warp_start``.
-
-        One UNet call per denoising step covers all samples, views and frames (and the unconditional
-        branch when ``guidance_scale > 1``). Only the last ``grad_steps`` steps keep their autograd
-        graph (when gradients are enabled): truncated backpropagation for multi-step training.
-        """
-        b, v = cond.shape[:2]
-        scheduler = make_sampler(self.train_scheduler, sampler, cond.device)
-        context = self._context(last_pixels)
-        noise = self.initial_noise(generators, v).to(cond.device)
-        timesteps = scheduler.timesteps
-        if sampler.strength < 1.0:  # start from the last frame's latent, noised to the first kept step
-            skip = len(timesteps) - round(len(timesteps) * sampler.strength)
-            timesteps = timesteps[skip:]
-            if hasattr(scheduler, "set_begin_index"):  # multistep solvers index their own steps; DDIM has none
-                scheduler.set_begin_index(skip)
-            latents = scheduler.add_noise(self._start(last_pixels, context, sampler, ego_poses, noise), noise,
-                                          timesteps[:1])
-        else:
-            latents = noise * scheduler.init_noise_sigma
-        guided = sampler.guidance_scale > 1.0
-        if guided:
-            cond = torch.cat([cond, null_cond.to(cond.dtype).expand_as(cond)])
-            context = None if context is None else torch.cat([context, context])
-        grad = torch.is_grad_enabled()
-        for i, t in enumerate(timesteps):
-            with torch.set_grad_enabled(grad and i >= len(timesteps) - grad_steps):
-                x = scheduler.scale_model_input(latents, t)
-                eps = self._eps(torch.cat([x, x]) if guided else x, t, cond, context).float()
-                if guided:
-                    eps_c, eps_u = eps.chunk(2)
-                    eps = eps_u + sampler.guidance_scale * (eps_c - eps_u)
-                latents = scheduler.step(eps, t, latents).prev_sample
-        f = latents.shape[2]
-        frames = self.decode(latents.transpose(1, 2).flatten(0, 1)).unflatten(0, (b, v, f)).float()
-        if sampler.context_detail:
-            last = context if context is not None else self.encode(last_pixels.flatten(0, 1))
-            lost = last_pixels - self.decode(last[: b * v]).unflatten(0, (b, v)).float()
-            moved = self._moved(lost, sampler, ego_poses)
-            frames = (frames + (moved if moved is not None else lost[:, :, None])).clamp(-1.0, 1.0)
-        return frames
-
-    def _moved(self, pixels: torch.Tensor, sampler: SamplerConfig, ego_poses: torch.Tensor | None) -> torch.Tensor | None:
-        """``pixels`` (B, V, C, H, W) moved to every future frame's pose (B, V, F, C, H, W) when
-        ``sampler.warp_start`` asks for it and the poses are known, else None."""
-        if not sampler.warp_start or ego_poses is None:
-            return None
-        return warp_views(pixels, ego_poses, self.config.views)
-
-    def _start(self, last_pixels: torch.Tensor, context: torch.Tensor | None, sampler: SamplerConfig,
-               ego_poses: torch.Tensor | None, noise: torch.Tensor) -> torch.Tensor:
-        """Clean start latents (B*V, c, F, h, w): the context frames moved by the plan, or the last
-        frame's latent held still."""
-        moved = self._moved(last_pixels, sampler, ego_poses)
-        if moved is None:
-            last = context if context is not None else self.encode(last_pixels.flatten(0, 1))
-            return last[:, :, None].expand_as(noise)
-        latents = self.encode(moved.flatten(0, 2).clamp(-1.0, 1.0))  # (B*V*F, c, h, w); bicubic overshoots
-        return latents.unflatten(0, (noise.shape[0], noise.shape[2])).transpose(1, 2)

@@ -13,14 +13,9 @@ import pyarrow as pa
 from manifests.build import finish_row, instruction_fields
 from scenes.procedural.instructions import make_instruction
 from schemas.job import CurateSpec
+from schemas.scene import TYPE_ASKING_FOR, maneuver_asked
 from schemas.spec import validate
 from schemas.tables import TASK
-
-MANEUVERS = ("left", "straight", "right", "stop")
-_KIND = {"left": "turn_left", "straight": "go_straight", "right": "turn_right", "stop": "halt"}
-_MANEUVER_OF_TYPE = {"turn_left": "left", "turn_left_dist": "left", "turn_right": "right",
-                     "turn_right_dist": "right", "go_straight": "straight", "go_straight_dist": "straight",
-                     "halt": "stop"}
 
 
 def matches(row: dict, spec: CurateSpec) -> bool:
@@ -37,9 +32,9 @@ def matches(row: dict, spec: CurateSpec) -> bool:
     return all(checks)
 
 
-def maneuver_of(row: dict) -> str | None:
-    """'left', 'straight', 'right' or 'stop' when the task's instruction asks for one."""
-    return _MANEUVER_OF_TYPE.get(json.loads(row["instruction_args"]).get("type", ""))
+def task_maneuver(row: dict) -> str | None:
+    """The maneuver a task's instruction asks for ('left', 'straight', 'right', 'stop'), if any."""
+    return maneuver_asked(json.loads(row["instruction_args"]).get("type", ""))
 
 
 def counterfactuals(row: dict, with_misleading: bool, base_seed: int) -> list[dict]:
@@ -52,10 +47,10 @@ def counterfactuals(row: dict, with_misleading: bool, base_seed: int) -> list[di
     wanted = feasible + ([t for t in ("left", "right") if t not in options] if with_misleading else [])
     out = []
     for maneuver in wanted:
-        if maneuver == maneuver_of(row):
+        if maneuver == task_maneuver(row):
             continue
         rng = np.random.default_rng(int(hashlib.sha256(f"{row['task_id']}:{maneuver}".encode()).hexdigest()[:8], 16))
-        ins = make_instruction(_KIND[maneuver], rng, misleading=maneuver not in feasible)
+        ins = make_instruction(TYPE_ASKING_FOR[maneuver], rng, misleading=maneuver not in feasible)
         out.append(finish_row({**row, **instruction_fields(ins), "counterfactual": True}, base_seed))
     return out
 

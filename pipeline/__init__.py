@@ -1,1 +1,1 @@
-"""The driver: job spec -> units -> executor -> shards, markers, index; storage; reading datasets back; the lmgd CLI."""
+"""The driver: job spec -> checks -> units -> the one executor -> shards, markers, index; the QA run; the lmgd CLI."""

@@ -13,11 +13,11 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from schemas.errors import BadInputError, ConfigError, LmgdError
+from schemas.shipped import data_root
 from storage.atomic import PARTIAL_SUFFIX
 
 log = logging.getLogger("lmgd")
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
 DEMO_JOB = "jobs/demo.yaml"
 
 
@@ -35,9 +35,9 @@ def _size(text: str) -> tuple[int, int]:
 
 
 def _progress(total: int, desc: str, unit: str = "frame"):
-    from tqdm import tqdm
+    from storage.progress import progress
 
-    return tqdm(total=total, desc=desc, unit=unit, dynamic_ncols=True, disable=None)
+    return progress(total, desc, unit)
 
 
 # ----------------------------------------------------------------------------- scenes
@@ -112,11 +112,11 @@ def _recipe(args: argparse.Namespace):
 def cmd_manifest_build(args: argparse.Namespace) -> int:
     from manifests.build import build, count_sources
     from manifests.io import write_manifest
-    from schemas.tables import STEP_FRAMES
 
-    bad = [h for h in args.horizons if h <= 0 or h % STEP_FRAMES]
+    bad = [h for h in args.horizons if h <= 0]
     if bad:
-        raise ConfigError(f"--horizons {bad}: horizons must be positive multiples of {STEP_FRAMES}")
+        raise ConfigError(f"--horizons {bad}: horizons must be positive (a job checks them against "
+                          f"its model's frames_per_step)")
     recipe = _recipe(args)
     with _progress(count_sources(recipe), "build manifest", unit="drive") as bar:
         table = build(recipe, args.horizons, progress=bar.update)
@@ -194,11 +194,12 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 
 # ----------------------------------------------------------------------------- demo
 def _demo_job(path: str) -> Path:
-    """``path`` as given, else (the default, relative) under the repository root."""
+    """``path`` as given, else (the default, relative) among the shipped job specs: the checkout's
+    ``jobs/``, or the installed package's (:func:`schemas.shipped.data_root`)."""
     p = Path(path)
-    if p.is_file() or p.is_absolute() or not (REPO_ROOT / p).is_file():
+    if p.is_file() or p.is_absolute() or not (data_root() / p).is_file():
         return p
-    return REPO_ROOT / p
+    return data_root() / p
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -272,7 +273,8 @@ def build_parser() -> argparse.ArgumentParser:
     src = b.add_mutually_exclusive_group()
     src.add_argument("--recipe", help="YAML recipe (the 'manifest.build' section of a job)")
     src.add_argument("--lmdrive", metavar="ROOT", help="LMDrive-format dataset root")
-    b.add_argument("--horizons", type=int, nargs="+", required=True, help="future frames, multiples of 8")
+    b.add_argument("--horizons", type=int, nargs="+", required=True,
+                   help="future frames, multiples of the frames_per_step of the model to run")
     b.add_argument("--towns", type=int, nargs="+", help="procedural town seeds (default: 1)")
     b.add_argument("--routes-per-town", type=int, help="drives per town and weather (default: 1)")
     b.add_argument("--route-seed", type=int, help="first route seed (default: 0)")

@@ -1,7 +1,9 @@
 """The driver: job spec -> manifest -> units -> skip done units -> dispatch -> index and stats.
 
 Everything a worker needs is checked before any worker starts (model reference, manifest rows,
-scenes, output location). A rerun resumes: units whose completion marker exists are skipped.
+scenes, output location), and the job's sampler is resolved over the checkpoint's
+(:func:`resolve_job`) before anything is written. A rerun resumes: units whose completion marker
+exists are skipped.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from pipeline.executor import Outcome, Policy, Resources, open_pool
 from pipeline.jobcheck import check_manifest_scenes, check_model
 from schemas.errors import BadInputError, RunFailure
 from schemas.job import JobSpec
+from schemas.sampler import SamplerOverride
 from schemas.spec import validate
 from schemas.tables import INDEX, TASK
 from schemas.units import Unit, make_units
@@ -62,8 +65,18 @@ def code_version() -> str:
     return f"{v}+{commit}" if commit else v
 
 
+def resolve_job(job: JobSpec) -> JobSpec:
+    """``job`` with every sampler key set: its own values over those of the checkpoint's sampler
+    (read without loading weights). What the workers run, and what ``job.yaml`` and every sample's
+    metadata record."""
+    sampler = job.sampler.over(check_model(job.model, job.horizons).sampler, f"{job.name}: sampler")
+    return job.model_copy(update={"sampler": SamplerOverride(**sampler.model_dump())})
+
+
 def prepare(job: JobSpec, storage: Storage, overwrite: bool, progress=None) -> pa.Table:
-    """Check the output location, write provenance, build (or reuse) the manifest."""
+    """Check the output location, write provenance, build (or reuse) the manifest of ``job`` as
+    :func:`resolve_job` returns it."""
+    job.sampler.resolved()  # provenance records what runs: no sampler key may be left to the worker
     storage.check()
     if overwrite:
         storage.delete_all()
@@ -76,7 +89,6 @@ def prepare(job: JobSpec, storage: Storage, overwrite: bool, progress=None) -> p
         if storage.exists("manifest.parquet"):
             return validate(pq.read_table(pa.BufferReader(storage.get_bytes("manifest.parquet"))), TASK,
                             storage.url("manifest.parquet"))
-    check_model(job.model)
     table = _manifest(job, progress)
     check_manifest_scenes(table, job.horizons, "manifest")
     sink = pa.BufferOutputStream()
@@ -136,13 +148,13 @@ def write_index(storage: Storage, units: list[Unit]) -> tuple[int, dict]:
 def run_job(job: JobSpec, executor: str = "ray", ray_address: str | None = "local", overwrite: bool = False,
             runner_class=None, progress_bar: bool = True) -> RunSummary:
     """Generate every unit of ``job`` not yet done; raises :class:`RunFailure` if some unit failed."""
-    from tqdm import tqdm
-
+    from storage.progress import progress
     from workers.generator import UnitRunner
 
     t0 = time.perf_counter()
+    job = resolve_job(job)
     storage = open_storage(job.output, job.storage.endpoint_url, job.storage.region)
-    with tqdm(desc="manifest", unit="drive", disable=not progress_bar or None) as bar:
+    with progress(None, "manifest", "drive", enabled=progress_bar) as bar:
         manifest = prepare(job, storage, overwrite, progress=bar.update)
     units = make_units(manifest, job.sharding.samples_per_shard)
     done = done_units(storage, units)
@@ -155,7 +167,7 @@ def run_job(job: JobSpec, executor: str = "ray", ray_address: str | None = "loca
     total = sum(len(u.samples) for u in pending)
     r = job.resources
     resources = Resources(r.workers, r.gpus_per_worker, r.cpus_per_worker)
-    with tqdm(total=total, desc="generate", unit="sample", disable=not progress_bar or None) as bar:
+    with progress(total, "generate", "sample", enabled=progress_bar) as bar:
         start = time.perf_counter()
         finished: list[str] = []
 
@@ -163,9 +175,9 @@ def run_job(job: JobSpec, executor: str = "ray", ray_address: str | None = "loca
             finished.append(unit.name)
             summary.samples += len(unit.samples)
             summary.frames += marker["frames"]
-            bar.update(len(unit.samples))
             bar.set_postfix(units=f"{len(finished)}/{len(pending)}",
                             frames_per_s=f"{summary.frames / max(time.perf_counter() - start, 1e-6):.1f}")
+            bar.update(len(unit.samples))  # after the postfix: a progress line shows it
 
         if pending:
             with open_pool(executor, runner_class, args, resources, Policy(r.max_retries), ray_address,

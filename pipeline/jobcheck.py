@@ -1,16 +1,20 @@
-"""Checking a job before any model is loaded: the spec, the model reference, the manifest it
-names and the scenes that manifest refers to."""
+"""Checking a job before any model is loaded: the spec, the model reference (and the sampler the
+job resolves to over the checkpoint's), the manifest it names and the scenes that manifest refers
+to."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import pyarrow as pa
 
+from lmgendrive.checkpoint_meta import source_config
+from lmgendrive.config import ModelConfig
 from manifests.io import read_manifest
 from scenes.registry import parse_procedural_ref
-from schemas.errors import BadInputError, CheckpointError, SceneFormatError
+from schemas.errors import BadInputError, CheckpointError, ConfigError, SceneFormatError
 from schemas.job import MODEL_PRESETS, JobSpec, LMDriveRecipe, load_job
 
 
@@ -21,17 +25,24 @@ class JobCheck:
     scenes: int | None
 
 
-def check_model(model: str) -> None:
-    """A preset name, or a checkpoint directory holding config.json and model.safetensors."""
-    if model in MODEL_PRESETS:
-        return
-    d = Path(model)
-    if not d.is_dir():
-        raise CheckpointError(f"model {model!r}: no such checkpoint directory, and not a preset "
-                              f"({', '.join(MODEL_PRESETS)})")
-    missing = [f for f in ("config.json", "model.safetensors") if not (d / f).is_file()]
-    if missing:
-        raise CheckpointError(f"{d}: checkpoint is missing {', '.join(missing)}")
+def check_model(model: str, horizons: Sequence[int]) -> ModelConfig:
+    """The model config of a preset name, or of a checkpoint directory holding config.json and
+    model.safetensors, read without loading weights; every horizon must be whole steps of it."""
+    if model not in MODEL_PRESETS:
+        d = Path(model)
+        if not d.is_dir():
+            raise CheckpointError(f"model {model!r}: no such checkpoint directory, and not a preset "
+                                  f"({', '.join(MODEL_PRESETS)})")
+        missing = [f for f in ("config.json", "model.safetensors") if not (d / f).is_file()]
+        if missing:
+            raise CheckpointError(f"{d}: checkpoint is missing {', '.join(missing)}")
+    config = source_config(model)
+    f = config.frames_per_step
+    bad = [h for h in horizons if h <= 0 or h % f]
+    if bad:
+        raise ConfigError(f"horizons: {bad} are not positive multiples of {f}, the frames per "
+                          f"step (frames_per_step) of model {model!r}; valid: {f}, {2 * f}, ...")
+    return config
 
 
 def check_manifest_scenes(table: pa.Table, horizons: list[int], source: str) -> int:
@@ -86,7 +97,7 @@ def check_lmdrive_recipe(recipe: LMDriveRecipe, horizons: list[int]) -> int:
 def check_job(path: str | Path) -> JobCheck:
     """Validate everything a job refers to; raise the first problem as a clear error."""
     job = load_job(path)
-    check_model(job.model)
+    job.sampler.over(check_model(job.model, job.horizons).sampler)
     m = job.manifest
     if m.path is not None:
         table = read_manifest(m.path)

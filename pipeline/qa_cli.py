@@ -60,14 +60,13 @@ def _job_of_output(output: str, endpoint_url: str | None, region: str | None):
 def run_and_print(config, indent: str = ""):
     """Run QA with a progress bar, printing skipped metrics first and the headline figures per horizon
     after (pooled or front view, all or turn instructions); returns the :class:`~qa.run.QAResult`."""
-    from tqdm import tqdm
-
     from pipeline.qa_run import run_qa
     from qa.report import cell
+    from storage.progress import progress
 
     for reason in config.skipped().values():
         print(f"{indent}{reason}", flush=True)
-    with tqdm(desc="qa features", unit="sample", dynamic_ncols=True, disable=None) as bar:
+    with progress(None, "qa features", "sample") as bar:
         def start(total: int) -> None:
             bar.total = total
             bar.refresh()

@@ -9,7 +9,6 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from schemas.job import JobSpec, QASpec
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
 INCEPTION_DIMS = (64, 192, 768, 2048)  # pytorch-fid's block outputs: pool1, pool2, pre-aux, pool3
 PROTOCOL_DIMS = 2048
 FD_METRICS = ("fid", "fvd", "fd_drive")
@@ -56,10 +55,13 @@ class QAConfig:
 
 
 def resolve_evaluator(path: str | Path) -> Path | None:
-    """The evaluator directory: ``path`` as given, else (when relative) under the repository root;
+    """The evaluator directory: ``path`` as given, else (when relative) under the folder of the
+    shipped checkpoints (the checkout, or the installed package: :func:`schemas.shipped.data_root`);
     None when neither exists."""
+    from schemas.shipped import data_root
+
     p = Path(path).expanduser()
-    for candidate in (p, REPO_ROOT / p) if not p.is_absolute() else (p,):
+    for candidate in (p, data_root() / p) if not p.is_absolute() else (p,):
         if candidate.is_dir():
             return candidate
     return None

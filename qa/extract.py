@@ -25,9 +25,8 @@ from qa.motion import step_yaw, trajectory, video_yaw
 from qa.video import clips_of
 from scenes.registry import open_scene
 from schemas.errors import BadInputError
-from schemas.tables import STEP_FRAMES
 from storage.media import decode_mp4, encode_mp4
-from storage.read import decode_sample, raw_samples
+from storage.read import Sample, decode_sample, raw_samples
 from storage.store import open_storage
 
 log = logging.getLogger(__name__)
@@ -96,10 +95,21 @@ def resize(img: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     return cv2.resize(img, (size[1], size[0]), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)
 
 
+def frames_per_step(sample: Sample) -> int:
+    """Frames the model generated per step for ``sample``: its horizon over its waypoint rows
+    (``waypoints.npy`` holds one row per step)."""
+    horizon, steps = int(sample.meta["horizon"]), len(sample.waypoints)
+    if steps == 0 or horizon % steps:
+        raise BadInputError(f"{sample.key}: {steps} waypoint rows do not split horizon {horizon} "
+                            f"into whole steps")
+    return horizon // steps
+
+
 def recorded_future(task: SampleTask, views: list[str], size: tuple[int, int], encoding: str, crf: int,
-                    fps: float) -> Recorded:
+                    fps: float, step: int) -> Recorded:
     """Frames ``[start_frame, start_frame + horizon)`` of the task's scene, resized to ``size``, and
-    (for mp4 outputs) encoded and decoded with the shards' settings so codec loss cancels out."""
+    (for mp4 outputs) encoded and decoded with the shards' settings so codec loss cancels out; the
+    recorded waypoints at the first frame of every ``step`` frames."""
     scene = open_scene(task.scene_source, task.scene_ref)
     start, h = task.start_frame, task.horizon
     images = [scene.images(i) for i in range(start - 1, start + h)]
@@ -107,7 +117,8 @@ def recorded_future(task: SampleTask, views: list[str], size: tuple[int, int], e
     future = stack[:, 1:]
     if encoding == "mp4":
         future = np.stack([decode_mp4(encode_mp4(f, fps=fps, crf=crf)) for f in future])
-    waypoints = np.stack([scene.measurements(start - 1 + k * STEP_FRAMES).waypoints for k in range(h // STEP_FRAMES)])
+    waypoints = np.stack([scene.measurements(start - 1 + k * step).waypoints
+                          for k in range(h // step)])
     return Recorded(frames=future, before=stack[:, 0], waypoints=waypoints)
 
 
@@ -153,10 +164,10 @@ class FeatureRunner:
             if task is None:
                 continue
             sample = decode_sample(raw)
-            views = list(sample.meta["views"])
+            views, step = list(sample.meta["views"]), frames_per_step(sample)
             if task.task_id not in cache:
                 real = recorded_future(task, views, tuple(sample.frames.shape[2:4]), self.config.encoding,
-                                       self.config.crf, float(sample.meta["fps"]))
+                                       self.config.crf, float(sample.meta["fps"]), step)
                 cache[task.task_id] = real, self._extract(real.frames, views)
             real, real_features = cache[task.task_id]
             if real.frames.shape != sample.frames.shape:
@@ -164,7 +175,7 @@ class FeatureRunner:
                                     f"recorded future {real.frames.shape} of its task")
             self._accumulate(task, views, real_features, "real")
             self._accumulate(task, views, self._extract(sample.frames, views), "generated")
-            records.append(self._record(task, views, sample, real))
+            records.append(self._record(task, views, sample, real, step))
         missing = sorted(set(item.samples) - {r["key"] for r in records})
         if missing:
             raise BadInputError(f"{item.shard}: sample(s) {missing[:5]} listed in index.parquet are not in the shard")
@@ -202,7 +213,8 @@ class FeatureRunner:
             self.acc.add((metric, task.horizon, "pooled", task.category, -1, side), feats)
             self.acc.add((metric, task.horizon, "pooled", "all", task.group, side), feats)
 
-    def _record(self, task: SampleTask, views: list[str], sample, real: Recorded) -> dict:
+    def _record(self, task: SampleTask, views: list[str], sample: Sample, real: Recorded,
+                step: int) -> dict:
         traj = trajectory(sample.waypoints)
         record = {"key": task.key, "task_id": task.task_id, "horizon": task.horizon, "category": task.category,
                   "maneuver": task.maneuver, "misleading": task.misleading, "heading_deg": traj.heading_deg,
@@ -212,7 +224,7 @@ class FeatureRunner:
             gen = np.concatenate([sample.seed_frames[f, -1:], sample.frames[f]])
             rec = np.concatenate([real.before[f][None], real.frames[f]])
             record.update(action_yaw=step_yaw(sample.waypoints).tolist(),
-                          video_yaw=video_yaw(gen, STEP_FRAMES).tolist(),
+                          video_yaw=video_yaw(gen, step).tolist(),
                           recorded_action_yaw=step_yaw(real.waypoints).tolist(),
-                          recorded_video_yaw=video_yaw(rec, STEP_FRAMES).tolist())
+                          recorded_video_yaw=video_yaw(rec, step).tolist())
         return record

@@ -24,10 +24,12 @@ import numpy as np
 
 from schemas.scene import CAMERA_FOV_DEG
 
+# Not the thresholds of driving.maneuver.path_maneuver, on purpose: that one classifies one step's
+# path as a turn begins (its last segment 4 degrees off straight, moving 0.25 m/s); these measure
+# a whole trajectory of steps, whose turns add up to most of 90 degrees, from headings taken only
+# where the ego moves at 1 m/s or more.
 MIN_SEGMENT_M = 0.2  # 1 m/s over the 0.2 s between waypoints
 TURN_DEG = 30.0  # |heading change| at or above this is a turn; below it the ego went straight
-MANEUVER_OF_TYPE = {"turn_left": "left", "turn_left_dist": "left", "turn_right": "right",
-                    "turn_right_dist": "right", "go_straight": "straight", "go_straight_dist": "straight"}
 
 
 def step_yaw(waypoints: np.ndarray) -> np.ndarray:

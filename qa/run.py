@@ -24,12 +24,13 @@ import pyarrow.parquet as pq
 from qa.config import FD_METRICS, QAConfig
 from qa.extract import Accumulator, SampleTask, WorkItem
 from qa.frechet import FeatureStats, frechet_distance, merge_all
-from qa.motion import MANEUVER_OF_TYPE, TURN_DEG
+from qa.motion import TURN_DEG
 from qa.report import write_outputs
 from qa.result import QAResult
 from qa.uncertainty import bootstrap_ci, correlation_ci, fd_infinity, wilson
 from qa.weights import I3D_STATE_DICT, I3D_TORCHSCRIPT, INCEPTION, find_weights
 from schemas.errors import BadInputError, CheckpointError, RunFailure
+from schemas.scene import turn_asked
 from schemas.spec import validate
 from schemas.tables import QA, TASK
 from storage.read import read_index
@@ -71,7 +72,7 @@ def plan(storage: Storage) -> dict[int, list[WorkItem]]:
             kind = json.loads(t["instruction_args"] or "{}").get("type", "")
             sample = SampleTask(key=r["key"], task_id=t["task_id"], scene_source=t["scene_source"],
                                 scene_ref=t["scene_ref"], start_frame=t["start_frame"], horizon=h,
-                                category=t["category"], maneuver=MANEUVER_OF_TYPE.get(kind),
+                                category=t["category"], maneuver=turn_asked(kind),
                                 misleading=t["misleading"], group=group_of[t["task_id"]])
             item = items[h].setdefault(r["shard"], WorkItem(r["shard"], h, {}))
             item.samples[r["key"]] = sample

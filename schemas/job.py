@@ -16,11 +16,12 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from schemas.errors import ConfigError
+from schemas.sampler import SamplerOverride
 from schemas.scene import WEATHERS
-from schemas.tables import STEP_FRAMES
+from schemas.shipped import data_root
 
 MODEL_PRESETS = ("tiny", "demo", "paper")
-SCHEMA_PATH = Path(__file__).resolve().parent.parent / "jobs" / "job.schema.json"
+SCHEMA_PATH = data_root() / "jobs" / "job.schema.json"
 
 
 class Strict(BaseModel):
@@ -117,21 +118,6 @@ class ManifestSpec(Strict):
         return self
 
 
-class SamplerSpec(Strict):
-    scheduler: Literal["ddim", "dpmsolver++"] = "ddim"
-    steps: int = Field(default=20, ge=1, le=1000)
-    guidance: float = Field(default=1.0, ge=0.0, description="classifier-free guidance scale (1 = off)")
-    strength: float | None = Field(default=None, gt=0.0, le=1.0,
-                                   description="1: start from pure noise; below 1: from the last frame's latent "
-                                               "noised that far (default: the model's)")
-    context_detail: bool | None = Field(default=None,
-                                        description="add the context frame's detail lost by the VAE to every "
-                                                    "generated frame (default: the model's)")
-    warp_start: bool | None = Field(default=None,
-                                    description="with strength below 1: start from the context frames moved by "
-                                                "the step's planned ego motion, not held still (default: the model's)")
-
-
 class ResourceSpec(Strict):
     workers: int = Field(default=1, ge=1)
     gpus_per_worker: float = Field(default=0.0, ge=0.0)
@@ -170,8 +156,10 @@ class JobSpec(Strict):
     manifest: ManifestSpec
     output: str = Field(description="local directory or s3://bucket/prefix")
     storage: StorageSpec = StorageSpec()
-    horizons: list[int] = Field(min_length=1, description="future frames, multiples of 8")
-    sampler: SamplerSpec = SamplerSpec()
+    horizons: list[int] = Field(
+        min_length=1, description="future frames, multiples of the model's frames_per_step")
+    sampler: SamplerOverride = Field(default=SamplerOverride(), description=(
+        "overrides of the model's sampler: a key left unset takes the checkpoint's value"))
     resources: ResourceSpec = ResourceSpec()
     sharding: ShardingSpec = ShardingSpec()
     encoding: EncodingSpec = EncodingSpec()
@@ -180,10 +168,10 @@ class JobSpec(Strict):
     @field_validator("horizons")
     @classmethod
     def _horizons(cls, v: list[int]) -> list[int]:
-        bad = [h for h in v if h <= 0 or h % STEP_FRAMES]
+        bad = [h for h in v if h <= 0]
         if bad:
-            raise ValueError(f"horizon(s) {bad} are not positive multiples of {STEP_FRAMES} "
-                             f"(the model generates {STEP_FRAMES} frames per step), e.g. 8, 16, 24, 32")
+            raise ValueError(f"horizon(s) {bad} are not positive (whole steps of the model: "
+                             f"multiples of its frames_per_step)")
         return sorted(set(v))
 
     @field_validator("output")
@@ -207,7 +195,7 @@ class JobSpec(Strict):
 def _sections() -> dict[str, tuple[type[BaseModel], ...]]:
     """The models behind each section of a job spec, by dotted path ('' is the top level)."""
     return {"": (JobSpec,), "manifest": (ManifestSpec,), "manifest.build": (ProceduralRecipe, LMDriveRecipe),
-            "manifest.curate": (CurateSpec,), "sampler": (SamplerSpec,), "resources": (ResourceSpec,),
+            "manifest.curate": (CurateSpec,), "sampler": (SamplerOverride,), "resources": (ResourceSpec,),
             "sharding": (ShardingSpec,), "encoding": (EncodingSpec,), "qa": (QASpec,), "storage": (StorageSpec,)}
 
 

@@ -27,10 +27,33 @@ CAMERA_POSITION = (1.3, 0.0, 2.3)  # x forward, y left, z up, metres from the eg
 FPS = 10.0
 WAYPOINT_TIMES: tuple[float, ...] = (0.2, 0.4, 0.6, 0.8)
 INSTRUCTION_CATEGORIES: tuple[str, ...] = ("turn", "follow", "notice", "other")
+TURNS: tuple[str, ...] = ("left", "straight", "right")  # what a route can do at a junction
+# What an instruction asks for, by its type (``Instruction.args["type"]``): a turn at the next
+# junction or "stop"; every other type asks for no maneuver.
+_MANEUVER_OF_TYPE: dict[str, str] = {
+    "turn_left": "left", "turn_left_dist": "left", "turn_right": "right",
+    "turn_right_dist": "right", "go_straight": "straight", "go_straight_dist": "straight",
+    "halt": "stop",
+}  # fmt: skip
+# The instruction type asking plainly (without a distance) for each maneuver.
+TYPE_ASKING_FOR: dict[str, str] = {
+    "left": "turn_left", "straight": "go_straight", "right": "turn_right", "stop": "halt",
+}  # fmt: skip
 OBJECT_CLASSES: tuple[str, ...] = ("vehicle", "pedestrian", "traffic_light")
 LIGHT_STATES: tuple[str, ...] = ("none", "red", "yellow", "green")
 # the weathers a scene can be tagged with: the procedural world's presets, CARLA-style names
 WEATHERS: tuple[str, ...] = ("clear_noon", "cloudy", "rain", "fog", "sunset", "night")
+
+
+def maneuver_asked(instruction_type: str) -> str | None:
+    """The maneuver an instruction of this type asks for: one of ``TURNS``, "stop", or None."""
+    return _MANEUVER_OF_TYPE.get(instruction_type)
+
+
+def turn_asked(instruction_type: str) -> str | None:
+    """The turn (one of ``TURNS``) an instruction of this type asks for, else None (a halt too)."""
+    maneuver = maneuver_asked(instruction_type)
+    return maneuver if maneuver in TURNS else None
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,6 @@ from schemas.scene import INSTRUCTION_CATEGORIES as CATEGORIES
 from schemas.scene import VIEWS
 from schemas.spec import Column, TableSchema
 
-STEP_FRAMES = 8  # frames the model generates per autoregressive step
 TASK_ID = r"t[0-9a-f]{12}"
 SAMPLE_KEY = r"t[0-9a-f]{12}-s[0-9]+"  # WebDataset keys must not contain dots
 
@@ -25,7 +24,7 @@ TASK = TableSchema("task", 1, (
     Column("scene_ref", pa.string(), "procedural drive spec (JSON) or LMDrive route folder"),
     Column("start_frame", pa.int32(), "first future frame; seed frames end just before it", min=1),
     Column("seed_frames", pa.int32(), "number of seed frames given to the model", min=1, max=64),
-    Column("horizon", pa.int32(), "future frames to generate", min=STEP_FRAMES, multiple_of=STEP_FRAMES),
+    Column("horizon", pa.int32(), "future frames to generate", min=1),
     Column("samples", pa.int32(), "samples to generate for this task", min=1),
     Column("seed", pa.int64(), "sampling seed of sample 0 (sample k uses seed + k)", min=0),
     Column("instruction", pa.string(), "instruction text given to the model", pattern=r"(?s).*\S.*"),
@@ -55,7 +54,7 @@ SAMPLE = TableSchema("sample", 1, (
     Column("counterfactual", pa.bool_(), "the instruction differs from the recorded one"),
     Column("scene", pa.string(), "scene name"),
     Column("start_frame", pa.int32(), "first future frame", min=1),
-    Column("horizon", pa.int32(), "generated frames per view", min=STEP_FRAMES, multiple_of=STEP_FRAMES),
+    Column("horizon", pa.int32(), "generated frames per view", min=1),
     Column("fps", pa.float32(), "frame rate", min=1.0),
     Column("views", pa.list_(pa.string()), "camera views, in member order"),
     Column("height", pa.int32(), "frame height", min=1),
@@ -73,7 +72,7 @@ INDEX = TableSchema("index", 1, (
     Column("shard", pa.string(), "shard path relative to the output root", pattern=r"shards/unit-\d{6}\.tar"),
     Column("task_id", pa.string(), "task of the sample", pattern=TASK_ID),
     Column("sample_index", pa.int32(), "index within the task", min=0),
-    Column("horizon", pa.int32(), "generated frames per view", min=STEP_FRAMES, multiple_of=STEP_FRAMES),
+    Column("horizon", pa.int32(), "generated frames per view", min=1),
     Column("category", pa.string(), "instruction category", choices=CATEGORIES),
     Column("instruction", pa.string(), "instruction text"),
     Column("misleading", pa.bool_(), "the instruction is infeasible"),
@@ -89,7 +88,7 @@ QA = TableSchema("qa", 1, (
     _version(1),
     Column("metric", pa.string(), "what is measured",
            choices=("fid", "fvd", "fd_drive", "fid_inf", "instruction_adherence", "action_video_agreement")),
-    Column("horizon", pa.int32(), "horizon in frames", min=STEP_FRAMES, multiple_of=STEP_FRAMES),
+    Column("horizon", pa.int32(), "horizon in frames", min=1),
     Column("view", pa.string(), "camera view or 'pooled'", choices=(*VIEWS, "pooled")),
     Column("category", pa.string(), "instruction category or 'all'", choices=(*CATEGORIES, "all")),
     Column("value", pa.float64(), "the figure"),

@@ -44,7 +44,7 @@ def model():
 @pytest.fixture(scope="session")
 def weights(tmp_path_factory) -> Path:
     """A directory with seeded random Inception and I3D weight files in the reference formats."""
-    from qa.testing import write_i3d_weights, write_inception_weights
+    from qa_weights import write_i3d_weights, write_inception_weights
 
     d = tmp_path_factory.mktemp("weights")
     write_inception_weights(d)

@@ -1,6 +1,7 @@
 """The lmgd command line: verbs, outputs, exit codes and messages."""
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -91,9 +92,9 @@ def test_argparse_errors_exit_2_through_the_console_script(tmp_path):
 
 def test_demo_runs_the_job_and_reports_with_a_gallery(tmp_path, monkeypatch, capsys):
     from pipeline_helpers import tiny_job, write_job
+    from qa_weights import write_evaluator
 
     from pipeline.cli import _demo_job
-    from qa.testing import write_evaluator
 
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "no-weights"))  # no Inception weights anywhere
     monkeypatch.delenv("LMGD_WEIGHTS_DIR", raising=False)
@@ -103,8 +104,11 @@ def test_demo_runs_the_job_and_reports_with_a_gallery(tmp_path, monkeypatch, cap
     spec = write_job(tmp_path / "job.yaml", job)
     out = tmp_path / "out"
     assert main(["demo", "--job", str(spec), "--out", str(out), "--executor", "local"]) == 0
-    printed = capsys.readouterr().out
+    printed, err = capsys.readouterr()
     report = (out / "qa" / "report.md").read_text()
+    # stderr is no terminal here: each loop ends with a progress line (storage/progress.py)
+    assert re.search(r"^generate: (\d+)/\1 sample \(100%\) \| .* finished in ", err, re.M), err
+    assert re.search(r"^qa features: (\d+)/\1 sample \(100%\) \| ", err, re.M), err
     assert "FID skipped: pt_inception" in printed and "FID skipped: pt_inception" in report
     assert "horizon 16: fd_drive (all)" in printed and f"report: {out}/qa/report.md" in printed
     assert "| Horizon | FD-drive |" in report and "## Gallery" in report

@@ -3,12 +3,13 @@
 import numpy as np
 import pytest
 
+from driving.vehicle import HALF_LENGTH
 from scenes.procedural.expert import Expert
 from scenes.procedural.instructions import TYPES
 from scenes.procedural.routes import Route
 from scenes.procedural.signals import light_state
 from scenes.procedural.town import make_town
-from scenes.procedural.traffic import HALF_LENGTH, agent_arrays
+from scenes.procedural.traffic import agent_arrays
 from scenes.procedural.world import SIM_DT
 
 NODE = (1, 1)

@@ -46,9 +46,15 @@ def _set(path, value):
 @pytest.mark.parametrize("edit, message", [
     (lambda d: d.update(horizns=[8]), "unknown key 'horizns' (did you mean 'horizons'?)"),
     (lambda d: d["sampler"].update(stpes=10), "unknown key 'sampler.stpes' (did you mean 'steps'?)"),
+    (lambda d: d["sampler"].update(guidance_scale=2.0),
+     "unknown key 'sampler.guidance_scale' (did you mean 'guidance'?)"),
+    (_set(["sampler", "guidance"], 0.5), "sampler.guidance: Input should be greater than or equal to 1"),
+    (_set(["sampler", "steps"], 1),  # x the demo checkpoint's strength 0.3
+     "sampler: strength x steps must leave at least one denoising step, got 0.3 x 1"),
     (lambda d: d.update(seed=3), "unknown key 'seed' (it belongs under manifest.build or manifest.curate)"),
     (lambda d: d.update(stages={"2": {}}), "this looks like a training recipe (it has 'stages'): train it with `lmgd train"),
-    (_set(["horizons"], [8, 12]), "horizon(s) [12] are not positive multiples of 8"),
+    (_set(["horizons"], [8, 12]), "horizons: [12] are not positive multiples of 8, the frames per"),
+    (_set(["horizons"], [8, -8]), "horizon(s) [-8] are not positive"),
     (_set(["horizons"], [8, 256]), "horizon 256 needs 264 recorded frames"),
     (_set(["manifest"], {"path": "nowhere/tasks.parquet"}), "nowhere/tasks.parquet: manifest not found"),
     (_set(["manifest"], {"build": {"source": "lmdrive", "root": "/no/such/root"}}),
@@ -88,3 +94,17 @@ def test_unreadable_scene_root(tmp_path, capsys):
     path = _job(tmp_path, _set(["manifest"], {"build": {"source": "lmdrive", "root": str(root)}}))
     assert main(["job", "validate", str(path)]) == 2
     assert "route_a" in capsys.readouterr().err
+
+
+def test_horizons_are_whole_steps_of_the_jobs_model(tmp_path, capsys):
+    checkpoint = tmp_path / "four"
+    checkpoint.mkdir()
+    meta = json.loads(Path("checkpoints/demo/config.json").read_text())
+    meta["config"]["frames_per_step"] = 4
+    (checkpoint / "config.json").write_text(json.dumps(meta))
+    (checkpoint / "model.safetensors").write_bytes(b"")  # the check reads no weights
+    path = _job(tmp_path, lambda d: d.update(model=str(checkpoint), horizons=[4, 12]))
+    assert main(["job", "validate", str(path)]) == 0
+    path = _job(tmp_path, lambda d: d.update(model=str(checkpoint), horizons=[8, 6]))
+    assert main(["job", "validate", str(path)]) == 2
+    assert "horizons: [6] are not positive multiples of 4" in capsys.readouterr().err

@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 from fake_scene import FakeScene
 
-from scenes import lmdrive
-from scenes.lmdrive import open_root, open_route, write_index, write_route
+from scenes.lmdrive import files, open_root, open_route, write_index, write_route
+from scenes.lmdrive.conventions import wrap
 from schemas.errors import BadInputError, SceneFormatError
 
 ROUTE = "routes_town01_short_w3_11_23_12_00_00"
@@ -297,7 +297,7 @@ def test_heading_conversion(tmp_path: Path, compass: float, theta: float) -> Non
     assert len(scene.instructions()) == 3
     for i in (0, 11):
         m = scene.measurements(i)
-        assert abs(lmdrive._wrap(m.theta - theta)) < 1e-9
+        assert abs(wrap(m.theta - theta)) < 1e-9
         assert np.allclose(m.waypoints[:, 1], 0.0, atol=1e-9) and np.all(m.waypoints[:, 0] > 0)
 
 
@@ -327,8 +327,8 @@ def test_reads_stacked_rgb_full(written: Path) -> None:
 def test_open_reads_no_frames(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     route = write_route(FakeScene(n=150), tmp_path / "long")
     reads: list[str] = []
-    real = lmdrive._read_bytes
-    monkeypatch.setattr(lmdrive, "_read_bytes", lambda p: reads.append(p.parent.name) or real(p))
+    real = files.read_bytes
+    monkeypatch.setattr(files, "read_bytes", lambda p: reads.append(p.parent.name) or real(p))
     scene = open_route(route)
     assert len(scene) == 150
     assert not [r for r in reads if r.startswith("rgb_") or r in ("measurements", "actors_data")]
@@ -344,8 +344,8 @@ def test_plain_route_open_reads_only_headers(
     lmdrive_root: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     reads: list[Path] = []
-    real = lmdrive._read_bytes
-    monkeypatch.setattr(lmdrive, "_read_bytes", lambda p: reads.append(p) or real(p))
+    real = files.read_bytes
+    monkeypatch.setattr(files, "read_bytes", lambda p: reads.append(p) or real(p))
     open_root(lmdrive_root)
     assert [p.name for p in reads] == [
         "dataset_index.txt",

@@ -7,7 +7,7 @@ import pyarrow as pa
 import pytest
 
 from manifests.build import build
-from manifests.curate import curate, maneuver_of
+from manifests.curate import curate, task_maneuver
 from manifests.io import read_manifest, write_manifest
 from manifests.stats import counts, format_stats
 from pipeline.cli import main
@@ -64,8 +64,8 @@ def test_counterfactual_expansion_yields_each_feasible_maneuver_once(manifest):
     for base in at_junction:
         group = [r for r in out if (r["scene"], r["start_frame"], r["horizon"]) ==
                  (base["scene"], base["start_frame"], base["horizon"])]
-        maneuvers = [maneuver_of(r) for r in group if maneuver_of(r) is not None]
-        expected = {*base["junction_options"], "stop"} | ({maneuver_of(base)} - {None})
+        maneuvers = [task_maneuver(r) for r in group if task_maneuver(r) is not None]
+        expected = {*base["junction_options"], "stop"} | ({task_maneuver(base)} - {None})
         assert sorted(maneuvers) == sorted(expected)  # each once (the recorded one may be misleading)
         assert not any(r["misleading"] for r in group if r["counterfactual"])
         assert sum(not r["counterfactual"] for r in group) == 1  # the recorded instruction stays
@@ -76,9 +76,11 @@ def test_misleading_expansion_is_flagged(manifest):
     out = curate(manifest, CurateSpec(junction=True, counterfactual=True, with_misleading=True)).to_pylist()
     misleading = [r for r in out if r["counterfactual"] and r["misleading"]]
     for r in misleading:
-        assert maneuver_of(r) in ("left", "right") and maneuver_of(r) not in r["junction_options"]
+        asked = task_maneuver(r)
+        assert asked in ("left", "right") and asked not in r["junction_options"]
     rows = [r for r in manifest.to_pylist() if r["junction_options"]]
-    missing = sum(len({"left", "right"} - set(r["junction_options"]) - {maneuver_of(r)}) for r in rows)
+    missing = sum(len({"left", "right"} - set(r["junction_options"]) - {task_maneuver(r)})
+                  for r in rows)
     assert missing > 0 and len(misleading) == missing
 
 
@@ -103,7 +105,7 @@ def test_jsonl_input_and_parquet_round_trip(manifest, tmp_path):
 
 def test_bad_jsonl_rows_are_all_reported(manifest, tmp_path):
     rows = manifest.to_pylist()[:4]
-    rows[1]["horizon"] = 12
+    rows[1]["horizon"] = 0
     rows[2]["category"] = "dance"
     rows[3]["start_frame"] = "late"
     path = tmp_path / "bad.jsonl"
@@ -116,7 +118,8 @@ def test_bad_jsonl_rows_are_all_reported(manifest, tmp_path):
     with pytest.raises(SchemaError) as e:
         read_manifest(path)
     msg = str(e.value)
-    assert "row 1, column 'horizon': value 12" in msg and "row 2, column 'category': value 'dance'" in msg
+    assert "row 1, column 'horizon': value 0" in msg
+    assert "row 2, column 'category': value 'dance'" in msg
 
 
 def test_stats_table(manifest):
@@ -133,8 +136,8 @@ def test_cli_build_curate_stats(tmp_path, capsys):
     assert main(["manifest", "stats", str(c)]) == 0
     out = capsys.readouterr().out
     assert "tasks" in out and "category" in out
-    assert main(["manifest", "build", "--horizons", "12", "--out", str(tmp_path / "x.parquet")]) == 2
+    assert main(["manifest", "build", "--horizons", "0", "--out", str(tmp_path / "x.parquet")]) == 2
     assert main(["manifest", "curate", str(m), "--text", "(", "--out", str(tmp_path / "y.parquet")]) == 2
     err = capsys.readouterr().err
-    assert "multiples of 8" in err and "not a valid regular expression" in err
+    assert "horizons must be positive" in err and "not a valid regular expression" in err
     assert not (tmp_path / "x.parquet").exists() and not (tmp_path / "y.parquet").exists()

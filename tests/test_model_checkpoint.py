@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -15,17 +14,19 @@ from safetensors.torch import load_file, save_file
 from transformers import LlamaModel
 
 from lmgendrive.checkpoint import (
+    ModelIdentity,
     build_untrained,
     file_sha256,
     load_checkpoint,
-    model_identity,
     save_checkpoint,
 )
+from lmgendrive.checkpoint_meta import source_config
 from lmgendrive.config import PretrainedPaths, preset_config
 from lmgendrive.llm import llama_config
 from lmgendrive.model import LMGenDrive
 from lmgendrive.pretrained import load_components
 from lmgendrive.tokenizer import DEFAULT_CORPUS, build_tokenizer
+from lmgendrive.train.stages import set_stage
 from lmgendrive.world import build_clip, build_vae
 from schemas.errors import CheckpointError
 
@@ -34,11 +35,11 @@ INSTRUCTION = ["Change to the left lane."]
 
 
 @pytest.fixture(scope="module")
-def saved(tmp_path_factory) -> tuple[LMGenDrive, Path]:
+def saved(tmp_path_factory) -> tuple[LMGenDrive, Path, ModelIdentity]:
     model = build_untrained("tiny", seed=3).eval()
     directory = tmp_path_factory.mktemp("ckpt") / "tiny"
-    save_checkpoint(model, directory, readme="# test checkpoint\n")
-    return model, directory
+    identity = save_checkpoint(model, directory, readme="# test checkpoint\n")
+    return model, directory, identity
 
 
 def _copy(directory: Path, tmp_path: Path) -> Path:
@@ -54,20 +55,21 @@ def _seed_frames() -> np.ndarray:
 
 
 def test_save_writes_the_documented_files(saved):
-    model, directory = saved
+    model, directory, identity = saved
     names = {p.name for p in directory.iterdir()}
     assert {"config.json", "model.safetensors", "tokenizer.json", "README.md"} <= names
     assert not directory.with_name("tiny.partial").exists()
     meta = json.loads((directory / "config.json").read_text())
     assert meta["weights_sha256"] == file_sha256(directory / "model.safetensors")
-    assert model_identity(model).sha256 == meta["weights_sha256"]
+    assert identity == ModelIdentity(meta["model_id"], meta["weights_sha256"])
     assert meta["model_id"].startswith("lmgendrive-tiny-")
+    assert source_config(directory) == model.config  # read without the weights
 
 
 def test_save_load_gives_identical_outputs(saved):
-    model, directory = saved
-    loaded = load_checkpoint(directory, device="cpu")
-    assert loaded.identity == model.identity
+    model, directory, identity = saved
+    loaded, loaded_identity = load_checkpoint(directory, device="cpu")
+    assert loaded_identity == identity
     a = model.rollout(_seed_frames(), INSTRUCTION, horizon=8, seeds=[4])
     b = loaded.rollout(_seed_frames(), INSTRUCTION, horizon=8, seeds=[4])
     np.testing.assert_array_equal(a.frames, b.frames)
@@ -76,7 +78,7 @@ def test_save_load_gives_identical_outputs(saved):
 
 
 def test_saving_again_replaces_the_directory(saved, tmp_path):
-    model, _ = saved
+    model = saved[0]
     save_checkpoint(model, tmp_path / "c")
     first = file_sha256(tmp_path / "c" / "model.safetensors")
     save_checkpoint(model, tmp_path / "c", model_id="renamed")
@@ -134,8 +136,13 @@ def test_config_mismatch_is_reported(saved, tmp_path):
         load_checkpoint(directory, device="cpu")
     meta["config"]["qformer"]["widht"] = 1
     (directory / "config.json").write_text(json.dumps(meta))
-    with pytest.raises(CheckpointError, match=r"config.json: .*unknown key\(s\) \['widht'\] in config.qformer"):
+    with pytest.raises(CheckpointError, match=r"config.json: .*unknown key 'widht' in config.qformer"):
         load_checkpoint(directory, device="cpu")
+    del meta["config"]["qformer"]["widht"]
+    meta["config"]["sampler"]["name"] = meta["config"]["sampler"].pop("scheduler")
+    (directory / "config.json").write_text(json.dumps(meta))
+    with pytest.raises(CheckpointError, match=r"config.json: .*sampler.name is now config.sampler.scheduler"):
+        source_config(directory)
     (directory / "config.json").write_text("{not json")
     with pytest.raises(CheckpointError, match="not valid JSON"):
         load_checkpoint(directory, device="cpu")
@@ -147,9 +154,10 @@ def test_config_mismatch_is_reported(saved, tmp_path):
 def test_sources_other_than_directories(tmp_path):
     with pytest.raises(CheckpointError, match="neither a checkpoint directory nor a preset"):
         load_checkpoint(tmp_path / "nowhere", device="cpu")
-    tiny = load_checkpoint("tiny", device="cpu")
+    tiny, identity = load_checkpoint("tiny", device="cpu")
     assert tiny.config.preset == "tiny" and not tiny.training
-    assert model_identity(tiny) == model_identity(load_checkpoint("tiny", device="cpu"))
+    assert identity == load_checkpoint("tiny", device="cpu")[1]
+    assert identity.model_id == f"lmgendrive-tiny-{identity.sha256[:12]}"
 
 
 def test_paper_preset_without_local_weights_names_file_and_source(tmp_path, monkeypatch):
@@ -197,8 +205,8 @@ def _write_tiny_pretrained(root: Path, config) -> None:
 def test_pretrained_components_load_from_local_directories(tmp_path, monkeypatch):
     """The paper preset's loading path, on tiny stand-ins (the UNet input is widened for concat_last_latent)."""
     monkeypatch.setenv("LMGD_PRETRAINED_DIR", str(tmp_path))
-    config = replace(preset_config("tiny"), pretrained=PretrainedPaths(
-        llm="llm", stable_diffusion="sd", motion_adapter="adapter", clip="clip"))
+    config = preset_config("tiny").model_copy(update={"pretrained": PretrainedPaths(
+        llm="llm", stable_diffusion="sd", motion_adapter="adapter", clip="clip")})
     _write_tiny_pretrained(tmp_path, config)
     components, tokenizer = load_components(config, torch.float32)
     assert components.unet.conv_in.in_channels == 2 * config.vae.latent_channels
@@ -206,7 +214,7 @@ def test_pretrained_components_load_from_local_directories(tmp_path, monkeypatch
     result = model.rollout(_seed_frames(), INSTRUCTION, horizon=8, seeds=[0])
     assert result.frames.shape == (1, 3, 8, 32, 32, 3)
     assert "conditioner.clip" not in {".".join(n.split(".")[:2]) for n, p in model.named_parameters()
-                                      if id(p) in {id(q) for q in model.set_stage(2)}}
+                                      if id(p) in {id(q) for q in set_stage(model, 2)}}
     (tmp_path / "adapter" / "diffusion_pytorch_model.safetensors").unlink()
     with pytest.raises(CheckpointError, match=r"adapter/diffusion_pytorch_model.safetensors.*guoyww"):
         load_components(config, torch.float32)
@@ -214,12 +222,14 @@ def test_pretrained_components_load_from_local_directories(tmp_path, monkeypatch
 
 def test_demo_preset_is_the_embedded_trained_checkpoint(monkeypatch, tmp_path):
     import lmgendrive.checkpoint as ckpt
+    import lmgendrive.checkpoint_meta as meta_module
 
-    model = ckpt.load_checkpoint("demo", device="cpu")
-    meta = json.loads((ckpt.EMBEDDED_DIR / "demo" / "config.json").read_text())
-    assert model.config.preset == "demo" and ckpt.model_identity(model).sha256 == meta["weights_sha256"]
-    assert ckpt.model_identity(model).sha256 != ckpt.weights_sha256(ckpt.build_untrained("demo"))
-    assert (ckpt.EMBEDDED_DIR / "demo" / "model.safetensors").stat().st_size < 60 * 2**20
-    monkeypatch.setattr(ckpt, "EMBEDDED_DIR", tmp_path)  # a checkout without it: a clear error, no fallback
+    model, identity = ckpt.load_checkpoint("demo", device="cpu")
+    meta = json.loads((meta_module.EMBEDDED_DIR / "demo" / "config.json").read_text())
+    assert model.config.preset == "demo" and identity.sha256 == meta["weights_sha256"]
+    assert model.config == source_config("demo") == preset_config("demo")
+    assert identity.sha256 != ckpt.weights_sha256(ckpt.build_untrained("demo"))
+    assert (meta_module.EMBEDDED_DIR / "demo" / "model.safetensors").stat().st_size < 60 * 2**20
+    monkeypatch.setattr(meta_module, "EMBEDDED_DIR", tmp_path)  # a checkout without it: a clear error
     with pytest.raises(CheckpointError, match=r"demo/config.json is missing.*lmgd train"):
         ckpt.load_checkpoint("demo", device="cpu")

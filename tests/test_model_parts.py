@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -13,6 +12,7 @@ import torch
 from lmgendrive.checkpoint import build_untrained
 from lmgendrive.config import ModelConfig, preset_config
 from lmgendrive.device import pick_device
+from lmgendrive.sampling import sample_frames
 from lmgendrive.tokenizer import DEFAULT_CORPUS, build_tokenizer, load_tokenizer
 from lmgendrive.vision import DET_CHANNELS, LIGHT_CLASSES, build_bev_targets
 from schemas.errors import ConfigError
@@ -21,21 +21,29 @@ from schemas.errors import ConfigError
 @pytest.mark.parametrize("name", ["tiny", "demo", "paper"])
 def test_presets_round_trip_through_json(name):
     config = preset_config(name)
-    again = ModelConfig.from_dict(json.loads(json.dumps(config.to_dict())))
+    again = ModelConfig.from_dict(json.loads(json.dumps(config.model_dump(mode="json"))))
     assert again == config
 
 
-def test_config_errors_name_the_key():
-    data = preset_config("tiny").to_dict()
-    data["llm"]["hiddn"] = 3
-    with pytest.raises(ConfigError, match=r"hiddn.*config\.llm"):
+@pytest.mark.parametrize(("change", "message"), [
+    (lambda d: d["llm"].update(hiddn=3), r"unknown key 'hiddn' in config\.llm; valid keys: .*'hidden'"),
+    (lambda d: d["llm"].update(hidden="wide"), r"config\.llm\.hidden: Input should be a valid integer"),
+    (lambda d: d["llm"].update(hidden=True), r"config\.llm\.hidden: Input should be a valid integer"),
+    (lambda d: d["llm"].update(hidden=66), "llm.hidden must be divisible by llm.heads"),
+    (lambda d: d.update(image_size=[32, 32, 3]), r"config\.image_size: Tuple should have at most 2 items"),
+    (lambda d: d["sampler"].update(scheduler="euler"), r"config\.sampler\.scheduler: Input should be"),
+    (lambda d: d["sampler"].update(steps=4, strength=0.1), "at least one denoising step, got 0.1 x 4"),
+    (lambda d: d["sampler"].update(name="ddim"), r"sampler\.name is now config\.sampler\.scheduler"),
+    (lambda d: d["sampler"].update(guidance_scale=1.0), r"guidance_scale is now config\.sampler\.guidance"),
+])
+def test_config_errors_name_the_key(change, message):
+    data = preset_config("tiny").model_dump(mode="json")
+    change(data)
+    with pytest.raises(ConfigError, match=message):
         ModelConfig.from_dict(data)
-    data = preset_config("tiny").to_dict()
-    data["llm"]["hidden"] = "wide"
-    with pytest.raises(ConfigError, match=r"config\.llm\.hidden must be int"):
-        ModelConfig.from_dict(data)
-    with pytest.raises(ConfigError, match="llm.hidden must be divisible"):
-        replace(preset_config("tiny"), llm=replace(preset_config("tiny").llm, hidden=66)).validate()
+
+
+def test_unknown_preset():
     with pytest.raises(ConfigError, match="unknown model preset"):
         preset_config("huge")
 
@@ -103,7 +111,7 @@ def test_shapes_of_every_part(model):
         assert latents.shape == (b * v, cfg.vae.latent_channels, *cfg.latent_size)
         assert model.generator.decode(latents).shape == (b * v, 3, h, w)
         gens = [torch.Generator().manual_seed(i) for i in range(b)]
-        video = model.generator.sample(cond, model.conditioner.null_cond, pixels, gens, cfg.sampler)
+        video = sample_frames(model.generator, cond, model.conditioner.null_cond, pixels, gens, cfg.sampler)
         assert video.shape == (b, v, cfg.frames_per_step, 3, h, w)
         assert video.min() >= -1 and video.max() <= 1
 
@@ -164,7 +172,8 @@ def _llm_args(model, texts, history):
 @pytest.mark.parametrize("multiview", [True, False])
 def test_multiview_fusion_switch(multiview):
     base = preset_config("tiny")
-    model = build_untrained(replace(base, fusion=replace(base.fusion, multiview=multiview))).eval()
+    fusion = base.fusion.model_copy(update={"multiview": multiview})
+    model = build_untrained(base.model_copy(update={"fusion": fusion})).eval()
     pixels = torch.rand(1, 3, 3, 32, 32) * 2 - 1
     world = torch.randn(1, base.llm.num_world_queries, base.llm.hidden)
     changed = pixels.clone()

@@ -1,4 +1,5 @@
-"""LMGenDrive training losses on the tiny preset: stage gradients and loss decrease on a fixed batch."""
+"""LMGenDrive training losses (:mod:`lmgendrive.train.losses`) and stage freezing on the tiny preset:
+stage gradients and loss decrease on a fixed batch."""
 
 from __future__ import annotations
 
@@ -9,7 +10,19 @@ import pytest
 import torch
 
 from lmgendrive.checkpoint import build_untrained
-from lmgendrive.model import DriveBatch, LMGenDrive, LossOutput, heading_loss
+from lmgendrive.model import LMGenDrive
+from lmgendrive.train import losses as losses_module
+from lmgendrive.train.losses import (
+    DriveBatch,
+    LossOutput,
+    autoencoder_loss,
+    heading_loss,
+    multistep_loss,
+    perception_loss,
+    planner_loss,
+    single_step_loss,
+)
+from lmgendrive.train.stages import set_stage
 from lmgendrive.vision import PerceptionBatch, build_bev_targets
 from schemas.errors import BadInputError, ConfigError
 
@@ -42,9 +55,9 @@ def _perception_batch(model: LMGenDrive) -> PerceptionBatch:
 def test_stage3_two_step_loss_reaches_llm_and_adapters_not_the_generator():
     torch.manual_seed(0)
     model = build_untrained("tiny").train()
-    trainable = model.set_stage(3)
+    trainable = set_stage(model, 3)
     assert trainable and all(p.requires_grad for p in trainable)
-    out = model.multistep_loss(_drive_batch(steps=2))
+    out = multistep_loss(model, _drive_batch(steps=2))
     assert set(out.terms) == {"waypoints", "completion", "diffusion", "total"}
     out.loss.backward()
 
@@ -64,9 +77,9 @@ def test_stage3_gradient_flows_back_through_the_generated_video(monkeypatch):
     """The video generated at step 1 (input of step 2 only) receives gradient from step 2's loss."""
     torch.manual_seed(0)
     model = build_untrained("tiny").train()
-    model.set_stage(3)
+    set_stage(model, 3)
     videos = []
-    sample = model.generator.sample
+    sample = losses_module.sample_frames
 
     def keep(*args, **kwargs):
         video = sample(*args, **kwargs)
@@ -74,15 +87,15 @@ def test_stage3_gradient_flows_back_through_the_generated_video(monkeypatch):
         videos.append(video)
         return video
 
-    monkeypatch.setattr(model.generator, "sample", keep)
-    model.multistep_loss(_drive_batch(steps=2)).loss.backward()
+    monkeypatch.setattr(losses_module, "sample_frames", keep)
+    multistep_loss(model, _drive_batch(steps=2)).loss.backward()
     assert len(videos) == 1 and videos[0].requires_grad
     assert float(videos[0].grad.abs().sum()) > 0
 
 
 def _trainable(model: LMGenDrive, stage: int) -> set[str]:
     """Two-level name prefixes of the parameters ``set_stage(stage)`` makes trainable."""
-    params = {id(p) for p in model.set_stage(stage)}
+    params = {id(p) for p in set_stage(model, stage)}
     return {".".join(n.split(".")[:2]) for n, p in model.named_parameters() if id(p) in params}
 
 
@@ -98,12 +111,12 @@ def test_stages_select_parameters():
     stage3 = _trainable(model, 3)
     assert "llm.model" in stage3 and not any(n.startswith(("generator", "conditioner", "vision")) for n in stage3)
     with pytest.raises(ConfigError):
-        model.set_stage(4)
+        set_stage(model, 4)
 
 
 def _decreases(model: LMGenDrive, loss_fn: Callable[[], LossOutput], stage: int, steps: int = 6,
                lr: float = 2e-3) -> tuple[float, float]:
-    params = model.set_stage(stage)
+    params = set_stage(model, stage)
     model.train()
     opt = torch.optim.Adam(params, lr=lr)
     losses = []
@@ -122,11 +135,11 @@ def test_each_loss_decreases_on_a_fixed_batch(stage):
     torch.manual_seed(0)
     model = build_untrained("tiny")
     loss_fn = {
-        0: lambda: model.autoencoder_loss(_uint8((6, 32, 32, 3), 4)),
-        1: lambda: model.perception_loss(_perception_batch(model)),
-        2: lambda: model.single_step_loss(_drive_batch(steps=1)),
-        3: lambda: model.multistep_loss(_drive_batch(steps=2)),
-        "planner": lambda: model.planner_loss(_drive_batch(steps=1)),
+        0: lambda: autoencoder_loss(model, _uint8((6, 32, 32, 3), 4)),
+        1: lambda: perception_loss(model, _perception_batch(model)),
+        2: lambda: single_step_loss(model, _drive_batch(steps=1)),
+        3: lambda: multistep_loss(model, _drive_batch(steps=2)),
+        "planner": lambda: planner_loss(model, _drive_batch(steps=1)),
     }[stage]
     first, last = _decreases(model, loss_fn, 3 if stage == "planner" else stage)
     assert last < 0.9 * first, (first, last)
@@ -149,8 +162,8 @@ def test_heading_loss_is_the_angle_between_trajectory_segments():
 def test_planner_loss_trains_the_planner_alone():
     torch.manual_seed(0)
     model = build_untrained("tiny").train()
-    model.set_stage(3)
-    out = model.planner_loss(_drive_batch(steps=1))
+    set_stage(model, 3)
+    out = planner_loss(model, _drive_batch(steps=1))
     assert set(out.terms) == {"plan_waypoints", "plan_heading", "plan_completion", "total"}
     out.loss.backward()
     assert float(model.llm.action_head[0].weight.grad.abs().sum()) > 0
@@ -162,7 +175,7 @@ def test_losses_reject_malformed_batches():
     model = build_untrained("tiny")
     batch = _drive_batch(steps=1)
     with pytest.raises(BadInputError, match="S>=2"):
-        model.multistep_loss(batch)
+        multistep_loss(model, batch)
     batch.future_frames = batch.future_frames[:, :, :, :4]
     with pytest.raises(BadInputError, match="future_frames"):
-        model.single_step_loss(batch)
+        single_step_loss(model, batch)

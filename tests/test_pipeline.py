@@ -14,11 +14,13 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 import webdataset as wds
+import yaml
+from faults import FaultyUnitRunner
 from pipeline_helpers import tiny_job, write_job
 
 from pipeline.cli import main
 from pipeline.driver import run_job
-from schemas.errors import BadInputError, CheckpointError
+from schemas.errors import BadInputError, CheckpointError, ConfigError
 from storage.read import iter_samples, raw_samples
 from storage.store import open_storage
 
@@ -110,6 +112,7 @@ def test_a_different_job_into_the_same_output_is_refused(clean_run):
 
 
 def test_unit_that_always_fails_is_reported_and_others_complete(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr("workers.generator.UnitRunner", FaultyUnitRunner)
     monkeypatch.setenv("LMGD_FAULT_FAIL_UNIT", "unit-000001")
     out = tmp_path / "out"
     job = write_job(tmp_path / "job.yaml", tiny_job(str(out)))
@@ -187,19 +190,45 @@ def test_a_local_cluster_without_the_gpus_asked_for_is_refused_at_once(tmp_path)
     assert not (out / "shards").exists() or not any((out / "shards").iterdir())
 
 
-@pytest.mark.parametrize(("override", "expected"), [(None, True), (False, False)])
-def test_the_worker_samples_as_the_checkpoint_says_unless_the_job_overrides(tmp_path, override, expected):
+DEMO_SAMPLER = {"scheduler": "dpmsolver++", "steps": 12, "guidance": 1.0, "strength": 0.3,
+                "context_detail": True, "warp_start": True}  # checkpoints/demo/config.json
+
+
+@pytest.mark.parametrize("override", [
+    {}, {"scheduler": "ddim", "steps": 4},
+    {"steps": 4, "strength": 0.5, "context_detail": False, "warp_start": False}])
+def test_samples_record_the_sampler_that_ran(tmp_path, monkeypatch, override):
+    """The driver resolves the job's sampler over the checkpoint's once: the workers sample with
+    exactly that, and job.yaml and every sample's metadata record it, the checkpoint's values
+    where the job sets none."""
+    import lmgendrive.model
+    from schemas.sampler import SamplerConfig
+
+    ran = []
+    sample = lmgendrive.model.sample_frames
+
+    def spy(*args, **kwargs):
+        ran.append(args[5])  # the sampler
+        return sample(*args, **kwargs)
+
+    monkeypatch.setattr(lmgendrive.model, "sample_frames", spy)
+    out = tmp_path / "out"
+    manifest = {"build": {"source": "procedural", "towns": [3], "frames": 40, "size": 64,
+                          "stride": 10, "seed_frames": 4}, "curate": {"sample": 2}}
+    run_job(tiny_job(str(out), model="demo", horizons=[8], manifest=manifest, sampler=override),
+            executor="local", progress_bar=False)
+    expected = {**DEMO_SAMPLER, **override}
+    assert ran and set(ran) == {SamplerConfig(**expected)}
+    assert yaml.safe_load((out / "job.yaml").read_text())["sampler"] == expected
+    metas = [s.meta for s in iter_samples(str(out))]
+    assert len(metas) == 2 and all(json.loads(m["sampler"]) == expected for m in metas)
+
+
+def test_the_worker_refuses_a_sampler_the_driver_did_not_resolve(tmp_path):
     from workers.generator import UnitRunner
 
-    sampler = {"scheduler": "ddim", "steps": 4,
-               **({} if override is None else {"context_detail": override, "warp_start": override})}
-    job = tiny_job(str(tmp_path / "out"), model="demo", sampler=sampler)
-    runner = UnitRunner(job.model_dump(mode="json"), "test", device="cpu")
-    chosen = runner._sampler()
-    own = runner.model.config.sampler
-    assert own.context_detail and own.warp_start and own.strength == 0.3
-    assert chosen.context_detail is expected and chosen.warp_start is expected
-    assert chosen.strength == 0.3 and chosen.steps == 4
+    with pytest.raises(ConfigError, match="guidance, strength, context_detail, warp_start unset"):
+        UnitRunner(tiny_job(str(tmp_path / "out")).model_dump(mode="json"), "test", device="cpu")
 
 
 def test_seed_stack_gives_the_speed_and_the_path_driven_at_the_last_seed_frame():
@@ -227,7 +256,7 @@ def test_the_worker_overlaps_units_but_never_runs_the_model_on_two_at_once(tmp_p
     from concurrent.futures import ThreadPoolExecutor
 
     import workers.generator as generator
-    from pipeline.driver import prepare
+    from pipeline.driver import prepare, resolve_job
     from schemas.units import make_units
     from storage.store import open_storage
 
@@ -247,7 +276,7 @@ def test_the_worker_overlaps_units_but_never_runs_the_model_on_two_at_once(tmp_p
     for mode in ("sequential", "threads"):
         for kind in spans:
             spans[kind].clear()
-        job = tiny_job(str(tmp_path / mode))
+        job = resolve_job(tiny_job(str(tmp_path / mode)))
         units = make_units(prepare(job, open_storage(job.output), overwrite=True), job.sharding.samples_per_shard)
         runner = generator.UnitRunner(job.model_dump(mode="json"), "test", device="cpu")
         runner.model.rollout = timed("rollout", runner.model.rollout)

@@ -6,6 +6,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 import ray
+from faults import FaultyUnitRunner
 from pipeline_helpers import tiny_job
 
 from pipeline.driver import run_job
@@ -43,7 +44,7 @@ def test_worker_killed_mid_unit_job_completes_with_one_copy_of_each_sample(clust
     monkeypatch.setenv("LMGD_FAULT_KILL_UNIT", "unit-000001")
     monkeypatch.setenv("LMGD_FAULT_FLAG", str(flag))
     out = tmp_path / "out"
-    run_job(_job(out), executor="ray", progress_bar=False)
+    run_job(_job(out), executor="ray", runner_class=FaultyUnitRunner, progress_bar=False)
     assert flag.read_text() == "unit-000001"  # the fault did happen
     stats = json.loads((out / "stats.json").read_text())
     assert stats["workers_replaced"] >= 1 and stats["units_failed"] == {}
@@ -58,7 +59,7 @@ def test_unit_that_always_fails_on_ray(cluster, tmp_path, monkeypatch):
     monkeypatch.setenv("LMGD_FAULT_FAIL_UNIT", "unit-000000")
     out = tmp_path / "out"
     with pytest.raises(RunFailure, match="unit-000000: InjectedFault"):
-        run_job(_job(out), executor="ray", progress_bar=False)
+        run_job(_job(out), executor="ray", runner_class=FaultyUnitRunner, progress_bar=False)
     done = {m["unit"] for m in _markers(out)}
     assert "unit-000000" not in done and len(done) >= 2
 

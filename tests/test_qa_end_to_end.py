@@ -12,13 +12,13 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import yaml
+from qa_weights import write_evaluator
 
 from manifests.build import finish_row, instruction_fields, seed_point_rows
 from pipeline.qa_cli import add_parser
 from pipeline.qa_run import run_qa
 from qa.config import qa_config, report_dir_of
 from qa.frechet import FeatureStats
-from qa.testing import write_evaluator
 from scenes.procedural.drive import DriveSpec, ProceduralScene
 from scenes.procedural.instructions import make_instruction
 from scenes.registry import procedural_ref

@@ -9,18 +9,18 @@ import cv2
 import numpy as np
 import pytest
 import torch
+from qa_weights import (
+    random_state_dict,
+    write_evaluator,
+    write_i3d_weights,
+    write_inception_weights,
+)
 from safetensors.torch import save_file
 
 from qa.config import resolve_evaluator
 from qa.drive import load_drive, load_evaluator
 from qa.i3d import I3D
 from qa.inception import inception_skeleton, load_inception
-from qa.testing import (
-    random_state_dict,
-    write_evaluator,
-    write_i3d_weights,
-    write_inception_weights,
-)
 from qa.video import clip_starts, clips_of, load_i3d, preprocess
 from qa.weights import INCEPTION, find_weights
 from schemas.errors import CheckpointError

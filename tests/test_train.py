@@ -13,10 +13,13 @@ from lmgendrive.train.config import StageConfig, parse_config
 from lmgendrive.train.curves import plot_log
 from lmgendrive.train.data import DriveDataset, FrameDataset, PlannerData
 from lmgendrive.train.loop import StageTrainer
+from lmgendrive.train.losses import planner_loss
 from lmgendrive.train.runner import TOKEN_CACHE_FILE, run
-from lmgendrive.train.stages import drive_batch, objective, straighten_previous_action
+from lmgendrive.train.stages import drive_batch, objective, set_stage, straighten_previous_action
 from lmgendrive.train.tokens import PlannerWindows, VisionTokenCache
 from scenes.procedural.drive import DriveSpec, ProceduralScene
+from schemas.errors import ConfigError
+from schemas.sampler import SamplerOverride
 
 
 @pytest.fixture(scope="module")
@@ -47,7 +50,7 @@ def _trainer(scene, stage, tmp_path, iterations=8, lr=2e-3, dataset=None, planne
     """``planner``: False, True (planner batches of pixels) or "tokens" (of cached vision tokens)."""
     model = build_untrained("tiny")
     config = StageConfig(iterations=iterations, batch_size=2, lr=lr, warmup=1, weight_decay=0.0, clip=5.0,
-                         sequence_steps=[2], sampler_steps=2, planner={"batch_size": 3, "straight_previous": 0.5} if planner else None, **kw)
+                         sequence_steps=[2], sampler={"steps": 2}, planner={"batch_size": 3, "straight_previous": 0.5} if planner else None, **kw)
     dataset = dataset or _dataset(scene, stage, model)
     plans = None
     if planner:
@@ -86,15 +89,25 @@ def test_resume_gives_identical_losses(stage, planner, small_scene, tmp_path):
 
 def test_stage3_feeds_back_videos_from_its_own_sampler_start_not_the_models():
     """The demo model generates from the moved start at 0.3; stage 3 of its recipe fed back videos
-    from the still start at 0.8, and keeps doing so unless its config says otherwise."""
+    from the still start at 0.8, and keeps doing so unless its config says otherwise; the keys
+    neither sets are the model's."""
     model = build_untrained("demo")
     assert model.config.sampler.warp_start and model.config.sampler.strength == 0.3
-    stage = StageConfig(iterations=10, batch_size=1, lr=1e-4, sampler_steps=3)
+    stage = StageConfig(iterations=10, batch_size=1, lr=1e-4, sampler={"steps": 4})
     sampler = objective(model, 3, stage).sampler
-    assert (sampler.strength, sampler.warp_start, sampler.steps) == (0.8, False, 3)
-    moved = objective(model, 3, stage.model_copy(update={"sampler_strength": 0.5, "sampler_warp_start": True}))
-    assert (moved.sampler.strength, moved.sampler.warp_start) == (0.5, True)
+    assert (sampler.strength, sampler.warp_start, sampler.steps) == (0.8, False, 4)
+    assert (sampler.scheduler, sampler.context_detail) == ("dpmsolver++", True)  # the model's
+    override = SamplerOverride(strength=0.5, warp_start=True)
+    moved = objective(model, 3, stage.model_copy(update={"sampler": override})).sampler
+    assert (moved.strength, moved.warp_start, moved.steps) == (0.5, True, 3)
     assert objective(model, 2, stage).sampler is None
+
+
+def test_a_recipe_with_the_old_sampler_keys_names_the_new_ones(tmp_path):
+    recipe = {"preset": "tiny", "workdir": str(tmp_path), "output": str(tmp_path / "model"),
+              "stages": {"3": {"iterations": 2, "batch_size": 1, "lr": 1e-4, "sampler_steps": 3}}}
+    with pytest.raises(ConfigError, match=r"stages\.3\.sampler_steps: now sampler\.steps"):
+        parse_config(recipe)
 
 
 def test_straightened_previous_actions_keep_their_distances():
@@ -113,7 +126,7 @@ def test_planner_loss_from_cached_tokens_equals_the_loss_from_pixels(small_scene
     other = ProceduralScene(DriveSpec(town_seed=5, route_seed=0, frames=30, size=(32, 32)))
     torch.manual_seed(0)
     model = build_untrained("tiny")
-    model.set_stage(3)  # the encoder frozen (eval mode), as in stages 2-3
+    set_stage(model, 3)  # the encoder frozen (eval mode), as in stages 2-3
     windows = DriveDataset([small_scene, other], model.config, context=2, steps=1)
     cache = VisionTokenCache.build(model, windows)
     assert cache.tokens.shape[0] == len(small_scene) + len(other)
@@ -127,9 +140,9 @@ def test_planner_loss_from_cached_tokens_equals_the_loss_from_pixels(small_scene
     assert torch.equal(tokens.waypoints, pixels.waypoints) and tokens.instructions == pixels.instructions
     model.train()  # dropout in the compressor and LLM: the same noise for both
     torch.manual_seed(1)
-    expected = model.planner_loss(pixels)
+    expected = planner_loss(model, pixels)
     torch.manual_seed(1)
-    got = model.planner_loss(tokens)
+    got = planner_loss(model, tokens)
     for name, value in expected.terms.items():
         assert got.terms[name] == pytest.approx(value, rel=1e-5, abs=1e-6), name
 
@@ -178,19 +191,20 @@ def test_all_stages_write_a_loadable_checkpoint_and_curves(tmp_path):
         "preset": "tiny", "workdir": str(tmp_path / "work"), "output": str(tmp_path / "model"),
         "data": {"towns": [3], "frames": 40, "size": 32, "cache": str(tmp_path / "scenes"), "context_frames": 2,
                  "workers": 0},
-        "stages": {"0": iters, "1": iters, "2": iters, "3": {**iters, "sequence_steps": [2], "sampler_steps": 1,
+        "stages": {"0": iters, "1": iters, "2": iters, "3": {**iters, "sequence_steps": [2], "sampler": {"steps": 1},
                                                               "planner": {"batch_size": 2, "routes_per_town": 2,
                                                                           "token_cache": True}}},
     })
     assert run(config, [0, 1]) is None  # not the last stage: no output yet
     assert run(config) == tmp_path / "model"  # stages 0 and 1 are done and skipped; 2 and 3 train
-    model = load_checkpoint(tmp_path / "model", "cpu")
+    model, _ = load_checkpoint(tmp_path / "model", "cpu")
     assert float(model.generator.latent_scale) != 1.0  # calibrated after stage 0
     assert (tmp_path / "scenes" / "dataset_index.txt").is_file()
     for stage in range(4):
         assert (tmp_path / "model" / f"loss_stage{stage}.png").is_file()
     readme = (tmp_path / "model" / "README.md").read_text()
     assert "| 3 | 2 | 2 |" in readme and "planner batches of 2" in readme and "encoder tokens cached" in readme
+    assert "fed-back sampler steps 1, strength 0.8, warp_start False" in readme
     assert (tmp_path / "work" / TOKEN_CACHE_FILE).is_file()
     assert '"plan_heading"' in (tmp_path / "work" / "stage3" / "log.jsonl").read_text()
     assert len(list((tmp_path / "scenes").glob("town0003_route000[01]_*"))) == 2  # the planner's second route

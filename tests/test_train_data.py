@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+from driving.maneuver import path_maneuver
 from lmgendrive.config import preset_config
 from lmgendrive.train import cli
 from lmgendrive.train.config import load_config, parse_config, parse_stage
@@ -21,7 +22,6 @@ from lmgendrive.train.data import (
     drive_specs,
     make_loader,
     maneuver_groups,
-    maneuver_of,
 )
 from lmgendrive.train.schedule import WarmupCosine
 from scenes.lmdrive import open_root, write_index, write_route
@@ -90,12 +90,13 @@ def test_stream_sampler_shards_and_crosses_epochs():
     assert [i for pair in zip(*ranks, strict=True) for i in pair] == [i for _, i in whole]
 
 
-def test_maneuver_of_reads_the_last_segments_heading():
+def test_path_maneuver_reads_the_last_segments_heading():
     ahead = np.array([[1.0, 0.0], [2.0, 0.0], [3.0, 0.0], [4.0, 0.0]])
-    assert maneuver_of(ahead) == "straight"
-    assert maneuver_of(ahead + [[0, 0], [0, 0], [0, 0], [0, 0.2]]) == "left"  # 11 degrees to the left (+y)
-    assert maneuver_of(ahead - [[0, 0], [0, 0], [0, 0], [0, 0.2]]) == "right"
-    assert maneuver_of(np.zeros((4, 2))) == "straight"  # standing: no heading
+    assert path_maneuver(ahead) == "straight"
+    left = ahead + [[0, 0], [0, 0], [0, 0], [0, 0.2]]
+    assert path_maneuver(left) == "left"  # 11 degrees to the left (+y)
+    assert path_maneuver(ahead - [[0, 0], [0, 0], [0, 0], [0, 0.2]]) == "right"
+    assert path_maneuver(np.zeros((4, 2))) == "straight"  # standing: no heading
 
 
 @pytest.fixture(scope="module")
@@ -118,7 +119,7 @@ def test_maneuver_groups_split_junction_windows_by_the_experts_turn(junction_dri
             _, t = dataset.index[k]
             assert any(e - 16 <= t <= e + 8 for e in entries) == (name != "other")
             if name != "other":
-                assert maneuver_of(scene.measurements(t).waypoints) == name
+                assert path_maneuver(scene.measurements(t).waypoints) == name
 
 
 def test_stratified_sampler_draws_by_share_and_resumes_exactly():

@@ -40,5 +40,5 @@ def test_two_processes_train_as_one_group_and_rank_zero_writes(tmp_path):
     drives = sorted(p.name for p in (tmp_path / "scenes").iterdir() if p.is_dir())
     assert len(drives) == 4 and not any(name.endswith(".partial") for name in drives)
     assert (tmp_path / "work" / TOKEN_CACHE_FILE).is_file()
-    model = load_checkpoint(tmp_path / "ckpt", "cpu")
+    model, _ = load_checkpoint(tmp_path / "ckpt", "cpu")
     assert model.config.preset == "tiny"

@@ -1,1 +1,1 @@
-"""Ray actor classes: the generator worker and the QA feature worker."""
+"""The stages the executor runs, set up once per actor: generation units (generator.py) and QA features (qa.py)."""

@@ -4,6 +4,8 @@
 inside a threaded Ray actor pinned to the GPUs Ray gives it (two units at once, their stages
 overlapped). A unit's shard is built in a temporary file, published whole, and only then is its
 completion marker written; the runner returns the marker (small metadata), never video bytes.
+It samples exactly as the job's sampler says, every key set by the driver
+(:func:`pipeline.driver.resolve_job`), and records those settings with every sample.
 """
 
 from __future__ import annotations
@@ -20,7 +22,6 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from lmgendrive.config import SamplerConfig
 from scenes.registry import open_scene
 from schemas.job import JobSpec
 from schemas.scene import VIEWS
@@ -28,7 +29,6 @@ from schemas.tables import INDEX, SAMPLE
 from schemas.units import Unit
 from storage.shards import GeneratedSample, content_hash, sample_members, write_shard
 from storage.store import open_storage
-from workers import faults
 
 log = logging.getLogger(__name__)
 
@@ -44,16 +44,6 @@ def seed_stack(task: dict, size: tuple[int, int], step: int) -> tuple[np.ndarray
     last = start - 1
     driven = np.asarray(scene.measurements(last - step).waypoints, np.float32) if last >= step else None
     return stack, float(scene.measurements(last).speed), driven
-
-
-def job_sampler(job: JobSpec, own: SamplerConfig) -> SamplerConfig:
-    """The sampler a job runs: its ``sampler`` section, the model's own value where it leaves one unset."""
-    s = job.sampler
-    strength = own.strength if s.strength is None else s.strength
-    detail = own.context_detail if s.context_detail is None else s.context_detail
-    warp = own.warp_start if s.warp_start is None else s.warp_start
-    return SamplerConfig(name=s.scheduler, steps=s.steps, guidance_scale=s.guidance, strength=strength,
-                         context_detail=detail, warp_start=warp)
 
 
 def stack_driven(driven: tuple[np.ndarray | None, ...], waypoints: int) -> np.ndarray:
@@ -83,18 +73,18 @@ class UnitRunner:
 
         t0 = time.perf_counter()
         self.job = JobSpec.model_validate(job)
+        self.sampler = self.job.sampler.resolved()  # the driver's resolution, run as it is
         # CPU kernels give slightly different bits with different thread counts: pin the count to
         # the job's CPUs per worker (before any other torch work) so reruns are byte-identical
         torch.set_num_threads(max(1, int(self.job.resources.cpus_per_worker)))
 
-        from lmgendrive.checkpoint import load_checkpoint, model_identity
+        from lmgendrive.checkpoint import load_checkpoint
         from lmgendrive.device import pick_device
 
         self.code_version = code_version
         self.gpu_ids = _ray_gpu_ids()
         self.device = pick_device(device)
-        self.model = load_checkpoint(self.job.model, device=self.device)
-        self.identity = model_identity(self.model)
+        self.model, self.identity = load_checkpoint(self.job.model, device=self.device)
         self.storage = open_storage(self.job.output, self.job.storage.endpoint_url, self.job.storage.region)
         self._seed_lock = threading.Lock()  # scenes (renderers, caches) are not thread-safe
         self._model_lock = threading.Lock()
@@ -106,7 +96,6 @@ class UnitRunner:
 
     def run(self, unit: Unit) -> dict:
         """Generate, encode and publish one unit; returns its completion marker."""
-        faults.maybe_fail(unit.name)
         size = tuple(self.model.config.image_size)
         step, waypoints = self.model.config.frames_per_step, self.model.config.vision.num_waypoints
         with self._seed_lock:
@@ -118,9 +107,8 @@ class UnitRunner:
             result = self.model.rollout(
                 np.stack(stacks), [s.task["instruction"] for s in unit.samples], unit.horizon,
                 [s.seed for s in unit.samples], speed=np.array(speeds, np.float32),
-                driven=stack_driven(driven, waypoints), sampler=self._sampler())
+                driven=stack_driven(driven, waypoints), sampler=self.sampler)
             t1 = time.perf_counter()
-        faults.maybe_kill(unit.name)
         encoded = []
         rows = []
         for b, ref in enumerate(unit.samples):
@@ -146,9 +134,6 @@ class UnitRunner:
         self.storage.put_bytes(unit.marker_key, json.dumps(marker, sort_keys=True, indent=1).encode())
         return marker
 
-    def _sampler(self):
-        return job_sampler(self.job, self.model.config.sampler)
-
     def _meta(self, ref, frames: np.ndarray) -> dict:
         t = ref.task
         return {
@@ -157,7 +142,7 @@ class UnitRunner:
             "counterfactual": t["counterfactual"], "scene": t["scene"], "start_frame": t["start_frame"],
             "horizon": t["horizon"], "fps": 10.0, "views": list(VIEWS), "height": int(frames.shape[2]),
             "width": int(frames.shape[3]), "model_id": self.identity.model_id, "model_sha256": self.identity.sha256,
-            "sampler": json.dumps(self.job.sampler.model_dump(), sort_keys=True), "seed": ref.seed,
+            "sampler": json.dumps(self.sampler.model_dump(), sort_keys=True), "seed": ref.seed,
             "code_version": self.code_version,
         }
 

@@ -28,9 +28,15 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from lmgendrive.config import PRESETS
 from schemas.errors import ConfigError
+from schemas.sampler import SamplerOverride
 from schemas.scene import WEATHERS
 
 STAGES = (0, 1, 2, 3)
+RENAMED = {"sampler_steps": "sampler.steps", "sampler_strength": "sampler.strength",
+           "sampler_warp_start": "sampler.warp_start"}
+FED_BACK = SamplerOverride(steps=3, strength=0.8, warp_start=False)
+"""Stage 3's sampler of the fed-back videos, over the model's: few steps from the still last frame,
+independent of the model's inference sampler (a stage's ``sampler`` overrides these)."""
 
 PositiveInt = Annotated[int, Field(ge=1)]
 
@@ -109,10 +115,7 @@ class StageConfig(_Strict):
     checkpoint_every: PositiveInt = 100
     log_every: PositiveInt = 10
     sequence_steps: list[Annotated[int, Field(ge=2, le=3)]] = [2, 3]  # stage 3 curriculum, equal shares
-    sampler_steps: PositiveInt = 3  # stage 3: denoising steps of the fed-back videos
-    # stage 3: the fed-back videos' start, independent of the model's inference sampler
-    sampler_strength: Annotated[float, Field(gt=0, le=1)] = 0.8
-    sampler_warp_start: bool = False
+    sampler: SamplerOverride = SamplerOverride()  # stage 3: the fed-back videos', over FED_BACK
     planner: PlannerConfig | None = None  # stages 2-3: planner batches balanced by maneuver
 
     @model_validator(mode="after")
@@ -122,6 +125,11 @@ class StageConfig(_Strict):
         if sorted(self.sequence_steps) != self.sequence_steps or not self.sequence_steps:
             raise ValueError("sequence_steps must be a non-empty, non-decreasing list of 2s and 3s")
         return self
+
+    def fed_back(self) -> SamplerOverride:
+        """Stage 3's sampler of the fed-back videos, to apply over the model's: :data:`FED_BACK`
+        with this stage's ``sampler`` keys."""
+        return FED_BACK.model_copy(update=self.sampler.model_dump(exclude_none=True))
 
 
 class TrainConfig(_Strict):
@@ -160,8 +168,17 @@ def parse_config(data: object, where: str = "config") -> TrainConfig:
     try:
         return TrainConfig.model_validate(data)
     except ValidationError as exc:
-        problems = [f"  {'.'.join(str(p) for p in e['loc']) or '(top level)'}: {e['msg']}" for e in exc.errors()]
+        problems = [f"  {'.'.join(str(p) for p in e['loc']) or '(top level)'}: {_message(e)}"
+                    for e in exc.errors()]
         raise ConfigError(f"{where} is not a valid training recipe:\n" + "\n".join(problems)) from None
+
+
+def _message(error: dict) -> str:
+    """A validation error's message; a renamed key's names its new place."""
+    key = str(error["loc"][-1]) if error["loc"] else ""
+    if error["type"] == "extra_forbidden" and key in RENAMED:
+        return f"now {RENAMED[key]} (a stage's sampler has the model sampler's keys)"
+    return error["msg"]
 
 
 def load_config(path: str | Path) -> TrainConfig:

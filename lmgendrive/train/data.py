@@ -29,18 +29,17 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from driving.maneuver import path_maneuver
 from lmgendrive.config import ModelConfig
 from lmgendrive.train.config import DataConfig
 from lmgendrive.vision import LIGHT_CLASSES, build_bev_targets
 from scenes.lmdrive import open_root, write_index, write_route
 from scenes.procedural.drive import DriveSpec, ProceduralScene
-from schemas.scene import OBJECT_CLASSES, Measurements, Scene
+from schemas.scene import OBJECT_CLASSES, TURNS, Measurements, Scene
 
 log = logging.getLogger(__name__)
 
 DETECTED = (OBJECT_CLASSES.index("vehicle"), OBJECT_CLASSES.index("pedestrian"))
-TURN_DEGREES = 4.0  # a trajectory whose last waypoint segment heads more than this off straight turns
-MANEUVERS = ("left", "straight", "right")
 
 
 def drive_specs(data: DataConfig) -> list[DriveSpec]:
@@ -61,7 +60,7 @@ def _render(spec: DriveSpec, root: Path) -> Path:
 
 def render_cache(data: DataConfig, root: Path) -> Path:
     """Render the procedural drives missing from the LMDrive root ``root``; returns the root."""
-    from tqdm import tqdm
+    from storage.progress import progress
 
     specs = drive_specs(data)
     names = [_scene_name(s) for s in specs]
@@ -69,8 +68,8 @@ def render_cache(data: DataConfig, root: Path) -> Path:
     root.mkdir(parents=True, exist_ok=True)
     if missing:
         log.info("rendering %d of %d training drives into %s", len(missing), len(specs), root)
-        with ProcessPoolExecutor(max(1, data.workers)) as pool, tqdm(total=len(missing), desc="render drives",
-                                                                    unit="drive", disable=None) as bar:
+        with (ProcessPoolExecutor(max(1, data.workers)) as pool,
+              progress(len(missing), "render drives", "drive") as bar):
             for _ in pool.map(_render, missing, [root] * len(missing)):
                 bar.update()
     write_index(root, [root / n for n in names])
@@ -183,16 +182,6 @@ class DriveDataset(_SceneDataset):
         }
 
 
-def maneuver_of(waypoints: np.ndarray) -> str:
-    """"left", "straight" or "right": the heading of the last segment of ego-frame ``waypoints``
-    (x forward, y left) against ``TURN_DEGREES``; a standing car goes straight."""
-    dx, dy = np.asarray(waypoints[-1], dtype=np.float64) - np.asarray(waypoints[-2], dtype=np.float64)
-    if np.hypot(dx, dy) < 0.05:
-        return "straight"
-    heading = np.degrees(np.arctan2(dy, dx))
-    return "left" if heading > TURN_DEGREES else "right" if heading < -TURN_DEGREES else "straight"
-
-
 def junction_entries(scene: Scene) -> list[int]:
     """The frames at which ``scene`` enters a junction (``is_junction`` turns true)."""
     inside = [scene.measurements(i).is_junction for i in range(len(scene))]
@@ -205,13 +194,13 @@ def maneuver_groups(dataset: DriveDataset, before: int, after: int) -> dict[str,
     maneuver (so the turns are their first frames, where the instruction decides); "other" for the
     rest (open road, and the rest of each turn, which the turning car's own motion already shows)."""
     entries: dict[int, list[int]] = {}
-    groups: dict[str, list[int]] = {name: [] for name in (*MANEUVERS, "other")}
+    groups: dict[str, list[int]] = {name: [] for name in (*TURNS, "other")}
     for k, (s, t) in enumerate(dataset.index):
         scene = dataset.scenes[s]
         if s not in entries:
             entries[s] = junction_entries(scene)
         zone = any(e - before <= t <= e + after for e in entries[s])
-        groups[maneuver_of(scene.measurements(t).waypoints) if zone else "other"].append(k)
+        groups[path_maneuver(scene.measurements(t).waypoints) if zone else "other"].append(k)
     return {name: np.asarray(ks, dtype=np.int64) for name, ks in groups.items()}
 
 
@@ -251,7 +240,7 @@ class PlannerData:
                  windows: Dataset | None = None):
         self.windows = dataset if windows is None else windows
         groups = maneuver_groups(dataset, *entry_zone)
-        self.groups = [groups[name] for name in (*MANEUVERS, "other")]
+        self.groups = [groups[name] for name in (*TURNS, "other")]
         self.shares = [junction_share / 3] * 3 + [1.0 - junction_share]
         log.info("planner windows: %s", ", ".join(f"{name} {len(g)}" for name, g in groups.items()))
 

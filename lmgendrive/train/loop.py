@@ -17,7 +17,7 @@ from lmgendrive.train.config import StageConfig
 from lmgendrive.train.curves import plot_log
 from lmgendrive.train.data import PlannerData, make_loader
 from lmgendrive.train.schedule import warmup_cosine
-from lmgendrive.train.stages import objective, sequence_steps
+from lmgendrive.train.stages import objective, sequence_steps, set_stage
 from lmgendrive.train.state import Progress, load_state, save_state
 from schemas.errors import RunFailure
 
@@ -38,7 +38,7 @@ class StageTrainer:
         self.workdir, self.seed, self.workers = Path(workdir), seed, workers
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.backend = backend or LocalBackend()
-        self.params = model.set_stage(stage)
+        self.params = set_stage(model, stage)
         optimizer = torch.optim.AdamW(self.params, lr=config.lr, weight_decay=config.weight_decay)
         self.scheduler = warmup_cosine(optimizer, config.warmup, config.iterations, config.min_lr_ratio)
         self.objective, self.optimizer = self.backend.prepare(objective(model, stage, config), optimizer)
@@ -61,7 +61,7 @@ class StageTrainer:
     def run(self, until: int | None = None) -> list[float]:
         """Train to iteration ``until`` (default: the configured total); returns the losses of the
         iterations run. Saves a state every ``checkpoint_every`` iterations and at the end."""
-        from tqdm import tqdm
+        from storage.progress import progress
 
         until = self.config.iterations if until is None else min(until, self.config.iterations)
         if self.progress.step >= until:
@@ -71,8 +71,8 @@ class StageTrainer:
                              self.backend.rank, self.backend.world)
         plans = iter(self._planner_loader()) if self.planner is not None else None
         losses: list[float] = []
-        bar = tqdm(total=until, initial=self.progress.step, desc=f"stage {self.stage}", unit="it",
-                   disable=None if self.backend.is_main else True, dynamic_ncols=True)
+        bar = progress(until, f"stage {self.stage}", "it", initial=self.progress.step,
+                       enabled=self.backend.is_main)
         with bar, open(self.workdir / LOG_FILE, "a") as log_fh:
             for batch in loader:
                 row = self._iteration(batch, next(plans) if plans is not None else None)

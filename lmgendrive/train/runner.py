@@ -64,7 +64,8 @@ def starting_model(config: TrainConfig, stage: int, backend: LocalBackend) -> LM
     if not source.is_dir():
         raise ConfigError(f"stage {stage} starts from stage {earlier[-1]}'s result {source}, which does not exist: "
                           f"run `lmgd train --stage {earlier[-1]}` first (or --stage all)")
-    return load_checkpoint(source, backend.device)
+    model, _ = load_checkpoint(source, backend.device)
+    return model
 
 
 def train_stage(config: TrainConfig, stage: int, command: str = "") -> LMGenDrive | None:
@@ -108,7 +109,7 @@ def run(config: TrainConfig, stages: list[int] | None = None, command: str = "")
     last = config.stage_numbers()[-1]
     if last not in todo or not is_main_process():  # under a multi-process launch rank 0 writes it
         return None
-    model = load_checkpoint(final_dir(config, last), "cpu")
+    model, _ = load_checkpoint(final_dir(config, last), "cpu")
     output = Path(config.output)
     save_checkpoint(model, output, readme=readme(config, config.stage_numbers(), command))
     for stage in config.stage_numbers():
@@ -144,7 +145,8 @@ def readme(config: TrainConfig, stages: list[int], command: str) -> str:
              "|---|---|---|---|---|---|---|---|---|"]
     for s in stages:
         c = config.stage(s)
-        notes = [f"sequence steps {c.sequence_steps}, sampler steps {c.sampler_steps}"] if s == 3 else []
+        sampler = ", ".join(f"{k} {v}" for k, v in c.fed_back().model_dump(exclude_none=True).items())
+        notes = [f"sequence steps {c.sequence_steps}, fed-back sampler {sampler}"] if s == 3 else []
         if c.planner is not None:
             p = c.planner
             notes.append(f"planner batches of {p.batch_size}, {p.junction_share:g} from junction entries "

@@ -1,4 +1,5 @@
-"""What each stage trains and on which loss; collated loader batches -> model batches.
+"""What each stage trains (:func:`set_stage`) and on which loss; collated loader batches -> model
+batches.
 
 0: the VAE (autoencoder loss on every view of each frame); afterwards the latent scale is
 calibrated. 1: the vision encoder and its perception heads. 2: single step, encoder frozen.
@@ -8,20 +9,60 @@ Stages 2-3 may add a planner-only batch per iteration, drawn by maneuver (``Stag
 
 from __future__ import annotations
 
-from dataclasses import replace
-
 import numpy as np
 import torch
 from torch import nn
 from torch.utils.data import Dataset
 
-from lmgendrive.config import SamplerConfig
 from lmgendrive.frames import to_pixels
-from lmgendrive.model import DriveBatch, LMGenDrive, LossOutput
+from lmgendrive.model import LMGenDrive
 from lmgendrive.train.config import StageConfig
+from lmgendrive.train.losses import (
+    DriveBatch,
+    LossOutput,
+    autoencoder_loss,
+    multistep_loss,
+    perception_loss,
+    planner_loss,
+    single_step_loss,
+)
 from lmgendrive.vision import PerceptionBatch
+from schemas.errors import ConfigError
+from schemas.sampler import SamplerConfig
 
 CALIBRATION_FRAMES = 32  # frames (x views) used to calibrate the latent scale after stage 0
+
+
+def set_stage(model: LMGenDrive, stage: int) -> list[nn.Parameter]:
+    """Set ``requires_grad`` of ``model`` for a training stage and return the trainable parameters.
+
+    0: the VAE alone (presets trained from scratch). 1: the vision encoder and its heads.
+    2: vision encoder frozen; Q-Former, adapter, LLM, queries, action head, fusion, UNet (and
+    CLIP unless it is pretrained) train. 3: as 2 but the whole world generator (CLIP, fusion,
+    UNet, VAE) is frozen; gradients still flow through it to the LLM side.
+    """
+    if stage not in (0, 1, 2, 3):
+        raise ConfigError(f"training stage must be 0, 1, 2 or 3, got {stage}")
+    model.requires_grad_(False)
+    if stage == 0:
+        model.generator.vae.requires_grad_(True)
+    elif stage == 1:
+        model.vision.frozen = False
+        model.vision.requires_grad_(True)
+    else:
+        model.vision.freeze()
+        model.compressor.requires_grad_(True)
+        model.llm.requires_grad_(True)
+        if stage == 2:
+            model.conditioner.requires_grad_(True)
+            model.conditioner.clip.requires_grad_(model.config.pretrained.clip is None)
+            # the conditioner reads CLIP's patch tokens, never its pooled output: a parameter
+            # that gets no gradient would stall data-parallel training (DDP's reducer)
+            for name, module in model.conditioner.clip.named_modules():
+                if name.endswith("post_layernorm"):
+                    module.requires_grad_(False)
+            model.generator.unet.requires_grad_(True)
+    return [p for p in model.parameters() if p.requires_grad]
 
 
 def sequence_steps(stage: StageConfig, step: int) -> int:
@@ -53,27 +94,26 @@ class StageObjective(nn.Module):
         ``plan`` when the stage has planner batches."""
         device = self.model.device
         if self.stage == 0:
-            return self.model.autoencoder_loss(batch["frames"].to(device))
+            return autoencoder_loss(self.model, batch["frames"].to(device))
         if self.stage == 1:
-            return self.model.perception_loss(PerceptionBatch(batch["frames"], batch["detection"], batch["waypoints"],
-                                                              batch["light"]).to(device))
+            perception = PerceptionBatch(batch["frames"], batch["detection"], batch["waypoints"], batch["light"])
+            return perception_loss(self.model, perception.to(device))
         drive = drive_batch(batch, steps).to(device)
-        out = (self.model.single_step_loss(drive) if self.stage == 2
-               else self.model.multistep_loss(drive, self.sampler))
+        out = (single_step_loss(self.model, drive) if self.stage == 2
+               else multistep_loss(self.model, drive, self.sampler))
         if plan is None:
             return out
         plan = straighten_previous_action(plan, self.straight_previous)
-        planned = self.model.planner_loss(drive_batch(plan, 1).to(device))
+        planned = planner_loss(self.model, drive_batch(plan, 1).to(device))
         total = out.loss + planned.loss
         terms = {**out.terms, **{k: v for k, v in planned.terms.items() if k != "total"}, "total": total.item()}
         return LossOutput(total, terms)
 
 
 def objective(model: LMGenDrive, stage: int, config: StageConfig) -> StageObjective:
-    """The stage's objective; stage 3 samples its fed-back videos with ``config.sampler_steps`` steps
-    from ``config.sampler_strength`` (and ``sampler_warp_start``)."""
-    sampler = (replace(model.config.sampler, steps=config.sampler_steps, strength=config.sampler_strength,
-                       warp_start=config.sampler_warp_start) if stage == 3 else None)
+    """The stage's objective; stage 3 samples its fed-back videos with the model's sampler as
+    :meth:`StageConfig.fed_back` overrides it."""
+    sampler = config.fed_back().over(model.config.sampler, "stage 3 sampler") if stage == 3 else None
     return StageObjective(model, stage, sampler, config.planner.straight_previous if config.planner else 0.0)
 
 

@@ -92,16 +92,15 @@ def _cache_key(model: LMGenDrive, dataset: DriveDataset) -> str:
 
 @torch.no_grad()
 def _encode_all(model: LMGenDrive, dataset: DriveDataset, workers: int) -> torch.Tensor:
-    from tqdm import tqdm
-
     from lmgendrive.frames import to_pixels
+    from storage.progress import progress
 
     frames = _AllFrames(dataset)
     loader = DataLoader(frames, batch_size=ENCODE_BATCH, num_workers=workers, prefetch_factor=2 if workers else None)
     started, parts, mode = time.perf_counter(), [], model.vision.training
     model.vision.eval()
     try:
-        with tqdm(total=len(frames), desc="vision tokens", unit="frame", dynamic_ncols=True) as bar:
+        with progress(len(frames), "vision tokens", "frame") as bar:
             for batch in loader:
                 pixels = to_pixels(batch[:, None], model.config.image_size, model.device, "frames")
                 parts.append(model.vision_tokens(pixels)[:, 0].cpu())

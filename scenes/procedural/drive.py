@@ -10,22 +10,22 @@ from functools import lru_cache
 
 import numpy as np
 
+from driving.vehicle import HALF_LENGTH, VEHICLE_SIZE
 from scenes.procedural.geometry import to_ego
 from scenes.procedural.ground import GroundTexture, build_ground
 from scenes.procedural.instructions import active_per_frame, build_timeline, plan_events
 from scenes.procedural.render import Renderer
-from scenes.procedural.routes import PEDESTRIAN_SIZE, VEHICLE_SIZE
+from scenes.procedural.routes import PEDESTRIAN_SIZE
 from scenes.procedural.signals import light_state
 from scenes.procedural.town import BOX, make_town, turn_between
 from scenes.procedural.weather import get_weather
 from scenes.procedural.world import simulate
 from schemas.errors import ConfigError
-from schemas.scene import FPS, VIEWS, InstructionSpan, Measurements, SceneObject
+from schemas.scene import FPS, TURNS, VIEWS, InstructionSpan, Measurements, SceneObject
 
 OBJECT_RANGE = 50.0
 LIGHT_RANGE = 45.0
 WAYPOINT_FRAMES = (2, 4, 6, 8)  # t+0.2 .. 0.8 s at 10 Hz
-TURNS = ("left", "straight", "right")
 
 
 @dataclass(frozen=True)
@@ -111,10 +111,10 @@ class ProceduralScene:
         f = self.log.frames[i]
         x, y, theta, speed = (float(v) for v in f.ego)
         future = np.array([self.log.frames[i + k].ego[:2] for k in WAYPOINT_FRAMES])
-        m = self.log.route.next_maneuver(f.ego_s + VEHICLE_SIZE[0] / 2)
+        m = self.log.route.next_maneuver(f.ego_s + HALF_LENGTH)
         state = "none"
         if m is not None and self.town.has_light(m.node):
-            gap = m.s_stop - f.ego_s - VEHICLE_SIZE[0] / 2
+            gap = m.s_stop - f.ego_s - HALF_LENGTH
             if -0.5 < gap < LIGHT_RANGE:
                 state = light_state(self.town, m.node, m.k_in, f.t)
         return Measurements(
@@ -130,11 +130,11 @@ class ProceduralScene:
         """Feasible maneuvers ('left', 'straight', 'right') at the junction the ego is in or
         approaching within ``within`` metres at frame ``i``; ``None`` when there is none."""
         self._check(i)
-        front = self.log.frames[i].ego_s + VEHICLE_SIZE[0] / 2
+        front = self.log.frames[i].ego_s + HALF_LENGTH
         m = self.log.route.next_maneuver(front)
         if m is None or m.s_stop - front > within or len(self.town.arms(m.node)) < 3:
             return None
-        turns = {turn_between(m.k_in, k) for k in self.town.arms(m.node) if (k - m.k_in) % 4 != 2}
+        turns = self.town.turns(m.node, m.k_in)
         return [t for t in TURNS if t in turns]
 
     def next_junction(self, i: int) -> JunctionApproach | None:
@@ -142,7 +142,7 @@ class ProceduralScene:
         is left on the route): its node, the route's turn there and the distance from the front
         bumper to its stop line (negative once past the line)."""
         self._check(i)
-        front = self.log.frames[i].ego_s + VEHICLE_SIZE[0] / 2
+        front = self.log.frames[i].ego_s + HALF_LENGTH
         m = self.log.route.next_maneuver(front)
         return None if m is None else JunctionApproach(m.node, turn_between(m.k_in, m.k_out), float(m.s_stop - front))
 

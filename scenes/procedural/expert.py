@@ -6,10 +6,11 @@ from __future__ import annotations
 import numpy as np
 
 from driving.control import Control, WaypointController
+from driving.vehicle import HALF_LENGTH
 from scenes.procedural.geometry import to_ego
 from scenes.procedural.routes import Route, first_obstacle, idm_acceleration
 from scenes.procedural.town import Town
-from scenes.procedural.traffic import HALF_LENGTH, lookahead, signal_gap
+from scenes.procedural.traffic import lookahead, signal_gap
 from schemas.scene import WAYPOINT_TIMES
 
 WHEELBASE = 2.9

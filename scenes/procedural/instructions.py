@@ -10,13 +10,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from driving.vehicle import HALF_LENGTH
 from scenes.procedural.routes import Maneuver
 from scenes.procedural.signals import light_state
 from scenes.procedural.town import Town, turn_between
 from scenes.procedural.world import DriveLog, EgoEvent
 from schemas.scene import Instruction, InstructionSpan
-
-HALF_LENGTH = 2.25
 
 
 @dataclass(frozen=True)
@@ -230,7 +229,7 @@ def _misleading(log: DriveLog, navigation: list[InstructionSpan], rng, p: float 
         m = log.route.next_maneuver(_front_s(log, span.start_frame))
         missing = []
         if m is not None:
-            present = {turn_between(m.k_in, k) for k in town.arms(m.node) if (k - m.k_in) % 4 != 2}
+            present = town.turns(m.node, m.k_in)
             missing = [t for t in ("left", "right") if t not in present]
         if missing:
             instr = make_instruction("turn_" + missing[rng.integers(len(missing))], rng, misleading=True)

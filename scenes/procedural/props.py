@@ -10,8 +10,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from driving.vehicle import VEHICLE_SIZE
 from scenes.procedural.geometry import DIRECTIONS, right_of
-from scenes.procedural.routes import VEHICLE_SIZE
 from scenes.procedural.town import Town
 
 LAMP_COLORS = {"red": (255, 50, 36), "yellow": (255, 196, 40), "green": (70, 255, 130)}

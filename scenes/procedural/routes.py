@@ -10,7 +10,6 @@ import numpy as np
 from scenes.procedural.geometry import Polyline
 from scenes.procedural.town import BOX, STOP_LINE, Town
 
-VEHICLE_SIZE = (4.5, 1.9, 1.5)  # length, width, height
 PEDESTRIAN_SIZE = (0.5, 0.5, 1.75)
 
 
@@ -44,7 +43,7 @@ class Route:
         """Extend the route so it reaches at least ``ahead`` metres past ``s``."""
         while self.path.length < s + ahead:
             node, k_in = self._end_node, self._end_k
-            options = [k for k in self.town.arms(node) if (k - k_in) % 4 != 2]
+            options = self.town.exits(node, k_in)
             k_out = self.choose(node, k_in, options)
             s_entry = self.path.length
             self.path.extend(self.town.connector(node, k_in, k_out))

@@ -74,6 +74,15 @@ class Town:
     def _arms(self) -> dict[tuple[int, int], list[int]]:
         return {n: [k for k in range(4) if self.neighbour(n, k) is not None] for n in self.nodes}
 
+    def exits(self, node: tuple[int, int], k_in: int) -> list[int]:
+        """Directions a vehicle arriving at ``node`` heading ``k_in`` may leave by: every arm but
+        the one it came in on (no U-turns)."""
+        return [k for k in self.arms(node) if (k - k_in) % 4 != 2]
+
+    def turns(self, node: tuple[int, int], k_in: int) -> list[str]:
+        """The feasible turns ('straight', 'left', 'right') there, in the order of :meth:`exits`."""
+        return [turn_between(k_in, k) for k in self.exits(node, k_in)]
+
     def has_light(self, node: tuple[int, int]) -> bool:
         return len(self.arms(node)) >= 3
 

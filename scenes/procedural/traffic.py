@@ -6,11 +6,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from scenes.procedural.routes import VEHICLE_SIZE, Route, first_obstacle, idm_acceleration
+from driving.vehicle import HALF_LENGTH
+from scenes.procedural.routes import Route, first_obstacle, idm_acceleration
 from scenes.procedural.signals import light_state
 from scenes.procedural.town import Town
 
-HALF_LENGTH = VEHICLE_SIZE[0] / 2
 CAR_COLORS = [
     (200, 30, 30), (235, 235, 235), (25, 25, 28), (60, 90, 170), (150, 152, 158), (200, 170, 40),
     (40, 110, 70), (110, 30, 40), (90, 90, 96), (210, 110, 30),

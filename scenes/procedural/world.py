@@ -70,8 +70,7 @@ def ego_route(town: Town, rng: np.random.Generator, turns: list[str] | None) -> 
         route = Route(town, node, k, chooser)
         if forced:
             nxt = town.neighbour(node, k)
-            names = {turn_between(k, kk) for kk in town.arms(nxt) if (kk - k) % 4 != 2}
-            if forced[0] not in names:
+            if forced[0] not in town.turns(nxt, k):
                 continue
         s = float(rng.uniform(4.0, max(4.5, route.path.length * 0.35)))
         return route, s

@@ -1,4 +1,4 @@
-"""Seeded random weight files in the published layouts, for offline tests and benchmarks.
+"""Seeded random weight files in the published layouts, for offline tests and bench/fid_speed.py.
 
 They let our extractors and the reference packages (pytorch-fid, torch-fidelity, cd-fvd) load the
 very same tensors, and exercise the real lookup and loading code, without any download. Figures
@@ -60,7 +60,7 @@ def write_evaluator(directory: Path, preset: str = "tiny", seed: int = 0) -> Pat
         encoder = VisionEncoder(config.vision, len(config.views))
     directory.mkdir(parents=True, exist_ok=True)
     save_file({k: v.contiguous() for k, v in encoder.state_dict().items()}, directory / "model.safetensors")
-    meta = {"format": "lmgendrive-checkpoint", "format_version": 1, "config": config.to_dict(),
+    meta = {"format": "lmgendrive-checkpoint", "format_version": 1, "config": config.model_dump(mode="json"),
             "weights_sha256": file_sha256(directory / "model.safetensors")}
     (directory / "config.json").write_text(json.dumps(meta, indent=2))
     return directory

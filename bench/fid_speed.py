@@ -8,7 +8,7 @@ Inception weights from a temporary ``$TORCH_HOME``; random weights cost the same
 features are checked to agree. The last line printed is a JSON object; ``ours_over_pytorch_fid``
 (images/s ratio, goal >= 1.0) is the figure the QA issue asks for.
 
-    python bench/qa.py [--images 240] [--size 128] [--batch-size 50] [--device cpu] [--repeats 3]
+    python bench/fid_speed.py [--images 240] [--size 128] [--batch-size 50] [--device cpu] [--repeats 3]
 """
 
 from __future__ import annotations
@@ -22,12 +22,12 @@ import tempfile
 import time
 from pathlib import Path
 
-# this script is named qa.py: keep its folder from shadowing the qa package
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
+import cv2
+import numpy as np
+import torch
 
-import cv2  # noqa: E402
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
+# the seeded random Inception weights are a test fixture (tests/qa_weights.py), not shipped code
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 
 def _render(n: int, size: int) -> np.ndarray:
@@ -69,9 +69,9 @@ def main() -> None:
         os.environ["TORCH_HOME"] = str(root / "torch")
         from pytorch_fid.fid_score import get_activations
         from pytorch_fid.inception import InceptionV3
+        from qa_weights import write_inception_weights
 
         from qa.inception import load_inception
-        from qa.testing import write_inception_weights
 
         write_inception_weights(root / "torch" / "hub" / "checkpoints")
         images = _render(args.images, args.size)

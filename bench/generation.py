@@ -16,14 +16,11 @@ mp4, writes and publishes shards and markers, then the driver builds the index.
 ``pipeline_over_bare`` compares throughput once the worker is up (as in a long job);
 ``pipeline_over_bare_with_startup`` also charges Ray's start and the worker's model load.
 
-    python bench/pipeline.py [--preset demo] [--samples 16] [--horizon 32] [--steps 12]
+    python bench/generation.py [--preset demo] [--samples 16] [--horizon 32] [--steps 12]
 """
 
 from __future__ import annotations
 
-import _syspath  # noqa: F401  (must come first: keeps this file from shadowing `pipeline`)
-
-# isort: split
 import argparse
 import json
 import os
@@ -33,11 +30,11 @@ import time
 import numpy as np
 
 from lmgendrive.checkpoint import build_untrained, load_checkpoint, save_checkpoint
-from pipeline.driver import prepare, run_job
+from pipeline.driver import prepare, resolve_job, run_job
 from schemas.job import parse_job
 from schemas.units import make_units
 from storage.store import open_storage
-from workers.generator import job_sampler, seed_stack, stack_driven
+from workers.generator import seed_stack, stack_driven
 
 
 def job_spec(output: str, model: str, args) -> dict:
@@ -57,7 +54,7 @@ def bare(job, units) -> tuple[float, int]:
     import torch
 
     torch.set_num_threads(max(1, int(job.resources.cpus_per_worker)))
-    model = load_checkpoint(job.model)
+    model, _ = load_checkpoint(job.model)
     size = tuple(model.config.image_size)
     step, k = model.config.frames_per_step, model.config.vision.num_waypoints
     batches = []
@@ -65,7 +62,7 @@ def bare(job, units) -> tuple[float, int]:
         stacks, speeds, driven = zip(*(seed_stack(s.task, size, step) for s in unit.samples), strict=True)
         batches.append((np.stack(stacks), [s.task["instruction"] for s in unit.samples], unit.horizon,
                         [s.seed for s in unit.samples], np.array(speeds, np.float32), stack_driven(driven, k)))
-    sampler = job_sampler(job, model.config.sampler)  # the worker's: the model's strength unless the job sets one
+    sampler = job.sampler.resolved()  # the worker's: the job as resolve_job() filled it in
     t0 = time.perf_counter()
     frames = 0
     for stacks, instructions, horizon, seeds, speeds, driven in batches:
@@ -86,7 +83,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         model_dir = os.path.join(tmp, "model")
         save_checkpoint(build_untrained(args.preset), model_dir)
-        job = parse_job(job_spec(os.path.join(tmp, "out"), model_dir, args))
+        job = resolve_job(parse_job(job_spec(os.path.join(tmp, "out"), model_dir, args)))
         manifest = prepare(job, open_storage(job.output), overwrite=True)
         units = make_units(manifest, job.sharding.samples_per_shard)
         before_fps, frames = bare(job, units)
@@ -98,7 +95,7 @@ def main() -> None:
         after_fps, _ = bare(job, units)  # bare runs before and after: drift of a shared machine cancels
         bare_fps = (before_fps + after_fps) / 2
     print(json.dumps({
-        "bench": "pipeline", "preset": args.preset, "samples": len(manifest), "horizon": args.horizon,
+        "bench": "generation", "preset": args.preset, "samples": len(manifest), "horizon": args.horizon,
         "sampler_steps": args.steps, "frames": frames, "pipeline_frames": summary.frames,
         "bare_frames_per_s": round(bare_fps, 3), "bare_before_after": [round(before_fps, 3), round(after_fps, 3)],
         "pipeline_frames_per_s": round(pipeline_fps, 3),

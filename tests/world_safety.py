@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from scenes.procedural.routes import PEDESTRIAN_SIZE, VEHICLE_SIZE
+from driving.vehicle import HALF_LENGTH, VEHICLE_SIZE
+from scenes.procedural.routes import PEDESTRIAN_SIZE
 from scenes.procedural.signals import light_state
 from scenes.procedural.world import DriveLog
-
-HALF_LENGTH = VEHICLE_SIZE[0] / 2
 
 
 def _corners(x: float, y: float, yaw: float, length: float, width: float) -> np.ndarray:

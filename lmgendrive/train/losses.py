@@ -1,0 +1,234 @@
+"""The training losses of :class:`~lmgendrive.model.LMGenDrive`, one per stage (the trainer owns the
+loop; :func:`lmgendrive.train.stages.set_stage` sets which parameters train).
+
+:func:`autoencoder_loss` (stage 0: the VAE of presets trained from scratch), :func:`perception_loss`
+(stage 1), :func:`single_step_loss` (stage 2), :func:`multistep_loss` (stage 3) and
+:func:`planner_loss` (the planner batches of stages 2-3); :func:`diffusion_loss` and
+:func:`heading_loss` are their parts.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from lmgendrive.llm import LLMOutput
+from lmgendrive.model import LMGenDrive, speed_after
+from lmgendrive.sampling import sample_frames
+from lmgendrive.vision import PerceptionBatch
+from lmgendrive.vision import perception_loss as perception_terms
+from lmgendrive.world import WorldGenerator
+from schemas.errors import BadInputError
+from schemas.sampler import SamplerConfig
+
+COMPLETION_WEIGHT = 0.2  # LMDrive's weight of the instruction-completed loss
+HEADING_WEIGHT = 1.0  # planner batches: waypoint-segment heading loss (radians), see heading_loss()
+KL_WEIGHT = 1e-6  # autoencoder KL weight (Stable Diffusion's)
+
+
+@dataclass
+class DriveBatch:
+    """A stage-2/3 batch of S consecutive generation steps (S = 1 for the single-step loss).
+
+    frames: uint8 (B, V, T, H, W, 3) context frames at 10 Hz, the last one is the current frame.
+    instructions: B strings.
+    speed: float (B,) current speed, m/s.
+    prev_waypoints: float (B, K, 2) the current action: the waypoints of the previous step (0.8 s
+    earlier, in that step's ego frame); zeros when unknown.
+    waypoints: float (B, S, K, 2) target waypoints of each step (ego frame of that step).
+    completed: float (B, S) 1 where the instruction is completed at that step.
+    future_frames: uint8 (B, S, V, F, H, W, 3) the F frames that follow each step.
+    tokens: float (B, T, N, D) the context frames' :meth:`LMGenDrive.vision_tokens`, precomputed
+    (the encoder is frozen in stages 2-3); :func:`planner_loss` reads them instead of ``frames``,
+    which may then be ``None``, as may ``future_frames`` (planning needs no future).
+    """
+
+    frames: torch.Tensor | None
+    instructions: list[str]
+    speed: torch.Tensor
+    prev_waypoints: torch.Tensor
+    waypoints: torch.Tensor
+    completed: torch.Tensor
+    future_frames: torch.Tensor | None
+    tokens: torch.Tensor | None = None
+
+    def to(self, device: torch.device) -> DriveBatch:
+        names = ("frames", "speed", "prev_waypoints", "waypoints", "completed", "future_frames",
+                 "tokens")
+        move = {k: None if getattr(self, k) is None else getattr(self, k).to(device) for k in names}
+        return DriveBatch(instructions=self.instructions, **move)
+
+
+@dataclass
+class LossOutput:
+    """The scalar to backpropagate and its terms as floats, for logging."""
+
+    loss: torch.Tensor
+    terms: dict[str, float]
+
+
+def autoencoder_loss(model: LMGenDrive, frames: torch.Tensor) -> LossOutput:
+    """Stage 0: VAE reconstruction L1 + KL on uint8 frames (..., H, W, 3)."""
+    x = model.pixels(frames, "frames").reshape(-1, 3, *model.config.image_size)
+    dist = model.generator.vae.encode(x.to(model.generator.vae.dtype)).latent_dist
+    rec = model.generator.vae.decode(dist.sample()).sample.float()
+    l1 = F.l1_loss(rec, x)
+    kl = dist.kl().mean()
+    loss = l1 + KL_WEIGHT * kl
+    return LossOutput(loss, {"l1": l1.item(), "kl": kl.item(), "total": loss.item()})
+
+
+def perception_loss(model: LMGenDrive, batch: PerceptionBatch) -> LossOutput:
+    """Stage 1: detection + waypoint + traffic-light loss
+    (:func:`lmgendrive.vision.perception_loss`)."""
+    pixels = model.pixels(batch.frames, "frames")
+    model.check_views(pixels, "frames")
+    out = model.vision.perceive(model.vision(pixels.to(model.vision.proj.weight.dtype)))
+    loss, terms = perception_terms(out, batch)
+    return LossOutput(loss, terms)
+
+
+def diffusion_loss(generator: WorldGenerator, target: torch.Tensor, cond: torch.Tensor,
+                   last_pixels: torch.Tensor, null_cond: torch.Tensor) -> torch.Tensor:
+    """DDPM epsilon MSE on the future frames ``target`` (B, V, F, 3, H, W) in [-1, 1].
+
+    ``cond`` (B, V, S, dim) is replaced by ``null_cond`` (S, dim) for a ``cond_dropout`` share of
+    samples while the generator trains (classifier-free guidance); ``last_pixels`` (B, V, 3, H, W)
+    are the context frames.
+    """
+    b, v, f = target.shape[:3]
+    with torch.no_grad():
+        z0 = generator.encode(target.flatten(0, 2), sample=True)
+    z0 = z0.unflatten(0, (b * v, f)).transpose(1, 2)  # (B*V, c, F, h, w)
+    noise = torch.randn_like(z0)
+    schedule = generator.train_scheduler
+    t = torch.randint(0, schedule.config.num_train_timesteps, (b,), device=z0.device)
+    t = t.repeat_interleave(v)
+    noisy = schedule.add_noise(z0, noise, t)
+    dropout = generator.config.diffusion.cond_dropout
+    if generator.training and dropout > 0:
+        drop = torch.rand(b, device=cond.device) < dropout
+        cond = torch.where(drop[:, None, None, None], null_cond.to(cond.dtype), cond)
+    eps = generator.predict_noise(noisy, t, cond, generator.context_latents(last_pixels))
+    return F.mse_loss(eps.float(), noise.float())
+
+
+def _step_loss(model: LMGenDrive, out: LLMOutput, context: torch.Tensor, batch: DriveBatch, k: int,
+               future: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Waypoint L1 + 0.2 completion BCE + diffusion MSE of step ``k``."""
+    wp = F.l1_loss(out.waypoints, batch.waypoints[:, k].float())
+    done = F.binary_cross_entropy_with_logits(out.completion_logit, batch.completed[:, k].float())
+    cond = model.conditioner(context, out.world)
+    diff = diffusion_loss(model.generator, future, cond, context, model.conditioner.null_cond)
+    total = wp + COMPLETION_WEIGHT * done + diff
+    return total, {"waypoints": wp, "completion": done, "diffusion": diff}
+
+
+def _prepare(model: LMGenDrive, batch: DriveBatch, min_steps: int) -> tuple[torch.Tensor, ...]:
+    """Pixels, future pixels, instruction embeddings and mask, encoded history of ``batch``."""
+    pixels = model.pixels(batch.frames, "frames")
+    if pixels.ndim != 6:
+        raise BadInputError(f"frames must be (B, V, T, H, W, 3), got {tuple(batch.frames.shape)}")
+    model.check_views(pixels, "frames")
+    future = model.pixels(batch.future_frames, "future_frames")
+    f = model.config.frames_per_step
+    if future.ndim != 7 or future.shape[1] < min_steps or future.shape[3] != f:
+        raise BadInputError(f"future_frames must be (B, S>={min_steps}, V, {f}, H, W, 3),"
+                            f" got {tuple(batch.future_frames.shape)}")
+    ids, mask = model.tokenize(batch.instructions)
+    history = model.encode_history(pixels[:, :, -model.config.llm.history_frames:].transpose(1, 2))
+    return pixels, future, model.llm.embed_instructions(ids), mask, history
+
+
+def single_step_loss(model: LMGenDrive, batch: DriveBatch) -> LossOutput:
+    """Stage 2: waypoint L1 + 0.2 completion BCE + diffusion MSE for the first step of ``batch``."""
+    pixels, future, embeds, mask, history = _prepare(model, batch, 1)
+    out = model.llm(embeds, mask, history, batch.speed.float(), batch.prev_waypoints.float())
+    total, terms = _step_loss(model, out, pixels[:, :, -1], batch, 0, future[:, 0])
+    return LossOutput(total, {**{k: v.item() for k, v in terms.items()}, "total": total.item()})
+
+
+def planner_loss(model: LMGenDrive, batch: DriveBatch) -> LossOutput:
+    """Planning alone (no world queries, no generation) for the first step of ``batch``:
+    waypoint L1 + heading loss + 0.2 completion BCE. Stages 2-3 add it on their planner batches.
+    Reads ``batch.tokens`` when given, else encodes ``batch.frames``."""
+    history_frames = model.config.llm.history_frames
+    if batch.tokens is not None:
+        tokens = batch.tokens[:, -history_frames:].to(model.vision.proj.weight.dtype)
+    else:
+        pixels = model.pixels(batch.frames, "frames")
+        if pixels.ndim != 6:
+            raise BadInputError(f"frames must be (B, V, T, H, W, 3), "
+                                f"got {tuple(batch.frames.shape)}")
+        model.check_views(pixels, "frames")
+        tokens = model.vision_tokens(pixels[:, :, -history_frames:].transpose(1, 2))
+    ids, mask = model.tokenize(batch.instructions)
+    history = model.compress_history(tokens)
+    out = model.llm(model.llm.embed_instructions(ids), mask, history, batch.speed.float(),
+                    batch.prev_waypoints.float(), with_world=False)
+    target = batch.waypoints[:, 0].float()
+    wp = F.l1_loss(out.waypoints, target)
+    heading = heading_loss(out.waypoints, target)
+    done = F.binary_cross_entropy_with_logits(out.completion_logit, batch.completed[:, 0].float())
+    total = wp + HEADING_WEIGHT * heading + COMPLETION_WEIGHT * done
+    return LossOutput(total, {"plan_waypoints": wp.item(), "plan_heading": heading.item(),
+                              "plan_completion": done.item(), "total": total.item()})
+
+
+def multistep_loss(model: LMGenDrive, batch: DriveBatch,
+                   sampler: SamplerConfig | None = None) -> LossOutput:
+    """Stage 3: the single-step loss over S >= 2 steps, each step's generated video fed back.
+
+    Between steps the generator samples the future frames with ``sampler`` (default the model
+    config's; fewer steps make training cheaper) and noise from the global torch RNG; its last
+    ``diffusion.grad_steps`` denoising steps keep their graph, so gradients from later steps
+    reach the LLM and adapters through the generated frames, the frozen vision encoder and the
+    generator. The predicted waypoints become the next step's action.
+    """
+    sampler = sampler or model.config.sampler
+    pixels, future, embeds, mask, history = _prepare(model, batch, 2)
+    steps = future.shape[1]
+    speed, action, context = batch.speed.float(), batch.prev_waypoints.float(), pixels[:, :, -1]
+    totals, sums = [], {}
+    for k in range(steps):
+        out = model.llm(embeds, mask, history, speed, action)
+        total, terms = _step_loss(model, out, context, batch, k, future[:, k])
+        totals.append(total)
+        for name, value in terms.items():
+            sums[name] = sums.get(name, 0.0) + value.item() / steps
+        if k + 1 < steps:
+            generators = [torch.Generator().manual_seed(int(torch.randint(2**62, ())))
+                          for _ in batch.instructions]
+            cond = model.conditioner(context, out.world)
+            video = sample_frames(model.generator, cond, model.conditioner.null_cond, context,
+                                  generators, sampler, grad_steps=model.config.diffusion.grad_steps,
+                                  ego_poses=model.planned_poses(out.waypoints.detach()))
+            history = torch.cat([history, model.encode_history(video.transpose(1, 2))], dim=1)
+            history = history[:, -model.config.llm.history_frames:]
+            context, action, speed = video[:, :, -1], out.waypoints, speed_after(out.waypoints)
+    loss = torch.stack(totals).mean()
+    return LossOutput(loss, {**sums, "total": loss.item()})
+
+
+def heading_loss(predicted: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Mean absolute heading error (radians) of the waypoint segments (ego to the first waypoint,
+    then waypoint to waypoint) of ``predicted`` against ``target`` (B, K, 2), over target segments
+    longer than 5 cm (a standing car has no heading).
+
+    Waypoint L1 alone weighs the start of a turn little: a last segment 10 degrees off moves the
+    waypoints by centimetres, as much as an ordinary speed error; here it costs 0.17 per segment.
+    """
+    def segments(w: torch.Tensor) -> torch.Tensor:
+        return torch.diff(F.pad(w, (0, 0, 1, 0)), dim=1)
+
+    p, t = segments(predicted), segments(target)
+    valid = t.norm(dim=-1) > 0.05
+    # ahead stands in for zero-length segments: atan2(0, 0) has a NaN gradient
+    ahead = torch.tensor([1.0, 0.0], device=p.device, dtype=p.dtype)
+    p = torch.where(p.norm(dim=-1, keepdim=True) > 1e-6, p, ahead)
+    t = torch.where(valid[..., None], t, ahead)
+    cross, dot = p[..., 0] * t[..., 1] - p[..., 1] * t[..., 0], (p * t).sum(-1)
+    error = torch.atan2(cross, dot).abs()  # the angle between the segments, in [0, pi]
+    return (error * valid).sum() / valid.sum().clamp_min(1.0)
