@@ -15,8 +15,14 @@ from setuptools.command.build_py import build_py
 
 DATA_PACKAGE = "lmgendrive_data"
 SHIPPED = {  # folder -> the files of it that go into the wheel
-    "checkpoints": ["README.md", "*/README.md", "*/config.json", "*/model.safetensors",
-                    "*/tokenizer*.json", "*/loss_stage*.png"],
+    "checkpoints": [
+        "README.md",
+        "*/README.md",
+        "*/config.json",
+        "*/model.safetensors",
+        "*/tokenizer*.json",
+        "*/loss_stage*.png",
+    ],
     "jobs": ["*.yaml", "*.json", "*.md"],
 }
 INIT = '"""The files shipped with lmgendrive: checkpoints/ and jobs/ (see schemas/shipped.py)."""\n'

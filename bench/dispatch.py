@@ -40,8 +40,13 @@ class SleepRunner:
     def run(self, unit: Unit) -> dict:
         started_at, t0 = time.time(), time.perf_counter()
         time.sleep(self.unit_seconds)
-        return {"unit": unit.name, "frames": 0, "busy_s": time.perf_counter() - t0, "pid": os.getpid(),
-                "started_at": started_at}
+        return {
+            "unit": unit.name,
+            "frames": 0,
+            "busy_s": time.perf_counter() - t0,
+            "pid": os.getpid(),
+            "started_at": started_at,
+        }
 
 
 def main() -> None:
@@ -53,37 +58,61 @@ def main() -> None:
 
     task = {"task_id": "t000000000000", "seed": 0, "horizon": 8}
     units = [Unit(i, (SampleRef(task, i),)) for i in range(args.units)]
-    ray.init(num_cpus=os.cpu_count(), num_gpus=args.workers, include_dashboard=False, log_to_driver=False,
-             configure_logging=False)
+    ray.init(
+        num_cpus=os.cpu_count(),
+        num_gpus=args.workers,
+        include_dashboard=False,
+        log_to_driver=False,
+        configure_logging=False,
+    )
     busy: list[tuple[float, float]] = []  # (finished at, busy seconds)
     first_start: dict[int, float] = {}  # worker pid -> wall-clock start of its first unit
     cpu0 = time.process_time()
     t0 = time.perf_counter()
-    with RayPool(SleepRunner, (args.unit_seconds,), Resources(args.workers, 1, 0), Policy()) as pool:
+    with RayPool(
+        SleepRunner, (args.unit_seconds,), Resources(args.workers, 1, 0), Policy()
+    ) as pool:
         out = pool.map(units, _recorder(busy, first_start))
     end = time.perf_counter()
     wall, steady = end - t0, end - out.dispatch_started  # steady: after every worker is up
     driver_cpu = time.process_time() - cpu0
     ray.shutdown()
     ideal = args.units * args.unit_seconds / args.workers
-    print(json.dumps({
-        "bench": "dispatch", "workers": args.workers, "units": args.units, "unit_seconds": args.unit_seconds,
-        "wall_s": round(wall, 2), "dispatch_wall_s": round(steady, 2), "ideal_dispatch_wall_s": round(ideal, 2),
-        "overhead_ms_per_unit": round(1000 * driver_cpu / args.units, 3),
-        "utilization": round(sum(b for _, b in busy) / (args.workers * steady), 4),
-        # while units were still queued (excludes the last wave's ragged end)
-        "utilization_while_queued": round(
-            sum(min(b, max(0.0, out.queue_drained - (t - b))) for t, b in busy)
-            / (args.workers * (out.queue_drained - out.dispatch_started)), 4),
-        "first_start_spread_s": round(max(first_start.values()) - min(first_start.values()), 3),
-        "failed_units": len(out.failed), "machine_cpus": os.cpu_count(),
-    }))
+    print(
+        json.dumps(
+            {
+                "bench": "dispatch",
+                "workers": args.workers,
+                "units": args.units,
+                "unit_seconds": args.unit_seconds,
+                "wall_s": round(wall, 2),
+                "dispatch_wall_s": round(steady, 2),
+                "ideal_dispatch_wall_s": round(ideal, 2),
+                "overhead_ms_per_unit": round(1000 * driver_cpu / args.units, 3),
+                "utilization": round(sum(b for _, b in busy) / (args.workers * steady), 4),
+                # while units were still queued (excludes the last wave's ragged end)
+                "utilization_while_queued": round(
+                    sum(min(b, max(0.0, out.queue_drained - (t - b))) for t, b in busy)
+                    / (args.workers * (out.queue_drained - out.dispatch_started)),
+                    4,
+                ),
+                "first_start_spread_s": round(
+                    max(first_start.values()) - min(first_start.values()), 3
+                ),
+                "failed_units": len(out.failed),
+                "machine_cpus": os.cpu_count(),
+            }
+        )
+    )
 
 
 def _recorder(busy: list[tuple[float, float]], first_start: dict[int, float]):
     def on_done(unit: Unit, marker: dict) -> None:
         busy.append((time.perf_counter(), marker["busy_s"]))
-        first_start[marker["pid"]] = min(first_start.get(marker["pid"], marker["started_at"]), marker["started_at"])
+        first_start[marker["pid"]] = min(
+            first_start.get(marker["pid"], marker["started_at"]), marker["started_at"]
+        )
+
     return on_done
 
 

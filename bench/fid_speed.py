@@ -59,7 +59,9 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--images", type=int, default=240)
     p.add_argument("--size", type=int, default=128)
-    p.add_argument("--batch-size", type=int, default=50, help="both loops (pytorch-fid's default is 50)")
+    p.add_argument(
+        "--batch-size", type=int, default=50, help="both loops (pytorch-fid's default is 50)"
+    )
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--repeats", type=int, default=3, help="timed runs each; the best counts")
     args = p.parse_args()
@@ -87,10 +89,14 @@ def main() -> None:
         workers = _pytorch_fid_workers()
 
         def run_reference(num_workers: int = workers):
-            return get_activations(files, reference, args.batch_size, 2048, str(device), num_workers)
+            return get_activations(
+                files, reference, args.batch_size, 2048, str(device), num_workers
+            )
 
         def run_ours():
-            decoded = np.stack([cv2.cvtColor(cv2.imread(f, cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB) for f in files])
+            decoded = np.stack(
+                [cv2.cvtColor(cv2.imread(f, cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB) for f in files]
+            )
             return ours(decoded)
 
         run_reference()  # warm-up: kernels, allocator, worker start-up paths
@@ -116,7 +122,7 @@ def main() -> None:
         "max_relative_feature_difference": diff,
         "ours_over_pytorch_fid": round(min(ref_s, ref0_s) / ours_s, 3),
         "machine": f"{platform.machine()} cpus={os.cpu_count()}"
-                   + (f" {torch.cuda.get_device_name(device)}" if device.type == "cuda" else ""),
+        + (f" {torch.cuda.get_device_name(device)}" if device.type == "cuda" else ""),
     }
     print(json.dumps(result))
 

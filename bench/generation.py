@@ -39,9 +39,20 @@ from workers.generator import seed_stack, stack_driven
 
 def job_spec(output: str, model: str, args) -> dict:
     return {
-        "name": "bench", "model": model, "output": output, "horizons": [args.horizon],
-        "manifest": {"build": {"source": "procedural", "towns": [5], "frames": 200, "size": 128,
-                               "stride": max(1, (200 - args.horizon - 8) // args.samples), "seed_frames": 8}},
+        "name": "bench",
+        "model": model,
+        "output": output,
+        "horizons": [args.horizon],
+        "manifest": {
+            "build": {
+                "source": "procedural",
+                "towns": [5],
+                "frames": 200,
+                "size": 128,
+                "stride": max(1, (200 - args.horizon - 8) // args.samples),
+                "seed_frames": 8,
+            }
+        },
         "sampler": {"scheduler": "ddim", "steps": args.steps},
         "sharding": {"samples_per_shard": args.batch},
         "resources": {"workers": 1, "gpus_per_worker": 0, "cpus_per_worker": 1},
@@ -59,14 +70,26 @@ def bare(job, units) -> tuple[float, int]:
     step, k = model.config.frames_per_step, model.config.vision.num_waypoints
     batches = []
     for unit in units:
-        stacks, speeds, driven = zip(*(seed_stack(s.task, size, step) for s in unit.samples), strict=True)
-        batches.append((np.stack(stacks), [s.task["instruction"] for s in unit.samples], unit.horizon,
-                        [s.seed for s in unit.samples], np.array(speeds, np.float32), stack_driven(driven, k)))
+        stacks, speeds, driven = zip(
+            *(seed_stack(s.task, size, step) for s in unit.samples), strict=True
+        )
+        batches.append(
+            (
+                np.stack(stacks),
+                [s.task["instruction"] for s in unit.samples],
+                unit.horizon,
+                [s.seed for s in unit.samples],
+                np.array(speeds, np.float32),
+                stack_driven(driven, k),
+            )
+        )
     sampler = job.sampler.resolved()  # the worker's: the job as resolve_job() filled it in
     t0 = time.perf_counter()
     frames = 0
     for stacks, instructions, horizon, seeds, speeds, driven in batches:
-        result = model.rollout(stacks, instructions, horizon, seeds, speed=speeds, driven=driven, sampler=sampler)
+        result = model.rollout(
+            stacks, instructions, horizon, seeds, speed=speeds, driven=driven, sampler=sampler
+        )
         frames += result.frames.shape[0] * result.frames.shape[1] * result.frames.shape[2]
     return frames / (time.perf_counter() - t0), frames
 
@@ -92,17 +115,30 @@ def main() -> None:
         with_startup_fps = summary.frames / (time.perf_counter() - t0)
         pipeline_fps = summary.frames / summary.generate_seconds
         worker = json.loads(open_storage(job.output).get_bytes("stats.json"))["timings_s"]
-        after_fps, _ = bare(job, units)  # bare runs before and after: drift of a shared machine cancels
+        after_fps, _ = bare(
+            job, units
+        )  # bare runs before and after: drift of a shared machine cancels
         bare_fps = (before_fps + after_fps) / 2
-    print(json.dumps({
-        "bench": "generation", "preset": args.preset, "samples": len(manifest), "horizon": args.horizon,
-        "sampler_steps": args.steps, "frames": frames, "pipeline_frames": summary.frames,
-        "bare_frames_per_s": round(bare_fps, 3), "bare_before_after": [round(before_fps, 3), round(after_fps, 3)],
-        "pipeline_frames_per_s": round(pipeline_fps, 3),
-        "pipeline_over_bare": round(pipeline_fps / bare_fps, 3),
-        "pipeline_over_bare_with_startup": round(with_startup_fps / bare_fps, 3),
-        "worker_seconds": worker, "machine_cpus": os.cpu_count(),
-    }))
+    print(
+        json.dumps(
+            {
+                "bench": "generation",
+                "preset": args.preset,
+                "samples": len(manifest),
+                "horizon": args.horizon,
+                "sampler_steps": args.steps,
+                "frames": frames,
+                "pipeline_frames": summary.frames,
+                "bare_frames_per_s": round(bare_fps, 3),
+                "bare_before_after": [round(before_fps, 3), round(after_fps, 3)],
+                "pipeline_frames_per_s": round(pipeline_fps, 3),
+                "pipeline_over_bare": round(pipeline_fps / bare_fps, 3),
+                "pipeline_over_bare_with_startup": round(with_startup_fps / bare_fps, 3),
+                "worker_seconds": worker,
+                "machine_cpus": os.cpu_count(),
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

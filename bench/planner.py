@@ -46,14 +46,22 @@ def main() -> None:
     set_stage(model, 3)
     model.train()
     n, (h, w) = args.windows, model.config.image_size
-    frames = torch.randint(0, 256, (n, len(model.config.views), CONTEXT, h, w, 3), dtype=torch.uint8)
-    common = {"instructions": ["turn left at the next intersection"] * n, "speed": torch.rand(n) * 8,
-              "prev_waypoints": torch.rand(n, model.config.vision.num_waypoints, 2),
-              "waypoints": torch.rand(n, 1, model.config.vision.num_waypoints, 2), "completed": torch.zeros(n, 1),
-              "future_frames": None}
+    frames = torch.randint(
+        0, 256, (n, len(model.config.views), CONTEXT, h, w, 3), dtype=torch.uint8
+    )
+    common = {
+        "instructions": ["turn left at the next intersection"] * n,
+        "speed": torch.rand(n) * 8,
+        "prev_waypoints": torch.rand(n, model.config.vision.num_waypoints, 2),
+        "waypoints": torch.rand(n, 1, model.config.vision.num_waypoints, 2),
+        "completed": torch.zeros(n, 1),
+        "future_frames": None,
+    }
     start = time.perf_counter()
     with torch.no_grad():
-        tokens = model.vision_tokens(to_pixels(frames, model.config.image_size, device).transpose(1, 2))
+        tokens = model.vision_tokens(
+            to_pixels(frames, model.config.image_size, device).transpose(1, 2)
+        )
     cache_ms = (time.perf_counter() - start) * 1000 / (n * CONTEXT)
     pixel_batch = DriveBatch(frames=frames, **common).to(device)
     token_batch = DriveBatch(frames=None, tokens=tokens, **common).to(device)
@@ -63,11 +71,22 @@ def main() -> None:
         pixels_s.append(timed_loss(model, pixel_batch))
         tokens_s.append(timed_loss(model, token_batch))
     pixel_ms, token_ms = statistics.median(pixels_s) * 1000, statistics.median(tokens_s) * 1000
-    print(f"{n} windows: pixels {pixel_ms:.0f} ms, cached tokens {token_ms:.0f} ms; "
-          f"encoding a frame for the cache {cache_ms:.1f} ms")
-    print(json.dumps({"windows": n, "pixels_ms": round(pixel_ms, 1), "tokens_ms": round(token_ms, 1),
-                      "tokens_over_frames": round(token_ms / pixel_ms, 4), "cache_ms_per_frame": round(cache_ms, 2),
-                      "device": str(device)}))
+    print(
+        f"{n} windows: pixels {pixel_ms:.0f} ms, cached tokens {token_ms:.0f} ms; "
+        f"encoding a frame for the cache {cache_ms:.1f} ms"
+    )
+    print(
+        json.dumps(
+            {
+                "windows": n,
+                "pixels_ms": round(pixel_ms, 1),
+                "tokens_ms": round(token_ms, 1),
+                "tokens_over_frames": round(token_ms / pixel_ms, 4),
+                "cache_ms_per_frame": round(cache_ms, 2),
+                "device": str(device),
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

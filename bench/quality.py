@@ -58,7 +58,9 @@ from scenes.procedural.instructions import make_instruction
 from scenes.sheet import write_png
 from schemas.scene import TYPE_ASKING_FOR, WAYPOINT_TIMES, WEATHERS
 
-HELD_OUT_FIRST = 951  # training uses towns 1-40, the evaluator 101-140, the demo and QA jobs 901-902
+HELD_OUT_FIRST = (
+    951  # training uses towns 1-40, the evaluator 101-140, the demo and QA jobs 901-902
+)
 CONTEXT = 4
 ENTRY = (-5.0, -2.0)  # junction cases: front bumper this far (m) past the stop line: the turn is
 # just beginning (the expert's waypoints turn by 7-20 degrees), the car is still aligned with its road
@@ -72,13 +74,19 @@ class Window:
 
 
 def held_out_scenes(towns: int, frames: int, size: int) -> list[ProceduralScene]:
-    return [ProceduralScene(DriveSpec(HELD_OUT_FIRST + k, 0, WEATHERS[k % len(WEATHERS)], frames, (size, size)))
-            for k in range(towns)]
+    return [
+        ProceduralScene(
+            DriveSpec(HELD_OUT_FIRST + k, 0, WEATHERS[k % len(WEATHERS)], frames, (size, size))
+        )
+        for k in range(towns)
+    ]
 
 
 def frames_of(scene: ProceduralScene, first: int, last: int) -> np.ndarray:
     """uint8 (V, T, H, W, 3) of frames ``first .. last``."""
-    return np.stack([np.stack([scene.images(i)[v] for i in range(first, last + 1)]) for v in scene.views])
+    return np.stack(
+        [np.stack([scene.images(i)[v] for i in range(first, last + 1)]) for v in scene.views]
+    )
 
 
 def plan_windows(scenes: list[ProceduralScene], every: int, step: int) -> list[Window]:
@@ -93,7 +101,11 @@ def junction_windows(scenes: list[ProceduralScene], step: int) -> list[Window]:
         seen = set()
         for t in range(step + CONTEXT - 1, len(s)):
             j = s.next_junction(t)
-            if j is None or not ENTRY[0] <= j.stop_line_distance <= ENTRY[1] or s.measurements(t).speed < MIN_SPEED:
+            if (
+                j is None
+                or not ENTRY[0] <= j.stop_line_distance <= ENTRY[1]
+                or s.measurements(t).speed < MIN_SPEED
+            ):
                 continue
             if j.node not in seen and s.junction_ahead(t, within=0.0):
                 seen.add(j.node)
@@ -101,19 +113,33 @@ def junction_windows(scenes: list[ProceduralScene], step: int) -> list[Window]:
     return out
 
 
-def prepare(model: LMGenDrive, windows: list[Window], instructions: list[str], step: int,
-            odometry: bool = True) -> RolloutState:
+def prepare(
+    model: LMGenDrive,
+    windows: list[Window],
+    instructions: list[str],
+    step: int,
+    odometry: bool = True,
+) -> RolloutState:
     """A batched state ready to act at each window's frame: the model has planned one step before
     it, then observed that step's real frames and measurements: the window frame's speed and
     (``odometry``) the path driven over the step; without it its own last plan stands for that path."""
     seed = np.stack([frames_of(w.scene, w.t - step - CONTEXT + 1, w.t - step) for w in windows])
     before = [w.scene.measurements(w.t - step).speed for w in windows]
-    state = model.start(seed, instructions, seeds=list(range(len(windows))), speed=before,
-                        driven=driven_paths(windows, step, step) if odometry else None)
+    state = model.start(
+        seed,
+        instructions,
+        seeds=list(range(len(windows))),
+        speed=before,
+        driven=driven_paths(windows, step, step) if odometry else None,
+    )
     model.plan(state)
     observed = np.stack([frames_of(w.scene, w.t - step + 1, w.t) for w in windows])
-    model.observe(state, observed, speed=[w.scene.measurements(w.t).speed for w in windows],
-                  driven=driven_paths(windows, 0, step) if odometry else None)
+    model.observe(
+        state,
+        observed,
+        speed=[w.scene.measurements(w.t).speed for w in windows],
+        driven=driven_paths(windows, 0, step) if odometry else None,
+    )
     return state
 
 
@@ -122,23 +148,34 @@ def driven_paths(windows: list[Window], ago: int, step: int) -> np.ndarray:
     before its window frame, i.e. the expert's waypoints at the step's first frame (zeros before a
     drive's start, as in training)."""
     first = [w.t - ago - step for w in windows]
-    return np.stack([w.scene.measurements(f).waypoints if f >= 0 else np.zeros((len(WAYPOINT_TIMES), 2))
-                     for w, f in zip(windows, first, strict=True)]).astype(np.float32)
+    return np.stack(
+        [
+            w.scene.measurements(f).waypoints if f >= 0 else np.zeros((len(WAYPOINT_TIMES), 2))
+            for w, f in zip(windows, first, strict=True)
+        ]
+    ).astype(np.float32)
 
 
 def batches(items: list, size: int):
     for i in range(0, len(items), size):
-        yield items[i:i + size]
+        yield items[i : i + size]
 
 
-def waypoint_errors(model: LMGenDrive, windows: list[Window], step: int, batch: int,
-                    odometry: bool = True) -> tuple[float, float]:
+def waypoint_errors(
+    model: LMGenDrive, windows: list[Window], step: int, batch: int, odometry: bool = True
+) -> tuple[float, float]:
     """Mean L1 (m) of the model's waypoints and of constant-velocity extrapolation."""
     ours, const = [], []
     times = np.asarray(WAYPOINT_TIMES, dtype=np.float32)
     for chunk in batches(windows, batch):
         truth = np.stack([w.scene.measurements(w.t).waypoints for w in chunk])
-        state = prepare(model, chunk, [w.scene.measurements(w.t).instruction.text for w in chunk], step, odometry)
+        state = prepare(
+            model,
+            chunk,
+            [w.scene.measurements(w.t).instruction.text for w in chunk],
+            step,
+            odometry,
+        )
         predicted = model.plan(state).waypoints
         speed = np.asarray([w.scene.measurements(w.t).speed for w in chunk], dtype=np.float32)
         straight = np.stack([np.stack([speed * t, np.zeros_like(speed)], -1) for t in times], 1)
@@ -158,8 +195,9 @@ def turn_cases(windows: list[Window]) -> list[tuple[Window, str, str]]:
     return cases
 
 
-def turn_agreement(model: LMGenDrive, cases: list[tuple[Window, str, str]], step: int,
-                   batch: int) -> tuple[float, float]:
+def turn_agreement(
+    model: LMGenDrive, cases: list[tuple[Window, str, str]], step: int, batch: int
+) -> tuple[float, float]:
     """Agreement over all cases, and over the cases asking for the maneuver the expert took."""
     agree, actual = [], []
     for chunk in batches(cases, batch):
@@ -180,16 +218,24 @@ def wilson_interval(share: float, n: int) -> list[float]:
 
 def expert_agreement(windows: list[Window]) -> float:
     """How often the expert's own waypoints classify as the maneuver it actually takes."""
-    return float(np.mean([path_maneuver(w.scene.measurements(w.t).waypoints)
-                          == w.scene.next_junction(w.t).turn for w in windows]))
+    return float(
+        np.mean(
+            [
+                path_maneuver(w.scene.measurements(w.t).waypoints)
+                == w.scene.next_junction(w.t).turn
+                for w in windows
+            ]
+        )
+    )
 
 
-def generated_futures(model: LMGenDrive, windows: list[Window], instructions: list[str], step: int,
-                      batch: int) -> np.ndarray:
+def generated_futures(
+    model: LMGenDrive, windows: list[Window], instructions: list[str], step: int, batch: int
+) -> np.ndarray:
     """uint8 (N, V, step, H, W, 3): one generation step per window."""
     out = []
     for k, chunk in enumerate(batches(windows, batch)):
-        state = prepare(model, chunk, instructions[k * batch:(k + 1) * batch], step)
+        state = prepare(model, chunk, instructions[k * batch : (k + 1) * batch], step)
         out.append(model.step(state).frames)
     return np.concatenate(out)
 
@@ -207,36 +253,57 @@ def sheet(model: LMGenDrive, windows: list[Window], step: int, path: Path) -> No
     width = 3 * 64
     for w in windows:
         options = w.scene.junction_ahead(w.t, within=0.0) or []
-        texts = [make_instruction(TYPE_ASKING_FOR[m], np.random.default_rng(0)).text
-                 for m in options]
+        texts = [
+            make_instruction(TYPE_ASKING_FOR[m], np.random.default_rng(0)).text for m in options
+        ]
         state = prepare(model, [w] * len(options), texts, step)
         futures = model.step(state).frames
-        rows.append(_label(f"{w.scene.name} frame {w.t}: seed (left | front | right), then generated t+2, "
-                           f"t+4, t+6, t+8", width * 5, header=True))
+        rows.append(
+            _label(
+                f"{w.scene.name} frame {w.t}: seed (left | front | right), then generated t+2, "
+                f"t+4, t+6, t+8",
+                width * 5,
+                header=True,
+            )
+        )
         seed = frames_of(w.scene, w.t, w.t)[:, 0]
         for text, future in zip(texts, futures, strict=True):
             tiles = [np.concatenate(list(seed), axis=1)]
             tiles += [np.concatenate(list(future[:, j]), axis=1) for j in (1, 3, 5, 7)]
-            strip = np.concatenate([cv2.resize(tile, (width, 64), interpolation=cv2.INTER_AREA) for tile in tiles], 1)
+            strip = np.concatenate(
+                [cv2.resize(tile, (width, 64), interpolation=cv2.INTER_AREA) for tile in tiles], 1
+            )
             rows += [_label(f'"{text}"', strip.shape[1]), strip]
     write_png(np.concatenate(rows, axis=0), path)
 
 
 def _label(text: str, width: int, header: bool = False) -> np.ndarray:
     strip = np.full((20, width, 3), (32, 34, 40) if header else (16, 16, 18), np.uint8)
-    cv2.putText(strip, text, (4, 14), cv2.FONT_HERSHEY_SIMPLEX, 0.4, (235, 235, 235), 1, cv2.LINE_AA)
+    cv2.putText(
+        strip, text, (4, 14), cv2.FONT_HERSHEY_SIMPLEX, 0.4, (235, 235, 235), 1, cv2.LINE_AA
+    )
     return strip
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--checkpoint", default="demo", help="checkpoint directory or preset (default: demo)")
+    parser.add_argument(
+        "--checkpoint", default="demo", help="checkpoint directory or preset (default: demo)"
+    )
     parser.add_argument("--evaluator", type=Path, default=Path("checkpoints/evaluator"))
-    parser.add_argument("--towns", type=int, default=12,
-                        help=f"held-out towns for waypoints and FD-drive (seeds from {HELD_OUT_FIRST})")
-    parser.add_argument("--junction-towns", type=int, default=108, help="held-out towns searched for junctions")
+    parser.add_argument(
+        "--towns",
+        type=int,
+        default=12,
+        help=f"held-out towns for waypoints and FD-drive (seeds from {HELD_OUT_FIRST})",
+    )
+    parser.add_argument(
+        "--junction-towns", type=int, default=108, help="held-out towns searched for junctions"
+    )
     parser.add_argument("--frames", type=int, default=200, help="frames per held-out drive")
-    parser.add_argument("--every", type=int, default=20, help="frames between waypoint-test windows")
+    parser.add_argument(
+        "--every", type=int, default=20, help="frames between waypoint-test windows"
+    )
     parser.add_argument("--fd-windows", type=int, default=48, help="windows generated for FD-drive")
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--sheet", type=Path, help="write the Figure-4 contact sheet here")
@@ -255,35 +322,55 @@ def main() -> None:
     wp_ours, wp_const = waypoint_errors(model, windows, step, args.batch)
     wp_own, _ = waypoint_errors(model, windows, step, args.batch, odometry=False)
 
-    junctions = junction_windows(held_out_scenes(args.junction_towns, args.frames, cfg.image_size[0]), step)
+    junctions = junction_windows(
+        held_out_scenes(args.junction_towns, args.frames, cfg.image_size[0]), step
+    )
     cases = turn_cases(junctions)
     agreement, agreement_actual = turn_agreement(model, cases, step, args.batch)
 
     extract = load_drive(args.evaluator, device)
     rng = np.random.default_rng(0)
-    fd_set = [windows[i] for i in sorted(rng.choice(len(windows), min(args.fd_windows, len(windows)), replace=False))]
+    fd_set = [
+        windows[i]
+        for i in sorted(rng.choice(len(windows), min(args.fd_windows, len(windows)), replace=False))
+    ]
     real = np.stack([frames_of(w.scene, w.t + 1, w.t + step) for w in fd_set])
-    reference = FeatureStats.of(extract(real.transpose(0, 2, 1, 3, 4, 5).reshape(-1, *real.shape[1:2], *real.shape[3:])))
+    reference = FeatureStats.of(
+        extract(real.transpose(0, 2, 1, 3, 4, 5).reshape(-1, *real.shape[1:2], *real.shape[3:]))
+    )
     texts = [w.scene.measurements(w.t).instruction.text for w in fd_set]
     ours = generated_futures(model, fd_set, texts, step, args.batch)
     repeat = np.repeat(np.stack([frames_of(w.scene, w.t, w.t) for w in fd_set]), step, axis=2)
     baseline = generated_futures(untrained, fd_set, texts, step, args.batch)
-    fd = {"ours": fd_drive(extract, ours, reference), "repeat_last": fd_drive(extract, repeat, reference),
-          "untrained": fd_drive(extract, baseline, reference)}
+    fd = {
+        "ours": fd_drive(extract, ours, reference),
+        "repeat_last": fd_drive(extract, repeat, reference),
+        "untrained": fd_drive(extract, baseline, reference),
+    }
     if args.sheet:
-        sheet(model, junctions[:args.sheet_cases], step, args.sheet)
+        sheet(model, junctions[: args.sheet_cases], step, args.sheet)
 
     result = {
-        "checkpoint": str(args.checkpoint), "model_id": identity.model_id, "device": str(device),
-        "machine": f"{platform.machine()} {torch.get_num_threads()} threads", "held_out_towns":
-            [HELD_OUT_FIRST, HELD_OUT_FIRST + max(args.towns, args.junction_towns) - 1],
-        "waypoint_windows": len(windows), "wp_l1_m": round(wp_ours, 4), "wp_l1_const_vel_m": round(wp_const, 4),
+        "checkpoint": str(args.checkpoint),
+        "model_id": identity.model_id,
+        "device": str(device),
+        "machine": f"{platform.machine()} {torch.get_num_threads()} threads",
+        "held_out_towns": [
+            HELD_OUT_FIRST,
+            HELD_OUT_FIRST + max(args.towns, args.junction_towns) - 1,
+        ],
+        "waypoint_windows": len(windows),
+        "wp_l1_m": round(wp_ours, 4),
+        "wp_l1_const_vel_m": round(wp_const, 4),
         "wp_l1_over_const_vel": round(wp_ours / wp_const, 4),
         "wp_l1_over_const_vel_without_odometry": round(wp_own / wp_const, 4),
-        "fd_windows": len(fd_set), "fd_drive": {k: round(v, 3) for k, v in fd.items()},
+        "fd_windows": len(fd_set),
+        "fd_drive": {k: round(v, 3) for k, v in fd.items()},
         "fd_drive_over_repeat_last": round(fd["ours"] / fd["repeat_last"], 4),
         "fd_drive_over_untrained": round(fd["ours"] / fd["untrained"], 4),
-        "junctions": len(junctions), "turn_cases": len(cases), "turn_agreement": round(agreement, 4),
+        "junctions": len(junctions),
+        "turn_cases": len(cases),
+        "turn_agreement": round(agreement, 4),
         "turn_agreement_ci95": wilson_interval(agreement, len(cases)),
         "turn_agreement_actual": round(agreement_actual, 4),
         "turn_agreement_expert": round(expert_agreement(junctions), 4),

@@ -35,8 +35,11 @@ def main() -> None:
 
     ground_of_town(args.town_seed)  # texture drawing is once per town, not per frame
     t0 = time.perf_counter()
-    scene = ProceduralScene(DriveSpec(args.town_seed, args.route_seed, args.weather, args.frames,
-                                      (args.size, args.size)))
+    scene = ProceduralScene(
+        DriveSpec(
+            args.town_seed, args.route_seed, args.weather, args.frames, (args.size, args.size)
+        )
+    )
     sim_s = time.perf_counter() - t0
     scene.images(0)  # renderer set-up (per-camera ray tables)
     t0 = time.perf_counter()

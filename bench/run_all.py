@@ -28,18 +28,45 @@ HERE = Path(__file__).resolve().parent
 # script -> (figure path in its JSON, comparison, goal, what it measures)
 GOALS: dict[str, list[tuple[str, str, float, str]]] = {
     "render": [("multiview_fps", ">=", 25.0, "procedural renderer, 3 views at 128 px, frames/s")],
-    "model": [("demo.plan_over_step", "<=", 0.05, "online plan() / one generation step()"),
-              ("demo.hist128_over_hist8", "<=", 1.10, "step() with 128 vs 8 history frames"),
-              ("demo.step_ms", "<=", 3000.0, "one generation step (3 views x 8 frames), ms")],
-    "generation": [("pipeline_over_bare", ">=", 0.90, "full pipeline (Ray, encoding, shards) / bare rollout() loop")],
-    "dispatch": [("overhead_ms_per_unit", "<", 5.0, "driver CPU per unit, 256 fake-GPU workers, ms"),
-                 ("utilization", ">=", 0.95, "worker utilisation, 256 fake-GPU workers")],
-    "planner": [("tokens_over_frames", "<=", 0.20, "planner batch (48 windows) of cached vision tokens / of pixels")],
-    "fid_speed": [("ours_over_pytorch_fid", ">=", 1.0, "FID feature extraction, ours / pytorch-fid, images/s")],
-    "quality": [("wp_l1_over_const_vel", "<=", 0.70, "waypoint L1 / constant-velocity extrapolation"),
-                ("fd_drive_over_repeat_last", "<", 1.0, "FD-drive of generated 8 frames / repeat last frame"),
-                ("fd_drive_over_untrained", "<", 1.0, "FD-drive / untrained model"),
-                ("turn_agreement", ">=", 0.80, "junction maneuvers following the instruction")],
+    "model": [
+        ("demo.plan_over_step", "<=", 0.05, "online plan() / one generation step()"),
+        ("demo.hist128_over_hist8", "<=", 1.10, "step() with 128 vs 8 history frames"),
+        ("demo.step_ms", "<=", 3000.0, "one generation step (3 views x 8 frames), ms"),
+    ],
+    "generation": [
+        (
+            "pipeline_over_bare",
+            ">=",
+            0.90,
+            "full pipeline (Ray, encoding, shards) / bare rollout() loop",
+        )
+    ],
+    "dispatch": [
+        ("overhead_ms_per_unit", "<", 5.0, "driver CPU per unit, 256 fake-GPU workers, ms"),
+        ("utilization", ">=", 0.95, "worker utilisation, 256 fake-GPU workers"),
+    ],
+    "planner": [
+        (
+            "tokens_over_frames",
+            "<=",
+            0.20,
+            "planner batch (48 windows) of cached vision tokens / of pixels",
+        )
+    ],
+    "fid_speed": [
+        ("ours_over_pytorch_fid", ">=", 1.0, "FID feature extraction, ours / pytorch-fid, images/s")
+    ],
+    "quality": [
+        ("wp_l1_over_const_vel", "<=", 0.70, "waypoint L1 / constant-velocity extrapolation"),
+        (
+            "fd_drive_over_repeat_last",
+            "<",
+            1.0,
+            "FD-drive of generated 8 frames / repeat last frame",
+        ),
+        ("fd_drive_over_untrained", "<", 1.0, "FD-drive / untrained model"),
+        ("turn_agreement", ">=", 0.80, "junction maneuvers following the instruction"),
+    ],
 }
 COMPARE = {">=": operator.ge, "<=": operator.le, "<": operator.lt}
 
@@ -58,11 +85,17 @@ ARGS: dict[str, list[str]] = {"quality": ["--sheet", "docs/futures.png"]}
 def run(script: str) -> tuple[dict, float]:
     """The last JSON line of ``bench/<script>.py`` and the seconds it took."""
     start = time.perf_counter()
-    proc = subprocess.run([sys.executable, str(HERE / f"{script}.py"), *ARGS.get(script, [])], capture_output=True,
-                          text=True, cwd=HERE.parent)
+    proc = subprocess.run(
+        [sys.executable, str(HERE / f"{script}.py"), *ARGS.get(script, [])],
+        capture_output=True,
+        text=True,
+        cwd=HERE.parent,
+    )
     seconds = time.perf_counter() - start
     if proc.returncode != 0:
-        raise SystemExit(f"bench/{script}.py failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}")
+        raise SystemExit(
+            f"bench/{script}.py failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}"
+        )
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
     if not lines:
         raise SystemExit(f"bench/{script}.py printed no JSON line:\n{proc.stdout[-2000:]}")
@@ -74,29 +107,46 @@ def machine() -> str:
 
     cpu = platform.processor() or platform.machine()
     with contextlib.suppress(OSError, StopIteration):
-        cpu = next(ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
-                   if ln.startswith("model name"))
+        cpu = next(
+            ln.split(":", 1)[1].strip()
+            for ln in Path("/proc/cpuinfo").read_text().splitlines()
+            if ln.startswith("model name")
+        )
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
     return f"{cpu}, {os.cpu_count()} cores, {gpu}; Python {platform.python_version()}, torch {torch.__version__}"
 
 
-def table(results: dict[str, dict], seconds: dict[str, float], measured: dict[str, str]) -> list[str]:
-    lines = ["| Benchmark | Measured | Figure | Value | Goal | Met | What |", "|---|---|---|---:|---|---|---|"]
+def table(
+    results: dict[str, dict], seconds: dict[str, float], measured: dict[str, str]
+) -> list[str]:
+    lines = [
+        "| Benchmark | Measured | Figure | Value | Goal | Met | What |",
+        "|---|---|---|---:|---|---|---|",
+    ]
     for script, goals in GOALS.items():
         if script not in results:
             continue
         for path, op, goal, what in goals:
             value = figure(results[script], path)
             met = "yes" if COMPARE[op](value, goal) else "**no**"
-            lines.append(f"| `bench/{script}.py` ({seconds[script]:.0f} s) | {measured.get(script, '?')} | `{path}` "
-                         f"| {value:g} | {op} {goal:g} | {met} | {what} |")
+            lines.append(
+                f"| `bench/{script}.py` ({seconds[script]:.0f} s) | {measured.get(script, '?')} | `{path}` "
+                f"| {value:g} | {op} {goal:g} | {met} | {what} |"
+            )
     return lines
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--only", nargs="+", choices=list(GOALS), help="run only these (others keep their last result)")
-    parser.add_argument("--rewrite", action="store_true", help="only rewrite the table from the JSON next to it")
+    parser.add_argument(
+        "--only",
+        nargs="+",
+        choices=list(GOALS),
+        help="run only these (others keep their last result)",
+    )
+    parser.add_argument(
+        "--rewrite", action="store_true", help="only rewrite the table from the JSON next to it"
+    )
     parser.add_argument("--out", type=Path, default=HERE / "results.md")
     args = parser.parse_args()
     raw_path = args.out.with_suffix(".json")
@@ -109,11 +159,18 @@ def main() -> None:
         results[script], seconds[script] = run(script)
         measured[script] = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
         print(f"  {json.dumps(results[script])[:300]}", flush=True)
-    text = "\n".join([
-        "# Benchmark results", "",
-        f"Measured by `python bench/run_all.py` (time per row, UTC) on: {machine()}.", "",
-        "Every ratio is measured side by side in one run of its script; the scripts' docstrings say how.", "",
-        *table(results, seconds, measured), ""])
+    text = "\n".join(
+        [
+            "# Benchmark results",
+            "",
+            f"Measured by `python bench/run_all.py` (time per row, UTC) on: {machine()}.",
+            "",
+            "Every ratio is measured side by side in one run of its script; the scripts' docstrings say how.",
+            "",
+            *table(results, seconds, measured),
+            "",
+        ]
+    )
     write_bytes(args.out, text.encode())
     raw = {"results": results, "seconds": seconds, "measured": measured}
     raw_path.write_text(json.dumps(raw, indent=1, sort_keys=True) + "\n")

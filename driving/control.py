@@ -55,7 +55,10 @@ class WaypointController:
     def step(self, waypoints: np.ndarray, speed: float) -> Control:
         wp = np.asarray(waypoints, dtype=np.float64)
         desired_speed = float(np.linalg.norm(wp[1] - wp[0])) / WAYPOINT_DT
-        brake = desired_speed < self.brake_speed or (speed / max(desired_speed, 1e-6)) > self.brake_ratio
+        brake = (
+            desired_speed < self.brake_speed
+            or (speed / max(desired_speed, 1e-6)) > self.brake_ratio
+        )
 
         aim = (wp[2] + wp[3]) / 2.0
         # LMDrive: degrees(pi/2 - atan2(aim_y, aim_x)) / 90 in a frame with y forward, x right;

@@ -13,7 +13,7 @@ STANDING_M = 0.05  # a last segment shorter than this has no heading: the car st
 
 
 def path_maneuver(waypoints: np.ndarray) -> str:
-    """"left", "straight" or "right": the heading of the last segment of ego-frame ``waypoints``
+    """ "left", "straight" or "right": the heading of the last segment of ego-frame ``waypoints``
     (x forward, y left) against ``TURN_DEGREES``; a standing car goes straight."""
     last = np.asarray(waypoints[-1], dtype=np.float64)
     dx, dy = last - np.asarray(waypoints[-2], dtype=np.float64)

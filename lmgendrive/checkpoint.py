@@ -67,8 +67,9 @@ def weights_sha256(model: torch.nn.Module) -> str:
     return digest.hexdigest()
 
 
-def save_checkpoint(model: LMGenDrive, directory: str | Path, model_id: str | None = None,
-                    readme: str | None = None) -> ModelIdentity:
+def save_checkpoint(
+    model: LMGenDrive, directory: str | Path, model_id: str | None = None, readme: str | None = None
+) -> ModelIdentity:
     """Write ``model`` to ``directory`` atomically; ``readme`` says how it was trained."""
     if model.tokenizer is None:
         raise CheckpointError("cannot save a model without a tokenizer")
@@ -78,8 +79,13 @@ def save_checkpoint(model: LMGenDrive, directory: str | Path, model_id: str | No
         save_file(state, partial / WEIGHTS_FILE, metadata={"format": "pt"})
         sha = file_sha256(partial / WEIGHTS_FILE)
         identity = ModelIdentity(model_id or f"lmgendrive-{model.config.preset}-{sha[:12]}", sha)
-        meta = {"format": FORMAT, "format_version": FORMAT_VERSION, "model_id": identity.model_id,
-                "weights_sha256": sha, "config": model.config.model_dump(mode="json")}
+        meta = {
+            "format": FORMAT,
+            "format_version": FORMAT_VERSION,
+            "model_id": identity.model_id,
+            "weights_sha256": sha,
+            "config": model.config.model_dump(mode="json"),
+        }
         (partial / CONFIG_FILE).write_text(json.dumps(meta, indent=2) + "\n")
         model.tokenizer.save_pretrained(str(partial))
         (partial / README_FILE).write_text(readme or _default_readme(model.config, identity))
@@ -88,9 +94,11 @@ def save_checkpoint(model: LMGenDrive, directory: str | Path, model_id: str | No
 
 
 def _default_readme(config: ModelConfig, identity: ModelIdentity) -> str:
-    return (f"# {identity.model_id}\n\nLMGenDrive checkpoint, preset `{config.preset}`, "
-            f"{len(config.views)} views at {config.image_size[1]}x{config.image_size[0]}, {config.fps} Hz.\n"
-            f"`model.safetensors` sha256 {identity.sha256}.\n")
+    return (
+        f"# {identity.model_id}\n\nLMGenDrive checkpoint, preset `{config.preset}`, "
+        f"{len(config.views)} views at {config.image_size[1]}x{config.image_size[0]}, {config.fps} Hz.\n"
+        f"`model.safetensors` sha256 {identity.sha256}.\n"
+    )
 
 
 def build_untrained(config: ModelConfig | str, seed: int = 0) -> LMGenDrive:
@@ -102,8 +110,9 @@ def build_untrained(config: ModelConfig | str, seed: int = 0) -> LMGenDrive:
         return LMGenDrive(config, build_tokenizer(DEFAULT_CORPUS, config.llm.vocab_size))
 
 
-def load_checkpoint(source: str | Path,
-                    device: str | torch.device | None = None) -> tuple[LMGenDrive, ModelIdentity]:
+def load_checkpoint(
+    source: str | Path, device: str | torch.device | None = None
+) -> tuple[LMGenDrive, ModelIdentity]:
     """A model in eval mode on ``device`` (default :func:`~lmgendrive.device.pick_device`) and its
     identity (the id and weights sha256 to record with generated samples).
 
@@ -145,8 +154,10 @@ def _load_dir(directory: Path) -> tuple[LMGenDrive, ModelIdentity]:
         raise CheckpointError(f"{weights} is missing")
     sha = file_sha256(weights)
     if meta.get("weights_sha256") not in (None, sha):
-        raise CheckpointError(f"{weights} is corrupt or was replaced: its sha256 {sha} differs from "
-                              f"{meta['weights_sha256']} recorded in {config_path}")
+        raise CheckpointError(
+            f"{weights} is corrupt or was replaced: its sha256 {sha} differs from "
+            f"{meta['weights_sha256']} recorded in {config_path}"
+        )
     try:
         state = load_file(weights, device="cpu")
     except (SafetensorError, OSError, ValueError) as exc:
@@ -170,7 +181,9 @@ def _names(names: list[str]) -> str:
     return shown + (f", ... ({len(names) - MAX_LISTED} more)" if len(names) > MAX_LISTED else "")
 
 
-def _check_tensors(model: LMGenDrive, state: dict[str, torch.Tensor], weights: Path, config_path: Path) -> None:
+def _check_tensors(
+    model: LMGenDrive, state: dict[str, torch.Tensor], weights: Path, config_path: Path
+) -> None:
     expected = model.state_dict()
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))
@@ -183,6 +196,8 @@ def _check_tensors(model: LMGenDrive, state: dict[str, torch.Tensor], weights: P
     if unexpected:
         lines.append(f"  unexpected tensors ({len(unexpected)}): {_names(unexpected)}")
     if wrong:
-        details = [f"{k} {tuple(state[k].shape)} (config wants {tuple(expected[k].shape)})" for k in wrong]
+        details = [
+            f"{k} {tuple(state[k].shape)} (config wants {tuple(expected[k].shape)})" for k in wrong
+        ]
         lines.append(f"  wrong shape ({len(wrong)}): {_names(details)}")
     raise CheckpointError("\n".join(lines))

@@ -28,8 +28,10 @@ def checkpoint_dir(source: str | Path) -> Path | None:
         return EMBEDDED_DIR / "demo"
     if str(source) in BUILT:
         return None
-    raise CheckpointError(f"{source!s} is neither a checkpoint directory nor a preset name "
-                          f"({', '.join(sorted(PRESETS))})")
+    raise CheckpointError(
+        f"{source!s} is neither a checkpoint directory nor a preset name "
+        f"({', '.join(sorted(PRESETS))})"
+    )
 
 
 def read_meta(directory: Path) -> tuple[dict, ModelConfig]:
@@ -38,16 +40,22 @@ def read_meta(directory: Path) -> tuple[dict, ModelConfig]:
     config_path = directory / CONFIG_FILE
     if not config_path.is_file():
         hint = " (train it with `lmgd train`)" if directory.parent == EMBEDDED_DIR else ""
-        raise CheckpointError(f"{config_path} is missing: {directory} is not an lmgendrive "
-                              f"checkpoint{hint}")
+        raise CheckpointError(
+            f"{config_path} is missing: {directory} is not an lmgendrive checkpoint{hint}"
+        )
     try:
         meta = json.loads(config_path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise CheckpointError(f"{config_path} is not valid JSON: {exc}") from exc
-    if (not isinstance(meta, dict) or meta.get("format") != FORMAT
-            or meta.get("format_version") != FORMAT_VERSION):
-        raise CheckpointError(f"{config_path} is not an lmgendrive checkpoint config "
-                              f"(expected format {FORMAT!r} version {FORMAT_VERSION})")
+    if (
+        not isinstance(meta, dict)
+        or meta.get("format") != FORMAT
+        or meta.get("format_version") != FORMAT_VERSION
+    ):
+        raise CheckpointError(
+            f"{config_path} is not an lmgendrive checkpoint config "
+            f"(expected format {FORMAT!r} version {FORMAT_VERSION})"
+        )
     try:
         return meta, ModelConfig.from_dict(meta.get("config"))
     except ConfigError as exc:

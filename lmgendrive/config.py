@@ -45,7 +45,12 @@ class VisionConfig(_Frozen):
     decoder_layers: int = 3
     dropout: float = 0.1
     bev_size: int = 50  # BEV grid is bev_size x bev_size cells
-    bev_range: tuple[float, float, float, float] = (-10.0, 40.0, -25.0, 25.0)  # x_min x_max y_min y_max
+    bev_range: tuple[float, float, float, float] = (
+        -10.0,
+        40.0,
+        -25.0,
+        25.0,
+    )  # x_min x_max y_min y_max
     bev_pool: int = 10  # BEV tokens are pooled to bev_pool x bev_pool for the Q-Former
     num_waypoints: int = 4
 
@@ -215,51 +220,98 @@ class ModelConfig(_Frozen):
     @model_validator(mode="after")
     def _consistent(self) -> ModelConfig:
         """Raise naming the first inconsistent field."""
-        _check(len(self.views) > 0 and len(set(self.views)) == len(self.views), "views",
-               "must be non-empty and unique")
+        _check(
+            len(self.views) > 0 and len(set(self.views)) == len(self.views),
+            "views",
+            "must be non-empty and unique",
+        )
         _check(self.dtype in DTYPES, "dtype", f"must be one of {DTYPES}")
         _check(self.frames_per_step >= 1, "frames_per_step", "must be >= 1")
-        _check(self.frames_per_step <= self.unet.motion_max_seq_length, "frames_per_step",
-               "must not exceed unet.motion_max_seq_length")
+        _check(
+            self.frames_per_step <= self.unet.motion_max_seq_length,
+            "frames_per_step",
+            "must not exceed unet.motion_max_seq_length",
+        )
         v = self.vision
         _check(v.backbone in BACKBONES, "vision.backbone", f"must be one of {sorted(BACKBONES)}")
         _check(1 <= v.backbone_stages <= 4, "vision.backbone_stages", "must be 1..4")
         _check(v.dim % v.heads == 0, "vision.dim", "must be divisible by vision.heads")
         _check(1 <= v.bev_pool <= v.bev_size, "vision.bev_pool", "must be in 1..bev_size")
-        _check(v.bev_range[0] < v.bev_range[1] and v.bev_range[2] < v.bev_range[3],
-               "vision.bev_range", "must be (x_min < x_max, y_min < y_max)")
+        _check(
+            v.bev_range[0] < v.bev_range[1] and v.bev_range[2] < v.bev_range[3],
+            "vision.bev_range",
+            "must be (x_min < x_max, y_min < y_max)",
+        )
         _check(v.num_waypoints >= 2, "vision.num_waypoints", "must be >= 2")
-        _check(self.qformer.hidden % self.qformer.heads == 0, "qformer.hidden",
-               "must be divisible by qformer.heads")
+        _check(
+            self.qformer.hidden % self.qformer.heads == 0,
+            "qformer.hidden",
+            "must be divisible by qformer.heads",
+        )
         _check(self.qformer.num_queries >= 1, "qformer.num_queries", "must be >= 1")
         m = self.llm
         _check(m.hidden % m.heads == 0, "llm.hidden", "must be divisible by llm.heads")
         _check(m.heads % m.kv_heads == 0, "llm.kv_heads", "must divide llm.heads")
-        _check(m.num_action_queries == v.num_waypoints, "llm.num_action_queries",
-               "must equal vision.num_waypoints (one waypoint per action query)")
-        _check(m.history_frames >= 1 and m.num_world_queries >= 1, "llm.history_frames",
-               "history_frames and num_world_queries must be >= 1")
-        needed = (m.max_instruction_tokens + m.history_frames * self.qformer.num_queries
-                  + 1 + m.num_action_queries + m.num_world_queries)
-        _check(needed <= m.max_positions, "llm.max_positions",
-               f"must be >= {needed} (the LLM input length)")
-        _check(self.clip.hidden % self.clip.heads == 0, "clip.hidden",
-               "must be divisible by clip.heads")
-        _check(self.clip.image_size % self.clip.patch_size == 0, "clip.image_size",
-               "must be a multiple of patch_size")
+        _check(
+            m.num_action_queries == v.num_waypoints,
+            "llm.num_action_queries",
+            "must equal vision.num_waypoints (one waypoint per action query)",
+        )
+        _check(
+            m.history_frames >= 1 and m.num_world_queries >= 1,
+            "llm.history_frames",
+            "history_frames and num_world_queries must be >= 1",
+        )
+        needed = (
+            m.max_instruction_tokens
+            + m.history_frames * self.qformer.num_queries
+            + 1
+            + m.num_action_queries
+            + m.num_world_queries
+        )
+        _check(
+            needed <= m.max_positions,
+            "llm.max_positions",
+            f"must be >= {needed} (the LLM input length)",
+        )
+        _check(
+            self.clip.hidden % self.clip.heads == 0,
+            "clip.hidden",
+            "must be divisible by clip.heads",
+        )
+        _check(
+            self.clip.image_size % self.clip.patch_size == 0,
+            "clip.image_size",
+            "must be a multiple of patch_size",
+        )
         u = self.unet
         n = len(u.block_out_channels)
-        _check(len(u.down_block_types) == n and len(u.up_block_types) == n, "unet.down_block_types",
-               "down/up block types must match block_out_channels in length")
-        _check(u.cross_attention_dim % self.fusion.heads == 0, "unet.cross_attention_dim",
-               "must be divisible by fusion.heads")
-        _check(all(c % u.norm_groups == 0 for c in u.block_out_channels), "unet.norm_groups",
-               "must divide every unet block width")
-        _check(all(c % self.vae.norm_groups == 0 for c in self.vae.block_out_channels),
-               "vae.norm_groups", "must divide every vae block width")
+        _check(
+            len(u.down_block_types) == n and len(u.up_block_types) == n,
+            "unet.down_block_types",
+            "down/up block types must match block_out_channels in length",
+        )
+        _check(
+            u.cross_attention_dim % self.fusion.heads == 0,
+            "unet.cross_attention_dim",
+            "must be divisible by fusion.heads",
+        )
+        _check(
+            all(c % u.norm_groups == 0 for c in u.block_out_channels),
+            "unet.norm_groups",
+            "must divide every unet block width",
+        )
+        _check(
+            all(c % self.vae.norm_groups == 0 for c in self.vae.block_out_channels),
+            "vae.norm_groups",
+            "must divide every vae block width",
+        )
         down = 2 ** (len(self.vae.block_out_channels) - 1)
-        _check(self.image_size[0] % down == 0 and self.image_size[1] % down == 0, "image_size",
-               f"must be a multiple of {down} (the VAE downsampling)")
+        _check(
+            self.image_size[0] % down == 0 and self.image_size[1] % down == 0,
+            "image_size",
+            f"must be a multiple of {down} (the VAE downsampling)",
+        )
         d = self.diffusion
         _check(0.0 <= d.cond_dropout < 1.0, "diffusion.cond_dropout", "must be in [0, 1)")
         _check(d.grad_steps >= 1, "diffusion.grad_steps", "must be >= 1")
@@ -307,19 +359,50 @@ def _tiny() -> ModelConfig:
     return ModelConfig(
         preset="tiny",
         image_size=(32, 32),
-        vision=VisionConfig(backbone="resnet18", backbone_stages=2, dim=32, heads=4, ffn_dim=64,
-                            encoder_layers=1, decoder_layers=1, dropout=0.0, bev_size=8,
-                            bev_range=(-8.0, 24.0, -16.0, 16.0), bev_pool=2),
+        vision=VisionConfig(
+            backbone="resnet18",
+            backbone_stages=2,
+            dim=32,
+            heads=4,
+            ffn_dim=64,
+            encoder_layers=1,
+            decoder_layers=1,
+            dropout=0.0,
+            bev_size=8,
+            bev_range=(-8.0, 24.0, -16.0, 16.0),
+            bev_pool=2,
+        ),
         qformer=QFormerConfig(hidden=32, layers=2, heads=4, intermediate=64),
-        llm=LLMConfig(hidden=64, layers=2, heads=4, kv_heads=4, intermediate=128, vocab_size=256,
-                      max_positions=512, history_frames=16, max_instruction_tokens=24),
-        clip=ClipConfig(hidden=32, layers=1, heads=4, intermediate=64, image_size=32, patch_size=16),
+        llm=LLMConfig(
+            hidden=64,
+            layers=2,
+            heads=4,
+            kv_heads=4,
+            intermediate=128,
+            vocab_size=256,
+            max_positions=512,
+            history_frames=16,
+            max_instruction_tokens=24,
+        ),
+        clip=ClipConfig(
+            hidden=32, layers=1, heads=4, intermediate=64, image_size=32, patch_size=16
+        ),
         fusion=FusionConfig(layers=1, heads=4),
-        unet=UNetConfig(block_out_channels=(16, 32), down_block_types=("CrossAttnDownBlockMotion", "DownBlockMotion"),
-                        up_block_types=("UpBlockMotion", "CrossAttnUpBlockMotion"), layers_per_block=1,
-                        attention_heads=2, norm_groups=16, cross_attention_dim=32, motion_heads=2,
-                        motion_max_seq_length=16, motion_mid_block=False),
-        vae=VAEConfig(block_out_channels=(16, 32), layers_per_block=1, norm_groups=16, scaling_factor=1.0),
+        unet=UNetConfig(
+            block_out_channels=(16, 32),
+            down_block_types=("CrossAttnDownBlockMotion", "DownBlockMotion"),
+            up_block_types=("UpBlockMotion", "CrossAttnUpBlockMotion"),
+            layers_per_block=1,
+            attention_heads=2,
+            norm_groups=16,
+            cross_attention_dim=32,
+            motion_heads=2,
+            motion_max_seq_length=16,
+            motion_mid_block=False,
+        ),
+        vae=VAEConfig(
+            block_out_channels=(16, 32), layers_per_block=1, norm_groups=16, scaling_factor=1.0
+        ),
         diffusion=DiffusionConfig(concat_last_latent=True),
         sampler=SamplerConfig(scheduler="ddim", steps=2),
     )
@@ -330,23 +413,58 @@ def _demo() -> ModelConfig:
     return ModelConfig(
         preset="demo",
         image_size=(64, 64),
-        vision=VisionConfig(backbone="resnet18", backbone_stages=3, dim=64, heads=4, ffn_dim=128,
-                            encoder_layers=1, decoder_layers=2, dropout=0.0, bev_size=16,
-                            bev_range=(-8.0, 24.0, -16.0, 16.0), bev_pool=4),
+        vision=VisionConfig(
+            backbone="resnet18",
+            backbone_stages=3,
+            dim=64,
+            heads=4,
+            ffn_dim=128,
+            encoder_layers=1,
+            decoder_layers=2,
+            dropout=0.0,
+            bev_size=16,
+            bev_range=(-8.0, 24.0, -16.0, 16.0),
+            bev_pool=4,
+        ),
         qformer=QFormerConfig(hidden=64, layers=2, heads=4, intermediate=128),
-        llm=LLMConfig(hidden=128, layers=4, heads=4, kv_heads=4, intermediate=256, vocab_size=512,
-                      max_positions=1024, history_frames=4, max_instruction_tokens=32),
-        clip=ClipConfig(hidden=64, layers=2, heads=4, intermediate=128, image_size=64, patch_size=16),
+        llm=LLMConfig(
+            hidden=128,
+            layers=4,
+            heads=4,
+            kv_heads=4,
+            intermediate=256,
+            vocab_size=512,
+            max_positions=1024,
+            history_frames=4,
+            max_instruction_tokens=32,
+        ),
+        clip=ClipConfig(
+            hidden=64, layers=2, heads=4, intermediate=128, image_size=64, patch_size=16
+        ),
         fusion=FusionConfig(layers=1, heads=4),
-        unet=UNetConfig(block_out_channels=(32, 64, 64),
-                        down_block_types=("CrossAttnDownBlockMotion", "CrossAttnDownBlockMotion", "DownBlockMotion"),
-                        up_block_types=("UpBlockMotion", "CrossAttnUpBlockMotion", "CrossAttnUpBlockMotion"),
-                        layers_per_block=1, attention_heads=4, norm_groups=16, cross_attention_dim=64,
-                        motion_heads=4, motion_max_seq_length=16, motion_mid_block=False),
-        vae=VAEConfig(block_out_channels=(32, 64, 64), layers_per_block=1, norm_groups=16, scaling_factor=1.0),
+        unet=UNetConfig(
+            block_out_channels=(32, 64, 64),
+            down_block_types=(
+                "CrossAttnDownBlockMotion",
+                "CrossAttnDownBlockMotion",
+                "DownBlockMotion",
+            ),
+            up_block_types=("UpBlockMotion", "CrossAttnUpBlockMotion", "CrossAttnUpBlockMotion"),
+            layers_per_block=1,
+            attention_heads=4,
+            norm_groups=16,
+            cross_attention_dim=64,
+            motion_heads=4,
+            motion_max_seq_length=16,
+            motion_mid_block=False,
+        ),
+        vae=VAEConfig(
+            block_out_channels=(32, 64, 64), layers_per_block=1, norm_groups=16, scaling_factor=1.0
+        ),
         diffusion=DiffusionConfig(concat_last_latent=True),
-        sampler=SamplerConfig(scheduler="dpmsolver++", steps=12, strength=0.3, context_detail=True,
-                              warp_start=True),
+        sampler=SamplerConfig(
+            scheduler="dpmsolver++", steps=12, strength=0.3, context_detail=True, warp_start=True
+        ),
     )
 
 

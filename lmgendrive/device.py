@@ -23,7 +23,9 @@ def pick_device(preferred: str | torch.device | None = None) -> torch.device:
         except RuntimeError as exc:
             raise ConfigError(f"invalid device {choice!r}: {exc}") from exc
         if device.type == "cuda" and not torch.cuda.is_available():
-            raise ConfigError(f"device {choice!r} requested but CUDA is not available on this machine")
+            raise ConfigError(
+                f"device {choice!r} requested but CUDA is not available on this machine"
+            )
         return device
     if torch.cuda.is_available():
         return torch.device("cuda")

@@ -29,8 +29,9 @@ NEAR = 0.5  # metres: points closer than this to a camera's image plane are not 
 DEFAULT_MAX_DEPTH = 12.0  # metres; see checkpoints/README.md for how it was chosen
 
 
-def poses_from_waypoints(waypoints: torch.Tensor, frames: int, fps: float,
-                         times: Sequence[float] = WAYPOINT_TIMES) -> torch.Tensor:
+def poses_from_waypoints(
+    waypoints: torch.Tensor, frames: int, fps: float, times: Sequence[float] = WAYPOINT_TIMES
+) -> torch.Tensor:
     """Ego poses (B, F, 3) as (x, y, yaw) at ``1/fps .. frames/fps`` s, in the ego frame of time 0.
 
     A least-squares cubic in time through the origin and ``waypoints`` (B, K, 2) at ``times`` gives
@@ -43,13 +44,15 @@ def poses_from_waypoints(waypoints: torch.Tensor, frames: int, fps: float,
     basis = knots[:, None] ** torch.arange(degree + 1, device=waypoints.device)  # (K+1, D+1)
     path = torch.cat([waypoints.new_zeros(waypoints.shape[0], 1, 2), waypoints], dim=1).double()
     coef = torch.linalg.pinv(basis) @ path  # (B, D+1, 2)
-    t = torch.arange(frames + 1, dtype=torch.float64, device=waypoints.device) / fps  # 0 .. frames/fps
+    t = (
+        torch.arange(frames + 1, dtype=torch.float64, device=waypoints.device) / fps
+    )  # 0 .. frames/fps
     powers = torch.arange(degree + 1, device=waypoints.device)
     position = (t[:, None] ** powers) @ coef  # (B, F+1, 2)
     velocity = (powers[1:] * t[:, None] ** (powers[1:] - 1)) @ coef[:, 1:]
     direction = torch.atan2(velocity[..., 1], velocity[..., 0])
     turned = torch.remainder(direction[:, 1:] - direction[:, :1] + math.pi, 2 * math.pi) - math.pi
-    moving = (velocity.norm(dim=-1) > STILL)
+    moving = velocity.norm(dim=-1) > STILL
     yaw = torch.where(moving[:, 1:] & moving[:, :1], turned, torch.zeros_like(turned))
     return torch.cat([position[:, 1:], yaw[..., None]], dim=-1).float()
 
@@ -63,9 +66,13 @@ def _target_points(views: Sequence[str], h: int, w: int, max_depth: float, devic
     """Per target view, the guessed ego-frame ground position (V, H, W, 2) of each pixel's point and
     its height below the camera (V, H, W)."""
     focal = (w / 2) / math.tan(math.radians(CAMERA_FOV_DEG / 2))
-    v, u = torch.meshgrid(torch.arange(h, device=device) + 0.5, torch.arange(w, device=device) + 0.5, indexing="ij")
+    v, u = torch.meshgrid(
+        torch.arange(h, device=device) + 0.5, torch.arange(w, device=device) + 0.5, indexing="ij"
+    )
     xc, yc = (u - w / 2) / focal, (v - h / 2) / focal
-    depth = torch.where(yc > 1e-6, CAMERA_POSITION[2] / yc.clamp_min(1e-6), torch.full_like(yc, max_depth))
+    depth = torch.where(
+        yc > 1e-6, CAMERA_POSITION[2] / yc.clamp_min(1e-6), torch.full_like(yc, max_depth)
+    )
     depth = depth.clamp(max=max_depth)  # along the optical axis
     angles = _view_angles(views).to(device)[:, None, None]
     side = xc * depth
@@ -74,8 +81,12 @@ def _target_points(views: Sequence[str], h: int, w: int, max_depth: float, devic
     return torch.stack([x, y], dim=-1), (yc * depth).expand(len(views), h, w), focal
 
 
-def warp_views(pixels: torch.Tensor, poses: torch.Tensor, views: Sequence[str],
-               max_depth: float = DEFAULT_MAX_DEPTH) -> torch.Tensor:
+def warp_views(
+    pixels: torch.Tensor,
+    poses: torch.Tensor,
+    views: Sequence[str],
+    max_depth: float = DEFAULT_MAX_DEPTH,
+) -> torch.Tensor:
     """The context frames ``pixels`` (B, V, C, H, W) seen from the ``poses`` (B, F, 3) of
     :func:`poses_from_waypoints`: (B, V, F, C, H, W)."""
     b, nv, c, h, w = pixels.shape
@@ -84,7 +95,9 @@ def warp_views(pixels: torch.Tensor, poses: torch.Tensor, views: Sequence[str],
     x, y, yaw = (p[:, :, None, None, None] for p in poses.float().unbind(-1))  # (B, F, 1, 1, 1)
     px, py = points[..., 0], points[..., 1]  # (V, H, W): where each target pixel's point is, then
     sx = torch.cos(yaw) * px - torch.sin(yaw) * py + x - CAMERA_POSITION[0]  # in the ego frame of
-    sy = torch.sin(yaw) * px + torch.cos(yaw) * py + y - CAMERA_POSITION[1]  # time 0, from the camera
+    sy = (
+        torch.sin(yaw) * px + torch.cos(yaw) * py + y - CAMERA_POSITION[1]
+    )  # time 0, from the camera
     angles = _view_angles(views).to(pixels.device)
     sampled, seen = [], []
     for s in range(nv):  # look every target pixel up in every context view
@@ -95,8 +108,11 @@ def warp_views(pixels: torch.Tensor, poses: torch.Tensor, views: Sequence[str],
         gy = (h / 2 + focal * below / safe) / h * 2 - 1
         grid = torch.stack([gx, gy], dim=-1).clamp(-2.0, 2.0).reshape(b * f * nv, h, w, 2)
         source = pixels[:, s, None].float().expand(b, f * nv, c, h, w).reshape(b * f * nv, c, h, w)
-        sampled.append(F.grid_sample(source, grid, mode="bicubic", padding_mode="border",
-                                     align_corners=False).reshape(b, f, nv, c, h, w))
+        sampled.append(
+            F.grid_sample(
+                source, grid, mode="bicubic", padding_mode="border", align_corners=False
+            ).reshape(b, f, nv, c, h, w)
+        )
         seen.append(((ahead > NEAR) & (gx.abs() <= 1) & (gy.abs() <= 1))[:, :, :, None])
     # each target view's own lookup first (clamped at the border where it does not see the point),
     # then the first other view that sees it

@@ -9,11 +9,18 @@ import torch.nn.functional as F
 from schemas.errors import BadInputError
 
 
-def to_pixels(frames: np.ndarray | torch.Tensor, size: tuple[int, int], device: torch.device, name: str = "frames") -> torch.Tensor:
+def to_pixels(
+    frames: np.ndarray | torch.Tensor,
+    size: tuple[int, int],
+    device: torch.device,
+    name: str = "frames",
+) -> torch.Tensor:
     """uint8 RGB ``frames`` (..., H, W, 3) -> float32 (..., 3, h, w) in [-1, 1], resized to ``size`` = (h, w)."""
     t = torch.as_tensor(frames)
     if t.dtype != torch.uint8 or t.ndim < 3 or t.shape[-1] != 3:
-        raise BadInputError(f"{name} must be uint8 RGB with shape (..., H, W, 3), got {tuple(t.shape)} {t.dtype}")
+        raise BadInputError(
+            f"{name} must be uint8 RGB with shape (..., H, W, 3), got {tuple(t.shape)} {t.dtype}"
+        )
     lead = t.shape[:-3]
     x = t.to(device).reshape(-1, *t.shape[-3:]).permute(0, 3, 1, 2).float()
     if tuple(x.shape[-2:]) != tuple(size):

@@ -68,7 +68,9 @@ class PlannerLLM(nn.Module):
         self.config = config
         self.model = backbone if backbone is not None else LlamaModel(llama_config(config))
         h = config.hidden
-        self.action_embed = nn.Sequential(nn.Linear(1 + 2 * num_waypoints, h), nn.GELU(), nn.Linear(h, h))
+        self.action_embed = nn.Sequential(
+            nn.Linear(1 + 2 * num_waypoints, h), nn.GELU(), nn.Linear(h, h)
+        )
         self.action_queries = nn.Parameter(torch.randn(config.num_action_queries, h) * 0.02)
         self.world_queries = nn.Parameter(torch.randn(config.num_world_queries, h) * 0.02)
         self.action_head = nn.Sequential(nn.Linear(h, h), nn.GELU(), nn.Linear(h, 3))
@@ -89,21 +91,28 @@ class PlannerLLM(nn.Module):
         (only the last ``history_frames`` are used), ``speed`` (B,), ``prev_waypoints`` (B, N, 2)."""
         b = history.shape[0]
         dtype = self.action_queries.dtype
-        history = history[:, -self.config.history_frames:].flatten(1, 2).to(dtype)
-        action_in = torch.cat([speed[:, None], prev_waypoints.flatten(1)], dim=1).to(dtype) * ACTION_SCALE
-        parts = [instruction_embeds.to(dtype), history, self.action_embed(action_in)[:, None],
-                 self.action_queries.expand(b, -1, -1)]
+        history = history[:, -self.config.history_frames :].flatten(1, 2).to(dtype)
+        action_in = (
+            torch.cat([speed[:, None], prev_waypoints.flatten(1)], dim=1).to(dtype) * ACTION_SCALE
+        )
+        parts = [
+            instruction_embeds.to(dtype),
+            history,
+            self.action_embed(action_in)[:, None],
+            self.action_queries.expand(b, -1, -1),
+        ]
         if with_world:
             parts.append(self.world_queries.expand(b, -1, -1))
         embeds = torch.cat(parts, dim=1)
         mask = torch.ones(embeds.shape[:2], dtype=torch.long, device=embeds.device)
         mask[:, : instruction_mask.shape[1]] = instruction_mask.long()
         positions = (mask.cumsum(1) - 1).clamp_min(0)
-        hidden = self.model(inputs_embeds=embeds, attention_mask=mask, position_ids=positions,
-                            use_cache=False).last_hidden_state
+        hidden = self.model(
+            inputs_embeds=embeds, attention_mask=mask, position_ids=positions, use_cache=False
+        ).last_hidden_state
         n, w = self.config.num_action_queries, self.config.num_world_queries
         start = embeds.shape[1] - n - (w if with_world else 0)
-        out = self.action_head(hidden[:, start:start + n]).float()
+        out = self.action_head(hidden[:, start : start + n]).float()
         return LLMOutput(
             waypoints=out[..., :2] + constant_velocity(speed.float(), n),
             completion_logit=out[..., 2].mean(dim=1),

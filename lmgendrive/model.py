@@ -69,7 +69,9 @@ class LMGenDrive(nn.Module):
         self.config = config
         self.tokenizer = tokenizer
         if tokenizer is not None and len(tokenizer) > config.llm.vocab_size:
-            raise ConfigError(f"tokenizer has {len(tokenizer)} tokens but llm.vocab_size is {config.llm.vocab_size}")
+            raise ConfigError(
+                f"tokenizer has {len(tokenizer)} tokens but llm.vocab_size is {config.llm.vocab_size}"
+            )
         self.vision = VisionEncoder(config.vision, len(config.views))
         self.compressor = FrameCompressor(config.qformer, config.vision.dim, config.llm.hidden)
         self.llm = PlannerLLM(config.llm, config.vision.num_waypoints, backbone=parts.llm)
@@ -85,10 +87,14 @@ class LMGenDrive(nn.Module):
     def tokenize(self, instructions: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
         """Instruction ids and mask (B, L) on the model's device."""
         if self.tokenizer is None:
-            raise ConfigError("this model has no tokenizer; load it with load_checkpoint() or pass one")
+            raise ConfigError(
+                "this model has no tokenizer; load it with load_checkpoint() or pass one"
+            )
         if isinstance(instructions, str) or not all(isinstance(s, str) for s in instructions):
             raise BadInputError("instructions must be a list of strings, one per sample")
-        return encode_instructions(self.tokenizer, instructions, self.config.llm.max_instruction_tokens, self.device)
+        return encode_instructions(
+            self.tokenizer, instructions, self.config.llm.max_instruction_tokens, self.device
+        )
 
     def encode_history(self, pixels: torch.Tensor) -> torch.Tensor:
         """Per-frame LLM tokens (B, T, Q, llm_hidden) of ``pixels`` (B, T, V, 3, H, W)."""
@@ -98,8 +104,10 @@ class LMGenDrive(nn.Module):
         """The vision encoder's per-frame Q-Former input (B, T, N, D) of ``pixels`` (B, T, V, 3, H, W)."""
         b, t = pixels.shape[:2]
         dtype = self.vision.proj.weight.dtype
-        chunks = [self.vision(chunk.to(dtype)).for_qformer(self.config.vision.bev_pool)
-                  for chunk in pixels.flatten(0, 1).split(ENCODE_CHUNK)]
+        chunks = [
+            self.vision(chunk.to(dtype)).for_qformer(self.config.vision.bev_pool)
+            for chunk in pixels.flatten(0, 1).split(ENCODE_CHUNK)
+        ]
         return torch.cat(chunks).unflatten(0, (b, t))
 
     def compress_history(self, tokens: torch.Tensor) -> torch.Tensor:
@@ -115,12 +123,16 @@ class LMGenDrive(nn.Module):
     def check_views(self, pixels: torch.Tensor, name: str) -> None:
         """Raise :class:`BadInputError` unless ``pixels`` (B, V, ...) has the model's V views."""
         if pixels.shape[1] != len(self.config.views):
-            raise BadInputError(f"{name} has {pixels.shape[1]} views, the model expects {len(self.config.views)} "
-                                f"({', '.join(self.config.views)})")
+            raise BadInputError(
+                f"{name} has {pixels.shape[1]} views, the model expects {len(self.config.views)} "
+                f"({', '.join(self.config.views)})"
+            )
 
     def _think(self, state: RolloutState, with_world: bool) -> LLMOutput:
         embeds = self.llm.embed_instructions(state.instruction_ids)
-        return self.llm(embeds, state.instruction_mask, state.history, state.speed, state.waypoints, with_world)
+        return self.llm(
+            embeds, state.instruction_mask, state.history, state.speed, state.waypoints, with_world
+        )
 
     @contextlib.contextmanager
     def _inference(self) -> Iterator[None]:
@@ -147,7 +159,9 @@ class LMGenDrive(nn.Module):
         path ``driven`` (B, K, 2) over the last step (see :meth:`plan`; default: unknown, zeros)."""
         pixels = self.pixels(seed_frames, "seed_frames")
         if pixels.ndim != 6:
-            raise BadInputError(f"seed_frames must be (B, V, T, H, W, 3), got {tuple(torch.as_tensor(seed_frames).shape)}")
+            raise BadInputError(
+                f"seed_frames must be (B, V, T, H, W, 3), got {tuple(torch.as_tensor(seed_frames).shape)}"
+            )
         self.check_views(pixels, "seed_frames")
         b = pixels.shape[0]
         if len(instructions) != b:
@@ -157,20 +171,25 @@ class LMGenDrive(nn.Module):
             raise BadInputError(f"{len(seeds)} seeds for {b} samples")
         ids, mask = self.tokenize(instructions)
         with self._inference():
-            history = self.encode_history(pixels[:, :, -self.config.llm.history_frames:].transpose(1, 2))
+            history = self.encode_history(
+                pixels[:, :, -self.config.llm.history_frames :].transpose(1, 2)
+            )
         return RolloutState(
             instruction_ids=ids,
             instruction_mask=mask,
             history=history,
             last_pixels=pixels[:, :, -1],
             speed=self._speed(speed, b),
-            waypoints=self._driven(driven, b) if driven is not None
+            waypoints=self._driven(driven, b)
+            if driven is not None
             else torch.zeros(b, self.config.vision.num_waypoints, 2, device=self.device),
             controllers=[WaypointController() for _ in range(b)],
             generators=[torch.Generator().manual_seed(int(s)) for s in seeds],
         )
 
-    def _speed(self, speed: np.ndarray | torch.Tensor | Sequence[float] | None, b: int) -> torch.Tensor:
+    def _speed(
+        self, speed: np.ndarray | torch.Tensor | Sequence[float] | None, b: int
+    ) -> torch.Tensor:
         if speed is None:
             return torch.zeros(b, device=self.device)
         s = torch.as_tensor(speed, dtype=torch.float32)
@@ -182,8 +201,10 @@ class LMGenDrive(nn.Module):
         d = torch.as_tensor(driven, dtype=torch.float32)
         k = self.config.vision.num_waypoints
         if d.shape != (b, k, 2):
-            raise BadInputError(f"driven must have shape ({b}, {k}, 2): the ego's positions at the {k} waypoint "
-                                f"times of the last step, in that step's ego frame; got {tuple(d.shape)}")
+            raise BadInputError(
+                f"driven must have shape ({b}, {k}, 2): the ego's positions at the {k} waypoint "
+                f"times of the last step, in that step's ego frame; got {tuple(d.shape)}"
+            )
         if not torch.isfinite(d).all():
             raise BadInputError("driven has non-finite values")
         return d.to(self.device)
@@ -191,17 +212,25 @@ class LMGenDrive(nn.Module):
     def _observe(self, state: RolloutState, pixels: torch.Tensor) -> None:
         """Append ``pixels`` (B, V, T, 3, H, W) to the history and make the last frame the context."""
         tokens = self.encode_history(pixels.transpose(1, 2))
-        state.history = torch.cat([state.history, tokens], dim=1)[:, -self.config.llm.history_frames:]
+        state.history = torch.cat([state.history, tokens], dim=1)[
+            :, -self.config.llm.history_frames :
+        ]
         state.last_pixels = pixels[:, :, -1]
 
     def _act(self, state: RolloutState, out: LLMOutput) -> PlanResult:
         waypoints = out.waypoints.cpu().numpy().astype(np.float32)
         speed = state.speed.cpu().numpy()
-        steps = [ctrl.step(wp, float(v)) for ctrl, wp, v in zip(state.controllers, waypoints, speed, strict=True)]
+        steps = [
+            ctrl.step(wp, float(v))
+            for ctrl, wp, v in zip(state.controllers, waypoints, speed, strict=True)
+        ]
         controls = np.array([[c.throttle, c.brake, c.steer] for c in steps], dtype=np.float32)
         state.waypoints = out.waypoints.to(state.waypoints.dtype)
-        return PlanResult(waypoints=waypoints, completion=torch.sigmoid(out.completion_logit).cpu().numpy(),
-                          controls=controls)
+        return PlanResult(
+            waypoints=waypoints,
+            completion=torch.sigmoid(out.completion_logit).cpu().numpy(),
+            controls=controls,
+        )
 
     def observe(
         self,
@@ -223,8 +252,10 @@ class LMGenDrive(nn.Module):
             if frames is not None:
                 pixels = self.pixels(frames, "frames")
                 if pixels.ndim not in (5, 6):
-                    raise BadInputError(f"frames must be (B, V, H, W, 3) or (B, V, T, H, W, 3), "
-                                        f"got {tuple(torch.as_tensor(frames).shape)}")
+                    raise BadInputError(
+                        f"frames must be (B, V, H, W, 3) or (B, V, T, H, W, 3), "
+                        f"got {tuple(torch.as_tensor(frames).shape)}"
+                    )
                 pixels = pixels[:, :, None] if pixels.ndim == 5 else pixels
                 self.check_views(pixels, "frames")
                 self._observe(state, pixels)
@@ -255,13 +286,24 @@ class LMGenDrive(nn.Module):
             out = self._think(state, with_world=True)
             plan = self._act(state, out)
             cond = self.conditioner(state.last_pixels, out.world)
-            frames = sample_frames(self.generator, cond, self.conditioner.null_cond, state.last_pixels,
-                                   state.generators, sampler, ego_poses=self.planned_poses(out.waypoints))
+            frames = sample_frames(
+                self.generator,
+                cond,
+                self.conditioner.null_cond,
+                state.last_pixels,
+                state.generators,
+                sampler,
+                ego_poses=self.planned_poses(out.waypoints),
+            )
             self._observe(state, frames)
             state.speed = speed_after(out.waypoints)
             state.steps += 1
-        return StepResult(frames=to_uint8(frames), waypoints=plan.waypoints, completion=plan.completion,
-                          controls=plan.controls)
+        return StepResult(
+            frames=to_uint8(frames),
+            waypoints=plan.waypoints,
+            completion=plan.completion,
+            controls=plan.controls,
+        )
 
     def planned_poses(self, waypoints: torch.Tensor) -> torch.Tensor:
         """The planned ego pose (B, F, 3) at each frame of the step ``waypoints`` (B, K, 2) plan."""
@@ -320,7 +362,9 @@ class LMGenDrive(nn.Module):
             "clip": count(self.conditioner.clip),
             "fusion": count(self.conditioner) - count(self.conditioner.clip),
             "unet": count(unet),
-            "motion_modules": sum(p.numel() for n, p in unet.named_parameters() if "motion_modules" in n),
+            "motion_modules": sum(
+                p.numel() for n, p in unet.named_parameters() if "motion_modules" in n
+            ),
             "vae": count(self.generator.vae),
             "total": count(self),
         }

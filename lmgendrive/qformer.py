@@ -29,9 +29,13 @@ class FrameCompressor(nn.Module):
                 encoder_hidden_size=vision_dim,
             )
         )
-        self.adapter = nn.Sequential(nn.Linear(config.hidden, llm_hidden), nn.GELU(), nn.Linear(llm_hidden, llm_hidden))
+        self.adapter = nn.Sequential(
+            nn.Linear(config.hidden, llm_hidden), nn.GELU(), nn.Linear(llm_hidden, llm_hidden)
+        )
 
     def forward(self, visual_tokens: torch.Tensor) -> torch.Tensor:
         queries = self.queries.expand(visual_tokens.shape[0], -1, -1)
-        out = self.qformer(query_embeds=queries, encoder_hidden_states=visual_tokens).last_hidden_state
+        out = self.qformer(
+            query_embeds=queries, encoder_hidden_states=visual_tokens
+        ).last_hidden_state
         return self.adapter(out.to(self.adapter[0].weight.dtype))

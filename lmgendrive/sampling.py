@@ -26,16 +26,19 @@ from lmgendrive.world import WorldGenerator
 from schemas.sampler import SamplerConfig
 
 
-def make_scheduler(train_scheduler: DDPMScheduler, sampler: SamplerConfig,
-                   device: torch.device) -> SchedulerMixin:
+def make_scheduler(
+    train_scheduler: DDPMScheduler, sampler: SamplerConfig, device: torch.device
+) -> SchedulerMixin:
     """A fresh DDIM or DPM-Solver++ scheduler sharing the training noise schedule."""
     base = dict(train_scheduler.config)
     if sampler.scheduler == "ddim":
-        scheduler = DDIMScheduler.from_config(base, clip_sample=False, set_alpha_to_one=False,
-                                              timestep_spacing="trailing")
+        scheduler = DDIMScheduler.from_config(
+            base, clip_sample=False, set_alpha_to_one=False, timestep_spacing="trailing"
+        )
     else:
         scheduler = DPMSolverMultistepScheduler.from_config(
-            base, algorithm_type="dpmsolver++", solver_order=2, timestep_spacing="trailing")
+            base, algorithm_type="dpmsolver++", solver_order=2, timestep_spacing="trailing"
+        )
     scheduler.set_timesteps(sampler.steps, device=device)
     return scheduler
 
@@ -98,8 +101,12 @@ def sample_frames(
     return frames
 
 
-def _moved(generator: WorldGenerator, pixels: torch.Tensor, sampler: SamplerConfig,
-           ego_poses: torch.Tensor | None) -> torch.Tensor | None:
+def _moved(
+    generator: WorldGenerator,
+    pixels: torch.Tensor,
+    sampler: SamplerConfig,
+    ego_poses: torch.Tensor | None,
+) -> torch.Tensor | None:
     """``pixels`` (B, V, C, H, W) moved to every future frame's pose (B, V, F, C, H, W) when
     ``sampler.warp_start`` asks for it and the poses are known, else None."""
     if not sampler.warp_start or ego_poses is None:
@@ -107,9 +114,14 @@ def _moved(generator: WorldGenerator, pixels: torch.Tensor, sampler: SamplerConf
     return warp_views(pixels, ego_poses, generator.config.views)
 
 
-def _start(generator: WorldGenerator, last_pixels: torch.Tensor, context: torch.Tensor | None,
-           sampler: SamplerConfig, ego_poses: torch.Tensor | None,
-           noise: torch.Tensor) -> torch.Tensor:
+def _start(
+    generator: WorldGenerator,
+    last_pixels: torch.Tensor,
+    context: torch.Tensor | None,
+    sampler: SamplerConfig,
+    ego_poses: torch.Tensor | None,
+    noise: torch.Tensor,
+) -> torch.Tensor:
     """Clean start latents (B*V, c, F, h, w): the context frames moved by the plan, or the last
     frame's latent held still."""
     moved = _moved(generator, last_pixels, sampler, ego_poses)

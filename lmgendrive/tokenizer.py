@@ -47,10 +47,16 @@ def build_tokenizer(corpus: Iterable[str], vocab_size: int) -> PreTrainedTokeniz
     trainer = trainers.WordLevelTrainer(vocab_size=vocab_size, special_tokens=[PAD, UNK, BOS, EOS])
     tok.train_from_iterator([*corpus, " ".join("0123456789")], trainer=trainer)
     tok.post_processor = processors.TemplateProcessing(
-        single=f"{BOS} $A {EOS}", special_tokens=[(BOS, tok.token_to_id(BOS)), (EOS, tok.token_to_id(EOS))]
+        single=f"{BOS} $A {EOS}",
+        special_tokens=[(BOS, tok.token_to_id(BOS)), (EOS, tok.token_to_id(EOS))],
     )
     return PreTrainedTokenizerFast(
-        tokenizer_object=tok, pad_token=PAD, unk_token=UNK, bos_token=BOS, eos_token=EOS, padding_side="right"
+        tokenizer_object=tok,
+        pad_token=PAD,
+        unk_token=UNK,
+        bos_token=BOS,
+        eos_token=EOS,
+        padding_side="right",
     )
 
 
@@ -58,7 +64,9 @@ def load_tokenizer(path: str | Path) -> PreTrainedTokenizerBase:
     """A tokenizer saved in ``path`` (Hugging Face format), without network access."""
     path = Path(path)
     if not (path / "tokenizer.json").is_file() and not (path / "tokenizer.model").is_file():
-        raise CheckpointError(f"no tokenizer in {path}: expected tokenizer.json (or tokenizer.model)")
+        raise CheckpointError(
+            f"no tokenizer in {path}: expected tokenizer.json (or tokenizer.model)"
+        )
     try:
         tokenizer = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
     except (OSError, ValueError) as exc:
@@ -73,5 +81,7 @@ def encode_instructions(
     tokenizer: PreTrainedTokenizerBase, texts: Sequence[str], max_tokens: int, device: torch.device
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Token ids (B, L) and a boolean mask (B, L) of the instructions, right-padded, at most ``max_tokens``."""
-    enc = tokenizer(list(texts), padding=True, truncation=True, max_length=max_tokens, return_tensors="pt")
+    enc = tokenizer(
+        list(texts), padding=True, truncation=True, max_length=max_tokens, return_tensors="pt"
+    )
     return enc["input_ids"].to(device), enc["attention_mask"].to(device).bool()

@@ -38,7 +38,9 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 def sincos_2d(y: torch.Tensor, x: torch.Tensor, dim: int, scale: float = 1.0) -> torch.Tensor:
     """Sinusoidal embedding (N, dim) of 2D coordinates ``(y, x)`` (each (N,)), dim divisible by 4."""
     quarter = dim // 4
-    freq = torch.exp(-math.log(10000.0) * torch.arange(quarter, device=x.device, dtype=torch.float32) / quarter)
+    freq = torch.exp(
+        -math.log(10000.0) * torch.arange(quarter, device=x.device, dtype=torch.float32) / quarter
+    )
     ay = (y.float()[:, None] * scale) * freq
     ax = (x.float()[:, None] * scale) * freq
     emb = torch.cat([ay.sin(), ay.cos(), ax.sin(), ax.cos()], dim=1)
@@ -132,12 +134,23 @@ class PerceptionBatch:
     light: torch.Tensor
 
     def to(self, device: torch.device) -> PerceptionBatch:
-        return PerceptionBatch(*(t.to(device) for t in (self.frames, self.detection, self.waypoints, self.light)))
+        return PerceptionBatch(
+            *(t.to(device) for t in (self.frames, self.detection, self.waypoints, self.light))
+        )
 
 
 def _resnet_trunk(name: str, stages: int) -> tuple[nn.Sequential, int]:
     net = getattr(torchvision.models, name)(weights=None)
-    layers = [net.conv1, net.bn1, net.relu, net.maxpool, net.layer1, net.layer2, net.layer3, net.layer4]
+    layers = [
+        net.conv1,
+        net.bn1,
+        net.relu,
+        net.maxpool,
+        net.layer1,
+        net.layer2,
+        net.layer3,
+        net.layer4,
+    ]
     return nn.Sequential(*layers[: 4 + stages]), BACKBONES[name] // 2 ** (4 - stages)
 
 
@@ -151,21 +164,36 @@ class VisionEncoder(nn.Module):
         self.trunk, width = _resnet_trunk(config.backbone, config.backbone_stages)
         self.proj = nn.Conv2d(width, d, kernel_size=1)
         self.view_embed = nn.Parameter(torch.randn(num_views, d) * 0.02)
-        layer = dict(d_model=d, nhead=config.heads, dim_feedforward=config.ffn_dim, dropout=config.dropout,
-                     batch_first=True, norm_first=True)
-        self.encoder = nn.TransformerEncoder(nn.TransformerEncoderLayer(**layer), config.encoder_layers,
-                                             enable_nested_tensor=False)
-        self.decoder = nn.TransformerDecoder(nn.TransformerDecoderLayer(**layer), config.decoder_layers)
+        layer = dict(
+            d_model=d,
+            nhead=config.heads,
+            dim_feedforward=config.ffn_dim,
+            dropout=config.dropout,
+            batch_first=True,
+            norm_first=True,
+        )
+        self.encoder = nn.TransformerEncoder(
+            nn.TransformerEncoderLayer(**layer), config.encoder_layers, enable_nested_tensor=False
+        )
+        self.decoder = nn.TransformerDecoder(
+            nn.TransformerDecoderLayer(**layer), config.decoder_layers
+        )
         self.bev_query_proj = nn.Linear(d, d)
         self.waypoint_queries = nn.Parameter(torch.randn(config.num_waypoints, d) * 0.02)
         self.light_query = nn.Parameter(torch.randn(1, d) * 0.02)
         gx, gy = bev_cell_centres(config)
-        span = max(config.bev_range[1] - config.bev_range[0], config.bev_range[3] - config.bev_range[2])
-        bev_pos = sincos_2d(torch.from_numpy(gx).flatten(), torch.from_numpy(gy).flatten(), d, 100.0 / span)
+        span = max(
+            config.bev_range[1] - config.bev_range[0], config.bev_range[3] - config.bev_range[2]
+        )
+        bev_pos = sincos_2d(
+            torch.from_numpy(gx).flatten(), torch.from_numpy(gy).flatten(), d, 100.0 / span
+        )
         self.register_buffer("bev_pos", bev_pos, persistent=False)
         self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
-        self.detection_head = nn.Sequential(nn.Linear(d, d), nn.GELU(), nn.Linear(d, len(DET_CHANNELS)))
+        self.detection_head = nn.Sequential(
+            nn.Linear(d, d), nn.GELU(), nn.Linear(d, len(DET_CHANNELS))
+        )
         self.waypoint_head = nn.Sequential(nn.Linear(d, d), nn.GELU(), nn.Linear(d, 2))
         self.light_head = nn.Linear(d, len(LIGHT_CLASSES))
         self.frozen = False
@@ -189,24 +217,35 @@ class VisionEncoder(nn.Module):
         x = ((pixels.flatten(0, 1) + 1.0) / 2.0 - self.mean) / self.std
         feat = self.proj(self.trunk(x))  # (N*V, d, h, w)
         d, h, w = feat.shape[1:]
-        ys, xs = torch.meshgrid(torch.arange(h, device=feat.device), torch.arange(w, device=feat.device),
-                                indexing="ij")
+        ys, xs = torch.meshgrid(
+            torch.arange(h, device=feat.device), torch.arange(w, device=feat.device), indexing="ij"
+        )
         pos = sincos_2d(ys.flatten(), xs.flatten(), d).to(feat.dtype)
         tokens = feat.flatten(2).transpose(1, 2) + pos  # (N*V, h*w, d)
         tokens = tokens.view(n, v, h * w, d) + self.view_embed[None, :v, None, :]
         memory = self.encoder(tokens.reshape(n, v * h * w, d))
-        queries = torch.cat([self.bev_query_proj(self.bev_pos.to(memory.dtype)), self.waypoint_queries,
-                             self.light_query])
+        queries = torch.cat(
+            [
+                self.bev_query_proj(self.bev_pos.to(memory.dtype)),
+                self.waypoint_queries,
+                self.light_query,
+            ]
+        )
         out = self.decoder(queries.expand(n, -1, -1), memory)
         cells, k = self.bev_pos.shape[0], self.config.num_waypoints
-        return VisualTokens(bev=out[:, :cells], waypoints=out[:, cells:cells + k], light=out[:, cells + k:])
+        return VisualTokens(
+            bev=out[:, :cells], waypoints=out[:, cells : cells + k], light=out[:, cells + k :]
+        )
 
     def perceive(self, tokens: VisualTokens) -> PerceptionOutput:
         """Stage-1 heads on the visual tokens."""
         s = self.config.bev_size
         det = self.detection_head(tokens.bev).view(-1, s, s, len(DET_CHANNELS))
-        return PerceptionOutput(detection=det, waypoints=self.waypoint_head(tokens.waypoints),
-                                light_logits=self.light_head(tokens.light[:, 0]))
+        return PerceptionOutput(
+            detection=det,
+            waypoints=self.waypoint_head(tokens.waypoints),
+            light_logits=self.light_head(tokens.light[:, 0]),
+        )
 
 
 def detection_loss(pred: torch.Tensor, target: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -234,7 +273,9 @@ def detection_loss(pred: torch.Tensor, target: torch.Tensor) -> dict[str, torch.
     }
 
 
-def perception_loss(out: PerceptionOutput, batch: PerceptionBatch) -> tuple[torch.Tensor, dict[str, float]]:
+def perception_loss(
+    out: PerceptionOutput, batch: PerceptionBatch
+) -> tuple[torch.Tensor, dict[str, float]]:
     """Stage-1 loss: 0.5 det + 0.5 waypoint L1 + 0.05 object speed + 0.1 light CE (LMDrive weights).
 
     ``det`` itself is 0.4 det + 0.2 loc + 0.2 box + 0.2 ori.

@@ -33,10 +33,16 @@ CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
 def build_clip(config: ModelConfig) -> CLIPVisionModel:
     c = config.clip
-    return CLIPVisionModel(CLIPVisionConfig(
-        hidden_size=c.hidden, intermediate_size=c.intermediate, num_hidden_layers=c.layers,
-        num_attention_heads=c.heads, image_size=c.image_size, patch_size=c.patch_size,
-    ))
+    return CLIPVisionModel(
+        CLIPVisionConfig(
+            hidden_size=c.hidden,
+            intermediate_size=c.intermediate,
+            num_hidden_layers=c.layers,
+            num_attention_heads=c.heads,
+            image_size=c.image_size,
+            patch_size=c.patch_size,
+        )
+    )
 
 
 def build_unet(config: ModelConfig) -> UNetMotionModel:
@@ -104,7 +110,9 @@ class WorldConditioner(nn.Module):
         self.clip_proj = nn.Linear(self.clip.config.hidden_size, dim)
         self.world_proj = nn.Linear(llm_hidden, dim)
         self.view_embed = nn.Parameter(torch.randn(len(config.views), dim) * 0.02)
-        self.layers = nn.ModuleList(FusionLayer(dim, config.fusion.heads) for _ in range(config.fusion.layers))
+        self.layers = nn.ModuleList(
+            FusionLayer(dim, config.fusion.heads) for _ in range(config.fusion.layers)
+        )
         self.norm = nn.LayerNorm(dim)
         tokens = (config.clip.image_size // config.clip.patch_size) ** 2 + 1
         self.null_cond = nn.Parameter(torch.zeros(tokens, dim))
@@ -117,7 +125,9 @@ class WorldConditioner(nn.Module):
         x = pixels.flatten(0, 1)
         size = self.clip.config.image_size
         if x.shape[-2:] != (size, size):
-            x = F.interpolate(x, size=(size, size), mode="bicubic", align_corners=False, antialias=True)
+            x = F.interpolate(
+                x, size=(size, size), mode="bicubic", align_corners=False, antialias=True
+            )
         x = ((x + 1.0) / 2.0 - self.mean) / self.std
         tokens = self.clip(pixel_values=x.to(self.clip_proj.weight.dtype)).last_hidden_state
         return tokens.unflatten(0, (b, v))
@@ -138,15 +148,24 @@ class WorldGenerator(nn.Module):
     ``vae.scaling_factor`` and :meth:`calibrate_latent_scale` sets it from data for a VAE trained here.
     """
 
-    def __init__(self, config: ModelConfig, unet: UNetMotionModel | None = None, vae: AutoencoderKL | None = None):
+    def __init__(
+        self,
+        config: ModelConfig,
+        unet: UNetMotionModel | None = None,
+        vae: AutoencoderKL | None = None,
+    ):
         super().__init__()
         self.config = config
         self.unet = unet if unet is not None else build_unet(config)
         self.vae = vae if vae is not None else build_vae(config)
         self.register_buffer("latent_scale", torch.tensor(float(self.vae.config.scaling_factor)))
         d = config.diffusion
-        self.train_scheduler = DDPMScheduler(num_train_timesteps=d.num_train_timesteps, beta_schedule=d.beta_schedule,
-                                             beta_start=d.beta_start, beta_end=d.beta_end)
+        self.train_scheduler = DDPMScheduler(
+            num_train_timesteps=d.num_train_timesteps,
+            beta_schedule=d.beta_schedule,
+            beta_start=d.beta_start,
+            beta_end=d.beta_end,
+        )
 
     @property
     def dtype(self) -> torch.dtype:
@@ -159,7 +178,9 @@ class WorldGenerator(nn.Module):
 
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
         """Pixels (N, 3, H, W) in [-1, 1] of scaled latents (N, c, h, w)."""
-        return self.vae.decode((latents / self.latent_scale).to(self.vae.dtype)).sample.clamp(-1.0, 1.0)
+        return self.vae.decode((latents / self.latent_scale).to(self.vae.dtype)).sample.clamp(
+            -1.0, 1.0
+        )
 
     @torch.no_grad()
     def calibrate_latent_scale(self, pixels: torch.Tensor) -> float:
@@ -180,12 +201,19 @@ class WorldGenerator(nn.Module):
             return None
         return self.encode(last_pixels.flatten(0, 1))
 
-    def predict_noise(self, latents: torch.Tensor, t: torch.Tensor, cond: torch.Tensor,
-                      context: torch.Tensor | None) -> torch.Tensor:
+    def predict_noise(
+        self,
+        latents: torch.Tensor,
+        t: torch.Tensor,
+        cond: torch.Tensor,
+        context: torch.Tensor | None,
+    ) -> torch.Tensor:
         """The UNet's noise prediction for ``latents`` (B*V, c, F, h, w) at timestep(s) ``t`` under
         ``cond`` (B, V, S, dim) and the :meth:`context_latents`."""
         ehs = cond.flatten(0, 1).repeat_interleave(latents.shape[2], dim=0)  # (B*V*F, S, dim)
-        return self.unet(self._unet_input(latents, context).to(self.dtype), t, ehs.to(self.dtype)).sample
+        return self.unet(
+            self._unet_input(latents, context).to(self.dtype), t, ehs.to(self.dtype)
+        ).sample
 
     def initial_noise(self, generators: Sequence[torch.Generator], views: int) -> torch.Tensor:
         """Per-sample starting latents (B*V, c, F, h, w): sample i's noise comes only from ``generators[i]``."""

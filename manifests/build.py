@@ -29,8 +29,21 @@ PEDESTRIAN_RANGE = 30.0
 
 def task_id(row: dict) -> str:
     """Stable id: a hash of what the task asks for (rebuilding gives the same ids)."""
-    content = {k: row[k] for k in ("scene_source", "scene_ref", "start_frame", "seed_frames", "horizon",
-                                   "samples", "instruction", "instruction_id", "instruction_args", "misleading")}
+    content = {
+        k: row[k]
+        for k in (
+            "scene_source",
+            "scene_ref",
+            "start_frame",
+            "seed_frames",
+            "horizon",
+            "samples",
+            "instruction",
+            "instruction_id",
+            "instruction_args",
+            "misleading",
+        )
+    }
     return "t" + hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()[:12]
 
 
@@ -46,8 +59,16 @@ def finish_row(row: dict, base_seed: int) -> dict:
     return row
 
 
-def seed_point_rows(scene: Scene, source: str, ref: str, horizons: list[int], seed_frames: int, stride: int,
-                    samples: int, base_seed: int) -> list[dict]:
+def seed_point_rows(
+    scene: Scene,
+    source: str,
+    ref: str,
+    horizons: list[int],
+    seed_frames: int,
+    stride: int,
+    samples: int,
+    base_seed: int,
+) -> list[dict]:
     """One row per (seed point, horizon) of ``scene``."""
     rows = []
     last_start = len(scene) - max(horizons)
@@ -55,11 +76,18 @@ def seed_point_rows(scene: Scene, source: str, ref: str, horizons: list[int], se
         m = scene.measurements(start - 1)
         options = scene.junction_ahead(start - 1) if isinstance(scene, ProceduralScene) else None
         base = {
-            "schema_version": TASK.version, "scene": scene.name, "scene_source": source, "scene_ref": ref,
-            "start_frame": start, "seed_frames": seed_frames, "samples": samples,
-            **instruction_fields(m.instruction), "counterfactual": False,
+            "schema_version": TASK.version,
+            "scene": scene.name,
+            "scene_source": source,
+            "scene_ref": ref,
+            "start_frame": start,
+            "seed_frames": seed_frames,
+            "samples": samples,
+            **instruction_fields(m.instruction),
+            "counterfactual": False,
             "recorded_instruction": m.instruction.text,
-            **scene_tags(scene, m), "junction": bool(m.is_junction or options is not None),
+            **scene_tags(scene, m),
+            "junction": bool(m.is_junction or options is not None),
             "junction_options": list(options or []),
         }
         rows += [finish_row({**base, "horizon": h}, base_seed) for h in horizons]
@@ -67,36 +95,64 @@ def seed_point_rows(scene: Scene, source: str, ref: str, horizons: list[int], se
 
 
 def instruction_fields(ins: Instruction) -> dict:
-    return {"instruction": ins.text, "instruction_id": ins.instruction_id, "category": ins.category,
-            "instruction_args": json.dumps(ins.args, sort_keys=True), "misleading": ins.misleading}
+    return {
+        "instruction": ins.text,
+        "instruction_id": ins.instruction_id,
+        "category": ins.category,
+        "instruction_args": json.dumps(ins.args, sort_keys=True),
+        "misleading": ins.misleading,
+    }
 
 
 def scene_tags(scene: Scene, m: Measurements) -> dict:
-    peds = [o for o in m.objects if o.cls == "pedestrian" and 0 < o.x < PEDESTRIAN_RANGE and abs(o.y) < 8]
-    return {"weather": m.weather, "night": bool(scene.tags.get("night", "night" in m.weather.lower())),
-            "pedestrians": bool(peds), "red_light": m.light_state == "red", "speed": float(m.speed)}
+    peds = [
+        o
+        for o in m.objects
+        if o.cls == "pedestrian" and 0 < o.x < PEDESTRIAN_RANGE and abs(o.y) < 8
+    ]
+    return {
+        "weather": m.weather,
+        "night": bool(scene.tags.get("night", "night" in m.weather.lower())),
+        "pedestrians": bool(peds),
+        "red_light": m.light_state == "red",
+        "speed": float(m.speed),
+    }
 
 
-def build_procedural(recipe: ProceduralRecipe, horizons: list[int],
-                     progress: Callable[[int], None] | None = None) -> pa.Table:
+def build_procedural(
+    recipe: ProceduralRecipe, horizons: list[int], progress: Callable[[int], None] | None = None
+) -> pa.Table:
     """Tasks over the drives of a procedural recipe."""
     rows: list[dict] = []
     for spec in procedural_drives(recipe):
         scene = ProceduralScene(spec)
-        rows += seed_point_rows(scene, "procedural", procedural_ref(spec), horizons, recipe.seed_frames,
-                                recipe.stride, recipe.samples_per_task, recipe.seed)
+        rows += seed_point_rows(
+            scene,
+            "procedural",
+            procedural_ref(spec),
+            horizons,
+            recipe.seed_frames,
+            recipe.stride,
+            recipe.samples_per_task,
+            recipe.seed,
+        )
         if progress:
             progress(1)
     return _table(rows, "procedural recipe")
 
 
 def procedural_drives(recipe: ProceduralRecipe) -> list[DriveSpec]:
-    return [DriveSpec(town, recipe.route_seed + r, weather, recipe.frames, (recipe.size, recipe.size))
-            for town in recipe.towns for weather in recipe.weathers for r in range(recipe.routes_per_town)]
+    return [
+        DriveSpec(town, recipe.route_seed + r, weather, recipe.frames, (recipe.size, recipe.size))
+        for town in recipe.towns
+        for weather in recipe.weathers
+        for r in range(recipe.routes_per_town)
+    ]
 
 
-def build_lmdrive(recipe: LMDriveRecipe, horizons: list[int],
-                  progress: Callable[[int], None] | None = None) -> pa.Table:
+def build_lmdrive(
+    recipe: LMDriveRecipe, horizons: list[int], progress: Callable[[int], None] | None = None
+) -> pa.Table:
     """Tasks over the routes of an LMDrive-format dataset root."""
     from scenes.lmdrive import open_root
 
@@ -109,15 +165,26 @@ def build_lmdrive(recipe: LMDriveRecipe, horizons: list[int],
         scenes = [by_name[r] for r in recipe.routes]
     rows: list[dict] = []
     for scene in scenes:
-        rows += seed_point_rows(scene, "lmdrive", str(scene.root), horizons, recipe.seed_frames, recipe.stride,
-                                recipe.samples_per_task, recipe.seed)
+        rows += seed_point_rows(
+            scene,
+            "lmdrive",
+            str(scene.root),
+            horizons,
+            recipe.seed_frames,
+            recipe.stride,
+            recipe.samples_per_task,
+            recipe.seed,
+        )
         if progress:
             progress(1)
     return _table(rows, str(recipe.root))
 
 
-def build(recipe: ProceduralRecipe | LMDriveRecipe, horizons: Iterable[int],
-          progress: Callable[[int], None] | None = None) -> pa.Table:
+def build(
+    recipe: ProceduralRecipe | LMDriveRecipe,
+    horizons: Iterable[int],
+    progress: Callable[[int], None] | None = None,
+) -> pa.Table:
     """Tasks for ``recipe`` at every horizon."""
     horizons = sorted(set(horizons))
     if isinstance(recipe, ProceduralRecipe):
@@ -132,8 +199,14 @@ def count_sources(recipe: ProceduralRecipe | LMDriveRecipe) -> int | None:
 
 def _table(rows: list[dict], source: str) -> pa.Table:
     if not rows:
-        raise BadInputError(f"{source}: no seed point leaves room for the seed frames and the longest horizon")
+        raise BadInputError(
+            f"{source}: no seed point leaves room for the seed frames and the longest horizon"
+        )
     table = pa.Table.from_pylist(rows, schema=TASK.arrow)
-    log.info("%s: %d tasks from %d seed points", source, len(rows),
-             len(np.unique([r["scene"] + str(r["start_frame"]) for r in rows])))
+    log.info(
+        "%s: %d tasks from %d seed points",
+        source,
+        len(rows),
+        len(np.unique([r["scene"] + str(r["start_frame"]) for r in rows])),
+    )
     return validate(table, TASK, source)

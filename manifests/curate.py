@@ -44,14 +44,20 @@ def counterfactuals(row: dict, with_misleading: bool, base_seed: int) -> list[di
     if not options:
         return []
     feasible = [*options, "stop"]
-    wanted = feasible + ([t for t in ("left", "right") if t not in options] if with_misleading else [])
+    wanted = feasible + (
+        [t for t in ("left", "right") if t not in options] if with_misleading else []
+    )
     out = []
     for maneuver in wanted:
         if maneuver == task_maneuver(row):
             continue
-        rng = np.random.default_rng(int(hashlib.sha256(f"{row['task_id']}:{maneuver}".encode()).hexdigest()[:8], 16))
+        rng = np.random.default_rng(
+            int(hashlib.sha256(f"{row['task_id']}:{maneuver}".encode()).hexdigest()[:8], 16)
+        )
         ins = make_instruction(TYPE_ASKING_FOR[maneuver], rng, misleading=maneuver not in feasible)
-        out.append(finish_row({**row, **instruction_fields(ins), "counterfactual": True}, base_seed))
+        out.append(
+            finish_row({**row, **instruction_fields(ins), "counterfactual": True}, base_seed)
+        )
     return out
 
 
@@ -74,5 +80,7 @@ def curate(table: pa.Table, spec: CurateSpec) -> pa.Table:
             keep += idx
         rows = [rows[i] for i in sorted(keep)]
     if spec.sample is not None and len(rows) > spec.sample:
-        rows = [rows[i] for i in sorted(rng.choice(len(rows), size=spec.sample, replace=False).tolist())]
+        rows = [
+            rows[i] for i in sorted(rng.choice(len(rows), size=spec.sample, replace=False).tolist())
+        ]
     return validate(pa.Table.from_pylist(rows, schema=TASK.arrow), TASK, "curated manifest")

@@ -27,7 +27,9 @@ def read_manifest(path: str | Path) -> pa.Table:
     elif path.suffix in (".jsonl", ".ndjson"):
         table = _read_jsonl(path)
     else:
-        raise BadInputError(f"{path}: unknown manifest format {path.suffix!r}; valid: .parquet, .jsonl")
+        raise BadInputError(
+            f"{path}: unknown manifest format {path.suffix!r}; valid: .parquet, .jsonl"
+        )
     return validate(table, TASK, str(path))
 
 
@@ -45,12 +47,17 @@ def _read_jsonl(path: Path) -> pa.Table:
         rows.append(row)
     if not rows:
         return TASK.arrow.empty_table()
-    bad = [f"line {n}, column {c.name!r}: value {r[c.name]!r} (allowed: {c.allowed()})"
-           for n, r in enumerate(rows, start=1) for c in TASK.columns
-           if c.name in r and r[c.name] is not None and not _json_type_ok(r[c.name], c.type)]
+    bad = [
+        f"line {n}, column {c.name!r}: value {r[c.name]!r} (allowed: {c.allowed()})"
+        for n, r in enumerate(rows, start=1)
+        for c in TASK.columns
+        if c.name in r and r[c.name] is not None and not _json_type_ok(r[c.name], c.type)
+    ]
     if bad:
-        raise SchemaError(f"{path}: {len(bad)} problem(s) against schema task v{TASK.version}:\n  "
-                          + "\n  ".join(bad[:50]))
+        raise SchemaError(
+            f"{path}: {len(bad)} problem(s) against schema task v{TASK.version}:\n  "
+            + "\n  ".join(bad[:50])
+        )
     names = list(dict.fromkeys(k for r in rows for k in r))
     types = {f.name: f.type for f in TASK.arrow}
     return pa.table({k: pa.array([r.get(k) for r in rows], type=types.get(k)) for k in names})

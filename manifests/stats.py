@@ -21,8 +21,10 @@ def format_stats(table: pa.Table) -> str:
     """The counts as aligned tables, with totals and distinct seed points and scenes."""
     rows = table.to_pylist()
     seed_points = {(r["scene"], r["start_frame"]) for r in rows}
-    lines = [f"{len(rows)} tasks, {len(seed_points)} seed points, {len({r['scene'] for r in rows})} scenes, "
-             f"{sum(r['samples'] for r in rows)} samples"]
+    lines = [
+        f"{len(rows)} tasks, {len(seed_points)} seed points, {len({r['scene'] for r in rows})} scenes, "
+        f"{sum(r['samples'] for r in rows)} samples"
+    ]
     for key, counter in counts(table).items():
         width = max([len(str(k)) for k in counter] + [len(key)])
         lines += ["", f"{key:<{width}}  tasks", f"{'-' * width}  -----"]

@@ -30,7 +30,9 @@ def _size(text: str) -> tuple[int, int]:
     if len(parts) == 1:
         parts *= 2
     if len(parts) != 2 or min(parts) < 16 or max(parts) > 1024:
-        raise argparse.ArgumentTypeError(f"size must be N or HxW with 16 <= N <= 1024, got {text!r}")
+        raise argparse.ArgumentTypeError(
+            f"size must be N or HxW with 16 <= N <= 1024, got {text!r}"
+        )
     return parts[0], parts[1]
 
 
@@ -45,13 +47,21 @@ def cmd_scenes_render(args: argparse.Namespace) -> int:
     from scenes.lmdrive import write_index, write_route
     from scenes.procedural.drive import DriveSpec, ProceduralScene
 
-    spec = DriveSpec(args.town_seed, args.route_seed, args.weather, args.frames, args.size, tuple(args.turns))
+    spec = DriveSpec(
+        args.town_seed, args.route_seed, args.weather, args.frames, args.size, tuple(args.turns)
+    )
     scene = ProceduralScene(spec)
     root = Path(args.out)
     root.mkdir(parents=True, exist_ok=True)
     with _progress(len(scene), f"render {scene.name}") as bar:
-        route = write_route(scene, root / scene.name, overwrite=args.overwrite, on_frame=lambda _: bar.update())
-    routes = sorted(p for p in root.iterdir() if (p / "measurements").is_dir() and not p.name.endswith(PARTIAL_SUFFIX))
+        route = write_route(
+            scene, root / scene.name, overwrite=args.overwrite, on_frame=lambda _: bar.update()
+        )
+    routes = sorted(
+        p
+        for p in root.iterdir()
+        if (p / "measurements").is_dir() and not p.name.endswith(PARTIAL_SUFFIX)
+    )
     index = write_index(root, routes)
     print(f"wrote {route} ({len(scene)} frames); {index} lists {len(routes)} route(s)")
     return 0
@@ -77,8 +87,18 @@ def cmd_scenes_sheet(args: argparse.Namespace) -> int:
 
 
 # ----------------------------------------------------------------------------- manifests
-_RECIPE_FLAGS = ("towns", "routes_per_town", "route_seed", "weathers", "frames", "size", "seed_frames", "stride",
-                 "samples_per_task", "seed")
+_RECIPE_FLAGS = (
+    "towns",
+    "routes_per_town",
+    "route_seed",
+    "weathers",
+    "frames",
+    "size",
+    "seed_frames",
+    "stride",
+    "samples_per_task",
+    "seed",
+)
 
 
 def _recipe(args: argparse.Namespace):
@@ -99,13 +119,21 @@ def _recipe(args: argparse.Namespace):
         data, source = {"source": "procedural"}, "command line"
     data.update({k: getattr(args, k) for k in _RECIPE_FLAGS if getattr(args, k, None) is not None})
     if data.get("source") == "lmdrive":
-        extra = [k for k in ("towns", "routes_per_town", "route_seed", "weathers", "frames", "size") if k in data]
+        extra = [
+            k
+            for k in ("towns", "routes_per_town", "route_seed", "weathers", "frames", "size")
+            if k in data
+        ]
         if extra:
-            raise ConfigError(f"{source}: --{extra[0].replace('_', '-')} applies to procedural recipes only")
+            raise ConfigError(
+                f"{source}: --{extra[0].replace('_', '-')} applies to procedural recipes only"
+            )
     try:
         return TypeAdapter(Recipe).validate_python(data)
     except ValidationError as e:
-        msg = "; ".join(f"{'.'.join(map(str, err['loc'][1:])) or 'recipe'}: {err['msg']}" for err in e.errors())
+        msg = "; ".join(
+            f"{'.'.join(map(str, err['loc'][1:])) or 'recipe'}: {err['msg']}" for err in e.errors()
+        )
         raise ConfigError(f"{source}: invalid recipe: {msg}") from None
 
 
@@ -115,8 +143,10 @@ def cmd_manifest_build(args: argparse.Namespace) -> int:
 
     bad = [h for h in args.horizons if h <= 0]
     if bad:
-        raise ConfigError(f"--horizons {bad}: horizons must be positive (a job checks them against "
-                          f"its model's frames_per_step)")
+        raise ConfigError(
+            f"--horizons {bad}: horizons must be positive (a job checks them against "
+            f"its model's frames_per_step)"
+        )
     recipe = _recipe(args)
     with _progress(count_sources(recipe), "build manifest", unit="drive") as bar:
         table = build(recipe, args.horizons, progress=bar.update)
@@ -132,11 +162,16 @@ def cmd_manifest_curate(args: argparse.Namespace) -> int:
     from manifests.io import read_manifest, write_manifest
     from schemas.job import CurateSpec
 
-    fields = {k: getattr(args, k) for k in CurateSpec.model_fields if getattr(args, k, None) is not None}
+    fields = {
+        k: getattr(args, k) for k in CurateSpec.model_fields if getattr(args, k, None) is not None
+    }
     try:
         spec = CurateSpec(**fields)
     except ValidationError as e:
-        msg = "; ".join(f"--{'.'.join(map(str, err['loc'])).replace('_', '-')}: {err['msg']}" for err in e.errors())
+        msg = "; ".join(
+            f"--{'.'.join(map(str, err['loc'])).replace('_', '-')}: {err['msg']}"
+            for err in e.errors()
+        )
         raise ConfigError(f"invalid curation: {msg}") from None
     table = read_manifest(args.manifest)
     result = curate(table, spec)
@@ -160,8 +195,10 @@ def cmd_job_validate(args: argparse.Namespace) -> int:
     for path in args.jobs:
         c = check_job(path)
         tasks = f"{c.tasks} tasks" if c.tasks is not None else "manifest built at run time"
-        print(f"{path}: ok ({c.job.name}: model {c.job.model}, {tasks}, {c.scenes} scene(s), "
-              f"horizons {c.job.horizons}, output {c.job.output})")
+        print(
+            f"{path}: ok ({c.job.name}: model {c.job.model}, {tasks}, {c.scenes} scene(s), "
+            f"horizons {c.job.horizons}, output {c.job.output})"
+        )
     return 0
 
 
@@ -179,8 +216,10 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
     job = load_job(args.job)
     s = run_job(job, executor=args.executor, ray_address=args.ray_address, overwrite=args.overwrite)
-    print(f"{job.name}: {s.ran} unit(s) generated, {s.skipped} already done, {s.samples} samples, "
-          f"{s.frames} frames in {s.seconds:.1f} s ({s.frames_per_s:.1f} frames/s) -> {s.output}")
+    print(
+        f"{job.name}: {s.ran} unit(s) generated, {s.skipped} already done, {s.samples} samples, "
+        f"{s.frames} frames in {s.seconds:.1f} s ({s.frames_per_s:.1f} frames/s) -> {s.output}"
+    )
     return 0
 
 
@@ -212,51 +251,87 @@ def cmd_demo(args: argparse.Namespace) -> int:
     job = load_job(_demo_job(args.job))
     if args.out:
         job = job.model_copy(update={"output": args.out})
-    print(f"[1/2] {job.name}: seed scenes, manifest and generation with model {job.model!r}, horizons "
-          f"{job.horizons} -> {job.output}", flush=True)
+    print(
+        f"[1/2] {job.name}: seed scenes, manifest and generation with model {job.model!r}, horizons "
+        f"{job.horizons} -> {job.output}",
+        flush=True,
+    )
     s = run_job(job, executor=args.executor, ray_address="local", overwrite=args.overwrite)
-    print(f"      {s.ran} unit(s) generated, {s.skipped} already done, {s.samples} samples, {s.frames} frames "
-          f"in {s.seconds:.0f} s", flush=True)
-    config = without_missing_weights(qa_config(job.output, report_dir_of(job.output), job.qa, job, executor="local"))
+    print(
+        f"      {s.ran} unit(s) generated, {s.skipped} already done, {s.samples} samples, {s.frames} frames "
+        f"in {s.seconds:.0f} s",
+        flush=True,
+    )
+    config = without_missing_weights(
+        qa_config(job.output, report_dir_of(job.output), job.qa, job, executor="local")
+    )
     print(f"[2/2] QA: {', '.join(config.metrics)}", flush=True)
     result = run_and_print(config, indent="      ")
-    print(f"report: {config.report}/report.md (with horizon.png and {len(result.gallery)} gallery sheet(s))")
+    print(
+        f"report: {config.report}/report.md (with horizon.png and {len(result.gallery)} gallery sheet(s))"
+    )
     return 0
 
 
 # ----------------------------------------------------------------------------- parser
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="lmgd", description="LMGenDrive synthetic driving-video pipeline.")
+    p = argparse.ArgumentParser(
+        prog="lmgd", description="LMGenDrive synthetic driving-video pipeline."
+    )
     p.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
     verbs = p.add_subparsers(dest="verb", metavar="VERB", required=True)
 
-    demo = verbs.add_parser("demo", help="run the main job on the embedded default",
-                            description="Render procedural seed scenes, build a manifest with counterfactual "
-                                        "instructions, generate horizons 8-64 with the embedded checkpoint on a "
-                                        "local Ray cluster, write shards, run QA and draw the report's gallery. "
-                                        "Reruns resume.")
+    demo = verbs.add_parser(
+        "demo",
+        help="run the main job on the embedded default",
+        description="Render procedural seed scenes, build a manifest with counterfactual "
+        "instructions, generate horizons 8-64 with the embedded checkpoint on a "
+        "local Ray cluster, write shards, run QA and draw the report's gallery. "
+        "Reruns resume.",
+    )
     demo.add_argument("--job", default=DEMO_JOB, help=f"job spec (default: {DEMO_JOB})")
     demo.add_argument("--out", help="output folder (default: the job's, out/demo)")
-    demo.add_argument("--executor", choices=("ray", "local"), default="ray",
-                      help="ray: a local Ray cluster (default); local: in this process")
+    demo.add_argument(
+        "--executor",
+        choices=("ray", "local"),
+        default="ray",
+        help="ray: a local Ray cluster (default); local: in this process",
+    )
     demo.add_argument("--overwrite", action="store_true", help="start clean instead of resuming")
     demo.set_defaults(func=cmd_demo)
 
-    scenes = verbs.add_parser("scenes", help="seed scenes: render procedural drives, draw contact sheets")
+    scenes = verbs.add_parser(
+        "scenes", help="seed scenes: render procedural drives, draw contact sheets"
+    )
     sv = scenes.add_subparsers(dest="scenes_verb", metavar="VERB", required=True)
-    r = sv.add_parser("render", help="render one procedural drive into an LMDrive-format dataset root",
-                      description="Simulate and render one drive; write it as an LMDrive route folder "
-                                  "OUT/<name>/ and update OUT/dataset_index.txt.")
+    r = sv.add_parser(
+        "render",
+        help="render one procedural drive into an LMDrive-format dataset root",
+        description="Simulate and render one drive; write it as an LMDrive route folder "
+        "OUT/<name>/ and update OUT/dataset_index.txt.",
+    )
     r.add_argument("--town-seed", type=int, required=True)
     r.add_argument("--route-seed", type=int, required=True)
-    r.add_argument("--weather", default="clear_noon",
-                   help="clear_noon, cloudy, rain, fog, sunset or night (default: clear_noon)")
+    r.add_argument(
+        "--weather",
+        default="clear_noon",
+        help="clear_noon, cloudy, rain, fog, sunset or night (default: clear_noon)",
+    )
     r.add_argument("--frames", type=int, default=200, help="frames at 10 Hz (default: 200)")
-    r.add_argument("--size", type=_size, default=(128, 128), help="image size N or HxW (default: 128)")
-    r.add_argument("--turns", nargs="*", default=[], metavar="TURN",
-                   help="force the first maneuvers: left, straight, right")
+    r.add_argument(
+        "--size", type=_size, default=(128, 128), help="image size N or HxW (default: 128)"
+    )
+    r.add_argument(
+        "--turns",
+        nargs="*",
+        default=[],
+        metavar="TURN",
+        help="force the first maneuvers: left, straight, right",
+    )
     r.add_argument("--out", required=True, help="dataset root folder")
-    r.add_argument("--overwrite", action="store_true", help="replace an existing route of the same name")
+    r.add_argument(
+        "--overwrite", action="store_true", help="replace an existing route of the same name"
+    )
     r.set_defaults(func=cmd_scenes_render)
     s = sv.add_parser("sheet", help="draw a contact sheet of a route folder or dataset root")
     s.add_argument("dir", help="route folder or dataset root (with dataset_index.txt)")
@@ -265,16 +340,26 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--width", type=int, default=672, help="sheet width in pixels (default: 672)")
     s.set_defaults(func=cmd_scenes_sheet)
 
-    manifest = verbs.add_parser("manifest", help="task manifests: build, curate corner cases, count")
+    manifest = verbs.add_parser(
+        "manifest", help="task manifests: build, curate corner cases, count"
+    )
     mv = manifest.add_subparsers(dest="manifest_verb", metavar="VERB", required=True)
-    b = mv.add_parser("build", help="build a manifest of tasks from seed scenes",
-                      description="Enumerate seed points of procedural drives (default) or of an LMDrive "
-                                  "root, one task per seed point and horizon.")
+    b = mv.add_parser(
+        "build",
+        help="build a manifest of tasks from seed scenes",
+        description="Enumerate seed points of procedural drives (default) or of an LMDrive "
+        "root, one task per seed point and horizon.",
+    )
     src = b.add_mutually_exclusive_group()
     src.add_argument("--recipe", help="YAML recipe (the 'manifest.build' section of a job)")
     src.add_argument("--lmdrive", metavar="ROOT", help="LMDrive-format dataset root")
-    b.add_argument("--horizons", type=int, nargs="+", required=True,
-                   help="future frames, multiples of the frames_per_step of the model to run")
+    b.add_argument(
+        "--horizons",
+        type=int,
+        nargs="+",
+        required=True,
+        help="future frames, multiples of the frames_per_step of the model to run",
+    )
     b.add_argument("--towns", type=int, nargs="+", help="procedural town seeds (default: 1)")
     b.add_argument("--routes-per-town", type=int, help="drives per town and weather (default: 1)")
     b.add_argument("--route-seed", type=int, help="first route seed (default: 0)")
@@ -288,7 +373,9 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--out", required=True, help="manifest to write (.parquet)")
     b.set_defaults(func=cmd_manifest_build)
 
-    c = mv.add_parser("curate", help="select corner cases by instruction and tags; expand counterfactuals")
+    c = mv.add_parser(
+        "curate", help="select corner cases by instruction and tags; expand counterfactuals"
+    )
     c.add_argument("manifest", help="input manifest (.parquet or .jsonl)")
     c.add_argument("--out", required=True, help="manifest to write (.parquet)")
     c.add_argument("--category", dest="categories", nargs="+", help="turn, follow, notice, other")
@@ -296,11 +383,22 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--text", help="regular expression matched against the instruction text")
     c.add_argument("--weather", dest="weathers", nargs="+")
     for tag in ("misleading", "night", "pedestrians", "red-light", "junction"):
-        c.add_argument(f"--{tag}", dest=tag.replace("-", "_"), action=argparse.BooleanOptionalAction,
-                       help=f"keep only tasks with (or, --no-{tag}, without) this tag")
-    c.add_argument("--counterfactual", action="store_true",
-                   help="add every feasible alternative (left / straight / right / stop) at junctions")
-    c.add_argument("--with-misleading", action="store_true", help="also add infeasible turns, flagged misleading")
+        c.add_argument(
+            f"--{tag}",
+            dest=tag.replace("-", "_"),
+            action=argparse.BooleanOptionalAction,
+            help=f"keep only tasks with (or, --no-{tag}, without) this tag",
+        )
+    c.add_argument(
+        "--counterfactual",
+        action="store_true",
+        help="add every feasible alternative (left / straight / right / stop) at junctions",
+    )
+    c.add_argument(
+        "--with-misleading",
+        action="store_true",
+        help="also add infeasible turns, flagged misleading",
+    )
     c.add_argument("--cap-per-category", type=int, help="keep at most N tasks per category")
     c.add_argument("--sample", type=int, help="keep N tasks at random")
     c.add_argument("--seed", type=int, help="seed of the random choices (default: 0)")
@@ -310,13 +408,23 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("manifest", help="manifest (.parquet or .jsonl)")
     st.set_defaults(func=cmd_manifest_stats)
 
-    g = verbs.add_parser("generate", help="run a job: generate samples into WebDataset shards",
-                         description="Generate every work unit of JOB not yet done (reruns resume).")
+    g = verbs.add_parser(
+        "generate",
+        help="run a job: generate samples into WebDataset shards",
+        description="Generate every work unit of JOB not yet done (reruns resume).",
+    )
     g.add_argument("job", help="job spec YAML")
-    g.add_argument("--executor", choices=("ray", "local"), default="ray",
-                   help="ray: GPU-pinned Ray actors (default); local: in this process")
-    g.add_argument("--ray-address", default="local",
-                   help="'local' starts a one-node cluster, 'auto' joins a running one, or an address")
+    g.add_argument(
+        "--executor",
+        choices=("ray", "local"),
+        default="ray",
+        help="ray: GPU-pinned Ray actors (default); local: in this process",
+    )
+    g.add_argument(
+        "--ray-address",
+        default="local",
+        help="'local' starts a one-node cluster, 'auto' joins a running one, or an address",
+    )
     mode = g.add_mutually_exclusive_group()
     mode.add_argument("--resume", action="store_true", help="skip units already done (the default)")
     mode.add_argument("--overwrite", action="store_true", help="delete the output and start clean")
@@ -330,7 +438,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     job = verbs.add_parser("job", help="job specs: validate, JSON Schema")
     jv = job.add_subparsers(dest="job_verb", metavar="VERB", required=True)
-    v = jv.add_parser("validate", help="check job specs, their manifests and scenes (no model is loaded)")
+    v = jv.add_parser(
+        "validate", help="check job specs, their manifests and scenes (no model is loaded)"
+    )
     v.add_argument("jobs", nargs="+", metavar="JOB", help="job spec YAML file(s)")
     v.set_defaults(func=cmd_job_validate)
     sc = jv.add_parser("schema", help="print the JSON Schema of job specs")
@@ -349,8 +459,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``lmgd``; returns the exit code."""
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
-                        format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.WARNING,
+        format="%(levelname)s %(name)s: %(message)s",
+    )
     try:
         _check_counts(args)
         return int(args.func(args) or 0)
@@ -366,8 +478,17 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _check_counts(args: argparse.Namespace) -> None:
-    for key in ("frames", "frames_per_drive", "width", "sample", "cap_per_category", "stride", "seed_frames",
-                "samples_per_task", "routes_per_town"):
+    for key in (
+        "frames",
+        "frames_per_drive",
+        "width",
+        "sample",
+        "cap_per_category",
+        "stride",
+        "seed_frames",
+        "samples_per_task",
+        "routes_per_town",
+    ):
         value = getattr(args, key, None)
         if value is not None and value < 1:
             raise ConfigError(f"--{key.replace('_', '-')} must be >= 1, got {value}")

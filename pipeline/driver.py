@@ -58,8 +58,13 @@ def code_version() -> str:
     """The package version, plus the git commit when run from a checkout."""
     v = version("lmgendrive")
     try:
-        commit = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], capture_output=True, text=True,
-                                cwd=Path(__file__).resolve().parent, timeout=5).stdout.strip()
+        commit = subprocess.run(
+            ["git", "rev-parse", "--short=12", "HEAD"],
+            capture_output=True,
+            text=True,
+            cwd=Path(__file__).resolve().parent,
+            timeout=5,
+        ).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         commit = ""
     return f"{v}+{commit}" if commit else v
@@ -84,11 +89,16 @@ def prepare(job: JobSpec, storage: Storage, overwrite: bool, progress=None) -> p
     spec_yaml = yaml.safe_dump(job.model_dump(mode="json"), sort_keys=True)
     if storage.exists("job.yaml"):
         if storage.get_bytes("job.yaml").decode() != spec_yaml:
-            raise BadInputError(f"{storage.uri} already holds the output of a different job spec; rerun with "
-                                f"--overwrite to replace it, or choose another output")
+            raise BadInputError(
+                f"{storage.uri} already holds the output of a different job spec; rerun with "
+                f"--overwrite to replace it, or choose another output"
+            )
         if storage.exists("manifest.parquet"):
-            return validate(pq.read_table(pa.BufferReader(storage.get_bytes("manifest.parquet"))), TASK,
-                            storage.url("manifest.parquet"))
+            return validate(
+                pq.read_table(pa.BufferReader(storage.get_bytes("manifest.parquet"))),
+                TASK,
+                storage.url("manifest.parquet"),
+            )
     table = _manifest(job, progress)
     check_manifest_scenes(table, job.horizons, "manifest")
     sink = pa.BufferOutputStream()
@@ -122,8 +132,10 @@ def done_units(storage: Storage, units: list[Unit]) -> set[str]:
         marker = json.loads(storage.get_bytes(key))
         unit = by_name.get(name)
         if unit is None or marker.get("fingerprint") != unit.fingerprint:
-            raise BadInputError(f"{storage.url(key)}: completion marker of a different unit; the output holds "
-                                f"another job's results (use --overwrite)")
+            raise BadInputError(
+                f"{storage.url(key)}: completion marker of a different unit; the output holds "
+                f"another job's results (use --overwrite)"
+            )
         done.add(name)
     return done
 
@@ -145,8 +157,14 @@ def write_index(storage: Storage, units: list[Unit]) -> tuple[int, dict]:
     return len(rows), timings
 
 
-def run_job(job: JobSpec, executor: str = "ray", ray_address: str | None = "local", overwrite: bool = False,
-            runner_class=None, progress_bar: bool = True) -> RunSummary:
+def run_job(
+    job: JobSpec,
+    executor: str = "ray",
+    ray_address: str | None = "local",
+    overwrite: bool = False,
+    runner_class=None,
+    progress_bar: bool = True,
+) -> RunSummary:
     """Generate every unit of ``job`` not yet done; raises :class:`RunFailure` if some unit failed."""
     from storage.progress import progress
     from workers.generator import UnitRunner
@@ -175,13 +193,22 @@ def run_job(job: JobSpec, executor: str = "ray", ray_address: str | None = "loca
             finished.append(unit.name)
             summary.samples += len(unit.samples)
             summary.frames += marker["frames"]
-            bar.set_postfix(units=f"{len(finished)}/{len(pending)}",
-                            frames_per_s=f"{summary.frames / max(time.perf_counter() - start, 1e-6):.1f}")
+            bar.set_postfix(
+                units=f"{len(finished)}/{len(pending)}",
+                frames_per_s=f"{summary.frames / max(time.perf_counter() - start, 1e-6):.1f}",
+            )
             bar.update(len(unit.samples))  # after the postfix: a progress line shows it
 
         if pending:
-            with open_pool(executor, runner_class, args, resources, Policy(r.max_retries), ray_address,
-                           what=job.name) as pool:
+            with open_pool(
+                executor,
+                runner_class,
+                args,
+                resources,
+                Policy(r.max_retries),
+                ray_address,
+                what=job.name,
+            ) as pool:
                 outcome = pool.map(pending, on_done)
         else:
             outcome = Outcome()
@@ -191,17 +218,26 @@ def run_job(job: JobSpec, executor: str = "ray", ray_address: str | None = "loca
     samples, timings = write_index(storage, units)
     summary.seconds = time.perf_counter() - t0
     stats = {
-        "units": len(units), "units_skipped": len(done), "units_run": len(pending) - len(outcome.failed),
-        "units_failed": outcome.failed, "samples_in_index": samples, "samples_this_run": summary.samples,
-        "frames_this_run": summary.frames, "seconds": round(summary.seconds, 3),
-        "frames_per_s": round(summary.frames_per_s, 3), "retries": outcome.retries,
-        "workers_replaced": outcome.actors_replaced, "executor": executor,
+        "units": len(units),
+        "units_skipped": len(done),
+        "units_run": len(pending) - len(outcome.failed),
+        "units_failed": outcome.failed,
+        "samples_in_index": samples,
+        "samples_this_run": summary.samples,
+        "frames_this_run": summary.frames,
+        "seconds": round(summary.seconds, 3),
+        "frames_per_s": round(summary.frames_per_s, 3),
+        "retries": outcome.retries,
+        "workers_replaced": outcome.actors_replaced,
+        "executor": executor,
         "workers": job.resources.workers if executor == "ray" else 1,
         "timings_s": {k: round(v, 3) for k, v in timings.items()},
     }
     storage.put_bytes("stats.json", json.dumps(stats, indent=1, sort_keys=True).encode())
     if outcome.failed:
         lines = "\n  ".join(f"{k}: {v}" for k, v in sorted(outcome.failed.items()))
-        raise RunFailure(f"{len(outcome.failed)} unit(s) failed after {job.resources.max_retries} retries "
-                         f"(the other {len(units) - len(outcome.failed)} are complete; rerun to retry):\n  {lines}")
+        raise RunFailure(
+            f"{len(outcome.failed)} unit(s) failed after {job.resources.max_retries} retries "
+            f"(the other {len(units) - len(outcome.failed)} are complete; rerun to retry):\n  {lines}"
+        )
     return summary

@@ -43,8 +43,9 @@ class Resources:
     workers: int = 1
     gpus: float = 0.0
     cpus: float = 1.0
-    hint: str = ("set resources.gpus_per_worker: 0 to run on CPU, lower resources.workers / "
-                 "cpus_per_worker")
+    hint: str = (
+        "set resources.gpus_per_worker: 0 to run on CPU, lower resources.workers / cpus_per_worker"
+    )
 
 
 @dataclass(frozen=True)
@@ -128,7 +129,9 @@ class LocalPool(Pool):
                 except Exception as e:
                     if self.policy.fail_fast:
                         raise
-                    log.warning("%s failed (attempt %d): %s", _name(item), attempt + 1, error_text(e))
+                    log.warning(
+                        "%s failed (attempt %d): %s", _name(item), attempt + 1, error_text(e)
+                    )
                     log.debug("%s", traceback.format_exc())
                     out.failed[_name(item)] = error_text(e)
                     out.retries += attempt < self.policy.max_retries
@@ -156,8 +159,13 @@ class RayPool(Pool):
         env = {k: v for k, v in os.environ.items() if k.startswith("LMGD_") or k == "TORCH_HOME"}
         self.concurrency = min(INFLIGHT_PER_ACTOR, getattr(stage_class, "concurrent_items", 1))
         self.remote_cls = ray.remote(stage_class).options(
-            num_gpus=resources.gpus, num_cpus=resources.cpus, max_restarts=0, max_task_retries=0,
-            max_concurrency=self.concurrency, runtime_env={"env_vars": env})
+            num_gpus=resources.gpus,
+            num_cpus=resources.cpus,
+            max_restarts=0,
+            max_task_retries=0,
+            max_concurrency=self.concurrency,
+            runtime_env={"env_vars": env},
+        )
         self.actors: dict[int, tuple[object, int]] = {}  # slot -> (actor, generation)
         for i in range(resources.workers):
             self._start(i, 0)
@@ -178,8 +186,9 @@ class RayPool(Pool):
         pending = [a.info.remote() for a in actors]
         deadline = time.monotonic() + ACTOR_START_TIMEOUT_S
         while pending:
-            ready, pending = ray.wait(pending, num_returns=len(pending),
-                                      timeout=max(0.0, deadline - time.monotonic()))
+            ready, pending = ray.wait(
+                pending, num_returns=len(pending), timeout=max(0.0, deadline - time.monotonic())
+            )
             for ref in ready:
                 try:
                     log.info("%s ready: %s", self.stage_name, ray.get(ref))
@@ -191,7 +200,8 @@ class RayPool(Pool):
                     f"{len(pending)} of {len(actors)} {self.stage_name} workers could not be scheduled "
                     f"within {ACTOR_START_TIMEOUT_S:.0f} s: each asks for {r.gpus:g} GPU(s) and "
                     f"{r.cpus:g} CPU(s); the cluster has {ray.cluster_resources()}. {r.hint[0].upper()}"
-                    f"{r.hint[1:]}, or add nodes.")
+                    f"{r.hint[1:]}, or add nodes."
+                )
 
     def map(self, items: Sequence, on_done: OnDone | None = None) -> Outcome:
         import ray
@@ -246,7 +256,9 @@ class RayPool(Pool):
         attempts[name] += 1
         out.failed[name] = error_text(e)
         if attempts[name] <= self.policy.max_retries:
-            log.warning("%s failed (attempt %d), retrying: %s", name, attempts[name], out.failed[name])
+            log.warning(
+                "%s failed (attempt %d), retrying: %s", name, attempts[name], out.failed[name]
+            )
             out.retries += 1
             queue.append(item)
         else:
@@ -276,7 +288,8 @@ def check_fits(resources: Resources, have: dict, what: str) -> None:
         raise BadInputError(
             f"{what}: {r.workers} worker(s) x {r.gpus:g} GPU(s) and {r.cpus:g} CPU(s) asked for; this "
             f"machine has {gpus:g} GPU(s) and {cpus:g} CPU(s). {r.hint[0].upper()}{r.hint[1:]}, or "
-            f"join a larger cluster with --ray-address auto")
+            f"join a larger cluster with --ray-address auto"
+        )
 
 
 @contextmanager
@@ -287,8 +300,12 @@ def ray_cluster(address: str | None, resources: Resources, what: str) -> Iterato
 
     started = False
     if not ray.is_initialized():
-        ray.init(address=None if address in (None, "local") else address, include_dashboard=False,
-                 log_to_driver=False, configure_logging=False)
+        ray.init(
+            address=None if address in (None, "local") else address,
+            include_dashboard=False,
+            log_to_driver=False,
+            configure_logging=False,
+        )
         started = True
     try:
         if started:  # a one-node cluster of this machine: what it lacks now it will never have
@@ -300,14 +317,24 @@ def ray_cluster(address: str | None, resources: Resources, what: str) -> Iterato
 
 
 @contextmanager
-def open_pool(executor: str, stage_class: type, args: tuple, resources: Resources, policy: Policy,
-              ray_address: str | None = "local", what: str = "job") -> Iterator[Pool]:
+def open_pool(
+    executor: str,
+    stage_class: type,
+    args: tuple,
+    resources: Resources,
+    policy: Policy,
+    ray_address: str | None = "local",
+    what: str = "job",
+) -> Iterator[Pool]:
     """A :class:`LocalPool` or a :class:`RayPool` (on a cluster attached for its lifetime)."""
     if executor == "local":
         with LocalPool(stage_class, args, policy) as pool:
             yield pool
     elif executor == "ray":
-        with ray_cluster(ray_address, resources, what), RayPool(stage_class, args, resources, policy) as pool:
+        with (
+            ray_cluster(ray_address, resources, what),
+            RayPool(stage_class, args, resources, policy) as pool,
+        ):
             yield pool
     else:
         raise BadInputError(f"unknown executor {executor!r}; valid: {', '.join(EXECUTORS)}")

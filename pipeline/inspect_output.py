@@ -22,14 +22,20 @@ def verify(storage: Storage) -> tuple[list[str], int]:
             continue
         data = storage.get_bytes(m["shard"])
         if hashlib.sha256(data).hexdigest() != m["sha256"]:
-            problems.append(f"{storage.url(m['shard'])}: sha256 differs from its marker (corrupt or replaced)")
+            problems.append(
+                f"{storage.url(m['shard'])}: sha256 differs from its marker (corrupt or replaced)"
+            )
             continue
         keys = [s["__key__"] for s in raw_samples(storage, [m["shard"]])]
         if keys != [s["key"] for s in m["samples"]]:
-            problems.append(f"{storage.url(m['shard'])}: holds samples {keys}, marker lists "
-                            f"{[s['key'] for s in m['samples']]}")
+            problems.append(
+                f"{storage.url(m['shard'])}: holds samples {keys}, marker lists "
+                f"{[s['key'] for s in m['samples']]}"
+            )
     for key in sorted(shards - {m["shard"] for m in markers}):
-        problems.append(f"{storage.url(key)}: no completion marker (unit unfinished; a rerun redoes it)")
+        problems.append(
+            f"{storage.url(key)}: no completion marker (unit unfinished; a rerun redoes it)"
+        )
     return problems, len(markers)
 
 
@@ -41,7 +47,10 @@ def report(storage: Storage) -> str:
     for key in ("horizon", "category", "shard"):
         counter = Counter(r[key] for r in index)
         lines += ["", f"{key}", "-" * max(len(key), 8)]
-        lines += [f"{k!s:<28} {counter[k]:>6}" for k in sorted(counter, key=lambda k: (isinstance(k, str), k))]
+        lines += [
+            f"{k!s:<28} {counter[k]:>6}"
+            for k in sorted(counter, key=lambda k: (isinstance(k, str), k))
+        ]
     if problems:
         raise BadInputError("\n".join([*lines, "", f"{len(problems)} problem(s):", *problems]))
     lines += ["", f"verified {checked} shard(s) against their markers: all match"]

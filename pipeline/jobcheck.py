@@ -31,8 +31,10 @@ def check_model(model: str, horizons: Sequence[int]) -> ModelConfig:
     if model not in MODEL_PRESETS:
         d = Path(model)
         if not d.is_dir():
-            raise CheckpointError(f"model {model!r}: no such checkpoint directory, and not a preset "
-                                  f"({', '.join(MODEL_PRESETS)})")
+            raise CheckpointError(
+                f"model {model!r}: no such checkpoint directory, and not a preset "
+                f"({', '.join(MODEL_PRESETS)})"
+            )
         missing = [f for f in ("config.json", "model.safetensors") if not (d / f).is_file()]
         if missing:
             raise CheckpointError(f"{d}: checkpoint is missing {', '.join(missing)}")
@@ -40,8 +42,10 @@ def check_model(model: str, horizons: Sequence[int]) -> ModelConfig:
     f = config.frames_per_step
     bad = [h for h in horizons if h <= 0 or h % f]
     if bad:
-        raise ConfigError(f"horizons: {bad} are not positive multiples of {f}, the frames per "
-                          f"step (frames_per_step) of model {model!r}; valid: {f}, {2 * f}, ...")
+        raise ConfigError(
+            f"horizons: {bad} are not positive multiples of {f}, the frames per "
+            f"step (frames_per_step) of model {model!r}; valid: {f}, {2 * f}, ..."
+        )
     return config
 
 
@@ -51,7 +55,9 @@ def check_manifest_scenes(table: pa.Table, horizons: list[int], source: str) -> 
     rows = table.to_pylist()
     stray = sorted({r["horizon"] for r in rows} - set(horizons))
     if stray:
-        raise BadInputError(f"{source}: tasks with horizon(s) {stray} are not in the job's horizons {horizons}")
+        raise BadInputError(
+            f"{source}: tasks with horizon(s) {stray} are not in the job's horizons {horizons}"
+        )
     needed: dict[tuple[str, str], tuple[int, int]] = {}
     for i, r in enumerate(rows):
         key = (r["scene_source"], r["scene_ref"])
@@ -61,8 +67,10 @@ def check_manifest_scenes(table: pa.Table, horizons: list[int], source: str) -> 
     for (src, ref), (end, row) in needed.items():
         length = _scene_length(src, ref, f"{source} row {row}")
         if end > length:
-            raise BadInputError(f"{source} row {row}: start_frame + horizon = {end} goes beyond the {length} "
-                                f"recorded frames of scene {ref!r}; no ground truth for that horizon")
+            raise BadInputError(
+                f"{source} row {row}: start_frame + horizon = {end} goes beyond the {length} "
+                f"recorded frames of scene {ref!r}; no ground truth for that horizon"
+            )
     return len(needed)
 
 
@@ -89,8 +97,10 @@ def check_lmdrive_recipe(recipe: LMDriveRecipe, horizons: list[int]) -> int:
         raise BadInputError(f"{recipe.root}: route(s) {missing} are not in dataset_index.txt")
     longest = max(len(s) for s in scenes)
     if recipe.seed_frames + max(horizons) > longest:
-        raise BadInputError(f"{recipe.root}: the longest route has {longest} frames; horizon {max(horizons)} "
-                            f"with {recipe.seed_frames} seed frames needs {recipe.seed_frames + max(horizons)}")
+        raise BadInputError(
+            f"{recipe.root}: the longest route has {longest} frames; horizon {max(horizons)} "
+            f"with {recipe.seed_frames} seed frames needs {recipe.seed_frames + max(horizons)}"
+        )
     return len(scenes)
 
 

@@ -18,27 +18,66 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     """Register ``qa`` (``lmgd qa JOB`` and ``lmgd qa --generated OUT --out DIR``)."""
     from qa.config import INCEPTION_DIMS, METRICS
 
-    p = subparsers.add_parser("qa", help="FID / FVD / FD-drive per horizon of a job's output, with a report",
-                              description=DESCRIPTION)
+    p = subparsers.add_parser(
+        "qa",
+        help="FID / FVD / FD-drive per horizon of a job's output, with a report",
+        description=DESCRIPTION,
+    )
     p.add_argument("job", nargs="?", help="job spec YAML: evaluates its output and writes OUT/qa/")
-    p.add_argument("--generated", metavar="OUT", help="a job output (directory or s3://bucket/prefix) instead of JOB")
-    p.add_argument("--out", metavar="DIR", help="where to write the QA outputs (required with --generated)")
-    p.add_argument("--metrics", nargs="+", choices=METRICS, help="metrics to compute (default: the job's qa.metrics "
-                   "plus action_video_agreement)")
+    p.add_argument(
+        "--generated",
+        metavar="OUT",
+        help="a job output (directory or s3://bucket/prefix) instead of JOB",
+    )
+    p.add_argument(
+        "--out", metavar="DIR", help="where to write the QA outputs (required with --generated)"
+    )
+    p.add_argument(
+        "--metrics",
+        nargs="+",
+        choices=METRICS,
+        help="metrics to compute (default: the job's qa.metrics plus action_video_agreement)",
+    )
     p.add_argument("--weights-dir", help="directory with the Inception / I3D weight files")
-    p.add_argument("--evaluator", help="FD-drive evaluator checkpoint (default: the job's, checkpoints/evaluator)")
-    p.add_argument("--bootstrap", type=int, help="bootstrap replicates for the intervals (0: none; default: the job's)")
-    p.add_argument("--dims", type=int, choices=INCEPTION_DIMS, help="Inception features; 2048 (default) is the FID protocol, "
-                   "smaller ones are for smoke tests and are labelled as such")
-    p.add_argument("--executor", choices=("ray", "local"), default="ray",
-                   help="ray: feature workers as Ray actors (default); local: in this process")
-    p.add_argument("--ray-address", default="local",
-                   help="'local' starts a one-node cluster, 'auto' joins a running one, or an address")
-    p.add_argument("--workers", type=int, help="Ray feature workers (default: the job's resources.workers)")
-    p.add_argument("--gallery", type=int, help="seed points drawn with their generated futures in report.md "
-                                                "(default 4; 0: none)")
+    p.add_argument(
+        "--evaluator",
+        help="FD-drive evaluator checkpoint (default: the job's, checkpoints/evaluator)",
+    )
+    p.add_argument(
+        "--bootstrap",
+        type=int,
+        help="bootstrap replicates for the intervals (0: none; default: the job's)",
+    )
+    p.add_argument(
+        "--dims",
+        type=int,
+        choices=INCEPTION_DIMS,
+        help="Inception features; 2048 (default) is the FID protocol, "
+        "smaller ones are for smoke tests and are labelled as such",
+    )
+    p.add_argument(
+        "--executor",
+        choices=("ray", "local"),
+        default="ray",
+        help="ray: feature workers as Ray actors (default); local: in this process",
+    )
+    p.add_argument(
+        "--ray-address",
+        default="local",
+        help="'local' starts a one-node cluster, 'auto' joins a running one, or an address",
+    )
+    p.add_argument(
+        "--workers", type=int, help="Ray feature workers (default: the job's resources.workers)"
+    )
+    p.add_argument(
+        "--gallery",
+        type=int,
+        help="seed points drawn with their generated futures in report.md (default 4; 0: none)",
+    )
     p.add_argument("--device", help="torch device (default: $LMGD_DEVICE, else CUDA, MPS, CPU)")
-    p.add_argument("--endpoint-url", help="S3-compatible endpoint (else the job's, else AWS_ENDPOINT_URL)")
+    p.add_argument(
+        "--endpoint-url", help="S3-compatible endpoint (else the job's, else AWS_ENDPOINT_URL)"
+    )
     p.add_argument("--region", help="S3 region")
     p.set_defaults(func=cmd_qa)
     return p
@@ -67,14 +106,20 @@ def run_and_print(config, indent: str = ""):
     for reason in config.skipped().values():
         print(f"{indent}{reason}", flush=True)
     with progress(None, "qa features", "sample") as bar:
+
         def start(total: int) -> None:
             bar.total = total
             bar.refresh()
 
         result = run_qa(config, progress=bar.update, on_start=start)
     for h in sorted({r["horizon"] for r in result.rows}):
-        figures = [f"{r['metric']} ({r['category']}) {cell(r)}" for r in result.rows
-                   if r["horizon"] == h and r["view"] in ("pooled", "front") and r["category"] in ("all", "turn")]
+        figures = [
+            f"{r['metric']} ({r['category']}) {cell(r)}"
+            for r in result.rows
+            if r["horizon"] == h
+            and r["view"] in ("pooled", "front")
+            and r["category"] in ("all", "turn")
+        ]
         print(f"{indent}horizon {h}: " + "; ".join(figures))
     return result
 
@@ -85,7 +130,9 @@ def cmd_qa(args: argparse.Namespace) -> int:
     from schemas.job import QASpec, load_job
 
     if bool(args.job) == bool(args.generated):
-        raise ConfigError("give a job spec (lmgd qa JOB) or a job output (lmgd qa --generated OUT --out DIR)")
+        raise ConfigError(
+            "give a job spec (lmgd qa JOB) or a job output (lmgd qa --generated OUT --out DIR)"
+        )
     if args.generated and not args.out:
         raise ConfigError("--generated OUT needs --out DIR (where the QA outputs go)")
     for name in ("bootstrap", "workers", "gallery"):
@@ -99,11 +146,26 @@ def cmd_qa(args: argparse.Namespace) -> int:
     else:
         output = args.generated
         job = _job_of_output(output, args.endpoint_url, args.region)
-    config = qa_config(output, args.out or report_dir_of(output), job.qa if job else QASpec(), job,
-                       metrics=args.metrics, weights_dir=args.weights_dir, evaluator=args.evaluator,
-                       bootstrap=args.bootstrap, dims=args.dims, executor=args.executor,
-                       ray_address=args.ray_address, workers=args.workers, device=args.device, gallery=args.gallery,
-                       endpoint_url=args.endpoint_url, region=args.region)
+    config = qa_config(
+        output,
+        args.out or report_dir_of(output),
+        job.qa if job else QASpec(),
+        job,
+        metrics=args.metrics,
+        weights_dir=args.weights_dir,
+        evaluator=args.evaluator,
+        bootstrap=args.bootstrap,
+        dims=args.dims,
+        executor=args.executor,
+        ray_address=args.ray_address,
+        workers=args.workers,
+        device=args.device,
+        gallery=args.gallery,
+        endpoint_url=args.endpoint_url,
+        region=args.region,
+    )
     result = run_and_print(config)
-    print(f"wrote {config.report}/report.md, horizon.png, qa.json and {len(result.files)} more file(s)")
+    print(
+        f"wrote {config.report}/report.md, horizon.png, qa.json and {len(result.files)} more file(s)"
+    )
     return 0

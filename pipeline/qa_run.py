@@ -23,7 +23,9 @@ log = logging.getLogger(__name__)
 Progress = Callable[[int], None]
 
 
-def run_qa(config: QAConfig, progress: Progress | None = None, on_start: Progress | None = None) -> QAResult:
+def run_qa(
+    config: QAConfig, progress: Progress | None = None, on_start: Progress | None = None
+) -> QAResult:
     """Evaluate the job output ``config.output`` and write the QA outputs to ``config.report``;
     ``on_start`` gets the number of samples, ``progress`` each finished shard's count."""
     progress = progress or (lambda n: None)
@@ -34,16 +36,28 @@ def run_qa(config: QAConfig, progress: Progress | None = None, on_start: Progres
         on_start(sum(len(item.samples) for items in work.values() for item in items))
     for reason in config.skipped().values():
         log.info("%s", reason)
-    resources = Resources(config.workers, config.gpus_per_worker, config.cpus_per_worker,
-                          hint="lower --workers (or the job's resources), or set resources.gpus_per_worker: 0")
-    with open_pool(config.executor, QAFeatureWorker, (config,), resources, Policy(fail_fast=True),
-                   config.ray_address, what="qa") as pool:
+    resources = Resources(
+        config.workers,
+        config.gpus_per_worker,
+        config.cpus_per_worker,
+        hint="lower --workers (or the job's resources), or set resources.gpus_per_worker: 0",
+    )
+    with open_pool(
+        config.executor,
+        QAFeatureWorker,
+        (config,),
+        resources,
+        Policy(fail_fast=True),
+        config.ray_address,
+        what="qa",
+    ) as pool:
         extractors = pool.infos()[0]["extractors"]
         return evaluate(config, storage, _horizons(pool, work, progress), extractors)
 
 
-def _horizons(pool: Pool, work: dict[int, list[WorkItem]],
-              progress: Progress) -> Iterator[tuple[int, Accumulator, list[dict]]]:
+def _horizons(
+    pool: Pool, work: dict[int, list[WorkItem]], progress: Progress
+) -> Iterator[tuple[int, Accumulator, list[dict]]]:
     """Per horizon: the statistics merged over every stage instance, and the per-sample records."""
     for h, items in work.items():
         outcome = pool.map(items, on_done=lambda item, _records: progress(len(item.samples)))

@@ -40,7 +40,9 @@ class QAConfig:
     device: str | None = None
     seed: int = 0
     gallery: int = 4  # seed points shown with their generated futures in report.md (0: none)
-    unavailable: tuple[tuple[str, str], ...] = ()  # (metric, reason) dropped by without_missing_weights
+    unavailable: tuple[
+        tuple[str, str], ...
+    ] = ()  # (metric, reason) dropped by without_missing_weights
 
     def wants(self, metric: str) -> bool:
         return metric in self.metrics
@@ -49,8 +51,10 @@ class QAConfig:
         """Requested metrics that cannot run, with the reason."""
         skipped = dict(self.unavailable)
         if self.wants("fd_drive") and self.evaluator is None:
-            skipped["fd_drive"] = (f"FD-drive skipped: the evaluator checkpoint {self.evaluator_missing} is missing "
-                                   f"(it is trained separately from the model under test; see checkpoints/README.md)")
+            skipped["fd_drive"] = (
+                f"FD-drive skipped: the evaluator checkpoint {self.evaluator_missing} is missing "
+                f"(it is trained separately from the model under test; see checkpoints/README.md)"
+            )
         return skipped
 
 
@@ -67,21 +71,37 @@ def resolve_evaluator(path: str | Path) -> Path | None:
     return None
 
 
-def qa_config(output: str, report: str, qa: QASpec, job: JobSpec | None = None, **overrides) -> QAConfig:
+def qa_config(
+    output: str, report: str, qa: QASpec, job: JobSpec | None = None, **overrides
+) -> QAConfig:
     """Settings from a job's ``qa`` section (and its encoding, storage and resources), then
     ``overrides`` (command-line values; None means not given)."""
-    values = {"metrics": (*qa.metrics, "action_video_agreement"), "weights_dir": qa.weights_dir,
-              "bootstrap": qa.bootstrap, "evaluator": qa.evaluator}
+    values = {
+        "metrics": (*qa.metrics, "action_video_agreement"),
+        "weights_dir": qa.weights_dir,
+        "bootstrap": qa.bootstrap,
+        "evaluator": qa.evaluator,
+    }
     if job is not None:
-        values.update(encoding=job.encoding.format, crf=job.encoding.crf, endpoint_url=job.storage.endpoint_url,
-                      region=job.storage.region, workers=job.resources.workers,
-                      gpus_per_worker=job.resources.gpus_per_worker, cpus_per_worker=job.resources.cpus_per_worker)
+        values.update(
+            encoding=job.encoding.format,
+            crf=job.encoding.crf,
+            endpoint_url=job.storage.endpoint_url,
+            region=job.storage.region,
+            workers=job.resources.workers,
+            gpus_per_worker=job.resources.gpus_per_worker,
+            cpus_per_worker=job.resources.cpus_per_worker,
+        )
     values.update({k: v for k, v in overrides.items() if v is not None})
     configured = str(values.pop("evaluator"))
     found = resolve_evaluator(configured)
-    config = QAConfig(output=output, report=report, evaluator=str(found) if found else None,
-                      evaluator_missing=None if found else configured,
-                      **{k: tuple(v) if k == "metrics" else v for k, v in values.items()})
+    config = QAConfig(
+        output=output,
+        report=report,
+        evaluator=str(found) if found else None,
+        evaluator_missing=None if found else configured,
+        **{k: tuple(v) if k == "metrics" else v for k, v in values.items()},
+    )
     return replace(config, metrics=tuple(m for m in METRICS if m in config.metrics))
 
 

@@ -39,16 +39,22 @@ def load_evaluator(directory: Path) -> tuple[VisionEncoder, ModelConfig, str]:
     config_path, weights = directory / CONFIG_FILE, directory / WEIGHTS_FILE
     for f in (config_path, weights):
         if not f.is_file():
-            raise CheckpointError(f"{f} is missing: {directory} is not an evaluator checkpoint "
-                                  f"(config.json + model.safetensors)")
+            raise CheckpointError(
+                f"{f} is missing: {directory} is not an evaluator checkpoint "
+                f"(config.json + model.safetensors)"
+            )
     try:
         meta = json.loads(config_path.read_text())
         config = ModelConfig.from_dict(meta["config"])
     except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, ConfigError) as exc:
-        raise CheckpointError(f"{config_path}: not an lmgendrive checkpoint config: {exc}") from None
+        raise CheckpointError(
+            f"{config_path}: not an lmgendrive checkpoint config: {exc}"
+        ) from None
     sha = file_sha256(weights)
     if meta.get("weights_sha256") not in (None, sha):
-        raise CheckpointError(f"{weights}: sha256 {sha} differs from {meta['weights_sha256']} in {config_path}")
+        raise CheckpointError(
+            f"{weights}: sha256 {sha} differs from {meta['weights_sha256']} in {config_path}"
+        )
     try:
         state = load_file(weights, device="cpu")
     except (SafetensorError, OSError, ValueError) as exc:
@@ -59,7 +65,9 @@ def load_evaluator(directory: Path) -> tuple[VisionEncoder, ModelConfig, str]:
     try:
         encoder.load_state_dict(state)
     except RuntimeError as exc:
-        raise CheckpointError(f"{weights} does not fit the vision encoder of {config_path}: {exc}") from None
+        raise CheckpointError(
+            f"{weights} does not fit the vision encoder of {config_path}: {exc}"
+        ) from None
     encoder.freeze()
     return encoder, config, sha
 
@@ -67,8 +75,14 @@ def load_evaluator(directory: Path) -> tuple[VisionEncoder, ModelConfig, str]:
 class DriveExtractor:
     """uint8 multi-view frames (N, V, H, W, 3) -> (N, 3 * dim) float32 features."""
 
-    def __init__(self, encoder: VisionEncoder, config: ModelConfig, device: torch.device, description: str,
-                 batch_size: int = 16):
+    def __init__(
+        self,
+        encoder: VisionEncoder,
+        config: ModelConfig,
+        device: torch.device,
+        description: str,
+        batch_size: int = 16,
+    ):
         self.encoder = encoder.to(device)
         self.views = tuple(config.views)
         self.size = tuple(config.image_size)
@@ -80,15 +94,26 @@ class DriveExtractor:
         out = []
         with torch.inference_mode():
             for start in range(0, len(frames), self.batch_size):
-                pixels = to_pixels(frames[start:start + self.batch_size], self.size, self.device, "FD-drive frames")
+                pixels = to_pixels(
+                    frames[start : start + self.batch_size],
+                    self.size,
+                    self.device,
+                    "FD-drive frames",
+                )
                 tokens = self.encoder(pixels)
-                out.append(torch.cat([tokens.bev.mean(1), tokens.waypoints.mean(1), tokens.light[:, 0]], 1).cpu())
+                out.append(
+                    torch.cat(
+                        [tokens.bev.mean(1), tokens.waypoints.mean(1), tokens.light[:, 0]], 1
+                    ).cpu()
+                )
         return torch.cat(out).float().numpy()
 
 
 def load_drive(directory: Path, device: torch.device) -> DriveExtractor:
     encoder, config, sha = load_evaluator(directory)
-    description = (f"evaluator VisionEncoder ({config.vision.backbone}, dim {config.vision.dim}) pooled "
-                   f"BEV/waypoint/light tokens, {3 * config.vision.dim}-d; {directory.name} sha256:{sha[:16]}")
+    description = (
+        f"evaluator VisionEncoder ({config.vision.backbone}, dim {config.vision.dim}) pooled "
+        f"BEV/waypoint/light tokens, {3 * config.vision.dim}-d; {directory.name} sha256:{sha[:16]}"
+    )
     log.info("FD-drive extractor: %s", description)
     return DriveExtractor(encoder, config, device, description)

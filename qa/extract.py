@@ -92,7 +92,9 @@ def resize(img: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     if img.shape[:2] == size:
         return img
     shrink = img.shape[0] >= size[0] and img.shape[1] >= size[1]
-    return cv2.resize(img, (size[1], size[0]), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)
+    return cv2.resize(
+        img, (size[1], size[0]), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR
+    )
 
 
 def frames_per_step(sample: Sample) -> int:
@@ -100,13 +102,21 @@ def frames_per_step(sample: Sample) -> int:
     (``waypoints.npy`` holds one row per step)."""
     horizon, steps = int(sample.meta["horizon"]), len(sample.waypoints)
     if steps == 0 or horizon % steps:
-        raise BadInputError(f"{sample.key}: {steps} waypoint rows do not split horizon {horizon} "
-                            f"into whole steps")
+        raise BadInputError(
+            f"{sample.key}: {steps} waypoint rows do not split horizon {horizon} into whole steps"
+        )
     return horizon // steps
 
 
-def recorded_future(task: SampleTask, views: list[str], size: tuple[int, int], encoding: str, crf: int,
-                    fps: float, step: int) -> Recorded:
+def recorded_future(
+    task: SampleTask,
+    views: list[str],
+    size: tuple[int, int],
+    encoding: str,
+    crf: int,
+    fps: float,
+    step: int,
+) -> Recorded:
     """Frames ``[start_frame, start_frame + horizon)`` of the task's scene, resized to ``size``, and
     (for mp4 outputs) encoded and decoded with the shards' settings so codec loss cancels out; the
     recorded waypoints at the first frame of every ``step`` frames."""
@@ -117,8 +127,9 @@ def recorded_future(task: SampleTask, views: list[str], size: tuple[int, int], e
     future = stack[:, 1:]
     if encoding == "mp4":
         future = np.stack([decode_mp4(encode_mp4(f, fps=fps, crf=crf)) for f in future])
-    waypoints = np.stack([scene.measurements(start - 1 + k * step).waypoints
-                          for k in range(h // step)])
+    waypoints = np.stack(
+        [scene.measurements(start - 1 + k * step).waypoints for k in range(h // step)]
+    )
     return Recorded(frames=future, before=stack[:, 0], waypoints=waypoints)
 
 
@@ -166,19 +177,30 @@ class FeatureRunner:
             sample = decode_sample(raw)
             views, step = list(sample.meta["views"]), frames_per_step(sample)
             if task.task_id not in cache:
-                real = recorded_future(task, views, tuple(sample.frames.shape[2:4]), self.config.encoding,
-                                       self.config.crf, float(sample.meta["fps"]), step)
+                real = recorded_future(
+                    task,
+                    views,
+                    tuple(sample.frames.shape[2:4]),
+                    self.config.encoding,
+                    self.config.crf,
+                    float(sample.meta["fps"]),
+                    step,
+                )
                 cache[task.task_id] = real, self._extract(real.frames, views)
             real, real_features = cache[task.task_id]
             if real.frames.shape != sample.frames.shape:
-                raise BadInputError(f"{sample.key}: generated frames {sample.frames.shape} do not match the "
-                                    f"recorded future {real.frames.shape} of its task")
+                raise BadInputError(
+                    f"{sample.key}: generated frames {sample.frames.shape} do not match the "
+                    f"recorded future {real.frames.shape} of its task"
+                )
             self._accumulate(task, views, real_features, "real")
             self._accumulate(task, views, self._extract(sample.frames, views), "generated")
             records.append(self._record(task, views, sample, real, step))
         missing = sorted(set(item.samples) - {r["key"] for r in records})
         if missing:
-            raise BadInputError(f"{item.shard}: sample(s) {missing[:5]} listed in index.parquet are not in the shard")
+            raise BadInputError(
+                f"{item.shard}: sample(s) {missing[:5]} listed in index.parquet are not in the shard"
+            )
         log.debug("%s: %d samples, %d recorded futures", item.shard, len(records), len(cache))
         return records
 
@@ -192,19 +214,27 @@ class FeatureRunner:
         v, t = frames.shape[:2]
         out = {}
         if "fid" in self.extractors:
-            out["fid"] = self.extractors["fid"](frames.reshape(v * t, *frames.shape[2:])).reshape(v, t, -1)
+            out["fid"] = self.extractors["fid"](frames.reshape(v * t, *frames.shape[2:])).reshape(
+                v, t, -1
+            )
         if "fvd" in self.extractors:
             clips = np.stack([clips_of(frames[i]) for i in range(v)])
-            out["fvd"] = self.extractors["fvd"](clips.reshape(-1, *clips.shape[2:])).reshape(v, clips.shape[1], -1)
+            out["fvd"] = self.extractors["fvd"](clips.reshape(-1, *clips.shape[2:])).reshape(
+                v, clips.shape[1], -1
+            )
         if "fd_drive" in self.extractors:
             wanted = self.extractors["fd_drive"].views
             if sorted(wanted) != sorted(views):
-                raise BadInputError(f"the FD-drive evaluator sees views {list(wanted)}, the samples have {views}")
+                raise BadInputError(
+                    f"the FD-drive evaluator sees views {list(wanted)}, the samples have {views}"
+                )
             order = [views.index(v) for v in wanted]
             out["fd_drive"] = self.extractors["fd_drive"](frames[order].swapaxes(0, 1))
         return out
 
-    def _accumulate(self, task: SampleTask, views: list[str], features: dict[str, np.ndarray], side: str) -> None:
+    def _accumulate(
+        self, task: SampleTask, views: list[str], features: dict[str, np.ndarray], side: str
+    ) -> None:
         for metric, feats in features.items():
             if feats.ndim == 3:
                 for i, view in enumerate(views):
@@ -213,18 +243,29 @@ class FeatureRunner:
             self.acc.add((metric, task.horizon, "pooled", task.category, -1, side), feats)
             self.acc.add((metric, task.horizon, "pooled", "all", task.group, side), feats)
 
-    def _record(self, task: SampleTask, views: list[str], sample: Sample, real: Recorded,
-                step: int) -> dict:
+    def _record(
+        self, task: SampleTask, views: list[str], sample: Sample, real: Recorded, step: int
+    ) -> dict:
         traj = trajectory(sample.waypoints)
-        record = {"key": task.key, "task_id": task.task_id, "horizon": task.horizon, "category": task.category,
-                  "maneuver": task.maneuver, "misleading": task.misleading, "heading_deg": traj.heading_deg,
-                  "lateral_m": traj.lateral_m, "predicted": traj.maneuver()}
+        record = {
+            "key": task.key,
+            "task_id": task.task_id,
+            "horizon": task.horizon,
+            "category": task.category,
+            "maneuver": task.maneuver,
+            "misleading": task.misleading,
+            "heading_deg": traj.heading_deg,
+            "lateral_m": traj.lateral_m,
+            "predicted": traj.maneuver(),
+        }
         if "front" in views:
             f = views.index("front")
             gen = np.concatenate([sample.seed_frames[f, -1:], sample.frames[f]])
             rec = np.concatenate([real.before[f][None], real.frames[f]])
-            record.update(action_yaw=step_yaw(sample.waypoints).tolist(),
-                          video_yaw=video_yaw(gen, step).tolist(),
-                          recorded_action_yaw=step_yaw(real.waypoints).tolist(),
-                          recorded_video_yaw=video_yaw(rec, step).tolist())
+            record.update(
+                action_yaw=step_yaw(sample.waypoints).tolist(),
+                video_yaw=video_yaw(gen, step).tolist(),
+                recorded_action_yaw=step_yaw(real.waypoints).tolist(),
+                recorded_video_yaw=video_yaw(rec, step).tolist(),
+            )
         return record

@@ -45,7 +45,11 @@ class FeatureStats:
     def from_moments(cls, count: int, mu: np.ndarray, sigma: np.ndarray) -> FeatureStats:
         """Back from a mean and an unbiased covariance (what :meth:`save` writes)."""
         mu = np.asarray(mu, np.float64)
-        return cls(int(count), count * mu, (count - 1) * np.asarray(sigma, np.float64) + count * np.outer(mu, mu))
+        return cls(
+            int(count),
+            count * mu,
+            (count - 1) * np.asarray(sigma, np.float64) + count * np.outer(mu, mu),
+        )
 
     @property
     def dim(self) -> int:
@@ -55,14 +59,18 @@ class FeatureStats:
         """Accumulate ``features`` (N, D) in place."""
         x = np.asarray(features, dtype=np.float64)
         if x.ndim != 2 or x.shape[1] != self.dim:
-            raise ValueError(f"features of shape {x.shape} do not fit statistics of dimension {self.dim}")
+            raise ValueError(
+                f"features of shape {x.shape} do not fit statistics of dimension {self.dim}"
+            )
         self.count += x.shape[0]
         self.total += x.sum(axis=0)
         self.outer += x.T @ x
 
     def merge(self, other: FeatureStats) -> FeatureStats:
         """The statistics of both sets together."""
-        return FeatureStats(self.count + other.count, self.total + other.total, self.outer + other.outer)
+        return FeatureStats(
+            self.count + other.count, self.total + other.total, self.outer + other.outer
+        )
 
     def mean(self) -> np.ndarray:
         return self.total / self.count
@@ -95,9 +103,11 @@ def merge_all(stats: list[FeatureStats]) -> FeatureStats:
 def weighted_sum(stats: list[FeatureStats], weights: np.ndarray) -> FeatureStats:
     """Statistics of a resample that takes group ``i`` ``weights[i]`` times."""
     w = np.asarray(weights, dtype=np.float64)
-    return FeatureStats(int(round(float(np.dot(w, [s.count for s in stats])))),
-                        np.tensordot(w, np.stack([s.total for s in stats]), axes=1),
-                        np.tensordot(w, np.stack([s.outer for s in stats]), axes=1))
+    return FeatureStats(
+        int(round(float(np.dot(w, [s.count for s in stats])))),
+        np.tensordot(w, np.stack([s.total for s in stats]), axes=1),
+        np.tensordot(w, np.stack([s.outer for s in stats]), axes=1),
+    )
 
 
 @contextmanager
@@ -122,8 +132,13 @@ def _rank_clipped(eigenvalues: torch.Tensor) -> torch.Tensor:
     return torch.where(eigenvalues > tol, eigenvalues, torch.zeros_like(eigenvalues))
 
 
-def frechet_from_moments(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma2: np.ndarray,
-                         device: str | torch.device = "cpu") -> float:
+def frechet_from_moments(
+    mu1: np.ndarray,
+    sigma1: np.ndarray,
+    mu2: np.ndarray,
+    sigma2: np.ndarray,
+    device: str | torch.device = "cpu",
+) -> float:
     """``||mu1 - mu2||^2 + Tr(S1 + S2 - 2 (S1^1/2 S2 S1^1/2)^1/2)`` in float64."""
     device = torch.device(device)
     with _cpu_threads_for(len(mu1), device):

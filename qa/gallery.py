@@ -32,9 +32,13 @@ def pick_groups(index: pa.Table, limit: int) -> list[list[dict]]:
     for r in rows:
         if r["horizon"] == longest:
             groups[(r["scene"], r["start_frame"])].append(r)
-    ranked = sorted(groups.values(), key=lambda g: (-len({r["instruction"] for r in g}), g[0]["scene"],
-                                                    g[0]["start_frame"]))
-    return [sorted(g, key=lambda r: (r["counterfactual"], r["instruction"])) for g in ranked[:limit]]
+    ranked = sorted(
+        groups.values(),
+        key=lambda g: (-len({r["instruction"] for r in g}), g[0]["scene"], g[0]["start_frame"]),
+    )
+    return [
+        sorted(g, key=lambda r: (r["counterfactual"], r["instruction"])) for g in ranked[:limit]
+    ]
 
 
 def frame_times(horizon: int, first: int = 8) -> list[int]:
@@ -49,7 +53,9 @@ def frame_times(horizon: int, first: int = 8) -> list[int]:
 def _tile(views: np.ndarray, scale: int) -> np.ndarray:
     """(V, H, W, 3) -> the views side by side, upscaled by ``scale``."""
     row = np.concatenate(list(views), axis=1)
-    return cv2.resize(row, (row.shape[1] * scale, row.shape[0] * scale), interpolation=cv2.INTER_NEAREST)
+    return cv2.resize(
+        row, (row.shape[1] * scale, row.shape[0] * scale), interpolation=cv2.INTER_NEAREST
+    )
 
 
 def _caption(text: str, width: int, header: bool = False) -> np.ndarray:
@@ -67,11 +73,23 @@ def group_image(samples: list, gap: int = 4) -> np.ndarray:
     tile_w = v * w * scale
     width = (len(times) + 1) * (tile_w + gap) - gap
     meta = first.meta
-    parts = [_caption(f"{meta['scene']} from frame {meta['start_frame']}: last seed frame, then generated "
-                      + ", ".join(f"t+{t}" for t in times) + "  (views left | front | right)", width, header=True)]
+    parts = [
+        _caption(
+            f"{meta['scene']} from frame {meta['start_frame']}: last seed frame, then generated "
+            + ", ".join(f"t+{t}" for t in times)
+            + "  (views left | front | right)",
+            width,
+            header=True,
+        )
+    ]
     spacer = np.zeros((h * scale, gap, 3), np.uint8)
     for s in samples:
-        seed = np.stack([cv2.resize(s.seed_frames[k, -1], (w, h), interpolation=cv2.INTER_AREA) for k in range(v)])
+        seed = np.stack(
+            [
+                cv2.resize(s.seed_frames[k, -1], (w, h), interpolation=cv2.INTER_AREA)
+                for k in range(v)
+            ]
+        )
         tiles = [_tile(seed, scale)] + [_tile(s.frames[:, t - 1], scale) for t in times]
         flags = "".join(f" [{f}]" for f in ("counterfactual", "misleading") if s.meta.get(f))
         parts.append(_caption(f'"{s.meta["instruction"]}"{flags}', width))

@@ -15,10 +15,14 @@ import torch.nn.functional as F
 from torch import nn
 
 TF_BN_EPS = 1e-3
-MIN_FRAMES = 9  # the temporal strides leave fewer than the final 2-frame average pool needs below this
+MIN_FRAMES = (
+    9  # the temporal strides leave fewer than the final 2-frame average pool needs below this
+)
 
 
-def same_padding(size: Sequence[int], kernel: Sequence[int], stride: Sequence[int]) -> tuple[int, ...]:
+def same_padding(
+    size: Sequence[int], kernel: Sequence[int], stride: Sequence[int]
+) -> tuple[int, ...]:
     """``F.pad`` amounts (last dimension first) for TF "SAME" padding of a (T, H, W) input."""
     pads: list[int] = []
     for s, k, st in zip(reversed(size), reversed(kernel), reversed(stride), strict=True):
@@ -30,8 +34,17 @@ def same_padding(size: Sequence[int], kernel: Sequence[int], stride: Sequence[in
 class Unit3D(nn.Module):
     """SAME-padded Conv3d, optional BatchNorm, optional ReLU."""
 
-    def __init__(self, cin: int, cout: int, kernel: Sequence[int] = (1, 1, 1), stride: Sequence[int] = (1, 1, 1),
-                 bn_eps: float = TF_BN_EPS, batch_norm: bool = True, relu: bool = True, bias: bool = False):
+    def __init__(
+        self,
+        cin: int,
+        cout: int,
+        kernel: Sequence[int] = (1, 1, 1),
+        stride: Sequence[int] = (1, 1, 1),
+        bn_eps: float = TF_BN_EPS,
+        batch_norm: bool = True,
+        relu: bool = True,
+        bias: bool = False,
+    ):
         super().__init__()
         self.kernel, self.stride, self.relu = tuple(kernel), tuple(stride), relu
         self.conv3d = nn.Conv3d(cin, cout, self.kernel, self.stride, bias=bias)
@@ -52,7 +65,9 @@ class MaxPool3dSame(nn.Module):
         self.kernel, self.stride = tuple(kernel), tuple(stride)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.max_pool3d(F.pad(x, same_padding(x.shape[2:], self.kernel, self.stride)), self.kernel, self.stride)
+        return F.max_pool3d(
+            F.pad(x, same_padding(x.shape[2:], self.kernel, self.stride)), self.kernel, self.stride
+        )
 
 
 class Mixed(nn.Module):
@@ -70,7 +85,9 @@ class Mixed(nn.Module):
         self.b3b = Unit3D(cin, w3, bn_eps=bn_eps)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.cat([self.b0(x), self.b1b(self.b1a(x)), self.b2b(self.b2a(x)), self.b3b(self.b3a(x))], dim=1)
+        return torch.cat(
+            [self.b0(x), self.b1b(self.b1a(x)), self.b2b(self.b2a(x)), self.b3b(self.b3a(x))], dim=1
+        )
 
 
 class I3D(nn.Module):

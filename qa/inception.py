@@ -34,7 +34,9 @@ DIMS = INCEPTION_DIMS
 def inception_skeleton() -> nn.Module:
     """torchvision's Inception-v3 patched with pytorch-fid's FID blocks (random weights); its
     state dict has the 566 keys of ``pt_inception-2015-12-05-6726825d.pth``."""
-    net = torchvision.models.inception_v3(num_classes=1008, aux_logits=False, weights=None, init_weights=False)
+    net = torchvision.models.inception_v3(
+        num_classes=1008, aux_logits=False, weights=None, init_weights=False
+    )
     net.Mixed_5b = FIDInceptionA(192, pool_features=32)
     net.Mixed_5c = FIDInceptionA(256, pool_features=64)
     net.Mixed_5d = FIDInceptionA(288, pool_features=64)
@@ -56,13 +58,26 @@ class FIDInception(nn.Module):
             raise ValueError(f"dims must be one of {DIMS}, got {dims}")
         self.dims = dims
         blocks = [
-            [net.Conv2d_1a_3x3, net.Conv2d_2a_3x3, net.Conv2d_2b_3x3, nn.MaxPool2d(kernel_size=3, stride=2)],
+            [
+                net.Conv2d_1a_3x3,
+                net.Conv2d_2a_3x3,
+                net.Conv2d_2b_3x3,
+                nn.MaxPool2d(kernel_size=3, stride=2),
+            ],
             [net.Conv2d_3b_1x1, net.Conv2d_4a_3x3, nn.MaxPool2d(kernel_size=3, stride=2)],
-            [net.Mixed_5b, net.Mixed_5c, net.Mixed_5d, net.Mixed_6a, net.Mixed_6b, net.Mixed_6c, net.Mixed_6d,
-             net.Mixed_6e],
+            [
+                net.Mixed_5b,
+                net.Mixed_5c,
+                net.Mixed_5d,
+                net.Mixed_6a,
+                net.Mixed_6b,
+                net.Mixed_6c,
+                net.Mixed_6d,
+                net.Mixed_6e,
+            ],
             [net.Mixed_7a, net.Mixed_7b, net.Mixed_7c],
         ]
-        self.blocks = nn.Sequential(*(m for block in blocks[:DIMS.index(dims) + 1] for m in block))
+        self.blocks = nn.Sequential(*(m for block in blocks[: DIMS.index(dims) + 1] for m in block))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.adaptive_avg_pool2d(self.blocks(x), 1).flatten(1)
@@ -78,8 +93,12 @@ def preprocess(frames: torch.Tensor) -> torch.Tensor:
 class InceptionExtractor:
     """uint8 frames (N, H, W, 3) -> (N, dims) float32 features."""
 
-    def __init__(self, net: FIDInception, device: torch.device, description: str, batch_size: int = 32):
-        self.net = net.to(device=device, memory_format=torch.channels_last).eval().requires_grad_(False)
+    def __init__(
+        self, net: FIDInception, device: torch.device, description: str, batch_size: int = 32
+    ):
+        self.net = (
+            net.to(device=device, memory_format=torch.channels_last).eval().requires_grad_(False)
+        )
         self.device = device
         self.description = description
         self.batch_size = batch_size
@@ -92,7 +111,9 @@ class InceptionExtractor:
         out = []
         with torch.inference_mode():
             for start in range(0, len(frames), self.batch_size):
-                batch = torch.from_numpy(np.ascontiguousarray(frames[start:start + self.batch_size]))
+                batch = torch.from_numpy(
+                    np.ascontiguousarray(frames[start : start + self.batch_size])
+                )
                 out.append(self.net(preprocess(batch.to(self.device))).float().cpu())
         return torch.cat(out).numpy() if out else np.zeros((0, self.dim), np.float32)
 
@@ -105,7 +126,9 @@ def load_inception_state(path: Path) -> dict[str, torch.Tensor]:
         raise CheckpointError(f"{path} is not a readable PyTorch state dict: {exc}") from None
 
 
-def load_inception(weights_dir: str | Path | None, device: torch.device, dims: int = PROTOCOL_DIMS) -> InceptionExtractor:
+def load_inception(
+    weights_dir: str | Path | None, device: torch.device, dims: int = PROTOCOL_DIMS
+) -> InceptionExtractor:
     """The FID extractor with weights from :data:`~qa.weights.INCEPTION` found in the weights directories."""
     path, _ = find_weights((INCEPTION,), weights_dir)
     net = inception_skeleton()

@@ -71,5 +71,7 @@ def video_yaw(front: np.ndarray, step_frames: int) -> np.ndarray:
     focal = (w / 2) / math.tan(math.radians(CAMERA_FOV_DEG / 2))
     window = cv2.createHanningWindow((w, h), cv2.CV_64F)
     gray = [cv2.cvtColor(f, cv2.COLOR_RGB2GRAY).astype(np.float64) for f in front]
-    shifts = np.array([cv2.phaseCorrelate(a, b, window)[0][0] for a, b in zip(gray[:-1], gray[1:], strict=True)])
+    shifts = np.array(
+        [cv2.phaseCorrelate(a, b, window)[0][0] for a, b in zip(gray[:-1], gray[1:], strict=True)]
+    )
     return shifts.reshape(-1, step_frames).sum(axis=1) / focal

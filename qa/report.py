@@ -16,11 +16,21 @@ from qa.result import QAResult  # noqa: E402
 from schemas.scene import INSTRUCTION_CATEGORIES, VIEWS  # noqa: E402
 from storage.store import Storage  # noqa: E402
 
-NAMES = {"fid": "FID", "fid_inf": "FID∞", "fvd": "FVD", "fd_drive": "FD-drive",
-         "instruction_adherence": "Instruction adherence", "action_video_agreement": "Action–video r"}
-N_MEANS = {"fid": "frames, views pooled", "fvd": "16-frame clips, views pooled", "fd_drive": "multi-view frames",
-           "instruction_adherence": "samples with a feasible turn instruction",
-           "action_video_agreement": "autoregressive steps (front camera)"}
+NAMES = {
+    "fid": "FID",
+    "fid_inf": "FID∞",
+    "fvd": "FVD",
+    "fd_drive": "FD-drive",
+    "instruction_adherence": "Instruction adherence",
+    "action_video_agreement": "Action–video r",
+}
+N_MEANS = {
+    "fid": "frames, views pooled",
+    "fvd": "16-frame clips, views pooled",
+    "fd_drive": "multi-view frames",
+    "instruction_adherence": "samples with a feasible turn instruction",
+    "action_video_agreement": "autoregressive steps (front camera)",
+}
 SMALL_N = 2048
 
 
@@ -41,62 +51,122 @@ def cell(row: dict | None, with_n: bool = True) -> str:
     return text + (f" (N={row['n_generated']})" if with_n else "")
 
 
-def pick(rows: list[dict], metric: str, h: int, view: str = "pooled", category: str = "all") -> dict | None:
-    return next((r for r in rows if (r["metric"], r["horizon"], r["view"], r["category"]) == (metric, h, view, category)),
-                None)
+def pick(
+    rows: list[dict], metric: str, h: int, view: str = "pooled", category: str = "all"
+) -> dict | None:
+    return next(
+        (
+            r
+            for r in rows
+            if (r["metric"], r["horizon"], r["view"], r["category"]) == (metric, h, view, category)
+        ),
+        None,
+    )
 
 
 def markdown(config: QAConfig, result: QAResult) -> str:
     rows = result.rows
     horizons = sorted({r["horizon"] for r in rows})
     present = [m for m in NAMES if any(r["metric"] == m for r in rows)]
-    lines = [f"# QA report: `{config.output}`", "",
-             "Generated frames only (seed frames excluded) against the recorded future of the same scene from the "
-             "same start frame, at the generated resolution; equal N real and generated. Protocol: "
-             "`qa/PROTOCOL.md`. Intervals are bootstrap 95 % (FD: paired, over task groups; adherence: Wilson).",
-             "", "## Quality versus horizon", ""]
-    adherence_key = {"instruction_adherence": ("pooled", "turn"), "action_video_agreement": ("front", "all")}
+    lines = [
+        f"# QA report: `{config.output}`",
+        "",
+        "Generated frames only (seed frames excluded) against the recorded future of the same scene from the "
+        "same start frame, at the generated resolution; equal N real and generated. Protocol: "
+        "`qa/PROTOCOL.md`. Intervals are bootstrap 95 % (FD: paired, over task groups; adherence: Wilson).",
+        "",
+        "## Quality versus horizon",
+        "",
+    ]
+    adherence_key = {
+        "instruction_adherence": ("pooled", "turn"),
+        "action_video_agreement": ("front", "all"),
+    }
     lines.append("| Horizon | " + " | ".join(NAMES[m] for m in present) + " |")
     lines.append("|---:|" + "---|" * len(present))
     for h in horizons:
-        cells = [cell(pick(rows, m, h, *adherence_key.get(m, ("pooled", "all"))), m != "fid_inf") for m in present]
+        cells = [
+            cell(pick(rows, m, h, *adherence_key.get(m, ("pooled", "all"))), m != "fid_inf")
+            for m in present
+        ]
         lines.append(f"| {h} | " + " | ".join(cells) + " |")
-    lines += ["", "N counts " + "; ".join(f"{NAMES[m]}: {N_MEANS[m]}" for m in present if m in N_MEANS) + "."]
-    small = sorted({r["n_generated"] for r in rows if (r["metric"], r["view"], r["category"]) == ("fid", "pooled", "all")
-                    and r["n_generated"] < SMALL_N})
+    lines += [
+        "",
+        "N counts " + "; ".join(f"{NAMES[m]}: {N_MEANS[m]}" for m in present if m in N_MEANS) + ".",
+    ]
+    small = sorted(
+        {
+            r["n_generated"]
+            for r in rows
+            if (r["metric"], r["view"], r["category"]) == ("fid", "pooled", "all")
+            and r["n_generated"] < SMALL_N
+        }
+    )
     if small:
-        lines += ["", f"> Small N: FID from {small[0]} frames. Between two samples of one distribution the 2048-d "
-                      "Fréchet distance is about 1055 at N=256, 373 at 2048 and 93 at 8192, so compare figures at "
-                      "equal N only, or use FID∞ (the 1/N extrapolation)."]
+        lines += [
+            "",
+            f"> Small N: FID from {small[0]} frames. Between two samples of one distribution the 2048-d "
+            "Fréchet distance is about 1055 at N=256, 373 at 2048 and 93 at 8192, so compare figures at "
+            "equal N only, or use FID∞ (the 1/N extrapolation).",
+        ]
     lines += _breakdown(rows, horizons, "view", VIEWS, "Per camera view")
-    lines += _breakdown(rows, horizons, "category", INSTRUCTION_CATEGORIES, "Per instruction category")
+    lines += _breakdown(
+        rows, horizons, "category", INSTRUCTION_CATEGORIES, "Per instruction category"
+    )
     lines += _trajectory(result)
     if result.gallery:
-        lines += ["", "## Gallery", "", "The first sample of each task at the longest horizon, grouped by seed point: "
-                  "the last seed frame, then generated frames (`qa/gallery.py`).", ""]
+        lines += [
+            "",
+            "## Gallery",
+            "",
+            "The first sample of each task at the longest horizon, grouped by seed point: "
+            "the last seed frame, then generated frames (`qa/gallery.py`).",
+            "",
+        ]
         lines += [f"![{name}]({name})" for name in result.gallery]
     notes = list(result.skipped.values()) + result.details.get("notes", [])
     if notes:
         lines += ["", "## Skipped and notes", ""] + [f"- {n}" for n in notes]
-    lines += ["", "## Extractors", ""] + [f"- {NAMES[m]}: {d}" for m, d in result.extractors.items()]
-    lines += ["", "## Files", "", "- `qa.json`: every row (schema `qa`), the groups, confusion matrices and "
-              "FID∞ fit points", "- `horizon.png`: the figures versus horizon",
-              "- `stats/*.npz`: pooled statistics per metric, horizon and side (`mu`, `sigma` as pytorch-fid writes "
-              "them, and `count`)", *(["- `gallery/*.png`: seed frames and generated futures"] if result.gallery else []),
-              ""]
+    lines += ["", "## Extractors", ""] + [
+        f"- {NAMES[m]}: {d}" for m, d in result.extractors.items()
+    ]
+    lines += [
+        "",
+        "## Files",
+        "",
+        "- `qa.json`: every row (schema `qa`), the groups, confusion matrices and FID∞ fit points",
+        "- `horizon.png`: the figures versus horizon",
+        "- `stats/*.npz`: pooled statistics per metric, horizon and side (`mu`, `sigma` as pytorch-fid writes "
+        "them, and `count`)",
+        *(["- `gallery/*.png`: seed frames and generated futures"] if result.gallery else []),
+        "",
+    ]
     return "\n".join(lines)
 
 
-def _breakdown(rows: list[dict], horizons: list[int], axis: str, values: tuple[str, ...], title: str) -> list[str]:
+def _breakdown(
+    rows: list[dict], horizons: list[int], axis: str, values: tuple[str, ...], title: str
+) -> list[str]:
     found = [r for r in rows if r["metric"] in ("fid", "fvd", "fd_drive") and r[axis] in values]
     if not found:
         return []
     cols = [v for v in values if any(r[axis] == v for r in found)]
-    out = ["", f"## {title}", "", "| Horizon | Metric | " + " | ".join(cols) + " |", "|---:|---|" + "---|" * len(cols)]
+    out = [
+        "",
+        f"## {title}",
+        "",
+        "| Horizon | Metric | " + " | ".join(cols) + " |",
+        "|---:|---|" + "---|" * len(cols),
+    ]
     for h in horizons:
         for m in ("fid", "fvd", "fd_drive"):
-            cells = [next((cell(r) for r in found if (r["metric"], r["horizon"], r[axis]) == (m, h, c)), "–")
-                     for c in cols]
+            cells = [
+                next(
+                    (cell(r) for r in found if (r["metric"], r["horizon"], r[axis]) == (m, h, c)),
+                    "–",
+                )
+                for c in cols
+            ]
             if any(c != "–" for c in cells):
                 out.append(f"| {h} | {NAMES[m]} | " + " | ".join(cells) + " |")
     return out
@@ -106,21 +176,38 @@ def _trajectory(result: QAResult) -> list[str]:
     out = []
     adherence = result.details.get("adherence", {})
     if adherence:
-        out += ["", "## Instruction adherence", "",
-                "Instructed maneuver → maneuver of the predicted trajectory (samples per cell).", "",
-                "| Horizon | Instruction | left | straight | right | unclear |", "|---:|---|---|---|---|---|"]
+        out += [
+            "",
+            "## Instruction adherence",
+            "",
+            "Instructed maneuver → maneuver of the predicted trajectory (samples per cell).",
+            "",
+            "| Horizon | Instruction | left | straight | right | unclear |",
+            "|---:|---|---|---|---|---|",
+        ]
         for h, kinds in sorted(adherence.items()):
             for kind, table in kinds.items():
                 for wanted, got in sorted(table.items()):
                     label = wanted + (" (misleading)" if kind == "misleading" else "")
-                    out.append(f"| {h} | {label} | " + " | ".join(str(got.get(p, 0)) for p in
-                                                                ("left", "straight", "right", "unclear")) + " |")
+                    out.append(
+                        f"| {h} | {label} | "
+                        + " | ".join(
+                            str(got.get(p, 0)) for p in ("left", "straight", "right", "unclear")
+                        )
+                        + " |"
+                    )
     agreement = result.details.get("agreement", {})
     if agreement:
-        out += ["", "## Action–video agreement", "",
-                "Pearson r between the per-step yaw of the predicted waypoints and the yaw measured on the front "
-                "video; the recorded drive gives the estimator's ceiling.", "",
-                "| Horizon | generated r | recorded r | steps |", "|---:|---|---|---|"]
+        out += [
+            "",
+            "## Action–video agreement",
+            "",
+            "Pearson r between the per-step yaw of the predicted waypoints and the yaw measured on the front "
+            "video; the recorded drive gives the estimator's ceiling.",
+            "",
+            "| Horizon | generated r | recorded r | steps |",
+            "|---:|---|---|---|",
+        ]
         for h, a in sorted(agreement.items()):
             out.append(f"| {h} | {num(a['generated_r'])} | {num(a['recorded_r'])} | {a['steps']} |")
     return out
@@ -131,7 +218,11 @@ def horizon_png(result: QAResult) -> bytes:
     rows = result.rows
     horizons = sorted({r["horizon"] for r in rows})
     fig, axes = plt.subplots(2, 2, figsize=(11, 8), constrained_layout=True)
-    panels = [("fid", "FID (Inception-v3)"), ("fvd", "FVD (I3D)"), ("fd_drive", "FD-drive (evaluator encoder)")]
+    panels = [
+        ("fid", "FID (Inception-v3)"),
+        ("fvd", "FVD (I3D)"),
+        ("fd_drive", "FD-drive (evaluator encoder)"),
+    ]
     for ax, (metric, title) in zip(axes.flat, panels, strict=False):
         _fd_panel(ax, rows, horizons, metric, title, result.skipped.get(metric))
     _trajectory_panel(axes.flat[3], rows, horizons)
@@ -149,40 +240,75 @@ def horizon_png(result: QAResult) -> bytes:
     return buf.getvalue()
 
 
-def _series(rows: list[dict], metric: str, view: str = "pooled", category: str = "all") -> list[dict]:
-    return sorted((r for r in rows if (r["metric"], r["view"], r["category"]) == (metric, view, category)),
-                  key=lambda r: r["horizon"])
+def _series(
+    rows: list[dict], metric: str, view: str = "pooled", category: str = "all"
+) -> list[dict]:
+    return sorted(
+        (r for r in rows if (r["metric"], r["view"], r["category"]) == (metric, view, category)),
+        key=lambda r: r["horizon"],
+    )
 
 
 def _errorbar(ax, series: list[dict], label: str, **style) -> None:
     x = [r["horizon"] for r in series]
     y = [r["value"] for r in series]
-    err = [[max(0.0, r["value"] - r["ci_low"]) if r["ci_low"] is not None else 0 for r in series],
-           [max(0.0, r["ci_high"] - r["value"]) if r["ci_high"] is not None else 0 for r in series]]
+    err = [
+        [max(0.0, r["value"] - r["ci_low"]) if r["ci_low"] is not None else 0 for r in series],
+        [max(0.0, r["ci_high"] - r["value"]) if r["ci_high"] is not None else 0 for r in series],
+    ]
     ax.errorbar(x, y, yerr=err, capsize=4, marker="o", label=label, **style)
 
 
-def _fd_panel(ax, rows: list[dict], horizons: list[int], metric: str, title: str, skipped: str | None) -> None:
+def _fd_panel(
+    ax, rows: list[dict], horizons: list[int], metric: str, title: str, skipped: str | None
+) -> None:
     ax.set_title(title)
     series = _series(rows, metric)
     if not series:
-        ax.text(0.5, 0.5, textwrap.fill(skipped or "not computed", 50), ha="center", va="center",
-                transform=ax.transAxes, fontsize=9, color="0.4")
+        ax.text(
+            0.5,
+            0.5,
+            textwrap.fill(skipped or "not computed", 50),
+            ha="center",
+            va="center",
+            transform=ax.transAxes,
+            fontsize=9,
+            color="0.4",
+        )
         ax.set_yticks([])
         return
     _errorbar(ax, series, "all views", color="C0", linewidth=2)
     for r in series:
-        ax.annotate(f"N={r['n_generated']}", (r["horizon"], r["value"]), textcoords="offset points",
-                    xytext=(6, -12), fontsize=7, color="0.35")
+        ax.annotate(
+            f"N={r['n_generated']}",
+            (r["horizon"], r["value"]),
+            textcoords="offset points",
+            xytext=(6, -12),
+            fontsize=7,
+            color="0.35",
+        )
     for i, view in enumerate(VIEWS):
         per_view = _series(rows, metric, view=view)
         if per_view:
-            ax.plot([r["horizon"] for r in per_view], [r["value"] for r in per_view], marker=".", linewidth=1,
-                    alpha=0.6, color=f"C{i + 2}", label=view)
+            ax.plot(
+                [r["horizon"] for r in per_view],
+                [r["value"] for r in per_view],
+                marker=".",
+                linewidth=1,
+                alpha=0.6,
+                color=f"C{i + 2}",
+                label=view,
+            )
     if metric == "fid":
         inf = _series(rows, "fid_inf")
         if inf:
-            ax.plot([r["horizon"] for r in inf], [r["value"] for r in inf], "k--", marker="x", label="FID∞")
+            ax.plot(
+                [r["horizon"] for r in inf],
+                [r["value"] for r in inf],
+                "k--",
+                marker="x",
+                label="FID∞",
+            )
     ax.set_ylabel("Fréchet distance (lower is better)")
     ax.legend(fontsize=8)
 
@@ -196,7 +322,9 @@ def _trajectory_panel(ax, rows: list[dict], horizons: list[int]) -> None:
     if agreement:
         _errorbar(ax, agreement, "action–video agreement (r)", color="C4")
     if not (adherence or agreement):
-        ax.text(0.5, 0.6, "not computed", ha="center", va="center", transform=ax.transAxes, color="0.4")
+        ax.text(
+            0.5, 0.6, "not computed", ha="center", va="center", transform=ax.transAxes, color="0.4"
+        )
     else:
         ax.legend(fontsize=8)
     ax.set_ylim(-1.05, 1.05)
@@ -205,14 +333,27 @@ def _trajectory_panel(ax, rows: list[dict], horizons: list[int]) -> None:
 
 
 def qa_json(config: QAConfig, result: QAResult) -> bytes:
-    doc = {"format": "lmgendrive-qa", "format_version": 1, "output": config.output,
-           "protocol": {"inception_dims": config.dims, "bootstrap_replicates": config.bootstrap,
-                        "recorded_codec": config.encoding if config.encoding == "png" else f"mp4 crf {config.crf}",
-                        "metrics": list(config.metrics)},
-           "extractors": result.extractors, "skipped": result.skipped, "rows": result.rows,
-           "details": {k: {str(h): v for h, v in d.items()} if isinstance(d, dict) else d
-                       for k, d in result.details.items()},
-           "files": ["report.md", "horizon.png", "qa.json", *result.files]}
+    doc = {
+        "format": "lmgendrive-qa",
+        "format_version": 1,
+        "output": config.output,
+        "protocol": {
+            "inception_dims": config.dims,
+            "bootstrap_replicates": config.bootstrap,
+            "recorded_codec": config.encoding
+            if config.encoding == "png"
+            else f"mp4 crf {config.crf}",
+            "metrics": list(config.metrics),
+        },
+        "extractors": result.extractors,
+        "skipped": result.skipped,
+        "rows": result.rows,
+        "details": {
+            k: {str(h): v for h, v in d.items()} if isinstance(d, dict) else d
+            for k, d in result.details.items()
+        },
+        "files": ["report.md", "horizon.png", "qa.json", *result.files],
+    }
     return json.dumps(doc, indent=1, sort_keys=True).encode()
 
 

@@ -39,7 +39,9 @@ from storage.store import Storage, open_storage
 log = logging.getLogger(__name__)
 
 GROUPS = 10  # task groups per horizon: the bootstrap's resampling unit
-TURNING_STEP_DEG = 5.0  # a step turning at least this much (predicted) counts for action-video agreement
+TURNING_STEP_DEG = (
+    5.0  # a step turning at least this much (predicted) counts for action-video agreement
+)
 MIN_TURNING_STEPS = 3
 
 
@@ -47,8 +49,11 @@ def read_tasks(storage: Storage) -> dict[str, dict]:
     """The job's tasks by id, from ``manifest.parquet``."""
     if not storage.exists("manifest.parquet"):
         raise BadInputError(f"{storage.url('manifest.parquet')}: not found (is this a job output?)")
-    table = validate(pq.read_table(pa.BufferReader(storage.get_bytes("manifest.parquet"))), TASK,
-                     storage.url("manifest.parquet"))
+    table = validate(
+        pq.read_table(pa.BufferReader(storage.get_bytes("manifest.parquet"))),
+        TASK,
+        storage.url("manifest.parquet"),
+    )
     return {r["task_id"]: r for r in table.to_pylist()}
 
 
@@ -60,7 +65,9 @@ def plan(storage: Storage) -> dict[int, list[WorkItem]]:
     tasks = read_tasks(storage)
     missing = sorted({r["task_id"] for r in index} - set(tasks))
     if missing:
-        raise BadInputError(f"{storage.url('index.parquet')}: task(s) {missing[:5]} are not in manifest.parquet")
+        raise BadInputError(
+            f"{storage.url('index.parquet')}: task(s) {missing[:5]} are not in manifest.parquet"
+        )
     items: dict[int, dict[str, WorkItem]] = defaultdict(dict)
     for h in sorted({r["horizon"] for r in index}):
         rows = [r for r in index if r["horizon"] == h]
@@ -70,10 +77,18 @@ def plan(storage: Storage) -> dict[int, list[WorkItem]]:
         for r in rows:
             t = tasks[r["task_id"]]
             kind = json.loads(t["instruction_args"] or "{}").get("type", "")
-            sample = SampleTask(key=r["key"], task_id=t["task_id"], scene_source=t["scene_source"],
-                                scene_ref=t["scene_ref"], start_frame=t["start_frame"], horizon=h,
-                                category=t["category"], maneuver=turn_asked(kind),
-                                misleading=t["misleading"], group=group_of[t["task_id"]])
+            sample = SampleTask(
+                key=r["key"],
+                task_id=t["task_id"],
+                scene_source=t["scene_source"],
+                scene_ref=t["scene_ref"],
+                start_frame=t["start_frame"],
+                horizon=h,
+                category=t["category"],
+                maneuver=turn_asked(kind),
+                misleading=t["misleading"],
+                group=group_of[t["task_id"]],
+            )
             item = items[h].setdefault(r["shard"], WorkItem(r["shard"], h, {}))
             item.samples[r["key"]] = sample
     return {h: list(by_shard.values()) for h, by_shard in items.items()}
@@ -100,12 +115,19 @@ def without_missing_weights(config: QAConfig) -> QAConfig:
             except CheckpointError as exc:
                 dropped.append((metric, f"{metric.upper()} skipped: {exc}"))
     names = {m for m, _ in dropped}
-    return replace(config, metrics=tuple(m for m in config.metrics if m not in names),
-                   unavailable=config.unavailable + tuple(dropped))
+    return replace(
+        config,
+        metrics=tuple(m for m in config.metrics if m not in names),
+        unavailable=config.unavailable + tuple(dropped),
+    )
 
 
-def evaluate(config: QAConfig, storage: Storage, stream: Iterable[tuple[int, Accumulator, list[dict]]],
-             extractors: dict[str, str]) -> QAResult:
+def evaluate(
+    config: QAConfig,
+    storage: Storage,
+    stream: Iterable[tuple[int, Accumulator, list[dict]]],
+    extractors: dict[str, str],
+) -> QAResult:
     """The QA rows from the per-horizon statistics and records in ``stream``; writes ``report.md``,
     ``horizon.png``, ``qa.json``, ``stats/*.npz`` and the gallery to ``config.report``."""
     from lmgendrive.device import pick_device
@@ -150,18 +172,55 @@ class Figures:
             real, gen = merge_all(real_g), merge_all(gen_g)
             row = self._fd_row(metric, h, "pooled", "all", real, gen)
             if self.config.bootstrap and len(groups) >= 2:
-                log.info("%s at horizon %d: bootstrap over %d task groups, %d replicates", metric, h, len(groups),
-                         self.config.bootstrap)
-                row["ci_low"], row["ci_high"] = bootstrap_ci(real_g, gen_g, row["value"], self.config.bootstrap,
-                                                             self._rng(metric, h), self.distance)
+                log.info(
+                    "%s at horizon %d: bootstrap over %d task groups, %d replicates",
+                    metric,
+                    h,
+                    len(groups),
+                    self.config.bootstrap,
+                )
+                row["ci_low"], row["ci_high"] = bootstrap_ci(
+                    real_g,
+                    gen_g,
+                    row["value"],
+                    self.config.bootstrap,
+                    self._rng(metric, h),
+                    self.distance,
+                )
             rows.append(row)
             for (m, hh, view, cat, g, side), stats in sorted(acc.cells.items()):
-                if m == metric and hh == h and g == -1 and side == "real" and not (view == "pooled" and cat == "all"):
-                    rows.append(self._fd_row(metric, h, view, cat, stats, acc.cells[(m, h, view, cat, g, "generated")]))
+                if (
+                    m == metric
+                    and hh == h
+                    and g == -1
+                    and side == "real"
+                    and not (view == "pooled" and cat == "all")
+                ):
+                    rows.append(
+                        self._fd_row(
+                            metric,
+                            h,
+                            view,
+                            cat,
+                            stats,
+                            acc.cells[(m, h, view, cat, g, "generated")],
+                        )
+                    )
             if metric == "fid" and len(groups) >= 3:
                 value, points = fd_infinity(real_g, gen_g, self._rng("fid_inf", h), self.distance)
-                rows.append(_row("fid_inf", h, "pooled", "all", value, (None, None), real.count, gen.count,
-                                 self.extractors[metric]))
+                rows.append(
+                    _row(
+                        "fid_inf",
+                        h,
+                        "pooled",
+                        "all",
+                        value,
+                        (None, None),
+                        real.count,
+                        gen.count,
+                        self.extractors[metric],
+                    )
+                )
                 result.details.setdefault("fid_inf_points", {})[h] = points
             for side, stats in (("real", real), ("generated", gen)):
                 name = f"stats/{metric}-h{h:03d}-{side}.npz"
@@ -172,12 +231,25 @@ class Figures:
             result.details.setdefault("groups", {})[h] = len(groups)
         return rows
 
-    def _fd_row(self, metric: str, h: int, view: str, category: str, real: FeatureStats, gen: FeatureStats) -> dict:
+    def _fd_row(
+        self, metric: str, h: int, view: str, category: str, real: FeatureStats, gen: FeatureStats
+    ) -> dict:
         if real.count != gen.count:
-            raise RunFailure(f"{metric} at horizon {h} ({view}, {category}): {real.count} real vs {gen.count} "
-                             f"generated items; the protocol compares equal numbers")
-        return _row(metric, h, view, category, self.distance(real, gen), (None, None), real.count, gen.count,
-                    self.extractors[metric])
+            raise RunFailure(
+                f"{metric} at horizon {h} ({view}, {category}): {real.count} real vs {gen.count} "
+                f"generated items; the protocol compares equal numbers"
+            )
+        return _row(
+            metric,
+            h,
+            view,
+            category,
+            self.distance(real, gen),
+            (None, None),
+            real.count,
+            gen.count,
+            self.extractors[metric],
+        )
 
     def trajectory_rows(self, h: int, records: list[dict], result: QAResult) -> list[dict]:
         rows = []
@@ -197,8 +269,9 @@ class Figures:
         result.details.setdefault("adherence", {})[h] = confusion
         n = sum(sum(c.values()) for c in confusion["feasible"].values())
         if n == 0:
-            result.details.setdefault("notes", []).append(f"horizon {h}: no feasible turn instruction, "
-                                                          f"no instruction adherence")
+            result.details.setdefault("notes", []).append(
+                f"horizon {h}: no feasible turn instruction, no instruction adherence"
+            )
             return []
         k = sum(c.get(m, 0) for m, c in confusion["feasible"].items())
         rule = f"predicted waypoints: |heading change| >= {TURN_DEG:g} deg is a turn (same side laterally)"
@@ -206,33 +279,79 @@ class Figures:
 
     def _agreement(self, h: int, records: list[dict], result: QAResult) -> list[dict]:
         gen = [np.c_[r["action_yaw"], r["video_yaw"]] for r in records if "action_yaw" in r]
-        rec = {r["task_id"]: np.c_[r["recorded_action_yaw"], r["recorded_video_yaw"]] for r in records
-               if "action_yaw" in r}
+        rec = {
+            r["task_id"]: np.c_[r["recorded_action_yaw"], r["recorded_video_yaw"]]
+            for r in records
+            if "action_yaw" in r
+        }
         if not gen:
             return []
         xy, ref = np.concatenate(gen), np.concatenate(list(rec.values()))
         figures = {"generated_r": _yaw_correlation(xy), "recorded_r": _yaw_correlation(ref)}
-        result.details.setdefault("agreement", {})[h] = {**figures, "steps": len(xy), "recorded_steps": len(ref)}
+        result.details.setdefault("agreement", {})[h] = {
+            **figures,
+            "steps": len(xy),
+            "recorded_steps": len(ref),
+        }
         if figures["generated_r"] is None:
             result.details.setdefault("notes", []).append(
                 f"horizon {h}: fewer than {MIN_TURNING_STEPS} steps whose predicted yaw reaches {TURNING_STEP_DEG:g} deg "
-                f"(or a still video); action-video agreement needs turning")
+                f"(or a still video); action-video agreement needs turning"
+            )
             return []
-        ci = (correlation_ci(gen, self.config.bootstrap, self._rng("agreement", h), _yaw_correlation)
-              if self.config.bootstrap else (None, None))
-        rule = "Pearson r, per-step yaw of predicted waypoints vs front-camera phase-correlation yaw"
-        return [_row("action_video_agreement", h, "front", "all", figures["generated_r"], ci, len(ref), len(xy), rule)]
+        ci = (
+            correlation_ci(gen, self.config.bootstrap, self._rng("agreement", h), _yaw_correlation)
+            if self.config.bootstrap
+            else (None, None)
+        )
+        rule = (
+            "Pearson r, per-step yaw of predicted waypoints vs front-camera phase-correlation yaw"
+        )
+        return [
+            _row(
+                "action_video_agreement",
+                h,
+                "front",
+                "all",
+                figures["generated_r"],
+                ci,
+                len(ref),
+                len(xy),
+                rule,
+            )
+        ]
 
 
 def _yaw_correlation(xy: np.ndarray) -> float | None:
     """Pearson r of (action yaw, video yaw) rows; None without enough turning to correlate."""
-    if (np.abs(np.degrees(xy[:, 0])) >= TURNING_STEP_DEG).sum() < MIN_TURNING_STEPS or xy[:, 1].std() == 0:
+    if (np.abs(np.degrees(xy[:, 0])) >= TURNING_STEP_DEG).sum() < MIN_TURNING_STEPS or xy[
+        :, 1
+    ].std() == 0:
         return None
     return float(np.corrcoef(xy[:, 0], xy[:, 1])[0, 1])
 
 
-def _row(metric: str, h: int, view: str, category: str, value: float, ci: tuple, n_real: int, n_gen: int,
-         extractor: str) -> dict:
-    return {"schema_version": QA.version, "metric": metric, "horizon": h, "view": view, "category": category,
-            "value": float(value), "ci_low": ci[0], "ci_high": ci[1], "n_real": int(n_real),
-            "n_generated": int(n_gen), "extractor": extractor}
+def _row(
+    metric: str,
+    h: int,
+    view: str,
+    category: str,
+    value: float,
+    ci: tuple,
+    n_real: int,
+    n_gen: int,
+    extractor: str,
+) -> dict:
+    return {
+        "schema_version": QA.version,
+        "metric": metric,
+        "horizon": h,
+        "view": view,
+        "category": category,
+        "value": float(value),
+        "ci_low": ci[0],
+        "ci_high": ci[1],
+        "n_real": int(n_real),
+        "n_generated": int(n_gen),
+        "extractor": extractor,
+    }

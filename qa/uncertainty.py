@@ -21,8 +21,14 @@ Distance = Callable[[FeatureStats, FeatureStats], float]
 INFINITY_DRAWS = 3  # random subsets per subset size
 
 
-def bootstrap_ci(real: list[FeatureStats], generated: list[FeatureStats], value: float, replicates: int,
-                 rng: np.random.Generator, distance: Distance = frechet_distance) -> tuple[float, float]:
+def bootstrap_ci(
+    real: list[FeatureStats],
+    generated: list[FeatureStats],
+    value: float,
+    replicates: int,
+    rng: np.random.Generator,
+    distance: Distance = frechet_distance,
+) -> tuple[float, float]:
     """95 % interval around ``value`` (the distance of all groups) under a paired bootstrap over the
     groups, bias-corrected.
 
@@ -40,8 +46,12 @@ def bootstrap_ci(real: list[FeatureStats], generated: list[FeatureStats], value:
     return max(0.0, float(lo)), max(0.0, float(hi))
 
 
-def fd_infinity(real: list[FeatureStats], generated: list[FeatureStats], rng: np.random.Generator,
-                distance: Distance = frechet_distance) -> tuple[float, list[tuple[int, float]]]:
+def fd_infinity(
+    real: list[FeatureStats],
+    generated: list[FeatureStats],
+    rng: np.random.Generator,
+    distance: Distance = frechet_distance,
+) -> tuple[float, list[tuple[int, float]]]:
     """Intercept of the least-squares line of FD against 1/N over subsets of half to all of the
     groups; also the (N, FD) points fitted. Needs at least 3 groups (two subset sizes)."""
     g = len(real)
@@ -67,13 +77,19 @@ def wilson(successes: int, trials: int, z: float = 1.959964) -> tuple[float, flo
     return max(0.0, centre - half), min(1.0, centre + half)
 
 
-def correlation_ci(pairs: list[np.ndarray], replicates: int, rng: np.random.Generator,
-                   statistic: Callable[[np.ndarray], float | None]) -> tuple[float | None, float | None]:
+def correlation_ci(
+    pairs: list[np.ndarray],
+    replicates: int,
+    rng: np.random.Generator,
+    statistic: Callable[[np.ndarray], float | None],
+) -> tuple[float | None, float | None]:
     """95 % percentile interval of ``statistic`` over (x, y) rows, resampling the per-sample arrays of
     ``pairs``; replicates where the statistic is undefined (None) are left out."""
     values = []
     for _ in range(replicates):
-        value = statistic(np.concatenate([pairs[i] for i in rng.integers(0, len(pairs), len(pairs))]))
+        value = statistic(
+            np.concatenate([pairs[i] for i in rng.integers(0, len(pairs), len(pairs))])
+        )
         if value is not None:
             values.append(value)
     if not values:

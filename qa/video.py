@@ -52,7 +52,7 @@ def clips_of(frames: np.ndarray) -> np.ndarray:
     t = len(frames)
     if t < CLIP_FRAMES:
         return frames[np.arange(CLIP_FRAMES) * t // CLIP_FRAMES][None]
-    return np.stack([frames[s:s + CLIP_FRAMES] for s in clip_starts(t)])
+    return np.stack([frames[s : s + CLIP_FRAMES] for s in clip_starts(t)])
 
 
 def preprocess(clips: torch.Tensor) -> torch.Tensor:
@@ -67,8 +67,13 @@ def preprocess(clips: torch.Tensor) -> torch.Tensor:
 class VideoExtractor:
     """uint8 clips (N, 16, H, W, 3) -> (N, D) float32 features."""
 
-    def __init__(self, model: Callable[[torch.Tensor], torch.Tensor], device: torch.device, description: str,
-                 batch_size: int = 4):
+    def __init__(
+        self,
+        model: Callable[[torch.Tensor], torch.Tensor],
+        device: torch.device,
+        description: str,
+        batch_size: int = 4,
+    ):
         self.model = model
         self.device = device
         self.description = description
@@ -78,7 +83,9 @@ class VideoExtractor:
         out = []
         with torch.inference_mode():
             for start in range(0, len(clips), self.batch_size):
-                batch = torch.from_numpy(np.ascontiguousarray(clips[start:start + self.batch_size]))
+                batch = torch.from_numpy(
+                    np.ascontiguousarray(clips[start : start + self.batch_size])
+                )
                 out.append(self.model(preprocess(batch.to(self.device))).float().cpu())
         return torch.cat(out).numpy()
 
@@ -89,14 +96,18 @@ def state_dict_i3d(path: Path) -> I3D:
     try:
         net.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
     except Exception as exc:  # noqa: BLE001 - unreadable or mismatched files are reported the same way
-        raise CheckpointError(f"{path} is not a state dict of piergiaj's I3D (Kinetics-400): {exc}") from None
+        raise CheckpointError(
+            f"{path} is not a state dict of piergiaj's I3D (Kinetics-400): {exc}"
+        ) from None
     return net.eval().requires_grad_(False)
 
 
 def torchscript_i3d(path: Path, device: torch.device) -> Callable[[torch.Tensor], torch.Tensor]:
     """StyleGAN-V's detector, given inputs already resized and scaled."""
     try:
-        with warnings.catch_warnings():  # TorchScript is deprecated in torch, but it is the file's format
+        with (
+            warnings.catch_warnings()
+        ):  # TorchScript is deprecated in torch, but it is the file's format
             warnings.simplefilter("ignore", FutureWarning)
             module = torch.jit.load(str(path), map_location=device).eval()
     except Exception as exc:  # noqa: BLE001 - any unreadable archive is reported the same way

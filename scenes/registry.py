@@ -14,19 +14,35 @@ SOURCES = ("procedural", "lmdrive")
 
 def procedural_ref(spec: DriveSpec) -> str:
     """The manifest reference of a procedural drive: its spec as canonical JSON."""
-    return json.dumps({"town_seed": spec.town_seed, "route_seed": spec.route_seed, "weather": spec.weather,
-                       "frames": spec.frames, "size": list(spec.size), "turns": list(spec.turns)},
-                      sort_keys=True, separators=(",", ":"))
+    return json.dumps(
+        {
+            "town_seed": spec.town_seed,
+            "route_seed": spec.route_seed,
+            "weather": spec.weather,
+            "frames": spec.frames,
+            "size": list(spec.size),
+            "turns": list(spec.turns),
+        },
+        sort_keys=True,
+        separators=(",", ":"),
+    )
 
 
 def parse_procedural_ref(ref: str) -> DriveSpec:
     try:
         d = json.loads(ref)
-        return DriveSpec(town_seed=int(d["town_seed"]), route_seed=int(d["route_seed"]), weather=str(d["weather"]),
-                         frames=int(d["frames"]), size=tuple(int(v) for v in d["size"]),
-                         turns=tuple(d.get("turns", ())))
+        return DriveSpec(
+            town_seed=int(d["town_seed"]),
+            route_seed=int(d["route_seed"]),
+            weather=str(d["weather"]),
+            frames=int(d["frames"]),
+            size=tuple(int(v) for v in d["size"]),
+            turns=tuple(d.get("turns", ())),
+        )
     except (ValueError, KeyError, TypeError) as e:
-        raise SceneFormatError(f"procedural scene reference {ref!r} is not a drive spec: {e}") from None
+        raise SceneFormatError(
+            f"procedural scene reference {ref!r} is not a drive spec: {e}"
+        ) from None
 
 
 @lru_cache(maxsize=8)

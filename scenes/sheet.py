@@ -21,15 +21,23 @@ def frame_strip(scene: Scene, i: int, width: int | None = None) -> np.ndarray:
     m = scene.measurements(i)
     row = np.concatenate([images[v] for v in scene.views], axis=1)
     if width is not None and row.shape[1] != width:
-        row = cv2.resize(row, (width, int(round(row.shape[0] * width / row.shape[1]))), interpolation=cv2.INTER_AREA)
+        row = cv2.resize(
+            row,
+            (width, int(round(row.shape[0] * width / row.shape[1]))),
+            interpolation=cv2.INTER_AREA,
+        )
     flags = " [misleading]" if m.instruction.misleading else ""
     flags += " [done]" if m.instruction_completed else ""
-    caption = (f"#{i} {m.speed * 3.6:4.1f} km/h light={m.light_state} {m.weather} | "
-               f"{m.instruction.category}: {m.instruction.text}{flags}")
+    caption = (
+        f"#{i} {m.speed * 3.6:4.1f} km/h light={m.light_state} {m.weather} | "
+        f"{m.instruction.category}: {m.instruction.text}{flags}"
+    )
     return np.concatenate([_caption(caption, row.shape[1]), row], axis=0)
 
 
-def contact_sheet(scenes: Sequence[Scene], frames_per_scene: int = 4, width: int = 672) -> np.ndarray:
+def contact_sheet(
+    scenes: Sequence[Scene], frames_per_scene: int = 4, width: int = 672
+) -> np.ndarray:
     """Rows of evenly spaced frames from every scene, each row ``width`` pixels wide."""
     rows = []
     for scene in scenes:

@@ -84,8 +84,12 @@ class CurateSpec(Strict):
     pedestrians: bool | None = None
     red_light: bool | None = None
     junction: bool | None = None
-    counterfactual: bool = Field(default=False, description="add every feasible alternative at junctions")
-    with_misleading: bool = Field(default=False, description="also add infeasible (misleading) alternatives")
+    counterfactual: bool = Field(
+        default=False, description="add every feasible alternative at junctions"
+    )
+    with_misleading: bool = Field(
+        default=False, description="also add infeasible (misleading) alternatives"
+    )
     cap_per_category: int | None = Field(default=None, ge=1)
     sample: int | None = Field(default=None, ge=1, description="keep this many tasks at random")
     seed: int = 0
@@ -135,16 +139,23 @@ class EncodingSpec(Strict):
 
 
 class StorageSpec(Strict):
-    endpoint_url: str | None = Field(default=None, description="S3-compatible endpoint (else AWS_ENDPOINT_URL)")
+    endpoint_url: str | None = Field(
+        default=None, description="S3-compatible endpoint (else AWS_ENDPOINT_URL)"
+    )
     region: str | None = Field(default=None, description="S3 region (else the AWS config)")
 
 
 class QASpec(Strict):
     enabled: bool = True
-    metrics: list[Literal["fid", "fvd", "fd_drive", "instruction_adherence", "action_video_agreement"]] = Field(
-        default=["fid", "fvd", "fd_drive", "instruction_adherence", "action_video_agreement"])
-    weights_dir: str | None = Field(default=None, description="Inception / I3D weights (else LMGD_WEIGHTS_DIR)")
-    evaluator: str = Field(default="checkpoints/evaluator", description="FD-drive encoder checkpoint")
+    metrics: list[
+        Literal["fid", "fvd", "fd_drive", "instruction_adherence", "action_video_agreement"]
+    ] = Field(default=["fid", "fvd", "fd_drive", "instruction_adherence", "action_video_agreement"])
+    weights_dir: str | None = Field(
+        default=None, description="Inception / I3D weights (else LMGD_WEIGHTS_DIR)"
+    )
+    evaluator: str = Field(
+        default="checkpoints/evaluator", description="FD-drive encoder checkpoint"
+    )
     bootstrap: int = Field(default=200, ge=0)
 
 
@@ -157,9 +168,14 @@ class JobSpec(Strict):
     output: str = Field(description="local directory or s3://bucket/prefix")
     storage: StorageSpec = StorageSpec()
     horizons: list[int] = Field(
-        min_length=1, description="future frames, multiples of the model's frames_per_step")
-    sampler: SamplerOverride = Field(default=SamplerOverride(), description=(
-        "overrides of the model's sampler: a key left unset takes the checkpoint's value"))
+        min_length=1, description="future frames, multiples of the model's frames_per_step"
+    )
+    sampler: SamplerOverride = Field(
+        default=SamplerOverride(),
+        description=(
+            "overrides of the model's sampler: a key left unset takes the checkpoint's value"
+        ),
+    )
     resources: ResourceSpec = ResourceSpec()
     sharding: ShardingSpec = ShardingSpec()
     encoding: EncodingSpec = EncodingSpec()
@@ -170,14 +186,18 @@ class JobSpec(Strict):
     def _horizons(cls, v: list[int]) -> list[int]:
         bad = [h for h in v if h <= 0]
         if bad:
-            raise ValueError(f"horizon(s) {bad} are not positive (whole steps of the model: "
-                             f"multiples of its frames_per_step)")
+            raise ValueError(
+                f"horizon(s) {bad} are not positive (whole steps of the model: "
+                f"multiples of its frames_per_step)"
+            )
         return sorted(set(v))
 
     @field_validator("output")
     @classmethod
     def _output(cls, v: str) -> str:
-        if v.startswith("s3://") and not re.fullmatch(r"s3://[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9](/.*)?", v):
+        if v.startswith("s3://") and not re.fullmatch(
+            r"s3://[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9](/.*)?", v
+        ):
             raise ValueError(f"not a valid s3://bucket/prefix URI: {v!r}")
         return v.rstrip("/")
 
@@ -188,15 +208,25 @@ class JobSpec(Strict):
             raise ValueError(
                 f"horizon {max(self.horizons)} needs {b.seed_frames + max(self.horizons)} recorded frames "
                 f"(seed_frames {b.seed_frames} + horizon) for ground truth, but manifest.build.frames is "
-                f"{b.frames}")
+                f"{b.frames}"
+            )
         return self
 
 
 def _sections() -> dict[str, tuple[type[BaseModel], ...]]:
     """The models behind each section of a job spec, by dotted path ('' is the top level)."""
-    return {"": (JobSpec,), "manifest": (ManifestSpec,), "manifest.build": (ProceduralRecipe, LMDriveRecipe),
-            "manifest.curate": (CurateSpec,), "sampler": (SamplerOverride,), "resources": (ResourceSpec,),
-            "sharding": (ShardingSpec,), "encoding": (EncodingSpec,), "qa": (QASpec,), "storage": (StorageSpec,)}
+    return {
+        "": (JobSpec,),
+        "manifest": (ManifestSpec,),
+        "manifest.build": (ProceduralRecipe, LMDriveRecipe),
+        "manifest.curate": (CurateSpec,),
+        "sampler": (SamplerOverride,),
+        "resources": (ResourceSpec,),
+        "sharding": (ShardingSpec,),
+        "encoding": (EncodingSpec,),
+        "qa": (QASpec,),
+        "storage": (StorageSpec,),
+    }
 
 
 def _unknown_key_hint(section: str, key: str) -> str:
@@ -206,8 +236,11 @@ def _unknown_key_hint(section: str, key: str) -> str:
     close = difflib.get_close_matches(key, here, n=1, cutoff=0.6)
     if close:
         return f" (did you mean {close[0]!r}?)"
-    elsewhere = [path or "the top level" for path, models in sections.items()
-                 if path != section and any(key in model.model_fields for model in models)]
+    elsewhere = [
+        path or "the top level"
+        for path, models in sections.items()
+        if path != section and any(key in model.model_fields for model in models)
+    ]
     return f" (it belongs under {' or '.join(elsewhere)})" if elsewhere else ""
 
 
@@ -217,8 +250,11 @@ def _describe(err: dict) -> str:
     if err["type"] == "extra_forbidden":
         return f"unknown key {loc!r}{_unknown_key_hint('.'.join(parts[:-1]), parts[-1])}"
     msg = err["msg"].removeprefix("Value error, ")
-    return f"{loc or 'job'}: {msg}" + (f" (got {err['input']!r})" if err["type"] != "missing" and
-                                       not isinstance(err.get("input"), dict) else "")
+    return f"{loc or 'job'}: {msg}" + (
+        f" (got {err['input']!r})"
+        if err["type"] != "missing" and not isinstance(err.get("input"), dict)
+        else ""
+    )
 
 
 def parse_job(data: object, source: str = "job") -> JobSpec:
@@ -230,8 +266,11 @@ def parse_job(data: object, source: str = "job") -> JobSpec:
     except ValidationError as e:
         lines = [_describe(err) for err in e.errors()]
         if "stages" in data:
-            lines.insert(0, f"this looks like a training recipe (it has 'stages'): train it with "
-                            f"`lmgd train --stage all --config {source}`")
+            lines.insert(
+                0,
+                f"this looks like a training recipe (it has 'stages'): train it with "
+                f"`lmgd train --stage all --config {source}`",
+            )
         raise ConfigError(f"{source}: invalid job spec:\n  " + "\n  ".join(lines)) from None
 
 

@@ -14,18 +14,36 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from schemas.errors import ConfigError
 
-Scheduler = Annotated[Literal["ddim", "dpmsolver++"], Field(
-    description="diffusers scheduler: ddim (DDIM) or dpmsolver++ (DPM-Solver++, 2nd order)")]
+Scheduler = Annotated[
+    Literal["ddim", "dpmsolver++"],
+    Field(description="diffusers scheduler: ddim (DDIM) or dpmsolver++ (DPM-Solver++, 2nd order)"),
+]
 Steps = Annotated[int, Field(ge=1, le=1000, description="denoising steps of the whole schedule")]
 Guidance = Annotated[float, Field(ge=1.0, description="classifier-free guidance scale (1 = off)")]
-Strength = Annotated[float, Field(gt=0.0, le=1.0, description=(
-    "1: start from pure noise; below 1: from the last context frame's latent noised to that share "
-    "of the schedule, running only that share of the steps"))]
-ContextDetail = Annotated[bool, Field(description=(
-    "add the context frame's detail lost by the VAE to every generated frame"))]
-WarpStart = Annotated[bool, Field(description=(
-    "with strength below 1: start from the context frames moved by the step's planned ego motion, "
-    "not held still"))]
+Strength = Annotated[
+    float,
+    Field(
+        gt=0.0,
+        le=1.0,
+        description=(
+            "1: start from pure noise; below 1: from the last context frame's latent noised to that share "
+            "of the schedule, running only that share of the steps"
+        ),
+    ),
+]
+ContextDetail = Annotated[
+    bool,
+    Field(description=("add the context frame's detail lost by the VAE to every generated frame")),
+]
+WarpStart = Annotated[
+    bool,
+    Field(
+        description=(
+            "with strength below 1: start from the context frames moved by the step's planned ego motion, "
+            "not held still"
+        )
+    ),
+]
 
 
 class _Frozen(BaseModel):
@@ -60,8 +78,10 @@ class SamplerConfig(_Frozen):
     @model_validator(mode="after")
     def _one_step_at_least(self) -> SamplerConfig:
         if round(self.steps * self.strength) < 1:
-            raise ValueError(f"strength x steps must leave at least one denoising step, got "
-                             f"{self.strength} x {self.steps}")
+            raise ValueError(
+                f"strength x steps must leave at least one denoising step, got "
+                f"{self.strength} x {self.steps}"
+            )
         return self
 
 
@@ -89,7 +109,8 @@ class SamplerOverride(_Frozen):
         """The complete setting this override names; an unset key raises :class:`ConfigError`."""
         unset = [name for name, value in self if value is None]
         if unset:
-            raise ConfigError(f"sampler: {', '.join(unset)} unset; resolve the job's sampler "
-                              f"against the checkpoint's first")
+            raise ConfigError(
+                f"sampler: {', '.join(unset)} unset; resolve the job's sampler "
+                f"against the checkpoint's first"
+            )
         return SamplerConfig.model_validate(self.model_dump())
-

@@ -21,7 +21,11 @@ from typing import Protocol
 import numpy as np
 
 VIEWS: tuple[str, ...] = ("left", "front", "right")
-VIEW_YAW_DEG: dict[str, float] = {"left": -60.0, "front": 0.0, "right": 60.0}  # CARLA sign: + is right
+VIEW_YAW_DEG: dict[str, float] = {
+    "left": -60.0,
+    "front": 0.0,
+    "right": 60.0,
+}  # CARLA sign: + is right
 CAMERA_FOV_DEG = 100.0
 CAMERA_POSITION = (1.3, 0.0, 2.3)  # x forward, y left, z up, metres from the ego origin
 FPS = 10.0

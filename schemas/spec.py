@@ -66,7 +66,9 @@ class TableSchema:
     @property
     def arrow(self) -> pa.Schema:
         fields = [pa.field(c.name, c.type, nullable=c.nullable) for c in self.columns]
-        return pa.schema(fields, metadata={"schema": self.name, "schema_version": str(self.version)})
+        return pa.schema(
+            fields, metadata={"schema": self.name, "schema_version": str(self.version)}
+        )
 
     @property
     def names(self) -> list[str]:
@@ -84,8 +86,11 @@ def problems(table: pa.Table, schema: TableSchema) -> list[str]:
     for c in schema.columns:
         if c.name not in present:
             out.append(f"missing column {c.name!r} ({c.description}; {c.allowed()})")
-    out += [f"unexpected column {n!r} (valid columns: {', '.join(schema.names)})"
-            for n in table.column_names if n not in schema.names]
+    out += [
+        f"unexpected column {n!r} (valid columns: {', '.join(schema.names)})"
+        for n in table.column_names
+        if n not in schema.names
+    ]
     for c in schema.columns:
         if c.name not in present:
             continue
@@ -95,13 +100,17 @@ def problems(table: pa.Table, schema: TableSchema) -> list[str]:
             continue
         for row, value in enumerate(col.to_pylist()):
             if not c.check(value):
-                out.append(f"row {row}, column {c.name!r}: value {value!r} (allowed: {c.allowed()})")
+                out.append(
+                    f"row {row}, column {c.name!r}: value {value!r} (allowed: {c.allowed()})"
+                )
     if schema.metadata.get("unique") and schema.metadata["unique"] in present:
         key = schema.metadata["unique"]
         seen: dict[Any, int] = {}
         for row, value in enumerate(table.column(key).to_pylist()):
             if value in seen:
-                out.append(f"row {row}, column {key!r}: value {value!r} duplicates row {seen[value]}")
+                out.append(
+                    f"row {row}, column {key!r}: value {value!r} duplicates row {seen[value]}"
+                )
             seen.setdefault(value, row)
     return out
 
@@ -112,8 +121,10 @@ def validate(table: pa.Table, schema: TableSchema, source: str = "table") -> pa.
     if found:
         shown = found[:MAX_REPORTED]
         more = f"\n  ... and {len(found) - MAX_REPORTED} more" if len(found) > MAX_REPORTED else ""
-        raise SchemaError(f"{source}: {len(found)} problem(s) against schema {schema.name} "
-                          f"v{schema.version}:\n  " + "\n  ".join(shown) + more)
+        raise SchemaError(
+            f"{source}: {len(found)} problem(s) against schema {schema.name} "
+            f"v{schema.version}:\n  " + "\n  ".join(shown) + more
+        )
     return table.select(schema.names).cast(schema.arrow)
 
 

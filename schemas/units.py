@@ -66,7 +66,11 @@ def make_units(manifest: pa.Table, samples_per_shard: int) -> list[Unit]:
     while start < len(refs):
         horizon = refs[start].task["horizon"]
         end = start
-        while end < len(refs) and end - start < samples_per_shard and refs[end].task["horizon"] == horizon:
+        while (
+            end < len(refs)
+            and end - start < samples_per_shard
+            and refs[end].task["horizon"] == horizon
+        ):
             end += 1
         units.append(Unit(len(units), tuple(refs[start:end])))
         start = end

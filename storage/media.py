@@ -29,7 +29,12 @@ def encode_mp4(frames: np.ndarray, fps: float = 10.0, crf: int = 18) -> bytes:
         stream.codec_context.thread_count = 1  # identical bytes on every run
         # macroblock-tree rate control reads memory that varies from run to run on small frames
         # (1 encode in ~200 differed at 32x32 with x264 in PyAV 18), so it is off
-        stream.options = {"crf": str(crf), "preset": "medium", "threads": "1", "x264-params": "mbtree=0"}
+        stream.options = {
+            "crf": str(crf),
+            "preset": "medium",
+            "threads": "1",
+            "x264-params": "mbtree=0",
+        }
         for i, frame in enumerate(frames):
             picture = av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="rgb24")
             picture.pts = i
@@ -52,7 +57,9 @@ def decode_mp4(data: bytes) -> np.ndarray:
 
 
 def encode_png(frame: np.ndarray) -> bytes:
-    ok, buf = cv2.imencode(".png", cv2.cvtColor(frame, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_PNG_COMPRESSION, 3])
+    ok, buf = cv2.imencode(
+        ".png", cv2.cvtColor(frame, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_PNG_COMPRESSION, 3]
+    )
     if not ok:
         raise RuntimeError("PNG encoding failed")
     return buf.tobytes()

@@ -41,14 +41,22 @@ def interval_s() -> float:
     except ValueError:
         value = -1.0
     if not math.isfinite(value) or value < 0:
-        log.warning("%s=%r is not a number of seconds >= 0; using %g", INTERVAL_ENV, text,
-                    DEFAULT_INTERVAL)
+        log.warning(
+            "%s=%r is not a number of seconds >= 0; using %g", INTERVAL_ENV, text, DEFAULT_INTERVAL
+        )
         return DEFAULT_INTERVAL
     return value
 
 
-def progress(total: int | None = None, desc: str = "", unit: str = "it", *, initial: int = 0,
-             enabled: bool = True, stream: TextIO | None = None):
+def progress(
+    total: int | None = None,
+    desc: str = "",
+    unit: str = "it",
+    *,
+    initial: int = 0,
+    enabled: bool = True,
+    stream: TextIO | None = None,
+):
     """A context manager with tqdm's ``update(n)``, ``set_postfix(**kw)``, ``total`` and
     ``refresh()``: a tqdm bar when ``stream`` (default stderr) is a terminal, else a
     :class:`LineProgress`; nothing is shown when ``enabled`` is false."""
@@ -58,8 +66,9 @@ def progress(total: int | None = None, desc: str = "", unit: str = "it", *, init
     if not enabled:
         return tqdm(total=total, desc=desc, unit=unit, initial=initial, disable=True)
     if _is_terminal(stream):
-        return tqdm(total=total, desc=desc, unit=unit, initial=initial, dynamic_ncols=True,
-                    file=stream)
+        return tqdm(
+            total=total, desc=desc, unit=unit, initial=initial, dynamic_ncols=True, file=stream
+        )
     return LineProgress(total, desc, unit, initial=initial, stream=stream)
 
 
@@ -73,8 +82,16 @@ def _is_terminal(stream: TextIO) -> bool:
 class LineProgress:
     """Rate-limited progress lines (done / total, rate, ETA) for streams that are not terminals."""
 
-    def __init__(self, total: int | None, desc: str, unit: str = "it", *, initial: int = 0,
-                 stream: TextIO | None = None, interval: float | None = None):
+    def __init__(
+        self,
+        total: int | None,
+        desc: str,
+        unit: str = "it",
+        *,
+        initial: int = 0,
+        stream: TextIO | None = None,
+        interval: float | None = None,
+    ):
         self.total, self.desc, self.unit = total, desc, unit
         self.n = self.initial = initial
         self.stream = stream if stream is not None else sys.stderr
@@ -98,8 +115,9 @@ class LineProgress:
             self.last_line = now
             self._write(self.line(now))
 
-    def set_postfix(self, ordered_dict: dict | None = None, refresh: bool = True,
-                    **kwargs: Any) -> None:
+    def set_postfix(
+        self, ordered_dict: dict | None = None, refresh: bool = True, **kwargs: Any
+    ) -> None:
         self.postfix = {**(ordered_dict or {}), **kwargs}
 
     def refresh(self) -> None:
@@ -117,8 +135,11 @@ class LineProgress:
         elapsed = max(now - self.start, 0.0)
         done = self.n - self.initial
         rate = done / elapsed if elapsed > 0 and done > 0 else None
-        done_of = (f"{self.n}/{self.total} {self.unit} ({100 * self.n / self.total:.0f}%)"
-                   if self.total else f"{self.n} {self.unit}")
+        done_of = (
+            f"{self.n}/{self.total} {self.unit} ({100 * self.n / self.total:.0f}%)"
+            if self.total
+            else f"{self.n} {self.unit}"
+        )
         parts = [f"{self.desc}: {done_of}", f"{_rate(rate)} {self.unit}/s"]
         if final:
             finished = self.total is None or self.n >= self.total

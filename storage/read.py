@@ -42,8 +42,11 @@ class Sample:
 def read_index(storage: Storage) -> pa.Table:
     if not storage.exists("index.parquet"):
         raise BadInputError(f"{storage.url('index.parquet')}: not found (is this a job output?)")
-    return validate(pq.read_table(pa.BufferReader(storage.get_bytes("index.parquet"))), INDEX,
-                    storage.url("index.parquet"))
+    return validate(
+        pq.read_table(pa.BufferReader(storage.get_bytes("index.parquet"))),
+        INDEX,
+        storage.url("index.parquet"),
+    )
 
 
 def shard_keys(storage: Storage) -> list[str]:
@@ -61,7 +64,9 @@ def _streams(storage: Storage, keys: list[str]) -> Iterator[dict]:
 
 def raw_samples(storage: Storage, keys: list[str] | None = None) -> Iterator[dict]:
     """WebDataset samples (member name -> bytes, plus ``__key__``) of the given shards."""
-    return group_by_keys(tar_file_expander(_streams(storage, shard_keys(storage) if keys is None else keys)))
+    return group_by_keys(
+        tar_file_expander(_streams(storage, shard_keys(storage) if keys is None else keys))
+    )
 
 
 def decode_sample(raw: dict) -> Sample:
@@ -77,12 +82,20 @@ def decode_sample(raw: dict) -> Sample:
             frames.append(np.stack([decode_png(raw[n]) for n in names]))
         return np.stack(frames)
 
-    return Sample(key=raw["__key__"], meta=meta, frames=stack(""), seed_frames=stack("seed_"),
-                  waypoints=load_npy(raw["waypoints.npy"]), controls=load_npy(raw["controls.npy"]),
-                  completion=load_npy(raw["completion.npy"]))
+    return Sample(
+        key=raw["__key__"],
+        meta=meta,
+        frames=stack(""),
+        seed_frames=stack("seed_"),
+        waypoints=load_npy(raw["waypoints.npy"]),
+        controls=load_npy(raw["controls.npy"]),
+        completion=load_npy(raw["completion.npy"]),
+    )
 
 
-def iter_samples(output: str, endpoint_url: str | None = None, region: str | None = None) -> Iterator[Sample]:
+def iter_samples(
+    output: str, endpoint_url: str | None = None, region: str | None = None
+) -> Iterator[Sample]:
     """Every sample of a job output (local directory or ``s3://bucket/prefix``), decoded."""
     storage = open_storage(output, endpoint_url, region)
     for raw in raw_samples(storage):

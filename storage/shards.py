@@ -34,9 +34,13 @@ class GeneratedSample:
     meta: dict
 
 
-def sample_members(s: GeneratedSample, views: tuple[str, ...], fmt: str, crf: int, fps: float) -> dict[str, bytes]:
+def sample_members(
+    s: GeneratedSample, views: tuple[str, ...], fmt: str, crf: int, fps: float
+) -> dict[str, bytes]:
     """The members of one sample (without the key prefix), in a fixed order."""
-    validate(pa.Table.from_pylist([s.meta], schema=SAMPLE.arrow), SAMPLE, f"sample {s.key} metadata")
+    validate(
+        pa.Table.from_pylist([s.meta], schema=SAMPLE.arrow), SAMPLE, f"sample {s.key} metadata"
+    )
     members: dict[str, bytes] = {}
     for prefix, stack in (("", s.frames), ("seed_", s.seed_frames)):
         for v, view in enumerate(views):

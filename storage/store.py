@@ -91,8 +91,11 @@ class LocalStorage(Storage):
         base = self._path(prefix)
         if not base.is_dir():
             return []
-        return sorted(str(p.relative_to(self.root)) for p in base.rglob("*")
-                      if p.is_file() and not p.name.endswith(PARTIAL_SUFFIX))
+        return sorted(
+            str(p.relative_to(self.root))
+            for p in base.rglob("*")
+            if p.is_file() and not p.name.endswith(PARTIAL_SUFFIX)
+        )
 
     def delete_all(self) -> None:
         if self.root.exists():
@@ -102,7 +105,9 @@ class LocalStorage(Storage):
         try:
             self.root.mkdir(parents=True, exist_ok=True)
         except OSError as e:
-            raise BadInputError(f"{self.root}: cannot create the output directory: {e.strerror}") from None
+            raise BadInputError(
+                f"{self.root}: cannot create the output directory: {e.strerror}"
+            ) from None
         if not os.access(self.root, os.W_OK):
             raise BadInputError(f"{self.root}: output directory is not writable")
 
@@ -118,11 +123,19 @@ class S3Storage(Storage):
         parsed = urlparse(uri)
         self.bucket, self.prefix = parsed.netloc, parsed.path.strip("/")
         self.uri = uri.rstrip("/")
-        endpoint = endpoint_url or os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
-        config = Config(s3={"addressing_style": "path"} if endpoint else {},
-                        retries={"max_attempts": 5, "mode": "standard"})
+        endpoint = (
+            endpoint_url
+            or os.environ.get("AWS_ENDPOINT_URL_S3")
+            or os.environ.get("AWS_ENDPOINT_URL")
+        )
+        config = Config(
+            s3={"addressing_style": "path"} if endpoint else {},
+            retries={"max_attempts": 5, "mode": "standard"},
+        )
         self.endpoint = endpoint
-        session = boto3.session.Session()  # fresh: the default session caches credentials process-wide
+        session = (
+            boto3.session.Session()
+        )  # fresh: the default session caches credentials process-wide
         self.client = session.client("s3", endpoint_url=endpoint, region_name=region, config=config)
 
     def _key(self, key: str) -> str:
@@ -133,17 +146,27 @@ class S3Storage(Storage):
 
         where = f"s3://{self.bucket}" + (f" at {self.endpoint}" if self.endpoint else "")
         if isinstance(e, NoCredentialsError):
-            return BadInputError(f"{where}: no AWS credentials found (set AWS_ACCESS_KEY_ID and "
-                                 f"AWS_SECRET_ACCESS_KEY, or an AWS profile)")
+            return BadInputError(
+                f"{where}: no AWS credentials found (set AWS_ACCESS_KEY_ID and "
+                f"AWS_SECRET_ACCESS_KEY, or an AWS profile)"
+            )
         if isinstance(e, EndpointConnectionError):
             return BadInputError(f"{where}: cannot reach the S3 endpoint")
         if isinstance(e, ClientError):
             code = e.response.get("Error", {}).get("Code", "")
             if code in ("NoSuchBucket", "404") and what == "check":
                 return BadInputError(f"{where}: bucket {self.bucket!r} does not exist")
-            if code in ("InvalidAccessKeyId", "SignatureDoesNotMatch", "AccessDenied", "403", "InvalidToken"):
-                return BadInputError(f"{where}: S3 rejected the credentials ({code}); check AWS_ACCESS_KEY_ID / "
-                                     f"AWS_SECRET_ACCESS_KEY or your AWS profile")
+            if code in (
+                "InvalidAccessKeyId",
+                "SignatureDoesNotMatch",
+                "AccessDenied",
+                "403",
+                "InvalidToken",
+            ):
+                return BadInputError(
+                    f"{where}: S3 rejected the credentials ({code}); check AWS_ACCESS_KEY_ID / "
+                    f"AWS_SECRET_ACCESS_KEY or your AWS profile"
+                )
             return RunFailure(f"{where}: {what} failed ({code})")
         return RunFailure(f"{where}: {what} failed: {type(e).__name__}")
 
@@ -186,8 +209,9 @@ class S3Storage(Storage):
         keys = []
         strip = len(self.prefix) + 1 if self.prefix else 0
         try:
-            for page in self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket,
-                                                                               Prefix=self._key(prefix)):
+            for page in self.client.get_paginator("list_objects_v2").paginate(
+                Bucket=self.bucket, Prefix=self._key(prefix)
+            ):
                 keys += [o["Key"][strip:] for o in page.get("Contents", [])]
         except Exception as e:
             raise self._fail(e, f"listing {prefix}") from None
@@ -196,9 +220,11 @@ class S3Storage(Storage):
     def delete_all(self) -> None:
         keys = self.list("")
         for i in range(0, len(keys), 1000):
-            batch = [{"Key": self._key(k)} for k in keys[i:i + 1000]]
+            batch = [{"Key": self._key(k)} for k in keys[i : i + 1000]]
             try:
-                self.client.delete_objects(Bucket=self.bucket, Delete={"Objects": batch, "Quiet": True})
+                self.client.delete_objects(
+                    Bucket=self.bucket, Delete={"Objects": batch, "Quiet": True}
+                )
             except Exception as e:
                 raise self._fail(e, "deleting old output") from None
 
@@ -215,5 +241,7 @@ def open_storage(uri: str, endpoint_url: str | None = None, region: str | None =
     if uri.startswith("s3://"):
         return S3Storage(uri, endpoint_url, region)
     if "://" in uri:
-        raise BadInputError(f"output {uri!r}: unsupported scheme; use a local path or s3://bucket/prefix")
+        raise BadInputError(
+            f"output {uri!r}: unsupported scheme; use a local path or s3://bucket/prefix"
+        )
     return LocalStorage(uri)

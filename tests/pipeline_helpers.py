@@ -13,8 +13,16 @@ def tiny_job(output: str, **overrides) -> JobSpec:
     data = {
         "name": "tiny",
         "model": "tiny",
-        "manifest": {"build": {"source": "procedural", "towns": [3], "frames": 40, "size": 64, "stride": 10,
-                               "seed_frames": 4}},
+        "manifest": {
+            "build": {
+                "source": "procedural",
+                "towns": [3],
+                "frames": 40,
+                "size": 64,
+                "stride": 10,
+                "seed_frames": 4,
+            }
+        },
         "output": output,
         "horizons": [8, 16],
         "sampler": {"scheduler": "ddim", "steps": 2},

@@ -28,7 +28,9 @@ def random_state_dict(module: nn.Module, seed: int) -> dict[str, torch.Tensor]:
     for name, t in module.state_dict().items():
         if name.endswith("num_batches_tracked"):
             out[name] = t.clone()
-        elif name.endswith(("running_var", "bn.weight")) or (t.ndim == 1 and name.endswith(".weight")):
+        elif name.endswith(("running_var", "bn.weight")) or (
+            t.ndim == 1 and name.endswith(".weight")
+        ):
             out[name] = 0.5 + torch.rand(t.shape, generator=g)
         elif t.ndim == 1:
             out[name] = 0.1 * torch.randn(t.shape, generator=g)
@@ -59,8 +61,15 @@ def write_evaluator(directory: Path, preset: str = "tiny", seed: int = 0) -> Pat
         torch.manual_seed(seed)
         encoder = VisionEncoder(config.vision, len(config.views))
     directory.mkdir(parents=True, exist_ok=True)
-    save_file({k: v.contiguous() for k, v in encoder.state_dict().items()}, directory / "model.safetensors")
-    meta = {"format": "lmgendrive-checkpoint", "format_version": 1, "config": config.model_dump(mode="json"),
-            "weights_sha256": file_sha256(directory / "model.safetensors")}
+    save_file(
+        {k: v.contiguous() for k, v in encoder.state_dict().items()},
+        directory / "model.safetensors",
+    )
+    meta = {
+        "format": "lmgendrive-checkpoint",
+        "format_version": 1,
+        "config": config.model_dump(mode="json"),
+        "weights_sha256": file_sha256(directory / "model.safetensors"),
+    }
     (directory / "config.json").write_text(json.dumps(meta, indent=2))
     return directory

@@ -12,9 +12,22 @@ import pytest
 from pipeline.cli import build_parser, main
 from scenes.lmdrive import open_root
 
-VERBS = [[], ["demo"], ["scenes"], ["scenes", "render"], ["scenes", "sheet"], ["manifest"],
-         ["manifest", "build"], ["manifest", "curate"], ["manifest", "stats"], ["job"], ["job", "validate"],
-         ["job", "schema"], ["train"], ["qa"]]
+VERBS = [
+    [],
+    ["demo"],
+    ["scenes"],
+    ["scenes", "render"],
+    ["scenes", "sheet"],
+    ["manifest"],
+    ["manifest", "build"],
+    ["manifest", "curate"],
+    ["manifest", "stats"],
+    ["job"],
+    ["job", "validate"],
+    ["job", "schema"],
+    ["train"],
+    ["qa"],
+]
 
 
 @pytest.mark.parametrize("verb", VERBS, ids=lambda v: " ".join(v) or "lmgd")
@@ -34,12 +47,27 @@ def test_every_verb_has_help_text():
 
 def test_render_then_sheet(tmp_path, capsys):
     root = tmp_path / "data"
-    args = ["scenes", "render", "--town-seed", "2", "--route-seed", "5", "--frames", "6", "--size", "64",
-            "--out", str(root)]
+    args = [
+        "scenes",
+        "render",
+        "--town-seed",
+        "2",
+        "--route-seed",
+        "5",
+        "--frames",
+        "6",
+        "--size",
+        "64",
+        "--out",
+        str(root),
+    ]
     assert main(args) == 0
     assert main([*args[:5], "6", *args[6:]]) == 0  # a second route in the same root
     scenes = open_root(root)
-    assert sorted(s.name for s in scenes) == ["town0002_route0005_clear_noon", "town0002_route0006_clear_noon"]
+    assert sorted(s.name for s in scenes) == [
+        "town0002_route0005_clear_noon",
+        "town0002_route0006_clear_noon",
+    ]
     assert all(len(s) == 6 and s.images(0)["front"].shape == (64, 64, 3) for s in scenes)
     assert not list(root.glob("*.partial"))
 
@@ -50,21 +78,65 @@ def test_render_then_sheet(tmp_path, capsys):
 
 
 def test_render_refuses_to_overwrite_without_flag(tmp_path, capsys):
-    args = ["scenes", "render", "--town-seed", "2", "--route-seed", "5", "--frames", "3", "--size", "32",
-            "--out", str(tmp_path)]
+    args = [
+        "scenes",
+        "render",
+        "--town-seed",
+        "2",
+        "--route-seed",
+        "5",
+        "--frames",
+        "3",
+        "--size",
+        "32",
+        "--out",
+        str(tmp_path),
+    ]
     assert main(args) == 0
     assert main(args) == 2
     assert "already exists" in capsys.readouterr().err
     assert main([*args, "--overwrite"]) == 0
 
 
-@pytest.mark.parametrize("args, message", [
-    (["scenes", "render", "--town-seed", "1", "--route-seed", "1", "--weather", "snow", "--out", "X"],
-     "unknown weather 'snow'; valid: clear_noon, cloudy, rain, fog, sunset, night"),
-    (["scenes", "render", "--town-seed", "1", "--route-seed", "1", "--frames", "0", "--out", "X"],
-     "--frames must be >= 1"),
-    (["scenes", "sheet", "/nonexistent/route", "--out", "X.png"], "/nonexistent/route: no such route"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (
+            [
+                "scenes",
+                "render",
+                "--town-seed",
+                "1",
+                "--route-seed",
+                "1",
+                "--weather",
+                "snow",
+                "--out",
+                "X",
+            ],
+            "unknown weather 'snow'; valid: clear_noon, cloudy, rain, fog, sunset, night",
+        ),
+        (
+            [
+                "scenes",
+                "render",
+                "--town-seed",
+                "1",
+                "--route-seed",
+                "1",
+                "--frames",
+                "0",
+                "--out",
+                "X",
+            ],
+            "--frames must be >= 1",
+        ),
+        (
+            ["scenes", "sheet", "/nonexistent/route", "--out", "X.png"],
+            "/nonexistent/route: no such route",
+        ),
+    ],
+)
 def test_bad_input_exits_2_with_a_clear_message(args, message, capsys, tmp_path):
     args = [a.replace("X", str(tmp_path / "out")) for a in args]
     assert main(args) == 2
@@ -74,19 +146,42 @@ def test_bad_input_exits_2_with_a_clear_message(args, message, capsys, tmp_path)
 
 def test_corrupt_image_names_the_file(tmp_path, capsys):
     root = tmp_path / "data"
-    assert main(["scenes", "render", "--town-seed", "2", "--route-seed", "5", "--frames", "3", "--size", "32",
-                 "--out", str(root)]) == 0
+    assert (
+        main(
+            [
+                "scenes",
+                "render",
+                "--town-seed",
+                "2",
+                "--route-seed",
+                "5",
+                "--frames",
+                "3",
+                "--size",
+                "32",
+                "--out",
+                str(root),
+            ]
+        )
+        == 0
+    )
     bad = next(root.glob("*/rgb_front/0001.png"))
     bad.write_bytes(b"not a png")
-    assert main(["scenes", "sheet", str(root), "--out", str(tmp_path / "s.png"), "--frames", "3"]) == 2
+    assert (
+        main(["scenes", "sheet", str(root), "--out", str(tmp_path / "s.png"), "--frames", "3"]) == 2
+    )
     assert "rgb_front/0001.png" in capsys.readouterr().err
     assert not (tmp_path / "s.png").exists()
 
 
 def test_argparse_errors_exit_2_through_the_console_script(tmp_path):
     lmgd = Path(sys.executable).with_name("lmgd")
-    r = subprocess.run([str(lmgd), "scenes", "render", "--size", "abc", "--out", str(tmp_path)],
-                       capture_output=True, text=True, env={**os.environ, "PYTHONWARNINGS": "ignore"})
+    r = subprocess.run(
+        [str(lmgd), "scenes", "render", "--size", "abc", "--out", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONWARNINGS": "ignore"},
+    )
     assert r.returncode == 2 and "size must be N or HxW" in r.stderr
 
 
@@ -99,8 +194,14 @@ def test_demo_runs_the_job_and_reports_with_a_gallery(tmp_path, monkeypatch, cap
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "no-weights"))  # no Inception weights anywhere
     monkeypatch.delenv("LMGD_WEIGHTS_DIR", raising=False)
     evaluator = write_evaluator(tmp_path / "evaluator")
-    job = tiny_job(str(tmp_path / "unused"), qa={"metrics": ["fid", "fd_drive", "instruction_adherence"],
-                                                  "evaluator": str(evaluator), "bootstrap": 0})
+    job = tiny_job(
+        str(tmp_path / "unused"),
+        qa={
+            "metrics": ["fid", "fd_drive", "instruction_adherence"],
+            "evaluator": str(evaluator),
+            "bootstrap": 0,
+        },
+    )
     spec = write_job(tmp_path / "job.yaml", job)
     out = tmp_path / "out"
     assert main(["demo", "--job", str(spec), "--out", str(out), "--executor", "local"]) == 0

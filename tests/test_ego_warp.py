@@ -27,7 +27,9 @@ def test_poses_follow_the_arc_and_its_heading_whatever_the_slip_angle():
         t = np.arange(1, 9) / FPS
         expected = _arc(8.0, 20.0, slip, t)[0]
         np.testing.assert_allclose(poses[:, :2].numpy(), expected.numpy(), atol=0.02)
-        np.testing.assert_allclose(poses[:, 2].numpy(), 8.0 * t / 20.0, atol=0.01)  # heading turned, not chord
+        np.testing.assert_allclose(
+            poses[:, 2].numpy(), 8.0 * t / 20.0, atol=0.01
+        )  # heading turned, not chord
 
 
 def test_a_car_standing_still_has_no_motion():
@@ -48,7 +50,9 @@ def _true_poses(scene: ProceduralScene, t: int, frames: int) -> torch.Tensor:
     for k in range(1, frames + 1):
         m = scene.measurements(t + k)
         dx, dy = m.x - m0.x, m.y - m0.y
-        out.append([c * dx - s * dy, s * dx + c * dy, math.remainder(m.theta - m0.theta, 2 * math.pi)])
+        out.append(
+            [c * dx - s * dy, s * dx + c * dy, math.remainder(m.theta - m0.theta, 2 * math.pi)]
+        )
     return torch.tensor([out], dtype=torch.float32)
 
 
@@ -59,14 +63,24 @@ def test_the_moved_frames_are_nearer_the_real_future_than_the_still_frame():
     scene = ProceduralScene(DriveSpec(3, 0, "clear_noon", 120, (64, 64)))
     moved_err, plan_err, still_err, wrong_err = [], [], [], []
     for t in range(20, 100, 16):
-        last = torch.tensor(np.stack([scene.images(t)[v] for v in scene.views])).permute(0, 3, 1, 2).float()[None]
-        real = torch.tensor(np.stack([[scene.images(t + k)[v] for k in range(1, 9)] for v in scene.views]))
+        last = (
+            torch.tensor(np.stack([scene.images(t)[v] for v in scene.views]))
+            .permute(0, 3, 1, 2)
+            .float()[None]
+        )
+        real = torch.tensor(
+            np.stack([[scene.images(t + k)[v] for k in range(1, 9)] for v in scene.views])
+        )
         real = real.permute(0, 1, 4, 2, 3).float()[None]  # (1, V, F, 3, H, W)
         true = _true_poses(scene, t, 8)
         planned = poses_from_waypoints(torch.tensor(scene.measurements(t).waypoints)[None], 8, FPS)
         for poses, errs in ((true, moved_err), (planned, plan_err), (-true, wrong_err)):
-            errs.append((warp_views(last, poses, scene.views) - real).abs().mean(dim=(0, 2, 3, 4, 5)))
+            errs.append(
+                (warp_views(last, poses, scene.views) - real).abs().mean(dim=(0, 2, 3, 4, 5))
+            )
         still_err.append((last[:, :, None] - real).abs().mean(dim=(0, 2, 3, 4, 5)))
-    moved, plan, still, wrong = (torch.stack(e).mean(0) for e in (moved_err, plan_err, still_err, wrong_err))
+    moved, plan, still, wrong = (
+        torch.stack(e).mean(0) for e in (moved_err, plan_err, still_err, wrong_err)
+    )
     assert (moved < 0.9 * still).all() and (plan < 0.92 * still).all(), (moved, plan, still)
     assert (wrong > still).all(), (wrong, still)

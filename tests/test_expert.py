@@ -38,7 +38,9 @@ def test_yields_to_a_pedestrian_standing_in_the_lane():
     town, route, ex = _expert()
     route.ensure(0.0)
     ped = route.path.point(ex.s + 20.0)
-    _drive(ex, town, lambda t: (ped[None], np.zeros((1, 2)), np.array([True])), t0=1e4, seconds=15.0)
+    _drive(
+        ex, town, lambda t: (ped[None], np.zeros((1, 2)), np.array([True])), t0=1e4, seconds=15.0
+    )
     assert ex.v < 0.05
     gap = np.linalg.norm(ex.xy - ped) - HALF_LENGTH
     assert 0.5 < gap < 6.0
@@ -51,7 +53,11 @@ def test_follows_a_slow_vehicle_at_a_safe_gap():
     def lead(t):
         s = lead_s0 + lead_v * (t - 1e4)
         h = route.path.heading(s)
-        return route.path.point(s)[None], np.array([[lead_v * np.cos(h), lead_v * np.sin(h)]]), np.array([False])
+        return (
+            route.path.point(s)[None],
+            np.array([[lead_v * np.cos(h), lead_v * np.sin(h)]]),
+            np.array([False]),
+        )
 
     gaps = []
     t = 1e4
@@ -66,9 +72,19 @@ def test_stops_at_a_red_light():
     town, route, ex = _expert(s=5.0, speed=8.0)
     route.ensure(ex.s)
     m = route.maneuvers[0]
-    t0 = next(t for t in np.arange(0, 200, 0.1) if light_state(town, m.node, m.k_in, t) == "red"
-              and light_state(town, m.node, m.k_in, t - 0.1) != "red")
-    _drive(ex, town, lambda t: (np.zeros((0, 2)), np.zeros((0, 2)), np.zeros(0, bool)), t0=t0, seconds=12.0)
+    t0 = next(
+        t
+        for t in np.arange(0, 200, 0.1)
+        if light_state(town, m.node, m.k_in, t) == "red"
+        and light_state(town, m.node, m.k_in, t - 0.1) != "red"
+    )
+    _drive(
+        ex,
+        town,
+        lambda t: (np.zeros((0, 2)), np.zeros((0, 2)), np.zeros(0, bool)),
+        t0=t0,
+        seconds=12.0,
+    )
     front = ex.s + HALF_LENGTH
     assert ex.v < 0.05 and m.s_stop - 3.0 < front <= m.s_stop + 0.5
 
@@ -78,7 +94,9 @@ def test_every_instruction_type_has_eight_paraphrases():
     assert len(ids) == len(set(ids))
     for name, t in TYPES.items():
         assert len(set(t.templates)) >= 8, name
-        lo, hi = {"turn": (0, 33), "follow": (34, 49), "notice": (50, 59), "other": (60, 64)}[t.category]
+        lo, hi = {"turn": (0, 33), "follow": (34, 49), "notice": (50, 59), "other": (60, 64)}[
+            t.category
+        ]
         assert lo <= t.instruction_id <= hi
         if "dist" in name:
             assert all("{x}" in s for s in t.templates)

@@ -10,7 +10,9 @@ import yaml
 from pipeline.cli import main
 from schemas.job import SCHEMA_PATH, json_schema, load_job
 
-JOBS = sorted(p for p in glob.glob("jobs/*.yaml") if not Path(p).name.startswith("train_"))  # recipes
+JOBS = sorted(
+    p for p in glob.glob("jobs/*.yaml") if not Path(p).name.startswith("train_")
+)  # recipes
 
 
 def test_committed_jobs_validate(capsys):
@@ -40,29 +42,60 @@ def _set(path, value):
         for k in path[:-1]:
             node = node[k]
         node[path[-1]] = value
+
     return edit
 
 
-@pytest.mark.parametrize("edit, message", [
-    (lambda d: d.update(horizns=[8]), "unknown key 'horizns' (did you mean 'horizons'?)"),
-    (lambda d: d["sampler"].update(stpes=10), "unknown key 'sampler.stpes' (did you mean 'steps'?)"),
-    (lambda d: d["sampler"].update(guidance_scale=2.0),
-     "unknown key 'sampler.guidance_scale' (did you mean 'guidance'?)"),
-    (_set(["sampler", "guidance"], 0.5), "sampler.guidance: Input should be greater than or equal to 1"),
-    (_set(["sampler", "steps"], 1),  # x the demo checkpoint's strength 0.3
-     "sampler: strength x steps must leave at least one denoising step, got 0.3 x 1"),
-    (lambda d: d.update(seed=3), "unknown key 'seed' (it belongs under manifest.build or manifest.curate)"),
-    (lambda d: d.update(stages={"2": {}}), "this looks like a training recipe (it has 'stages'): train it with `lmgd train"),
-    (_set(["horizons"], [8, 12]), "horizons: [12] are not positive multiples of 8, the frames per"),
-    (_set(["horizons"], [8, -8]), "horizon(s) [-8] are not positive"),
-    (_set(["horizons"], [8, 256]), "horizon 256 needs 264 recorded frames"),
-    (_set(["manifest"], {"path": "nowhere/tasks.parquet"}), "nowhere/tasks.parquet: manifest not found"),
-    (_set(["manifest"], {"build": {"source": "lmdrive", "root": "/no/such/root"}}),
-     "/no/such/root/dataset_index.txt: dataset index not found"),
-    (_set(["model"], "checkpoints/missing"), "model 'checkpoints/missing': no such checkpoint directory"),
-    (_set(["manifest", "build", "weathers"], ["snow"]), "unknown weather(s) ['snow']"),
-    (_set(["output"], "s3://Bad_Bucket"), "not a valid s3://bucket/prefix URI"),
-])
+@pytest.mark.parametrize(
+    "edit, message",
+    [
+        (lambda d: d.update(horizns=[8]), "unknown key 'horizns' (did you mean 'horizons'?)"),
+        (
+            lambda d: d["sampler"].update(stpes=10),
+            "unknown key 'sampler.stpes' (did you mean 'steps'?)",
+        ),
+        (
+            lambda d: d["sampler"].update(guidance_scale=2.0),
+            "unknown key 'sampler.guidance_scale' (did you mean 'guidance'?)",
+        ),
+        (
+            _set(["sampler", "guidance"], 0.5),
+            "sampler.guidance: Input should be greater than or equal to 1",
+        ),
+        (
+            _set(["sampler", "steps"], 1),  # x the demo checkpoint's strength 0.3
+            "sampler: strength x steps must leave at least one denoising step, got 0.3 x 1",
+        ),
+        (
+            lambda d: d.update(seed=3),
+            "unknown key 'seed' (it belongs under manifest.build or manifest.curate)",
+        ),
+        (
+            lambda d: d.update(stages={"2": {}}),
+            "this looks like a training recipe (it has 'stages'): train it with `lmgd train",
+        ),
+        (
+            _set(["horizons"], [8, 12]),
+            "horizons: [12] are not positive multiples of 8, the frames per",
+        ),
+        (_set(["horizons"], [8, -8]), "horizon(s) [-8] are not positive"),
+        (_set(["horizons"], [8, 256]), "horizon 256 needs 264 recorded frames"),
+        (
+            _set(["manifest"], {"path": "nowhere/tasks.parquet"}),
+            "nowhere/tasks.parquet: manifest not found",
+        ),
+        (
+            _set(["manifest"], {"build": {"source": "lmdrive", "root": "/no/such/root"}}),
+            "/no/such/root/dataset_index.txt: dataset index not found",
+        ),
+        (
+            _set(["model"], "checkpoints/missing"),
+            "model 'checkpoints/missing': no such checkpoint directory",
+        ),
+        (_set(["manifest", "build", "weathers"], ["snow"]), "unknown weather(s) ['snow']"),
+        (_set(["output"], "s3://Bad_Bucket"), "not a valid s3://bucket/prefix URI"),
+    ],
+)
 def test_bad_job_exits_2_naming_the_key_or_file(tmp_path, capsys, edit, message):
     path = _job(tmp_path, edit)
     assert main(["job", "validate", str(path)]) == 2
@@ -80,6 +113,7 @@ def test_manifest_beyond_ground_truth_names_the_row(tmp_path, capsys):
     import pyarrow as pa
 
     from schemas.tables import TASK
+
     m = write_manifest(pa.Table.from_pylist(table, schema=TASK.arrow), tmp_path / "m.parquet")
     path = _job(tmp_path, lambda d: (d.update(manifest={"path": str(m)}), d.update(horizons=[16])))
     assert main(["job", "validate", str(path)]) == 2

@@ -24,8 +24,17 @@ ALLOWED: dict[str, set[str]] = {
     "lmgendrive.train": {"schemas", "storage", "driving", "scenes", "lmgendrive"},
     "qa": {"schemas", "storage", "scenes", "lmgendrive"},
     "workers": {"schemas", "storage", "driving", "scenes", "manifests", "lmgendrive", "qa"},
-    "pipeline": {"schemas", "storage", "driving", "scenes", "manifests", "lmgendrive",
-                 "lmgendrive.train", "qa", "workers"},
+    "pipeline": {
+        "schemas",
+        "storage",
+        "driving",
+        "scenes",
+        "manifests",
+        "lmgendrive",
+        "lmgendrive.train",
+        "qa",
+        "workers",
+    },
 }
 SUBROOMS = ("lmgendrive.train",)
 
@@ -49,7 +58,9 @@ def module_name(path: Path) -> str:
 def project_imports(path: Path) -> list[tuple[int, str]]:
     """(line, absolute module) for every import of a project module in ``path``, nested ones too."""
     tree = ast.parse(path.read_text(), filename=str(path))
-    package = module_name(path).rsplit(".", 1)[0] if path.name != "__init__.py" else module_name(path)
+    package = (
+        module_name(path).rsplit(".", 1)[0] if path.name != "__init__.py" else module_name(path)
+    )
     found = []
     for node in ast.walk(tree):
         if isinstance(node, ast.Import):
@@ -77,8 +88,10 @@ def test_every_import_points_down():
         for line, target in project_imports(path):
             other = room_of(target)
             if other != own and other not in ALLOWED[own]:
-                bad.append(f"{path.relative_to(ROOT)}:{line}: {own} imports {target} ({other}); "
-                           f"{own} may import {sorted(ALLOWED[own]) or 'no project room'}")
+                bad.append(
+                    f"{path.relative_to(ROOT)}:{line}: {own} imports {target} ({other}); "
+                    f"{own} may import {sorted(ALLOWED[own]) or 'no project room'}"
+                )
     assert not bad, "imports the layering forbids:\n" + "\n".join(bad)
 
 
@@ -144,7 +157,11 @@ def test_the_checker_sees_a_forbidden_import(tmp_path):
     fake = ROOT / "lmgendrive" / "_layers_probe.py"
     fake.write_text("import json\n\nfrom pipeline.driver import run_job\n")
     try:
-        hits = [(line, t) for line, t in project_imports(fake) if room_of(t) not in ALLOWED["lmgendrive"]]
+        hits = [
+            (line, t)
+            for line, t in project_imports(fake)
+            if room_of(t) not in ALLOWED["lmgendrive"]
+        ]
     finally:
         fake.unlink()
     assert hits == [(3, "pipeline.driver")]

@@ -43,14 +43,23 @@ def test_building_twice_gives_identical_task_ids(manifest):
     assert other_seed.column("seed").to_pylist() != manifest.column("seed").to_pylist()
 
 
-@pytest.mark.parametrize("spec, predicate", [
-    (CurateSpec(categories=["follow"]), lambda r: r["category"] == "follow"),
-    (CurateSpec(text=r"(?i)\bright\b"), lambda r: re.search(r"(?i)\bright\b", r["instruction"])),
-    (CurateSpec(weathers=["night"], junction=True), lambda r: r["weather"] == "night" and r["junction"]),
-    (CurateSpec(red_light=False), lambda r: not r["red_light"]),
-    (CurateSpec(pedestrians=True), lambda r: r["pedestrians"]),
-    (CurateSpec(instruction_ids=[0, 3]), lambda r: r["instruction_id"] in (0, 3)),
-])
+@pytest.mark.parametrize(
+    "spec, predicate",
+    [
+        (CurateSpec(categories=["follow"]), lambda r: r["category"] == "follow"),
+        (
+            CurateSpec(text=r"(?i)\bright\b"),
+            lambda r: re.search(r"(?i)\bright\b", r["instruction"]),
+        ),
+        (
+            CurateSpec(weathers=["night"], junction=True),
+            lambda r: r["weather"] == "night" and r["junction"],
+        ),
+        (CurateSpec(red_light=False), lambda r: not r["red_light"]),
+        (CurateSpec(pedestrians=True), lambda r: r["pedestrians"]),
+        (CurateSpec(instruction_ids=[0, 3]), lambda r: r["instruction_id"] in (0, 3)),
+    ],
+)
 def test_curation_selects_exactly_the_matching_tasks(manifest, spec, predicate):
     expected = [r["task_id"] for r in manifest.to_pylist() if predicate(r)]
     got = curate(manifest, spec).column("task_id").to_pylist()
@@ -62,25 +71,34 @@ def test_counterfactual_expansion_yields_each_feasible_maneuver_once(manifest):
     at_junction = [r for r in manifest.to_pylist() if r["junction_options"]]
     assert at_junction
     for base in at_junction:
-        group = [r for r in out if (r["scene"], r["start_frame"], r["horizon"]) ==
-                 (base["scene"], base["start_frame"], base["horizon"])]
+        group = [
+            r
+            for r in out
+            if (r["scene"], r["start_frame"], r["horizon"])
+            == (base["scene"], base["start_frame"], base["horizon"])
+        ]
         maneuvers = [task_maneuver(r) for r in group if task_maneuver(r) is not None]
         expected = {*base["junction_options"], "stop"} | ({task_maneuver(base)} - {None})
-        assert sorted(maneuvers) == sorted(expected)  # each once (the recorded one may be misleading)
+        assert sorted(maneuvers) == sorted(
+            expected
+        )  # each once (the recorded one may be misleading)
         assert not any(r["misleading"] for r in group if r["counterfactual"])
         assert sum(not r["counterfactual"] for r in group) == 1  # the recorded instruction stays
     assert len({r["task_id"] for r in out}) == len(out)
 
 
 def test_misleading_expansion_is_flagged(manifest):
-    out = curate(manifest, CurateSpec(junction=True, counterfactual=True, with_misleading=True)).to_pylist()
+    out = curate(
+        manifest, CurateSpec(junction=True, counterfactual=True, with_misleading=True)
+    ).to_pylist()
     misleading = [r for r in out if r["counterfactual"] and r["misleading"]]
     for r in misleading:
         asked = task_maneuver(r)
         assert asked in ("left", "right") and asked not in r["junction_options"]
     rows = [r for r in manifest.to_pylist() if r["junction_options"]]
-    missing = sum(len({"left", "right"} - set(r["junction_options"]) - {task_maneuver(r)})
-                  for r in rows)
+    missing = sum(
+        len({"left", "right"} - set(r["junction_options"]) - {task_maneuver(r)}) for r in rows
+    )
     assert missing > 0 and len(misleading) == missing
 
 
@@ -91,8 +109,11 @@ def test_balance_and_sampling_are_reproducible(manifest):
     assert a.column("task_id").to_pylist() == b.column("task_id").to_pylist()
     assert max(counts(a)["category"].values()) <= 3
     c = curate(expanded, CurateSpec(sample=5, seed=2))
-    assert len(c) == 5 and c.column("task_id").to_pylist() == curate(expanded, CurateSpec(sample=5, seed=2)).column(
-        "task_id").to_pylist()
+    assert (
+        len(c) == 5
+        and c.column("task_id").to_pylist()
+        == curate(expanded, CurateSpec(sample=5, seed=2)).column("task_id").to_pylist()
+    )
 
 
 def test_jsonl_input_and_parquet_round_trip(manifest, tmp_path):
@@ -130,14 +151,36 @@ def test_stats_table(manifest):
 
 def test_cli_build_curate_stats(tmp_path, capsys):
     m, c = tmp_path / "m.parquet", tmp_path / "c.parquet"
-    assert main(["manifest", "build", "--horizons", "8", "--towns", "3", "--frames", "60", "--stride", "20",
-                 "--out", str(m)]) == 0
-    assert main(["manifest", "curate", str(m), "--junction", "--counterfactual", "--out", str(c)]) == 0
+    assert (
+        main(
+            [
+                "manifest",
+                "build",
+                "--horizons",
+                "8",
+                "--towns",
+                "3",
+                "--frames",
+                "60",
+                "--stride",
+                "20",
+                "--out",
+                str(m),
+            ]
+        )
+        == 0
+    )
+    assert (
+        main(["manifest", "curate", str(m), "--junction", "--counterfactual", "--out", str(c)]) == 0
+    )
     assert main(["manifest", "stats", str(c)]) == 0
     out = capsys.readouterr().out
     assert "tasks" in out and "category" in out
     assert main(["manifest", "build", "--horizons", "0", "--out", str(tmp_path / "x.parquet")]) == 2
-    assert main(["manifest", "curate", str(m), "--text", "(", "--out", str(tmp_path / "y.parquet")]) == 2
+    assert (
+        main(["manifest", "curate", str(m), "--text", "(", "--out", str(tmp_path / "y.parquet")])
+        == 2
+    )
     err = capsys.readouterr().err
     assert "horizons must be positive" in err and "not a valid regular expression" in err
     assert not (tmp_path / "x.parquet").exists() and not (tmp_path / "y.parquet").exists()

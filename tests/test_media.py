@@ -15,8 +15,12 @@ from storage.media import decode_mp4, decode_png, encode_mp4, encode_png
 def _frames(size: int, n: int = 8) -> np.ndarray:
     """A smooth moving gradient, the kind of content H.264 keeps close to the input."""
     y, x = np.mgrid[0:size, 0:size]
-    return np.stack([np.stack([(x * 4 + t * 6) % 256, (y * 4) % 256, np.full_like(x, 90 + t * 10)], -1)
-                     for t in range(n)]).astype(np.uint8)
+    return np.stack(
+        [
+            np.stack([(x * 4 + t * 6) % 256, (y * 4) % 256, np.full_like(x, 90 + t * 10)], -1)
+            for t in range(n)
+        ]
+    ).astype(np.uint8)
 
 
 def test_mp4_round_trip_is_close_to_the_input():
@@ -35,9 +39,15 @@ def test_png_is_lossless_and_odd_sizes_are_refused_by_mp4():
 
 def _drifting_texture(rng: np.random.Generator) -> np.ndarray:
     """Eight 32x32 frames of a blurred texture sliding sideways under noise."""
-    base = cv2.resize(rng.integers(0, 256, (8, 8, 3), dtype=np.uint8), (32, 32), interpolation=cv2.INTER_LINEAR)
-    return np.stack([np.clip(np.roll(base.astype(int), t, 1) + rng.normal(0, 12, (32, 32, 3)), 0, 255)
-                     for t in range(8)]).astype(np.uint8)
+    base = cv2.resize(
+        rng.integers(0, 256, (8, 8, 3), dtype=np.uint8), (32, 32), interpolation=cv2.INTER_LINEAR
+    )
+    return np.stack(
+        [
+            np.clip(np.roll(base.astype(int), t, 1) + rng.normal(0, 12, (32, 32, 3)), 0, 255)
+            for t in range(8)
+        ]
+    ).astype(np.uint8)
 
 
 def test_same_frames_give_the_same_bytes_while_other_threads_work():

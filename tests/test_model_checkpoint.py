@@ -33,7 +33,6 @@ from schemas.errors import CheckpointError
 INSTRUCTION = ["Change to the left lane."]
 
 
-
 @pytest.fixture(scope="module")
 def saved(tmp_path_factory) -> tuple[LMGenDrive, Path, ModelIdentity]:
     model = build_untrained("tiny", seed=3).eval()
@@ -132,16 +131,23 @@ def test_config_mismatch_is_reported(saved, tmp_path):
     meta = json.loads((directory / "config.json").read_text())
     meta["config"]["qformer"]["hidden"] = 48
     (directory / "config.json").write_text(json.dumps(meta))
-    with pytest.raises(CheckpointError, match=r"does not match the model described by .*config.json[\s\S]*wrong shape"):
+    with pytest.raises(
+        CheckpointError,
+        match=r"does not match the model described by .*config.json[\s\S]*wrong shape",
+    ):
         load_checkpoint(directory, device="cpu")
     meta["config"]["qformer"]["widht"] = 1
     (directory / "config.json").write_text(json.dumps(meta))
-    with pytest.raises(CheckpointError, match=r"config.json: .*unknown key 'widht' in config.qformer"):
+    with pytest.raises(
+        CheckpointError, match=r"config.json: .*unknown key 'widht' in config.qformer"
+    ):
         load_checkpoint(directory, device="cpu")
     del meta["config"]["qformer"]["widht"]
     meta["config"]["sampler"]["name"] = meta["config"]["sampler"].pop("scheduler")
     (directory / "config.json").write_text(json.dumps(meta))
-    with pytest.raises(CheckpointError, match=r"config.json: .*sampler.name is now config.sampler.scheduler"):
+    with pytest.raises(
+        CheckpointError, match=r"config.json: .*sampler.name is now config.sampler.scheduler"
+    ):
         source_config(directory)
     (directory / "config.json").write_text("{not json")
     with pytest.raises(CheckpointError, match="not valid JSON"):
@@ -173,7 +179,9 @@ def test_paper_preset_parameter_counts_on_meta_device():
     with torch.device("meta"):
         model = LMGenDrive(preset_config("paper"))
     counts = model.parameter_counts()
-    logging.getLogger(__name__).info("paper parameter counts: %s", {k: f"{v / 1e6:.1f}M" for k, v in counts.items()})
+    logging.getLogger(__name__).info(
+        "paper parameter counts: %s", {k: f"{v / 1e6:.1f}M" for k, v in counts.items()}
+    )
     assert 6.5e9 < counts["llm"] < 6.8e9  # Vicuna-7B decoder + embeddings (no LM head)
     assert 0.85e9 < counts["unet"] - counts["motion_modules"] < 0.87e9  # SD-1.5 UNet
     assert 0.44e9 < counts["motion_modules"] < 0.46e9  # AnimateDiff v1.5-2 motion modules
@@ -189,34 +197,54 @@ def _write_tiny_pretrained(root: Path, config) -> None:
     LlamaModel(llama_config(config.llm)).save_pretrained(root / "llm")
     build_tokenizer(DEFAULT_CORPUS, config.llm.vocab_size).save_pretrained(str(root / "llm"))
     UNet2DConditionModel(
-        sample_size=16, in_channels=4, out_channels=4, block_out_channels=u.block_out_channels,
-        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
-        layers_per_block=u.layers_per_block, norm_num_groups=u.norm_groups,
-        cross_attention_dim=u.cross_attention_dim, attention_head_dim=u.attention_heads,
+        sample_size=16,
+        in_channels=4,
+        out_channels=4,
+        block_out_channels=u.block_out_channels,
+        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+        layers_per_block=u.layers_per_block,
+        norm_num_groups=u.norm_groups,
+        cross_attention_dim=u.cross_attention_dim,
+        attention_head_dim=u.attention_heads,
     ).save_pretrained(root / "sd" / "unet")
     build_vae(config).save_pretrained(root / "sd" / "vae")
-    MotionAdapter(block_out_channels=u.block_out_channels, motion_layers_per_block=u.layers_per_block,
-                  motion_num_attention_heads=u.motion_heads, motion_norm_num_groups=u.norm_groups,
-                  motion_max_seq_length=u.motion_max_seq_length, use_motion_mid_block=False,
-                  ).save_pretrained(root / "adapter")
+    MotionAdapter(
+        block_out_channels=u.block_out_channels,
+        motion_layers_per_block=u.layers_per_block,
+        motion_num_attention_heads=u.motion_heads,
+        motion_norm_num_groups=u.norm_groups,
+        motion_max_seq_length=u.motion_max_seq_length,
+        use_motion_mid_block=False,
+    ).save_pretrained(root / "adapter")
     build_clip(config).save_pretrained(root / "clip")
 
 
 def test_pretrained_components_load_from_local_directories(tmp_path, monkeypatch):
     """The paper preset's loading path, on tiny stand-ins (the UNet input is widened for concat_last_latent)."""
     monkeypatch.setenv("LMGD_PRETRAINED_DIR", str(tmp_path))
-    config = preset_config("tiny").model_copy(update={"pretrained": PretrainedPaths(
-        llm="llm", stable_diffusion="sd", motion_adapter="adapter", clip="clip")})
+    config = preset_config("tiny").model_copy(
+        update={
+            "pretrained": PretrainedPaths(
+                llm="llm", stable_diffusion="sd", motion_adapter="adapter", clip="clip"
+            )
+        }
+    )
     _write_tiny_pretrained(tmp_path, config)
     components, tokenizer = load_components(config, torch.float32)
     assert components.unet.conv_in.in_channels == 2 * config.vae.latent_channels
     model = LMGenDrive(config, tokenizer, components).eval()
     result = model.rollout(_seed_frames(), INSTRUCTION, horizon=8, seeds=[0])
     assert result.frames.shape == (1, 3, 8, 32, 32, 3)
-    assert "conditioner.clip" not in {".".join(n.split(".")[:2]) for n, p in model.named_parameters()
-                                      if id(p) in {id(q) for q in set_stage(model, 2)}}
+    assert "conditioner.clip" not in {
+        ".".join(n.split(".")[:2])
+        for n, p in model.named_parameters()
+        if id(p) in {id(q) for q in set_stage(model, 2)}
+    }
     (tmp_path / "adapter" / "diffusion_pytorch_model.safetensors").unlink()
-    with pytest.raises(CheckpointError, match=r"adapter/diffusion_pytorch_model.safetensors.*guoyww"):
+    with pytest.raises(
+        CheckpointError, match=r"adapter/diffusion_pytorch_model.safetensors.*guoyww"
+    ):
         load_components(config, torch.float32)
 
 
@@ -230,6 +258,8 @@ def test_demo_preset_is_the_embedded_trained_checkpoint(monkeypatch, tmp_path):
     assert model.config == source_config("demo") == preset_config("demo")
     assert identity.sha256 != ckpt.weights_sha256(ckpt.build_untrained("demo"))
     assert (meta_module.EMBEDDED_DIR / "demo" / "model.safetensors").stat().st_size < 60 * 2**20
-    monkeypatch.setattr(meta_module, "EMBEDDED_DIR", tmp_path)  # a checkout without it: a clear error
+    monkeypatch.setattr(
+        meta_module, "EMBEDDED_DIR", tmp_path
+    )  # a checkout without it: a clear error
     with pytest.raises(CheckpointError, match=r"demo/config.json is missing.*lmgd train"):
         ckpt.load_checkpoint("demo", device="cpu")

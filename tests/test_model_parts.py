@@ -25,17 +25,44 @@ def test_presets_round_trip_through_json(name):
     assert again == config
 
 
-@pytest.mark.parametrize(("change", "message"), [
-    (lambda d: d["llm"].update(hiddn=3), r"unknown key 'hiddn' in config\.llm; valid keys: .*'hidden'"),
-    (lambda d: d["llm"].update(hidden="wide"), r"config\.llm\.hidden: Input should be a valid integer"),
-    (lambda d: d["llm"].update(hidden=True), r"config\.llm\.hidden: Input should be a valid integer"),
-    (lambda d: d["llm"].update(hidden=66), "llm.hidden must be divisible by llm.heads"),
-    (lambda d: d.update(image_size=[32, 32, 3]), r"config\.image_size: Tuple should have at most 2 items"),
-    (lambda d: d["sampler"].update(scheduler="euler"), r"config\.sampler\.scheduler: Input should be"),
-    (lambda d: d["sampler"].update(steps=4, strength=0.1), "at least one denoising step, got 0.1 x 4"),
-    (lambda d: d["sampler"].update(name="ddim"), r"sampler\.name is now config\.sampler\.scheduler"),
-    (lambda d: d["sampler"].update(guidance_scale=1.0), r"guidance_scale is now config\.sampler\.guidance"),
-])
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (
+            lambda d: d["llm"].update(hiddn=3),
+            r"unknown key 'hiddn' in config\.llm; valid keys: .*'hidden'",
+        ),
+        (
+            lambda d: d["llm"].update(hidden="wide"),
+            r"config\.llm\.hidden: Input should be a valid integer",
+        ),
+        (
+            lambda d: d["llm"].update(hidden=True),
+            r"config\.llm\.hidden: Input should be a valid integer",
+        ),
+        (lambda d: d["llm"].update(hidden=66), "llm.hidden must be divisible by llm.heads"),
+        (
+            lambda d: d.update(image_size=[32, 32, 3]),
+            r"config\.image_size: Tuple should have at most 2 items",
+        ),
+        (
+            lambda d: d["sampler"].update(scheduler="euler"),
+            r"config\.sampler\.scheduler: Input should be",
+        ),
+        (
+            lambda d: d["sampler"].update(steps=4, strength=0.1),
+            "at least one denoising step, got 0.1 x 4",
+        ),
+        (
+            lambda d: d["sampler"].update(name="ddim"),
+            r"sampler\.name is now config\.sampler\.scheduler",
+        ),
+        (
+            lambda d: d["sampler"].update(guidance_scale=1.0),
+            r"guidance_scale is now config\.sampler\.guidance",
+        ),
+    ],
+)
 def test_config_errors_name_the_key(change, message):
     data = preset_config("tiny").model_dump(mode="json")
     change(data)
@@ -62,20 +89,27 @@ def test_tokenizer_splits_digits_and_round_trips(tmp_path):
     assert tok.unk_token_id not in ids
     assert ids[0] == tok.bos_token_id and ids[-1] == tok.eos_token_id
     tok.save_pretrained(str(tmp_path))
-    assert load_tokenizer(tmp_path)("After 97 meters")["input_ids"] == tok("After 97 meters")["input_ids"]
+    assert (
+        load_tokenizer(tmp_path)("After 97 meters")["input_ids"]
+        == tok("After 97 meters")["input_ids"]
+    )
 
 
 def test_bev_targets_place_objects_in_cells():
     cfg = preset_config("tiny").vision  # 8x8 cells of 4 m over x in [-8, 24], y in [-16, 16]
-    objects = np.array([
-        [0, 21.0, 15.0, 0.5, 4.0, 2.0, 3.0],   # row 0 (x in [20, 24]), column 0 (y in [12, 16])
-        [1, 1.0, -1.0, 0.0, 0.8, 0.8, 1.0],    # row 5, column 4
-        [0, 1.9, -2.1, 0.0, 4.0, 2.0, 9.0],    # same cell as the pedestrian but nearer its centre
-        [0, 40.0, 0.0, 0.0, 4.0, 2.0, 0.0],    # outside the grid
-    ])
+    objects = np.array(
+        [
+            [0, 21.0, 15.0, 0.5, 4.0, 2.0, 3.0],  # row 0 (x in [20, 24]), column 0 (y in [12, 16])
+            [1, 1.0, -1.0, 0.0, 0.8, 0.8, 1.0],  # row 5, column 4
+            [0, 1.9, -2.1, 0.0, 4.0, 2.0, 9.0],  # same cell as the pedestrian but nearer its centre
+            [0, 40.0, 0.0, 0.0, 4.0, 2.0, 0.0],  # outside the grid
+        ]
+    )
     t = build_bev_targets(objects, cfg)
     assert t.shape == (8, 8, len(DET_CHANNELS)) and t[..., 0].sum() == 2
-    np.testing.assert_allclose(t[0, 0], [1, -0.25, 0.25, math.cos(0.5), math.sin(0.5), 2.0, 1.0, 3.0], rtol=1e-6)
+    np.testing.assert_allclose(
+        t[0, 0], [1, -0.25, 0.25, math.cos(0.5), math.sin(0.5), 2.0, 1.0, 3.0], rtol=1e-6
+    )
     np.testing.assert_allclose(t[5, 4, [1, 2, 7]], [-0.025, -0.025, 9.0], atol=1e-6)
     only_pedestrians = build_bev_targets(objects, cfg, classes={1})
     assert only_pedestrians[..., 0].sum() == 1 and only_pedestrians[5, 4, 7] == 1.0
@@ -93,7 +127,10 @@ def test_shapes_of_every_part(model):
         assert tokens.waypoints.shape == (b, 4, d) and tokens.light.shape == (b, 1, d)
         out = model.vision.perceive(tokens)
         assert out.detection.shape == (b, cfg.vision.bev_size, cfg.vision.bev_size, 8)
-        assert out.waypoints.shape == (b, 4, 2) and out.light_logits.shape == (b, len(LIGHT_CLASSES))
+        assert out.waypoints.shape == (b, 4, 2) and out.light_logits.shape == (
+            b,
+            len(LIGHT_CLASSES),
+        )
         raw = tokens.for_qformer(cfg.vision.bev_pool)
         assert raw.shape == (b, model.vision.tokens_per_frame, d)
         assert model.compressor(raw).shape == (b, q, hidden)
@@ -111,7 +148,9 @@ def test_shapes_of_every_part(model):
         assert latents.shape == (b * v, cfg.vae.latent_channels, *cfg.latent_size)
         assert model.generator.decode(latents).shape == (b * v, 3, h, w)
         gens = [torch.Generator().manual_seed(i) for i in range(b)]
-        video = sample_frames(model.generator, cond, model.conditioner.null_cond, pixels, gens, cfg.sampler)
+        video = sample_frames(
+            model.generator, cond, model.conditioner.null_cond, pixels, gens, cfg.sampler
+        )
         assert video.shape == (b, v, cfg.frames_per_step, 3, h, w)
         assert video.min() >= -1 and video.max() <= 1
 
@@ -120,11 +159,19 @@ def test_planning_without_world_queries_gives_the_same_actions(model):
     """The LLM is causal and the world queries come last: plan() may drop them."""
     ids, mask = model.tokenize(["turn right", "Please halt your vehicle immediately."])
     history = torch.randn(2, 3, model.config.qformer.num_queries, model.config.llm.hidden)
-    args = (model.llm.embed_instructions(ids), mask, history, torch.tensor([1.0, 4.0]), torch.randn(2, 4, 2))
+    args = (
+        model.llm.embed_instructions(ids),
+        mask,
+        history,
+        torch.tensor([1.0, 4.0]),
+        torch.randn(2, 4, 2),
+    )
     with torch.no_grad():
         full, planned = model.llm(*args, with_world=True), model.llm(*args, with_world=False)
     torch.testing.assert_close(full.waypoints, planned.waypoints, rtol=1e-4, atol=1e-5)
-    torch.testing.assert_close(full.completion_logit, planned.completion_logit, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(
+        full.completion_logit, planned.completion_logit, rtol=1e-4, atol=1e-5
+    )
     assert planned.world is None
 
 
@@ -140,7 +187,9 @@ def test_waypoints_are_offsets_from_constant_velocity(model):
     saved = head.weight.detach().clone(), head.bias.detach().clone()
     try:
         with torch.no_grad():
-            assert not torch.allclose(model.llm(*args, with_world=False).waypoints[1, :, 1], torch.zeros(4))
+            assert not torch.allclose(
+                model.llm(*args, with_world=False).waypoints[1, :, 1], torch.zeros(4)
+            )
             head.weight.zero_()
             head.bias.zero_()
             out = model.llm(*args, with_world=False)
@@ -158,8 +207,13 @@ def test_instruction_padding_does_not_change_the_plan(model):
     history = torch.randn(1, 3, model.config.qformer.num_queries, model.config.llm.hidden)
     with torch.no_grad():
         alone = model.llm(*_llm_args(model, ["turn left"], history))
-        padded = model.llm(*_llm_args(model, ["turn left", "After 45 meters, make a right turn at the intersection."],
-                                      history.expand(2, -1, -1, -1)))
+        padded = model.llm(
+            *_llm_args(
+                model,
+                ["turn left", "After 45 meters, make a right turn at the intersection."],
+                history.expand(2, -1, -1, -1),
+            )
+        )
     torch.testing.assert_close(alone.waypoints[0], padded.waypoints[0], rtol=1e-4, atol=1e-5)
 
 

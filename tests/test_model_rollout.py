@@ -15,7 +15,6 @@ from schemas.sampler import SamplerConfig
 INSTRUCTIONS = ["After 30 meters, execute a left turn.", "Follow the current route."]
 
 
-
 def _frames(b: int, t: int, size: tuple[int, int] = (32, 32), seed: int = 0) -> np.ndarray:
     return np.random.default_rng(seed).integers(0, 256, (b, 3, t, *size, 3), dtype=np.uint8)
 
@@ -25,8 +24,15 @@ def test_plan_never_runs_the_world_generator(model):
         raise AssertionError(f"{type(module).__name__} ran during plan()")
 
     state = model.start(_frames(2, 4), INSTRUCTIONS, speed=[2.0, 6.0])
-    hooks = [m.register_forward_pre_hook(forbidden)
-             for m in (model.conditioner, model.conditioner.clip, model.generator.unet, model.generator.vae)]
+    hooks = [
+        m.register_forward_pre_hook(forbidden)
+        for m in (
+            model.conditioner,
+            model.conditioner.clip,
+            model.generator.unet,
+            model.generator.vae,
+        )
+    ]
     try:
         plan = model.plan(state, frames=_frames(2, 1)[:, :, 0], speed=[3.0, 5.0])
         again = model.plan(state)
@@ -47,21 +53,34 @@ def test_the_path_driven_is_the_previous_action_training_uses(model):
     from lmgendrive.train.losses import DriveBatch, planner_loss
 
     seed, speed = _frames(2, 4), [5.0, 1.0]
-    driven = np.array([[[1.0, 0.0], [2.0, 0.1], [3.0, 0.3], [4.0, 0.6]],
-                       [[0.3, 0.0], [0.5, 0.0], [0.6, 0.0], [0.6, 0.0]]], np.float32)
+    driven = np.array(
+        [
+            [[1.0, 0.0], [2.0, 0.1], [3.0, 0.3], [4.0, 0.6]],
+            [[0.3, 0.0], [0.5, 0.0], [0.6, 0.0], [0.6, 0.0]],
+        ],
+        np.float32,
+    )
     planned = model.plan(model.start(seed, INSTRUCTIONS, speed=speed, driven=driven))
     unknown = model.plan(model.start(seed, INSTRUCTIONS, speed=speed))
     assert np.abs(planned.waypoints - unknown.waypoints).max() > 1e-3
-    batch = DriveBatch(frames=torch.as_tensor(seed), instructions=INSTRUCTIONS, speed=torch.tensor(speed),
-                       prev_waypoints=torch.as_tensor(driven), waypoints=torch.as_tensor(planned.waypoints)[:, None],
-                       completed=torch.zeros(2, 1), future_frames=None)
+    batch = DriveBatch(
+        frames=torch.as_tensor(seed),
+        instructions=INSTRUCTIONS,
+        speed=torch.tensor(speed),
+        prev_waypoints=torch.as_tensor(driven),
+        waypoints=torch.as_tensor(planned.waypoints)[:, None],
+        completed=torch.zeros(2, 1),
+        future_frames=None,
+    )
     with torch.no_grad():
         assert planner_loss(model, batch).terms["plan_waypoints"] < 1e-5
 
     state = model.start(seed, INSTRUCTIONS, speed=speed)
     first = model.plan(state)
     model.observe(state, _frames(2, 8, seed=1), speed=[4.0, 2.0])
-    np.testing.assert_array_equal(state.waypoints.numpy(), first.waypoints)  # its own plan stands in
+    np.testing.assert_array_equal(
+        state.waypoints.numpy(), first.waypoints
+    )  # its own plan stands in
     told = model.start(seed, INSTRUCTIONS, speed=speed)
     model.plan(told)
     a = model.plan(told, _frames(2, 8, seed=1), speed=[4.0, 2.0], driven=driven)
@@ -75,8 +94,13 @@ def test_the_path_driven_is_the_previous_action_training_uses(model):
 
 def test_rollout_of_horizon_32(model):
     seen = []
-    result = model.rollout(_frames(2, 3, size=(48, 40)), INSTRUCTIONS, horizon=32, seeds=[1, 2],
-                           on_step=lambda i, r: seen.append((i, r.frames.shape)))
+    result = model.rollout(
+        _frames(2, 3, size=(48, 40)),
+        INSTRUCTIONS,
+        horizon=32,
+        seeds=[1, 2],
+        on_step=lambda i, r: seen.append((i, r.frames.shape)),
+    )
     assert result.frames.shape == (2, 3, 32, 32, 32, 3) and result.frames.dtype == np.uint8
     assert result.waypoints.shape == (2, 4, 4, 2) and result.waypoints.dtype == np.float32
     assert result.completion.shape == (2, 4) and result.completion.dtype == np.float32
@@ -100,14 +124,26 @@ def test_step_feeds_back_frames_and_action(model):
     state = model.start(_frames(1, 2), INSTRUCTIONS[:1], seeds=[0], speed=[4.0])
     result = model.step(state)
     np.testing.assert_array_equal(state.waypoints.numpy(), result.waypoints)
-    last = ((state.last_pixels + 1) * 127.5).round().clamp(0, 255).to(torch.uint8).permute(0, 1, 3, 4, 2).numpy()
+    last = (
+        ((state.last_pixels + 1) * 127.5)
+        .round()
+        .clamp(0, 255)
+        .to(torch.uint8)
+        .permute(0, 1, 3, 4, 2)
+        .numpy()
+    )
     np.testing.assert_array_equal(last, result.frames[:, :, -1])
     gap = np.linalg.norm(result.waypoints[0, -1] - result.waypoints[0, -2]) / 0.2
     assert float(state.speed[0]) == pytest.approx(gap, rel=1e-5)
 
 
-@pytest.mark.parametrize("sampler", [SamplerConfig(scheduler="ddim", steps=3),
-                                     SamplerConfig(scheduler="dpmsolver++", steps=3, guidance=2.0)])
+@pytest.mark.parametrize(
+    "sampler",
+    [
+        SamplerConfig(scheduler="ddim", steps=3),
+        SamplerConfig(scheduler="dpmsolver++", steps=3, guidance=2.0),
+    ],
+)
 def test_same_seed_same_rollout_different_seed_different_frames(model, sampler):
     seed = _frames(1, 2)
     a = model.rollout(seed, INSTRUCTIONS[:1], horizon=16, seeds=[7], sampler=sampler)
@@ -121,7 +157,9 @@ def test_same_seed_same_rollout_different_seed_different_frames(model, sampler):
 def test_sample_noise_does_not_depend_on_batch_mates(model):
     gen = model.generator
     alone = gen.initial_noise([torch.Generator().manual_seed(5)], views=3)
-    paired = gen.initial_noise([torch.Generator().manual_seed(9), torch.Generator().manual_seed(5)], views=3)
+    paired = gen.initial_noise(
+        [torch.Generator().manual_seed(9), torch.Generator().manual_seed(5)], views=3
+    )
     torch.testing.assert_close(alone, paired[3:], rtol=0, atol=0)
     seed = _frames(2, 2)
     solo = model.rollout(seed[1:], INSTRUCTIONS[1:], horizon=8, seeds=[5])
@@ -158,8 +196,17 @@ def _noon_seed(model, scene) -> tuple[np.ndarray, torch.Tensor, torch.Tensor]:
     """Seed frames (1, V, 2, H, W, 3) of ``scene`` at the model's size, then the last seed frame
     (V, 3, H, W) in 0..255 and as the model's VAE reconstructs it."""
     size = tuple(model.config.image_size)
-    seed = np.stack([np.stack([cv2.resize(scene.images(i)[v], size[::-1], interpolation=cv2.INTER_AREA)
-                               for i in (10, 11)]) for v in scene.views])[None]
+    seed = np.stack(
+        [
+            np.stack(
+                [
+                    cv2.resize(scene.images(i)[v], size[::-1], interpolation=cv2.INTER_AREA)
+                    for i in (10, 11)
+                ]
+            )
+            for v in scene.views
+        ]
+    )[None]
     last = torch.as_tensor(seed[0, :, -1]).permute(0, 3, 1, 2).float()
     with torch.no_grad():
         decoded = (model.generator.decode(model.generator.encode(last / 127.5 - 1)) + 1) * 127.5
@@ -175,8 +222,12 @@ def test_strength_below_one_starts_from_the_last_frame(demo_model, noon_scene, s
 
     def distance(strength: float) -> float:
         sampler = SamplerConfig(scheduler=scheduler, steps=10, strength=strength)
-        frames = model.rollout(seed, INSTRUCTIONS[:1], horizon=8, seeds=[0], sampler=sampler).frames[0]
-        return float((torch.as_tensor(frames).float().permute(1, 0, 4, 2, 3) - decoded).abs().mean())
+        frames = model.rollout(
+            seed, INSTRUCTIONS[:1], horizon=8, seeds=[0], sampler=sampler
+        ).frames[0]
+        return float(
+            (torch.as_tensor(frames).float().permute(1, 0, 4, 2, 3) - decoded).abs().mean()
+        )
 
     near, far = distance(0.1), distance(1.0)
     assert near < 8.0 and far > 2 * near
@@ -190,8 +241,13 @@ def test_context_detail_adds_back_what_the_vae_loses(demo_model, noon_scene):
     lost = last - decoded
 
     def frames(detail: bool) -> torch.Tensor:  # (F, V, 3, H, W) float 0..255
-        out = model.rollout(seed, INSTRUCTIONS[:1], horizon=8, seeds=[0],
-                            sampler=SamplerConfig(steps=10, strength=0.3, context_detail=detail)).frames[0]
+        out = model.rollout(
+            seed,
+            INSTRUCTIONS[:1],
+            horizon=8,
+            seeds=[0],
+            sampler=SamplerConfig(steps=10, strength=0.3, context_detail=detail),
+        ).frames[0]
         return torch.as_tensor(out).float().permute(1, 0, 4, 2, 3)
 
     plain, detailed = frames(False), frames(True)
@@ -200,7 +256,9 @@ def test_context_detail_adds_back_what_the_vae_loses(demo_model, noon_scene):
     assert (detailed - last).abs().mean() < 0.8 * (plain - last).abs().mean()
 
 
-def test_warp_start_moves_the_generated_video_as_the_step_plans(demo_model, noon_scene, monkeypatch):
+def test_warp_start_moves_the_generated_video_as_the_step_plans(
+    demo_model, noon_scene, monkeypatch
+):
     """``warp_start`` hands the generator the poses of the step's own plan; started from the context
     frames moved by a plan that turns 15 degrees left, the front view of the generated video turns
     as much as the moved frames themselves do (both measured on the video by ``qa.motion.video_yaw``,
@@ -222,19 +280,26 @@ def test_warp_start_moves_the_generated_video_as_the_step_plans(demo_model, noon
     monkeypatch.setattr(lmgendrive.model, "sample_frames", spy)
     warp = SamplerConfig(steps=10, strength=0.3, context_detail=True, warp_start=True)
     result = model.rollout(seed, INSTRUCTIONS[:1], horizon=8, seeds=[0], speed=[5.0], sampler=warp)
-    torch.testing.assert_close(handed[0], poses_from_waypoints(torch.as_tensor(result.waypoints[:, 0]), 8, 10.0))
+    torch.testing.assert_close(
+        handed[0], poses_from_waypoints(torch.as_tensor(result.waypoints[:, 0]), 8, 10.0)
+    )
 
     t = torch.arange(1, 9) / 10.0
-    turning = torch.stack([2.0 * t, torch.zeros_like(t), math.radians(15.0) * t / 0.8], dim=-1)[None]
+    turning = torch.stack([2.0 * t, torch.zeros_like(t), math.radians(15.0) * t / 0.8], dim=-1)[
+        None
+    ]
     front = model.config.views.index("front")
 
-    def yaw_of(frames: np.ndarray) -> float:  # degrees, front frames (8, H, W, 3) after the seed's last
+    def yaw_of(
+        frames: np.ndarray,
+    ) -> float:  # degrees, front frames (8, H, W, 3) after the seed's last
         return math.degrees(video_yaw(np.concatenate([seed[0, front, -1:], frames]), 8)[0])
 
     def video(sampler: SamplerConfig, poses: torch.Tensor) -> np.ndarray:
         monkeypatch.setattr(model, "planned_poses", lambda waypoints: poses)
-        return model.rollout(seed, INSTRUCTIONS[:1], horizon=8, seeds=[0], speed=[5.0],
-                             sampler=sampler).frames[0, front]
+        return model.rollout(
+            seed, INSTRUCTIONS[:1], horizon=8, seeds=[0], speed=[5.0], sampler=sampler
+        ).frames[0, front]
 
     moved = warp_views(last[None], turning, model.config.views)[0, front].permute(0, 2, 3, 1)
     expected = yaw_of(moved.clamp(0, 255).round().numpy().astype(np.uint8))

@@ -47,9 +47,12 @@ def _drive_batch(steps: int, b: int = 2) -> DriveBatch:
 def _perception_batch(model: LMGenDrive) -> PerceptionBatch:
     objects = np.array([[0, 6.0, 1.5, 0.2, 4.5, 2.0, 5.0], [1, 14.0, -6.0, 1.5, 0.8, 0.8, 1.2]])
     target = torch.from_numpy(build_bev_targets(objects, model.config.vision))
-    return PerceptionBatch(frames=_uint8((2, 3, 32, 32, 3), 3), detection=target.expand(2, -1, -1, -1).clone(),
-                           waypoints=torch.tensor([[[1.0, 0.0], [2.0, 0.0], [3.0, 0.1], [4.0, 0.2]]] * 2),
-                           light=torch.tensor([1, 3]))
+    return PerceptionBatch(
+        frames=_uint8((2, 3, 32, 32, 3), 3),
+        detection=target.expand(2, -1, -1, -1).clone(),
+        waypoints=torch.tensor([[[1.0, 0.0], [2.0, 0.0], [3.0, 0.1], [4.0, 0.2]]] * 2),
+        light=torch.tensor([1, 3]),
+    )
 
 
 def test_stage3_two_step_loss_reaches_llm_and_adapters_not_the_generator():
@@ -64,9 +67,13 @@ def test_stage3_two_step_loss_reaches_llm_and_adapters_not_the_generator():
     def grad_norm(module: torch.nn.Module) -> float:
         return sum(float(p.grad.abs().sum()) for p in module.parameters() if p.grad is not None)
 
-    for name, module in [("llm backbone", model.llm.model), ("world queries", model.llm.world_queries),
-                         ("action head", model.llm.action_head), ("q-former", model.compressor.qformer),
-                         ("adapter", model.compressor.adapter)]:
+    for name, module in [
+        ("llm backbone", model.llm.model),
+        ("world queries", model.llm.world_queries),
+        ("action head", model.llm.action_head),
+        ("q-former", model.compressor.qformer),
+        ("adapter", model.compressor.adapter),
+    ]:
         module = module if isinstance(module, torch.nn.Module) else torch.nn.ParameterList([module])
         assert grad_norm(module) > 0, name
     for frozen in (model.generator.unet, model.generator.vae, model.conditioner, model.vision):
@@ -109,13 +116,20 @@ def test_stages_select_parameters():
     model.train()
     assert model.vision.frozen and not model.vision.training  # BatchNorm statistics stay fixed
     stage3 = _trainable(model, 3)
-    assert "llm.model" in stage3 and not any(n.startswith(("generator", "conditioner", "vision")) for n in stage3)
+    assert "llm.model" in stage3 and not any(
+        n.startswith(("generator", "conditioner", "vision")) for n in stage3
+    )
     with pytest.raises(ConfigError):
         set_stage(model, 4)
 
 
-def _decreases(model: LMGenDrive, loss_fn: Callable[[], LossOutput], stage: int, steps: int = 6,
-               lr: float = 2e-3) -> tuple[float, float]:
+def _decreases(
+    model: LMGenDrive,
+    loss_fn: Callable[[], LossOutput],
+    stage: int,
+    steps: int = 6,
+    lr: float = 2e-3,
+) -> tuple[float, float]:
     params = set_stage(model, stage)
     model.train()
     opt = torch.optim.Adam(params, lr=lr)
@@ -148,9 +162,13 @@ def test_each_loss_decreases_on_a_fixed_batch(stage):
 def test_heading_loss_is_the_angle_between_trajectory_segments():
     ahead = torch.tensor([[[1.0, 0.0], [2.0, 0.0], [3.0, 0.0], [4.0, 0.0]]])
     angle = 0.3
-    turned = ahead @ torch.tensor([[np.cos(angle), np.sin(angle)], [-np.sin(angle), np.cos(angle)]], dtype=torch.float32)
+    turned = ahead @ torch.tensor(
+        [[np.cos(angle), np.sin(angle)], [-np.sin(angle), np.cos(angle)]], dtype=torch.float32
+    )
     assert float(heading_loss(ahead, ahead)) == pytest.approx(0.0, abs=1e-6)
-    assert float(heading_loss(turned, ahead)) == pytest.approx(angle, abs=1e-5)  # every segment off by 0.3 rad
+    assert float(heading_loss(turned, ahead)) == pytest.approx(
+        angle, abs=1e-5
+    )  # every segment off by 0.3 rad
     assert float(heading_loss(-ahead, ahead)) == pytest.approx(np.pi, abs=1e-5)
     standing = torch.zeros(1, 4, 2)
     assert float(heading_loss(turned, standing)) == 0.0  # a standing target has no heading to match

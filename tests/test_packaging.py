@@ -13,12 +13,30 @@ import zipfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-SKIP = shutil.ignore_patterns(".git", ".venv", "out", "build", "dist", "*.egg-info", "__pycache__",
-                              "*.partial", ".pytest_cache", ".ruff_cache", "tests", "bench", "docs")
-EXPECTED = ["lmgendrive_data/jobs/demo.yaml", "lmgendrive_data/jobs/job.schema.json",
-            *(f"lmgendrive_data/checkpoints/{name}/{f}" for name in ("demo", "evaluator")
-              for f in ("config.json", "model.safetensors", "tokenizer.json",
-                        "tokenizer_config.json"))]
+SKIP = shutil.ignore_patterns(
+    ".git",
+    ".venv",
+    "out",
+    "build",
+    "dist",
+    "*.egg-info",
+    "__pycache__",
+    "*.partial",
+    ".pytest_cache",
+    ".ruff_cache",
+    "tests",
+    "bench",
+    "docs",
+)
+EXPECTED = [
+    "lmgendrive_data/jobs/demo.yaml",
+    "lmgendrive_data/jobs/job.schema.json",
+    *(
+        f"lmgendrive_data/checkpoints/{name}/{f}"
+        for name in ("demo", "evaluator")
+        for f in ("config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json")
+    ),
+]
 
 PROBE = """
 import json, sys
@@ -46,8 +64,11 @@ def test_the_wheel_ships_and_finds_the_demo_job_and_checkpoints(tmp_path):
     shutil.copytree(ROOT, src, ignore=SKIP)
     pip = [sys.executable, "-m", "pip", "--disable-pip-version-check", "-q"]
     dist = tmp_path / "dist"
-    subprocess.run([*pip, "wheel", "--no-deps", "--no-build-isolation", "-w", str(dist), str(src)],
-                   check=True, cwd=tmp_path)
+    subprocess.run(
+        [*pip, "wheel", "--no-deps", "--no-build-isolation", "-w", str(dist), str(src)],
+        check=True,
+        cwd=tmp_path,
+    )
     (wheel,) = dist.glob("lmgendrive-*.whl")
     names = set(zipfile.ZipFile(wheel).namelist())
     assert not [n for n in EXPECTED if n not in names]
@@ -55,13 +76,16 @@ def test_the_wheel_ships_and_finds_the_demo_job_and_checkpoints(tmp_path):
     assert wheel.stat().st_size < 80 * 2**20  # two ~28 MB checkpoints, compressed
 
     site = tmp_path / "site"
-    subprocess.run([*pip, "install", "--no-deps", "--no-compile", "--target", str(site),
-                    str(wheel)], check=True)
+    subprocess.run(
+        [*pip, "install", "--no-deps", "--no-compile", "--target", str(site), str(wheel)],
+        check=True,
+    )
     elsewhere = tmp_path / "elsewhere"  # a working directory with no jobs/ or checkpoints/
     elsewhere.mkdir()
     env = {**os.environ, "PYTHONPATH": str(site), "PYTHONWARNINGS": "ignore"}
-    r = subprocess.run([sys.executable, "-c", PROBE], cwd=elsewhere, env=env, capture_output=True,
-                       text=True)
+    r = subprocess.run(
+        [sys.executable, "-c", PROBE], cwd=elsewhere, env=env, capture_output=True, text=True
+    )
     assert r.returncode == 0, r.stderr
     lines = r.stdout.splitlines()
     found = json.loads(lines[-1])

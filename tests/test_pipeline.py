@@ -45,7 +45,11 @@ def test_output_layout_and_index(clean_run):
     assert sorted(r["key"] for r in index) == sorted(f"{t['task_id']}-s0" for t in manifest)
     shards = sorted(p.name for p in (out / "shards").iterdir())
     markers = sorted(p.name for p in (out / "_done").iterdir())
-    assert shards == [m.replace(".json", ".tar") for m in markers] == sorted({Path(r["shard"]).name for r in index})
+    assert (
+        shards
+        == [m.replace(".json", ".tar") for m in markers]
+        == sorted({Path(r["shard"]).name for r in index})
+    )
     assert not list(out.rglob("*.partial"))
     stats = json.loads((out / "stats.json").read_text())
     assert stats["samples_in_index"] == len(index) and stats["units_failed"] == {}
@@ -58,7 +62,10 @@ def test_samples_read_back_with_project_reader(clean_run):
     assert len(samples) == len(_index(out))
     for s in samples:
         h = s.meta["horizon"]
-        assert s.frames.shape == (3, h, s.meta["height"], s.meta["width"], 3) and s.frames.dtype == np.uint8
+        assert (
+            s.frames.shape == (3, h, s.meta["height"], s.meta["width"], 3)
+            and s.frames.dtype == np.uint8
+        )
         assert s.seed_frames.shape[:2] == (3, 4)
         assert s.waypoints.shape == (h // 8, 4, 2) and s.controls.shape == (h // 8, 3)
         assert s.completion.shape == (h // 8,)
@@ -71,7 +78,11 @@ def test_shards_read_with_plain_webdataset_and_decord(clean_run):
     n = 0
     for s in wds.WebDataset(urls, shardshuffle=False):
         meta = json.loads(s["json"])
-        front = decord.VideoReader(io.BytesIO(s["front.mp4"])).get_batch(list(range(meta["horizon"]))).asnumpy()
+        front = (
+            decord.VideoReader(io.BytesIO(s["front.mp4"]))
+            .get_batch(list(range(meta["horizon"])))
+            .asnumpy()
+        )
         assert front.shape == (meta["horizon"], meta["height"], meta["width"], 3)
         assert np.load(io.BytesIO(s["waypoints.npy"])).shape == (meta["horizon"] // 8, 4, 2)
         n += 1
@@ -119,10 +130,15 @@ def test_unit_that_always_fails_is_reported_and_others_complete(tmp_path, monkey
     assert main(["generate", str(job), "--executor", "local"]) == 1
     err = capsys.readouterr().err
     assert "unit-000001: InjectedFault" in err and "1 unit(s) failed" in err
-    assert not (out / "_done" / "unit-000001.json").exists() and not (out / "shards" / "unit-000001.tar").exists()
+    assert (
+        not (out / "_done" / "unit-000001.json").exists()
+        and not (out / "shards" / "unit-000001.tar").exists()
+    )
     done = sorted(p.name for p in (out / "_done").iterdir())
     assert len(done) >= 2 and "unit-000001.json" not in done
-    assert {r["shard"] for r in _index(out)} == {f"shards/{d.replace('.json', '.tar')}" for d in done}
+    assert {r["shard"] for r in _index(out)} == {
+        f"shards/{d.replace('.json', '.tar')}" for d in done
+    }
     monkeypatch.delenv("LMGD_FAULT_FAIL_UNIT")
     assert main(["generate", str(job), "--executor", "local"]) == 0  # the rerun finishes the job
     assert (out / "_done" / "unit-000001.json").exists()
@@ -146,7 +162,9 @@ def test_driver_killed_then_rerun_gives_identical_samples(tmp_path):
     assert subprocess.run(cmd, capture_output=True).returncode == 0
     assert _metadata(out) == _metadata(reference)  # every sample exactly once, same tasks and seeds
     assert _shard_bytes(out) == _shard_bytes(reference)  # byte-identical shards
-    assert {r["key"]: r["content_sha256"] for r in _index(out)} == {r["key"]: r["content_sha256"] for r in _index(reference)}
+    assert {r["key"]: r["content_sha256"] for r in _index(out)} == {
+        r["key"]: r["content_sha256"] for r in _index(reference)
+    }
     assert main(["inspect", str(out)]) == 0
 
 
@@ -154,14 +172,28 @@ def test_bad_inputs_are_rejected_before_any_worker_starts(tmp_path, monkeypatch)
     calls = []
     monkeypatch.setattr("workers.generator.UnitRunner.__init__", lambda *a, **k: calls.append(1))
     with pytest.raises(CheckpointError, match="checkpoints/nope"):
-        run_job(tiny_job(str(tmp_path / "a"), model="checkpoints/nope"), executor="local", progress_bar=False)
+        run_job(
+            tiny_job(str(tmp_path / "a"), model="checkpoints/nope"),
+            executor="local",
+            progress_bar=False,
+        )
     bad = tmp_path / "bad.jsonl"
     bad.write_text(json.dumps({"task_id": "nope", "horizon": 12}) + "\n")
     with pytest.raises(BadInputError, match="bad.jsonl"):
-        run_job(tiny_job(str(tmp_path / "b"), manifest={"path": str(bad)}), executor="local", progress_bar=False)
+        run_job(
+            tiny_job(str(tmp_path / "b"), manifest={"path": str(bad)}),
+            executor="local",
+            progress_bar=False,
+        )
     with pytest.raises(BadInputError, match="dataset_index.txt"):
-        run_job(tiny_job(str(tmp_path / "c"), manifest={"build": {"source": "lmdrive", "root": str(tmp_path)}}),
-                executor="local", progress_bar=False)
+        run_job(
+            tiny_job(
+                str(tmp_path / "c"),
+                manifest={"build": {"source": "lmdrive", "root": str(tmp_path)}},
+            ),
+            executor="local",
+            progress_bar=False,
+        )
     assert calls == []
 
 
@@ -180,7 +212,6 @@ def test_inspect_detects_a_corrupt_shard(clean_run, tmp_path, capsys):
     assert f"{shard.name}: sha256 differs" in capsys.readouterr().err
 
 
-
 def test_a_local_cluster_without_the_gpus_asked_for_is_refused_at_once(tmp_path):
     # this machine has no GPU: Ray would keep the worker pending until the start timeout
     out = tmp_path / "out"
@@ -190,13 +221,24 @@ def test_a_local_cluster_without_the_gpus_asked_for_is_refused_at_once(tmp_path)
     assert not (out / "shards").exists() or not any((out / "shards").iterdir())
 
 
-DEMO_SAMPLER = {"scheduler": "dpmsolver++", "steps": 12, "guidance": 1.0, "strength": 0.3,
-                "context_detail": True, "warp_start": True}  # checkpoints/demo/config.json
+DEMO_SAMPLER = {
+    "scheduler": "dpmsolver++",
+    "steps": 12,
+    "guidance": 1.0,
+    "strength": 0.3,
+    "context_detail": True,
+    "warp_start": True,
+}  # checkpoints/demo/config.json
 
 
-@pytest.mark.parametrize("override", [
-    {}, {"scheduler": "ddim", "steps": 4},
-    {"steps": 4, "strength": 0.5, "context_detail": False, "warp_start": False}])
+@pytest.mark.parametrize(
+    "override",
+    [
+        {},
+        {"scheduler": "ddim", "steps": 4},
+        {"steps": 4, "strength": 0.5, "context_detail": False, "warp_start": False},
+    ],
+)
 def test_samples_record_the_sampler_that_ran(tmp_path, monkeypatch, override):
     """The driver resolves the job's sampler over the checkpoint's once: the workers sample with
     exactly that, and job.yaml and every sample's metadata record it, the checkpoint's values
@@ -213,10 +255,22 @@ def test_samples_record_the_sampler_that_ran(tmp_path, monkeypatch, override):
 
     monkeypatch.setattr(lmgendrive.model, "sample_frames", spy)
     out = tmp_path / "out"
-    manifest = {"build": {"source": "procedural", "towns": [3], "frames": 40, "size": 64,
-                          "stride": 10, "seed_frames": 4}, "curate": {"sample": 2}}
-    run_job(tiny_job(str(out), model="demo", horizons=[8], manifest=manifest, sampler=override),
-            executor="local", progress_bar=False)
+    manifest = {
+        "build": {
+            "source": "procedural",
+            "towns": [3],
+            "frames": 40,
+            "size": 64,
+            "stride": 10,
+            "seed_frames": 4,
+        },
+        "curate": {"sample": 2},
+    }
+    run_job(
+        tiny_job(str(out), model="demo", horizons=[8], manifest=manifest, sampler=override),
+        executor="local",
+        progress_bar=False,
+    )
     expected = {**DEMO_SAMPLER, **override}
     assert ran and set(ran) == {SamplerConfig(**expected)}
     assert yaml.safe_load((out / "job.yaml").read_text())["sampler"] == expected
@@ -238,12 +292,19 @@ def test_seed_stack_gives_the_speed_and_the_path_driven_at_the_last_seed_frame()
 
     spec = DriveSpec(5, 0, "clear_noon", 40, (32, 32))
     scene = ProceduralScene(spec)
-    task = {"scene_source": "procedural", "scene_ref": procedural_ref(spec), "start_frame": 20, "seed_frames": 3}
+    task = {
+        "scene_source": "procedural",
+        "scene_ref": procedural_ref(spec),
+        "start_frame": 20,
+        "seed_frames": 3,
+    }
     stack, speed, driven = seed_stack(task, (32, 32), 8)
     assert stack.shape == (3, 3, 32, 32, 3)
     np.testing.assert_array_equal(stack[1, -1], scene.images(19)["front"])
     assert speed == pytest.approx(scene.measurements(19).speed)
-    np.testing.assert_allclose(driven, scene.measurements(11).waypoints)  # positions at frames 13, 15, 17, 19
+    np.testing.assert_allclose(
+        driven, scene.measurements(11).waypoints
+    )  # positions at frames 13, 15, 17, 19
     young = seed_stack({**task, "start_frame": 5}, (32, 32), 8)[2]
     assert young is None  # a drive younger than one step: unknown, zeros as in training
     assert not stack_driven((young, driven), 4)[0].any()
@@ -269,6 +330,7 @@ def test_the_worker_overlaps_units_but_never_runs_the_model_on_two_at_once(tmp_p
                 return fn(*args, **kwargs)
             finally:
                 spans[kind].append((t0, time.perf_counter()))
+
         return wrapper
 
     monkeypatch.setattr(generator, "seed_stack", timed("seed", generator.seed_stack))
@@ -277,7 +339,9 @@ def test_the_worker_overlaps_units_but_never_runs_the_model_on_two_at_once(tmp_p
         for kind in spans:
             spans[kind].clear()
         job = resolve_job(tiny_job(str(tmp_path / mode)))
-        units = make_units(prepare(job, open_storage(job.output), overwrite=True), job.sharding.samples_per_shard)
+        units = make_units(
+            prepare(job, open_storage(job.output), overwrite=True), job.sharding.samples_per_shard
+        )
         runner = generator.UnitRunner(job.model_dump(mode="json"), "test", device="cpu")
         runner.model.rollout = timed("rollout", runner.model.rollout)
         if mode == "threads":
@@ -288,7 +352,9 @@ def test_the_worker_overlaps_units_but_never_runs_the_model_on_two_at_once(tmp_p
         shards[mode] = {m["unit"]: (tmp_path / mode / m["shard"]).read_bytes() for m in markers}
         rollouts = sorted(spans["rollout"])
         assert len(rollouts) == len(units) >= 3
-        assert all(a[1] <= b[0] for a, b in zip(rollouts, rollouts[1:], strict=False))  # never two at once
+        assert all(
+            a[1] <= b[0] for a, b in zip(rollouts, rollouts[1:], strict=False)
+        )  # never two at once
         overlaps = any(s0 < r1 and r0 < s1 for s0, s1 in spans["seed"] for r0, r1 in rollouts)
         assert overlaps == (mode == "threads")
     assert shards["threads"] == shards["sequential"]

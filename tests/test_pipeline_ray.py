@@ -15,14 +15,23 @@ from schemas.errors import RunFailure
 
 @pytest.fixture(scope="module")
 def cluster():
-    ray.init(num_cpus=2, num_gpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    ray.init(
+        num_cpus=2,
+        num_gpus=2,
+        include_dashboard=False,
+        log_to_driver=False,
+        configure_logging=False,
+    )
     yield
     ray.shutdown()
 
 
 def _job(out, **kw):
-    return tiny_job(str(out), resources={"workers": 2, "gpus_per_worker": 1, "cpus_per_worker": 0.5,
-                                         "max_retries": 2}, **kw)
+    return tiny_job(
+        str(out),
+        resources={"workers": 2, "gpus_per_worker": 1, "cpus_per_worker": 0.5, "max_retries": 2},
+        **kw,
+    )
 
 
 def _markers(out: Path) -> list[dict]:
@@ -35,11 +44,15 @@ def test_workers_are_pinned_to_distinct_gpus(cluster, tmp_path):
     workers = {(m["worker"]["pid"], tuple(m["worker"]["gpu_ids"])) for m in _markers(out)}
     gpu_sets = {gpus for _, gpus in workers}
     assert all(len(g) == 1 for g in gpu_sets)
-    assert len(workers) == 2 and len(gpu_sets) == 2  # both actors got work, each on its own fake GPU
+    assert (
+        len(workers) == 2 and len(gpu_sets) == 2
+    )  # both actors got work, each on its own fake GPU
     assert all(m["worker"]["device"] in ("cpu", "cuda", "cuda:0") for m in _markers(out))
 
 
-def test_worker_killed_mid_unit_job_completes_with_one_copy_of_each_sample(cluster, tmp_path, monkeypatch):
+def test_worker_killed_mid_unit_job_completes_with_one_copy_of_each_sample(
+    cluster, tmp_path, monkeypatch
+):
     flag = tmp_path / "killed"
     monkeypatch.setenv("LMGD_FAULT_KILL_UNIT", "unit-000001")
     monkeypatch.setenv("LMGD_FAULT_FLAG", str(flag))

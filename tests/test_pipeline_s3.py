@@ -32,13 +32,35 @@ def s3(tmp_path_factory):
     data = tmp_path_factory.mktemp("weed")
     port = _free_port()
     env = {**os.environ, "AWS_ACCESS_KEY_ID": KEY, "AWS_SECRET_ACCESS_KEY": SECRET}
-    ports = [f"-{name}={_free_port()}" for name in ("master.port", "volume.port", "filer.port", "webdav.port")]
-    proc = subprocess.Popen([weed, "mini", f"-dir={data}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
-                             f"-s3.port={port}", "-admin.ui=false", "-s3.port.iceberg=0", "-s3.port.lance=0", *ports],
-                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    ports = [
+        f"-{name}={_free_port()}"
+        for name in ("master.port", "volume.port", "filer.port", "webdav.port")
+    ]
+    proc = subprocess.Popen(
+        [
+            weed,
+            "mini",
+            f"-dir={data}",
+            "-ip=127.0.0.1",
+            "-ip.bind=127.0.0.1",
+            f"-s3.port={port}",
+            "-admin.ui=false",
+            "-s3.port.iceberg=0",
+            "-s3.port.lance=0",
+            *ports,
+        ],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     endpoint = f"http://127.0.0.1:{port}"
-    client = boto3.client("s3", endpoint_url=endpoint, aws_access_key_id=KEY, aws_secret_access_key=SECRET,
-                          region_name="us-east-1")
+    client = boto3.client(
+        "s3",
+        endpoint_url=endpoint,
+        aws_access_key_id=KEY,
+        aws_secret_access_key=SECRET,
+        region_name="us-east-1",
+    )
     deadline = time.monotonic() + 60
     while True:
         try:
@@ -68,7 +90,9 @@ def test_full_job_on_s3_then_resume(s3, aws_env, capsys):
     _, client = s3
     job = tiny_job("s3://lmgd-test/runs/one")
     first = run_job(job, executor="local", progress_bar=False)
-    keys = {o["Key"] for o in client.list_objects_v2(Bucket="lmgd-test", Prefix="runs/one/")["Contents"]}
+    keys = {
+        o["Key"] for o in client.list_objects_v2(Bucket="lmgd-test", Prefix="runs/one/")["Contents"]
+    }
     assert {"runs/one/job.yaml", "runs/one/index.parquet", "runs/one/stats.json"} <= keys
     assert sum(k.startswith("runs/one/shards/") for k in keys) == first.units
     assert not any(k.endswith(".partial") for k in keys)
@@ -80,7 +104,9 @@ def test_full_job_on_s3_then_resume(s3, aws_env, capsys):
     assert "all match" in capsys.readouterr().out
 
 
-def test_wrong_credentials_give_a_clear_error_without_the_secret(s3, aws_env, monkeypatch, tmp_path, capsys):
+def test_wrong_credentials_give_a_clear_error_without_the_secret(
+    s3, aws_env, monkeypatch, tmp_path, capsys
+):
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "wrong-secret-value")
     job = write_job(tmp_path / "job.yaml", tiny_job("s3://lmgd-test/runs/two"))
     assert main(["generate", str(job), "--executor", "local"]) == 2

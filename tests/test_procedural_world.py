@@ -18,8 +18,11 @@ from schemas.scene import VIEWS
 
 
 def _tree_digest(root: Path) -> dict[str, str]:
-    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(root.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    }
 
 
 def test_same_seeds_give_byte_identical_frames_and_measurements(tmp_path):
@@ -120,8 +123,11 @@ def test_instruction_given_matches_the_maneuver(scene_factory, turn):
     scene = scene_factory(town_seed=21, route_seed=1, frames=80, turns=(turn,))
     first = next(s for s in scene.instructions() if s.instruction.category == "turn")
     assert not first.instruction.misleading
-    expected = {"left": ("turn_left", "turn_left_dist"), "right": ("turn_right", "turn_right_dist"),
-                "straight": ("go_straight", "go_straight_dist")}[turn]
+    expected = {
+        "left": ("turn_left", "turn_left_dist"),
+        "right": ("turn_right", "turn_right_dist"),
+        "straight": ("go_straight", "go_straight_dist"),
+    }[turn]
     assert first.instruction.args["type"] in expected
     assert "{" not in first.instruction.text and "[x]" not in first.instruction.text
 
@@ -133,9 +139,14 @@ def test_next_junction_counts_down_to_the_stop_line_then_the_ego_turns(scene_fac
     first = approach[0]
     assert first.turn == turn and turn in scene.junction_ahead(0, within=1e6)
     same = [j.stop_line_distance for j in approach if j is not None and j.node == first.node]
-    assert same[0] > 0 > same[-1] and all(b <= a + 1e-9 for a, b in zip(same, same[1:], strict=False))
-    crossed = next(i for i, j in enumerate(approach) if j is not None and j.node == first.node
-                   and j.stop_line_distance < -6)
+    assert same[0] > 0 > same[-1] and all(
+        b <= a + 1e-9 for a, b in zip(same, same[1:], strict=False)
+    )
+    crossed = next(
+        i
+        for i, j in enumerate(approach)
+        if j is not None and j.node == first.node and j.stop_line_distance < -6
+    )
     lateral = scene.measurements(crossed).waypoints[-1, 1]  # ego frame: y to the left
     assert lateral > 0.2 if turn == "left" else lateral < -0.2
 
@@ -167,7 +178,9 @@ def test_completion_flag_marks_the_end_of_completed_instructions(scene_factory):
     for i in done:
         m = scene.measurements(i)
         assert not m.instruction.misleading
-        assert any(s.end_frame == i and s.instruction == m.instruction for s in scene.instructions())
+        assert any(
+            s.end_frame == i and s.instruction == m.instruction for s in scene.instructions()
+        )
 
 
 def test_views_and_sizes(scene_factory):

@@ -13,10 +13,12 @@ import pytest
 from storage import progress as P
 
 ROOT = Path(__file__).resolve().parents[1]
-LINE = re.compile(r"^(?P<desc>[\w ]+): (?P<n>\d+)(?:/(?P<total>\d+))? (?P<unit>\w+)"
-                  r"(?: \((?P<pct>\d+)%\))? \| "
-                  r"(?P<rate>[\d.e+]+|\?) \w+/s \| (?:ETA (?P<eta>[\d:?]+) \| )?"
-                  r"(?:elapsed|finished in|stopped after) (?P<elapsed>\d+:\d\d:\d\d)(?: \| .*)?$")
+LINE = re.compile(
+    r"^(?P<desc>[\w ]+): (?P<n>\d+)(?:/(?P<total>\d+))? (?P<unit>\w+)"
+    r"(?: \((?P<pct>\d+)%\))? \| "
+    r"(?P<rate>[\d.e+]+|\?) \w+/s \| (?:ETA (?P<eta>[\d:?]+) \| )?"
+    r"(?:elapsed|finished in|stopped after) (?P<elapsed>\d+:\d\d:\d\d)(?: \| .*)?$"
+)
 
 
 class FakeClock:
@@ -95,8 +97,9 @@ def test_a_terminal_gets_a_tqdm_bar_and_disabled_progress_says_nothing(monkeypat
     assert quiet.getvalue() == ""
 
 
-@pytest.mark.parametrize("value, expected",
-                         [("", 30.0), ("0", 0.0), ("2.5", 2.5), ("soon", 30.0), ("-1", 30.0)])
+@pytest.mark.parametrize(
+    "value, expected", [("", 30.0), ("0", 0.0), ("2.5", 2.5), ("soon", 30.0), ("-1", 30.0)]
+)
 def test_the_interval_comes_from_the_environment(monkeypatch, value, expected):
     monkeypatch.setenv(P.INTERVAL_ENV, value)
     assert P.interval_s() == expected
@@ -132,15 +135,29 @@ def test_generate_without_a_terminal_logs_progress_lines(tmp_path, monkeypatch, 
 def test_every_progress_bar_goes_through_the_helper():
     """No module builds a tqdm bar itself: without a terminal it would print nothing (or
     carriage returns)."""
-    rooms = ("schemas", "storage", "driving", "scenes", "manifests", "lmgendrive", "qa", "workers",
-             "pipeline")
+    rooms = (
+        "schemas",
+        "storage",
+        "driving",
+        "scenes",
+        "manifests",
+        "lmgendrive",
+        "qa",
+        "workers",
+        "pipeline",
+    )
     direct = []
     for path in sorted(p for room in rooms for p in (ROOT / room).rglob("*.py")):
         if path == ROOT / "storage" / "progress.py":
             continue
         for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
-            names = ([a.name for a in node.names] if isinstance(node, ast.Import)
-                     else [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+            names = (
+                [a.name for a in node.names]
+                if isinstance(node, ast.Import)
+                else [node.module or ""]
+                if isinstance(node, ast.ImportFrom)
+                else []
+            )
             if any(n.split(".")[0] == "tqdm" for n in names):
                 direct.append(f"{path.relative_to(ROOT)}:{node.lineno}")
     assert not direct, f"use storage.progress.progress instead of tqdm in: {direct}"

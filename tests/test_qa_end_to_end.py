@@ -49,8 +49,16 @@ def build_output(root: Path) -> Path:
     """OUT with job.yaml, manifest.parquet, shards/*.tar (2 samples each) and index.parquet."""
     spec = DriveSpec(town_seed=3, route_seed=1, weather="clear_noon", frames=40, size=(64, 64))
     scene = ProceduralScene(spec)
-    rows = seed_point_rows(scene, "procedural", procedural_ref(spec), HORIZONS, seed_frames=4, stride=8, samples=1,
-                           base_seed=0)
+    rows = seed_point_rows(
+        scene,
+        "procedural",
+        procedural_ref(spec),
+        HORIZONS,
+        seed_frames=4,
+        stride=8,
+        samples=1,
+        base_seed=0,
+    )
     rng = np.random.default_rng(0)
     for i, row in enumerate(rows):
         if row["start_frame"] in TURNS:
@@ -60,43 +68,94 @@ def build_output(root: Path) -> Path:
     out = root / "out"
     (out / "shards").mkdir(parents=True)
     pq.write_table(manifest, out / "manifest.parquet")
-    job = {"name": "qa-fixture", "model": "tiny", "manifest": {"path": str(out / "manifest.parquet")},
-           "output": str(out), "horizons": HORIZONS, "encoding": {"format": "mp4", "crf": 18},
-           "qa": {"bootstrap": 20}}
+    job = {
+        "name": "qa-fixture",
+        "model": "tiny",
+        "manifest": {"path": str(out / "manifest.parquet")},
+        "output": str(out),
+        "horizons": HORIZONS,
+        "encoding": {"format": "mp4", "crf": 18},
+        "qa": {"bootstrap": 20},
+    }
     (out / "job.yaml").write_text(yaml.safe_dump(job))
     index, unit = [], 0
     for h in HORIZONS:
         tasks = [r for r in rows if r["horizon"] == h]
         for first in range(0, len(tasks), 2):
             shard, samples = f"shards/unit-{unit:06d}.tar", []
-            for n, t in enumerate(tasks[first:first + 2], start=first):
+            for n, t in enumerate(tasks[first : first + 2], start=first):
                 start = t["start_frame"]
-                future = np.stack([[_resize(scene.images(i)[v]) for i in range(start, start + h)] for v in VIEWS])
+                future = np.stack(
+                    [[_resize(scene.images(i)[v]) for i in range(start, start + h)] for v in VIEWS]
+                )
                 noise = np.random.default_rng(n).normal(0, 6.0 * n, future.shape)
                 frames = np.clip(future + noise, 0, 255).astype(np.uint8)
-                seed = np.stack([[_resize(scene.images(i)[v]) for i in range(start - 4, start)] for v in VIEWS])
+                seed = np.stack(
+                    [[_resize(scene.images(i)[v]) for i in range(start - 4, start)] for v in VIEWS]
+                )
                 kind = json.loads(t["instruction_args"]).get("type")
                 steps = h // 8
-                waypoints = (_turning_waypoints(steps, {"turn_left": 25, "turn_right": -25}.get(kind, 0)))
+                waypoints = _turning_waypoints(
+                    steps, {"turn_left": 25, "turn_right": -25}.get(kind, 0)
+                )
                 key = f"{t['task_id']}-s0"
-                meta = {"schema_version": SAMPLE.version, "key": key, "task_id": t["task_id"], "sample_index": 0,
-                        "instruction": t["instruction"], "category": t["category"], "misleading": t["misleading"],
-                        "counterfactual": t["counterfactual"], "scene": t["scene"], "start_frame": start,
-                        "horizon": h, "fps": 10.0, "views": list(VIEWS), "height": GEN_SIZE[0],
-                        "width": GEN_SIZE[1], "model_id": "fixture", "model_sha256": "0" * 64, "sampler": "{}",
-                        "seed": t["seed"], "code_version": "test"}
-                members = sample_members(GeneratedSample(key, frames, seed, waypoints, np.zeros((steps, 3)),
-                                                         np.zeros(steps), meta), VIEWS, "mp4", 18, 10.0)
+                meta = {
+                    "schema_version": SAMPLE.version,
+                    "key": key,
+                    "task_id": t["task_id"],
+                    "sample_index": 0,
+                    "instruction": t["instruction"],
+                    "category": t["category"],
+                    "misleading": t["misleading"],
+                    "counterfactual": t["counterfactual"],
+                    "scene": t["scene"],
+                    "start_frame": start,
+                    "horizon": h,
+                    "fps": 10.0,
+                    "views": list(VIEWS),
+                    "height": GEN_SIZE[0],
+                    "width": GEN_SIZE[1],
+                    "model_id": "fixture",
+                    "model_sha256": "0" * 64,
+                    "sampler": "{}",
+                    "seed": t["seed"],
+                    "code_version": "test",
+                }
+                members = sample_members(
+                    GeneratedSample(
+                        key, frames, seed, waypoints, np.zeros((steps, 3)), np.zeros(steps), meta
+                    ),
+                    VIEWS,
+                    "mp4",
+                    18,
+                    10.0,
+                )
                 samples.append((key, members))
-                index.append({"schema_version": INDEX.version, "key": key, "shard": shard, "task_id": t["task_id"],
-                              "sample_index": 0, "horizon": h, "category": t["category"],
-                              "instruction": t["instruction"], "misleading": t["misleading"],
-                              "counterfactual": t["counterfactual"], "scene": t["scene"], "start_frame": start,
-                              "weather": t["weather"], "seed": t["seed"], "content_sha256": content_hash(members)})
+                index.append(
+                    {
+                        "schema_version": INDEX.version,
+                        "key": key,
+                        "shard": shard,
+                        "task_id": t["task_id"],
+                        "sample_index": 0,
+                        "horizon": h,
+                        "category": t["category"],
+                        "instruction": t["instruction"],
+                        "misleading": t["misleading"],
+                        "counterfactual": t["counterfactual"],
+                        "scene": t["scene"],
+                        "start_frame": start,
+                        "weather": t["weather"],
+                        "seed": t["seed"],
+                        "content_sha256": content_hash(members),
+                    }
+                )
             write_shard(out / shard, samples)
             unit += 1
-    pq.write_table(validate(pa.Table.from_pylist(index, schema=INDEX.arrow), INDEX, "fixture index"),
-                   out / "index.parquet")
+    pq.write_table(
+        validate(pa.Table.from_pylist(index, schema=INDEX.arrow), INDEX, "fixture index"),
+        out / "index.parquet",
+    )
     return out
 
 
@@ -111,15 +170,25 @@ def evaluator(tmp_path_factory) -> Path:
 
 
 def _config(out: Path, report: Path, weights: Path, evaluator: Path | None, **kw):
-    return qa_config(str(out), str(report), QASpec(bootstrap=20), None, weights_dir=str(weights),
-                     evaluator=str(evaluator) if evaluator else "no/such/evaluator", dims=64, **kw)
+    return qa_config(
+        str(out),
+        str(report),
+        QASpec(bootstrap=20),
+        None,
+        weights_dir=str(weights),
+        evaluator=str(evaluator) if evaluator else "no/such/evaluator",
+        dims=64,
+        **kw,
+    )
 
 
 @pytest.fixture(scope="module")
 def local_run(fixture_output, weights, evaluator, tmp_path_factory) -> tuple[Path, list[dict]]:
     """Every metric, in-process."""
     report = tmp_path_factory.mktemp("local") / "qa"
-    return report, run_qa(_config(fixture_output, report, weights, evaluator, executor="local")).rows
+    return report, run_qa(
+        _config(fixture_output, report, weights, evaluator, executor="local")
+    ).rows
 
 
 def test_end_to_end_local(fixture_output, local_run):
@@ -132,20 +201,34 @@ def test_end_to_end_local(fixture_output, local_run):
     index = pq.read_table(fixture_output / "index.parquet").to_pylist()
     for h in HORIZONS:
         samples = [r for r in index if r["horizon"] == h]
-        pooled = {r["metric"]: r for r in rows if r["horizon"] == h and r["view"] == "pooled" and r["category"] == "all"}
+        pooled = {
+            r["metric"]: r
+            for r in rows
+            if r["horizon"] == h and r["view"] == "pooled" and r["category"] == "all"
+        }
         assert set(pooled) >= {"fid", "fvd", "fd_drive", "fid_inf"}
         assert pooled["fid"]["n_generated"] == pooled["fid"]["n_real"] == 3 * h * len(samples)
         assert pooled["fvd"]["n_generated"] == pooled["fvd"]["n_real"] == 3 * len(samples)
         assert pooled["fd_drive"]["n_generated"] == pooled["fd_drive"]["n_real"] == h * len(samples)
         for m in ("fid", "fvd", "fd_drive"):
             assert pooled[m]["value"] > 0 and pooled[m]["ci_low"] <= pooled[m]["ci_high"]
-            views = [r for r in rows if r["metric"] == m and r["horizon"] == h and r["view"] in VIEWS]
+            views = [
+                r for r in rows if r["metric"] == m and r["horizon"] == h and r["view"] in VIEWS
+            ]
             assert len(views) == (3 if m != "fd_drive" else 0)
             assert all(r["n_generated"] == pooled[m]["n_generated"] // 3 for r in views)
-            cats = [r for r in rows if r["metric"] == m and r["horizon"] == h and r["view"] == "pooled"
-                    and r["category"] != "all"]
+            cats = [
+                r
+                for r in rows
+                if r["metric"] == m
+                and r["horizon"] == h
+                and r["view"] == "pooled"
+                and r["category"] != "all"
+            ]
             assert sum(r["n_generated"] for r in cats) == pooled[m]["n_generated"]
-        adherence = next(r for r in rows if r["metric"] == "instruction_adherence" and r["horizon"] == h)
+        adherence = next(
+            r for r in rows if r["metric"] == "instruction_adherence" and r["horizon"] == h
+        )
         assert adherence["n_generated"] == len(samples) and adherence["category"] == "turn"
         stats = FeatureStats.load(report / "stats" / f"fid-h{h:03d}-generated.npz")
         assert stats.count == pooled["fid"]["n_generated"] and stats.dim == 64
@@ -164,8 +247,17 @@ def test_end_to_end_ray_matches_local(fixture_output, weights, evaluator, local_
     metrics = ("fd_drive", "instruction_adherence")
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
     try:
-        ray_rows = run_qa(_config(fixture_output, tmp_path / "ray", weights, evaluator, executor="ray", workers=2,
-                                  metrics=metrics)).rows
+        ray_rows = run_qa(
+            _config(
+                fixture_output,
+                tmp_path / "ray",
+                weights,
+                evaluator,
+                executor="ray",
+                workers=2,
+                metrics=metrics,
+            )
+        ).rows
     finally:
         ray.shutdown()
     local_rows = [r for r in local_run[1] if r["metric"] in metrics]
@@ -176,7 +268,9 @@ def test_end_to_end_ray_matches_local(fixture_output, weights, evaluator, local_
     for a, b in zip(ray_rows, local_rows, strict=True):
         assert a["n_generated"] == b["n_generated"] and a["n_real"] == b["n_real"]
         for key in ("value", "ci_low", "ci_high"):
-            assert a[key] == (None if b[key] is None else pytest.approx(b[key], rel=2e-2, abs=1e-4)), (a, b)
+            assert a[key] == (
+                None if b[key] is None else pytest.approx(b[key], rel=2e-2, abs=1e-4)
+            ), (a, b)
 
 
 @pytest.fixture
@@ -197,26 +291,60 @@ def lmgd(monkeypatch):
     return cli.main
 
 
-def test_cli_generated_out_skips_fd_drive_without_evaluator(fixture_output, weights, tmp_path, capsys, lmgd):
+def test_cli_generated_out_skips_fd_drive_without_evaluator(
+    fixture_output, weights, tmp_path, capsys, lmgd
+):
     out = tmp_path / "report"
-    code = lmgd(["qa", "--generated", str(fixture_output), "--out", str(out), "--weights-dir", str(weights),
-                 "--executor", "local", "--metrics", "fd_drive", "instruction_adherence", "--bootstrap", "0",
-                 "--evaluator", str(tmp_path / "missing")])
+    code = lmgd(
+        [
+            "qa",
+            "--generated",
+            str(fixture_output),
+            "--out",
+            str(out),
+            "--weights-dir",
+            str(weights),
+            "--executor",
+            "local",
+            "--metrics",
+            "fd_drive",
+            "instruction_adherence",
+            "--bootstrap",
+            "0",
+            "--evaluator",
+            str(tmp_path / "missing"),
+        ]
+    )
     printed = capsys.readouterr().out
     assert code == 0, printed
     assert "FD-drive skipped" in printed and "missing" in printed
     doc = json.loads((out / "qa.json").read_text())
-    assert "fd_drive" in doc["skipped"] and {r["metric"] for r in doc["rows"]} == {"instruction_adherence"}
+    assert "fd_drive" in doc["skipped"] and {r["metric"] for r in doc["rows"]} == {
+        "instruction_adherence"
+    }
     assert "FD-drive skipped" in (out / "report.md").read_text()
 
 
 def test_cli_missing_weights_is_bad_input(fixture_output, tmp_path, monkeypatch, capsys, lmgd):
     monkeypatch.delenv("LMGD_WEIGHTS_DIR", raising=False)
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
-    code = lmgd(["qa", "--generated", str(fixture_output), "--out", str(tmp_path / "r"), "--executor", "local"])
+    code = lmgd(
+        [
+            "qa",
+            "--generated",
+            str(fixture_output),
+            "--out",
+            str(tmp_path / "r"),
+            "--executor",
+            "local",
+        ]
+    )
     err = capsys.readouterr().err
     assert code == 2
-    assert "pt_inception-2015-12-05-6726825d.pth" in err and "github.com/mseitzer/pytorch-fid/releases" in err
+    assert (
+        "pt_inception-2015-12-05-6726825d.pth" in err
+        and "github.com/mseitzer/pytorch-fid/releases" in err
+    )
 
 
 def test_cli_argument_errors(fixture_output, capsys, lmgd):
@@ -241,17 +369,30 @@ def test_gallery_draws_seed_and_generated_frames(fixture_output, local_run):
     report, _ = local_run
     pngs = sorted((report / "gallery").glob("*.png"))
     text = (report / "report.md").read_text()
-    assert pngs and len(pngs) <= 4 and all(f"![gallery/{p.name}](gallery/{p.name})" in text for p in pngs)
-    samples = {(s.meta["scene"], s.meta["start_frame"]): s for s in iter_samples(str(fixture_output))
-               if s.meta["horizon"] == max(HORIZONS)}
+    assert (
+        pngs
+        and len(pngs) <= 4
+        and all(f"![gallery/{p.name}](gallery/{p.name})" in text for p in pngs)
+    )
+    samples = {
+        (s.meta["scene"], s.meta["start_frame"]): s
+        for s in iter_samples(str(fixture_output))
+        if s.meta["horizon"] == max(HORIZONS)
+    }
     image = cv2.cvtColor(cv2.imread(str(pngs[0])), cv2.COLOR_BGR2RGB)
     scene, start = pngs[0].stem.rsplit("-f", 1)
     sample = samples[(scene, int(start))]
     scale = 128 // GEN_SIZE[0]
     tile_h, tile_w = GEN_SIZE[0] * scale, 3 * GEN_SIZE[1] * scale
-    assert frame_times(16) == [8, 16] and frame_times(64) == [8, 16, 32, 64] and frame_times(8) == [8]
-    assert image.shape == (2 * CAPTION_H + tile_h, 3 * tile_w + 2 * 4, 3)  # header, caption, seed + t+8 + t+16
-    last = image[2 * CAPTION_H:, 2 * (tile_w + 4):]
+    assert (
+        frame_times(16) == [8, 16] and frame_times(64) == [8, 16, 32, 64] and frame_times(8) == [8]
+    )
+    assert image.shape == (
+        2 * CAPTION_H + tile_h,
+        3 * tile_w + 2 * 4,
+        3,
+    )  # header, caption, seed + t+8 + t+16
+    last = image[2 * CAPTION_H :, 2 * (tile_w + 4) :]
     expected = np.concatenate(list(sample.frames[:, 15]), axis=1).repeat(scale, 0).repeat(scale, 1)
     assert np.array_equal(last, expected)
 
@@ -260,12 +401,28 @@ def test_gallery_groups_counterfactuals_of_one_seed_point():
     from qa.gallery import pick_groups
 
     def row(scene, start, instruction, horizon=64, counterfactual=False, index=0):
-        return {"key": f"{scene}{start}{instruction}{horizon}", "shard": "shards/unit-000000.tar",
-                "sample_index": index, "horizon": horizon, "scene": scene, "start_frame": start,
-                "instruction": instruction, "counterfactual": counterfactual}
+        return {
+            "key": f"{scene}{start}{instruction}{horizon}",
+            "shard": "shards/unit-000000.tar",
+            "sample_index": index,
+            "horizon": horizon,
+            "scene": scene,
+            "start_frame": start,
+            "instruction": instruction,
+            "counterfactual": counterfactual,
+        }
 
-    rows = [row("a", 10, "go straight"), row("b", 20, "turn left"), row("b", 20, "turn right", counterfactual=True),
-            row("b", 20, "turn left", horizon=8), row("b", 20, "turn left", index=1), row("c", 5, "stop")]
+    rows = [
+        row("a", 10, "go straight"),
+        row("b", 20, "turn left"),
+        row("b", 20, "turn right", counterfactual=True),
+        row("b", 20, "turn left", horizon=8),
+        row("b", 20, "turn left", index=1),
+        row("c", 5, "stop"),
+    ]
     groups = pick_groups(pa.Table.from_pylist(rows), limit=2)
-    assert [[r["instruction"] for r in g] for g in groups] == [["turn left", "turn right"], ["go straight"]]
+    assert [[r["instruction"] for r in g] for g in groups] == [
+        ["turn left", "turn right"],
+        ["go straight"],
+    ]
     assert all(r["horizon"] == 64 and r["sample_index"] == 0 for g in groups for r in g)

@@ -60,7 +60,11 @@ def test_inception_equals_pytorch_fid(offline, tmp_path):
     reference = InceptionV3([3]).eval()  # pytorch-fid loads the same cached file, offline
     images = _images(5, 37, 53)
     with torch.no_grad():
-        expected = reference(torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255)[0].flatten(1).numpy()
+        expected = (
+            reference(torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255)[0]
+            .flatten(1)
+            .numpy()
+        )
     assert_same_features(ours(images), expected)
 
     files = []  # pytorch-fid's own loop from image files (PIL, ToTensor, DataLoader)
@@ -89,7 +93,9 @@ def test_inception_network_equals_torch_fidelity(offline, torch_home):
     from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
 
     path = torch_home / "hub" / "checkpoints" / INCEPTION.name
-    reference = FeatureExtractorInceptionV3("inception-v3-compat", ["2048"], feature_extractor_weights_path=str(path))
+    reference = FeatureExtractorInceptionV3(
+        "inception-v3-compat", ["2048"], feature_extractor_weights_path=str(path)
+    )
     ours = load_inception(None, CPU)
     images = torch.from_numpy(_images(3, 299, 299, seed=3)).permute(0, 3, 1, 2).contiguous()
     with torch.no_grad():
@@ -134,8 +140,13 @@ class _StyleGanVDetector(torch.nn.Module):
         super().__init__()
         self.proj = torch.nn.Linear(3, 400)
 
-    def forward(self, x: torch.Tensor, rescale: bool = True, resize: bool = True,
-                return_features: bool = False) -> torch.Tensor:
+    def forward(
+        self,
+        x: torch.Tensor,
+        rescale: bool = True,
+        resize: bool = True,
+        return_features: bool = False,
+    ) -> torch.Tensor:
         if rescale or resize or not return_features:
             raise RuntimeError("QA must pass rescale=False, resize=False, return_features=True")
         return self.proj(x.mean(dim=(2, 3, 4)))
@@ -154,10 +165,14 @@ def test_i3d_torchscript_is_preferred_and_called_like_stylegan_v(tmp_path):
 
 
 def test_clip_rule():
-    assert clip_starts(16) == [0] and clip_starts(24) == [0, 8] and clip_starts(64) == [0, 16, 32, 48]
+    assert (
+        clip_starts(16) == [0] and clip_starts(24) == [0, 8] and clip_starts(64) == [0, 16, 32, 48]
+    )
     frames = np.arange(8)[:, None, None, None] * np.ones((8, 2, 2, 3), np.uint8)
     eight = clips_of(frames)  # the 8-frame horizon: each frame twice
-    assert eight.shape[:2] == (1, 16) and eight[0, :, 0, 0, 0].tolist() == [i // 2 for i in range(16)]
+    assert eight.shape[:2] == (1, 16) and eight[0, :, 0, 0, 0].tolist() == [
+        i // 2 for i in range(16)
+    ]
     assert clips_of(np.zeros((24, 2, 2, 3), np.uint8)).shape[:2] == (2, 16)
 
 
@@ -167,11 +182,19 @@ def test_missing_weights_name_file_place_and_source(monkeypatch, tmp_path):
     with pytest.raises(CheckpointError) as e:
         load_inception(tmp_path / "job", CPU)
     msg = str(e.value)
-    for text in ("pt_inception-2015-12-05-6726825d.pth", str(tmp_path / "job"), str(tmp_path / "env"),
-                 str(tmp_path / "torch" / "hub" / "checkpoints"), "https://github.com/mseitzer/pytorch-fid/releases",
-                 "LMGD_WEIGHTS_DIR", "nothing is downloaded"):
+    for text in (
+        "pt_inception-2015-12-05-6726825d.pth",
+        str(tmp_path / "job"),
+        str(tmp_path / "env"),
+        str(tmp_path / "torch" / "hub" / "checkpoints"),
+        "https://github.com/mseitzer/pytorch-fid/releases",
+        "LMGD_WEIGHTS_DIR",
+        "nothing is downloaded",
+    ):
         assert text in msg
-    with pytest.raises(CheckpointError, match=r"i3d_torchscript\.pt or i3d_pretrained_400\.pt not found"):
+    with pytest.raises(
+        CheckpointError, match=r"i3d_torchscript\.pt or i3d_pretrained_400\.pt not found"
+    ):
         load_i3d(None, CPU)
 
 
@@ -222,7 +245,9 @@ def test_evaluator_problems(tmp_path):
     with pytest.raises(CheckpointError, match="sha256"):
         load_evaluator(d)
     meta["config"]["vision"]["dim"] = 64
-    (d / "config.json").write_text(json.dumps({k: v for k, v in meta.items() if k != "weights_sha256"}))
+    (d / "config.json").write_text(
+        json.dumps({k: v for k, v in meta.items() if k != "weights_sha256"})
+    )
     with pytest.raises(CheckpointError, match="does not fit the vision encoder"):
         load_evaluator(d)
     (d / "model.safetensors").unlink()

@@ -33,11 +33,15 @@ def _scipy_fd(a: np.ndarray, b: np.ndarray) -> float:
     return float(((mu1 - mu2) ** 2).sum() + np.trace(s1 + s2 - 2 * root))
 
 
-@pytest.mark.parametrize(("n", "d"), [(500, 64), (300, 256), (40, 128)])  # the last one rank-deficient
+@pytest.mark.parametrize(
+    ("n", "d"), [(500, 64), (300, 256), (40, 128)]
+)  # the last one rank-deficient
 def test_fd_matches_pytorch_fid_and_scipy(n, d):
     a, b = _pair(n, d, shift=0.2)
     ours = frechet_distance(FeatureStats.of(a), FeatureStats.of(b))
-    reference = calculate_frechet_distance(a.mean(0), np.cov(a, rowvar=False), b.mean(0), np.cov(b, rowvar=False))
+    reference = calculate_frechet_distance(
+        a.mean(0), np.cov(a, rowvar=False), b.mean(0), np.cov(b, rowvar=False)
+    )
     assert ours == pytest.approx(reference, rel=1e-6)
     assert ours == pytest.approx(_scipy_fd(a, b), rel=1e-6)
 
@@ -73,7 +77,9 @@ def test_saved_statistics_are_pytorch_fid_npz_and_merge_back(tmp_path: Path):
         np.testing.assert_allclose(f["mu"], a.mean(0), rtol=1e-12)
         np.testing.assert_allclose(f["sigma"], np.cov(a, rowvar=False), rtol=1e-10, atol=1e-12)
     back = FeatureStats.load(tmp_path / "a.npz").merge(FeatureStats.of(b))
-    np.testing.assert_allclose(back.cov(), np.cov(np.concatenate([a, b]), rowvar=False), rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(
+        back.cov(), np.cov(np.concatenate([a, b]), rowvar=False), rtol=1e-9, atol=1e-12
+    )
 
 
 def test_bootstrap_interval_and_fd_infinity():
@@ -104,16 +110,24 @@ def test_fid_grows_with_blur_and_noise(noon_scene, weights):
     extractor = load_inception(weights, CPU, dims=768)
     real = FeatureStats.of(extractor(frames))
     rng = np.random.default_rng(0)
-    blurred = [frames] + [np.stack([cv2.GaussianBlur(f, (0, 0), s) for f in frames]) for s in (1.0, 2.0, 4.0)]
-    noisy = [np.clip(frames + rng.normal(0, s, frames.shape), 0, 255).astype(np.uint8) for s in (8, 24, 64)]
+    blurred = [frames] + [
+        np.stack([cv2.GaussianBlur(f, (0, 0), s) for f in frames]) for s in (1.0, 2.0, 4.0)
+    ]
+    noisy = [
+        np.clip(frames + rng.normal(0, s, frames.shape), 0, 255).astype(np.uint8)
+        for s in (8, 24, 64)
+    ]
     for levels in (blurred, [frames, *noisy]):
         fd = [frechet_distance(real, FeatureStats.of(extractor(x))) for x in levels]
         assert abs(fd[0]) < 1e-6 * fd[1] and _strictly_increasing(fd), fd
 
 
 def test_fvd_grows_as_frames_are_shuffled(noon_scene, weights):
-    videos = [np.stack([noon_scene.images(i)[v] for i in range(s, s + 16)]) for v in ("left", "front")
-              for s in (0, 20)]
+    videos = [
+        np.stack([noon_scene.images(i)[v] for i in range(s, s + 16)])
+        for v in ("left", "front")
+        for s in (0, 20)
+    ]
     extractor = load_i3d(weights, CPU)
     real = FeatureStats.of(extractor(np.concatenate([clips_of(v) for v in videos])))
     rng = np.random.default_rng(0)
@@ -123,6 +137,10 @@ def test_fvd_grows_as_frames_are_shuffled(noon_scene, weights):
         order = np.concatenate([s + rng.permutation(block) for s in range(0, 16, block)])
         return video[order]
 
-    fd = [frechet_distance(real, FeatureStats.of(extractor(np.stack([shuffled(v, b) for v in videos]))))
-          for b in (1, 4, 16)]
+    fd = [
+        frechet_distance(
+            real, FeatureStats.of(extractor(np.stack([shuffled(v, b) for v in videos])))
+        )
+        for b in (1, 4, 16)
+    ]
     assert abs(fd[0]) < 1e-6 * fd[1] and _strictly_increasing(fd), fd

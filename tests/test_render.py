@@ -16,9 +16,9 @@ def _mid_block_frame(scene) -> int:
 def test_front_view_shows_road_below_and_sky_above(noon_scene):
     img = noon_scene.images(_mid_block_frame(noon_scene))["front"].astype(int)
     h, w, _ = img.shape
-    road = img[int(h * 0.85):, int(w * 0.45):int(w * 0.75)].reshape(-1, 3).mean(0)
+    road = img[int(h * 0.85) :, int(w * 0.45) : int(w * 0.75)].reshape(-1, 3).mean(0)
     assert np.ptp(road) < 25 and 35 < road.mean() < 120  # grey asphalt
-    sky = img[:3, w // 2 - 4:w // 2 + 4].reshape(-1, 3).mean(0)
+    sky = img[:3, w // 2 - 4 : w // 2 + 4].reshape(-1, 3).mean(0)
     assert sky[2] > sky[0] + 30  # blue sky at clear noon
 
 
@@ -26,7 +26,7 @@ def test_lane_markings_visible_left_of_the_ego_lane(noon_scene):
     """Right-hand traffic: the yellow centre line is in the left half of the front view."""
     img = noon_scene.images(_mid_block_frame(noon_scene))["front"].astype(int)
     h, w, _ = img.shape
-    band = img[int(h * 0.7):]
+    band = img[int(h * 0.7) :]
     yellow = (band[..., 0] > 150) & (band[..., 1] > 110) & (band[..., 2] < 90)
     cols = np.flatnonzero(yellow.any(axis=0))
     assert len(cols) > 3 and np.median(cols) < w / 2
@@ -40,14 +40,18 @@ def test_side_views_look_sideways(noon_scene):
 
 @pytest.fixture(scope="module")
 def weather_frames(scene_factory):
-    return {w: scene_factory(town_seed=4, route_seed=6, weather=w, frames=25).images(20)["front"].astype(float)
-            for w in WEATHERS}
+    return {
+        w: scene_factory(town_seed=4, route_seed=6, weather=w, frames=25)
+        .images(20)["front"]
+        .astype(float)
+        for w in WEATHERS
+    }
 
 
 def test_weathers_are_visibly_different(weather_frames):
     names = list(weather_frames)
     for i, a in enumerate(names):
-        for b in names[i + 1:]:
+        for b in names[i + 1 :]:
             diff = np.abs(weather_frames[a] - weather_frames[b]).mean()
             assert diff > 6, f"{a} and {b} look the same (mean abs diff {diff:.1f})"
 
@@ -57,7 +61,11 @@ def test_weather_character(weather_frames):
     assert night.mean() < 0.45 * noon.mean()
     top = slice(0, noon.shape[0] // 2)
     assert fog[top].std() < 0.7 * noon[top].std()  # fog washes out the distance
-    sunset_sky = weather_frames["sunset"][noon.shape[0] // 2 - 8:noon.shape[0] // 2 - 2].reshape(-1, 3).mean(0)
+    sunset_sky = (
+        weather_frames["sunset"][noon.shape[0] // 2 - 8 : noon.shape[0] // 2 - 2]
+        .reshape(-1, 3)
+        .mean(0)
+    )
     assert sunset_sky[0] > sunset_sky[2] + 20  # orange horizon
     rain, cloudy = weather_frames["rain"], weather_frames["cloudy"]
     assert rain.mean() < cloudy.mean()

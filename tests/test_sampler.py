@@ -9,8 +9,9 @@ from pydantic import ValidationError
 from schemas.errors import ConfigError
 from schemas.sampler import SamplerConfig, SamplerOverride
 
-BASE = SamplerConfig(scheduler="dpmsolver++", steps=12, strength=0.3, context_detail=True,
-                     warp_start=True)
+BASE = SamplerConfig(
+    scheduler="dpmsolver++", steps=12, strength=0.3, context_detail=True, warp_start=True
+)
 
 
 def test_an_override_has_the_keys_of_a_sampler():
@@ -18,14 +19,17 @@ def test_an_override_has_the_keys_of_a_sampler():
     assert all(value is None for _, value in SamplerOverride())
 
 
-@pytest.mark.parametrize(("values", "message"), [
-    ({"scheduler": "euler"}, "scheduler"),
-    ({"strength": 0.0}, "strength"),
-    ({"guidance": 0.5}, "guidance"),
-    ({"steps": "4"}, "steps"),  # no coercion
-    ({"steps": 4, "strength": 0.1}, "at least one denoising step, got 0.1 x 4"),
-    ({"name": "ddim"}, "name"),
-])
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        ({"scheduler": "euler"}, "scheduler"),
+        ({"strength": 0.0}, "strength"),
+        ({"guidance": 0.5}, "guidance"),
+        ({"steps": "4"}, "steps"),  # no coercion
+        ({"steps": 4, "strength": 0.1}, "at least one denoising step, got 0.1 x 4"),
+        ({"name": "ddim"}, "name"),
+    ],
+)
 def test_bad_settings_are_refused_naming_the_key(values, message):
     with pytest.raises(ValidationError, match=message):
         SamplerConfig(**values)

@@ -15,9 +15,22 @@ def test_every_schema_is_versioned():
 
 
 def _qa_rows(n):
-    return [{"schema_version": 1, "metric": "fid", "horizon": 8, "view": "front", "category": "all",
-             "value": 1.0, "ci_low": None, "ci_high": None, "n_real": 10, "n_generated": 10,
-             "extractor": "inception"} for _ in range(n)]
+    return [
+        {
+            "schema_version": 1,
+            "metric": "fid",
+            "horizon": 8,
+            "view": "front",
+            "category": "all",
+            "value": 1.0,
+            "ci_low": None,
+            "ci_high": None,
+            "n_real": 10,
+            "n_generated": 10,
+            "extractor": "inception",
+        }
+        for _ in range(n)
+    ]
 
 
 def test_all_bad_rows_are_reported_at_once():
@@ -53,10 +66,23 @@ def test_missing_unexpected_and_mistyped_columns():
 
 
 def test_duplicate_keys_are_reported():
-    row = {"schema_version": 1, "key": "t0123456789ab-s0", "shard": "shards/unit-000001.tar",
-           "task_id": "t0123456789ab", "sample_index": 0, "horizon": 8, "category": "turn", "instruction": "x",
-           "misleading": False, "counterfactual": False, "scene": "s", "start_frame": 8, "weather": "rain",
-           "seed": 1, "content_sha256": "0" * 64}
+    row = {
+        "schema_version": 1,
+        "key": "t0123456789ab-s0",
+        "shard": "shards/unit-000001.tar",
+        "task_id": "t0123456789ab",
+        "sample_index": 0,
+        "horizon": 8,
+        "category": "turn",
+        "instruction": "x",
+        "misleading": False,
+        "counterfactual": False,
+        "scene": "s",
+        "start_frame": 8,
+        "weather": "rain",
+        "seed": 1,
+        "content_sha256": "0" * 64,
+    }
     found = problems(pa.Table.from_pylist([row, dict(row)]), INDEX)
     assert found == ["row 1, column 'key': value 't0123456789ab-s0' duplicates row 0"]
 

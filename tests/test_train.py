@@ -46,16 +46,32 @@ def _dataset(scene: ProceduralScene, stage: int, model) -> torch.utils.data.Data
     return DriveDataset([scene], model.config, context=2, steps=1 if stage == 2 else 2)
 
 
-def _trainer(scene, stage, tmp_path, iterations=8, lr=2e-3, dataset=None, planner=False, **kw) -> StageTrainer:
+def _trainer(
+    scene, stage, tmp_path, iterations=8, lr=2e-3, dataset=None, planner=False, **kw
+) -> StageTrainer:
     """``planner``: False, True (planner batches of pixels) or "tokens" (of cached vision tokens)."""
     model = build_untrained("tiny")
-    config = StageConfig(iterations=iterations, batch_size=2, lr=lr, warmup=1, weight_decay=0.0, clip=5.0,
-                         sequence_steps=[2], sampler={"steps": 2}, planner={"batch_size": 3, "straight_previous": 0.5} if planner else None, **kw)
+    config = StageConfig(
+        iterations=iterations,
+        batch_size=2,
+        lr=lr,
+        warmup=1,
+        weight_decay=0.0,
+        clip=5.0,
+        sequence_steps=[2],
+        sampler={"steps": 2},
+        planner={"batch_size": 3, "straight_previous": 0.5} if planner else None,
+        **kw,
+    )
     dataset = dataset or _dataset(scene, stage, model)
     plans = None
     if planner:
         windows = _dataset(scene, 2, model)
-        cached = PlannerWindows(windows, VisionTokenCache.build(model, windows)) if planner == "tokens" else None
+        cached = (
+            PlannerWindows(windows, VisionTokenCache.build(model, windows))
+            if planner == "tokens"
+            else None
+        )
         plans = PlannerData(windows, 0.75, (16, 8), cached)
     return StageTrainer(model, stage, config, dataset, tmp_path, seed=0, planner=plans)
 
@@ -74,7 +90,9 @@ def test_each_stage_loss_decreases_through_the_loop(stage, small_scene, tmp_path
 @pytest.mark.parametrize(("stage", "planner"), [(1, False), (3, False), (2, True), (3, "tokens")])
 def test_resume_gives_identical_losses(stage, planner, small_scene, tmp_path):
     torch.manual_seed(0)
-    straight = _trainer(small_scene, stage, tmp_path / "straight", iterations=4, planner=planner).run()
+    straight = _trainer(
+        small_scene, stage, tmp_path / "straight", iterations=4, planner=planner
+    ).run()
     torch.manual_seed(0)
     first = _trainer(small_scene, stage, tmp_path / "split", iterations=4, planner=planner)
     head = first.run(until=2)
@@ -104,8 +122,12 @@ def test_stage3_feeds_back_videos_from_its_own_sampler_start_not_the_models():
 
 
 def test_a_recipe_with_the_old_sampler_keys_names_the_new_ones(tmp_path):
-    recipe = {"preset": "tiny", "workdir": str(tmp_path), "output": str(tmp_path / "model"),
-              "stages": {"3": {"iterations": 2, "batch_size": 1, "lr": 1e-4, "sampler_steps": 3}}}
+    recipe = {
+        "preset": "tiny",
+        "workdir": str(tmp_path),
+        "output": str(tmp_path / "model"),
+        "stages": {"3": {"iterations": 2, "batch_size": 1, "lr": 1e-4, "sampler_steps": 3}},
+    }
     with pytest.raises(ConfigError, match=r"stages\.3\.sampler_steps: now sampler\.steps"):
         parse_config(recipe)
 
@@ -118,7 +140,9 @@ def test_straightened_previous_actions_keep_their_distances():
     straight = (out["prev_waypoints"][:, :, 1] == 0).all(dim=1)
     assert 0.4 < straight.float().mean() < 0.6
     assert torch.equal(out["prev_waypoints"][~straight], batch["prev_waypoints"][~straight])
-    assert torch.allclose(out["prev_waypoints"][straight][:, :, 0], bend.norm(dim=-1).expand(int(straight.sum()), 4))
+    assert torch.allclose(
+        out["prev_waypoints"][straight][:, :, 0], bend.norm(dim=-1).expand(int(straight.sum()), 4)
+    )
     assert out["speed"] is batch["speed"] and straighten_previous_action(batch, 0.0) is batch
 
 
@@ -136,8 +160,13 @@ def test_planner_loss_from_cached_tokens_equals_the_loss_from_pixels(small_scene
     collate = torch.utils.data.default_collate
     pixels = drive_batch(collate([windows[k] for k in picks]), 1)
     tokens = drive_batch(collate([cached[k] for k in picks]), 1)
-    assert tokens.frames is None and tokens.future_frames is None and tokens.tokens.shape[:2] == (3, 2)
-    assert torch.equal(tokens.waypoints, pixels.waypoints) and tokens.instructions == pixels.instructions
+    assert (
+        tokens.frames is None and tokens.future_frames is None and tokens.tokens.shape[:2] == (3, 2)
+    )
+    assert (
+        torch.equal(tokens.waypoints, pixels.waypoints)
+        and tokens.instructions == pixels.instructions
+    )
     model.train()  # dropout in the compressor and LLM: the same noise for both
     torch.manual_seed(1)
     expected = planner_loss(model, pixels)
@@ -147,7 +176,9 @@ def test_planner_loss_from_cached_tokens_equals_the_loss_from_pixels(small_scene
         assert got.terms[name] == pytest.approx(value, rel=1e-5, abs=1e-6), name
 
 
-def test_the_token_cache_file_is_reused_only_by_the_same_encoder_and_scenes(small_scene, tmp_path, monkeypatch):
+def test_the_token_cache_file_is_reused_only_by_the_same_encoder_and_scenes(
+    small_scene, tmp_path, monkeypatch
+):
     torch.manual_seed(0)
     model = build_untrained("tiny")
     windows = DriveDataset([small_scene], model.config, context=2, steps=1)
@@ -157,12 +188,23 @@ def test_the_token_cache_file_is_reused_only_by_the_same_encoder_and_scenes(smal
     encoded = []
     real = tokens_module._encode_all
     monkeypatch.setattr(tokens_module, "_encode_all", lambda *a: encoded.append(1) or real(*a))
-    assert torch.equal(VisionTokenCache.build(model, windows, path=path).tokens, first.tokens) and not encoded
-    fewer = DriveDataset([ProceduralScene(DriveSpec(town_seed=2, route_seed=1, frames=30, size=(32, 32)))],
-                         model.config, context=2, steps=1)
-    assert VisionTokenCache.build(model, fewer, path=path).tokens.shape[0] == 30 and len(encoded) == 1
+    assert (
+        torch.equal(VisionTokenCache.build(model, windows, path=path).tokens, first.tokens)
+        and not encoded
+    )
+    fewer = DriveDataset(
+        [ProceduralScene(DriveSpec(town_seed=2, route_seed=1, frames=30, size=(32, 32)))],
+        model.config,
+        context=2,
+        steps=1,
+    )
+    assert (
+        VisionTokenCache.build(model, fewer, path=path).tokens.shape[0] == 30 and len(encoded) == 1
+    )
     with torch.no_grad():
-        model.vision.proj.weight.add_(0.1)  # another encoder: its tokens differ, the file is rewritten
+        model.vision.proj.weight.add_(
+            0.1
+        )  # another encoder: its tokens differ, the file is rewritten
     retrained = VisionTokenCache.build(model, windows, path=path)
     assert len(encoded) == 2 and not torch.equal(retrained.tokens, first.tokens)
 
@@ -176,7 +218,9 @@ def test_stage3_changes_the_llm_not_the_generator(planner, small_scene, tmp_path
     torch.manual_seed(0)
     trainer = _trainer(small_scene, 3, tmp_path, iterations=2, planner=planner)
     model = trainer.model
-    frozen = {name: _snapshot(getattr(model, name)) for name in ("generator", "conditioner", "vision")}
+    frozen = {
+        name: _snapshot(getattr(model, name)) for name in ("generator", "conditioner", "vision")
+    }
     llm = _snapshot(model.llm)
     trainer.run()
     for name, before in frozen.items():
@@ -187,14 +231,32 @@ def test_stage3_changes_the_llm_not_the_generator(planner, small_scene, tmp_path
 
 def test_all_stages_write_a_loadable_checkpoint_and_curves(tmp_path):
     iters = {"iterations": 2, "batch_size": 2, "lr": 1e-3, "checkpoint_every": 1}
-    config = parse_config({
-        "preset": "tiny", "workdir": str(tmp_path / "work"), "output": str(tmp_path / "model"),
-        "data": {"towns": [3], "frames": 40, "size": 32, "cache": str(tmp_path / "scenes"), "context_frames": 2,
-                 "workers": 0},
-        "stages": {"0": iters, "1": iters, "2": iters, "3": {**iters, "sequence_steps": [2], "sampler": {"steps": 1},
-                                                              "planner": {"batch_size": 2, "routes_per_town": 2,
-                                                                          "token_cache": True}}},
-    })
+    config = parse_config(
+        {
+            "preset": "tiny",
+            "workdir": str(tmp_path / "work"),
+            "output": str(tmp_path / "model"),
+            "data": {
+                "towns": [3],
+                "frames": 40,
+                "size": 32,
+                "cache": str(tmp_path / "scenes"),
+                "context_frames": 2,
+                "workers": 0,
+            },
+            "stages": {
+                "0": iters,
+                "1": iters,
+                "2": iters,
+                "3": {
+                    **iters,
+                    "sequence_steps": [2],
+                    "sampler": {"steps": 1},
+                    "planner": {"batch_size": 2, "routes_per_town": 2, "token_cache": True},
+                },
+            },
+        }
+    )
     assert run(config, [0, 1]) is None  # not the last stage: no output yet
     assert run(config) == tmp_path / "model"  # stages 0 and 1 are done and skipped; 2 and 3 train
     model, _ = load_checkpoint(tmp_path / "model", "cpu")
@@ -203,17 +265,26 @@ def test_all_stages_write_a_loadable_checkpoint_and_curves(tmp_path):
     for stage in range(4):
         assert (tmp_path / "model" / f"loss_stage{stage}.png").is_file()
     readme = (tmp_path / "model" / "README.md").read_text()
-    assert "| 3 | 2 | 2 |" in readme and "planner batches of 2" in readme and "encoder tokens cached" in readme
+    assert (
+        "| 3 | 2 | 2 |" in readme
+        and "planner batches of 2" in readme
+        and "encoder tokens cached" in readme
+    )
     assert "fed-back sampler steps 1, strength 0.8, warp_start False" in readme
     assert (tmp_path / "work" / TOKEN_CACHE_FILE).is_file()
     assert '"plan_heading"' in (tmp_path / "work" / "stage3" / "log.jsonl").read_text()
-    assert len(list((tmp_path / "scenes").glob("town0003_route000[01]_*"))) == 2  # the planner's second route
+    assert (
+        len(list((tmp_path / "scenes").glob("town0003_route000[01]_*"))) == 2
+    )  # the planner's second route
 
 
 def test_loss_curve_png(tmp_path):
     log = tmp_path / "log.jsonl"
-    rows = [f'{{"stage": 2, "step": {i}, "loss": {3 / i:.4f}, "lr": 0.001, "grad_norm": 1.0, "seconds": 0.1, '
-            f'"waypoints": {2 / i:.4f}, "completion": 0.7, "diffusion": {1 / i:.4f}}}' for i in range(1, 120)]
+    rows = [
+        f'{{"stage": 2, "step": {i}, "loss": {3 / i:.4f}, "lr": 0.001, "grad_norm": 1.0, "seconds": 0.1, '
+        f'"waypoints": {2 / i:.4f}, "completion": 0.7, "diffusion": {1 / i:.4f}}}'
+        for i in range(1, 120)
+    ]
     log.write_text("\n".join(rows) + "\n")
     png = plot_log(log, tmp_path / "loss.png", "stage 2")
     with Image.open(png) as img:

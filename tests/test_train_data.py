@@ -72,7 +72,9 @@ def test_drive_batches_from_procedural_and_lmdrive_agree(scene, lmdrive_scene):
     assert a["waypoints"].shape == (3, 2, 4, 2) and a["completed"].shape == (3, 2)
     assert a["prev_waypoints"].shape == (3, 4, 2) and a["speed"].shape == (3,)
     assert len(a["instruction"]) == 3 and all(isinstance(s, str) for s in a["instruction"])
-    assert torch.equal(a["frames"], b["frames"]) and torch.equal(a["future_frames"], b["future_frames"])
+    assert torch.equal(a["frames"], b["frames"]) and torch.equal(
+        a["future_frames"], b["future_frames"]
+    )
     assert torch.allclose(a["waypoints"], b["waypoints"], atol=1e-3)
     assert a["instruction"] == b["instruction"]
 
@@ -86,7 +88,10 @@ def test_previous_action_is_the_waypoints_one_step_earlier(scene):
 def test_stream_sampler_shards_and_crosses_epochs():
     whole = list(zip(range(12), StreamSampler(5, seed=1), strict=False))
     assert sorted(i for _, i in whole[:5]) == list(range(5))
-    ranks = [[i for _, i in zip(range(6), StreamSampler(5, 1, rank=r, world=2), strict=False)] for r in (0, 1)]
+    ranks = [
+        [i for _, i in zip(range(6), StreamSampler(5, 1, rank=r, world=2), strict=False)]
+        for r in (0, 1)
+    ]
     assert [i for pair in zip(*ranks, strict=True) for i in pair] == [i for _, i in whole]
 
 
@@ -109,10 +114,16 @@ def junction_drive() -> DriveDataset:
 def test_maneuver_groups_split_junction_windows_by_the_experts_turn(junction_drive):
     dataset, scene = junction_drive, junction_drive.scenes[0]
     groups = maneuver_groups(dataset, before=16, after=8)
-    assert sorted(np.concatenate(list(groups.values())).tolist()) == list(range(len(dataset)))  # a partition
+    assert sorted(np.concatenate(list(groups.values())).tolist()) == list(
+        range(len(dataset))
+    )  # a partition
     inside = [scene.measurements(i).is_junction for i in range(len(scene))]
     entries = [t for t in range(1, len(inside)) if inside[t] and not inside[t - 1]]
-    assert entries and len(groups["other"]) and sum(len(groups[m]) for m in ("left", "straight", "right"))
+    assert (
+        entries
+        and len(groups["other"])
+        and sum(len(groups[m]) for m in ("left", "straight", "right"))
+    )
     assert len(groups["left"])  # this drive turns left at a junction
     for name, members in groups.items():
         for k in members:
@@ -124,16 +135,31 @@ def test_maneuver_groups_split_junction_windows_by_the_experts_turn(junction_dri
 
 def test_stratified_sampler_draws_by_share_and_resumes_exactly():
     groups = [np.arange(3), np.arange(100, 150), np.arange(200, 202), np.arange(1000, 3000)]
-    draws = [x for x, _ in zip(StratifiedSampler(groups, [0.25] * 4, seed=3), range(4000), strict=False)]
+    draws = [
+        x for x, _ in zip(StratifiedSampler(groups, [0.25] * 4, seed=3), range(4000), strict=False)
+    ]
     share = [np.isin(draws, g).mean() for g in groups]
     assert np.allclose(share, 0.25, atol=0.03), share
     assert set(draws[:2000]) >= {0, 1, 2, 200, 201}  # small groups are drawn again and again
-    resumed = [x for x, _ in zip(StratifiedSampler(groups, [0.25] * 4, seed=3, start=100), range(50), strict=False)]
+    resumed = [
+        x
+        for x, _ in zip(
+            StratifiedSampler(groups, [0.25] * 4, seed=3, start=100), range(50), strict=False
+        )
+    ]
     assert resumed == draws[100:150]
-    rank1 = [x for x, _ in zip(StratifiedSampler(groups, [0.25] * 4, 3, start=100, rank=1, world=2), range(20),
-                               strict=False)]
+    rank1 = [
+        x
+        for x, _ in zip(
+            StratifiedSampler(groups, [0.25] * 4, 3, start=100, rank=1, world=2),
+            range(20),
+            strict=False,
+        )
+    ]
     assert rank1 == draws[101:141:2]
-    empty_left = StratifiedSampler([np.array([], dtype=int), np.array([7]), np.array([9])], [0.5, 0.25, 0.25], 0)
+    empty_left = StratifiedSampler(
+        [np.array([], dtype=int), np.array([7]), np.array([9])], [0.5, 0.25, 0.25], 0
+    )
     drawn = [x for x, _ in zip(empty_left, range(400), strict=False)]
     assert set(drawn) == {7, 9} and 0.4 < drawn.count(7) / 400 < 0.6
     with pytest.raises(ValueError, match="no group"):
@@ -144,12 +170,24 @@ def test_planner_batches_follow_the_junction_share(junction_drive):
     planner = PlannerData(junction_drive, junction_share=0.75, entry_zone=(16, 8))
     other = set(planner.groups[-1].tolist())
     assert len(other) / len(junction_drive) > 0.7  # most of a drive is open road ...
-    assert [len(g) > 0 for g in planner.groups] == [True, True, False, True]  # this drive never turns right
+    assert [len(g) > 0 for g in planner.groups] == [
+        True,
+        True,
+        False,
+        True,
+    ]  # this drive never turns right
     picks = [k for k, _ in zip(planner.loader(8, 0, 0, 0).sampler, range(1200), strict=False)]
-    for group in planner.groups[:2] + planner.groups[3:]:  # so the left, straight and open-road windows
+    for group in (
+        planner.groups[:2] + planner.groups[3:]
+    ):  # so the left, straight and open-road windows
         assert 0.28 < np.isin(picks, group).mean() < 0.39  # share its quarter: a third each
     batch = next(iter(planner.loader(8, 0, 0, 0)))
-    assert batch["frames"].shape == (8, 3, 2, 32, 32, 3) and batch["waypoints"].shape == (8, 1, 4, 2)
+    assert batch["frames"].shape == (8, 3, 2, 32, 32, 3) and batch["waypoints"].shape == (
+        8,
+        1,
+        4,
+        2,
+    )
 
 
 def test_warmup_cosine():
@@ -159,24 +197,51 @@ def test_warmup_cosine():
 
 
 def test_procedural_drives_cycle_weathers():
-    config = parse_config({"preset": "demo", "workdir": "w", "output": "o", "stages": {"1": {
-        "iterations": 2, "batch_size": 1, "lr": 1e-3}}, "data": {"towns": {"first": 1, "count": 2},
-                                                               "routes_per_town": 2, "weathers": ["rain", "fog"]}})
+    config = parse_config(
+        {
+            "preset": "demo",
+            "workdir": "w",
+            "output": "o",
+            "stages": {"1": {"iterations": 2, "batch_size": 1, "lr": 1e-3}},
+            "data": {
+                "towns": {"first": 1, "count": 2},
+                "routes_per_town": 2,
+                "weathers": ["rain", "fog"],
+            },
+        }
+    )
     specs = drive_specs(config.data)
     assert [(s.town_seed, s.route_seed, s.weather) for s in specs] == [
-        (1, 0, "rain"), (1, 1, "fog"), (2, 0, "rain"), (2, 1, "fog")]
+        (1, 0, "rain"),
+        (1, 1, "fog"),
+        (2, 0, "rain"),
+        (2, 1, "fog"),
+    ]
 
 
-@pytest.mark.parametrize(("text", "match"), [
-    ("preset: tiny\nworkdir: w\noutput: o\nstages: {}\nlearning_rate: 1\n", "learning_rate"),
-    ("preset: tiny\nworkdir: w\noutput: o\nstages: {'5': {iterations: 1, batch_size: 1, lr: 1}}\n", "stages.5"),
-    ("preset: huge\nworkdir: w\noutput: o\nstages: {'1': {iterations: 1, batch_size: 1, lr: 1}}\n", "huge"),
-    ("preset: tiny\nworkdir: w\noutput: o\nstages: {'1': {iterations: 2, batch_size: 1, lr: 1, warmup: 5}}\n",
-     "warmup"),
-    ("preset: tiny\nworkdir: w\noutput: o\nstages: {'1': {iterations: 2, batch_size: 1, lr: 1, clipp: 1}}\n",
-     "clipp"),
-    ("preset: tiny\n  bad: [yaml\n", "not valid YAML"),
-])
+@pytest.mark.parametrize(
+    ("text", "match"),
+    [
+        ("preset: tiny\nworkdir: w\noutput: o\nstages: {}\nlearning_rate: 1\n", "learning_rate"),
+        (
+            "preset: tiny\nworkdir: w\noutput: o\nstages: {'5': {iterations: 1, batch_size: 1, lr: 1}}\n",
+            "stages.5",
+        ),
+        (
+            "preset: huge\nworkdir: w\noutput: o\nstages: {'1': {iterations: 1, batch_size: 1, lr: 1}}\n",
+            "huge",
+        ),
+        (
+            "preset: tiny\nworkdir: w\noutput: o\nstages: {'1': {iterations: 2, batch_size: 1, lr: 1, warmup: 5}}\n",
+            "warmup",
+        ),
+        (
+            "preset: tiny\nworkdir: w\noutput: o\nstages: {'1': {iterations: 2, batch_size: 1, lr: 1, clipp: 1}}\n",
+            "clipp",
+        ),
+        ("preset: tiny\n  bad: [yaml\n", "not valid YAML"),
+    ],
+)
 def test_bad_recipes_raise_config_error(tmp_path, text, match):
     path = tmp_path / "train.yaml"
     path.write_text(text)
@@ -186,7 +251,9 @@ def test_bad_recipes_raise_config_error(tmp_path, text, match):
 
 def test_cli_rejects_a_bad_or_unconfigured_stage(tmp_path):
     path = tmp_path / "train.yaml"
-    path.write_text("preset: tiny\nworkdir: w\noutput: o\nstages: {'1': {iterations: 1, batch_size: 1, lr: 1}}\n")
+    path.write_text(
+        "preset: tiny\nworkdir: w\noutput: o\nstages: {'1': {iterations: 1, batch_size: 1, lr: 1}}\n"
+    )
     parser = argparse.ArgumentParser()
     cli.add_parser(parser.add_subparsers(dest="verb"))
     with pytest.raises(ConfigError, match="--stage must be"):
@@ -202,8 +269,21 @@ def test_planner_batches_are_refused_before_stage_2():
     with pytest.raises(ConfigError, match="stages 2 and 3 only"):
         parse_config({"preset": "tiny", "workdir": "w", "output": "o", "stages": stages})
     with pytest.raises(ConfigError, match="junction_share"):
-        parse_config({"preset": "tiny", "workdir": "w", "output": "o", "stages": {
-            "2": {"iterations": 2, "batch_size": 1, "lr": 1e-3, "planner": {"junction_share": 1.5}}}})
+        parse_config(
+            {
+                "preset": "tiny",
+                "workdir": "w",
+                "output": "o",
+                "stages": {
+                    "2": {
+                        "iterations": 2,
+                        "batch_size": 1,
+                        "lr": 1e-3,
+                        "planner": {"junction_share": 1.5},
+                    }
+                },
+            }
+        )
 
 
 @pytest.mark.parametrize("job", ["jobs/train_demo.yaml", "jobs/train_evaluator.yaml"])

@@ -33,7 +33,10 @@ def collisions(log: DriveLog) -> list[tuple[int, str, int]]:
     hits = []
     for i, f in enumerate(log.frames):
         ego = _corners(f.ego[0], f.ego[1], f.ego[2], VEHICLE_SIZE[0], VEHICLE_SIZE[1])
-        for kind, arr, size in (("vehicle", f.vehicles, VEHICLE_SIZE), ("pedestrian", f.pedestrians, PEDESTRIAN_SIZE)):
+        for kind, arr, size in (
+            ("vehicle", f.vehicles, VEHICLE_SIZE),
+            ("pedestrian", f.pedestrians, PEDESTRIAN_SIZE),
+        ):
             if not len(arr):
                 continue
             near = np.flatnonzero(np.hypot(arr[:, 0] - f.ego[0], arr[:, 1] - f.ego[1]) < 6.0)

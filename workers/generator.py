@@ -33,7 +33,9 @@ from storage.store import open_storage
 log = logging.getLogger(__name__)
 
 
-def seed_stack(task: dict, size: tuple[int, int], step: int) -> tuple[np.ndarray, float, np.ndarray | None]:
+def seed_stack(
+    task: dict, size: tuple[int, int], step: int
+) -> tuple[np.ndarray, float, np.ndarray | None]:
     """The seed frames of a task, (V, S, H, W, 3) uint8 at the model's resolution, the ego speed at
     the last seed frame and the path driven in the ``step`` frames up to it (the expert's waypoints
     ``step`` frames earlier, as the model trained on; ``None`` when the drive is younger than that)."""
@@ -42,7 +44,9 @@ def seed_stack(task: dict, size: tuple[int, int], step: int) -> tuple[np.ndarray
     frames = [scene.images(i) for i in range(start - n, start)]
     stack = np.stack([[_resize(f[v], size) for f in frames] for v in VIEWS])
     last = start - 1
-    driven = np.asarray(scene.measurements(last - step).waypoints, np.float32) if last >= step else None
+    driven = (
+        np.asarray(scene.measurements(last - step).waypoints, np.float32) if last >= step else None
+    )
     return stack, float(scene.measurements(last).speed), driven
 
 
@@ -85,14 +89,26 @@ class UnitRunner:
         self.gpu_ids = _ray_gpu_ids()
         self.device = pick_device(device)
         self.model, self.identity = load_checkpoint(self.job.model, device=self.device)
-        self.storage = open_storage(self.job.output, self.job.storage.endpoint_url, self.job.storage.region)
+        self.storage = open_storage(
+            self.job.output, self.job.storage.endpoint_url, self.job.storage.region
+        )
         self._seed_lock = threading.Lock()  # scenes (renderers, caches) are not thread-safe
         self._model_lock = threading.Lock()
         self.load_s = time.perf_counter() - t0
-        log.info("generator ready on %s (Ray GPU ids %s) in %.1f s", self.device, self.gpu_ids, self.load_s)
+        log.info(
+            "generator ready on %s (Ray GPU ids %s) in %.1f s",
+            self.device,
+            self.gpu_ids,
+            self.load_s,
+        )
 
     def info(self) -> dict:
-        return {"host": platform.node(), "pid": os.getpid(), "device": str(self.device), "gpu_ids": self.gpu_ids}
+        return {
+            "host": platform.node(),
+            "pid": os.getpid(),
+            "device": str(self.device),
+            "gpu_ids": self.gpu_ids,
+        }
 
     def run(self, unit: Unit) -> dict:
         """Generate, encode and publish one unit; returns its completion marker."""
@@ -100,22 +116,37 @@ class UnitRunner:
         step, waypoints = self.model.config.frames_per_step, self.model.config.vision.num_waypoints
         with self._seed_lock:
             t0 = time.perf_counter()
-            stacks, speeds, driven = zip(*(seed_stack(s.task, size, step) for s in unit.samples), strict=True)
+            stacks, speeds, driven = zip(
+                *(seed_stack(s.task, size, step) for s in unit.samples), strict=True
+            )
             t_seed = time.perf_counter()
         with self._model_lock:
             t_model = time.perf_counter()
             result = self.model.rollout(
-                np.stack(stacks), [s.task["instruction"] for s in unit.samples], unit.horizon,
-                [s.seed for s in unit.samples], speed=np.array(speeds, np.float32),
-                driven=stack_driven(driven, waypoints), sampler=self.sampler)
+                np.stack(stacks),
+                [s.task["instruction"] for s in unit.samples],
+                unit.horizon,
+                [s.seed for s in unit.samples],
+                speed=np.array(speeds, np.float32),
+                driven=stack_driven(driven, waypoints),
+                sampler=self.sampler,
+            )
             t1 = time.perf_counter()
         encoded = []
         rows = []
         for b, ref in enumerate(unit.samples):
             sample = GeneratedSample(
-                key=ref.key, frames=result.frames[b], seed_frames=stacks[b], waypoints=result.waypoints[b],
-                controls=result.controls[b], completion=result.completion[b], meta=self._meta(ref, result.frames[b]))
-            members = sample_members(sample, VIEWS, self.job.encoding.format, self.job.encoding.crf, 10.0)
+                key=ref.key,
+                frames=result.frames[b],
+                seed_frames=stacks[b],
+                waypoints=result.waypoints[b],
+                controls=result.controls[b],
+                completion=result.completion[b],
+                meta=self._meta(ref, result.frames[b]),
+            )
+            members = sample_members(
+                sample, VIEWS, self.job.encoding.format, self.job.encoding.crf, 10.0
+            )
             encoded.append((ref.key, members))
             rows.append(_index_row(ref, unit, content_hash(members)))
         t2 = time.perf_counter()
@@ -126,34 +157,72 @@ class UnitRunner:
             self.storage.put_file(unit.shard_key, path)
         t3 = time.perf_counter()
         marker = {
-            "schema_version": 1, "unit": unit.name, "fingerprint": unit.fingerprint, "shard": unit.shard_key,
-            "sha256": sha, "bytes": size_bytes, "samples": rows, "frames": unit.frames * len(VIEWS),
-            "timings": {"seed_s": t_seed - t0, "generate_s": t1 - t_model, "encode_s": t2 - t1, "publish_s": t3 - t2},
+            "schema_version": 1,
+            "unit": unit.name,
+            "fingerprint": unit.fingerprint,
+            "shard": unit.shard_key,
+            "sha256": sha,
+            "bytes": size_bytes,
+            "samples": rows,
+            "frames": unit.frames * len(VIEWS),
+            "timings": {
+                "seed_s": t_seed - t0,
+                "generate_s": t1 - t_model,
+                "encode_s": t2 - t1,
+                "publish_s": t3 - t2,
+            },
             "worker": self.info(),
         }
-        self.storage.put_bytes(unit.marker_key, json.dumps(marker, sort_keys=True, indent=1).encode())
+        self.storage.put_bytes(
+            unit.marker_key, json.dumps(marker, sort_keys=True, indent=1).encode()
+        )
         return marker
 
     def _meta(self, ref, frames: np.ndarray) -> dict:
         t = ref.task
         return {
-            "schema_version": SAMPLE.version, "key": ref.key, "task_id": t["task_id"], "sample_index": ref.index,
-            "instruction": t["instruction"], "category": t["category"], "misleading": t["misleading"],
-            "counterfactual": t["counterfactual"], "scene": t["scene"], "start_frame": t["start_frame"],
-            "horizon": t["horizon"], "fps": 10.0, "views": list(VIEWS), "height": int(frames.shape[2]),
-            "width": int(frames.shape[3]), "model_id": self.identity.model_id, "model_sha256": self.identity.sha256,
-            "sampler": json.dumps(self.sampler.model_dump(), sort_keys=True), "seed": ref.seed,
+            "schema_version": SAMPLE.version,
+            "key": ref.key,
+            "task_id": t["task_id"],
+            "sample_index": ref.index,
+            "instruction": t["instruction"],
+            "category": t["category"],
+            "misleading": t["misleading"],
+            "counterfactual": t["counterfactual"],
+            "scene": t["scene"],
+            "start_frame": t["start_frame"],
+            "horizon": t["horizon"],
+            "fps": 10.0,
+            "views": list(VIEWS),
+            "height": int(frames.shape[2]),
+            "width": int(frames.shape[3]),
+            "model_id": self.identity.model_id,
+            "model_sha256": self.identity.sha256,
+            "sampler": json.dumps(self.sampler.model_dump(), sort_keys=True),
+            "seed": ref.seed,
             "code_version": self.code_version,
         }
 
 
 def _index_row(ref, unit: Unit, digest: str) -> dict:
     t = ref.task
-    return {"schema_version": INDEX.version, "key": ref.key, "shard": unit.shard_key, "task_id": t["task_id"],
-            "sample_index": ref.index, "horizon": t["horizon"], "category": t["category"],
-            "instruction": t["instruction"], "misleading": t["misleading"], "counterfactual": t["counterfactual"],
-            "scene": t["scene"], "start_frame": t["start_frame"], "weather": t["weather"], "seed": ref.seed,
-            "content_sha256": digest}
+    return {
+        "schema_version": INDEX.version,
+        "key": ref.key,
+        "shard": unit.shard_key,
+        "task_id": t["task_id"],
+        "sample_index": ref.index,
+        "horizon": t["horizon"],
+        "category": t["category"],
+        "instruction": t["instruction"],
+        "misleading": t["misleading"],
+        "counterfactual": t["counterfactual"],
+        "scene": t["scene"],
+        "start_frame": t["start_frame"],
+        "weather": t["weather"],
+        "seed": ref.seed,
+        "content_sha256": digest,
+    }
 
 
 def _ray_gpu_ids() -> list:

@@ -18,5 +18,9 @@ class QAFeatureWorker(FeatureRunner):
     """:class:`FeatureRunner` plus a description of where it runs."""
 
     def info(self) -> dict:
-        return {"host": platform.node(), "pid": os.getpid(), "device": str(self.device),
-                "extractors": self.descriptions()}
+        return {
+            "host": platform.node(),
+            "pid": os.getpid(),
+            "device": str(self.device),
+            "extractors": self.descriptions(),
+        }

@@ -69,8 +69,10 @@ class AccelerateBackend(LocalBackend):
         self.is_main = self.accelerator.is_main_process
         launched = int(os.environ.get("WORLD_SIZE", "1"))
         if self.world != launched:
-            raise ConfigError(f"{launched} processes were launched but accelerate formed a group of {self.world} "
-                              f"(distributed type {self.accelerator.distributed_type}); check the launch options")
+            raise ConfigError(
+                f"{launched} processes were launched but accelerate formed a group of {self.world} "
+                f"(distributed type {self.accelerator.distributed_type}); check the launch options"
+            )
 
     def prepare(self, objective: nn.Module, optimizer: torch.optim.Optimizer) -> tuple:
         """Wrap the objective and optimizer (the scheduler is stepped by hand, once per iteration)."""
@@ -90,7 +92,10 @@ class AccelerateBackend(LocalBackend):
 
 
 def launched_by_accelerate() -> bool:
-    return any(k.startswith("ACCELERATE_") for k in os.environ) or int(os.environ.get("WORLD_SIZE", "1")) > 1
+    return (
+        any(k.startswith("ACCELERATE_") for k in os.environ)
+        or int(os.environ.get("WORLD_SIZE", "1")) > 1
+    )
 
 
 def is_main_process() -> bool:

@@ -32,8 +32,11 @@ from schemas.sampler import SamplerOverride
 from schemas.scene import WEATHERS
 
 STAGES = (0, 1, 2, 3)
-RENAMED = {"sampler_steps": "sampler.steps", "sampler_strength": "sampler.strength",
-           "sampler_warp_start": "sampler.warp_start"}
+RENAMED = {
+    "sampler_steps": "sampler.steps",
+    "sampler_strength": "sampler.strength",
+    "sampler_warp_start": "sampler.warp_start",
+}
 FED_BACK = SamplerOverride(steps=3, strength=0.8, warp_start=False)
 """Stage 3's sampler of the fed-back videos, over the model's: few steps from the still last frame,
 independent of the model's inference sampler (a stage's ``sampler`` overrides these)."""
@@ -97,7 +100,9 @@ class PlannerConfig(_Strict):
     junction_share: Annotated[float, Field(ge=0, le=1)] = 0.75
     entry_zone: tuple[Annotated[int, Field(ge=0)], Annotated[int, Field(ge=0)]] = (16, 8)
     routes_per_town: PositiveInt | None = None
-    straight_previous: Annotated[float, Field(ge=0, le=1)] = 0.0  # share whose previous action drives straight
+    straight_previous: Annotated[float, Field(ge=0, le=1)] = (
+        0.0  # share whose previous action drives straight
+    )
     token_cache: bool = False
 
 
@@ -114,7 +119,10 @@ class StageConfig(_Strict):
     clip: Annotated[float, Field(gt=0)] = 1.0
     checkpoint_every: PositiveInt = 100
     log_every: PositiveInt = 10
-    sequence_steps: list[Annotated[int, Field(ge=2, le=3)]] = [2, 3]  # stage 3 curriculum, equal shares
+    sequence_steps: list[Annotated[int, Field(ge=2, le=3)]] = [
+        2,
+        3,
+    ]  # stage 3 curriculum, equal shares
     sampler: SamplerOverride = SamplerOverride()  # stage 3: the fed-back videos', over FED_BACK
     planner: PlannerConfig | None = None  # stages 2-3: planner batches balanced by maneuver
 
@@ -151,7 +159,9 @@ class TrainConfig(_Strict):
             raise ValueError("stages must configure at least one stage")
         for name, stage in self.stages.items():
             if stage.planner is not None and int(name) < 2:
-                raise ValueError(f"stage {name}: planner batches exist in stages 2 and 3 only (the LLM trains there)")
+                raise ValueError(
+                    f"stage {name}: planner batches exist in stages 2 and 3 only (the LLM trains there)"
+                )
         return self
 
     def stage_numbers(self) -> list[int]:
@@ -159,7 +169,9 @@ class TrainConfig(_Strict):
 
     def stage(self, stage: int) -> StageConfig:
         if str(stage) not in self.stages:
-            raise ConfigError(f"stage {stage} is not configured; this recipe has stages {self.stage_numbers()}")
+            raise ConfigError(
+                f"stage {stage} is not configured; this recipe has stages {self.stage_numbers()}"
+            )
         return self.stages[str(stage)]  # type: ignore[index]
 
 
@@ -168,9 +180,13 @@ def parse_config(data: object, where: str = "config") -> TrainConfig:
     try:
         return TrainConfig.model_validate(data)
     except ValidationError as exc:
-        problems = [f"  {'.'.join(str(p) for p in e['loc']) or '(top level)'}: {_message(e)}"
-                    for e in exc.errors()]
-        raise ConfigError(f"{where} is not a valid training recipe:\n" + "\n".join(problems)) from None
+        problems = [
+            f"  {'.'.join(str(p) for p in e['loc']) or '(top level)'}: {_message(e)}"
+            for e in exc.errors()
+        ]
+        raise ConfigError(
+            f"{where} is not a valid training recipe:\n" + "\n".join(problems)
+        ) from None
 
 
 def _message(error: dict) -> str:

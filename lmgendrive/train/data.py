@@ -49,7 +49,9 @@ def drive_specs(data: DataConfig) -> list[DriveSpec]:
     for town in data.town_seeds():
         for r in range(data.routes_per_town):
             weather = data.weathers[len(specs) % len(data.weathers)]
-            specs.append(DriveSpec(town, data.route_seed + r, weather, data.frames, (data.size, data.size)))
+            specs.append(
+                DriveSpec(town, data.route_seed + r, weather, data.frames, (data.size, data.size))
+            )
     return specs
 
 
@@ -64,12 +66,16 @@ def render_cache(data: DataConfig, root: Path) -> Path:
 
     specs = drive_specs(data)
     names = [_scene_name(s) for s in specs]
-    missing = [s for s, n in zip(specs, names, strict=True) if not (root / n / "measurements").is_dir()]
+    missing = [
+        s for s, n in zip(specs, names, strict=True) if not (root / n / "measurements").is_dir()
+    ]
     root.mkdir(parents=True, exist_ok=True)
     if missing:
         log.info("rendering %d of %d training drives into %s", len(missing), len(specs), root)
-        with (ProcessPoolExecutor(max(1, data.workers)) as pool,
-              progress(len(missing), "render drives", "drive") as bar):
+        with (
+            ProcessPoolExecutor(max(1, data.workers)) as pool,
+            progress(len(missing), "render drives", "drive") as bar,
+        ):
             for _ in pool.map(_render, missing, [root] * len(missing)):
                 bar.update()
     write_index(root, [root / n for n in names])
@@ -104,8 +110,19 @@ def _views(scene: Scene, i: int, views: Sequence[str], size: tuple[int, int]) ->
 
 def object_array(m: Measurements) -> np.ndarray:
     """Vehicles and pedestrians of ``m`` as (M, 7) rows for :func:`build_bev_targets`."""
-    rows = [(OBJECT_CLASSES.index(o.cls), o.x, o.y, o.yaw, o.length, o.width, float(np.hypot(o.vx, o.vy)))
-            for o in m.objects if o.cls in OBJECT_CLASSES and OBJECT_CLASSES.index(o.cls) in DETECTED]
+    rows = [
+        (
+            OBJECT_CLASSES.index(o.cls),
+            o.x,
+            o.y,
+            o.yaw,
+            o.length,
+            o.width,
+            float(np.hypot(o.vx, o.vy)),
+        )
+        for o in m.objects
+        if o.cls in OBJECT_CLASSES and OBJECT_CLASSES.index(o.cls) in DETECTED
+    ]
     return np.asarray(rows, dtype=np.float32).reshape(-1, 7)
 
 
@@ -115,7 +132,9 @@ class _SceneDataset(Dataset):
     def __init__(self, scenes: Sequence[Scene], config: ModelConfig, before: int, after: int):
         self.scenes = list(scenes)
         self.config = config
-        self.index = [(s, i) for s, scene in enumerate(self.scenes) for i in range(before, len(scene) - after)]
+        self.index = [
+            (s, i) for s, scene in enumerate(self.scenes) for i in range(before, len(scene) - after)
+        ]
         if not self.index:
             raise ValueError(f"no training windows: scenes need more than {before + after} frames")
 
@@ -158,10 +177,14 @@ class DriveDataset(_SceneDataset):
     def __getitem__(self, k: int) -> dict:
         s, t = self.index[k]
         f = self.step_frames
-        future = [np.stack([self.frames(s, t + j * f + q) for q in range(1, f + 1)], axis=1)
-                  for j in range(self.steps)]
+        future = [
+            np.stack([self.frames(s, t + j * f + q) for q in range(1, f + 1)], axis=1)
+            for j in range(self.steps)
+        ]
         return {
-            "frames": np.stack([self.frames(s, i) for i in range(t - self.context + 1, t + 1)], axis=1),
+            "frames": np.stack(
+                [self.frames(s, i) for i in range(t - self.context + 1, t + 1)], axis=1
+            ),
             **self.targets(s, t, self.steps),
             "future_frames": np.stack(future),
         }
@@ -171,8 +194,11 @@ class DriveDataset(_SceneDataset):
         scene, f = self.scenes[s], self.step_frames
         now = scene.measurements(t)
         current = [scene.measurements(t + j * f) for j in range(steps)]
-        prev = (np.asarray(scene.measurements(t - f).waypoints, dtype=np.float32) if t >= f
-                else np.zeros((self.config.vision.num_waypoints, 2), np.float32))
+        prev = (
+            np.asarray(scene.measurements(t - f).waypoints, dtype=np.float32)
+            if t >= f
+            else np.zeros((self.config.vision.num_waypoints, 2), np.float32)
+        )
         return {
             "instruction": now.instruction.text,
             "speed": np.float32(now.speed),
@@ -213,19 +239,34 @@ class StratifiedSampler(Sampler[int]):
     drawn so far, over all ranks) and continues exactly; rank r draws ``start + r, start + r + world, ...``.
     """
 
-    def __init__(self, groups: Sequence[np.ndarray], shares: Sequence[float], seed: int, start: int = 0,
-                 rank: int = 0, world: int = 1):
-        weights = np.array([w if len(g) else 0.0 for g, w in zip(groups, shares, strict=True)], dtype=np.float64)
+    def __init__(
+        self,
+        groups: Sequence[np.ndarray],
+        shares: Sequence[float],
+        seed: int,
+        start: int = 0,
+        rank: int = 0,
+        world: int = 1,
+    ):
+        weights = np.array(
+            [w if len(g) else 0.0 for g, w in zip(groups, shares, strict=True)], dtype=np.float64
+        )
         if weights.sum() <= 0:
             raise ValueError("no group with a positive share has members")
-        self.groups, self.cumulative = [np.asarray(g) for g in groups], np.cumsum(weights / weights.sum())
+        self.groups, self.cumulative = (
+            [np.asarray(g) for g in groups],
+            np.cumsum(weights / weights.sum()),
+        )
         self.seed, self.start, self.rank, self.world = seed, start, rank, world
 
     def __iter__(self) -> Iterator[int]:
         p = self.start + self.rank
         while True:
             rng = np.random.default_rng([self.seed, p])
-            g = min(int(np.searchsorted(self.cumulative, rng.random(), side="right")), len(self.groups) - 1)
+            g = min(
+                int(np.searchsorted(self.cumulative, rng.random(), side="right")),
+                len(self.groups) - 1,
+            )
             yield int(self.groups[g][rng.integers(len(self.groups[g]))])
             p += self.world
 
@@ -236,18 +277,27 @@ class PlannerData:
     ``windows`` serves ``dataset``'s windows by the same indices (default ``dataset`` itself; a
     :class:`lmgendrive.train.tokens.PlannerWindows` to read cached vision tokens)."""
 
-    def __init__(self, dataset: DriveDataset, junction_share: float, entry_zone: tuple[int, int],
-                 windows: Dataset | None = None):
+    def __init__(
+        self,
+        dataset: DriveDataset,
+        junction_share: float,
+        entry_zone: tuple[int, int],
+        windows: Dataset | None = None,
+    ):
         self.windows = dataset if windows is None else windows
         groups = maneuver_groups(dataset, *entry_zone)
         self.groups = [groups[name] for name in (*TURNS, "other")]
         self.shares = [junction_share / 3] * 3 + [1.0 - junction_share]
         log.info("planner windows: %s", ", ".join(f"{name} {len(g)}" for name, g in groups.items()))
 
-    def loader(self, batch_size: int, seed: int, start: int, workers: int, rank: int = 0, world: int = 1) -> DataLoader:
+    def loader(
+        self, batch_size: int, seed: int, start: int, workers: int, rank: int = 0, world: int = 1
+    ) -> DataLoader:
         """Planner batches from stream position ``start``."""
         sampler = StratifiedSampler(self.groups, self.shares, seed, start, rank, world)
-        return make_loader(self.windows, batch_size, seed, start, workers, rank, world, sampler=sampler)
+        return make_loader(
+            self.windows, batch_size, seed, start, workers, rank, world, sampler=sampler
+        )
 
 
 class StreamSampler(Sampler[int]):
@@ -271,12 +321,26 @@ class StreamSampler(Sampler[int]):
             p += self.world
 
 
-def make_loader(dataset: Dataset, batch_size: int, seed: int, start: int, workers: int,
-                rank: int = 0, world: int = 1, sampler: Sampler[int] | None = None) -> DataLoader:
+def make_loader(
+    dataset: Dataset,
+    batch_size: int,
+    seed: int,
+    start: int,
+    workers: int,
+    rank: int = 0,
+    world: int = 1,
+    sampler: Sampler[int] | None = None,
+) -> DataLoader:
     """A DataLoader over ``dataset`` from stream position ``start`` (of a :class:`StreamSampler`
     unless ``sampler`` is given); it never touches the global torch RNG (its own generator), so
     loading does not perturb the training noise."""
     sampler = sampler or StreamSampler(len(dataset), seed, start, rank, world)
-    return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=workers,
-                      generator=torch.Generator().manual_seed(seed),
-                      persistent_workers=False, prefetch_factor=2 if workers else None)
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        sampler=sampler,
+        num_workers=workers,
+        generator=torch.Generator().manual_seed(seed),
+        persistent_workers=False,
+        prefetch_factor=2 if workers else None,
+    )

@@ -29,19 +29,40 @@ STATE_DIR, LOG_FILE, CURVE_FILE = "state", "log.jsonl", "loss.png"
 class StageTrainer:
     """Trains ``model`` for one stage; ``workdir`` holds the resume state, the log and the curve."""
 
-    def __init__(self, model: LMGenDrive, stage: int, config: StageConfig, dataset: Dataset, workdir: Path,
-                 seed: int, workers: int = 0, backend: LocalBackend | None = None,
-                 planner: PlannerData | None = None):
+    def __init__(
+        self,
+        model: LMGenDrive,
+        stage: int,
+        config: StageConfig,
+        dataset: Dataset,
+        workdir: Path,
+        seed: int,
+        workers: int = 0,
+        backend: LocalBackend | None = None,
+        planner: PlannerData | None = None,
+    ):
         if (planner is None) != (config.planner is None):
-            raise ValueError("planner data must be given exactly when the stage configures planner batches")
-        self.model, self.stage, self.config, self.dataset, self.planner = model, stage, config, dataset, planner
+            raise ValueError(
+                "planner data must be given exactly when the stage configures planner batches"
+            )
+        self.model, self.stage, self.config, self.dataset, self.planner = (
+            model,
+            stage,
+            config,
+            dataset,
+            planner,
+        )
         self.workdir, self.seed, self.workers = Path(workdir), seed, workers
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.backend = backend or LocalBackend()
         self.params = set_stage(model, stage)
         optimizer = torch.optim.AdamW(self.params, lr=config.lr, weight_decay=config.weight_decay)
-        self.scheduler = warmup_cosine(optimizer, config.warmup, config.iterations, config.min_lr_ratio)
-        self.objective, self.optimizer = self.backend.prepare(objective(model, stage, config), optimizer)
+        self.scheduler = warmup_cosine(
+            optimizer, config.warmup, config.iterations, config.min_lr_ratio
+        )
+        self.objective, self.optimizer = self.backend.prepare(
+            objective(model, stage, config), optimizer
+        )
         self.progress = Progress(stage, 0, 0)
 
     @property
@@ -54,8 +75,12 @@ class StageTrainer:
             return False
         self.progress = load_state(self.state_dir, self.model, self.optimizer, self.scheduler)
         self._truncate_log(self.progress.step)
-        log.info("stage %d: resumed at iteration %d (%d samples seen)", self.stage, self.progress.step,
-                 self.progress.samples)
+        log.info(
+            "stage %d: resumed at iteration %d (%d samples seen)",
+            self.stage,
+            self.progress.step,
+            self.progress.samples,
+        )
         return True
 
     def run(self, until: int | None = None) -> list[float]:
@@ -67,12 +92,24 @@ class StageTrainer:
         if self.progress.step >= until:
             return []
         self.model.train()
-        loader = make_loader(self.dataset, self.config.batch_size, self.seed, self.progress.samples, self.workers,
-                             self.backend.rank, self.backend.world)
+        loader = make_loader(
+            self.dataset,
+            self.config.batch_size,
+            self.seed,
+            self.progress.samples,
+            self.workers,
+            self.backend.rank,
+            self.backend.world,
+        )
         plans = iter(self._planner_loader()) if self.planner is not None else None
         losses: list[float] = []
-        bar = progress(until, f"stage {self.stage}", "it", initial=self.progress.step,
-                       enabled=self.backend.is_main)
+        bar = progress(
+            until,
+            f"stage {self.stage}",
+            "it",
+            initial=self.progress.step,
+            enabled=self.backend.is_main,
+        )
         with bar, open(self.workdir / LOG_FILE, "a") as log_fh:
             for batch in loader:
                 row = self._iteration(batch, next(plans) if plans is not None else None)
@@ -83,9 +120,18 @@ class StageTrainer:
                 bar.update()
                 if self.progress.step % self.config.log_every == 0:
                     bar.set_postfix(loss=f"{row['loss']:.4f}", lr=f"{row['lr']:.2e}")
-                    log.info("stage %d it %d: %s", self.stage, self.progress.step,
-                             ", ".join(f"{k} {v:.4g}" for k, v in row.items() if k not in ("stage", "step")))
-                if self.progress.step % self.config.checkpoint_every == 0 or self.progress.step >= until:
+                    log.info(
+                        "stage %d it %d: %s",
+                        self.stage,
+                        self.progress.step,
+                        ", ".join(
+                            f"{k} {v:.4g}" for k, v in row.items() if k not in ("stage", "step")
+                        ),
+                    )
+                if (
+                    self.progress.step % self.config.checkpoint_every == 0
+                    or self.progress.step >= until
+                ):
                     self.save()
                 if self.progress.step >= until:
                     break
@@ -95,7 +141,9 @@ class StageTrainer:
         """Planner batches continue where the last run stopped: position = iterations x batch x ranks."""
         size = self.config.planner.batch_size
         start = self.progress.step * size * self.backend.world
-        return self.planner.loader(size, self.seed, start, self.workers, self.backend.rank, self.backend.world)
+        return self.planner.loader(
+            size, self.seed, start, self.workers, self.backend.rank, self.backend.world
+        )
 
     def _iteration(self, batch: dict, plan: dict | None) -> dict:
         started = time.perf_counter()
@@ -103,8 +151,10 @@ class StageTrainer:
         out = self.objective(batch, steps, plan)
         loss = out.loss.detach().item()
         if not math.isfinite(loss):
-            raise RunFailure(f"stage {self.stage} iteration {self.progress.step + 1}: loss is {loss} "
-                             f"(terms {out.terms}); lower the learning rate or resume from {self.state_dir}")
+            raise RunFailure(
+                f"stage {self.stage} iteration {self.progress.step + 1}: loss is {loss} "
+                f"(terms {out.terms}); lower the learning rate or resume from {self.state_dir}"
+            )
         self.optimizer.zero_grad(set_to_none=True)
         self.backend.backward(out.loss)
         grad_norm = self.backend.clip(self.params, self.config.clip)
@@ -113,9 +163,15 @@ class StageTrainer:
         self.scheduler.step()
         self.progress.step += 1
         self.progress.samples += self.config.batch_size * self.backend.world
-        return {"stage": self.stage, "step": self.progress.step, "loss": loss, "lr": lr,
-                "grad_norm": grad_norm, "seconds": time.perf_counter() - started,
-                **{k: v for k, v in out.terms.items() if k != "total"}}
+        return {
+            "stage": self.stage,
+            "step": self.progress.step,
+            "loss": loss,
+            "lr": lr,
+            "grad_norm": grad_norm,
+            "seconds": time.perf_counter() - started,
+            **{k: v for k, v in out.terms.items() if k != "total"},
+        }
 
     def save(self) -> None:
         """Write the resume state and redraw the loss curve (rank 0 only)."""
@@ -127,5 +183,9 @@ class StageTrainer:
     def _truncate_log(self, step: int) -> None:
         path = self.workdir / LOG_FILE
         if path.is_file():
-            rows = [line for line in path.read_text().splitlines() if line and json.loads(line)["step"] <= step]
+            rows = [
+                line
+                for line in path.read_text().splitlines()
+                if line and json.loads(line)["step"] <= step
+            ]
             path.write_text("".join(r + "\n" for r in rows))

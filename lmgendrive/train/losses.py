@@ -55,8 +55,15 @@ class DriveBatch:
     tokens: torch.Tensor | None = None
 
     def to(self, device: torch.device) -> DriveBatch:
-        names = ("frames", "speed", "prev_waypoints", "waypoints", "completed", "future_frames",
-                 "tokens")
+        names = (
+            "frames",
+            "speed",
+            "prev_waypoints",
+            "waypoints",
+            "completed",
+            "future_frames",
+            "tokens",
+        )
         move = {k: None if getattr(self, k) is None else getattr(self, k).to(device) for k in names}
         return DriveBatch(instructions=self.instructions, **move)
 
@@ -90,8 +97,13 @@ def perception_loss(model: LMGenDrive, batch: PerceptionBatch) -> LossOutput:
     return LossOutput(loss, terms)
 
 
-def diffusion_loss(generator: WorldGenerator, target: torch.Tensor, cond: torch.Tensor,
-                   last_pixels: torch.Tensor, null_cond: torch.Tensor) -> torch.Tensor:
+def diffusion_loss(
+    generator: WorldGenerator,
+    target: torch.Tensor,
+    cond: torch.Tensor,
+    last_pixels: torch.Tensor,
+    null_cond: torch.Tensor,
+) -> torch.Tensor:
     """DDPM epsilon MSE on the future frames ``target`` (B, V, F, 3, H, W) in [-1, 1].
 
     ``cond`` (B, V, S, dim) is replaced by ``null_cond`` (S, dim) for a ``cond_dropout`` share of
@@ -115,8 +127,14 @@ def diffusion_loss(generator: WorldGenerator, target: torch.Tensor, cond: torch.
     return F.mse_loss(eps.float(), noise.float())
 
 
-def _step_loss(model: LMGenDrive, out: LLMOutput, context: torch.Tensor, batch: DriveBatch, k: int,
-               future: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+def _step_loss(
+    model: LMGenDrive,
+    out: LLMOutput,
+    context: torch.Tensor,
+    batch: DriveBatch,
+    k: int,
+    future: torch.Tensor,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Waypoint L1 + 0.2 completion BCE + diffusion MSE of step ``k``."""
     wp = F.l1_loss(out.waypoints, batch.waypoints[:, k].float())
     done = F.binary_cross_entropy_with_logits(out.completion_logit, batch.completed[:, k].float())
@@ -135,10 +153,12 @@ def _prepare(model: LMGenDrive, batch: DriveBatch, min_steps: int) -> tuple[torc
     future = model.pixels(batch.future_frames, "future_frames")
     f = model.config.frames_per_step
     if future.ndim != 7 or future.shape[1] < min_steps or future.shape[3] != f:
-        raise BadInputError(f"future_frames must be (B, S>={min_steps}, V, {f}, H, W, 3),"
-                            f" got {tuple(batch.future_frames.shape)}")
+        raise BadInputError(
+            f"future_frames must be (B, S>={min_steps}, V, {f}, H, W, 3),"
+            f" got {tuple(batch.future_frames.shape)}"
+        )
     ids, mask = model.tokenize(batch.instructions)
-    history = model.encode_history(pixels[:, :, -model.config.llm.history_frames:].transpose(1, 2))
+    history = model.encode_history(pixels[:, :, -model.config.llm.history_frames :].transpose(1, 2))
     return pixels, future, model.llm.embed_instructions(ids), mask, history
 
 
@@ -160,25 +180,40 @@ def planner_loss(model: LMGenDrive, batch: DriveBatch) -> LossOutput:
     else:
         pixels = model.pixels(batch.frames, "frames")
         if pixels.ndim != 6:
-            raise BadInputError(f"frames must be (B, V, T, H, W, 3), "
-                                f"got {tuple(batch.frames.shape)}")
+            raise BadInputError(
+                f"frames must be (B, V, T, H, W, 3), got {tuple(batch.frames.shape)}"
+            )
         model.check_views(pixels, "frames")
         tokens = model.vision_tokens(pixels[:, :, -history_frames:].transpose(1, 2))
     ids, mask = model.tokenize(batch.instructions)
     history = model.compress_history(tokens)
-    out = model.llm(model.llm.embed_instructions(ids), mask, history, batch.speed.float(),
-                    batch.prev_waypoints.float(), with_world=False)
+    out = model.llm(
+        model.llm.embed_instructions(ids),
+        mask,
+        history,
+        batch.speed.float(),
+        batch.prev_waypoints.float(),
+        with_world=False,
+    )
     target = batch.waypoints[:, 0].float()
     wp = F.l1_loss(out.waypoints, target)
     heading = heading_loss(out.waypoints, target)
     done = F.binary_cross_entropy_with_logits(out.completion_logit, batch.completed[:, 0].float())
     total = wp + HEADING_WEIGHT * heading + COMPLETION_WEIGHT * done
-    return LossOutput(total, {"plan_waypoints": wp.item(), "plan_heading": heading.item(),
-                              "plan_completion": done.item(), "total": total.item()})
+    return LossOutput(
+        total,
+        {
+            "plan_waypoints": wp.item(),
+            "plan_heading": heading.item(),
+            "plan_completion": done.item(),
+            "total": total.item(),
+        },
+    )
 
 
-def multistep_loss(model: LMGenDrive, batch: DriveBatch,
-                   sampler: SamplerConfig | None = None) -> LossOutput:
+def multistep_loss(
+    model: LMGenDrive, batch: DriveBatch, sampler: SamplerConfig | None = None
+) -> LossOutput:
     """Stage 3: the single-step loss over S >= 2 steps, each step's generated video fed back.
 
     Between steps the generator samples the future frames with ``sampler`` (default the model
@@ -199,14 +234,23 @@ def multistep_loss(model: LMGenDrive, batch: DriveBatch,
         for name, value in terms.items():
             sums[name] = sums.get(name, 0.0) + value.item() / steps
         if k + 1 < steps:
-            generators = [torch.Generator().manual_seed(int(torch.randint(2**62, ())))
-                          for _ in batch.instructions]
+            generators = [
+                torch.Generator().manual_seed(int(torch.randint(2**62, ())))
+                for _ in batch.instructions
+            ]
             cond = model.conditioner(context, out.world)
-            video = sample_frames(model.generator, cond, model.conditioner.null_cond, context,
-                                  generators, sampler, grad_steps=model.config.diffusion.grad_steps,
-                                  ego_poses=model.planned_poses(out.waypoints.detach()))
+            video = sample_frames(
+                model.generator,
+                cond,
+                model.conditioner.null_cond,
+                context,
+                generators,
+                sampler,
+                grad_steps=model.config.diffusion.grad_steps,
+                ego_poses=model.planned_poses(out.waypoints.detach()),
+            )
             history = torch.cat([history, model.encode_history(video.transpose(1, 2))], dim=1)
-            history = history[:, -model.config.llm.history_frames:]
+            history = history[:, -model.config.llm.history_frames :]
             context, action, speed = video[:, :, -1], out.waypoints, speed_after(out.waypoints)
     loss = torch.stack(totals).mean()
     return LossOutput(loss, {**sums, "total": loss.item()})
@@ -220,6 +264,7 @@ def heading_loss(predicted: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     Waypoint L1 alone weighs the start of a turn little: a last segment 10 degrees off moves the
     waypoints by centimetres, as much as an ordinary speed error; here it costs 0.17 per segment.
     """
+
     def segments(w: torch.Tensor) -> torch.Tensor:
         return torch.diff(F.pad(w, (0, 0, 1, 0)), dim=1)
 

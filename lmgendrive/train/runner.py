@@ -50,7 +50,9 @@ def planner_data(config: TrainConfig, stage: int, model: LMGenDrive) -> PlannerD
     dataset = DriveDataset(open_scenes(data), model.config, data.context_frames, 1)
     windows = None
     if planner.token_cache:  # stages 2 and 3 share the file: the encoder is frozen from stage 2 on
-        cache = VisionTokenCache.build(model, dataset, data.workers, Path(config.workdir) / TOKEN_CACHE_FILE)
+        cache = VisionTokenCache.build(
+            model, dataset, data.workers, Path(config.workdir) / TOKEN_CACHE_FILE
+        )
         windows = PlannerWindows(dataset, cache)
     return PlannerData(dataset, planner.junction_share, planner.entry_zone, windows)
 
@@ -62,8 +64,10 @@ def starting_model(config: TrainConfig, stage: int, backend: LocalBackend) -> LM
         return build_untrained(config.preset, seed=config.init_seed).to(backend.device)
     source = final_dir(config, earlier[-1])
     if not source.is_dir():
-        raise ConfigError(f"stage {stage} starts from stage {earlier[-1]}'s result {source}, which does not exist: "
-                          f"run `lmgd train --stage {earlier[-1]}` first (or --stage all)")
+        raise ConfigError(
+            f"stage {stage} starts from stage {earlier[-1]}'s result {source}, which does not exist: "
+            f"run `lmgd train --stage {earlier[-1]}` first (or --stage all)"
+        )
     model, _ = load_checkpoint(source, backend.device)
     return model
 
@@ -76,19 +80,37 @@ def train_stage(config: TrainConfig, stage: int, command: str = "") -> LMGenDriv
     stage_config = config.stage(stage)
     backend = make_backend()
     model = starting_model(config, stage, backend)
-    with backend.main_first():  # one rank renders the drives and fills the token cache, the others read them
+    with (
+        backend.main_first()
+    ):  # one rank renders the drives and fills the token cache, the others read them
         scenes = open_scenes(config.data)
         planner = planner_data(config, stage, model)
     steps = max(stage_config.sequence_steps) if stage == 3 else 1
     if stage >= 2 and config.data.context_frames < model.config.llm.history_frames:
-        log.warning("stage %d trains on %d context frames but the model plans from up to %d history frames: "
-                    "it will see longer histories than it was trained on", stage, config.data.context_frames,
-                    model.config.llm.history_frames)
-    dataset = (FrameDataset(scenes, model.config) if stage < 2
-               else DriveDataset(scenes, model.config, config.data.context_frames, steps))
+        log.warning(
+            "stage %d trains on %d context frames but the model plans from up to %d history frames: "
+            "it will see longer histories than it was trained on",
+            stage,
+            config.data.context_frames,
+            model.config.llm.history_frames,
+        )
+    dataset = (
+        FrameDataset(scenes, model.config)
+        if stage < 2
+        else DriveDataset(scenes, model.config, config.data.context_frames, steps)
+    )
     log.info("stage %d: %d scenes, %d training windows", stage, len(scenes), len(dataset))
-    trainer = StageTrainer(model, stage, stage_config, dataset, stage_dir(config, stage), config.seed + stage,
-                           config.data.workers, backend, planner)
+    trainer = StageTrainer(
+        model,
+        stage,
+        stage_config,
+        dataset,
+        stage_dir(config, stage),
+        config.seed + stage,
+        config.data.workers,
+        backend,
+        planner,
+    )
     trainer.resume()
     trainer.run()
     finish_stage(model, stage, dataset)
@@ -134,31 +156,48 @@ def log_summary(path: Path, last: int = 50) -> tuple[str, str]:
 def readme(config: TrainConfig, stages: list[int], command: str) -> str:
     """How the checkpoint was trained: command, data seeds, per-stage recipe, loss curves."""
     data = config.data
-    source = (f"LMDrive root `{data.lmdrive_root}`" if data.lmdrive_root else
-              f"procedural towns {data.town_seeds()} x {data.routes_per_town} route(s) from route seed "
-              f"{data.route_seed}, weathers {data.weathers} (cycled), {data.frames} frames at {data.size}px")
-    lines = [f"# LMGenDrive `{config.preset}` trained here", "",
-             f"Command: `{command or ' '.join(sys.argv)}`", "",
-             f"Data: {source}; {data.context_frames} context frames. Init seed {config.init_seed}, "
-             f"data seed {config.seed}.", "",
-             "| stage | iterations | batch | lr | warmup | clip | extra | final loss | minutes |",
-             "|---|---|---|---|---|---|---|---|---|"]
+    source = (
+        f"LMDrive root `{data.lmdrive_root}`"
+        if data.lmdrive_root
+        else f"procedural towns {data.town_seeds()} x {data.routes_per_town} route(s) from route seed "
+        f"{data.route_seed}, weathers {data.weathers} (cycled), {data.frames} frames at {data.size}px"
+    )
+    lines = [
+        f"# LMGenDrive `{config.preset}` trained here",
+        "",
+        f"Command: `{command or ' '.join(sys.argv)}`",
+        "",
+        f"Data: {source}; {data.context_frames} context frames. Init seed {config.init_seed}, "
+        f"data seed {config.seed}.",
+        "",
+        "| stage | iterations | batch | lr | warmup | clip | extra | final loss | minutes |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
     for s in stages:
         c = config.stage(s)
-        sampler = ", ".join(f"{k} {v}" for k, v in c.fed_back().model_dump(exclude_none=True).items())
+        sampler = ", ".join(
+            f"{k} {v}" for k, v in c.fed_back().model_dump(exclude_none=True).items()
+        )
         notes = [f"sequence steps {c.sequence_steps}, fed-back sampler {sampler}"] if s == 3 else []
         if c.planner is not None:
             p = c.planner
-            notes.append(f"planner batches of {p.batch_size}, {p.junction_share:g} from junction entries "
-                         f"({p.entry_zone[0]} frames before to {p.entry_zone[1]} after), "
-                         f"{p.routes_per_town or data.routes_per_town} route(s) per town, "
-                         f"previous action straightened with p {p.straight_previous:g}"
-                         + (", encoder tokens cached" if p.token_cache else ""))
+            notes.append(
+                f"planner batches of {p.batch_size}, {p.junction_share:g} from junction entries "
+                f"({p.entry_zone[0]} frames before to {p.entry_zone[1]} after), "
+                f"{p.routes_per_town or data.routes_per_town} route(s) per town, "
+                f"previous action straightened with p {p.straight_previous:g}"
+                + (", encoder tokens cached" if p.token_cache else "")
+            )
         extra = "; ".join(notes)
         loss, minutes = log_summary(stage_dir(config, s) / LOG_FILE)
-        lines.append(f"| {s} | {c.iterations} | {c.batch_size} | {c.lr:g} | {c.warmup} | {c.clip:g} | {extra} "
-                     f"| {loss} | {minutes} |")
-    lines += ["", "Final loss: mean of the last 50 iterations. Minutes: the sum of the iterations' own times "
-              "(`seconds` in `log.jsonl`; data loading and checkpointing excluded)."]
+        lines.append(
+            f"| {s} | {c.iterations} | {c.batch_size} | {c.lr:g} | {c.warmup} | {c.clip:g} | {extra} "
+            f"| {loss} | {minutes} |"
+        )
+    lines += [
+        "",
+        "Final loss: mean of the last 50 iterations. Minutes: the sum of the iterations' own times "
+        "(`seconds` in `log.jsonl`; data loading and checkpointing excluded).",
+    ]
     lines += ["", "Loss curves: " + ", ".join(f"`loss_stage{s}.png`" for s in stages), ""]
     return "\n".join(lines)

@@ -21,6 +21,8 @@ class WarmupCosine:
         return self.min_ratio + (1.0 - self.min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
-def warmup_cosine(optimizer: torch.optim.Optimizer, warmup: int, total: int, min_ratio: float) -> LambdaLR:
+def warmup_cosine(
+    optimizer: torch.optim.Optimizer, warmup: int, total: int, min_ratio: float
+) -> LambdaLR:
     """A LambdaLR stepping once per iteration over ``total`` iterations."""
     return LambdaLR(optimizer, WarmupCosine(warmup, total, min_ratio))

@@ -75,19 +75,35 @@ def drive_batch(batch: dict, steps: int) -> DriveBatch:
     """A :class:`DriveBatch` of the first ``steps`` steps of a collated drive batch (planner
     batches may carry ``tokens`` instead of ``frames`` and no ``future_frames``)."""
     future = batch.get("future_frames")
-    return DriveBatch(frames=batch.get("frames"), instructions=list(batch["instruction"]), speed=batch["speed"],
-                      prev_waypoints=batch["prev_waypoints"], waypoints=batch["waypoints"][:, :steps],
-                      completed=batch["completed"][:, :steps],
-                      future_frames=None if future is None else future[:, :steps], tokens=batch.get("tokens"))
+    return DriveBatch(
+        frames=batch.get("frames"),
+        instructions=list(batch["instruction"]),
+        speed=batch["speed"],
+        prev_waypoints=batch["prev_waypoints"],
+        waypoints=batch["waypoints"][:, :steps],
+        completed=batch["completed"][:, :steps],
+        future_frames=None if future is None else future[:, :steps],
+        tokens=batch.get("tokens"),
+    )
 
 
 class StageObjective(nn.Module):
     """The loss of one stage as a module, so data-parallel wrappers see a forward call."""
 
-    def __init__(self, model: LMGenDrive, stage: int, sampler: SamplerConfig | None = None,
-                 straight_previous: float = 0.0):
+    def __init__(
+        self,
+        model: LMGenDrive,
+        stage: int,
+        sampler: SamplerConfig | None = None,
+        straight_previous: float = 0.0,
+    ):
         super().__init__()
-        self.model, self.stage, self.sampler, self.straight_previous = model, stage, sampler, straight_previous
+        self.model, self.stage, self.sampler, self.straight_previous = (
+            model,
+            stage,
+            sampler,
+            straight_previous,
+        )
 
     def forward(self, batch: dict, steps: int = 1, plan: dict | None = None) -> LossOutput:
         """The stage's loss on ``batch`` (``steps`` steps in stage 3), plus the planner loss on
@@ -96,25 +112,38 @@ class StageObjective(nn.Module):
         if self.stage == 0:
             return autoencoder_loss(self.model, batch["frames"].to(device))
         if self.stage == 1:
-            perception = PerceptionBatch(batch["frames"], batch["detection"], batch["waypoints"], batch["light"])
+            perception = PerceptionBatch(
+                batch["frames"], batch["detection"], batch["waypoints"], batch["light"]
+            )
             return perception_loss(self.model, perception.to(device))
         drive = drive_batch(batch, steps).to(device)
-        out = (single_step_loss(self.model, drive) if self.stage == 2
-               else multistep_loss(self.model, drive, self.sampler))
+        out = (
+            single_step_loss(self.model, drive)
+            if self.stage == 2
+            else multistep_loss(self.model, drive, self.sampler)
+        )
         if plan is None:
             return out
         plan = straighten_previous_action(plan, self.straight_previous)
         planned = planner_loss(self.model, drive_batch(plan, 1).to(device))
         total = out.loss + planned.loss
-        terms = {**out.terms, **{k: v for k, v in planned.terms.items() if k != "total"}, "total": total.item()}
+        terms = {
+            **out.terms,
+            **{k: v for k, v in planned.terms.items() if k != "total"},
+            "total": total.item(),
+        }
         return LossOutput(total, terms)
 
 
 def objective(model: LMGenDrive, stage: int, config: StageConfig) -> StageObjective:
     """The stage's objective; stage 3 samples its fed-back videos with the model's sampler as
     :meth:`StageConfig.fed_back` overrides it."""
-    sampler = config.fed_back().over(model.config.sampler, "stage 3 sampler") if stage == 3 else None
-    return StageObjective(model, stage, sampler, config.planner.straight_previous if config.planner else 0.0)
+    sampler = (
+        config.fed_back().over(model.config.sampler, "stage 3 sampler") if stage == 3 else None
+    )
+    return StageObjective(
+        model, stage, sampler, config.planner.straight_previous if config.planner else 0.0
+    )
 
 
 def straighten_previous_action(batch: dict, probability: float) -> dict:
@@ -138,7 +167,9 @@ def finish_stage(model: LMGenDrive, stage: int, dataset: Dataset) -> None:
     """After stage 0: set the generator's latent scale from frames spread evenly over ``dataset``."""
     if stage != 0:
         return
-    picks = np.linspace(0, len(dataset) - 1, min(CALIBRATION_FRAMES, len(dataset))).round().astype(int)
+    picks = (
+        np.linspace(0, len(dataset) - 1, min(CALIBRATION_FRAMES, len(dataset))).round().astype(int)
+    )
     frames = torch.stack([torch.as_tensor(dataset[int(i)]["frames"]) for i in picks])
     pixels = to_pixels(frames, model.config.image_size, model.device).flatten(0, 1)
     model.generator.calibrate_latent_scale(pixels)

@@ -59,8 +59,10 @@ def _rng_state() -> tuple[dict[str, torch.Tensor], dict]:
             tensors[f"cuda.{i}"] = s
     name, keys, pos, has_gauss, gauss = np.random.get_state()
     version, internal, gauss_next = random.getstate()
-    return tensors, {"numpy": [name, keys.tolist(), int(pos), int(has_gauss), float(gauss)],
-                     "python": [version, list(internal), gauss_next]}
+    return tensors, {
+        "numpy": [name, keys.tolist(), int(pos), int(has_gauss), float(gauss)],
+        "python": [version, list(internal), gauss_next],
+    }
 
 
 def _set_rng(tensors: dict[str, torch.Tensor], meta: dict) -> None:
@@ -74,8 +76,13 @@ def _set_rng(tensors: dict[str, torch.Tensor], meta: dict) -> None:
     random.setstate((version, tuple(internal), gauss_next))
 
 
-def save_state(directory: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
-               scheduler: torch.optim.lr_scheduler.LRScheduler, progress: Progress) -> None:
+def save_state(
+    directory: Path,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    progress: Progress,
+) -> None:
     """Write everything needed to continue bit for bit to ``directory`` (atomically)."""
     with atomic_path(directory, directory=True) as partial:
         state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
@@ -84,13 +91,22 @@ def save_state(directory: Path, model: torch.nn.Module, optimizer: torch.optim.O
         save_file(opt_tensors, partial / "optimizer.safetensors")
         rng_tensors, rng_meta = _rng_state()
         save_file(rng_tensors, partial / "rng.safetensors")
-        meta = {"format": FORMAT, "progress": asdict(progress), "optimizer": opt_meta,
-                "scheduler": scheduler.state_dict(), "rng": rng_meta}
+        meta = {
+            "format": FORMAT,
+            "progress": asdict(progress),
+            "optimizer": opt_meta,
+            "scheduler": scheduler.state_dict(),
+            "rng": rng_meta,
+        }
         (partial / "trainer.json").write_text(json.dumps(meta) + "\n")
 
 
-def load_state(directory: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
-               scheduler: torch.optim.lr_scheduler.LRScheduler) -> Progress:
+def load_state(
+    directory: Path,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+) -> Progress:
     """Restore a :func:`save_state` directory into ``model``, ``optimizer``, ``scheduler`` and the RNGs."""
     try:
         meta = json.loads((directory / "trainer.json").read_text())
@@ -98,7 +114,9 @@ def load_state(directory: Path, model: torch.nn.Module, optimizer: torch.optim.O
         opt_tensors = load_file(directory / "optimizer.safetensors", device="cpu")
         rng_tensors = load_file(directory / "rng.safetensors", device="cpu")
     except (OSError, ValueError) as exc:
-        raise CheckpointError(f"{directory}: unreadable training state ({exc}); delete it to restart the stage") from exc
+        raise CheckpointError(
+            f"{directory}: unreadable training state ({exc}); delete it to restart the stage"
+        ) from exc
     if meta.get("format") != FORMAT:
         raise CheckpointError(f"{directory}/trainer.json is not a {FORMAT} file")
     model.load_state_dict(weights)

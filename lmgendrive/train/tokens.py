@@ -55,8 +55,9 @@ class VisionTokenCache:
         self.tokens, self.offsets = tokens, offsets
 
     @classmethod
-    def build(cls, model: LMGenDrive, dataset: DriveDataset, workers: int = 0,
-              path: Path | None = None) -> VisionTokenCache:
+    def build(
+        cls, model: LMGenDrive, dataset: DriveDataset, workers: int = 0, path: Path | None = None
+    ) -> VisionTokenCache:
         """Encode every frame of ``dataset``'s scenes in eval mode (the frozen encoder's mode in
         stages 2-3). With ``path``: reuse the file there if it was made by the same encoder weights
         from the same scenes (stages 2 and 3 share one), else write it (atomically)."""
@@ -76,7 +77,7 @@ class VisionTokenCache:
     def window(self, scene: int, first: int, last: int) -> torch.Tensor:
         """Tokens (last - first + 1, N, D) of frames ``first .. last`` of scene ``scene``."""
         start = int(self.offsets[scene])
-        return self.tokens[start + first:start + last + 1]
+        return self.tokens[start + first : start + last + 1]
 
 
 def _cache_key(model: LMGenDrive, dataset: DriveDataset) -> str:
@@ -84,8 +85,14 @@ def _cache_key(model: LMGenDrive, dataset: DriveDataset) -> str:
     digest = hashlib.sha256()
     for name, value in sorted(model.vision.state_dict().items()):
         digest.update(name.encode())
-        digest.update(value.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
-    layout = [list(model.config.image_size), list(model.config.views), [[s.name, len(s)] for s in dataset.scenes]]
+        digest.update(
+            value.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes()
+        )
+    layout = [
+        list(model.config.image_size),
+        list(model.config.views),
+        [[s.name, len(s)] for s in dataset.scenes],
+    ]
     digest.update(json.dumps(layout).encode())
     return digest.hexdigest()
 
@@ -96,7 +103,9 @@ def _encode_all(model: LMGenDrive, dataset: DriveDataset, workers: int) -> torch
     from storage.progress import progress
 
     frames = _AllFrames(dataset)
-    loader = DataLoader(frames, batch_size=ENCODE_BATCH, num_workers=workers, prefetch_factor=2 if workers else None)
+    loader = DataLoader(
+        frames, batch_size=ENCODE_BATCH, num_workers=workers, prefetch_factor=2 if workers else None
+    )
     started, parts, mode = time.perf_counter(), [], model.vision.training
     model.vision.eval()
     try:
@@ -108,8 +117,12 @@ def _encode_all(model: LMGenDrive, dataset: DriveDataset, workers: int) -> torch
     finally:
         model.vision.train(mode)
     tokens = torch.cat(parts)
-    log.info("vision tokens of %d frames (%.0f MB) in %.0f s", len(frames),
-             tokens.numel() * tokens.element_size() / 2**20, time.perf_counter() - started)
+    log.info(
+        "vision tokens of %d frames (%.0f MB) in %.0f s",
+        len(frames),
+        tokens.numel() * tokens.element_size() / 2**20,
+        time.perf_counter() - started,
+    )
     return tokens
 
 

@@ -81,10 +81,15 @@ class ProceduralScene:
         rng = np.random.default_rng([spec.town_seed, spec.route_seed, 515])
         self.events = plan_events(rng, spec.frames)
         extra = max(WAYPOINT_FRAMES)
-        self.log = simulate(self.town, spec.route_seed, spec.frames + extra, list(spec.turns), self.events)
+        self.log = simulate(
+            self.town, spec.route_seed, spec.frames + extra, list(spec.turns), self.events
+        )
         self._timeline = build_timeline(self.log, self.events, rng)
-        self._timeline = [(_clip(s, spec.frames), done and s.end_frame < spec.frames, p)
-                          for s, done, p in self._timeline if s.start_frame < spec.frames]
+        self._timeline = [
+            (_clip(s, spec.frames), done and s.end_frame < spec.frames, p)
+            for s, done, p in self._timeline
+            if s.start_frame < spec.frames
+        ]
         self._active, self._completed = active_per_frame(self._timeline, spec.frames)
         self._renderer: Renderer | None = None
 
@@ -93,8 +98,13 @@ class ProceduralScene:
 
     @property
     def tags(self) -> dict:
-        return {"source": "procedural", "town_seed": self.spec.town_seed, "route_seed": self.spec.route_seed,
-                "weather": self.spec.weather, "night": self.weather.night}
+        return {
+            "source": "procedural",
+            "town_seed": self.spec.town_seed,
+            "route_seed": self.spec.route_seed,
+            "weather": self.spec.weather,
+            "night": self.weather.night,
+        }
 
     def instructions(self) -> list[InstructionSpan]:
         return [s for s, _, _ in self._timeline]
@@ -102,9 +112,12 @@ class ProceduralScene:
     def images(self, i: int) -> dict[str, np.ndarray]:
         self._check(i)
         if self._renderer is None:
-            self._renderer = Renderer(self.town, ground_of_town(self.spec.town_seed), self.weather, self.size)
-        return self._renderer.render(self.log.frames[i], self.log.vehicle_colors,
-                                     self.log.pedestrian_colors, frame_index=i)
+            self._renderer = Renderer(
+                self.town, ground_of_town(self.spec.town_seed), self.weather, self.size
+            )
+        return self._renderer.render(
+            self.log.frames[i], self.log.vehicle_colors, self.log.pedestrian_colors, frame_index=i
+        )
 
     def measurements(self, i: int) -> Measurements:
         self._check(i)
@@ -118,12 +131,21 @@ class ProceduralScene:
             if -0.5 < gap < LIGHT_RANGE:
                 state = light_state(self.town, m.node, m.k_in, f.t)
         return Measurements(
-            frame=i, x=x, y=y, theta=theta, speed=speed,
-            throttle=float(f.control[0]), brake=float(f.control[1]), steer=float(f.control[2]),
+            frame=i,
+            x=x,
+            y=y,
+            theta=theta,
+            speed=speed,
+            throttle=float(f.control[0]),
+            brake=float(f.control[1]),
+            steer=float(f.control[2]),
             waypoints=to_ego(future, x, y, theta).astype(np.float32),
-            light_state=state, is_junction=self._in_junction(x, y),
-            objects=self._objects(i), instruction=self._active[i],
-            instruction_completed=bool(self._completed[i]), weather=self.spec.weather,
+            light_state=state,
+            is_junction=self._in_junction(x, y),
+            objects=self._objects(i),
+            instruction=self._active[i],
+            instruction_completed=bool(self._completed[i]),
+            weather=self.spec.weather,
         )
 
     def junction_ahead(self, i: int, within: float = 40.0) -> list[str] | None:
@@ -144,41 +166,67 @@ class ProceduralScene:
         self._check(i)
         front = self.log.frames[i].ego_s + HALF_LENGTH
         m = self.log.route.next_maneuver(front)
-        return None if m is None else JunctionApproach(m.node, turn_between(m.k_in, m.k_out), float(m.s_stop - front))
+        return (
+            None
+            if m is None
+            else JunctionApproach(m.node, turn_between(m.k_in, m.k_out), float(m.s_stop - front))
+        )
 
     def _check(self, i: int) -> None:
         if not 0 <= i < len(self):
             raise IndexError(f"frame {i} out of range for {self.name} ({len(self)} frames)")
 
     def _in_junction(self, x: float, y: float) -> bool:
-        return bool(np.min(np.abs(self.town.xs - x)) < BOX and np.min(np.abs(self.town.ys - y)) < BOX)
+        return bool(
+            np.min(np.abs(self.town.xs - x)) < BOX and np.min(np.abs(self.town.ys - y)) < BOX
+        )
 
     def _objects(self, i: int) -> tuple[SceneObject, ...]:
         f = self.log.frames[i]
         x, y, theta = (float(v) for v in f.ego[:3])
         out: list[SceneObject] = []
         c, s = np.cos(theta), np.sin(theta)
-        for cls, arr, size in (("vehicle", f.vehicles, VEHICLE_SIZE), ("pedestrian", f.pedestrians, PEDESTRIAN_SIZE)):
+        for cls, arr, size in (
+            ("vehicle", f.vehicles, VEHICLE_SIZE),
+            ("pedestrian", f.pedestrians, PEDESTRIAN_SIZE),
+        ):
             if not len(arr):
                 continue
             rel = to_ego(arr[:, :2], x, y, theta)
             near = np.flatnonzero(np.hypot(rel[:, 0], rel[:, 1]) < OBJECT_RANGE)
             for j in near:
                 vx, vy = arr[j, 3], arr[j, 4]
-                out.append(SceneObject(
-                    cls=cls, x=float(rel[j, 0]), y=float(rel[j, 1]),
-                    yaw=float((arr[j, 2] - theta + np.pi) % (2 * np.pi) - np.pi),
-                    length=size[0], width=size[1], height=size[2],
-                    vx=float(c * vx + s * vy), vy=float(-s * vx + c * vy)))
+                out.append(
+                    SceneObject(
+                        cls=cls,
+                        x=float(rel[j, 0]),
+                        y=float(rel[j, 1]),
+                        yaw=float((arr[j, 2] - theta + np.pi) % (2 * np.pi) - np.pi),
+                        length=size[0],
+                        width=size[1],
+                        height=size[2],
+                        vx=float(c * vx + s * vy),
+                        vy=float(-s * vx + c * vy),
+                    )
+                )
         for (_, k, head), st in zip(self.town.light_heads(), f.lights, strict=True):
             rel = to_ego(head[None], x, y, theta)[0]
             if np.hypot(*rel) < OBJECT_RANGE:
                 yaw = float((k * np.pi / 2 + np.pi - theta + np.pi) % (2 * np.pi) - np.pi)
-                out.append(SceneObject(cls="traffic_light", x=float(rel[0]), y=float(rel[1]), yaw=yaw,
-                                       length=0.6, width=0.84, height=6.0, state=st))
+                out.append(
+                    SceneObject(
+                        cls="traffic_light",
+                        x=float(rel[0]),
+                        y=float(rel[1]),
+                        yaw=yaw,
+                        length=0.6,
+                        width=0.84,
+                        height=6.0,
+                        state=st,
+                    )
+                )
         return tuple(out)
 
 
 def _clip(span: InstructionSpan, frames: int) -> InstructionSpan:
     return InstructionSpan(span.instruction, span.start_frame, min(span.end_frame, frames - 1))
-

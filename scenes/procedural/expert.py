@@ -52,8 +52,10 @@ class Expert:
         v0 = min(SLOW_SPEED if self.slow else CRUISE_SPEED, self.route.curve_speed_limit(self.s))
         a = idm_acceleration(self.v, v0, gap, v_lead)
         room = gap - 2.5
-        for stop in (signal_gap(self.town, self.route, s_front, self.v, t, gap, v_lead),
-                     (self.halt_at - s_front) if self.halt_at is not None else np.inf):
+        for stop in (
+            signal_gap(self.town, self.route, s_front, self.v, t, gap, v_lead),
+            (self.halt_at - s_front) if self.halt_at is not None else np.inf,
+        ):
             if np.isfinite(stop):
                 a = min(a, idm_acceleration(self.v, v0, stop, 0.0, s0=0.3))
                 room = min(room, stop - 0.3)
@@ -74,12 +76,20 @@ class Expert:
         """Plan, control and move one tick."""
         self.control = self.controller.step(self.plan(t, agents), self.v)
         c = self.control
-        accel = ENGINE_ACCEL * c.throttle - BRAKE_DECEL * c.brake - 0.1 * (self.v > 0) - 0.004 * self.v**2
+        accel = (
+            ENGINE_ACCEL * c.throttle
+            - BRAKE_DECEL * c.brake
+            - 0.1 * (self.v > 0)
+            - 0.004 * self.v**2
+        )
         delta = -c.steer * MAX_WHEEL_ANGLE  # CARLA: positive steer turns right (clockwise)
         beta = np.arctan(0.5 * np.tan(delta))
         self.x += self.v * np.cos(self.theta + beta) * dt
         self.y += self.v * np.sin(self.theta + beta) * dt
-        self.theta = float((self.theta + self.v / WHEELBASE * np.cos(beta) * np.tan(delta) * dt + np.pi)
-                           % (2 * np.pi) - np.pi)
+        self.theta = float(
+            (self.theta + self.v / WHEELBASE * np.cos(beta) * np.tan(delta) * dt + np.pi)
+            % (2 * np.pi)
+            - np.pi
+        )
         self.v = max(0.0, self.v + accel * dt)
         self.s = self.route.path.project(self.xy, self.s)

@@ -28,7 +28,9 @@ def line(a: np.ndarray, b: np.ndarray, step: float = 0.5) -> np.ndarray:
     return a[None] * (1 - t) + b[None] * t
 
 
-def arc(center: np.ndarray, start: np.ndarray, end: np.ndarray, ccw: bool, step: float = 0.5) -> np.ndarray:
+def arc(
+    center: np.ndarray, start: np.ndarray, end: np.ndarray, ccw: bool, step: float = 0.5
+) -> np.ndarray:
     """Circular arc around ``center`` from ``start`` to ``end`` turning CCW or CW (< 180°)."""
     r = float(np.linalg.norm(start - center))
     a0 = np.arctan2(*(start - center)[::-1])
@@ -90,7 +92,11 @@ class Polyline:
         lo = min(lo, hi - 2)
         a, b = self.points[lo : hi - 1], self.points[lo + 1 : hi]
         ab = b - a
-        t = np.clip(np.einsum("ij,ij->i", p - a, ab) / np.maximum(np.einsum("ij,ij->i", ab, ab), 1e-12), 0, 1)
+        t = np.clip(
+            np.einsum("ij,ij->i", p - a, ab) / np.maximum(np.einsum("ij,ij->i", ab, ab), 1e-12),
+            0,
+            1,
+        )
         d = np.linalg.norm(a + ab * t[:, None] - p, axis=1)
         k = int(np.argmin(d))
         return float(self.s[lo + k] + t[k] * np.linalg.norm(ab[k]))

@@ -50,7 +50,10 @@ def build_ground(town: Town) -> GroundTexture:
     img[:] = PLAZA
 
     def px(p) -> tuple[int, int]:
-        return (int(round((p[0] - x0) / RES * (1 << SHIFT))), int(round((y1 - p[1]) / RES * (1 << SHIFT))))
+        return (
+            int(round((p[0] - x0) / RES * (1 << SHIFT))),
+            int(round((y1 - p[1]) / RES * (1 << SHIFT))),
+        )
 
     def quad(a, b, half_width, color, offset=0.0) -> None:
         """Filled band from ``a`` to ``b`` with lateral extent ``offset ± half_width``."""
@@ -61,15 +64,31 @@ def build_ground(town: Town) -> GroundTexture:
         cv2.fillConvexPoly(img, pts, color, lineType=cv2.LINE_AA, shift=SHIFT)
 
     for lot in town.lots_park:
-        quad(np.array([lot[0], (lot[1] + lot[3]) / 2]), np.array([lot[2], (lot[1] + lot[3]) / 2]),
-             (lot[3] - lot[1]) / 2, GRASS)
+        quad(
+            np.array([lot[0], (lot[1] + lot[3]) / 2]),
+            np.array([lot[2], (lot[1] + lot[3]) / 2]),
+            (lot[3] - lot[1]) / 2,
+            GRASS,
+        )
     for b in town.buildings:
-        quad(np.array([b.cx - b.hx - 0.6, b.cy]), np.array([b.cx + b.hx + 0.6, b.cy]), b.hy + 0.6, FOOTPRINT)
+        quad(
+            np.array([b.cx - b.hx - 0.6, b.cy]),
+            np.array([b.cx + b.hx + 0.6, b.cy]),
+            b.hy + 0.6,
+            FOOTPRINT,
+        )
 
-    roads = [(n, town.neighbour(n, k), k) for n in town.nodes for k in (0, 1) if town.neighbour(n, k)]
+    roads = [
+        (n, town.neighbour(n, k), k) for n in town.nodes for k in (0, 1) if town.neighbour(n, k)
+    ]
     for n, m, k in roads:
         d = DIRECTIONS[k]
-        quad(town.node_xy(n) - d * SIDEWALK_OUTER, town.node_xy(m) + d * SIDEWALK_OUTER, SIDEWALK_OUTER, SIDEWALK)
+        quad(
+            town.node_xy(n) - d * SIDEWALK_OUTER,
+            town.node_xy(m) + d * SIDEWALK_OUTER,
+            SIDEWALK_OUTER,
+            SIDEWALK,
+        )
     for n, m, _ in roads:
         quad(town.node_xy(n), town.node_xy(m), ROAD_HALF, ASPHALT)
     for n in town.nodes:
@@ -90,8 +109,13 @@ def build_ground(town: Town) -> GroundTexture:
             _crossings(town, n, quad)
     levels = [img]
     for _ in range(MIP_LEVELS - 1):
-        levels.append(cv2.resize(levels[-1], (levels[-1].shape[1] // 2, levels[-1].shape[0] // 2),
-                                 interpolation=cv2.INTER_AREA))
+        levels.append(
+            cv2.resize(
+                levels[-1],
+                (levels[-1].shape[1] // 2, levels[-1].shape[0] // 2),
+                interpolation=cv2.INTER_AREA,
+            )
+        )
     return GroundTexture(levels=levels, x0=x0, y1=y1)
 
 
@@ -108,8 +132,13 @@ def _junction_corners(town: Town, node, img: np.ndarray, px) -> None:
             kerb = [centre + u * radius * np.cos(a) + v * radius * np.sin(a) for a in angles]
             corner = [c + u * ROAD_HALF + v * ROAD_HALF, c + u * BOX + v * ROAD_HALF] + kerb[::-1]
             corner.append(c + u * ROAD_HALF + v * BOX)
-            cv2.fillPoly(img, [np.array([px(p) for p in corner], np.int32)], ASPHALT,
-                         lineType=cv2.LINE_AA, shift=SHIFT)
+            cv2.fillPoly(
+                img,
+                [np.array([px(p) for p in corner], np.int32)],
+                ASPHALT,
+                lineType=cv2.LINE_AA,
+                shift=SHIFT,
+            )
 
 
 def _crossings(town: Town, node, quad) -> None:
@@ -121,4 +150,9 @@ def _crossings(town: Town, node, quad) -> None:
         for lat in np.arange(-ROAD_HALF + 0.55, ROAD_HALF - 0.3, 1.0):
             quad(c + d * CROSSWALK[0], c + d * CROSSWALK[1], 0.25, WHITE, offset=lat)
         # vehicles arriving on this arm travel along -d; their lane lies to the right of -d, i.e. -r
-        quad(c + d * (STOP_LINE - 0.2) - r * 0.2, c + d * (STOP_LINE - 0.2) - r * (ROAD_HALF - 0.2), 0.2, WHITE)
+        quad(
+            c + d * (STOP_LINE - 0.2) - r * 0.2,
+            c + d * (STOP_LINE - 0.2) - r * (ROAD_HALF - 0.2),
+            0.2,
+            WHITE,
+        )

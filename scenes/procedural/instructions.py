@@ -26,90 +26,247 @@ class InstructionType:
 
 
 TYPES: dict[str, InstructionType] = {
-    "turn_left": InstructionType(0, "turn", (
-        "Turn left at the next intersection.", "At the next intersection, turn left.",
-        "Take a left at the upcoming junction.", "Make a left turn at the next crossing.",
-        "Go left at the next intersection.", "Please turn left when you reach the intersection.",
-        "Prepare to turn left at the next junction.", "Head left at the coming intersection.")),
-    "turn_right": InstructionType(1, "turn", (
-        "Turn right at the next intersection.", "At the next intersection, turn right.",
-        "Take a right at the upcoming junction.", "Make a right turn at the next crossing.",
-        "Go right at the next intersection.", "Please turn right when you reach the intersection.",
-        "Prepare to turn right at the next junction.", "Head right at the coming intersection.")),
-    "go_straight": InstructionType(2, "turn", (
-        "Go straight at the next intersection.", "Continue straight through the next intersection.",
-        "Keep straight at the upcoming junction.", "Drive straight across the next crossing.",
-        "Do not turn at the next intersection; go straight.", "Proceed straight through the junction ahead.",
-        "At the next intersection, keep going straight.", "Cross the next intersection without turning.")),
-    "turn_left_dist": InstructionType(3, "turn", (
-        "After {x} meters, execute a left turn.", "In {x} meters, turn left.",
-        "Turn left in {x} meters.", "Drive {x} meters, then turn left at the intersection.",
-        "After about {x} meters, take a left.", "In roughly {x} meters, make a left turn.",
-        "Turn left at the intersection {x} meters ahead.", "Go {x} meters and then turn left.")),
-    "turn_right_dist": InstructionType(4, "turn", (
-        "After {x} meters, execute a right turn.", "In {x} meters, turn right.",
-        "Turn right in {x} meters.", "Drive {x} meters, then turn right at the intersection.",
-        "After about {x} meters, take a right.", "In roughly {x} meters, make a right turn.",
-        "Turn right at the intersection {x} meters ahead.", "Go {x} meters and then turn right.")),
-    "go_straight_dist": InstructionType(5, "turn", (
-        "After {x} meters, go straight through the intersection.", "In {x} meters, continue straight.",
-        "Keep straight at the intersection {x} meters ahead.", "Drive {x} meters and cross the junction straight.",
-        "In about {x} meters, go straight at the crossing.", "Continue straight at the junction in {x} meters.",
-        "After roughly {x} meters, keep going straight.", "Go {x} meters and do not turn at the intersection.")),
-    "follow_lane": InstructionType(34, "follow", (
-        "Follow the current lane.", "Keep driving in this lane.", "Stay in your lane.",
-        "Continue along the current lane.", "Keep to this lane and drive on.", "Follow the lane ahead.",
-        "Maintain your lane.", "Drive along the lane you are in.")),
-    "follow_road": InstructionType(35, "follow", (
-        "Follow the road as it bends.", "Keep following the road around the corner.",
-        "Stay on this road through the bend.", "Follow the curve of the road.",
-        "Continue along the road as it turns.", "Drive on and follow the bend.",
-        "Keep to the road around the curve.", "Follow the road ahead through the corner.")),
-    "change_left": InstructionType(36, "follow", (
-        "Change to the left lane.", "Move into the left lane.", "Switch to the lane on your left.",
-        "Shift one lane to the left.", "Please change lanes to the left.", "Merge into the left lane.",
-        "Get into the left lane now.", "Make a lane change to the left.")),
-    "change_right": InstructionType(37, "follow", (
-        "Change to the right lane.", "Move into the right lane.", "Switch to the lane on your right.",
-        "Shift one lane to the right.", "Please change lanes to the right.", "Merge into the right lane.",
-        "Get into the right lane now.", "Make a lane change to the right.")),
-    "keep_going_dist": InstructionType(38, "follow", (
-        "Keep going straight for {x} meters.", "Drive straight ahead for {x} meters.",
-        "Continue along this road for {x} meters.", "Follow the road for the next {x} meters.",
-        "Stay on course for {x} meters.", "Go on for about {x} meters.",
-        "Keep your course for {x} meters.", "Drive on for roughly {x} meters.")),
-    "notice_pedestrian": InstructionType(50, "notice", (
-        "Be mindful of pedestrians ahead.", "Watch out for the pedestrian in front.",
-        "Pedestrians are crossing ahead, take care.", "Mind the people on the road ahead.",
-        "Careful, someone is crossing in front of you.", "Look out for pedestrians ahead.",
-        "There is a pedestrian ahead; be ready to stop.", "Pay attention to the pedestrian crossing.")),
-    "notice_red_light": InstructionType(51, "notice", (
-        "Notice the red light ahead.", "The traffic light ahead is red.", "Red light ahead, prepare to stop.",
-        "Watch the red signal in front.", "Stop for the red light ahead.", "The light ahead has turned red.",
-        "Mind the red traffic light.", "Be ready to stop at the red light.")),
-    "notice_stopped_vehicle": InstructionType(52, "notice", (
-        "The car ahead has stopped.", "Watch the stopped vehicle in front.", "Traffic ahead is standing still.",
-        "Be careful, the vehicle ahead is not moving.", "Slow down, there is a stopped car ahead.",
-        "Mind the queue ahead.", "The vehicle in front is waiting; keep your distance.",
-        "Stopped traffic ahead, slow down.")),
-    "halt": InstructionType(60, "other", (
-        "Please halt your vehicle immediately.", "Stop the car now.", "Bring the vehicle to a stop.",
-        "Pull up and stop here.", "Stop right here, please.", "Come to a halt immediately.",
-        "Halt the vehicle.", "Stop now and wait.")),
-    "slow_down": InstructionType(61, "other", (
-        "Slow down and drive carefully.", "Reduce your speed.", "Drive slowly for a while.",
-        "Please take it slow.", "Ease off and go slower.", "Lower your speed now.",
-        "Keep a slow pace for now.", "Drive at a low speed.")),
+    "turn_left": InstructionType(
+        0,
+        "turn",
+        (
+            "Turn left at the next intersection.",
+            "At the next intersection, turn left.",
+            "Take a left at the upcoming junction.",
+            "Make a left turn at the next crossing.",
+            "Go left at the next intersection.",
+            "Please turn left when you reach the intersection.",
+            "Prepare to turn left at the next junction.",
+            "Head left at the coming intersection.",
+        ),
+    ),
+    "turn_right": InstructionType(
+        1,
+        "turn",
+        (
+            "Turn right at the next intersection.",
+            "At the next intersection, turn right.",
+            "Take a right at the upcoming junction.",
+            "Make a right turn at the next crossing.",
+            "Go right at the next intersection.",
+            "Please turn right when you reach the intersection.",
+            "Prepare to turn right at the next junction.",
+            "Head right at the coming intersection.",
+        ),
+    ),
+    "go_straight": InstructionType(
+        2,
+        "turn",
+        (
+            "Go straight at the next intersection.",
+            "Continue straight through the next intersection.",
+            "Keep straight at the upcoming junction.",
+            "Drive straight across the next crossing.",
+            "Do not turn at the next intersection; go straight.",
+            "Proceed straight through the junction ahead.",
+            "At the next intersection, keep going straight.",
+            "Cross the next intersection without turning.",
+        ),
+    ),
+    "turn_left_dist": InstructionType(
+        3,
+        "turn",
+        (
+            "After {x} meters, execute a left turn.",
+            "In {x} meters, turn left.",
+            "Turn left in {x} meters.",
+            "Drive {x} meters, then turn left at the intersection.",
+            "After about {x} meters, take a left.",
+            "In roughly {x} meters, make a left turn.",
+            "Turn left at the intersection {x} meters ahead.",
+            "Go {x} meters and then turn left.",
+        ),
+    ),
+    "turn_right_dist": InstructionType(
+        4,
+        "turn",
+        (
+            "After {x} meters, execute a right turn.",
+            "In {x} meters, turn right.",
+            "Turn right in {x} meters.",
+            "Drive {x} meters, then turn right at the intersection.",
+            "After about {x} meters, take a right.",
+            "In roughly {x} meters, make a right turn.",
+            "Turn right at the intersection {x} meters ahead.",
+            "Go {x} meters and then turn right.",
+        ),
+    ),
+    "go_straight_dist": InstructionType(
+        5,
+        "turn",
+        (
+            "After {x} meters, go straight through the intersection.",
+            "In {x} meters, continue straight.",
+            "Keep straight at the intersection {x} meters ahead.",
+            "Drive {x} meters and cross the junction straight.",
+            "In about {x} meters, go straight at the crossing.",
+            "Continue straight at the junction in {x} meters.",
+            "After roughly {x} meters, keep going straight.",
+            "Go {x} meters and do not turn at the intersection.",
+        ),
+    ),
+    "follow_lane": InstructionType(
+        34,
+        "follow",
+        (
+            "Follow the current lane.",
+            "Keep driving in this lane.",
+            "Stay in your lane.",
+            "Continue along the current lane.",
+            "Keep to this lane and drive on.",
+            "Follow the lane ahead.",
+            "Maintain your lane.",
+            "Drive along the lane you are in.",
+        ),
+    ),
+    "follow_road": InstructionType(
+        35,
+        "follow",
+        (
+            "Follow the road as it bends.",
+            "Keep following the road around the corner.",
+            "Stay on this road through the bend.",
+            "Follow the curve of the road.",
+            "Continue along the road as it turns.",
+            "Drive on and follow the bend.",
+            "Keep to the road around the curve.",
+            "Follow the road ahead through the corner.",
+        ),
+    ),
+    "change_left": InstructionType(
+        36,
+        "follow",
+        (
+            "Change to the left lane.",
+            "Move into the left lane.",
+            "Switch to the lane on your left.",
+            "Shift one lane to the left.",
+            "Please change lanes to the left.",
+            "Merge into the left lane.",
+            "Get into the left lane now.",
+            "Make a lane change to the left.",
+        ),
+    ),
+    "change_right": InstructionType(
+        37,
+        "follow",
+        (
+            "Change to the right lane.",
+            "Move into the right lane.",
+            "Switch to the lane on your right.",
+            "Shift one lane to the right.",
+            "Please change lanes to the right.",
+            "Merge into the right lane.",
+            "Get into the right lane now.",
+            "Make a lane change to the right.",
+        ),
+    ),
+    "keep_going_dist": InstructionType(
+        38,
+        "follow",
+        (
+            "Keep going straight for {x} meters.",
+            "Drive straight ahead for {x} meters.",
+            "Continue along this road for {x} meters.",
+            "Follow the road for the next {x} meters.",
+            "Stay on course for {x} meters.",
+            "Go on for about {x} meters.",
+            "Keep your course for {x} meters.",
+            "Drive on for roughly {x} meters.",
+        ),
+    ),
+    "notice_pedestrian": InstructionType(
+        50,
+        "notice",
+        (
+            "Be mindful of pedestrians ahead.",
+            "Watch out for the pedestrian in front.",
+            "Pedestrians are crossing ahead, take care.",
+            "Mind the people on the road ahead.",
+            "Careful, someone is crossing in front of you.",
+            "Look out for pedestrians ahead.",
+            "There is a pedestrian ahead; be ready to stop.",
+            "Pay attention to the pedestrian crossing.",
+        ),
+    ),
+    "notice_red_light": InstructionType(
+        51,
+        "notice",
+        (
+            "Notice the red light ahead.",
+            "The traffic light ahead is red.",
+            "Red light ahead, prepare to stop.",
+            "Watch the red signal in front.",
+            "Stop for the red light ahead.",
+            "The light ahead has turned red.",
+            "Mind the red traffic light.",
+            "Be ready to stop at the red light.",
+        ),
+    ),
+    "notice_stopped_vehicle": InstructionType(
+        52,
+        "notice",
+        (
+            "The car ahead has stopped.",
+            "Watch the stopped vehicle in front.",
+            "Traffic ahead is standing still.",
+            "Be careful, the vehicle ahead is not moving.",
+            "Slow down, there is a stopped car ahead.",
+            "Mind the queue ahead.",
+            "The vehicle in front is waiting; keep your distance.",
+            "Stopped traffic ahead, slow down.",
+        ),
+    ),
+    "halt": InstructionType(
+        60,
+        "other",
+        (
+            "Please halt your vehicle immediately.",
+            "Stop the car now.",
+            "Bring the vehicle to a stop.",
+            "Pull up and stop here.",
+            "Stop right here, please.",
+            "Come to a halt immediately.",
+            "Halt the vehicle.",
+            "Stop now and wait.",
+        ),
+    ),
+    "slow_down": InstructionType(
+        61,
+        "other",
+        (
+            "Slow down and drive carefully.",
+            "Reduce your speed.",
+            "Drive slowly for a while.",
+            "Please take it slow.",
+            "Ease off and go slower.",
+            "Lower your speed now.",
+            "Keep a slow pace for now.",
+            "Drive at a low speed.",
+        ),
+    ),
 }
 TYPE_BY_ID = {t.instruction_id: name for name, t in TYPES.items()}
 
 
-def make_instruction(kind: str, rng: np.random.Generator, misleading: bool = False, **args) -> Instruction:
+def make_instruction(
+    kind: str, rng: np.random.Generator, misleading: bool = False, **args
+) -> Instruction:
     """An instruction of type ``kind`` with a random paraphrase and ``args`` filled in."""
     t = TYPES[kind]
     text = t.templates[rng.integers(len(t.templates))].format(**args)
-    return Instruction(text=text, instruction_id=t.instruction_id, category=t.category,
-                       args={"type": kind, **args}, misleading=misleading)
+    return Instruction(
+        text=text,
+        instruction_id=t.instruction_id,
+        category=t.category,
+        args={"type": kind, **args},
+        misleading=misleading,
+    )
 
 
 def plan_events(rng: np.random.Generator, frames: int) -> list[EgoEvent]:
@@ -124,7 +281,9 @@ def plan_events(rng: np.random.Generator, frames: int) -> list[EgoEvent]:
     return events
 
 
-def build_timeline(log: DriveLog, events: list[EgoEvent], rng: np.random.Generator) -> list[tuple[InstructionSpan, bool, int]]:
+def build_timeline(
+    log: DriveLog, events: list[EgoEvent], rng: np.random.Generator
+) -> list[tuple[InstructionSpan, bool, int]]:
     """Every instruction span of the drive as ``(span, completed_at_end, priority)``."""
     spans = _navigation(log, rng)
     spans += _others(log, events, rng)
@@ -151,13 +310,22 @@ def _navigation(log: DriveLog, rng) -> list:
         distance = m.s_stop - _front_s(log, start)
         if distance > 50.0 and rng.random() < 0.5:
             split = next((i for i in range(start, end) if m.s_stop - _front_s(log, i) <= 35.0), end)
-            follow = (make_instruction("keep_going_dist", rng, x=int(round(distance / 5.0) * 5))
-                      if rng.random() < 0.5 else make_instruction("follow_lane", rng))
+            follow = (
+                make_instruction("keep_going_dist", rng, x=int(round(distance / 5.0) * 5))
+                if rng.random() < 0.5
+                else make_instruction("follow_lane", rng)
+            )
             if split > start:
                 out.append((InstructionSpan(follow, start, split - 1), True, 0))
                 start = split
                 distance = m.s_stop - _front_s(log, start)
-        out.append((InstructionSpan(_maneuver_instruction(log.town, m, distance, rng), start, end), done is not None, 0))
+        out.append(
+            (
+                InstructionSpan(_maneuver_instruction(log.town, m, distance, rng), start, end),
+                done is not None,
+                0,
+            )
+        )
         start = end + 1
     return out
 
@@ -181,7 +349,9 @@ def _others(log: DriveLog, events: list[EgoEvent], rng) -> list:
         if e.kind == "halt":
             done = log.halts_completed.get(e.frame)
             end = done if done is not None else n - 1
-            out.append((InstructionSpan(make_instruction("halt", rng), e.frame, end), done is not None, 3))
+            out.append(
+                (InstructionSpan(make_instruction("halt", rng), e.frame, end), done is not None, 3)
+            )
         else:
             end = min(n - 1, e.frame + e.frames - 1)
             out.append((InstructionSpan(make_instruction("slow_down", rng), e.frame, end), True, 3))
@@ -219,7 +389,9 @@ def _notices(log: DriveLog, rng, duration: int = 15, gap: int = 60) -> list:
     return out
 
 
-def _misleading(log: DriveLog, navigation: list[InstructionSpan], rng, p: float = 0.2, duration: int = 20) -> list:
+def _misleading(
+    log: DriveLog, navigation: list[InstructionSpan], rng, p: float = 0.2, duration: int = 20
+) -> list:
     """LangAuto inserts an infeasible instruction for 20 frames at 20 % of instruction changes."""
     out = []
     town = log.town
@@ -232,23 +404,32 @@ def _misleading(log: DriveLog, navigation: list[InstructionSpan], rng, p: float 
             present = town.turns(m.node, m.k_in)
             missing = [t for t in ("left", "right") if t not in present]
         if missing:
-            instr = make_instruction("turn_" + missing[rng.integers(len(missing))], rng, misleading=True)
+            instr = make_instruction(
+                "turn_" + missing[rng.integers(len(missing))], rng, misleading=True
+            )
         else:
-            instr = make_instruction(("change_left", "change_right")[rng.integers(2)], rng, misleading=True)
+            instr = make_instruction(
+                ("change_left", "change_right")[rng.integers(2)], rng, misleading=True
+            )
         end = min(len(log.frames) - 1, span.start_frame + duration - 1)
         out.append((InstructionSpan(instr, span.start_frame, end), False, 2))
     return out
 
 
-def active_per_frame(timeline: list[tuple[InstructionSpan, bool, int]], n: int
-                     ) -> tuple[list[Instruction], np.ndarray]:
+def active_per_frame(
+    timeline: list[tuple[InstructionSpan, bool, int]], n: int
+) -> tuple[list[Instruction], np.ndarray]:
     """The instruction shown at every frame and whether it was just completed there.
 
     Priority: other > misleading > notice > navigation; a span completing at a frame is shown
     at that frame so its completion is visible.
     """
-    none = Instruction("Follow the current lane.", TYPES["follow_lane"].instruction_id, "follow",
-                       {"type": "follow_lane"})
+    none = Instruction(
+        "Follow the current lane.",
+        TYPES["follow_lane"].instruction_id,
+        "follow",
+        {"type": "follow_lane"},
+    )
     active: list[Instruction] = [none] * n
     completed = np.zeros(n, bool)
     rank = np.full(n, -1)

@@ -49,7 +49,9 @@ def build_walkways(town: Town) -> tuple[list[Walkway], dict[int, list[int]]]:
     edges: list[Walkway] = []
 
     def add(points, a, b, crossing=None, span=(0.0, 0.0)):
-        edges.append(Walkway(Polyline(np.asarray(points, dtype=np.float64)), (a, b), crossing, span))
+        edges.append(
+            Walkway(Polyline(np.asarray(points, dtype=np.float64)), (a, b), crossing, span)
+        )
 
     for node in town.nodes:
         arms = town.arms(node)
@@ -65,14 +67,25 @@ def build_walkways(town: Town) -> tuple[list[Walkway], dict[int, list[int]]]:
             if k in (0, 1):  # sidewalks along the road to the neighbour, once per road
                 m = town.neighbour(node, k)
                 for q in (qa, qb):
-                    q_far = tuple(int(v) for v in np.array(q) - 2 * np.abs(d).astype(int) * np.array(q))
-                    add([corner_xy(node, *q), corner_xy(m, *q_far)], corner(node, *q), corner(m, *q_far))
+                    q_far = tuple(
+                        int(v) for v in np.array(q) - 2 * np.abs(d).astype(int) * np.array(q)
+                    )
+                    add(
+                        [corner_xy(node, *q), corner_xy(m, *q_far)],
+                        corner(node, *q),
+                        corner(m, *q_far),
+                    )
             if town.has_light(node):
                 n = town.node_xy(node)
                 pts = [pa, n + CROSS_AT * d + CORNER * r, n + CROSS_AT * d - CORNER * r, pb]
                 lead = CROSS_AT - CORNER
-                add(pts, corner(node, *qa), corner(node, *qb), crossing=node,
-                    span=(lead, lead + 2 * CORNER))
+                add(
+                    pts,
+                    corner(node, *qa),
+                    corner(node, *qb),
+                    crossing=node,
+                    span=(lead, lead + 2 * CORNER),
+                )
     touching: dict[int, list[int]] = {}
     for i, e in enumerate(edges):
         for c in e.ends:
@@ -87,13 +100,24 @@ class Crowd:
         self.town, self.rng = town, rng
         self.edges, self.touching = build_walkways(town)
         sidewalks = [i for i, e in enumerate(self.edges) if e.crossing is None]
-        palette = [(200, 40, 40), (40, 80, 170), (230, 190, 40), (240, 240, 235), (40, 140, 70),
-                   (120, 60, 140), (230, 120, 40), (30, 30, 34)]
+        palette = [
+            (200, 40, 40),
+            (40, 80, 170),
+            (230, 190, 40),
+            (240, 240, 235),
+            (40, 140, 70),
+            (120, 60, 140),
+            (230, 120, 40),
+            (30, 30, 34),
+        ]
         self.people = [
             Pedestrian(
-                edge=int(e), forward=bool(rng.random() < 0.5),
-                s=float(rng.uniform(0, self.edges[e].path.length)), speed=float(rng.uniform(1.2, 1.6)),
-                offset=rng.uniform(-0.6, 0.6, 2), color=palette[rng.integers(len(palette))],
+                edge=int(e),
+                forward=bool(rng.random() < 0.5),
+                s=float(rng.uniform(0, self.edges[e].path.length)),
+                speed=float(rng.uniform(1.2, 1.6)),
+                offset=rng.uniform(-0.6, 0.6, 2),
+                color=palette[rng.integers(len(palette))],
             )
             for e in rng.choice(sidewalks, size=count)
         ]
@@ -126,7 +150,9 @@ class Crowd:
             edge = self.edges[p.edge]
             s_new = p.s + p.speed * dt
             if edge.crossing is not None and not p.crossing_allowed and s_new >= edge.cross_span[0]:
-                if may_start_crossing(self.town, edge.crossing, t) and self._crossing_clear(edge, vehicle_xy):
+                if may_start_crossing(self.town, edge.crossing, t) and self._crossing_clear(
+                    edge, vehicle_xy
+                ):
                     p.crossing_allowed, p.waiting = True, False
                 else:
                     p.s, p.waiting = edge.cross_span[0], True

@@ -45,16 +45,24 @@ class Boxes:
         rows_arr = [[] for _ in range(11)] if not rows else list(zip(*rows, strict=True))
         f = np.asarray
         return Boxes(
-            cx=f(rows_arr[0], np.float64), cy=f(rows_arr[1], np.float64), hx=f(rows_arr[2], np.float64),
-            hy=f(rows_arr[3], np.float64), yaw=f(rows_arr[4], np.float64), z0=f(rows_arr[5], np.float64),
-            z1=f(rows_arr[6], np.float64), color=f(rows_arr[7], np.float32).reshape(-1, 3),
-            top=f(rows_arr[8], np.float32).reshape(-1, 3), emissive=f(rows_arr[9], bool),
+            cx=f(rows_arr[0], np.float64),
+            cy=f(rows_arr[1], np.float64),
+            hx=f(rows_arr[2], np.float64),
+            hy=f(rows_arr[3], np.float64),
+            yaw=f(rows_arr[4], np.float64),
+            z0=f(rows_arr[5], np.float64),
+            z1=f(rows_arr[6], np.float64),
+            color=f(rows_arr[7], np.float32).reshape(-1, 3),
+            top=f(rows_arr[8], np.float32).reshape(-1, 3),
+            emissive=f(rows_arr[9], bool),
             building=f(rows_arr[10], np.int64),
         )
 
     @staticmethod
     def concat(parts: list[Boxes]) -> Boxes:
-        return Boxes(*(np.concatenate([getattr(p, k) for p in parts]) for k in Boxes.__dataclass_fields__))
+        return Boxes(
+            *(np.concatenate([getattr(p, k) for p in parts]) for k in Boxes.__dataclass_fields__)
+        )
 
 
 @dataclass
@@ -67,7 +75,19 @@ class Spheres:
 def static_props(town: Town) -> tuple[Boxes, Spheres]:
     """Buildings, tree trunks, signal poles, mast arms and signal housings."""
     rows = [
-        (b.cx, b.cy, b.hx, b.hy, 0.0, 0.0, b.height, b.color, tuple(0.8 * c for c in b.color), False, i)
+        (
+            b.cx,
+            b.cy,
+            b.hx,
+            b.hy,
+            0.0,
+            0.0,
+            b.height,
+            b.color,
+            tuple(0.8 * c for c in b.color),
+            False,
+            i,
+        )
         for i, b in enumerate(town.buildings)
     ]
     trunk = (92, 70, 52)
@@ -82,7 +102,9 @@ def static_props(town: Town) -> tuple[Boxes, Spheres]:
         rows.append((mid[0], mid[1], 0.08, 2.15, yaw, 5.95, 6.12, grey, grey, False, -1))
         rows.append((head[0], head[1], 0.3, 0.42, yaw, 4.2, 6.0, dark, dark, False, -1))
     trees = Spheres(
-        centres=np.stack([town.trees[:, 0], town.trees[:, 1], 2.6 + town.trees[:, 2] * 0.8], axis=1),
+        centres=np.stack(
+            [town.trees[:, 0], town.trees[:, 1], 2.6 + town.trees[:, 2] * 0.8], axis=1
+        ),
         radii=town.trees[:, 2].copy(),
         colors=np.tile(np.array([[60, 104, 44]], np.float32), (len(town.trees), 1)),
     )
@@ -100,7 +122,9 @@ def lamps(town: Town, states: list[str]) -> Boxes:
             on = name == state
             color = LAMP_COLORS[name] if on else LAMP_OFF
             z, half = 5.65 - i * 0.55, 0.3 if on else 0.22
-            rows.append((face[0], face[1], 0.03, half, yaw, z - half, z + half, color, color, on, -1))
+            rows.append(
+                (face[0], face[1], 0.03, half, yaw, z - half, z + half, color, color, on, -1)
+            )
     return Boxes.of(rows)
 
 
@@ -116,8 +140,21 @@ def vehicles(state: np.ndarray, colors: list, night: bool) -> Boxes:
             return x + c * fwd - s * left, y + s * fwd + c * left  # noqa: B023
 
         roof = tuple(float(v) for v in color)
-        rows.append((x, y, length / 2 + 0.15, width / 2 + 0.15, yaw, 0.0, 0.02, (22, 22, 24), (22, 22, 24),
-                     False, -1))
+        rows.append(
+            (
+                x,
+                y,
+                length / 2 + 0.15,
+                width / 2 + 0.15,
+                yaw,
+                0.0,
+                0.02,
+                (22, 22, 24),
+                (22, 22, 24),
+                False,
+                -1,
+            )
+        )
         rows.append((x, y, length / 2, width / 2, yaw, 0.3, 1.05, roof, roof, False, -1))
         cx, cy = at(-0.3, 0.0)
         rows.append((cx, cy, 1.15, width / 2 - 0.12, yaw, 1.05, height, glass, roof, False, -1))
@@ -140,4 +177,3 @@ def pedestrians(state: np.ndarray, colors: list) -> Boxes:
         rows.append((x, y, 0.15, 0.24, yaw, 0.88, 1.5, shirt, shirt, False, -1))
         rows.append((x, y, 0.11, 0.11, yaw, 1.5, 1.76, SKIN, (60, 40, 30), False, -1))
     return Boxes.of(rows)
-

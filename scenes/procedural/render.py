@@ -34,8 +34,15 @@ _CORNERS = np.array([[1, -1], [1, 1], [-1, 1], [-1, -1]], np.float64)  # CCW foo
 class Renderer:
     """Draws the camera images of one town under one weather at one resolution."""
 
-    def __init__(self, town: Town, ground: GroundTexture, weather: Weather,
-                 size: tuple[int, int] = (128, 128), supersample: int = 2, views=VIEWS):
+    def __init__(
+        self,
+        town: Town,
+        ground: GroundTexture,
+        weather: Weather,
+        size: tuple[int, int] = (128, 128),
+        supersample: int = 2,
+        views=VIEWS,
+    ):
         self.town, self.ground, self.weather, self.views = town, ground, weather, tuple(views)
         self.size = size
         self.hs, self.ws = size[0] * supersample, size[1] * supersample
@@ -63,7 +70,11 @@ class Renderer:
             d = np.sqrt(t * t + right * right + cam_h * cam_h)
             dist.append(d)
             footprint = np.sqrt((t * t / (self.f * cam_h)) * (d / self.f))
-            level.append(np.clip(np.floor(np.log2(np.maximum(footprint / RES, 1e-6)) + 0.3), 0, MIP_LEVELS - 1))
+            level.append(
+                np.clip(
+                    np.floor(np.log2(np.maximum(footprint / RES, 1e-6)) + 0.3), 0, MIP_LEVELS - 1
+                )
+            )
             flat.append(i * self.hs * self.ws + np.flatnonzero(below.ravel()))
         self.g_flat = np.concatenate(flat)
         self.g_x, self.g_y = np.concatenate(gx), np.concatenate(gy)
@@ -84,12 +95,15 @@ class Renderer:
         w = self.weather
         elev = np.arctan((self.cy - (np.arange(self.hs) + 0.5)) / self.f)
         t = np.clip(elev / np.radians(45.0), 0.0, 1.0)[:, None] ** 0.6
-        rows = (1 - t) * np.asarray(w.sky_horizon, np.float64) + t * np.asarray(w.sky_top, np.float64)
+        rows = (1 - t) * np.asarray(w.sky_horizon, np.float64) + t * np.asarray(
+            w.sky_top, np.float64
+        )
         return np.repeat(rows[:, None, :], self.ws, axis=1).clip(0, 255).astype(np.uint8)
 
     # ----------------------------------------------------------------------------- per frame
-    def render(self, frame: FrameState, vehicle_colors, pedestrian_colors, frame_index: int = 0
-               ) -> dict[str, np.ndarray]:
+    def render(
+        self, frame: FrameState, vehicle_colors, pedestrian_colors, frame_index: int = 0
+    ) -> dict[str, np.ndarray]:
         """The images of every view for one frame: view -> (H, W, 3) uint8 RGB."""
         ex, ey, eth = (float(v) for v in frame.ego[:3])
         imgs = self.sky.copy()
@@ -100,7 +114,9 @@ class Renderer:
             self._draw_props(imgs[i], boxes, ex, ey, eth, view)
             if self.weather.rain:
                 _rain(imgs[i], np.random.default_rng([frame_index, i, 77]))
-            out[view] = cv2.resize(imgs[i], (self.size[1], self.size[0]), interpolation=cv2.INTER_AREA)
+            out[view] = cv2.resize(
+                imgs[i], (self.size[1], self.size[0]), interpolation=cv2.INTER_AREA
+            )
         return out
 
     def _draw_ground(self, imgs: np.ndarray, ex: float, ey: float, eth: float) -> None:
@@ -116,8 +132,13 @@ class Renderer:
 
     def _camera(self, ex: float, ey: float, eth: float, view: str):
         phi = eth - np.radians(VIEW_YAW_DEG[view])
-        pos = np.array([ex + np.cos(eth) * CAMERA_POSITION[0], ey + np.sin(eth) * CAMERA_POSITION[0],
-                        CAMERA_POSITION[2]])
+        pos = np.array(
+            [
+                ex + np.cos(eth) * CAMERA_POSITION[0],
+                ey + np.sin(eth) * CAMERA_POSITION[0],
+                CAMERA_POSITION[2],
+            ]
+        )
         fwd = np.array([np.cos(phi), np.sin(phi), 0.0])
         right = np.array([np.sin(phi), -np.cos(phi), 0.0])
         down = np.array([0.0, 0.0, -1.0])
@@ -133,7 +154,11 @@ class Renderer:
         lateral = np.abs(rel @ rot[0, :2])
         dist_c = np.hypot(rel[:, 0], rel[:, 1])
         fov_tan = self.cx / self.f
-        keep = (dist_c - radius < DRAW_DISTANCE) & (ahead + radius > NEAR) & (lateral - radius < (ahead + radius) * fov_tan + 1.0)
+        keep = (
+            (dist_c - radius < DRAW_DISTANCE)
+            & (ahead + radius > NEAR)
+            & (lateral - radius < (ahead + radius) * fov_tan + 1.0)
+        )
         idx = np.flatnonzero(keep)
         corners = _box_corners(boxes, idx)  # (n, 8, 3)
         cam = (corners - pos) @ rot.T
@@ -148,7 +173,9 @@ class Renderer:
             bx, by = ego_rel @ np.array([c, s]), ego_rel @ np.array([-s, c])
             shade = shade + 0.8 * _headlight(bx, by)[:, None]
         tint = np.asarray(w.tint, np.float32)
-        base = np.where(np.arange(5)[None, :, None] == 4, boxes.top[idx][:, None], boxes.color[idx][:, None])
+        base = np.where(
+            np.arange(5)[None, :, None] == 4, boxes.top[idx][:, None], boxes.color[idx][:, None]
+        )
         emissive = boxes.emissive[idx]
         color = np.where(emissive[:, None, None], base, base * shade[..., None] * tint)
         fog = (1 - np.exp(-w.fog_density * nearest))[:, None, None]
@@ -175,10 +202,14 @@ class Renderer:
             pts = _clip_near(pts)
             if len(pts) < 3:
                 return
-        uv = np.stack([self.cx + self.f * pts[:, 0] / pts[:, 2], self.cy + self.f * pts[:, 1] / pts[:, 2]], 1)
+        uv = np.stack(
+            [self.cx + self.f * pts[:, 0] / pts[:, 2], self.cy + self.f * pts[:, 1] / pts[:, 2]], 1
+        )
         uv = np.clip(uv, -4 * self.ws, 5 * self.ws)
         poly = np.round(uv * (1 << SHIFT)).astype(np.int32)
-        cv2.fillConvexPoly(img, poly, tuple(float(c) for c in color), lineType=cv2.LINE_8, shift=SHIFT)
+        cv2.fillConvexPoly(
+            img, poly, tuple(float(c) for c in color), lineType=cv2.LINE_8, shift=SHIFT
+        )
 
     def _draw_windows(self, img, b: int, face: int, pos, rot, dist: float) -> None:
         quads, lit = self.windows[b][face]
@@ -190,27 +221,46 @@ class Renderer:
             return
         w = self.weather
         cam = cam[front]
-        uv = np.stack([self.cx + self.f * cam[..., 0] / cam[..., 2], self.cy + self.f * cam[..., 1] / cam[..., 2]], -1)
+        uv = np.stack(
+            [
+                self.cx + self.f * cam[..., 0] / cam[..., 2],
+                self.cy + self.f * cam[..., 1] / cam[..., 2],
+            ],
+            -1,
+        )
         polys = np.round(np.clip(uv, -4 * self.ws, 5 * self.ws) * (1 << SHIFT)).astype(np.int32)
         fog = 1 - np.exp(-w.fog_density * dist)
         glass = np.asarray(self.town.buildings[b].window_color, np.float32)
         if w.night:
-            groups = [(lit[front], np.array([255, 214, 140], np.float32)), (~lit[front], glass * 0.25)]
+            groups = [
+                (lit[front], np.array([255, 214, 140], np.float32)),
+                (~lit[front], glass * 0.25),
+            ]
         else:
             sky = np.asarray(w.sky_horizon, np.float32)
-            groups = [(np.ones(len(polys), bool), (0.75 * glass + 0.25 * sky) * (w.ambient + 0.3 * w.sun))]
+            groups = [
+                (np.ones(len(polys), bool), (0.75 * glass + 0.25 * sky) * (w.ambient + 0.3 * w.sun))
+            ]
         for sel, col in groups:
             if sel.any():
                 col = col * (1 - fog) + fog * np.asarray(w.fog_color, np.float32)
-                cv2.fillPoly(img, list(polys[sel]), tuple(float(c) for c in col.clip(0, 255)),
-                             lineType=cv2.LINE_8, shift=SHIFT)
+                cv2.fillPoly(
+                    img,
+                    list(polys[sel]),
+                    tuple(float(c) for c in col.clip(0, 255)),
+                    lineType=cv2.LINE_8,
+                    shift=SHIFT,
+                )
 
     def _visible_trees(self, pos, rot) -> list[tuple[float, int, int]]:
         rel = self.trees.centres - pos
         cam = rel @ rot.T
         d = np.linalg.norm(rel[:, :2], axis=1)
-        ok = (cam[:, 2] > self.trees.radii + NEAR) & (d < DRAW_DISTANCE) & (
-            np.abs(cam[:, 0]) - self.trees.radii < cam[:, 2] * self.cx / self.f)
+        ok = (
+            (cam[:, 2] > self.trees.radii + NEAR)
+            & (d < DRAW_DISTANCE)
+            & (np.abs(cam[:, 0]) - self.trees.radii < cam[:, 2] * self.cx / self.f)
+        )
         return [(float(d[j] - self.trees.radii[j] * 0.5), 1, int(j)) for j in np.flatnonzero(ok)]
 
     def _draw_tree(self, img, j: int, pos, rot) -> None:
@@ -226,19 +276,30 @@ class Renderer:
             col = self.trees.colors[j] * light * boost * np.asarray(w.tint, np.float32)
             col = col * (1 - fog) + fog * np.asarray(w.fog_color, np.float32)
             p = np.round((centre + np.array([0.0, offset * rad])) * (1 << SHIFT)).astype(np.int32)
-            cv2.circle(img, tuple(int(v) for v in p), max(1, int(rad * scale * (1 << SHIFT))),
-                       tuple(float(v) for v in col.clip(0, 255)), -1, lineType=cv2.LINE_8, shift=SHIFT)
+            cv2.circle(
+                img,
+                tuple(int(v) for v in p),
+                max(1, int(rad * scale * (1 << SHIFT))),
+                tuple(float(v) for v in col.clip(0, 255)),
+                -1,
+                lineType=cv2.LINE_8,
+                shift=SHIFT,
+            )
 
 
-def Boxes_for_frame(renderer: Renderer, frame: FrameState, vehicle_colors, pedestrian_colors) -> props.Boxes:  # noqa: N802
+def Boxes_for_frame(
+    renderer: Renderer, frame: FrameState, vehicle_colors, pedestrian_colors
+) -> props.Boxes:  # noqa: N802
     """Static and moving boxes of one frame."""
     night = renderer.weather.night
-    return props.Boxes.concat([
-        renderer.static_boxes,
-        props.lamps(renderer.town, frame.lights),
-        props.vehicles(frame.vehicles, vehicle_colors, night),
-        props.pedestrians(frame.pedestrians, pedestrian_colors),
-    ])
+    return props.Boxes.concat(
+        [
+            renderer.static_boxes,
+            props.lamps(renderer.town, frame.lights),
+            props.vehicles(frame.vehicles, vehicle_colors, night),
+            props.pedestrians(frame.pedestrians, pedestrian_colors),
+        ]
+    )
 
 
 def _headlight(x: np.ndarray, y: np.ndarray) -> np.ndarray:
@@ -256,7 +317,9 @@ def _box_corners(b: props.Boxes, idx: np.ndarray) -> np.ndarray:
     y = b.cy[idx, None] + s[:, None] * lx + c[:, None] * ly
     z0 = np.repeat(b.z0[idx, None], 4, 1)
     z1 = np.repeat(b.z1[idx, None], 4, 1)
-    return np.stack([np.concatenate([x, x], 1), np.concatenate([y, y], 1), np.concatenate([z0, z1], 1)], -1)
+    return np.stack(
+        [np.concatenate([x, x], 1), np.concatenate([y, y], 1), np.concatenate([z0, z1], 1)], -1
+    )
 
 
 def _face_normals(b: props.Boxes, idx: np.ndarray) -> np.ndarray:
@@ -330,5 +393,7 @@ def _rain(img: np.ndarray, rng: np.random.Generator) -> None:
     y = rng.uniform(0, h, n)
     length = rng.uniform(0.04, 0.12, n) * h
     for xi, yi, li in zip(x, y, length, strict=True):
-        cv2.line(overlay, (int(xi), int(yi)), (int(xi - 0.18 * li), int(yi + li)), (205, 208, 215), 1)
+        cv2.line(
+            overlay, (int(xi), int(yi)), (int(xi - 0.18 * li), int(yi + li)), (205, 208, 215), 1
+        )
     cv2.addWeighted(overlay, 0.35, img, 0.65, 0.0, dst=img)

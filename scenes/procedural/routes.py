@@ -56,7 +56,9 @@ class Route:
         if len(self._kappa) != len(self.path.points):
             self._kappa = _curvature(self.path.points)
 
-    def curve_speed_limit(self, s: float, a_lat: float = 2.0, b: float = 2.0, ahead: float = 30.0) -> float:
+    def curve_speed_limit(
+        self, s: float, a_lat: float = 2.0, b: float = 2.0, ahead: float = 30.0
+    ) -> float:
         """Highest speed at ``s`` from which every curve within ``ahead`` metres can be taken with
         lateral acceleration ``a_lat``, braking at ``b``."""
         lo, hi = np.searchsorted(self.path.s, [s, s + ahead])
@@ -106,8 +108,16 @@ def first_obstacle(
     return float(gaps[j]), float(velocities[idx[j]] @ tangent), int(idx[j])
 
 
-def idm_acceleration(v: float, v0: float, gap: float, v_lead: float, s0: float = 2.5,
-                     headway: float = 1.2, a_max: float = 2.0, b: float = 3.0) -> float:
+def idm_acceleration(
+    v: float,
+    v0: float,
+    gap: float,
+    v_lead: float,
+    s0: float = 2.5,
+    headway: float = 1.2,
+    a_max: float = 2.0,
+    b: float = 3.0,
+) -> float:
     """Intelligent Driver Model acceleration (Treiber et al.), clamped to [-9, a_max]."""
     free = 1.0 - (v / max(v0, 0.1)) ** 4
     if not np.isfinite(gap):

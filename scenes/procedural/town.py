@@ -56,7 +56,12 @@ class Town:
 
     @property
     def bounds(self) -> tuple[float, float, float, float]:
-        return (self.xs[0] - MARGIN, self.ys[0] - MARGIN, self.xs[-1] + MARGIN, self.ys[-1] + MARGIN)
+        return (
+            self.xs[0] - MARGIN,
+            self.ys[0] - MARGIN,
+            self.xs[-1] + MARGIN,
+            self.ys[-1] + MARGIN,
+        )
 
     def node_xy(self, node: tuple[int, int]) -> np.ndarray:
         return np.array([self.xs[node[0]], self.ys[node[1]]])
@@ -125,7 +130,9 @@ class Town:
             for arm in self.arms(node):
                 k = (arm + 2) % 4  # vehicles arriving from ``arm`` travel towards the node
                 d = DIRECTIONS[k]
-                heads.append((node, k, self.node_xy(node) + d * (BOX + 1.0) + right_of(d) * LANE_OFFSET))
+                heads.append(
+                    (node, k, self.node_xy(node) + d * (BOX + 1.0) + right_of(d) * LANE_OFFSET)
+                )
         return heads
 
 
@@ -141,8 +148,16 @@ def make_town(seed: int, size: tuple[int, int] = (5, 5)) -> Town:
 
 
 _FACADES = [
-    (196, 178, 150), (170, 96, 76), (150, 150, 152), (214, 208, 196), (128, 104, 84),
-    (184, 160, 120), (110, 118, 128), (200, 186, 168), (160, 120, 100), (94, 100, 96),
+    (196, 178, 150),
+    (170, 96, 76),
+    (150, 150, 152),
+    (214, 208, 196),
+    (128, 104, 84),
+    (184, 160, 120),
+    (110, 118, 128),
+    (200, 186, 168),
+    (160, 120, 100),
+    (94, 100, 96),
 ]
 
 
@@ -173,7 +188,9 @@ def _far_from_junctions(v: float, centres: np.ndarray) -> bool:
     return bool(np.min(np.abs(centres - v)) > 13.0)
 
 
-def _split(x0: float, y0: float, x1: float, y1: float, rng: np.random.Generator, max_side: float = 28.0):
+def _split(
+    x0: float, y0: float, x1: float, y1: float, rng: np.random.Generator, max_side: float = 28.0
+):
     w, h = x1 - x0, y1 - y0
     if w < 6 or h < 6:
         return []
@@ -192,7 +209,9 @@ def _fill_lot(town: Town, lot, rng: np.random.Generator, trees: list) -> None:
     if rng.random() < 0.12:
         town.lots_park.append(lot)
         for _ in range(int((x1 - x0) * (y1 - y0) / 60)):
-            trees.append((rng.uniform(x0 + 2, x1 - 2), rng.uniform(y0 + 2, y1 - 2), rng.uniform(1.5, 2.6)))
+            trees.append(
+                (rng.uniform(x0 + 2, x1 - 2), rng.uniform(y0 + 2, y1 - 2), rng.uniform(1.5, 2.6))
+            )
         return
     inset = rng.uniform(0.3, 1.8, 4)
     bx0, by0, bx1, by1 = x0 + inset[0], y0 + inset[1], x1 - inset[2], y1 - inset[3]
@@ -203,9 +222,14 @@ def _fill_lot(town: Town, lot, rng: np.random.Generator, trees: list) -> None:
     glass = tuple(int(c) for c in rng.choice([(60, 74, 92), (48, 56, 66), (80, 96, 110)]))
     town.buildings.append(
         Building(
-            cx=(bx0 + bx1) / 2, cy=(by0 + by1) / 2, hx=(bx1 - bx0) / 2, hy=(by1 - by0) / 2,
+            cx=(bx0 + bx1) / 2,
+            cy=(by0 + by1) / 2,
+            hx=(bx1 - bx0) / 2,
+            hy=(by1 - by0) / 2,
             height=float(np.exp(rng.uniform(np.log(6.0), np.log(34.0)))),
-            color=color, window_color=glass, lit_share=float(rng.uniform(0.2, 0.7)),
+            color=color,
+            window_color=glass,
+            lit_share=float(rng.uniform(0.2, 0.7)),
         )
     )
 

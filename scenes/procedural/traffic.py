@@ -12,13 +12,28 @@ from scenes.procedural.signals import light_state
 from scenes.procedural.town import Town
 
 CAR_COLORS = [
-    (200, 30, 30), (235, 235, 235), (25, 25, 28), (60, 90, 170), (150, 152, 158), (200, 170, 40),
-    (40, 110, 70), (110, 30, 40), (90, 90, 96), (210, 110, 30),
+    (200, 30, 30),
+    (235, 235, 235),
+    (25, 25, 28),
+    (60, 90, 170),
+    (150, 152, 158),
+    (200, 170, 40),
+    (40, 110, 70),
+    (110, 30, 40),
+    (90, 90, 96),
+    (210, 110, 30),
 ]
 
 
-def signal_gap(town: Town, route: Route, s_front: float, v: float, t: float,
-               obstacle_gap: float, obstacle_speed: float) -> float:
+def signal_gap(
+    town: Town,
+    route: Route,
+    s_front: float,
+    v: float,
+    t: float,
+    obstacle_gap: float,
+    obstacle_speed: float,
+) -> float:
     """Distance to the stop line if the vehicle must stop there now, else ``inf``.
 
     Stop on red; on yellow when a comfortable stop (<= 3.5 m/s²) is possible; and on green when
@@ -73,8 +88,9 @@ class Vehicle:
         return a
 
 
-def agent_arrays(positions: np.ndarray, velocities: np.ndarray, is_pedestrian: np.ndarray,
-                 candidates: np.ndarray) -> dict:
+def agent_arrays(
+    positions: np.ndarray, velocities: np.ndarray, is_pedestrian: np.ndarray, candidates: np.ndarray
+) -> dict:
     """Keyword arguments for :func:`first_obstacle` holding only agents ``candidates``."""
     ped = is_pedestrian[candidates]
     return {
@@ -94,8 +110,13 @@ def nearby_agents(positions: np.ndarray, speeds: np.ndarray, n_vehicles: int) ->
     return [np.flatnonzero(row) for row in close]
 
 
-def spawn_vehicles(town: Town, rng: np.random.Generator, density: float,
-                   keep_clear: np.ndarray, keep_clear_radius: float = 30.0) -> list[Vehicle]:
+def spawn_vehicles(
+    town: Town,
+    rng: np.random.Generator,
+    density: float,
+    keep_clear: np.ndarray,
+    keep_clear_radius: float = 30.0,
+) -> list[Vehicle]:
     """Place vehicles along every lane at random gaps, away from ``keep_clear``."""
 
     def chooser(node, k_in, options):
@@ -114,7 +135,9 @@ def spawn_vehicles(town: Town, rng: np.random.Generator, density: float,
                     v0 = float(rng.uniform(6.5, 9.0))
                     v_stoppable = np.sqrt(6.0 * max(0.0, lane_length - s - 12.0))
                     v = float(min(rng.uniform(0.0, v0 * 0.6), v_stoppable))
-                    vehicles.append(Vehicle(route, s, v, v0, CAR_COLORS[rng.integers(len(CAR_COLORS))]))
+                    vehicles.append(
+                        Vehicle(route, s, v, v0, CAR_COLORS[rng.integers(len(CAR_COLORS))])
+                    )
                     route = Route(town, node, k, chooser)
                 s += float(rng.uniform(14.0, 45.0))
     return vehicles

@@ -76,9 +76,15 @@ def ego_route(town: Town, rng: np.random.Generator, turns: list[str] | None) -> 
         return route, s
 
 
-def simulate(town: Town, seed: int, frames: int, turns: list[str] | None = None,
-             events: list[EgoEvent] = (), density: float = 0.5, pedestrians_per_junction: float = 3.0
-             ) -> DriveLog:
+def simulate(
+    town: Town,
+    seed: int,
+    frames: int,
+    turns: list[str] | None = None,
+    events: list[EgoEvent] = (),
+    density: float = 0.5,
+    pedestrians_per_junction: float = 3.0,
+) -> DriveLog:
     """Run the world for ``frames`` recorded frames and return the log."""
     rng = np.random.default_rng([town.seed, seed, 9011])
     route, s0 = ego_route(town, rng, turns)
@@ -86,8 +92,12 @@ def simulate(town: Town, seed: int, frames: int, turns: list[str] | None = None,
     vehicles: list[Vehicle] = spawn_vehicles(town, rng, density, keep_clear=expert.xy)
     crowd = Crowd(town, rng, int(pedestrians_per_junction * len(town.nodes)))
     heads = town.light_heads()
-    log = DriveLog(town, route, vehicle_colors=[v.color for v in vehicles],
-                   pedestrian_colors=[p.color for p in crowd.people])
+    log = DriveLog(
+        town,
+        route,
+        vehicle_colors=[v.color for v in vehicles],
+        pedestrian_colors=[p.color for p in crowd.people],
+    )
     by_frame = {e.frame: e for e in events}
     still_since: float | None = None
     halt_frame = -1
@@ -103,14 +113,21 @@ def simulate(town: Town, seed: int, frames: int, turns: list[str] | None = None,
         ped_xy, ped_vel = crowd.positions(), crowd.velocities()
         if record == 0:
             ped_yaw = np.arctan2(ped_vel[:, 1], ped_vel[:, 0]) if len(ped_vel) else np.zeros(0)
-            log.frames.append(FrameState(
-                t=t, ego=np.array([expert.x, expert.y, expert.theta, expert.v]),
-                control=np.array([expert.control.throttle, expert.control.brake, expert.control.steer]),
-                ego_s=expert.s,
-                vehicles=np.concatenate([veh_xy[:-1], veh_yaw[:-1, None], veh_vel[:-1]], axis=1),
-                pedestrians=np.concatenate([ped_xy, ped_yaw[:, None], ped_vel], axis=1),
-                lights=[light_state(town, node, k, t) for node, k, _ in heads],
-            ))
+            log.frames.append(
+                FrameState(
+                    t=t,
+                    ego=np.array([expert.x, expert.y, expert.theta, expert.v]),
+                    control=np.array(
+                        [expert.control.throttle, expert.control.brake, expert.control.steer]
+                    ),
+                    ego_s=expert.s,
+                    vehicles=np.concatenate(
+                        [veh_xy[:-1], veh_yaw[:-1, None], veh_vel[:-1]], axis=1
+                    ),
+                    pedestrians=np.concatenate([ped_xy, ped_yaw[:, None], ped_vel], axis=1),
+                    lights=[light_state(town, node, k, t) for node, k, _ in heads],
+                )
+            )
             event = by_frame.get(frame)
             if event is not None and event.kind == "halt":
                 expert.halt()
@@ -125,10 +142,12 @@ def simulate(town: Town, seed: int, frames: int, turns: list[str] | None = None,
         speeds = np.concatenate([veh_v, np.zeros(len(ped_xy))])
         if record == 0:  # other agents move at 10 Hz, the ego's controller runs at 20 Hz
             near = nearby_agents(all_xy, speeds, len(veh_xy))
-            accels = [v.acceleration(town, t, agent_arrays(all_xy, all_vel, is_ped, near[i]))
-                      for i, v in enumerate(vehicles)]
+            accels = [
+                v.acceleration(town, t, agent_arrays(all_xy, all_vel, is_ped, near[i]))
+                for i, v in enumerate(vehicles)
+            ]
         else:
-            near = nearby_agents(all_xy[len(vehicles):], speeds[len(vehicles):], 1)
+            near = nearby_agents(all_xy[len(vehicles) :], speeds[len(vehicles) :], 1)
             near = [None] * len(vehicles) + [near[0] + len(vehicles)]
         expert.step(SIM_DT, t, agent_arrays(all_xy, all_vel, is_ped, near[len(vehicles)]))
         if record == 0:
@@ -138,7 +157,9 @@ def simulate(town: Town, seed: int, frames: int, turns: list[str] | None = None,
                 v.s += v.v * dt
             crowd.step(dt, t, veh_xy)
         if expert.halt_at is not None:
-            still_since = (still_since if still_since is not None else t) if expert.v < 0.05 else None
+            still_since = (
+                (still_since if still_since is not None else t) if expert.v < 0.05 else None
+            )
             if still_since is not None and t - still_since >= 2.0:
                 expert.resume()
                 log.halts_completed[halt_frame] = frame
