@@ -1,4 +1,5 @@
-"""FID feature extraction speed: our Inception extractor against pytorch-fid's own loop, same images.
+"""FID feature extraction speed: our Inception extractor against pytorch-fid's own loop, same
+images.
 
 Renders procedural frames, writes them as PNG files, then times (after a warm-up) pytorch-fid's
 ``get_activations`` (PIL decoding in its DataLoader, with ``num_workers`` as its command line picks
@@ -8,7 +9,8 @@ Inception weights from a temporary ``$TORCH_HOME``; random weights cost the same
 features are checked to agree. The last line printed is a JSON object; ``ours_over_pytorch_fid``
 (images/s ratio, goal >= 1.0) is the figure the QA issue asks for.
 
-    python bench/fid_speed.py [--images 240] [--size 128] [--batch-size 50] [--device cpu] [--repeats 3]
+    python bench/fid_speed.py [--images 240] [--size 128] [--batch-size 50] [--device cpu]
+        [--repeats 3]
 """
 
 from __future__ import annotations
@@ -56,7 +58,7 @@ def _best(fn, repeats: int) -> tuple[float, object]:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--images", type=int, default=240)
     p.add_argument("--size", type=int, default=128)
     p.add_argument(

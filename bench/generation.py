@@ -10,9 +10,9 @@ gave 0.81, 1.00 and 1.01 (the bare loop at 17.9, 15.5 and 15.4 frames/s), one at
 0.3 from the moved start 0.92 (its two bare runs 17.5 and 20.1 frames/s), so read one run's ratio
 with that spread. The bare loop
 runs before and after the pipeline (their mean is the reference, so slow drift of a shared
-machine cancels) and gets its seed frames for free (loaded before timing) and does nothing with the results; the
-pipeline runs on a local Ray cluster with one worker that reads seed frames, generates, encodes
-mp4, writes and publishes shards and markers, then the driver builds the index.
+machine cancels) and gets its seed frames for free (loaded before timing) and does nothing with the
+results; the pipeline runs on a local Ray cluster with one worker that reads seed frames, generates,
+encodes mp4, writes and publishes shards and markers, then the driver builds the index.
 ``pipeline_over_bare`` compares throughput once the worker is up (as in a long job);
 ``pipeline_over_bare_with_startup`` also charges Ray's start and the worker's model load.
 

@@ -1,4 +1,5 @@
-"""LMGenDrive latency: online plan() vs one generation step(), and step() at 8 vs 128 history frames.
+"""LMGenDrive latency: online plan() vs one generation step(), and step() at 8 vs 128 history
+frames.
 
 For the ``tiny`` and ``demo`` presets (random weights; latency does not depend on them), batch 1,
 on the device :func:`lmgendrive.device.pick_device` chooses. ``plan_ms`` includes observing one new
@@ -39,7 +40,8 @@ def _time_ms(fn: Callable[[RolloutState], object], state: RolloutState) -> float
 
 
 def bench_preset(model: LMGenDrive, repeats: int) -> dict[str, float]:
-    """Median latencies; the cases run round-robin so slow drift of a shared machine hits all alike."""
+    """Median latencies; the cases run round-robin so slow drift of a shared machine hits all
+    alike."""
     cfg = model.config
     h, w = cfg.image_size
     rng = np.random.default_rng(0)
@@ -74,7 +76,7 @@ def bench_preset(model: LMGenDrive, repeats: int) -> dict[str, float]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--presets", nargs="+", default=["tiny", "demo"])
     parser.add_argument("--repeats", type=int, default=7)
     args = parser.parse_args()

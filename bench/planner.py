@@ -1,4 +1,5 @@
-"""Planner batches of cached vision tokens vs of pixels (``planner.token_cache`` in a training recipe).
+"""Planner batches of cached vision tokens vs of pixels (``planner.token_cache`` in a training
+recipe).
 
 One training iteration's planner batch (forward + backward of ``planner_loss``, stage 3's trainable
 parameters) on the demo checkpoint, 48 windows of 3 views x 4 context frames at 64 px: once
@@ -36,7 +37,7 @@ def timed_loss(model, batch: DriveBatch) -> float:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--windows", type=int, default=48)
     parser.add_argument("--repeats", type=int, default=7)
     args = parser.parse_args()

@@ -1,12 +1,13 @@
-"""Quality of a trained checkpoint on held-out procedural towns (town seeds no training recipe uses).
+"""Quality of a trained checkpoint on held-out procedural towns (town seeds no training recipe
+uses).
 
 Four figures, each against a baseline measured in the same run:
 
 * ``wp_l1_over_const_vel``: mean L1 of ``plan()``'s waypoints against the expert's, divided by that
   of constant-velocity extrapolation (straight ahead at the measured speed). Goal <= 0.70.
 * ``fd_drive_over_repeat_last`` / ``fd_drive_over_untrained``: FD-drive (the evaluator encoder,
-  ``checkpoints/evaluator``) of one generated 8-frame step against the real next 8 frames of the same
-  windows, divided by FD-drive of "repeat the last seed frame" and of the untrained model (same
+  ``checkpoints/evaluator``) of one generated 8-frame step against the real next 8 frames of the
+  same windows, divided by FD-drive of "repeat the last seed frame" and of the untrained model (same
   preset and init seed). Goal < 1 for both.
 * ``turn_agreement``: at junction entries (front bumper 2-5 m past the stop line, moving), every
   feasible maneuver is asked for in turn ("turn left" / "go straight" / "turn right": the one the
@@ -25,8 +26,8 @@ window's frame. ``wp_l1_over_const_vel_without_odometry`` leaves the odometry ou
 takes its own last plan for the path driven, as it does in generation, although the real car drove
 the expert's.
 
-``--sheet PNG`` also writes a contact sheet (the paper's Figure 4): per junction case, the seed frame
-and the generated futures for each instruction. The last line printed is one JSON object.
+``--sheet PNG`` also writes a contact sheet (the paper's Figure 4): per junction case, the seed
+frame and the generated futures for each instruction. The last line printed is one JSON object.
 
     python bench/quality.py [--checkpoint demo] [--towns 12] [--sheet docs/futures.png]
 """
@@ -63,7 +64,8 @@ HELD_OUT_FIRST = (
 )
 CONTEXT = 4
 ENTRY = (-5.0, -2.0)  # junction cases: front bumper this far (m) past the stop line: the turn is
-# just beginning (the expert's waypoints turn by 7-20 degrees), the car is still aligned with its road
+# just beginning (the expert's waypoints turn by 7-20 degrees), the car is still aligned with its
+# road
 MIN_SPEED = 1.5  # m/s, junction cases only: a car waiting at a red light plans no turn yet
 
 
@@ -95,7 +97,8 @@ def plan_windows(scenes: list[ProceduralScene], every: int, step: int) -> list[W
 
 
 def junction_windows(scenes: list[ProceduralScene], step: int) -> list[Window]:
-    """The first frame per junction crossing with the front bumper in ``ENTRY`` and the ego moving."""
+    """The first frame per junction crossing with the front bumper in ``ENTRY`` and the ego
+    moving."""
     out = []
     for s in scenes:
         seen = set()
@@ -122,7 +125,8 @@ def prepare(
 ) -> RolloutState:
     """A batched state ready to act at each window's frame: the model has planned one step before
     it, then observed that step's real frames and measurements: the window frame's speed and
-    (``odometry``) the path driven over the step; without it its own last plan stands for that path."""
+    (``odometry``) the path driven over the step; without it its own last plan stands for that
+    path."""
     seed = np.stack([frames_of(w.scene, w.t - step - CONTEXT + 1, w.t - step) for w in windows])
     before = [w.scene.measurements(w.t - step).speed for w in windows]
     state = model.start(
@@ -241,14 +245,16 @@ def generated_futures(
 
 
 def fd_drive(extract, futures: np.ndarray, reference: FeatureStats) -> float:
-    """FD-drive of (N, V, T, H, W, 3) futures (every frame a multi-view sample) against ``reference``."""
+    """FD-drive of (N, V, T, H, W, 3) futures (every frame a multi-view sample) against
+    ``reference``."""
     n, v, t = futures.shape[:3]
     frames = futures.transpose(0, 2, 1, 3, 4, 5).reshape(n * t, v, *futures.shape[3:])
     return frechet_distance(FeatureStats.of(extract(frames)), reference)
 
 
 def sheet(model: LMGenDrive, windows: list[Window], step: int, path: Path) -> None:
-    """Per junction window, a row per feasible maneuver: seed frame, then every other generated frame."""
+    """Per junction window, a row per feasible maneuver: seed frame, then every other generated
+    frame."""
     rows = []
     width = 3 * 64
     for w in windows:

@@ -57,7 +57,9 @@ def main() -> None:
         "end_to_end_fps": round(args.frames / (sim_s + render_s), 2),
         "target_multiview_fps": 25.0,
         "multiview_fps_over_target": round(args.frames / render_s / 25.0, 2),
-        "machine": f"{platform.machine()} {platform.processor() or ''} cpus={os.cpu_count()}".strip(),
+        "machine": (
+            f"{platform.machine()} {platform.processor() or ''} cpus={os.cpu_count()}"
+        ).strip(),
     }
     print(json.dumps(result))
 

@@ -113,7 +113,10 @@ def machine() -> str:
             if ln.startswith("model name")
         )
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
-    return f"{cpu}, {os.cpu_count()} cores, {gpu}; Python {platform.python_version()}, torch {torch.__version__}"
+    return (
+        f"{cpu}, {os.cpu_count()} cores, {gpu}; "
+        f"Python {platform.python_version()}, torch {torch.__version__}"
+    )
 
 
 def table(
@@ -130,8 +133,8 @@ def table(
             value = figure(results[script], path)
             met = "yes" if COMPARE[op](value, goal) else "**no**"
             lines.append(
-                f"| `bench/{script}.py` ({seconds[script]:.0f} s) | {measured.get(script, '?')} | `{path}` "
-                f"| {value:g} | {op} {goal:g} | {met} | {what} |"
+                f"| `bench/{script}.py` ({seconds[script]:.0f} s) | {measured.get(script, '?')} "
+                f"| `{path}` | {value:g} | {op} {goal:g} | {met} | {what} |"
             )
     return lines
 
@@ -165,7 +168,8 @@ def main() -> None:
             "",
             f"Measured by `python bench/run_all.py` (time per row, UTC) on: {machine()}.",
             "",
-            "Every ratio is measured side by side in one run of its script; the scripts' docstrings say how.",
+            "Every ratio is measured side by side in one run of its script; "
+            "the scripts' docstrings say how.",
             "",
             *table(results, seconds, measured),
             "",

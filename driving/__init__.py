@@ -1,1 +1,2 @@
-"""Driving rules shared by the procedural world and the model: the PID controller, vehicle size, maneuvers."""
+"""Driving rules shared by the procedural world and the model: the PID controller, vehicle size,
+maneuvers."""

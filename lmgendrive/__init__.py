@@ -3,8 +3,9 @@
 Entry points (import the submodules; this package import stays light):
 
 * :func:`lmgendrive.checkpoint.load_checkpoint` / :func:`~lmgendrive.checkpoint.save_checkpoint` —
-  checkpoints, with the model id + sha256 for metadata (:class:`~lmgendrive.checkpoint.ModelIdentity`);
-  :func:`lmgendrive.checkpoint_meta.source_config` reads a checkpoint's config without its weights.
+  checkpoints, with the model id + sha256 for metadata
+  (:class:`~lmgendrive.checkpoint.ModelIdentity`); :func:`lmgendrive.checkpoint_meta.source_config`
+  reads a checkpoint's config without its weights.
 * :class:`lmgendrive.model.LMGenDrive` — ``rollout`` / ``start`` + ``step`` (offline generation),
   ``plan`` (online planning); :mod:`lmgendrive.sampling` — the denoising loop a step runs.
 * :mod:`lmgendrive.config` — presets ``tiny``, ``demo``, ``paper``; the sampler settings are

@@ -1,4 +1,5 @@
-"""Checkpoints: a directory with ``config.json``, ``model.safetensors``, tokenizer files and ``README.md``.
+"""Checkpoints: a directory with ``config.json``, ``model.safetensors``, tokenizer files and
+``README.md``.
 
 Weights are read with safetensors only (never unpickled). Loading checks the recorded sha256 and
 reports missing, unexpected and mis-shaped tensors and config problems as
@@ -58,7 +59,8 @@ def file_sha256(path: Path) -> str:
 
 
 def weights_sha256(model: torch.nn.Module) -> str:
-    """Content hash of the state dict (names, dtypes, shapes, bytes) of a model not loaded from a file."""
+    """Content hash of the state dict (names, dtypes, shapes, bytes) of a model not loaded from a
+    file."""
     digest = hashlib.sha256()
     for name, tensor in sorted(model.state_dict().items()):
         t = tensor.detach().cpu().contiguous()
@@ -96,7 +98,8 @@ def save_checkpoint(
 def _default_readme(config: ModelConfig, identity: ModelIdentity) -> str:
     return (
         f"# {identity.model_id}\n\nLMGenDrive checkpoint, preset `{config.preset}`, "
-        f"{len(config.views)} views at {config.image_size[1]}x{config.image_size[0]}, {config.fps} Hz.\n"
+        f"{len(config.views)} views at {config.image_size[1]}x{config.image_size[0]}, "
+        f"{config.fps} Hz.\n"
         f"`model.safetensors` sha256 {identity.sha256}.\n"
     )
 
@@ -117,8 +120,9 @@ def load_checkpoint(
     identity (the id and weights sha256 to record with generated samples).
 
     ``source`` is a checkpoint directory or a preset name: ``tiny`` (random weights, seed 0),
-    ``demo`` (the embedded checkpoint in ``checkpoints/demo``, trained on the procedural world) or ``paper``
-    (pretrained components from local directories; the LMGenDrive-specific parts are untrained).
+    ``demo`` (the embedded checkpoint in ``checkpoints/demo``, trained on the procedural world) or
+    ``paper`` (pretrained components from local directories; the LMGenDrive-specific parts are
+    untrained).
     """
     device = pick_device(device)
     directory = checkpoint_dir(source)

@@ -34,7 +34,8 @@ class _Frozen(BaseModel):
 
 
 class VisionConfig(_Frozen):
-    """Vision encoder: per-view ResNet trunk, view-fusion encoder, BEV-query decoder (LMDrive numbers)."""
+    """Vision encoder: per-view ResNet trunk, view-fusion encoder, BEV-query decoder
+    (LMDrive numbers)."""
 
     backbone: str = "resnet50"
     backbone_stages: int = 4  # ResNet stages kept (1-4): output stride 4 * 2**(stages - 1)
@@ -469,7 +470,8 @@ def _demo() -> ModelConfig:
 
 
 def _paper() -> ModelConfig:
-    """The paper: ResNet-50, Vicuna-7B, SD-1.5 UNet + AnimateDiff v1.5-2, CLIP ViT-L/14, 3 views at 224x224."""
+    """The paper: ResNet-50, Vicuna-7B, SD-1.5 UNet + AnimateDiff v1.5-2, CLIP ViT-L/14, 3 views at
+    224x224."""
     return ModelConfig(
         preset="paper",
         dtype="bfloat16",

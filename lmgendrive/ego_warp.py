@@ -1,17 +1,18 @@
 """Moving the context frame by the ego's planned motion: a first guess of the future frames.
 
 The generator may start each step from the last context frame noised part-way (``sampler.strength``
-< 1). That frame stands still; the car does not. :func:`warp_views` re-projects the context frames of
-all views to where the cameras will be at each future frame, so the noised start already moves as the
-plan says and the UNet only has to repair what the re-projection gets wrong (disocclusions, the sides
-of objects, anything that moves on its own).
+< 1). That frame stands still; the car does not. :func:`warp_views` re-projects the context frames
+of all views to where the cameras will be at each future frame, so the noised start already moves as
+the plan says and the UNet only has to repair what the re-projection gets wrong (disocclusions, the
+sides of objects, anything that moves on its own).
 
 Geometry is the seed-scene camera rig (``schemas.scene``: pinhole cameras of ``CAMERA_FOV_DEG`` at
 ``CAMERA_POSITION``, level, turned by ``VIEW_YAW_DEG``; LMDrive's rig) and a depth guess per pixel:
 the road plane below the horizon, capped at ``max_depth``, and ``max_depth`` above it. Each target
 pixel is looked up in whichever context view sees its point (the same view first), so what enters a
 side view's edge comes from the front view. Written here because no maintained library re-projects a
-calibrated multi-camera rig by planar ego motion; the sampling is ``torch.nn.functional.grid_sample``.
+calibrated multi-camera rig by planar ego motion; the sampling is
+``torch.nn.functional.grid_sample``.
 """
 
 from __future__ import annotations
@@ -36,8 +37,8 @@ def poses_from_waypoints(
 
     A least-squares cubic in time through the origin and ``waypoints`` (B, K, 2) at ``times`` gives
     the positions; the yaw is how far the path's direction has turned since time 0 (zero while
-    either end is slower than ``STILL`` m/s). Not the chord angle: cars here (as in CARLA) drive with
-    a slip angle, so heading and path direction differ by a near-constant offset that cancels.
+    either end is slower than ``STILL`` m/s). Not the chord angle: cars here (as in CARLA) drive
+    with a slip angle, so heading and path direction differ by a near-constant offset that cancels.
     """
     knots = torch.tensor([0.0, *times], dtype=torch.float64, device=waypoints.device)
     degree = min(3, len(times))

@@ -1,4 +1,5 @@
-"""Conversions between uint8 frames (..., H, W, 3) and the model's float pixels (..., 3, H, W) in [-1, 1]."""
+"""Conversions between uint8 frames (..., H, W, 3) and the model's float pixels (..., 3, H, W) in
+[-1, 1]."""
 
 from __future__ import annotations
 
@@ -15,7 +16,8 @@ def to_pixels(
     device: torch.device,
     name: str = "frames",
 ) -> torch.Tensor:
-    """uint8 RGB ``frames`` (..., H, W, 3) -> float32 (..., 3, h, w) in [-1, 1], resized to ``size`` = (h, w)."""
+    """uint8 RGB ``frames`` (..., H, W, 3) -> float32 (..., 3, h, w) in [-1, 1], resized to
+    ``size`` = (h, w)."""
     t = torch.as_tensor(frames)
     if t.dtype != torch.uint8 or t.ndim < 3 or t.shape[-1] != 3:
         raise BadInputError(

@@ -31,7 +31,8 @@ ACTION_SCALE = 0.1  # speed (m/s) and waypoints (m) are scaled by this before th
 
 
 def constant_velocity(speed: torch.Tensor, n: int) -> torch.Tensor:
-    """(B, n, 2) ego-frame waypoints driving straight on at ``speed`` (B,) m/s, ``WAYPOINT_DT`` apart."""
+    """(B, n, 2) ego-frame waypoints driving straight on at ``speed`` (B,) m/s, ``WAYPOINT_DT``
+    apart."""
     t = torch.arange(1, n + 1, device=speed.device, dtype=speed.dtype) * WAYPOINT_DT
     x = speed[:, None] * t[None]
     return torch.stack([x, torch.zeros_like(x)], dim=-1)
@@ -53,7 +54,8 @@ def llama_config(config: LLMConfig) -> LlamaConfig:
 
 @dataclass
 class LLMOutput:
-    """waypoints (B, N, 2) ego frame; completion_logit (B,); world (B, W, hidden) or None when planning."""
+    """waypoints (B, N, 2) ego frame; completion_logit (B,); world (B, W, hidden) or None when
+    planning."""
 
     waypoints: torch.Tensor
     completion_logit: torch.Tensor
@@ -87,8 +89,9 @@ class PlannerLLM(nn.Module):
         prev_waypoints: torch.Tensor,
         with_world: bool = True,
     ) -> LLMOutput:
-        """``instruction_embeds`` (B, L, h), ``instruction_mask`` (B, L) bool, ``history`` (B, T, Q, h)
-        (only the last ``history_frames`` are used), ``speed`` (B,), ``prev_waypoints`` (B, N, 2)."""
+        """``instruction_embeds`` (B, L, h), ``instruction_mask`` (B, L) bool, ``history``
+        (B, T, Q, h) (only the last ``history_frames`` are used), ``speed`` (B,), ``prev_waypoints``
+        (B, N, 2)."""
         b = history.shape[0]
         dtype = self.action_queries.dtype
         history = history[:, -self.config.history_frames :].flatten(1, 2).to(dtype)

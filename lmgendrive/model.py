@@ -4,8 +4,8 @@ Two modes (paper Figure 2):
 
 * **online planning** — :meth:`LMGenDrive.plan`: real frames in, waypoints + instruction-completed
   probability + PID control out; CLIP, the UNet and the VAE are never run.
-* **offline generation** — :meth:`LMGenDrive.step` / :meth:`LMGenDrive.rollout`: each step predicts
-  the action and ``frames_per_step`` future frames of every view (denoised by
+* **offline generation** — :meth:`LMGenDrive.step` / :meth:`LMGenDrive.rollout`: each step
+  predicts the action and ``frames_per_step`` future frames of every view (denoised by
   :func:`lmgendrive.sampling.sample_frames`); the generated frames (all of them, so the history
   stays at the 10 Hz training rate) and the predicted action become the next step's input. The
   generated last frame of each view is the next step's appearance context.
@@ -70,7 +70,8 @@ class LMGenDrive(nn.Module):
         self.tokenizer = tokenizer
         if tokenizer is not None and len(tokenizer) > config.llm.vocab_size:
             raise ConfigError(
-                f"tokenizer has {len(tokenizer)} tokens but llm.vocab_size is {config.llm.vocab_size}"
+                f"tokenizer has {len(tokenizer)} tokens but llm.vocab_size is "
+                f"{config.llm.vocab_size}"
             )
         self.vision = VisionEncoder(config.vision, len(config.views))
         self.compressor = FrameCompressor(config.qformer, config.vision.dim, config.llm.hidden)
@@ -101,7 +102,8 @@ class LMGenDrive(nn.Module):
         return self.compress_history(self.vision_tokens(pixels))
 
     def vision_tokens(self, pixels: torch.Tensor) -> torch.Tensor:
-        """The vision encoder's per-frame Q-Former input (B, T, N, D) of ``pixels`` (B, T, V, 3, H, W)."""
+        """The vision encoder's per-frame Q-Former input (B, T, N, D) of ``pixels``
+        (B, T, V, 3, H, W)."""
         b, t = pixels.shape[:2]
         dtype = self.vision.proj.weight.dtype
         chunks = [
@@ -111,7 +113,8 @@ class LMGenDrive(nn.Module):
         return torch.cat(chunks).unflatten(0, (b, t))
 
     def compress_history(self, tokens: torch.Tensor) -> torch.Tensor:
-        """Per-frame LLM tokens (B, T, Q, llm_hidden) of :meth:`vision_tokens` output (B, T, N, D)."""
+        """Per-frame LLM tokens (B, T, Q, llm_hidden) of :meth:`vision_tokens` output
+        (B, T, N, D)."""
         chunks = [self.compressor(chunk) for chunk in tokens.flatten(0, 1).split(ENCODE_CHUNK)]
         return torch.cat(chunks).unflatten(0, tokens.shape[:2])
 
@@ -160,7 +163,8 @@ class LMGenDrive(nn.Module):
         pixels = self.pixels(seed_frames, "seed_frames")
         if pixels.ndim != 6:
             raise BadInputError(
-                f"seed_frames must be (B, V, T, H, W, 3), got {tuple(torch.as_tensor(seed_frames).shape)}"
+                "seed_frames must be (B, V, T, H, W, 3), got "
+                f"{tuple(torch.as_tensor(seed_frames).shape)}"
             )
         self.check_views(pixels, "seed_frames")
         b = pixels.shape[0]
@@ -210,7 +214,8 @@ class LMGenDrive(nn.Module):
         return d.to(self.device)
 
     def _observe(self, state: RolloutState, pixels: torch.Tensor) -> None:
-        """Append ``pixels`` (B, V, T, 3, H, W) to the history and make the last frame the context."""
+        """Append ``pixels`` (B, V, T, 3, H, W) to the history and make the last frame the
+        context."""
         tokens = self.encode_history(pixels.transpose(1, 2))
         state.history = torch.cat([state.history, tokens], dim=1)[
             :, -self.config.llm.history_frames :
@@ -239,9 +244,9 @@ class LMGenDrive(nn.Module):
         speed: np.ndarray | torch.Tensor | Sequence[float] | None = None,
         driven: np.ndarray | torch.Tensor | None = None,
     ) -> None:
-        """Feed measurements into ``state`` without acting: new real ``frames`` uint8 (B, V, H, W, 3)
-        or (B, V, T, H, W, 3), the measured ``speed`` (B,) and the path ``driven`` (B, K, 2) since the
-        last plan.
+        """Feed measurements into ``state`` without acting: new real ``frames`` uint8
+        (B, V, H, W, 3) or (B, V, T, H, W, 3), the measured ``speed`` (B,) and the path ``driven``
+        (B, K, 2) since the last plan.
 
         ``driven`` is odometry: where the ego was at the K waypoint times (0.2 .. 0.8 s) after the
         last step began, in the ego frame at that moment; exactly what the previous action means in
@@ -321,12 +326,13 @@ class LMGenDrive(nn.Module):
         sampler: SamplerConfig | None = None,
         on_step: Callable[[int, StepResult], None] | None = None,
     ) -> RolloutResult:
-        """Autoregressive generation of ``horizon`` frames (a multiple of ``frames_per_step``) per view,
-        from seed frames, the speed and (when known) the path driven over the last step at the last
-        seed frame (:meth:`start`).
+        """Autoregressive generation of ``horizon`` frames (a multiple of ``frames_per_step``) per
+        view, from seed frames, the speed and (when known) the path driven over the last step at the
+        last seed frame (:meth:`start`).
 
-        Deterministic given ``seeds``: sample i draws its noise only from ``seeds[i]``, so its result
-        does not depend on its batch mates. ``on_step(step_index, result)`` is called after each step.
+        Deterministic given ``seeds``: sample i draws its noise only from ``seeds[i]``, so its
+        result does not depend on its batch mates. ``on_step(step_index, result)`` is called after
+        each step.
         """
         f = self.config.frames_per_step
         if horizon <= 0 or horizon % f:

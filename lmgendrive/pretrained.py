@@ -35,7 +35,8 @@ def _require(config: ModelConfig, name: str, files: list[tuple[str, ...]]) -> Pa
     for group in files:
         if not any((path / f).is_file() for f in group):
             raise CheckpointError(
-                f"missing {path / group[0]}: put the {name} component there (safetensors, Hugging Face layout; "
+                f"missing {path / group[0]}: put the {name} component there "
+                "(safetensors, Hugging Face layout; "
                 f"published at {PUBLISHED[name]}), or point {where}"
             )
     return path
@@ -49,7 +50,8 @@ def _check(what: str, got: object, expected: object) -> None:
 
 
 def _expand_conv_in(unet: UNetMotionModel, in_channels: int) -> None:
-    """Widen the UNet input to ``in_channels`` (extra channels start at zero: the pretrained output is unchanged)."""
+    """Widen the UNet input to ``in_channels`` (extra channels start at zero: the pretrained output
+    is unchanged)."""
     old = unet.conv_in
     new = nn.Conv2d(
         in_channels,
@@ -70,7 +72,8 @@ def _expand_conv_in(unet: UNetMotionModel, in_channels: int) -> None:
 def load_components(
     config: ModelConfig, dtype: torch.dtype
 ) -> tuple[PretrainedComponents, PreTrainedTokenizerBase]:
-    """Load the Llama backbone and tokenizer, SD-1.5 UNet + AnimateDiff adapter, VAE and CLIP vision tower."""
+    """Load the Llama backbone and tokenizer, SD-1.5 UNet + AnimateDiff adapter, VAE and CLIP vision
+    tower."""
     llm_dir = _require(
         config,
         "llm",

@@ -10,10 +10,11 @@ from lmgendrive.config import QFormerConfig
 
 
 class FrameCompressor(nn.Module):
-    """Visual tokens of one frame (N, L, vision_dim) -> ``num_queries`` LLM-width tokens (N, Q, llm_hidden).
+    """Visual tokens of one frame (N, L, vision_dim) -> ``num_queries`` LLM-width tokens
+    (N, Q, llm_hidden).
 
-    A ``Blip2QFormerModel`` lets the learnable queries cross-attend to the frame's tokens (pooled BEV,
-    waypoint and traffic-light tokens); a two-layer MLP adapter projects them to the LLM width.
+    A ``Blip2QFormerModel`` lets the learnable queries cross-attend to the frame's tokens (pooled
+    BEV, waypoint and traffic-light tokens); a two-layer MLP adapter projects them to the LLM width.
     """
 
     def __init__(self, config: QFormerConfig, vision_dim: int, llm_hidden: int):

@@ -1,4 +1,5 @@
-"""Instruction tokenizers: a small word-level one built offline (tiny/demo), or Llama's from a directory."""
+"""Instruction tokenizers: a small word-level one built offline (tiny/demo), or Llama's from a
+directory."""
 
 from __future__ import annotations
 
@@ -80,7 +81,8 @@ def load_tokenizer(path: str | Path) -> PreTrainedTokenizerBase:
 def encode_instructions(
     tokenizer: PreTrainedTokenizerBase, texts: Sequence[str], max_tokens: int, device: torch.device
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Token ids (B, L) and a boolean mask (B, L) of the instructions, right-padded, at most ``max_tokens``."""
+    """Token ids (B, L) and a boolean mask (B, L) of the instructions, right-padded, at most
+    ``max_tokens``."""
     enc = tokenizer(
         list(texts), padding=True, truncation=True, max_length=max_tokens, return_tensors="pt"
     )

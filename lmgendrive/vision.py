@@ -36,7 +36,8 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 def sincos_2d(y: torch.Tensor, x: torch.Tensor, dim: int, scale: float = 1.0) -> torch.Tensor:
-    """Sinusoidal embedding (N, dim) of 2D coordinates ``(y, x)`` (each (N,)), dim divisible by 4."""
+    """Sinusoidal embedding (N, dim) of 2D coordinates ``(y, x)`` (each (N,)), dim divisible by
+    4."""
     quarter = dim // 4
     freq = torch.exp(
         -math.log(10000.0) * torch.arange(quarter, device=x.device, dtype=torch.float32) / quarter
@@ -94,7 +95,8 @@ def build_bev_targets(
 
 @dataclass
 class VisualTokens:
-    """Decoder outputs for N frames: BEV (N, S*S, d), waypoint (N, K, d) and light (N, 1, d) tokens."""
+    """Decoder outputs for N frames: BEV (N, S*S, d), waypoint (N, K, d) and light (N, 1, d)
+    tokens."""
 
     bev: torch.Tensor
     waypoints: torch.Tensor
@@ -111,7 +113,8 @@ class VisualTokens:
 
 @dataclass
 class PerceptionOutput:
-    """Stage-1 head outputs: detection (N, S, S, 8) with a logit in channel 0, waypoints (N, K, 2), light logits (N, 4)."""
+    """Stage-1 head outputs: detection (N, S, S, 8) with a logit in channel 0, waypoints (N, K, 2),
+    light logits (N, 4)."""
 
     detection: torch.Tensor
     waypoints: torch.Tensor
@@ -203,7 +206,8 @@ class VisionEncoder(nn.Module):
         return self.config.bev_pool**2 + self.config.num_waypoints + 1
 
     def freeze(self) -> None:
-        """Freeze after stage 1: no gradients to the weights, BatchNorm/dropout in eval mode for good."""
+        """Freeze after stage 1: no gradients to the weights, BatchNorm/dropout in eval mode for
+        good."""
         self.frozen = True
         self.requires_grad_(False)
         self.eval()
@@ -252,8 +256,8 @@ def detection_loss(pred: torch.Tensor, target: torch.Tensor) -> dict[str, torch.
     """LAV/LMDrive detection terms on (N, S, S, 8) tensors.
 
     ``det``: binary cross-entropy on the cell probability, each cell weighted by how wrong it is
-    (``sigmoid(±logit)``, normalised), ``loc`` / ``ori`` / ``box`` / ``speed``: L1 on occupied cells,
-    normalised by the mean occupancy.
+    (``sigmoid(±logit)``, normalised), ``loc`` / ``ori`` / ``box`` / ``speed``: L1 on occupied
+    cells, normalised by the mean occupancy.
     """
     pred, target = pred.flatten(1, 2).float(), target.flatten(1, 2).float()
     prob = target[..., 0]

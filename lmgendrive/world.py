@@ -100,7 +100,8 @@ class FusionLayer(nn.Module):
 
 
 class WorldConditioner(nn.Module):
-    """Last frame of each view + LLM world features -> per-view conditioning (B, V, S, cross_attention_dim)."""
+    """Last frame of each view + LLM world features -> per-view conditioning
+    (B, V, S, cross_attention_dim)."""
 
     def __init__(self, config: ModelConfig, llm_hidden: int, clip: CLIPVisionModel | None = None):
         super().__init__()
@@ -145,7 +146,8 @@ class WorldGenerator(nn.Module):
     """UNetMotionModel + AutoencoderKL and the DDPM noise schedule they were trained with.
 
     ``latent_scale`` (a saved buffer) maps VAE latents to unit variance; it starts at
-    ``vae.scaling_factor`` and :meth:`calibrate_latent_scale` sets it from data for a VAE trained here.
+    ``vae.scaling_factor`` and :meth:`calibrate_latent_scale` sets it from data for a VAE trained
+    here.
     """
 
     def __init__(
@@ -172,7 +174,8 @@ class WorldGenerator(nn.Module):
         return self.unet.conv_in.weight.dtype
 
     def encode(self, pixels: torch.Tensor, sample: bool = False) -> torch.Tensor:
-        """Scaled latents (N, c, h, w) of ``pixels`` (N, 3, H, W) in [-1, 1]: posterior mode or a sample."""
+        """Scaled latents (N, c, h, w) of ``pixels`` (N, 3, H, W) in [-1, 1]: posterior mode or a
+        sample."""
         dist = self.vae.encode(pixels.to(self.vae.dtype)).latent_dist
         return (dist.sample() if sample else dist.mode()) * self.latent_scale
 
@@ -216,7 +219,8 @@ class WorldGenerator(nn.Module):
         ).sample
 
     def initial_noise(self, generators: Sequence[torch.Generator], views: int) -> torch.Tensor:
-        """Per-sample starting latents (B*V, c, F, h, w): sample i's noise comes only from ``generators[i]``."""
+        """Per-sample starting latents (B*V, c, F, h, w): sample i's noise comes only from
+        ``generators[i]``."""
         h, w = self.config.latent_size
         shape = (views, self.config.vae.latent_channels, self.config.frames_per_step, h, w)
         noise = torch.stack([torch.randn(shape, generator=g, device=g.device) for g in generators])

@@ -62,7 +62,8 @@ def counterfactuals(row: dict, with_misleading: bool, base_seed: int) -> list[di
 
 
 def curate(table: pa.Table, spec: CurateSpec) -> pa.Table:
-    """Apply ``spec`` to a manifest; the result keeps the input's order (expansions follow their row)."""
+    """Apply ``spec`` to a manifest; the result keeps the input's order
+    (expansions follow their row)."""
     rows = [r for r in table.to_pylist() if matches(r, spec)]
     if spec.counterfactual:
         expanded = []

@@ -22,8 +22,8 @@ def format_stats(table: pa.Table) -> str:
     rows = table.to_pylist()
     seed_points = {(r["scene"], r["start_frame"]) for r in rows}
     lines = [
-        f"{len(rows)} tasks, {len(seed_points)} seed points, {len({r['scene'] for r in rows})} scenes, "
-        f"{sum(r['samples'] for r in rows)} samples"
+        f"{len(rows)} tasks, {len(seed_points)} seed points, "
+        f"{len({r['scene'] for r in rows})} scenes, {sum(r['samples'] for r in rows)} samples"
     ]
     for key, counter in counts(table).items():
         width = max([len(str(k)) for k in counter] + [len(key)])

@@ -1,1 +1,2 @@
-"""The driver: job spec -> checks -> units -> the one executor -> shards, markers, index; the QA run; the lmgd CLI."""
+"""The driver: job spec -> checks -> units -> the one executor -> shards, markers, index; the QA
+run; the lmgd CLI."""

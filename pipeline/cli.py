@@ -252,14 +252,14 @@ def cmd_demo(args: argparse.Namespace) -> int:
     if args.out:
         job = job.model_copy(update={"output": args.out})
     print(
-        f"[1/2] {job.name}: seed scenes, manifest and generation with model {job.model!r}, horizons "
-        f"{job.horizons} -> {job.output}",
+        f"[1/2] {job.name}: seed scenes, manifest and generation with model {job.model!r}, "
+        f"horizons {job.horizons} -> {job.output}",
         flush=True,
     )
     s = run_job(job, executor=args.executor, ray_address="local", overwrite=args.overwrite)
     print(
-        f"      {s.ran} unit(s) generated, {s.skipped} already done, {s.samples} samples, {s.frames} frames "
-        f"in {s.seconds:.0f} s",
+        f"      {s.ran} unit(s) generated, {s.skipped} already done, {s.samples} samples, "
+        f"{s.frames} frames in {s.seconds:.0f} s",
         flush=True,
     )
     config = without_missing_weights(
@@ -268,7 +268,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     print(f"[2/2] QA: {', '.join(config.metrics)}", flush=True)
     result = run_and_print(config, indent="      ")
     print(
-        f"report: {config.report}/report.md (with horizon.png and {len(result.gallery)} gallery sheet(s))"
+        f"report: {config.report}/report.md "
+        f"(with horizon.png and {len(result.gallery)} gallery sheet(s))"
     )
     return 0
 

@@ -165,7 +165,8 @@ def run_job(
     runner_class=None,
     progress_bar: bool = True,
 ) -> RunSummary:
-    """Generate every unit of ``job`` not yet done; raises :class:`RunFailure` if some unit failed."""
+    """Generate every unit of ``job`` not yet done; raises :class:`RunFailure` if some unit
+    failed."""
     from storage.progress import progress
     from workers.generator import UnitRunner
 
@@ -238,6 +239,7 @@ def run_job(
         lines = "\n  ".join(f"{k}: {v}" for k, v in sorted(outcome.failed.items()))
         raise RunFailure(
             f"{len(outcome.failed)} unit(s) failed after {job.resources.max_retries} retries "
-            f"(the other {len(units) - len(outcome.failed)} are complete; rerun to retry):\n  {lines}"
+            f"(the other {len(units) - len(outcome.failed)} are complete; "
+            f"rerun to retry):\n  {lines}"
         )
     return summary

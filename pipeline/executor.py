@@ -1,4 +1,5 @@
-"""The one executor of generation and QA: a pool of stage instances, in this process or on Ray actors.
+"""The one executor of generation and QA: a pool of stage instances, in this process or on Ray
+actors.
 
 A *stage* is a class from ``workers/``: constructed once per actor with the pool's arguments (the
 model is loaded once), ``info()`` describes where it runs, ``run(item)`` processes one item (a
@@ -77,7 +78,8 @@ def _name(item) -> str:
 
 
 def _fail_fast(stage: str, item, e: BaseException) -> BaseException:
-    """A user-facing error raised inside a stage, else a :class:`RunFailure` naming item and cause."""
+    """A user-facing error raised inside a stage, else a :class:`RunFailure` naming item and
+    cause."""
     cause = getattr(e, "cause", None) or e
     if isinstance(cause, LmgdError):
         return cause
@@ -179,7 +181,8 @@ class RayPool(Pool):
         self.actors[i] = (self.remote_cls.remote(*self.args), gen)
 
     def _wait_ready(self) -> None:
-        """Actors that ask for more than the cluster has stay pending silently: fail with the numbers."""
+        """Actors that ask for more than the cluster has stay pending silently: fail with the
+        numbers."""
         import ray
 
         actors = [a for a, _ in self.actors.values()]
@@ -197,10 +200,10 @@ class RayPool(Pool):
             if pending and time.monotonic() >= deadline:
                 r = self.resources
                 raise RunFailure(
-                    f"{len(pending)} of {len(actors)} {self.stage_name} workers could not be scheduled "
-                    f"within {ACTOR_START_TIMEOUT_S:.0f} s: each asks for {r.gpus:g} GPU(s) and "
-                    f"{r.cpus:g} CPU(s); the cluster has {ray.cluster_resources()}. {r.hint[0].upper()}"
-                    f"{r.hint[1:]}, or add nodes."
+                    f"{len(pending)} of {len(actors)} {self.stage_name} workers could not be "
+                    f"scheduled within {ACTOR_START_TIMEOUT_S:.0f} s: each asks for "
+                    f"{r.gpus:g} GPU(s) and {r.cpus:g} CPU(s); the cluster has "
+                    f"{ray.cluster_resources()}. {r.hint[0].upper()}{r.hint[1:]}, or add nodes."
                 )
 
     def map(self, items: Sequence, on_done: OnDone | None = None) -> Outcome:
@@ -286,9 +289,9 @@ def check_fits(resources: Resources, have: dict, what: str) -> None:
     gpus, cpus = have.get("GPU", 0.0), have.get("CPU", 0.0)
     if r.workers * r.gpus > gpus or r.workers * r.cpus > cpus:
         raise BadInputError(
-            f"{what}: {r.workers} worker(s) x {r.gpus:g} GPU(s) and {r.cpus:g} CPU(s) asked for; this "
-            f"machine has {gpus:g} GPU(s) and {cpus:g} CPU(s). {r.hint[0].upper()}{r.hint[1:]}, or "
-            f"join a larger cluster with --ray-address auto"
+            f"{what}: {r.workers} worker(s) x {r.gpus:g} GPU(s) and {r.cpus:g} CPU(s) asked for; "
+            f"this machine has {gpus:g} GPU(s) and {cpus:g} CPU(s). "
+            f"{r.hint[0].upper()}{r.hint[1:]}, or join a larger cluster with --ray-address auto"
         )
 
 

@@ -97,8 +97,9 @@ def _job_of_output(output: str, endpoint_url: str | None, region: str | None):
 
 
 def run_and_print(config, indent: str = ""):
-    """Run QA with a progress bar, printing skipped metrics first and the headline figures per horizon
-    after (pooled or front view, all or turn instructions); returns the :class:`~qa.run.QAResult`."""
+    """Run QA with a progress bar, printing skipped metrics first and the headline figures per
+    horizon after (pooled or front view, all or turn instructions); returns the
+    :class:`~qa.run.QAResult`."""
     from pipeline.qa_run import run_qa
     from qa.report import cell
     from storage.progress import progress
@@ -166,6 +167,7 @@ def cmd_qa(args: argparse.Namespace) -> int:
     )
     result = run_and_print(config)
     print(
-        f"wrote {config.report}/report.md, horizon.png, qa.json and {len(result.files)} more file(s)"
+        f"wrote {config.report}/report.md, horizon.png, qa.json and "
+        f"{len(result.files)} more file(s)"
     )
     return 0

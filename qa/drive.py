@@ -1,4 +1,5 @@
-"""FD-drive features: the project's separately trained evaluator encoder, never the model under test.
+"""FD-drive features: the project's separately trained evaluator encoder, never the model under
+test.
 
 The evaluator is a checkpoint directory (``checkpoints/evaluator`` by default) with ``config.json``
 (an lmgendrive checkpoint config: ``{"config": <ModelConfig>, "weights_sha256": ...}``) and
@@ -9,7 +10,8 @@ safetensors only.
 One feature vector per multi-view frame (the encoder fuses the views, so FD-drive has no per-view
 figure): the views, resized to the evaluator's ``image_size`` as the model resizes its inputs
 (:func:`lmgendrive.frames.to_pixels`), give the decoder's visual tokens, and the feature is
-``concat(mean of the BEV tokens, mean of the waypoint tokens, the traffic-light token)``, 3 x ``dim``.
+``concat(mean of the BEV tokens, mean of the waypoint tokens, the traffic-light token)``, 3 x
+``dim``.
 """
 
 from __future__ import annotations

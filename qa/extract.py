@@ -1,4 +1,5 @@
-"""Feature extraction for QA: one shard's generated samples and their recorded futures -> statistics.
+"""Feature extraction for QA: one shard's generated samples and their recorded futures ->
+statistics.
 
 :class:`FeatureRunner` is plain Python, so the same code runs in-process and inside a Ray actor
 (:mod:`workers.qa`). It loads the extractors once, accumulates :class:`Accumulator` cells across
@@ -7,7 +8,8 @@ returns a small record of the trajectory and motion figures (no features, no fra
 
 Cells, per metric and horizon (``group`` -1 = not split):
 ``(view, "all", -1)`` per camera, ``("pooled", category, -1)`` per instruction category and
-``("pooled", "all", g)`` per task group g; the pooled figure over everything is the sum of the groups.
+``("pooled", "all", g)`` per task group g; the pooled figure over everything is the sum of the
+groups.
 """
 
 from __future__ import annotations
@@ -88,7 +90,8 @@ class Accumulator:
 
 
 def resize(img: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """To (H, W): INTER_AREA when shrinking (as the seed frames are made), INTER_LINEAR when enlarging."""
+    """To (H, W): INTER_AREA when shrinking (as the seed frames are made), INTER_LINEAR when
+    enlarging."""
     if img.shape[:2] == size:
         return img
     shrink = img.shape[0] >= size[0] and img.shape[1] >= size[1]
@@ -199,7 +202,8 @@ class FeatureRunner:
         missing = sorted(set(item.samples) - {r["key"] for r in records})
         if missing:
             raise BadInputError(
-                f"{item.shard}: sample(s) {missing[:5]} listed in index.parquet are not in the shard"
+                f"{item.shard}: sample(s) {missing[:5]} listed in index.parquet "
+                "are not in the shard"
             )
         log.debug("%s: %d samples, %d recorded futures", item.shard, len(records), len(cache))
         return records
@@ -210,7 +214,8 @@ class FeatureRunner:
         return acc
 
     def _extract(self, frames: np.ndarray, views: list[str]) -> dict[str, np.ndarray]:
-        """Features of (V, T, H, W, 3) frames: per view (V, n, D) for FID / FVD, (T, D) for FD-drive."""
+        """Features of (V, T, H, W, 3) frames: per view (V, n, D) for FID / FVD, (T, D) for
+        FD-drive."""
         v, t = frames.shape[:2]
         out = {}
         if "fid" in self.extractors:

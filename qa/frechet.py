@@ -3,8 +3,9 @@
 :class:`FeatureStats` keeps the count, the sum and the sum of outer products of feature vectors, so
 statistics gathered by several workers merge exactly (``a.merge(b)`` equals one pass over both
 sets). The distance uses the symmetric form ``Tr sqrt(S1^1/2 S2 S1^1/2)`` with eigendecompositions
-(round-off eigenvalues, negative or tiny, set to 0): real-valued, and equal to the ``scipy.linalg.sqrtm``
-form of pytorch-fid to ~1e-8 relative. Eigenvalues under the numerical-rank tolerance count as 0.
+(round-off eigenvalues, negative or tiny, set to 0): real-valued, and equal to the
+``scipy.linalg.sqrtm`` form of pytorch-fid to ~1e-8 relative. Eigenvalues under the numerical-rank
+tolerance count as 0.
 """
 
 from __future__ import annotations
@@ -25,7 +26,8 @@ SMALL_DIM = 512
 
 @dataclass
 class FeatureStats:
-    """Sufficient statistics of a set of feature vectors: count, sum (D,), sum of outer products (D, D)."""
+    """Sufficient statistics of a set of feature vectors: count, sum (D,), sum of outer products
+    (D, D)."""
 
     count: int
     total: np.ndarray
@@ -83,8 +85,8 @@ class FeatureStats:
         return (self.outer - self.count * np.outer(mu, mu)) / (self.count - 1)
 
     def save(self, file: Path | BinaryIO) -> None:
-        """``mu`` and ``sigma`` as pytorch-fid writes them (``python -m pytorch_fid a.npz b.npz`` reads
-        the file), plus ``count`` so that :meth:`load` gives mergeable statistics back."""
+        """``mu`` and ``sigma`` as pytorch-fid writes them (``python -m pytorch_fid a.npz b.npz``
+        reads the file), plus ``count`` so that :meth:`load` gives mergeable statistics back."""
         np.savez(file, mu=self.mean(), sigma=self.cov(), count=np.int64(self.count))
 
     @classmethod
@@ -126,8 +128,9 @@ def _cpu_threads_for(dim: int, device: torch.device) -> Iterator[None]:
 
 
 def _rank_clipped(eigenvalues: torch.Tensor) -> torch.Tensor:
-    """Eigenvalues below the numerical-rank tolerance (``max * D * eps``, as ``np.linalg.matrix_rank``)
-    set to 0: with fewer items than dimensions most are round-off, and their square roots would add up."""
+    """Eigenvalues below the numerical-rank tolerance (``max * D * eps``, as
+    ``np.linalg.matrix_rank``) set to 0: with fewer items than dimensions most are round-off, and
+    their square roots would add up."""
     tol = eigenvalues.abs().max() * eigenvalues.numel() * torch.finfo(eigenvalues.dtype).eps
     return torch.where(eigenvalues > tol, eigenvalues, torch.zeros_like(eigenvalues))
 

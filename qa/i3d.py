@@ -91,7 +91,8 @@ class Mixed(nn.Module):
 
 
 class I3D(nn.Module):
-    """Video (N, 3, T, 224, 224) in [-1, 1], T >= 9 -> class logits (N, num_classes) averaged over time."""
+    """Video (N, 3, T, 224, 224) in [-1, 1], T >= 9 -> class logits (N, num_classes) averaged over
+    time."""
 
     def __init__(self, num_classes: int = 400, bn_eps: float = TF_BN_EPS):
         super().__init__()

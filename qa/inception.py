@@ -1,11 +1,12 @@
 """The FID Inception-v3: pytorch-fid's architecture and preprocessing, weights from a local file.
 
-The network is torchvision's Inception-v3 (``num_classes=1008, aux_logits=False``) with pytorch-fid's
-FID blocks (``FIDInceptionA/C/E_1/E_2``, imported from pytorch-fid), cut into pytorch-fid's four
-blocks; ``dims`` picks the output like pytorch-fid's ``--dims`` (2048 = pool3, the FID protocol).
-Preprocessing equals pytorch-fid's loop (``ToTensor`` then the model's own resize): uint8 / 255,
-bilinear ``F.interpolate`` to 299x299 (``align_corners=False``, no antialiasing), then ``2x - 1``.
-It runs on batched tensors (no PIL round trip), channels-last, under ``torch.inference_mode``.
+The network is torchvision's Inception-v3 (``num_classes=1008, aux_logits=False``) with
+pytorch-fid's FID blocks (``FIDInceptionA/C/E_1/E_2``, imported from pytorch-fid), cut into
+pytorch-fid's four blocks; ``dims`` picks the output like pytorch-fid's ``--dims`` (2048 = pool3,
+the FID protocol). Preprocessing equals pytorch-fid's loop (``ToTensor`` then the model's own
+resize): uint8 / 255, bilinear ``F.interpolate`` to 299x299 (``align_corners=False``, no
+antialiasing), then ``2x - 1``. It runs on batched tensors (no PIL round trip), channels-last, under
+``torch.inference_mode``.
 """
 
 from __future__ import annotations
@@ -50,7 +51,8 @@ def inception_skeleton() -> nn.Module:
 
 
 class FIDInception(nn.Module):
-    """Inception blocks up to the one giving ``dims`` features; input (N, 3, 299, 299) in [-1, 1]."""
+    """Inception blocks up to the one giving ``dims`` features; input (N, 3, 299, 299) in
+    [-1, 1]."""
 
     def __init__(self, net: nn.Module, dims: int = PROTOCOL_DIMS):
         super().__init__()
@@ -129,7 +131,8 @@ def load_inception_state(path: Path) -> dict[str, torch.Tensor]:
 def load_inception(
     weights_dir: str | Path | None, device: torch.device, dims: int = PROTOCOL_DIMS
 ) -> InceptionExtractor:
-    """The FID extractor with weights from :data:`~qa.weights.INCEPTION` found in the weights directories."""
+    """The FID extractor with weights from :data:`~qa.weights.INCEPTION` found in the weights
+    directories."""
     path, _ = find_weights((INCEPTION,), weights_dir)
     net = inception_skeleton()
     try:
@@ -138,6 +141,9 @@ def load_inception(
         raise CheckpointError(f"{path} does not fit pytorch-fid's Inception-v3: {exc}") from None
     block = {64: "pool1", 192: "pool2", 768: "pre-aux", 2048: "pool3"}[dims]
     note = "" if dims == PROTOCOL_DIMS else " (not the FID protocol)"
-    description = f"pytorch-fid InceptionV3 {block} {dims}-d{note}; {path.name} sha256:{file_sha256(path)[:16]}"
+    description = (
+        f"pytorch-fid InceptionV3 {block} {dims}-d{note}; "
+        f"{path.name} sha256:{file_sha256(path)[:16]}"
+    )
     log.info("FID extractor: %s", description)
     return InceptionExtractor(FIDInception(net, dims), device, description)

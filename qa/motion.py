@@ -65,8 +65,8 @@ def trajectory(waypoints: np.ndarray) -> Trajectory:
 
 
 def video_yaw(front: np.ndarray, step_frames: int) -> np.ndarray:
-    """Yaw change (radians, left positive) per step from front-camera frames (1 + steps * step_frames,
-    H, W, 3): the frame before the first step, then the step frames."""
+    """Yaw change (radians, left positive) per step from front-camera frames
+    (1 + steps * step_frames, H, W, 3): the frame before the first step, then the step frames."""
     h, w = front.shape[1:3]
     focal = (w / 2) / math.tan(math.radians(CAMERA_FOV_DEG / 2))
     window = cv2.createHanningWindow((w, h), cv2.CV_64F)

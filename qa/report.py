@@ -1,4 +1,5 @@
-"""QA outputs: ``report.md`` (Table-5 layout with N and intervals), ``horizon.png`` and ``qa.json``."""
+"""QA outputs: ``report.md`` (Table-5 layout with N and intervals), ``horizon.png`` and
+``qa.json``."""
 
 from __future__ import annotations
 
@@ -71,9 +72,10 @@ def markdown(config: QAConfig, result: QAResult) -> str:
     lines = [
         f"# QA report: `{config.output}`",
         "",
-        "Generated frames only (seed frames excluded) against the recorded future of the same scene from the "
-        "same start frame, at the generated resolution; equal N real and generated. Protocol: "
-        "`qa/PROTOCOL.md`. Intervals are bootstrap 95 % (FD: paired, over task groups; adherence: Wilson).",
+        "Generated frames only (seed frames excluded) against the recorded future of the same "
+        "scene from the same start frame, at the generated resolution; equal N real and "
+        "generated. Protocol: `qa/PROTOCOL.md`. Intervals are bootstrap 95 % (FD: paired, over "
+        "task groups; adherence: Wilson).",
         "",
         "## Quality versus horizon",
         "",
@@ -105,9 +107,9 @@ def markdown(config: QAConfig, result: QAResult) -> str:
     if small:
         lines += [
             "",
-            f"> Small N: FID from {small[0]} frames. Between two samples of one distribution the 2048-d "
-            "Fréchet distance is about 1055 at N=256, 373 at 2048 and 93 at 8192, so compare figures at "
-            "equal N only, or use FID∞ (the 1/N extrapolation).",
+            f"> Small N: FID from {small[0]} frames. Between two samples of one distribution the "
+            "2048-d Fréchet distance is about 1055 at N=256, 373 at 2048 and 93 at 8192, so "
+            "compare figures at equal N only, or use FID∞ (the 1/N extrapolation).",
         ]
     lines += _breakdown(rows, horizons, "view", VIEWS, "Per camera view")
     lines += _breakdown(
@@ -134,10 +136,11 @@ def markdown(config: QAConfig, result: QAResult) -> str:
         "",
         "## Files",
         "",
-        "- `qa.json`: every row (schema `qa`), the groups, confusion matrices and FID∞ fit points",
+        "- `qa.json`: every row (schema `qa`), the groups, confusion matrices and FID\u221e fit "
+        "points",
         "- `horizon.png`: the figures versus horizon",
-        "- `stats/*.npz`: pooled statistics per metric, horizon and side (`mu`, `sigma` as pytorch-fid writes "
-        "them, and `count`)",
+        "- `stats/*.npz`: pooled statistics per metric, horizon and side "
+        "(`mu`, `sigma` as pytorch-fid writes them, and `count`)",
         *(["- `gallery/*.png`: seed frames and generated futures"] if result.gallery else []),
         "",
     ]
@@ -202,8 +205,8 @@ def _trajectory(result: QAResult) -> list[str]:
             "",
             "## Action–video agreement",
             "",
-            "Pearson r between the per-step yaw of the predicted waypoints and the yaw measured on the front "
-            "video; the recorded drive gives the estimator's ceiling.",
+            "Pearson r between the per-step yaw of the predicted waypoints and the yaw measured on "
+            "the front video; the recorded drive gives the estimator's ceiling.",
             "",
             "| Horizon | generated r | recorded r | steps |",
             "|---:|---|---|---|",

@@ -105,8 +105,8 @@ def preflight(config: QAConfig) -> None:
 
 
 def without_missing_weights(config: QAConfig) -> QAConfig:
-    """``config`` minus FID / FVD when their reference weights are not on disk, each noted as skipped
-    with the reason (``lmgd demo`` runs on a fresh machine; ``lmgd qa`` fails instead)."""
+    """``config`` minus FID / FVD when their reference weights are not on disk, each noted as
+    skipped with the reason (``lmgd demo`` runs on a fresh machine; ``lmgd qa`` fails instead)."""
     dropped = []
     for metric, files in REFERENCE_WEIGHTS.items():
         if config.wants(metric):
@@ -158,7 +158,8 @@ class Figures:
         self.extractors = extractors
 
     def _rng(self, figure: str, h: int) -> np.random.Generator:
-        """Resampling stream of one figure at one horizon (reproducible, independent of run order)."""
+        """Resampling stream of one figure at one horizon (reproducible, independent of run
+        order)."""
         return np.random.default_rng([self.config.seed, h, zlib.crc32(figure.encode())])
 
     def fd_rows(self, h: int, acc: Accumulator, out: Storage, result: QAResult) -> list[dict]:
@@ -274,7 +275,10 @@ class Figures:
             )
             return []
         k = sum(c.get(m, 0) for m, c in confusion["feasible"].items())
-        rule = f"predicted waypoints: |heading change| >= {TURN_DEG:g} deg is a turn (same side laterally)"
+        rule = (
+            f"predicted waypoints: |heading change| >= {TURN_DEG:g} deg is a turn "
+            "(same side laterally)"
+        )
         return [_row("instruction_adherence", h, "pooled", "turn", k / n, wilson(k, n), 0, n, rule)]
 
     def _agreement(self, h: int, records: list[dict], result: QAResult) -> list[dict]:
@@ -295,8 +299,8 @@ class Figures:
         }
         if figures["generated_r"] is None:
             result.details.setdefault("notes", []).append(
-                f"horizon {h}: fewer than {MIN_TURNING_STEPS} steps whose predicted yaw reaches {TURNING_STEP_DEG:g} deg "
-                f"(or a still video); action-video agreement needs turning"
+                f"horizon {h}: fewer than {MIN_TURNING_STEPS} steps whose predicted yaw reaches "
+                f"{TURNING_STEP_DEG:g} deg (or a still video); action-video agreement needs turning"
             )
             return []
         ci = (

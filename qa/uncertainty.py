@@ -83,8 +83,8 @@ def correlation_ci(
     rng: np.random.Generator,
     statistic: Callable[[np.ndarray], float | None],
 ) -> tuple[float | None, float | None]:
-    """95 % percentile interval of ``statistic`` over (x, y) rows, resampling the per-sample arrays of
-    ``pairs``; replicates where the statistic is undefined (None) are left out."""
+    """95 % percentile interval of ``statistic`` over (x, y) rows, resampling the per-sample arrays
+    of ``pairs``; replicates where the statistic is undefined (None) are left out."""
     values = []
     for _ in range(replicates):
         value = statistic(

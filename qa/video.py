@@ -1,8 +1,9 @@
 """The FVD extractor: 16-frame clips -> I3D Kinetics-400 logits (averaged over time).
 
-Two weight files are accepted (see :mod:`qa.weights`): StyleGAN-V's TorchScript ``i3d_torchscript.pt``,
-called as ``detector(x, rescale=False, resize=False, return_features=True)`` on our own
-preprocessing, and the state dict ``i3d_pretrained_400.pt``, loaded into :class:`qa.i3d.I3D`.
+Two weight files are accepted (see :mod:`qa.weights`): StyleGAN-V's TorchScript
+``i3d_torchscript.pt``, called as ``detector(x, rescale=False, resize=False, return_features=True)``
+on our own preprocessing, and the state dict ``i3d_pretrained_400.pt``, loaded into
+:class:`qa.i3d.I3D`.
 
 Trust: a TorchScript archive is not unpickled into arbitrary Python objects, but its TorchScript
 code runs with every registered operator at hand, so it is treated as trusted code. It is loaded
@@ -95,7 +96,8 @@ def state_dict_i3d(path: Path) -> I3D:
     net = I3D()
     try:
         net.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
-    except Exception as exc:  # noqa: BLE001 - unreadable or mismatched files are reported the same way
+    except Exception as exc:  # noqa: BLE001
+        # unreadable or mismatched files are reported the same way
         raise CheckpointError(
             f"{path} is not a state dict of piergiaj's I3D (Kinetics-400): {exc}"
         ) from None
@@ -124,6 +126,9 @@ def load_i3d(weights_dir: str | Path | None, device: torch.device) -> VideoExtra
     else:
         model = state_dict_i3d(path).to(device)
         what = "I3D (piergiaj layout, BN eps 1e-3)"
-    description = f"{what}, Kinetics-400 logits, 16-frame clips at 224x224; {path.name} sha256:{file_sha256(path)[:16]}"
+    description = (
+        f"{what}, Kinetics-400 logits, 16-frame clips at 224x224; "
+        f"{path.name} sha256:{file_sha256(path)[:16]}"
+    )
     log.info("FVD extractor: %s", description)
     return VideoExtractor(model, device, description)

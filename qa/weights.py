@@ -33,12 +33,14 @@ INCEPTION = WeightsFile(
 I3D_TORCHSCRIPT = WeightsFile(
     "i3d_torchscript.pt",
     "the FVD I3D (StyleGAN-V TorchScript of the TF-Hub Kinetics-400 I3D)",
-    "https://www.dropbox.com/s/ge9e5ujwgetktms/i3d_torchscript.pt (linked from universome/stylegan-v)",
+    "https://www.dropbox.com/s/ge9e5ujwgetktms/i3d_torchscript.pt "
+    "(linked from universome/stylegan-v)",
 )
 I3D_STATE_DICT = WeightsFile(
     "i3d_pretrained_400.pt",
     "the FVD I3D (VideoGPT / cd-fvd state dict of piergiaj's PyTorch I3D)",
-    "https://github.com/songweige/TATS/raw/main/tats/fvd/i3d_pretrained_400.pt (used by cd-fvd and VideoGPT)",
+    "https://github.com/songweige/TATS/raw/main/tats/fvd/i3d_pretrained_400.pt "
+    "(used by cd-fvd and VideoGPT)",
 )
 
 
@@ -58,7 +60,8 @@ def find_weights(
     choices: tuple[WeightsFile, ...], weights_dir: str | Path | None = None
 ) -> tuple[Path, WeightsFile]:
     """The first of ``choices`` found in :func:`search_dirs` (directory order first, then choice
-    order); :class:`CheckpointError` naming the files, the directories and where they are published."""
+    order); :class:`CheckpointError` naming the files, the directories and where they are
+    published."""
     dirs = search_dirs(weights_dir)
     for d in dirs:
         for choice in choices:
@@ -67,6 +70,8 @@ def find_weights(
     wanted = " or ".join(c.name for c in choices)
     sources = "; ".join(f"{c.name}: {c.purpose}, published at {c.published}" for c in choices)
     raise CheckpointError(
-        f"{wanted} not found in {', '.join(map(str, dirs))}. Put the file in one of these directories "
-        f"(set qa.weights_dir in the job, --weights-dir, or ${WEIGHTS_ENV}); nothing is downloaded. {sources}"
+        f"{wanted} not found in {', '.join(map(str, dirs))}. "
+        "Put the file in one of these directories "
+        f"(set qa.weights_dir in the job, --weights-dir, or ${WEIGHTS_ENV}); "
+        f"nothing is downloaded. {sources}"
     )

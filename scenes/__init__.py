@@ -1,1 +1,2 @@
-"""Where seed scenes come from: the procedural world (embedded default) and LMDrive-format recordings."""
+"""Where seed scenes come from: the procedural world (embedded default) and LMDrive-format
+recordings."""

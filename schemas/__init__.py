@@ -1,1 +1,2 @@
-"""The data contracts: pyarrow schemas for tasks, samples, shard index and QA rows, with row-level validation."""
+"""The data contracts: pyarrow schemas for tasks, samples, shard index and QA rows, with row-level
+validation."""

@@ -206,9 +206,9 @@ class JobSpec(Strict):
         b = self.manifest.build
         if isinstance(b, ProceduralRecipe) and b.seed_frames + max(self.horizons) > b.frames:
             raise ValueError(
-                f"horizon {max(self.horizons)} needs {b.seed_frames + max(self.horizons)} recorded frames "
-                f"(seed_frames {b.seed_frames} + horizon) for ground truth, but manifest.build.frames is "
-                f"{b.frames}"
+                f"horizon {max(self.horizons)} needs {b.seed_frames + max(self.horizons)} "
+                f"recorded frames (seed_frames {b.seed_frames} + horizon) for ground truth, "
+                f"but manifest.build.frames is {b.frames}"
             )
         return self
 

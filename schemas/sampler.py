@@ -26,8 +26,8 @@ Strength = Annotated[
         gt=0.0,
         le=1.0,
         description=(
-            "1: start from pure noise; below 1: from the last context frame's latent noised to that share "
-            "of the schedule, running only that share of the steps"
+            "1: start from pure noise; below 1: from the last context frame's latent noised to "
+            "that share of the schedule, running only that share of the steps"
         ),
     ),
 ]
@@ -39,8 +39,8 @@ WarpStart = Annotated[
     bool,
     Field(
         description=(
-            "with strength below 1: start from the context frames moved by the step's planned ego motion, "
-            "not held still"
+            "with strength below 1: start from the context frames moved by the step's planned "
+            "ego motion, not held still"
         )
     ),
 ]

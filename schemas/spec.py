@@ -116,7 +116,8 @@ def problems(table: pa.Table, schema: TableSchema) -> list[str]:
 
 
 def validate(table: pa.Table, schema: TableSchema, source: str = "table") -> pa.Table:
-    """Raise :class:`SchemaError` listing every problem, else return ``table`` cast to the schema."""
+    """Raise :class:`SchemaError` listing every problem, else return ``table`` cast to the
+    schema."""
     found = problems(table, schema)
     if found:
         shown = found[:MAX_REPORTED]

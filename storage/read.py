@@ -5,7 +5,9 @@ Shards are plain WebDataset tars, so a training loop needs none of this module::
     import io, json, decord, webdataset as wds
     for s in wds.WebDataset("out/demo/shards/unit-{000000..000009}.tar", shardshuffle=False):
         meta = json.loads(s["json"])
-        front = decord.VideoReader(io.BytesIO(s["front.mp4"])).get_batch(range(meta["horizon"])).asnumpy()
+        front = decord.VideoReader(io.BytesIO(s["front.mp4"])).get_batch(
+            range(meta["horizon"])
+        ).asnumpy()
 
 This module adds S3 streaming, decoding of every member and the views x frames layout.
 """

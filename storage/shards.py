@@ -2,9 +2,9 @@
 
 Members of a sample ``KEY`` (keys have no dots, as WebDataset splits at the first dot):
 ``KEY.left.mp4``, ``KEY.front.mp4``, ``KEY.right.mp4`` (generated frames; with PNG encoding
-``KEY.left.0000.png`` ... instead), ``KEY.seed_left.mp4`` ... (the seed frames), ``KEY.waypoints.npy``
-(steps, 4, 2), ``KEY.controls.npy`` (steps, 3: throttle, brake, steer), ``KEY.completion.npy``
-(steps,), and ``KEY.json`` (the sample metadata, schema ``sample``).
+``KEY.left.0000.png`` ... instead), ``KEY.seed_left.mp4`` ... (the seed frames),
+``KEY.waypoints.npy`` (steps, 4, 2), ``KEY.controls.npy`` (steps, 3: throttle, brake, steer),
+``KEY.completion.npy`` (steps,), and ``KEY.json`` (the sample metadata, schema ``sample``).
 """
 
 from __future__ import annotations

@@ -22,7 +22,8 @@ from qa.weights import I3D_STATE_DICT, INCEPTION
 
 
 def random_state_dict(module: nn.Module, seed: int) -> dict[str, torch.Tensor]:
-    """He-scaled weights, BatchNorm scales and running variances in [0.5, 1.5], small biases and means."""
+    """He-scaled weights, BatchNorm scales and running variances in [0.5, 1.5], small biases and
+    means."""
     g = torch.Generator().manual_seed(seed)
     out = {}
     for name, t in module.state_dict().items():

@@ -13,8 +13,9 @@ from schemas.scene import FPS, WAYPOINT_TIMES
 
 
 def _arc(speed: float, radius: float, slip: float, times) -> torch.Tensor:
-    """Positions (1, len(times), 2) on a circle left of the start, driven at ``speed`` with the car's
-    heading ``slip`` radians off the path's direction (so the path, in the ego frame, is turned by it)."""
+    """Positions (1, len(times), 2) on a circle left of the start, driven at ``speed`` with the
+    car's heading ``slip`` radians off the path's direction (so the path, in the ego frame, is
+    turned by it)."""
     a = np.array([speed * t / radius for t in times])
     path = np.stack([radius * np.sin(a), radius * (1 - np.cos(a))], axis=-1)
     c, s = math.cos(slip), math.sin(slip)

@@ -1,7 +1,7 @@
 """The layering of docs/ARCHITECTURE.md, checked on every module's imports (parsed with ``ast``).
 
-A room may import only the rooms listed for it (they sit below it); nothing may form a cycle, between
-rooms or between modules. A failure names the file, the line and the import.
+A room may import only the rooms listed for it (they sit below it); nothing may form a cycle,
+between rooms or between modules. A failure names the file, the line and the import.
 """
 
 from __future__ import annotations

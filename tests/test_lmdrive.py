@@ -160,14 +160,19 @@ def _lmdrive_measurement(i: int, compass: float) -> dict:
 
 
 def _lmdrive_actors(m: dict) -> dict:
-    """CARLA coordinates (x east, y south) as ``collect_actor_data`` stores them; ego heading north."""
+    """CARLA coordinates (x east, y south) as ``collect_actor_data`` stores them; ego heading
+    north."""
     x, y = m["x"], m["y"]
     return {
-        "100": {"loc": [x, y, 0.0], "ori": [0.0, -1.0, 0.0], "box": [2.4, 1.0], "vel": [0.0, -5.0, 0.0], "tpe": 0},
-        "101": {"loc": [x + 3.0, y - 10.0, 0.0], "ori": [-1.0, 0.0, 0.0], "box": [2.25, 1.0], "vel": [-2.0, 0.0, 0.0], "tpe": 0},
-        "200": {"loc": [x - 5.0, y - 5.0, 0.0], "ori": [0.0, 1.0, 0.0], "box": [0.3, 0.3], "vel": [0.0, 1.0, 0.0], "tpe": 1},
-        "300": {"loc": [x + 5.0, y - 30.0, 4.0], "ori": [0.0, 1.0, 0.0], "vel": [0.0, 0.0, 0.0], "tpe": 2, "sta": 0,
-                "taigger_loc": [1.0, 0.0, 0.0], "trigger_ori": [0.0, 1.0, 0.0], "trigger_box": [1.5, 2.0]},
+        "100": {"loc": [x, y, 0.0], "ori": [0.0, -1.0, 0.0], "box": [2.4, 1.0],
+                "vel": [0.0, -5.0, 0.0], "tpe": 0},
+        "101": {"loc": [x + 3.0, y - 10.0, 0.0], "ori": [-1.0, 0.0, 0.0], "box": [2.25, 1.0],
+                "vel": [-2.0, 0.0, 0.0], "tpe": 0},
+        "200": {"loc": [x - 5.0, y - 5.0, 0.0], "ori": [0.0, 1.0, 0.0], "box": [0.3, 0.3],
+                "vel": [0.0, 1.0, 0.0], "tpe": 1},
+        "300": {"loc": [x + 5.0, y - 30.0, 4.0], "ori": [0.0, 1.0, 0.0], "vel": [0.0, 0.0, 0.0],
+                "tpe": 2, "sta": 0, "taigger_loc": [1.0, 0.0, 0.0],
+                "trigger_ori": [0.0, 1.0, 0.0], "trigger_box": [1.5, 2.0]},
     }  # fmt: skip
 
 
@@ -184,10 +189,10 @@ def _make_lmdrive_root(root: Path, n: int = 12, compass: float = 0.0) -> Path:
     (root / "dataset_index.txt").write_text(f"{ROUTE}/ {n}\n")
     common = {"town_id": 1, "weather_id": 3, "route_frames": n, "bad_case": "False"}
     nav = [
-        {"route_path": f"{ROUTE}/", "start_frame": 0, "end_frame": 7, "instruction": "Turn-01-R-dis",
-         "instruction_id": 3, "instruction_args": [12], **common},
-        {"route_path": f"{ROUTE}/", "start_frame": 8, "end_frame": 11, "instruction": "Follow-02-s1",
-         "instruction_id": 38, "instruction_args": [], **common},
+        {"route_path": f"{ROUTE}/", "start_frame": 0, "end_frame": 7,
+         "instruction": "Turn-01-R-dis", "instruction_id": 3, "instruction_args": [12], **common},
+        {"route_path": f"{ROUTE}/", "start_frame": 8, "end_frame": 11,
+         "instruction": "Follow-02-s1", "instruction_id": 38, "instruction_args": [], **common},
         {"route_path": "routes_town02_tiny_w1_01_01_00_00_00/", "start_frame": 0, "end_frame": 40,
          "instruction": "Other-01", "instruction_id": 60, "instruction_args": [], **common},
     ]  # fmt: skip

@@ -1,4 +1,5 @@
-"""Frame-stack encoding: H.264 round trip, lossless PNG, and identical bytes for identical frames."""
+"""Frame-stack encoding: H.264 round trip, lossless PNG, and identical bytes for identical
+frames."""
 
 import hashlib
 import threading

@@ -1,4 +1,5 @@
-"""Checkpoints (save, load, clear errors), the paper preset on the meta device, pretrained-dir errors."""
+"""Checkpoints (save, load, clear errors), the paper preset on the meta device, pretrained-dir
+errors."""
 
 from __future__ import annotations
 
@@ -192,7 +193,8 @@ def test_paper_preset_parameter_counts_on_meta_device():
 
 
 def _write_tiny_pretrained(root: Path, config) -> None:
-    """Tiny stand-ins for Vicuna, SD-1.5 (UNet, VAE), the AnimateDiff adapter and CLIP, in HF layout."""
+    """Tiny stand-ins for Vicuna, SD-1.5 (UNet, VAE), the AnimateDiff adapter and CLIP, in HF
+    layout."""
     u = config.unet
     LlamaModel(llama_config(config.llm)).save_pretrained(root / "llm")
     build_tokenizer(DEFAULT_CORPUS, config.llm.vocab_size).save_pretrained(str(root / "llm"))
@@ -221,7 +223,8 @@ def _write_tiny_pretrained(root: Path, config) -> None:
 
 
 def test_pretrained_components_load_from_local_directories(tmp_path, monkeypatch):
-    """The paper preset's loading path, on tiny stand-ins (the UNet input is widened for concat_last_latent)."""
+    """The paper preset's loading path, on tiny stand-ins (the UNet input is widened for
+    concat_last_latent)."""
     monkeypatch.setenv("LMGD_PRETRAINED_DIR", str(tmp_path))
     config = preset_config("tiny").model_copy(
         update={

@@ -1,4 +1,5 @@
-"""LMGenDrive building blocks on the tiny preset: config, tokenizer, BEV targets, shapes of every part."""
+"""LMGenDrive building blocks on the tiny preset: config, tokenizer, BEV targets, shapes of every
+part."""
 
 from __future__ import annotations
 

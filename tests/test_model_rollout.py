@@ -1,4 +1,5 @@
-"""LMGenDrive modes on the tiny preset: plan() without the generator, autoregressive rollout, seeding."""
+"""LMGenDrive modes on the tiny preset: plan() without the generator, autoregressive rollout,
+seeding."""
 
 from __future__ import annotations
 
@@ -261,9 +262,9 @@ def test_warp_start_moves_the_generated_video_as_the_step_plans(
 ):
     """``warp_start`` hands the generator the poses of the step's own plan; started from the context
     frames moved by a plan that turns 15 degrees left, the front view of the generated video turns
-    as much as the moved frames themselves do (both measured on the video by ``qa.motion.video_yaw``,
-    which reads this wide lens's pure rotation about 1.35 times too large), held still it does not
-    turn, and with no motion the moved start is the still one."""
+    as much as the moved frames themselves do (both measured on the video by
+    ``qa.motion.video_yaw``, which reads this wide lens's pure rotation about 1.35 times too large),
+    held still it does not turn, and with no motion the moved start is the still one."""
     import lmgendrive.model
     from lmgendrive.ego_warp import poses_from_waypoints, warp_views
     from qa.motion import video_yaw

@@ -1,5 +1,5 @@
-"""LMGenDrive training losses (:mod:`lmgendrive.train.losses`) and stage freezing on the tiny preset:
-stage gradients and loss decrease on a fixed batch."""
+"""LMGenDrive training losses (:mod:`lmgendrive.train.losses`) and stage freezing on the tiny
+preset: stage gradients and loss decrease on a fixed batch."""
 
 from __future__ import annotations
 

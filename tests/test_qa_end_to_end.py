@@ -232,7 +232,8 @@ def test_end_to_end_local(fixture_output, local_run):
         assert adherence["n_generated"] == len(samples) and adherence["category"] == "turn"
         stats = FeatureStats.load(report / "stats" / f"fid-h{h:03d}-generated.npz")
         assert stats.count == pooled["fid"]["n_generated"] and stats.dim == 64
-    # the turn instructions come with arcs of 25 degrees per step: a turn only over 2 steps (16 frames)
+    # the turn instructions come with arcs of 25 degrees per step: a turn only over 2 steps
+    # (16 frames)
     adherence = {r["horizon"]: r["value"] for r in rows if r["metric"] == "instruction_adherence"}
     assert adherence == {8: pytest.approx(1 / 3), 16: 1.0}
     text = (report / "report.md").read_text()
@@ -262,8 +263,8 @@ def test_end_to_end_ray_matches_local(fixture_output, weights, evaluator, local_
         ray.shutdown()
     local_rows = [r for r in local_run[1] if r["metric"] in metrics]
     assert {r["metric"] for r in ray_rows} == set(metrics) and len(ray_rows) == len(local_rows)
-    # statistics merged across 2 actors = one pass (actors run torch on 1 thread: float32 features may
-    # differ in the last bits from the in-process run; near-zero distances, such as the random
+    # statistics merged across 2 actors = one pass (actors run torch on 1 thread: float32 features
+    # may differ in the last bits from the in-process run; near-zero distances, such as the random
     # evaluator's FD-drive of ~3e-4, then differ by ~1e-5 absolute)
     for a, b in zip(ray_rows, local_rows, strict=True):
         assert a["n_generated"] == b["n_generated"] and a["n_real"] == b["n_real"]

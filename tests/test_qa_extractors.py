@@ -1,4 +1,5 @@
-"""QA extractors against the reference packages on shared seeded random weights; weight lookup and errors."""
+"""QA extractors against the reference packages on shared seeded random weights; weight lookup and
+errors."""
 
 from __future__ import annotations
 
@@ -30,7 +31,8 @@ CPU = torch.device("cpu")
 
 @pytest.fixture(scope="module")
 def torch_home(tmp_path_factory) -> Path:
-    """A TORCH_HOME whose hub cache holds random Inception weights, as a pytorch-fid download would."""
+    """A TORCH_HOME whose hub cache holds random Inception weights, as a pytorch-fid download
+    would."""
     home = tmp_path_factory.mktemp("torch_home")
     write_inception_weights(home / "hub" / "checkpoints", seed=1)
     return home
@@ -43,7 +45,8 @@ def offline(monkeypatch, tmp_path, torch_home):
 
 
 def assert_same_features(got: np.ndarray, expected: np.ndarray) -> None:
-    """Equal up to float32 round-off (batch size changes the convolution kernels' summation order)."""
+    """Equal up to float32 round-off (batch size changes the convolution kernels' summation
+    order)."""
     assert got.shape == expected.shape
     assert np.abs(got - expected).max() <= 1e-5 * np.abs(expected).max()
 
@@ -100,7 +103,8 @@ def test_inception_network_equals_torch_fidelity(offline, torch_home):
     images = torch.from_numpy(_images(3, 299, 299, seed=3)).permute(0, 3, 1, 2).contiguous()
     with torch.no_grad():
         expected = reference(images)[0].numpy()
-        # torch-fidelity scales by (x - 128) / 128 and resizes TF1-style (identity at 299); same network
+        # torch-fidelity scales by (x - 128) / 128 and resizes TF1-style (identity at 299); same
+        # network
         got = ours.net((images.float() - 128) / 128).numpy()
     assert_same_features(got, expected)
 

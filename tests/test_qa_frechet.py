@@ -90,7 +90,8 @@ def test_bootstrap_interval_and_fd_infinity():
     lo, hi = bootstrap_ci(same, other, value, 50, np.random.default_rng(0))
     assert 0 <= lo <= value <= hi
     assert (lo, hi) == bootstrap_ci(same, other, value, 50, np.random.default_rng(0))
-    # same distribution: the distance at finite N is pure small-sample bias, FD-infinity removes most of it
+    # same distribution: the distance at finite N is pure small-sample bias, FD-infinity removes
+    # most of it
     inf, points = fd_infinity(same, other, np.random.default_rng(1))
     assert len({n for n, _ in points}) >= 2 and abs(inf) < 0.25 * value
 

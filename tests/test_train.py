@@ -49,7 +49,8 @@ def _dataset(scene: ProceduralScene, stage: int, model) -> torch.utils.data.Data
 def _trainer(
     scene, stage, tmp_path, iterations=8, lr=2e-3, dataset=None, planner=False, **kw
 ) -> StageTrainer:
-    """``planner``: False, True (planner batches of pixels) or "tokens" (of cached vision tokens)."""
+    """``planner``: False, True (planner batches of pixels) or "tokens"
+    (of cached vision tokens)."""
     model = build_untrained("tiny")
     config = StageConfig(
         iterations=iterations,
@@ -281,8 +282,9 @@ def test_all_stages_write_a_loadable_checkpoint_and_curves(tmp_path):
 def test_loss_curve_png(tmp_path):
     log = tmp_path / "log.jsonl"
     rows = [
-        f'{{"stage": 2, "step": {i}, "loss": {3 / i:.4f}, "lr": 0.001, "grad_norm": 1.0, "seconds": 0.1, '
-        f'"waypoints": {2 / i:.4f}, "completion": 0.7, "diffusion": {1 / i:.4f}}}'
+        f'{{"stage": 2, "step": {i}, "loss": {3 / i:.4f}, "lr": 0.001, "grad_norm": 1.0, '
+        f'"seconds": 0.1, "waypoints": {2 / i:.4f}, "completion": 0.7, '
+        f'"diffusion": {1 / i:.4f}}}'
         for i in range(1, 120)
     ]
     log.write_text("\n".join(rows) + "\n")

@@ -224,19 +224,23 @@ def test_procedural_drives_cycle_weathers():
     [
         ("preset: tiny\nworkdir: w\noutput: o\nstages: {}\nlearning_rate: 1\n", "learning_rate"),
         (
-            "preset: tiny\nworkdir: w\noutput: o\nstages: {'5': {iterations: 1, batch_size: 1, lr: 1}}\n",
+            "preset: tiny\nworkdir: w\noutput: o\n"
+            "stages: {'5': {iterations: 1, batch_size: 1, lr: 1}}\n",
             "stages.5",
         ),
         (
-            "preset: huge\nworkdir: w\noutput: o\nstages: {'1': {iterations: 1, batch_size: 1, lr: 1}}\n",
+            "preset: huge\nworkdir: w\noutput: o\n"
+            "stages: {'1': {iterations: 1, batch_size: 1, lr: 1}}\n",
             "huge",
         ),
         (
-            "preset: tiny\nworkdir: w\noutput: o\nstages: {'1': {iterations: 2, batch_size: 1, lr: 1, warmup: 5}}\n",
+            "preset: tiny\nworkdir: w\noutput: o\n"
+            "stages: {'1': {iterations: 2, batch_size: 1, lr: 1, warmup: 5}}\n",
             "warmup",
         ),
         (
-            "preset: tiny\nworkdir: w\noutput: o\nstages: {'1': {iterations: 2, batch_size: 1, lr: 1, clipp: 1}}\n",
+            "preset: tiny\nworkdir: w\noutput: o\n"
+            "stages: {'1': {iterations: 2, batch_size: 1, lr: 1, clipp: 1}}\n",
             "clipp",
         ),
         ("preset: tiny\n  bad: [yaml\n", "not valid YAML"),
@@ -252,7 +256,8 @@ def test_bad_recipes_raise_config_error(tmp_path, text, match):
 def test_cli_rejects_a_bad_or_unconfigured_stage(tmp_path):
     path = tmp_path / "train.yaml"
     path.write_text(
-        "preset: tiny\nworkdir: w\noutput: o\nstages: {'1': {iterations: 1, batch_size: 1, lr: 1}}\n"
+        "preset: tiny\nworkdir: w\noutput: o\n"
+        "stages: {'1': {iterations: 1, batch_size: 1, lr: 1}}\n"
     )
     parser = argparse.ArgumentParser()
     cli.add_parser(parser.add_subparsers(dest="verb"))

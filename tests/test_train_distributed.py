@@ -67,7 +67,8 @@ def test_two_processes_train_as_one_group_and_rank_zero_writes(tmp_path):
         )  # both ranks' batches counted
         rows = (tmp_path / "work" / f"stage{stage}" / "log.jsonl").read_text().splitlines()
         assert [json.loads(r)["step"] for r in rows] == list(range(1, its + 1))  # one log, not two
-    # rank 0 rendered the drives (the planner's second routes too) and the token cache; rank 1 read them
+    # rank 0 rendered the drives (the planner's second routes too) and the token cache; rank 1 read
+    # them
     drives = sorted(p.name for p in (tmp_path / "scenes").iterdir() if p.is_dir())
     assert len(drives) == 4 and not any(name.endswith(".partial") for name in drives)
     assert (tmp_path / "work" / TOKEN_CACHE_FILE).is_file()

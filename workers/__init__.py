@@ -1,1 +1,2 @@
-"""The stages the executor runs, set up once per actor: generation units (generator.py) and QA features (qa.py)."""
+"""The stages the executor runs, set up once per actor: generation units (generator.py) and QA
+features (qa.py)."""

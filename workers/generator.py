@@ -38,7 +38,8 @@ def seed_stack(
 ) -> tuple[np.ndarray, float, np.ndarray | None]:
     """The seed frames of a task, (V, S, H, W, 3) uint8 at the model's resolution, the ego speed at
     the last seed frame and the path driven in the ``step`` frames up to it (the expert's waypoints
-    ``step`` frames earlier, as the model trained on; ``None`` when the drive is younger than that)."""
+    ``step`` frames earlier, as the model trained on; ``None`` when the drive is younger than
+    that)."""
     scene = open_scene(task["scene_source"], task["scene_ref"])
     start, n = int(task["start_frame"]), int(task["seed_frames"])
     frames = [scene.images(i) for i in range(start - n, start)]
@@ -51,7 +52,8 @@ def seed_stack(
 
 
 def stack_driven(driven: tuple[np.ndarray | None, ...], waypoints: int) -> np.ndarray:
-    """(B, K, 2) driven paths; a sample without one gets zeros, as the model trained on drive starts."""
+    """(B, K, 2) driven paths; a sample without one gets zeros, as the model trained on drive
+    starts."""
     return np.stack([np.zeros((waypoints, 2), np.float32) if d is None else d for d in driven])
 
 

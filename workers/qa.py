@@ -1,4 +1,5 @@
-"""The QA feature stage: :class:`qa.extract.FeatureRunner` as a pool stage (one per GPU or CPU slot).
+"""The QA feature stage: :class:`qa.extract.FeatureRunner` as a pool stage
+(one per GPU or CPU slot).
 
 Each instance loads the extractors once and accumulates the statistics of the shards it is given;
 the QA run takes every instance's statistics after each horizon (``take``) and merges them

@@ -75,7 +75,8 @@ class AccelerateBackend(LocalBackend):
             )
 
     def prepare(self, objective: nn.Module, optimizer: torch.optim.Optimizer) -> tuple:
-        """Wrap the objective and optimizer (the scheduler is stepped by hand, once per iteration)."""
+        """Wrap the objective and optimizer (the scheduler is stepped by hand, once per
+        iteration)."""
         return tuple(self.accelerator.prepare(objective, optimizer))
 
     def backward(self, loss: torch.Tensor) -> None:
@@ -99,12 +100,14 @@ def launched_by_accelerate() -> bool:
 
 
 def is_main_process() -> bool:
-    """Rank 0 of a multi-process launch (``RANK`` is set by torchrun and accelerate), or a single process."""
+    """Rank 0 of a multi-process launch (``RANK`` is set by torchrun and accelerate), or a single
+    process."""
     return int(os.environ.get("RANK", "0")) == 0
 
 
 def make_backend() -> LocalBackend:
-    """:class:`AccelerateBackend` under ``accelerate launch`` (if installed), else :class:`LocalBackend`."""
+    """:class:`AccelerateBackend` under ``accelerate launch`` (if installed), else
+    :class:`LocalBackend`."""
     if launched_by_accelerate() and importlib.util.find_spec("accelerate") is not None:
         return AccelerateBackend()
     return LocalBackend()

@@ -89,12 +89,14 @@ class PlannerConfig(_Strict):
     """Stages 2-3: an extra planner-only batch per iteration (waypoint L1 + heading + completion, no
     generation), drawn by maneuver: ``junction_share`` of it from windows ``entry_zone`` = (frames
     before, frames after) a junction entry, in equal thirds turning left, going straight and turning
-    right; the rest from everywhere else. Its drives: ``routes_per_town`` routes per town (default ``data``'s). With
-    probability ``straight_previous`` a window's previous action is replaced by driving straight on
-    (see :func:`lmgendrive.train.stages.straighten_previous_action`). ``token_cache``: encode every
-    frame of those drives once with the frozen vision encoder and read its tokens instead of pixels
-    (:class:`lmgendrive.train.tokens.VisionTokenCache`; the same losses at a fraction of the cost, held
-    in memory: ~5 KB per frame for ``demo``, too much for LMDrive-scale data with the paper preset)."""
+    right; the rest from everywhere else. Its drives: ``routes_per_town`` routes per town
+    (default ``data``'s). With probability ``straight_previous`` a window's previous action is
+    replaced by driving straight on (see
+    :func:`lmgendrive.train.stages.straighten_previous_action`). ``token_cache``: encode every frame
+    of those drives once with the frozen vision encoder and read its tokens instead of pixels
+    (:class:`lmgendrive.train.tokens.VisionTokenCache`; the same losses at a fraction of the cost,
+    held in memory: ~5 KB per frame for ``demo``, too much for LMDrive-scale data with the paper
+    preset)."""
 
     batch_size: PositiveInt = 16
     junction_share: Annotated[float, Field(ge=0, le=1)] = 0.75
@@ -160,7 +162,8 @@ class TrainConfig(_Strict):
         for name, stage in self.stages.items():
             if stage.planner is not None and int(name) < 2:
                 raise ValueError(
-                    f"stage {name}: planner batches exist in stages 2 and 3 only (the LLM trains there)"
+                    f"stage {name}: planner batches exist in stages 2 and 3 only "
+                    "(the LLM trains there)"
                 )
         return self
 

@@ -190,7 +190,8 @@ class DriveDataset(_SceneDataset):
         }
 
     def targets(self, s: int, t: int, steps: int) -> dict:
-        """Everything of window (scene ``s``, frame ``t``) but pixels, for its first ``steps`` steps."""
+        """Everything of window (scene ``s``, frame ``t``) but pixels, for its first ``steps``
+        steps."""
         scene, f = self.scenes[s], self.step_frames
         now = scene.measurements(t)
         current = [scene.measurements(t + j * f) for j in range(steps)]
@@ -218,7 +219,8 @@ def maneuver_groups(dataset: DriveDataset, before: int, after: int) -> dict[str,
     """Dataset indices by what the expert does: "left" / "straight" / "right" for windows from
     ``before`` frames before to ``after`` frames after a junction entry, by their waypoints'
     maneuver (so the turns are their first frames, where the instruction decides); "other" for the
-    rest (open road, and the rest of each turn, which the turning car's own motion already shows)."""
+    rest (open road, and the rest of each turn, which the turning car's own motion already
+    shows)."""
     entries: dict[int, list[int]] = {}
     groups: dict[str, list[int]] = {name: [] for name in (*TURNS, "other")}
     for k, (s, t) in enumerate(dataset.index):
@@ -236,7 +238,8 @@ class StratifiedSampler(Sampler[int]):
     as often as their share says.
 
     Position p's draw depends only on ``(seed, p)``, so a resumed run starts at ``start`` (samples
-    drawn so far, over all ranks) and continues exactly; rank r draws ``start + r, start + r + world, ...``.
+    drawn so far, over all ranks) and continues exactly; rank r draws
+    ``start + r, start + r + world, ...``.
     """
 
     def __init__(
@@ -273,9 +276,10 @@ class StratifiedSampler(Sampler[int]):
 
 class PlannerData:
     """The windows of planner batches and how they are drawn: ``junction_share`` from the three
-    junction maneuver groups in equal parts, the rest from all other windows (see :class:`PlannerConfig`).
-    ``windows`` serves ``dataset``'s windows by the same indices (default ``dataset`` itself; a
-    :class:`lmgendrive.train.tokens.PlannerWindows` to read cached vision tokens)."""
+    junction maneuver groups in equal parts, the rest from all other windows
+    (see :class:`PlannerConfig`). ``windows`` serves ``dataset``'s windows by the same indices
+    (default ``dataset`` itself; a :class:`lmgendrive.train.tokens.PlannerWindows` to read cached
+    vision tokens)."""
 
     def __init__(
         self,

@@ -138,7 +138,8 @@ class StageTrainer:
         return losses
 
     def _planner_loader(self) -> DataLoader:
-        """Planner batches continue where the last run stopped: position = iterations x batch x ranks."""
+        """Planner batches continue where the last run stopped: position = iterations x batch x
+        ranks."""
         size = self.config.planner.batch_size
         start = self.progress.step * size * self.backend.world
         return self.planner.loader(

@@ -40,7 +40,8 @@ def final_dir(config: TrainConfig, stage: int) -> Path:
 
 
 def planner_data(config: TrainConfig, stage: int, model: LMGenDrive) -> PlannerData | None:
-    """The stage's planner windows (one-step drive windows of the planner's routes), if it has planner batches."""
+    """The stage's planner windows (one-step drive windows of the planner's routes), if it has
+    planner batches."""
     planner = config.stage(stage).planner
     if planner is None:
         return None
@@ -65,7 +66,8 @@ def starting_model(config: TrainConfig, stage: int, backend: LocalBackend) -> LM
     source = final_dir(config, earlier[-1])
     if not source.is_dir():
         raise ConfigError(
-            f"stage {stage} starts from stage {earlier[-1]}'s result {source}, which does not exist: "
+            f"stage {stage} starts from stage {earlier[-1]}'s result {source}, "
+            "which does not exist: "
             f"run `lmgd train --stage {earlier[-1]}` first (or --stage all)"
         )
     model, _ = load_checkpoint(source, backend.device)
@@ -88,8 +90,8 @@ def train_stage(config: TrainConfig, stage: int, command: str = "") -> LMGenDriv
     steps = max(stage_config.sequence_steps) if stage == 3 else 1
     if stage >= 2 and config.data.context_frames < model.config.llm.history_frames:
         log.warning(
-            "stage %d trains on %d context frames but the model plans from up to %d history frames: "
-            "it will see longer histories than it was trained on",
+            "stage %d trains on %d context frames but the model plans from up to %d history "
+            "frames: it will see longer histories than it was trained on",
             stage,
             config.data.context_frames,
             model.config.llm.history_frames,
@@ -159,8 +161,9 @@ def readme(config: TrainConfig, stages: list[int], command: str) -> str:
     source = (
         f"LMDrive root `{data.lmdrive_root}`"
         if data.lmdrive_root
-        else f"procedural towns {data.town_seeds()} x {data.routes_per_town} route(s) from route seed "
-        f"{data.route_seed}, weathers {data.weathers} (cycled), {data.frames} frames at {data.size}px"
+        else f"procedural towns {data.town_seeds()} x {data.routes_per_town} route(s) "
+        f"from route seed {data.route_seed}, weathers {data.weathers} (cycled), "
+        f"{data.frames} frames at {data.size}px"
     )
     lines = [
         f"# LMGenDrive `{config.preset}` trained here",
@@ -191,8 +194,8 @@ def readme(config: TrainConfig, stages: list[int], command: str) -> str:
         extra = "; ".join(notes)
         loss, minutes = log_summary(stage_dir(config, s) / LOG_FILE)
         lines.append(
-            f"| {s} | {c.iterations} | {c.batch_size} | {c.lr:g} | {c.warmup} | {c.clip:g} | {extra} "
-            f"| {loss} | {minutes} |"
+            f"| {s} | {c.iterations} | {c.batch_size} | {c.lr:g} | {c.warmup} | {c.clip:g} "
+            f"| {extra} | {loss} | {minutes} |"
         )
     lines += [
         "",

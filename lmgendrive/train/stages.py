@@ -147,12 +147,13 @@ def objective(model: LMGenDrive, stage: int, config: StageConfig) -> StageObject
 
 
 def straighten_previous_action(batch: dict, probability: float) -> dict:
-    """``batch`` with each sample's previous action replaced, with ``probability`` (global torch RNG),
-    by driving straight ahead over the same distances.
+    """``batch`` with each sample's previous action replaced, with ``probability``
+    (global torch RNG), by driving straight ahead over the same distances.
 
-    At a junction entry the expert's action of 0.8 s earlier can already bend the way it will turn, so
-    a planner trained on it learns to continue that bend instead of reading the instruction; the
-    generation loop gives it its own earlier action, which bends only if it read the instruction then.
+    At a junction entry the expert's action of 0.8 s earlier can already bend the way it will turn,
+    so a planner trained on it learns to continue that bend instead of reading the instruction; the
+    generation loop gives it its own earlier action, which bends only if it read the instruction
+    then.
     """
     if probability <= 0:
         return batch
@@ -164,7 +165,8 @@ def straighten_previous_action(batch: dict, probability: float) -> dict:
 
 @torch.no_grad()
 def finish_stage(model: LMGenDrive, stage: int, dataset: Dataset) -> None:
-    """After stage 0: set the generator's latent scale from frames spread evenly over ``dataset``."""
+    """After stage 0: set the generator's latent scale from frames spread evenly over
+    ``dataset``."""
     if stage != 0:
         return
     picks = (

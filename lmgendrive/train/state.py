@@ -107,7 +107,8 @@ def load_state(
     optimizer: torch.optim.Optimizer,
     scheduler: torch.optim.lr_scheduler.LRScheduler,
 ) -> Progress:
-    """Restore a :func:`save_state` directory into ``model``, ``optimizer``, ``scheduler`` and the RNGs."""
+    """Restore a :func:`save_state` directory into ``model``, ``optimizer``, ``scheduler`` and the
+    RNGs."""
     try:
         meta = json.loads((directory / "trainer.json").read_text())
         weights = load_file(directory / "model.safetensors", device="cpu")

@@ -3,8 +3,9 @@
 Stages 2-3 freeze the vision encoder (eval mode, no gradients), so a frame's encoder output never
 changes during them. A planner window reads 3 views x context frames; on the demo the encoder is
 ~90 % of a window's cost (`bench/planner.py`: 934 vs 90 ms per 48 windows, forward + backward), and
-most frames fall in several windows. :class:`VisionTokenCache` encodes every frame once; :class:`PlannerWindows` serves the
-windows with those tokens, so the planner sees many more windows in the same time.
+most frames fall in several windows. :class:`VisionTokenCache` encodes every frame once;
+:class:`PlannerWindows` serves the windows with those tokens, so the planner sees many more windows
+in the same time.
 """
 
 from __future__ import annotations

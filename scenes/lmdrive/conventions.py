@@ -7,7 +7,8 @@
   (``leaderboard/team_code/planner.py``), i.e. metres north and metres east. ``auto_pilot.py``
   ``disturb_waypoints`` maps a route position back with ``carla.Location(pos[1], -pos[0])``.
 * ``theta``: the IMU compass (``base_agent.py`` ``tick``): radians, 0 facing north, growing
-  clockwise (east is π/2). Contract theta = π/2 − compass; NaN becomes 0 as in LMDrive's loaders.
+  clockwise (east is π/2). Contract theta = π/2 − compass; NaN becomes 0 as in LMDrive's
+  loaders.
 * ``future_waypoints``: the next 50 nodes of the expert's route, ``[gps_x, gps_y, road_option]``
   (``planner.py`` ``get_future_waypoints``): a path in space, not positions in time. LMDrive's
   training loaders take the gps position of frames ``t + 5k`` instead (0.5 s apart at 10 Hz;

@@ -36,7 +36,8 @@ def _category(instruction_id: int, rule: str) -> str:
 
 
 def _text(rec: dict, args: dict, templates: Mapping[int, list[str]] | None) -> str:
-    """Our ``text`` key, else LMDrive's first template with its placeholders filled, else the rule."""
+    """Our ``text`` key, else LMDrive's first template with its placeholders filled, else the
+    rule."""
     if "text" in rec:
         return str(rec["text"])
     options = (templates or {}).get(int(rec["instruction_id"]))

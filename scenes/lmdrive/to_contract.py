@@ -63,7 +63,8 @@ def measurements_from_dict(d: dict, path: Path) -> Measurements:
 def route_waypoints(raw: dict, theta: float, speed: float, path: Path) -> np.ndarray:
     """Sample ``future_waypoints`` (a route path) at arc length ``speed * t`` ahead of the ego."""
     try:
-        # [gps_x (north), gps_y (east), option] relative to the ego's own gps position -> east/north.
+        # [gps_x (north), gps_y (east), option] relative to the ego's own gps position ->
+        # east/north.
         nodes = np.array([[float(p[1]), float(p[0])] for p in raw["future_waypoints"]])
         origin = np.array([float(raw["gps_y"]), float(raw["gps_x"])])
     except (KeyError, IndexError, TypeError, ValueError) as e:

@@ -96,7 +96,8 @@ class Town:
         return [(i, j) for i in range(len(self.xs)) for j in range(len(self.ys))]
 
     def lane(self, node: tuple[int, int], k: int) -> np.ndarray:
-        """Centre line of the lane leaving ``node`` in direction ``k`` up to the next junction box."""
+        """Centre line of the lane leaving ``node`` in direction ``k`` up to the next junction
+        box."""
         d = DIRECTIONS[k]
         r = right_of(d)
         b = self.neighbour(node, k)
