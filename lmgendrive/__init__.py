@@ -12,5 +12,6 @@ Entry points (import the submodules; this package import stays light):
   :class:`schemas.sampler.SamplerConfig`.
 * :mod:`lmgendrive.train` — the stage losses (:mod:`~lmgendrive.train.losses`), stage freezing
   (:func:`~lmgendrive.train.stages.set_stage`) and the training loop.
-* :func:`lmgendrive.vision.build_bev_targets` — stage-1 detection targets from ego-frame objects.
+* :mod:`lmgendrive.train.perception` — stage-1 detection targets from ego-frame objects, the
+  batch and the loss.
 """

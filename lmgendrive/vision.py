@@ -1,4 +1,5 @@
-"""Vision encoder (paper section 3.2) with its stage-1 perception heads, losses and BEV targets.
+"""Vision encoder (paper section 3.2) with its stage-1 perception heads (their targets, batches and
+loss are training code: :mod:`lmgendrive.train.perception`).
 
 Per view, a torchvision ResNet trunk and a 1x1 convolution give image tokens; view and 2D position
 embeddings are added and a transformer encoder fuses all views. A transformer decoder whose
@@ -17,7 +18,6 @@ world has).
 from __future__ import annotations
 
 import math
-from collections.abc import Collection
 from dataclasses import dataclass
 
 import numpy as np
@@ -30,7 +30,6 @@ from lmgendrive.config import BACKBONES, VisionConfig
 
 LIGHT_CLASSES = ("none", "red", "yellow", "green")
 DET_CHANNELS = ("prob", "dx", "dy", "ori_x", "ori_y", "box_x", "box_y", "speed")
-OBJECT_COLUMNS = ("class", "x", "y", "yaw", "length", "width", "speed")
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -59,40 +58,6 @@ def bev_cell_centres(config: VisionConfig) -> tuple[np.ndarray, np.ndarray]:
     return gx, gy
 
 
-def build_bev_targets(
-    objects: np.ndarray, config: VisionConfig, classes: Collection[int] | None = None
-) -> np.ndarray:
-    """LAV/LMDrive-style detection target (bev_size, bev_size, 8) from ego-frame objects.
-
-    ``objects`` is (M, 7) with columns :data:`OBJECT_COLUMNS` (class id, x, y, yaw in radians
-    relative to the ego heading, length, width, speed in m/s). The cell holding an object's centre
-    gets ``[1, dx, dy, cos yaw, sin yaw, length / 2, width / 2, speed]`` (:data:`DET_CHANNELS`),
-    ``dx, dy`` the centre's offset from the cell centre in cell units (x forward, y left). When
-    several objects share a cell the one nearest the cell centre wins. ``classes`` keeps only those
-    class ids (all by default); objects outside the grid are ignored.
-    """
-    objs = np.asarray(objects, dtype=np.float64).reshape(-1, len(OBJECT_COLUMNS))
-    if classes is not None:
-        objs = objs[np.isin(objs[:, 0].astype(np.int64), list(classes))]
-    n = config.bev_size
-    x_min, x_max, y_min, y_max = config.bev_range
-    cx, cy = (x_max - x_min) / n, (y_max - y_min) / n
-    target = np.zeros((n, n, len(DET_CHANNELS)), dtype=np.float32)
-    best = np.full((n, n), np.inf)
-    for _, x, y, yaw, length, width, speed in objs:
-        fr, fc = (x_max - x) / cx, (y_max - y) / cy
-        r, c = math.floor(fr), math.floor(fc)
-        if not (0 <= r < n and 0 <= c < n):
-            continue
-        dx, dy = -(fr - r - 0.5), -(fc - c - 0.5)
-        dist = dx * dx + dy * dy
-        if dist >= best[r, c]:
-            continue
-        best[r, c] = dist
-        target[r, c] = (1.0, dx, dy, math.cos(yaw), math.sin(yaw), length / 2, width / 2, speed)
-    return target
-
-
 @dataclass
 class VisualTokens:
     """Decoder outputs for N frames: BEV (N, S*S, d), waypoint (N, K, d) and light (N, 1, d)
@@ -119,27 +84,6 @@ class PerceptionOutput:
     detection: torch.Tensor
     waypoints: torch.Tensor
     light_logits: torch.Tensor
-
-
-@dataclass
-class PerceptionBatch:
-    """A stage-1 batch.
-
-    frames: uint8 (B, V, H, W, 3), views in ``config.views`` order.
-    detection: float (B, S, S, 8) from :func:`build_bev_targets`.
-    waypoints: float (B, K, 2), ego frame, at t + 0.2 .. 0.8 s.
-    light: int64 (B,) indices into :data:`LIGHT_CLASSES`.
-    """
-
-    frames: torch.Tensor
-    detection: torch.Tensor
-    waypoints: torch.Tensor
-    light: torch.Tensor
-
-    def to(self, device: torch.device) -> PerceptionBatch:
-        return PerceptionBatch(
-            *(t.to(device) for t in (self.frames, self.detection, self.waypoints, self.light))
-        )
 
 
 def _resnet_trunk(name: str, stages: int) -> tuple[nn.Sequential, int]:
@@ -250,45 +194,3 @@ class VisionEncoder(nn.Module):
             waypoints=self.waypoint_head(tokens.waypoints),
             light_logits=self.light_head(tokens.light[:, 0]),
         )
-
-
-def detection_loss(pred: torch.Tensor, target: torch.Tensor) -> dict[str, torch.Tensor]:
-    """LAV/LMDrive detection terms on (N, S, S, 8) tensors.
-
-    ``det``: binary cross-entropy on the cell probability, each cell weighted by how wrong it is
-    (``sigmoid(±logit)``, normalised), ``loc`` / ``ori`` / ``box`` / ``speed``: L1 on occupied
-    cells, normalised by the mean occupancy.
-    """
-    pred, target = pred.flatten(1, 2).float(), target.flatten(1, 2).float()
-    prob = target[..., 0]
-    weight = torch.sigmoid(pred[..., 0] * (1 - 2 * prob)).detach()
-    bce = F.binary_cross_entropy_with_logits(pred[..., 0], prob, reduction="none")
-    occupancy = prob.mean().clamp_min(1e-7)
-
-    def l1(sl: slice) -> torch.Tensor:
-        return (prob[..., None] * (pred[..., sl] - target[..., sl]).abs()).mean() / occupancy
-
-    return {
-        "det": (weight * bce).mean() / weight.mean().clamp_min(1e-7),
-        "loc": l1(slice(1, 3)),
-        "ori": l1(slice(3, 5)),
-        "box": l1(slice(5, 7)),
-        "speed": l1(slice(7, 8)),
-    }
-
-
-def perception_loss(
-    out: PerceptionOutput, batch: PerceptionBatch
-) -> tuple[torch.Tensor, dict[str, float]]:
-    """Stage-1 loss: 0.5 det + 0.5 waypoint L1 + 0.05 object speed + 0.1 light CE (LMDrive weights).
-
-    ``det`` itself is 0.4 det + 0.2 loc + 0.2 box + 0.2 ori.
-    """
-    terms = detection_loss(out.detection, batch.detection)
-    det = 0.4 * terms["det"] + 0.2 * terms["loc"] + 0.2 * terms["box"] + 0.2 * terms["ori"]
-    wp = F.l1_loss(out.waypoints.float(), batch.waypoints.float())
-    light = F.cross_entropy(out.light_logits.float(), batch.light)
-    total = 0.5 * det + 0.5 * wp + 0.05 * terms["speed"] + 0.1 * light
-    logs = {f"det_{k}": v.item() for k, v in terms.items()}
-    logs.update(detection=det.item(), waypoints=wp.item(), light=light.item(), total=total.item())
-    return total, logs

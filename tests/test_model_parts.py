@@ -15,7 +15,8 @@ from lmgendrive.config import ModelConfig, preset_config
 from lmgendrive.device import pick_device
 from lmgendrive.sampling import sample_frames
 from lmgendrive.tokenizer import DEFAULT_CORPUS, build_tokenizer, load_tokenizer
-from lmgendrive.vision import DET_CHANNELS, LIGHT_CLASSES, build_bev_targets
+from lmgendrive.train.perception import build_bev_targets
+from lmgendrive.vision import DET_CHANNELS, LIGHT_CLASSES
 from schemas.errors import ConfigError
 
 

@@ -18,12 +18,11 @@ from lmgendrive.train.losses import (
     autoencoder_loss,
     heading_loss,
     multistep_loss,
-    perception_loss,
     planner_loss,
     single_step_loss,
 )
+from lmgendrive.train.perception import PerceptionBatch, build_bev_targets, perception_loss
 from lmgendrive.train.stages import set_stage
-from lmgendrive.vision import PerceptionBatch, build_bev_targets
 from schemas.errors import BadInputError, ConfigError
 
 

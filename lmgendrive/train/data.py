@@ -32,7 +32,8 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from driving.maneuver import path_maneuver
 from lmgendrive.config import ModelConfig
 from lmgendrive.train.config import DataConfig
-from lmgendrive.vision import LIGHT_CLASSES, build_bev_targets
+from lmgendrive.train.perception import build_bev_targets
+from lmgendrive.vision import LIGHT_CLASSES
 from scenes.lmdrive import open_root, write_index, write_route
 from scenes.procedural.drive import DriveSpec, ProceduralScene
 from schemas.scene import OBJECT_CLASSES, TURNS, Measurements, Scene

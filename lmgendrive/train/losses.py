@@ -1,10 +1,10 @@
 """The training losses of :class:`~lmgendrive.model.LMGenDrive`, one per stage (the trainer owns the
 loop; :func:`lmgendrive.train.stages.set_stage` sets which parameters train).
 
-:func:`autoencoder_loss` (stage 0: the VAE of presets trained from scratch), :func:`perception_loss`
-(stage 1), :func:`single_step_loss` (stage 2), :func:`multistep_loss` (stage 3) and
-:func:`planner_loss` (the planner batches of stages 2-3); :func:`diffusion_loss` and
-:func:`heading_loss` are their parts.
+:func:`autoencoder_loss` (stage 0: the VAE of presets trained from scratch),
+:func:`single_step_loss` (stage 2), :func:`multistep_loss` (stage 3) and :func:`planner_loss` (the
+planner batches of stages 2-3); :func:`diffusion_loss` and :func:`heading_loss` are their parts.
+Stage 1's loss is :func:`lmgendrive.train.perception.perception_loss`.
 """
 
 from __future__ import annotations
@@ -17,8 +17,6 @@ import torch.nn.functional as F
 from lmgendrive.llm import LLMOutput
 from lmgendrive.model import LMGenDrive, speed_after
 from lmgendrive.sampling import sample_frames
-from lmgendrive.vision import PerceptionBatch
-from lmgendrive.vision import perception_loss as perception_terms
 from lmgendrive.world import WorldGenerator
 from schemas.errors import BadInputError
 from schemas.sampler import SamplerConfig
@@ -85,16 +83,6 @@ def autoencoder_loss(model: LMGenDrive, frames: torch.Tensor) -> LossOutput:
     kl = dist.kl().mean()
     loss = l1 + KL_WEIGHT * kl
     return LossOutput(loss, {"l1": l1.item(), "kl": kl.item(), "total": loss.item()})
-
-
-def perception_loss(model: LMGenDrive, batch: PerceptionBatch) -> LossOutput:
-    """Stage 1: detection + waypoint + traffic-light loss
-    (:func:`lmgendrive.vision.perception_loss`)."""
-    pixels = model.pixels(batch.frames, "frames")
-    model.check_views(pixels, "frames")
-    out = model.vision.perceive(model.vision(pixels.to(model.vision.proj.weight.dtype)))
-    loss, terms = perception_terms(out, batch)
-    return LossOutput(loss, terms)
 
 
 def diffusion_loss(

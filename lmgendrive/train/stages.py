@@ -22,11 +22,10 @@ from lmgendrive.train.losses import (
     LossOutput,
     autoencoder_loss,
     multistep_loss,
-    perception_loss,
     planner_loss,
     single_step_loss,
 )
-from lmgendrive.vision import PerceptionBatch
+from lmgendrive.train.perception import PerceptionBatch, perception_loss
 from schemas.errors import ConfigError
 from schemas.sampler import SamplerConfig
 
