@@ -12,6 +12,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from pipeline.executor import add_executor_arguments
 from schemas.errors import BadInputError, ConfigError, LmgdError
 from schemas.shipped import data_root
 from storage.atomic import PARTIAL_SUFFIX
@@ -415,17 +416,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Generate every work unit of JOB not yet done (reruns resume).",
     )
     g.add_argument("job", help="job spec YAML")
-    g.add_argument(
-        "--executor",
-        choices=("ray", "local"),
-        default="ray",
-        help="ray: GPU-pinned Ray actors (default); local: in this process",
-    )
-    g.add_argument(
-        "--ray-address",
-        default="local",
-        help="'local' starts a one-node cluster, 'auto' joins a running one, or an address",
-    )
+    add_executor_arguments(g, "GPU-pinned generators")
     mode = g.add_mutually_exclusive_group()
     mode.add_argument("--resume", action="store_true", help="skip units already done (the default)")
     mode.add_argument("--overwrite", action="store_true", help="delete the output and start clean")

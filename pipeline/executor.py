@@ -17,6 +17,7 @@ actors, so a lost actor cannot be retried).
 
 from __future__ import annotations
 
+import argparse
 import logging
 import os
 import time
@@ -317,6 +318,22 @@ def ray_cluster(address: str | None, resources: Resources, what: str) -> Iterato
     finally:
         if started:
             ray.shutdown()
+
+
+def add_executor_arguments(parser: argparse.ArgumentParser, actors: str) -> None:
+    """``--executor`` and ``--ray-address`` of a verb that runs a pool; ``actors`` says what the
+    Ray actors are."""
+    parser.add_argument(
+        "--executor",
+        choices=EXECUTORS,
+        default="ray",
+        help=f"ray: {actors} as Ray actors (default); local: in this process",
+    )
+    parser.add_argument(
+        "--ray-address",
+        default="local",
+        help="'local' starts a one-node cluster, 'auto' joins a running one, or an address",
+    )
 
 
 @contextmanager

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from pipeline.executor import add_executor_arguments
 from schemas.errors import ConfigError
 
 DESCRIPTION = """\
@@ -55,17 +56,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         help="Inception features; 2048 (default) is the FID protocol, "
         "smaller ones are for smoke tests and are labelled as such",
     )
-    p.add_argument(
-        "--executor",
-        choices=("ray", "local"),
-        default="ray",
-        help="ray: feature workers as Ray actors (default); local: in this process",
-    )
-    p.add_argument(
-        "--ray-address",
-        default="local",
-        help="'local' starts a one-node cluster, 'auto' joins a running one, or an address",
-    )
+    add_executor_arguments(p, "feature workers")
     p.add_argument(
         "--workers", type=int, help="Ray feature workers (default: the job's resources.workers)"
     )

@@ -55,11 +55,11 @@ def module_name(path: Path) -> str:
     return ".".join(parts)
 
 
-def project_imports(path: Path) -> list[tuple[int, str]]:
-    """(line, absolute module) for every import of a project module in ``path``, nested ones too."""
+def imports(path: Path) -> list[tuple[int, str]]:
+    """(line, absolute module) for every import in ``path``, nested ones too."""
     tree = ast.parse(path.read_text(), filename=str(path))
     package = (
-        module_name(path).rsplit(".", 1)[0] if path.name != "__init__.py" else module_name(path)
+        module_name(path) if path.name == "__init__.py" else module_name(path).rsplit(".", 1)[0]
     )
     found = []
     for node in ast.walk(tree):
@@ -73,8 +73,13 @@ def project_imports(path: Path) -> list[tuple[int, str]]:
             names = [base]
         else:
             continue
-        found += [(node.lineno, n) for n in names if room_of(n)]
+        found += [(node.lineno, n) for n in names]
     return found
+
+
+def project_imports(path: Path) -> list[tuple[int, str]]:
+    """(line, absolute module) for every import of a project module in ``path``."""
+    return [(line, n) for line, n in imports(path) if room_of(n)]
 
 
 def source_files() -> list[Path]:
@@ -93,6 +98,25 @@ def test_every_import_points_down():
                     f"{own} may import {sorted(ALLOWED[own]) or 'no project room'}"
                 )
     assert not bad, "imports the layering forbids:\n" + "\n".join(bad)
+
+
+# third-party libraries that one module wraps for the whole project
+CONFINED = {
+    "tqdm": ("storage/progress.py",),  # without a terminal a bare tqdm bar prints nothing
+    "boto3": ("storage/store.py",),
+    "botocore": ("storage/store.py",),
+}
+
+
+def test_wrapped_libraries_are_imported_only_by_their_wrapper():
+    bad = []
+    for path in source_files():
+        rel = path.relative_to(ROOT).as_posix()
+        for line, name in imports(path):
+            owners = CONFINED.get(name.split(".")[0])
+            if owners and rel not in owners:
+                bad.append(f"{rel}:{line}: imports {name}; use {' or '.join(owners)}")
+    assert not bad, "\n".join(bad)
 
 
 def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:

@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import ast
 import io
 import re
 from pathlib import Path
@@ -130,34 +129,3 @@ def test_generate_without_a_terminal_logs_progress_lines(tmp_path, monkeypatch, 
     assert all(g >= 2 for g in gaps), gaps
     assert _seconds(running[0]["elapsed"]) >= 2
     assert [m["desc"] for m in _lines(err)].count("manifest") >= 1  # the seed scenes' drives
-
-
-def test_every_progress_bar_goes_through_the_helper():
-    """No module builds a tqdm bar itself: without a terminal it would print nothing (or
-    carriage returns)."""
-    rooms = (
-        "schemas",
-        "storage",
-        "driving",
-        "scenes",
-        "manifests",
-        "lmgendrive",
-        "qa",
-        "workers",
-        "pipeline",
-    )
-    direct = []
-    for path in sorted(p for room in rooms for p in (ROOT / room).rglob("*.py")):
-        if path == ROOT / "storage" / "progress.py":
-            continue
-        for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
-            names = (
-                [a.name for a in node.names]
-                if isinstance(node, ast.Import)
-                else [node.module or ""]
-                if isinstance(node, ast.ImportFrom)
-                else []
-            )
-            if any(n.split(".")[0] == "tqdm" for n in names):
-                direct.append(f"{path.relative_to(ROOT)}:{node.lineno}")
-    assert not direct, f"use storage.progress.progress instead of tqdm in: {direct}"
