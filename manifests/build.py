@@ -123,21 +123,8 @@ def build_procedural(
     recipe: ProceduralRecipe, horizons: list[int], progress: Callable[[int], None] | None = None
 ) -> pa.Table:
     """Tasks over the drives of a procedural recipe."""
-    rows: list[dict] = []
-    for spec in procedural_drives(recipe):
-        scene = ProceduralScene(spec)
-        rows += seed_point_rows(
-            scene,
-            "procedural",
-            procedural_ref(spec),
-            horizons,
-            recipe.seed_frames,
-            recipe.stride,
-            recipe.samples_per_task,
-            recipe.seed,
-        )
-        if progress:
-            progress(1)
+    drives = ((ProceduralScene(s), procedural_ref(s)) for s in procedural_drives(recipe))
+    rows = _recipe_rows(drives, "procedural", recipe, horizons, progress)
     return _table(rows, "procedural recipe")
 
 
@@ -163,12 +150,24 @@ def build_lmdrive(
         if missing:
             raise BadInputError(f"{recipe.root}: route(s) {missing} are not in dataset_index.txt")
         scenes = [by_name[r] for r in recipe.routes]
+    routes = ((scene, str(scene.root)) for scene in scenes)
+    return _table(_recipe_rows(routes, "lmdrive", recipe, horizons, progress), str(recipe.root))
+
+
+def _recipe_rows(
+    scenes: Iterable[tuple[Scene, str]],
+    source: str,
+    recipe: ProceduralRecipe | LMDriveRecipe,
+    horizons: list[int],
+    progress: Callable[[int], None] | None,
+) -> list[dict]:
+    """The seed-point rows of every (scene, reference) a recipe names, one progress tick each."""
     rows: list[dict] = []
-    for scene in scenes:
+    for scene, ref in scenes:
         rows += seed_point_rows(
             scene,
-            "lmdrive",
-            str(scene.root),
+            source,
+            ref,
             horizons,
             recipe.seed_frames,
             recipe.stride,
@@ -177,7 +176,7 @@ def build_lmdrive(
         )
         if progress:
             progress(1)
-    return _table(rows, str(recipe.root))
+    return rows
 
 
 def build(
