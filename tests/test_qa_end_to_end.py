@@ -3,6 +3,7 @@ frames are the recorded futures with increasing corruption, plus manifest and in
 
 from __future__ import annotations
 
+import functools
 import json
 from pathlib import Path
 
@@ -49,6 +50,7 @@ def build_output(root: Path) -> Path:
     """OUT with job.yaml, manifest.parquet, shards/*.tar (2 samples each) and index.parquet."""
     spec = DriveSpec(town_seed=3, route_seed=1, weather="clear_noon", frames=40, size=(64, 64))
     scene = ProceduralScene(spec)
+    images = functools.cache(scene.images)  # each frame rendered once, not once per view and task
     rows = seed_point_rows(
         scene,
         "procedural",
@@ -86,12 +88,12 @@ def build_output(root: Path) -> Path:
             for n, t in enumerate(tasks[first : first + 2], start=first):
                 start = t["start_frame"]
                 future = np.stack(
-                    [[_resize(scene.images(i)[v]) for i in range(start, start + h)] for v in VIEWS]
+                    [[_resize(images(i)[v]) for i in range(start, start + h)] for v in VIEWS]
                 )
                 noise = np.random.default_rng(n).normal(0, 6.0 * n, future.shape)
                 frames = np.clip(future + noise, 0, 255).astype(np.uint8)
                 seed = np.stack(
-                    [[_resize(scene.images(i)[v]) for i in range(start - 4, start)] for v in VIEWS]
+                    [[_resize(images(i)[v]) for i in range(start - 4, start)] for v in VIEWS]
                 )
                 kind = json.loads(t["instruction_args"]).get("type")
                 steps = h // 8
