@@ -8,21 +8,22 @@ import yaml
 
 from schemas.job import JobSpec, parse_job
 
+# the seed scenes of every tiny job: one short procedural drive
+TINY_BUILD = {
+    "source": "procedural",
+    "towns": [3],
+    "frames": 40,
+    "size": 64,
+    "stride": 10,
+    "seed_frames": 4,
+}
+
 
 def tiny_job(output: str, **overrides) -> JobSpec:
     data = {
         "name": "tiny",
         "model": "tiny",
-        "manifest": {
-            "build": {
-                "source": "procedural",
-                "towns": [3],
-                "frames": 40,
-                "size": 64,
-                "stride": 10,
-                "seed_frames": 4,
-            }
-        },
+        "manifest": {"build": dict(TINY_BUILD)},
         "output": output,
         "horizons": [8, 16],
         "sampler": {"scheduler": "ddim", "steps": 2},

@@ -16,7 +16,7 @@ import pytest
 import webdataset as wds
 import yaml
 from faults import FaultyUnitRunner
-from pipeline_helpers import tiny_job, write_job
+from pipeline_helpers import TINY_BUILD, tiny_job, write_job
 
 from pipeline.cli import main
 from pipeline.driver import run_job
@@ -255,17 +255,7 @@ def test_samples_record_the_sampler_that_ran(tmp_path, monkeypatch, override):
 
     monkeypatch.setattr(lmgendrive.model, "sample_frames", spy)
     out = tmp_path / "out"
-    manifest = {
-        "build": {
-            "source": "procedural",
-            "towns": [3],
-            "frames": 40,
-            "size": 64,
-            "stride": 10,
-            "seed_frames": 4,
-        },
-        "curate": {"sample": 2},
-    }
+    manifest = {"build": TINY_BUILD, "curate": {"sample": 2}}
     run_job(
         tiny_job(str(out), model="demo", horizons=[8], manifest=manifest, sampler=override),
         executor="local",
