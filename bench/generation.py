@@ -30,9 +30,8 @@ import time
 import numpy as np
 
 from lmgendrive.checkpoint import build_untrained, load_checkpoint, save_checkpoint
-from pipeline.driver import prepare, resolve_job, run_job
+from pipeline.driver import prepare, run_job
 from schemas.job import parse_job
-from schemas.units import make_units
 from storage.store import open_storage
 from workers.generator import seed_stack, stack_driven
 
@@ -106,9 +105,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         model_dir = os.path.join(tmp, "model")
         save_checkpoint(build_untrained(args.preset), model_dir)
-        job = resolve_job(parse_job(job_spec(os.path.join(tmp, "out"), model_dir, args)))
-        manifest = prepare(job, open_storage(job.output), overwrite=True)
-        units = make_units(manifest, job.sharding.samples_per_shard)
+        plan = prepare(parse_job(job_spec(os.path.join(tmp, "out"), model_dir, args)))
+        job, units = plan.job, plan.units
         before_fps, frames = bare(job, units)
         t0 = time.perf_counter()
         summary = run_job(job, executor="ray", ray_address="local", progress_bar=False)
@@ -124,7 +122,7 @@ def main() -> None:
             {
                 "bench": "generation",
                 "preset": args.preset,
-                "samples": len(manifest),
+                "samples": len(plan.manifest),
                 "horizon": args.horizon,
                 "sampler_steps": args.steps,
                 "frames": frames,

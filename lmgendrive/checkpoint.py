@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 from lmgendrive.checkpoint_meta import (
@@ -151,28 +151,61 @@ def _build(preset: str, device: torch.device) -> tuple[LMGenDrive, torch.dtype]:
         return LMGenDrive(config, tokenizer, components), dtype
 
 
-def _load_dir(directory: Path) -> tuple[LMGenDrive, ModelIdentity]:
+def check_checkpoint(source: str | Path) -> None:
+    """Every check loading ``source`` makes, without reading its weights: config, recorded
+    sha256, tokenizer, and tensor names and shapes (the safetensors header against the model built
+    on the meta device). Presets built in code pass."""
+    directory = checkpoint_dir(source)
+    if directory is None:
+        return
+    _, config, _ = _verified(directory)
+    weights = directory / WEIGHTS_FILE
+    try:
+        with safe_open(weights, framework="pt") as f:
+            shapes = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}  # noqa: SIM118
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise CheckpointError(f"{weights} is not a readable safetensors file: {exc}") from exc
+    with torch.device("meta"):
+        model = _skeleton(directory, config)
+    _check_tensors(model, shapes, weights, directory / CONFIG_FILE)
+
+
+def _verified(directory: Path) -> tuple[dict, ModelConfig, str]:
+    """The config of ``directory`` and its weights' sha256, checked against the recorded one."""
     meta, config = read_meta(directory)
-    config_path, weights = directory / CONFIG_FILE, directory / WEIGHTS_FILE
+    weights = directory / WEIGHTS_FILE
     if not weights.is_file():
         raise CheckpointError(f"{weights} is missing")
     sha = file_sha256(weights)
     if meta.get("weights_sha256") not in (None, sha):
         raise CheckpointError(
             f"{weights} is corrupt or was replaced: its sha256 {sha} differs from "
-            f"{meta['weights_sha256']} recorded in {config_path}"
+            f"{meta['weights_sha256']} recorded in {directory / CONFIG_FILE}"
         )
+    return meta, config, sha
+
+
+def _skeleton(directory: Path, config: ModelConfig) -> LMGenDrive:
+    """The model ``config`` describes, with the tokenizer of ``directory`` (weights as built)."""
+    tokenizer = load_tokenizer(directory)
+    with torch.random.fork_rng(devices=[]):
+        try:
+            return LMGenDrive(config, tokenizer)
+        except ConfigError as exc:
+            raise CheckpointError(f"{directory}: {exc}") from exc
+
+
+def _load_dir(directory: Path) -> tuple[LMGenDrive, ModelIdentity]:
+    meta, config, sha = _verified(directory)
+    weights = directory / WEIGHTS_FILE
     try:
         state = load_file(weights, device="cpu")
     except (SafetensorError, OSError, ValueError) as exc:
         raise CheckpointError(f"{weights} is not a readable safetensors file: {exc}") from exc
-    tokenizer = load_tokenizer(directory)
-    with torch.random.fork_rng(devices=[]):
-        try:
-            model = LMGenDrive(config, tokenizer)
-        except ConfigError as exc:
-            raise CheckpointError(f"{directory}: {exc}") from exc
-    _check_tensors(model, state, weights, config_path)
+    model = _skeleton(directory, config)
+    _check_tensors(
+        model, {k: tuple(v.shape) for k, v in state.items()}, weights, directory / CONFIG_FILE
+    )
     model.load_state_dict(state)
     model_id = str(meta.get("model_id") or f"lmgendrive-{config.preset}-{sha[:12]}")
     identity = ModelIdentity(model_id, sha)
@@ -186,12 +219,12 @@ def _names(names: list[str]) -> str:
 
 
 def _check_tensors(
-    model: LMGenDrive, state: dict[str, torch.Tensor], weights: Path, config_path: Path
+    model: LMGenDrive, shapes: dict[str, tuple[int, ...]], weights: Path, config_path: Path
 ) -> None:
-    expected = model.state_dict()
-    missing = sorted(set(expected) - set(state))
-    unexpected = sorted(set(state) - set(expected))
-    wrong = sorted(k for k in set(expected) & set(state) if expected[k].shape != state[k].shape)
+    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    missing = sorted(set(expected) - set(shapes))
+    unexpected = sorted(set(shapes) - set(expected))
+    wrong = sorted(k for k in set(expected) & set(shapes) if expected[k] != shapes[k])
     if not (missing or unexpected or wrong):
         return
     lines = [f"{weights} does not match the model described by {config_path}:"]
@@ -200,8 +233,6 @@ def _check_tensors(
     if unexpected:
         lines.append(f"  unexpected tensors ({len(unexpected)}): {_names(unexpected)}")
     if wrong:
-        details = [
-            f"{k} {tuple(state[k].shape)} (config wants {tuple(expected[k].shape)})" for k in wrong
-        ]
+        details = [f"{k} {shapes[k]} (config wants {expected[k]})" for k in wrong]
         lines.append(f"  wrong shape ({len(wrong)}): {_names(details)}")
     raise CheckpointError("\n".join(lines))

@@ -9,11 +9,13 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+import traceback
 from collections.abc import Sequence
 from pathlib import Path
 
 from pipeline.executor import add_executor_arguments
 from schemas.errors import BadInputError, ConfigError, LmgdError
+from schemas.secrets import RedactingFilter, redact
 from schemas.shipped import data_root
 from storage.atomic import PARTIAL_SUFFIX
 
@@ -37,6 +39,25 @@ def _size(text: str) -> tuple[int, int]:
     return parts[0], parts[1]
 
 
+def _out_file(path: str, suffix: str, what: str) -> Path:
+    """``--out`` of a verb writing one file: a ``suffix`` file whose folder can be made."""
+    out = Path(path)
+    if out.is_dir():
+        raise ConfigError(f"--out {path}: is a directory; give a {suffix} file name")
+    if out.suffix != suffix:
+        raise ConfigError(f"--out {path}: {what} is written as {suffix}; give a {suffix} name")
+    _out_dir(out.parent)
+    return out
+
+
+def _out_dir(path: Path) -> Path:
+    """A folder to write into: it, or the nearest of its parents that exists, is a folder."""
+    existing = next((p for p in (path, *path.parents) if p.exists()), None)
+    if existing is not None and not existing.is_dir():
+        raise ConfigError(f"--out {path}: {existing} is a file, not a folder")
+    return path
+
+
 def _progress(total: int, desc: str, unit: str = "frame"):
     from storage.progress import progress
 
@@ -51,8 +72,8 @@ def cmd_scenes_render(args: argparse.Namespace) -> int:
     spec = DriveSpec(
         args.town_seed, args.route_seed, args.weather, args.frames, args.size, tuple(args.turns)
     )
+    root = _out_dir(Path(args.out))
     scene = ProceduralScene(spec)
-    root = Path(args.out)
     root.mkdir(parents=True, exist_ok=True)
     with _progress(len(scene), f"render {scene.name}") as bar:
         route = write_route(
@@ -81,6 +102,7 @@ def _open_scenes(path: Path):
 def cmd_scenes_sheet(args: argparse.Namespace) -> int:
     from scenes.sheet import contact_sheet, write_png
 
+    _out_file(args.out, ".png", "a contact sheet")
     scenes = _open_scenes(Path(args.dir))
     out = write_png(contact_sheet(scenes, args.frames, args.width), args.out)
     print(f"wrote {out}")
@@ -103,17 +125,15 @@ _RECIPE_FLAGS = (
 
 
 def _recipe(args: argparse.Namespace):
-    import yaml
     from pydantic import TypeAdapter, ValidationError
 
     from schemas.job import Recipe
+    from schemas.user_yaml import read_yaml
 
     if args.recipe:
-        try:
-            data = yaml.safe_load(Path(args.recipe).read_text(encoding="utf-8"))
-        except (OSError, yaml.YAMLError) as e:
-            raise ConfigError(f"{args.recipe}: cannot read recipe: {e}") from None
-        source = args.recipe
+        data, source = read_yaml(args.recipe, "recipe"), args.recipe
+        if not isinstance(data, dict):
+            raise ConfigError(f"{source}: a recipe is a mapping of keys")
     elif args.lmdrive:
         data, source = {"source": "lmdrive", "root": args.lmdrive}, "--lmdrive"
     else:
@@ -142,6 +162,7 @@ def cmd_manifest_build(args: argparse.Namespace) -> int:
     from manifests.build import build, count_sources
     from manifests.io import write_manifest
 
+    _out_file(args.out, ".parquet", "a manifest")
     bad = [h for h in args.horizons if h <= 0]
     if bad:
         raise ConfigError(
@@ -163,22 +184,37 @@ def cmd_manifest_curate(args: argparse.Namespace) -> int:
     from manifests.io import read_manifest, write_manifest
     from schemas.job import CurateSpec
 
+    _out_file(args.out, ".parquet", "a manifest")
     fields = {
         k: getattr(args, k) for k in CurateSpec.model_fields if getattr(args, k, None) is not None
     }
     try:
         spec = CurateSpec(**fields)
     except ValidationError as e:
-        msg = "; ".join(
-            f"--{'.'.join(map(str, err['loc'])).replace('_', '-')}: {err['msg']}"
-            for err in e.errors()
-        )
+        msg = "; ".join(f"{_curate_flag(err['loc'])}: {err['msg']}" for err in e.errors())
         raise ConfigError(f"invalid curation: {msg}") from None
     table = read_manifest(args.manifest)
     result = curate(table, spec)
+    if len(result) == 0:
+        raise BadInputError(
+            f"{args.manifest}: no task of its {len(table)} passes this curation; nothing written"
+        )
     out = write_manifest(result, args.out)
     print(f"wrote {out}: {len(result)} tasks (from {len(table)} in {args.manifest})")
     return 0
+
+
+_CURATE_FLAGS = {
+    "categories": "category",
+    "instruction_ids": "instruction-id",
+    "weathers": "weather",
+}
+
+
+def _curate_flag(loc: tuple) -> str:
+    """The command-line flag of a curation field (``categories`` is given as ``--category``)."""
+    name = str(loc[0])
+    return "--" + _CURATE_FLAGS.get(name, name.replace("_", "-"))
 
 
 def cmd_manifest_stats(args: argparse.Namespace) -> int:
@@ -195,10 +231,17 @@ def cmd_job_validate(args: argparse.Namespace) -> int:
 
     for path in args.jobs:
         c = check_job(path)
-        tasks = f"{c.tasks} tasks" if c.tasks is not None else "manifest built at run time"
+        output = {
+            "new": "new",
+            "resume": f"resumes it: {len(c.done)} of {len(c.units)} units done",
+        }[c.location.state]
+        r = c.job.resources
         print(
-            f"{path}: ok ({c.job.name}: model {c.job.model}, {tasks}, {c.scenes} scene(s), "
-            f"horizons {c.job.horizons}, output {c.job.output})"
+            f"{path}: ok ({c.job.name}: model {c.job.model}, {len(c.manifest)} tasks in "
+            f"{len(c.units)} units, {c.scenes} scene(s), horizons {c.job.horizons}, output "
+            f"{c.job.output} ({output}))\n  not checked: whether the Ray cluster can hold "
+            f"{r.workers} worker(s) x {r.gpus_per_worker:g} GPU(s), {r.cpus_per_worker:g} "
+            f"CPU(s) (generate checks it when it attaches, before writing)"
         )
     return 0
 
@@ -448,18 +491,36 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+# libraries whose debug logs print credentials or flood the output: kept at WARNING under -v
+QUIET_LOGGERS = ("botocore", "boto3", "s3transfer", "urllib3", "filelock", "PIL", "matplotlib")
+
+
+def _configure_logging(verbose: bool) -> None:
+    """Log to stderr through :class:`~schemas.secrets.RedactingFilter`; ``-v``: our debug."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    handler.addFilter(RedactingFilter())
+    root = logging.getLogger()
+    for old in [h for h in root.handlers if getattr(h, "lmgd", False)]:
+        root.removeHandler(old)  # main() called again in one process (tests)
+    handler.lmgd = True
+    root.addHandler(handler)
+    root.setLevel(logging.DEBUG if verbose else logging.WARNING)
+    for name in QUIET_LOGGERS:
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of ``lmgd``; returns the exit code."""
+    """Entry point of ``lmgd``; returns the exit code. Every message it prints is redacted
+    (:func:`~schemas.secrets.redact`); a crash prints a one-line summary, its traceback with
+    ``-v``."""
     args = build_parser().parse_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.WARNING,
-        format="%(levelname)s %(name)s: %(message)s",
-    )
+    _configure_logging(args.verbose)
     try:
         _check_counts(args)
         return int(args.func(args) or 0)
     except LmgdError as e:
-        print(f"lmgd: error: {e}", file=sys.stderr)
+        print(f"lmgd: error: {redact(str(e))}", file=sys.stderr)
         return e.exit_code
     except KeyboardInterrupt:
         print("lmgd: interrupted", file=sys.stderr)
@@ -467,6 +528,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BrokenPipeError:  # output piped into e.g. `head`
         sys.stderr.close()
         return 0
+    except Exception as e:  # a bug, not an input: say so in one line, the traceback with -v
+        if args.verbose:
+            print(redact(traceback.format_exc()), file=sys.stderr, end="")
+        summary = redact(f"{type(e).__name__}: {e}").splitlines()[0]
+        print(
+            f"lmgd: internal error: {summary}"
+            + ("" if args.verbose else " (rerun with -v for the traceback)"),
+            file=sys.stderr,
+        )
+        return 1
 
 
 def _check_counts(args: argparse.Namespace) -> None:

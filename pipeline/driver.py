@@ -1,9 +1,10 @@
-"""The driver: job spec -> manifest -> units -> skip done units -> dispatch -> index and stats.
+"""The driver: job spec -> pre-flight -> attach the cluster -> first writes -> dispatch -> index
+and stats.
 
-Everything a worker needs is checked before any worker starts (model reference, manifest rows,
-scenes, output location), and the job's sampler is resolved over the checkpoint's
-(:func:`resolve_job`) before anything is written. A rerun resumes: units whose completion marker
-exists are skipped.
+Nothing is written before every check has passed: :func:`~pipeline.jobcheck.preflight` (spec,
+checkpoint, manifest, scenes, output location), then the cluster is attached and refuses workers
+it cannot hold, and only then :func:`write_start` writes ``job.yaml`` and the manifest. A rerun
+resumes: units whose completion marker exists are skipped.
 """
 
 from __future__ import annotations
@@ -12,27 +13,25 @@ import json
 import logging
 import subprocess
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from importlib.metadata import version
 from pathlib import Path
 
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import yaml
 
-from manifests.build import build
-from manifests.curate import curate
-from manifests.io import read_manifest
-from pipeline.executor import Outcome, Policy, Resources, open_pool
-from pipeline.jobcheck import check_manifest_scenes, check_model
-from schemas.errors import BadInputError, RunFailure
+from pipeline.executor import Outcome, Policy, Resources, open_pool, ray_cluster
+from pipeline.jobcheck import Preflight, preflight
+from pipeline.output_location import JOB_FILE
+from schemas.errors import RunFailure
 from schemas.job import JobSpec
-from schemas.sampler import SamplerOverride
 from schemas.spec import validate
-from schemas.tables import INDEX, TASK
-from schemas.units import Unit, make_units
-from storage.store import Storage, open_storage
+from schemas.tables import INDEX
+from schemas.units import Unit
+from storage.store import Storage
 
 log = logging.getLogger(__name__)
 
@@ -70,74 +69,31 @@ def code_version() -> str:
     return f"{v}+{commit}" if commit else v
 
 
-def resolve_job(job: JobSpec) -> JobSpec:
-    """``job`` with every sampler key set: its own values over those of the checkpoint's sampler
-    (read without loading weights). What the workers run, and what ``job.yaml`` and every sample's
-    metadata record."""
-    sampler = job.sampler.over(check_model(job.model, job.horizons).sampler, f"{job.name}: sampler")
-    return job.model_copy(update={"sampler": SamplerOverride(**sampler.model_dump())})
+@contextmanager
+def _no_cluster(*_) -> Iterator[None]:
+    yield
 
 
-def prepare(job: JobSpec, storage: Storage, overwrite: bool, progress=None) -> pa.Table:
-    """Check the output location, write provenance, build (or reuse) the manifest of ``job`` as
-    :func:`resolve_job` returns it."""
-    job.sampler.resolved()  # provenance records what runs: no sampler key may be left to the worker
-    storage.check()
-    if overwrite:
-        storage.delete_all()
-        storage.check()
-    spec_yaml = yaml.safe_dump(job.model_dump(mode="json"), sort_keys=True)
-    if storage.exists("job.yaml"):
-        if storage.get_bytes("job.yaml").decode() != spec_yaml:
-            raise BadInputError(
-                f"{storage.uri} already holds the output of a different job spec; rerun with "
-                f"--overwrite to replace it, or choose another output"
-            )
-        if storage.exists("manifest.parquet"):
-            return validate(
-                pq.read_table(pa.BufferReader(storage.get_bytes("manifest.parquet"))),
-                TASK,
-                storage.url("manifest.parquet"),
-            )
-    table = _manifest(job, progress)
-    check_manifest_scenes(table, job.horizons, "manifest")
-    sink = pa.BufferOutputStream()
-    pq.write_table(table, sink)
-    storage.put_bytes("manifest.parquet", sink.getvalue().to_pybytes())
-    storage.put_bytes("job.yaml", spec_yaml.encode())
-    return table
+def write_start(plan: Preflight) -> None:
+    """The first writes of a checked job: on ``--overwrite`` remove what the old job wrote, then
+    ``job.yaml`` (which marks the location as a job's output) and the manifest."""
+    location, storage = plan.location, plan.location.storage
+    if location.state == "replace":
+        storage.remove(storage.top_level())  # check_location: only entries a job writes
+    spec = plan.job.model_dump(mode="json")
+    if location.previous != spec:  # new, replaced, or resumed with other resources
+        storage.put_bytes(JOB_FILE, yaml.safe_dump(spec, sort_keys=True).encode())
+    if not storage.exists("manifest.parquet"):
+        sink = pa.BufferOutputStream()
+        pq.write_table(plan.manifest, sink)
+        storage.put_bytes("manifest.parquet", sink.getvalue().to_pybytes())
 
 
-def _manifest(job: JobSpec, progress) -> pa.Table:
-    m = job.manifest
-    table = read_manifest(m.path) if m.path is not None else build(m.build, job.horizons, progress)
-    if m.path is not None:
-        keep = pc.is_in(table.column("horizon"), pa.array(job.horizons, pa.int32()))
-        table = table.filter(keep)
-        if len(table) == 0:
-            raise BadInputError(f"{m.path}: no task has one of the job's horizons {job.horizons}")
-    if m.curate is not None:
-        table = curate(table, m.curate)
-    if len(table) == 0:
-        raise BadInputError("the manifest's curation left no task")
-    return table
-
-
-def done_units(storage: Storage, units: list[Unit]) -> set[str]:
-    """Units whose marker exists and describes the same samples."""
-    by_name = {u.name: u for u in units}
-    done = set()
-    for key in storage.list("_done/"):
-        name = Path(key).stem
-        marker = json.loads(storage.get_bytes(key))
-        unit = by_name.get(name)
-        if unit is None or marker.get("fingerprint") != unit.fingerprint:
-            raise BadInputError(
-                f"{storage.url(key)}: completion marker of a different unit; the output holds "
-                f"another job's results (use --overwrite)"
-            )
-        done.add(name)
-    return done
+def prepare(job: JobSpec, overwrite: bool = False, progress=None) -> Preflight:
+    """:func:`~pipeline.jobcheck.preflight` and :func:`write_start`: a job ready to dispatch."""
+    plan = preflight(job, overwrite, progress)
+    write_start(plan)
+    return plan
 
 
 def write_index(storage: Storage, units: list[Unit]) -> tuple[int, dict]:
@@ -171,13 +127,15 @@ def run_job(
     from workers.generator import UnitRunner
 
     t0 = time.perf_counter()
-    job = resolve_job(job)
-    storage = open_storage(job.output, job.storage.endpoint_url, job.storage.region)
     with progress(None, "manifest", "drive", enabled=progress_bar) as bar:
-        manifest = prepare(job, storage, overwrite, progress=bar.update)
-    units = make_units(manifest, job.sharding.samples_per_shard)
-    done = done_units(storage, units)
-    pending = [u for u in units if u.name not in done]
+        plan = preflight(job, overwrite, progress=bar.update)
+    job, storage, units, done, pending = (
+        plan.job,
+        plan.location.storage,
+        plan.units,
+        plan.done,
+        plan.pending,
+    )
     summary = RunSummary(storage.uri, len(units), len(done), len(pending))
     log.info("%d units, %d done already, %d to run", len(units), len(done), len(pending))
 
@@ -186,7 +144,12 @@ def run_job(
     total = sum(len(u.samples) for u in pending)
     r = job.resources
     resources = Resources(r.workers, r.gpus_per_worker, r.cpus_per_worker)
-    with progress(total, "generate", "sample", enabled=progress_bar) as bar:
+    attach = ray_cluster if executor == "ray" and pending else _no_cluster
+    with (
+        attach(ray_address, resources, job.name),  # refuses workers it cannot hold: no write yet
+        progress(total, "generate", "sample", enabled=progress_bar) as bar,
+    ):
+        write_start(plan)
         start = time.perf_counter()
         finished: list[str] = []
 

@@ -296,10 +296,27 @@ def check_fits(resources: Resources, have: dict, what: str) -> None:
         )
 
 
+def check_node_fits(resources: Resources, nodes: list[dict], what: str) -> None:
+    """Refuse a worker no node of a joined cluster can hold, however long it waits (the cluster
+    may grow, so only one worker must fit one node)."""
+    r = resources
+    alive = [n.get("Resources", {}) for n in nodes if n.get("Alive", True)]
+    if any(n.get("GPU", 0.0) >= r.gpus and n.get("CPU", 0.0) >= r.cpus for n in alive):
+        return
+    most = max(alive, key=lambda n: (n.get("GPU", 0.0), n.get("CPU", 0.0)), default={})
+    raise BadInputError(
+        f"{what}: each worker asks for {r.gpus:g} GPU(s) and {r.cpus:g} CPU(s); the largest node "
+        f"of the cluster has {most.get('GPU', 0.0):g} GPU(s) and {most.get('CPU', 0.0):g} "
+        f"CPU(s). {r.hint[0].upper()}{r.hint[1:]}"
+    )
+
+
 @contextmanager
 def ray_cluster(address: str | None, resources: Resources, what: str) -> Iterator[None]:
     """Attach to Ray (``'local'`` or None: start a one-node cluster of this machine, shut down at
-    the end); on a cluster started here, workers it cannot hold are refused at once."""
+    the end, also when this process dies: Ray's own atexit hook and the raylet's watch of its
+    driver); workers the cluster cannot hold are refused at once: on a cluster started here, all
+    of them; on a joined one, a worker no node can hold."""
     import ray
 
     started = False
@@ -312,8 +329,10 @@ def ray_cluster(address: str | None, resources: Resources, what: str) -> Iterato
         )
         started = True
     try:
-        if started:  # a one-node cluster of this machine: what it lacks now it will never have
+        if started and address in (None, "local"):  # this machine: what it lacks stays lacking
             check_fits(resources, ray.cluster_resources(), what)
+        else:
+            check_node_fits(resources, ray.nodes(), what)
         yield
     finally:
         if started:

@@ -1,28 +1,135 @@
-"""Checking a job before any model is loaded: the spec, the model reference (and the sampler the
-job resolves to over the checkpoint's), the manifest it names and the scenes that manifest refers
-to."""
+"""Pre-flight: every check a job must pass before a byte goes to its output, in one code path
+that ``lmgd generate`` runs first and ``lmgd job validate`` runs alone.
+
+The spec; the model reference, the sampler the job resolves to over the checkpoint's, and the
+checkpoint's weights (sha256, tensor names and shapes, without reading them); the manifest (built
+in memory, or the output's own on resume) with its rows and scenes; the output location (whose it
+is, and whether this job may resume it). Only whether the cluster can hold the workers is left to
+``generate``, which checks it when it attaches, still before writing.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import json
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
 
+from lmgendrive.checkpoint import check_checkpoint
 from lmgendrive.checkpoint_meta import source_config
 from lmgendrive.config import ModelConfig
+from manifests.build import build
+from manifests.curate import curate
 from manifests.io import read_manifest
+from pipeline.output_location import Location, check_location
 from scenes.registry import parse_procedural_ref
 from schemas.errors import BadInputError, CheckpointError, ConfigError, SceneFormatError
 from schemas.job import MODEL_PRESETS, JobSpec, LMDriveRecipe, load_job
+from schemas.sampler import SamplerOverride
+from schemas.spec import validate
+from schemas.tables import TASK
+from schemas.units import Unit, make_units
+from storage.store import Storage, open_storage
 
 
 @dataclass(frozen=True)
-class JobCheck:
-    job: JobSpec
-    tasks: int | None  # known when the manifest is a file
-    scenes: int | None
+class Preflight:
+    """A job that passed every check, with what the checks found."""
+
+    job: JobSpec  # resolved: every sampler key set (:func:`resolve_job`)
+    location: Location
+    manifest: pa.Table
+    scenes: int
+    units: list[Unit]
+    done: set[str]  # units already complete in the output
+
+    @property
+    def pending(self) -> list[Unit]:
+        return [u for u in self.units if u.name not in self.done]
+
+
+def preflight(
+    job: JobSpec, overwrite: bool = False, progress: Callable[[], None] | None = None
+) -> Preflight:
+    """Check ``job`` as ``lmgd generate`` (with ``--overwrite`` or not) will run it; writes
+    nothing; the first problem raises a clear error."""
+    job = resolve_job(job)
+    check_checkpoint(job.model)
+    storage = open_storage(job.output, job.storage.endpoint_url, job.storage.region)
+    location = check_location(storage, job.model_dump(mode="json"), overwrite)
+    resumed = location.state == "resume" and storage.exists("manifest.parquet")
+    if resumed:
+        table = validate(
+            pq.read_table(pa.BufferReader(storage.get_bytes("manifest.parquet"))),
+            TASK,
+            storage.url("manifest.parquet"),
+        )
+        source = storage.url("manifest.parquet")
+    else:
+        table, source = _manifest(job, progress)
+    scenes = check_manifest_scenes(table, job.horizons, source)
+    units = make_units(table, job.sharding.samples_per_shard)
+    done = done_units(storage, units) if location.state == "resume" else set()
+    return Preflight(job, location, table, scenes, units, done)
+
+
+def check_job(path: str | Path) -> Preflight:
+    """``lmgd job validate``: :func:`preflight` of the job spec at ``path``."""
+    return preflight(load_job(path))
+
+
+def resolve_job(job: JobSpec) -> JobSpec:
+    """``job`` with every sampler key set: its own values over those of the checkpoint's sampler
+    (read without loading weights). What the workers run, and what ``job.yaml`` and every sample's
+    metadata record."""
+    sampler = job.sampler.over(check_model(job.model, job.horizons).sampler, f"{job.name}: sampler")
+    return job.model_copy(update={"sampler": SamplerOverride(**sampler.model_dump())})
+
+
+def _manifest(job: JobSpec, progress) -> tuple[pa.Table, str]:
+    """The job's manifest, read or built, and curated; with where its rows come from."""
+    m = job.manifest
+    if m.path is not None:
+        table, source = read_manifest(m.path), m.path
+        keep = pc.is_in(table.column("horizon"), pa.array(job.horizons, pa.int32()))
+        table = table.filter(keep)
+        if len(table) == 0:
+            raise BadInputError(f"{m.path}: no task has one of the job's horizons {job.horizons}")
+    else:
+        if isinstance(m.build, LMDriveRecipe):
+            check_lmdrive_recipe(m.build, job.horizons)
+        table, source = build(m.build, job.horizons, progress), "manifest.build"
+    if m.curate is not None:
+        table, source = curate(table, m.curate), f"{source} (curated)"
+        if len(table) == 0:
+            raise BadInputError("manifest.curate: the curation left no task; loosen it")
+    return table, source
+
+
+def done_units(storage: Storage, units: list[Unit]) -> set[str]:
+    """Units whose marker exists and describes the same samples; a marker that cannot be read is
+    a unit to redo."""
+    by_name = {u.name: u for u in units}
+    done = set()
+    for key in storage.list("_done/"):
+        name = Path(key).stem
+        try:
+            marker = json.loads(storage.get_bytes(key))
+            fingerprint = marker.get("fingerprint")
+        except (ValueError, AttributeError):
+            continue  # damaged: the unit runs again and its marker is rewritten
+        unit = by_name.get(name)
+        if unit is None or fingerprint != unit.fingerprint:
+            raise BadInputError(
+                f"{storage.url(key)}: completion marker of a different unit; the output holds "
+                f"another job's results (use --overwrite)"
+            )
+        done.add(name)
+    return done
 
 
 def check_model(model: str, horizons: Sequence[int]) -> ModelConfig:
@@ -102,16 +209,3 @@ def check_lmdrive_recipe(recipe: LMDriveRecipe, horizons: list[int]) -> int:
             f"with {recipe.seed_frames} seed frames needs {recipe.seed_frames + max(horizons)}"
         )
     return len(scenes)
-
-
-def check_job(path: str | Path) -> JobCheck:
-    """Validate everything a job refers to; raise the first problem as a clear error."""
-    job = load_job(path)
-    job.sampler.over(check_model(job.model, job.horizons).sampler)
-    m = job.manifest
-    if m.path is not None:
-        table = read_manifest(m.path)
-        return JobCheck(job, len(table), check_manifest_scenes(table, job.horizons, m.path))
-    if isinstance(m.build, LMDriveRecipe):
-        return JobCheck(job, None, check_lmdrive_recipe(m.build, job.horizons))
-    return JobCheck(job, None, len(m.build.towns) * len(m.build.weathers) * m.build.routes_per_town)

@@ -76,15 +76,17 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
 
 def _job_of_output(output: str, endpoint_url: str | None, region: str | None):
     """The resolved job spec a job output keeps in ``job.yaml``, if any."""
-    import yaml
 
     from schemas.job import parse_job
+    from schemas.user_yaml import parse_yaml
     from storage.store import open_storage
 
     storage = open_storage(output, endpoint_url, region)
     if not storage.exists("job.yaml"):
         return None
-    return parse_job(yaml.safe_load(storage.get_bytes("job.yaml")), storage.url("job.yaml"))
+    return parse_job(
+        parse_yaml(storage.get_bytes("job.yaml"), storage.url("job.yaml")), storage.url("job.yaml")
+    )
 
 
 def run_and_print(config, indent: str = ""):

@@ -12,13 +12,14 @@ import re
 from pathlib import Path
 from typing import Annotated, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from schemas.errors import ConfigError
 from schemas.sampler import SamplerOverride
 from schemas.scene import WEATHERS
+from schemas.secrets import check_endpoint, redact
 from schemas.shipped import data_root
+from schemas.user_yaml import read_yaml
 
 MODEL_PRESETS = ("tiny", "demo", "paper")
 SCHEMA_PATH = data_root() / "jobs" / "job.schema.json"
@@ -144,6 +145,13 @@ class StorageSpec(Strict):
     )
     region: str | None = Field(default=None, description="S3 region (else the AWS config)")
 
+    @field_validator("endpoint_url")
+    @classmethod
+    def _no_credentials(cls, v: str | None) -> str | None:
+        if v is not None:
+            check_endpoint(v)
+        return v
+
 
 class QASpec(Strict):
     enabled: bool = True
@@ -251,7 +259,7 @@ def _describe(err: dict) -> str:
         return f"unknown key {loc!r}{_unknown_key_hint('.'.join(parts[:-1]), parts[-1])}"
     msg = err["msg"].removeprefix("Value error, ")
     return f"{loc or 'job'}: {msg}" + (
-        f" (got {err['input']!r})"
+        f" (got {redact(repr(err['input']))})"
         if err["type"] != "missing" and not isinstance(err.get("input"), dict)
         else ""
     )
@@ -276,14 +284,7 @@ def parse_job(data: object, source: str = "job") -> JobSpec:
 
 def load_job(path: str | Path) -> JobSpec:
     """Read and validate a YAML job spec."""
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"{path}: job spec not found")
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: not valid YAML: {e}") from None
-    return parse_job(data, str(path))
+    return parse_job(read_yaml(path, "job spec"), str(path))
 
 
 def json_schema() -> str:

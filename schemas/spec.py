@@ -7,7 +7,9 @@ same way and a user gets one message listing each bad row, column and value.
 
 from __future__ import annotations
 
+import math
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -40,6 +42,8 @@ class Column:
             parts.append(f"<= {self.max:g}")
         if self.pattern is not None:
             parts.append(f"matching /{self.pattern}/")
+        if pa.types.is_floating(self.type):
+            parts.append("finite")
         if not self.nullable:
             parts.append("not null")
         return ", ".join(parts)
@@ -47,6 +51,8 @@ class Column:
     def check(self, value: Any) -> bool:
         if value is None:
             return self.nullable
+        if isinstance(value, float) and not math.isfinite(value):
+            return False  # NaN passes every comparison; no column of ours holds one
         if self.choices is not None and value not in self.choices:
             return False
         if self.min is not None and value < self.min:
@@ -57,11 +63,21 @@ class Column:
 
 
 @dataclass(frozen=True)
+class RowRule:
+    """A rule between columns of one row: ``holds(row)`` on rows whose ``columns`` are valid."""
+
+    columns: tuple[str, ...]
+    description: str
+    holds: Callable[[dict], bool]
+
+
+@dataclass(frozen=True)
 class TableSchema:
     name: str
     version: int
     columns: tuple[Column, ...]
     metadata: dict = field(default_factory=dict)
+    rules: tuple[RowRule, ...] = ()
 
     @property
     def arrow(self) -> pa.Schema:
@@ -103,6 +119,7 @@ def problems(table: pa.Table, schema: TableSchema) -> list[str]:
                 out.append(
                     f"row {row}, column {c.name!r}: value {value!r} (allowed: {c.allowed()})"
                 )
+    out += _rule_problems(table, schema)
     if schema.metadata.get("unique") and schema.metadata["unique"] in present:
         key = schema.metadata["unique"]
         seen: dict[Any, int] = {}
@@ -112,6 +129,22 @@ def problems(table: pa.Table, schema: TableSchema) -> list[str]:
                     f"row {row}, column {key!r}: value {value!r} duplicates row {seen[value]}"
                 )
             seen.setdefault(value, row)
+    return out
+
+
+def _rule_problems(table: pa.Table, schema: TableSchema) -> list[str]:
+    out = []
+    for rule in schema.rules:
+        if not all(c in table.column_names for c in rule.columns):
+            continue
+        cols = [table.column(c).to_pylist() for c in rule.columns]
+        checks = [schema.column(c).check for c in rule.columns]
+        for row, values in enumerate(zip(*cols, strict=True)):
+            if not all(ok(v) for ok, v in zip(checks, values, strict=True)):
+                continue  # already reported per column
+            if not rule.holds(dict(zip(rule.columns, values, strict=True))):
+                got = ", ".join(f"{c} {v!r}" for c, v in zip(rule.columns, values, strict=True))
+                out.append(f"row {row}: {got} (allowed: {rule.description})")
     return out
 
 

@@ -6,7 +6,7 @@ import pyarrow as pa
 
 from schemas.scene import INSTRUCTION_CATEGORIES as CATEGORIES
 from schemas.scene import VIEWS
-from schemas.spec import Column, TableSchema
+from schemas.spec import Column, RowRule, TableSchema
 
 TASK_ID = r"t[0-9a-f]{12}"
 SAMPLE_KEY = r"t[0-9a-f]{12}-s[0-9]+"  # WebDataset keys must not contain dots
@@ -71,6 +71,13 @@ TASK = TableSchema(
         Column("speed", pa.float32(), "ego speed at the seed point, m/s", min=0.0),
     ),
     metadata={"unique": "task_id"},
+    rules=(
+        RowRule(
+            ("start_frame", "seed_frames"),
+            "start_frame >= seed_frames: the seed frames are the ones just before start_frame",
+            lambda r: r["start_frame"] >= r["seed_frames"],
+        ),
+    ),
 )
 
 SAMPLE = TableSchema(

@@ -11,11 +11,13 @@ import logging
 import os
 import shutil
 from abc import ABC, abstractmethod
+from collections.abc import Iterable
 from pathlib import Path
 from typing import BinaryIO
 from urllib.parse import urlparse
 
 from schemas.errors import BadInputError, RunFailure
+from schemas.secrets import check_endpoint, redact, url_userinfo
 from storage.atomic import PARTIAL_SUFFIX, copy_file, write_bytes
 
 log = logging.getLogger(__name__)
@@ -47,12 +49,16 @@ class Storage(ABC):
         """Keys under ``prefix`` (sorted)."""
 
     @abstractmethod
-    def delete_all(self) -> None:
-        """Remove everything under the root (``--overwrite``)."""
+    def top_level(self) -> set[str]:
+        """Names of the entries directly under the root (files, folders, unfinished writes)."""
+
+    @abstractmethod
+    def remove(self, names: Iterable[str]) -> None:
+        """Remove these top-level entries and everything under them (``--overwrite``)."""
 
     @abstractmethod
     def check(self) -> None:
-        """Fail early with a clear error if the root cannot be written."""
+        """Fail early with a clear error if the root cannot be written; writes nothing."""
 
     def url(self, key: str) -> str:
         return f"{self.uri}/{key}"
@@ -97,19 +103,27 @@ class LocalStorage(Storage):
             if p.is_file() and not p.name.endswith(PARTIAL_SUFFIX)
         )
 
-    def delete_all(self) -> None:
-        if self.root.exists():
-            shutil.rmtree(self.root)
+    def top_level(self) -> set[str]:
+        return {p.name for p in self.root.iterdir()} if self.root.is_dir() else set()
+
+    def remove(self, names: Iterable[str]) -> None:
+        for name in names:
+            path = self.root / name
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path)
+            else:
+                path.unlink(missing_ok=True)
 
     def check(self) -> None:
-        try:
-            self.root.mkdir(parents=True, exist_ok=True)
-        except OSError as e:
+        if self.root.exists() and not self.root.is_dir():
+            raise BadInputError(f"{self.root}: the output is a file; give a directory")
+        existing = next(p for p in (self.root, *self.root.absolute().parents) if p.exists())
+        if not existing.is_dir():
             raise BadInputError(
-                f"{self.root}: cannot create the output directory: {e.strerror}"
-            ) from None
-        if not os.access(self.root, os.W_OK):
-            raise BadInputError(f"{self.root}: output directory is not writable")
+                f"{self.root}: cannot create the output directory: {existing} is a file"
+            )
+        if not os.access(existing, os.W_OK | os.X_OK):
+            raise BadInputError(f"{self.root}: {existing} is not writable")
 
 
 class S3Storage(Storage):
@@ -128,6 +142,11 @@ class S3Storage(Storage):
             or os.environ.get("AWS_ENDPOINT_URL_S3")
             or os.environ.get("AWS_ENDPOINT_URL")
         )
+        if endpoint:
+            try:
+                check_endpoint(endpoint)
+            except ValueError as e:
+                raise BadInputError(f"{uri}: {e}") from None
         config = Config(
             s3={"addressing_style": "path"} if endpoint else {},
             retries={"max_attempts": 5, "mode": "standard"},
@@ -217,8 +236,12 @@ class S3Storage(Storage):
             raise self._fail(e, f"listing {prefix}") from None
         return sorted(keys)
 
-    def delete_all(self) -> None:
-        keys = self.list("")
+    def top_level(self) -> set[str]:
+        return {k.split("/", 1)[0] for k in self.list("")}
+
+    def remove(self, names: Iterable[str]) -> None:
+        names = set(names)
+        keys = [k for k in self.list("") if k.split("/", 1)[0] in names]
         for i in range(0, len(keys), 1000):
             batch = [{"Key": self._key(k)} for k in keys[i : i + 1000]]
             try:
@@ -238,7 +261,14 @@ class S3Storage(Storage):
 
 def open_storage(uri: str, endpoint_url: str | None = None, region: str | None = None) -> Storage:
     """Local directory or ``s3://bucket/prefix``."""
+    if url_userinfo(uri):
+        raise BadInputError(
+            f"{redact(uri)!r}: credentials in the URI are not accepted; give them as "
+            f"AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY or an AWS profile"
+        )
     if uri.startswith("s3://"):
+        if not urlparse(uri).netloc:
+            raise BadInputError(f"{uri!r}: no bucket; use s3://bucket/prefix")
         return S3Storage(uri, endpoint_url, region)
     if "://" in uri:
         raise BadInputError(

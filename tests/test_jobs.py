@@ -131,12 +131,12 @@ def test_unreadable_scene_root(tmp_path, capsys):
 
 
 def test_horizons_are_whole_steps_of_the_jobs_model(tmp_path, capsys):
+    from lmgendrive.checkpoint import build_untrained, save_checkpoint
+    from lmgendrive.config import preset_config
+
     checkpoint = tmp_path / "four"
-    checkpoint.mkdir()
-    meta = json.loads(Path("checkpoints/demo/config.json").read_text())
-    meta["config"]["frames_per_step"] = 4
-    (checkpoint / "config.json").write_text(json.dumps(meta))
-    (checkpoint / "model.safetensors").write_bytes(b"")  # the check reads no weights
+    four = preset_config("tiny").model_copy(update={"frames_per_step": 4})
+    save_checkpoint(build_untrained(four), checkpoint)
     path = _job(tmp_path, lambda d: d.update(model=str(checkpoint), horizons=[4, 12]))
     assert main(["job", "validate", str(path)]) == 0
     path = _job(tmp_path, lambda d: d.update(model=str(checkpoint), horizons=[8, 6]))

@@ -3,6 +3,7 @@
 import io
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -116,10 +117,28 @@ def _metadata(out: Path) -> dict[str, bytes]:
     return {s["__key__"]: s["json"] for s in raw}
 
 
-def test_a_different_job_into_the_same_output_is_refused(clean_run):
+def test_a_different_job_into_the_same_output_is_refused_naming_the_keys(clean_run):
     out, _ = clean_run
-    with pytest.raises(BadInputError, match="different job spec"):
+    before = {p: p.stat().st_mtime_ns for p in out.rglob("*")}
+    with pytest.raises(BadInputError, match=r"horizons: output has \[8, 16\], this job \[8\]"):
         run_job(tiny_job(str(out), horizons=[8]), executor="local", progress_bar=False)
+    assert {p: p.stat().st_mtime_ns for p in out.rglob("*")} == before
+
+
+def test_a_rerun_with_other_resources_resumes_and_records_them(clean_run, tmp_path):
+    """Resources, the job's name and QA settings make no sample: a rerun changing only them
+    resumes (nothing regenerated) and job.yaml records the new values."""
+    out = tmp_path / "out"
+    shutil.copytree(clean_run[0], out)
+    shards = _shard_bytes(out)
+    job = tiny_job(
+        str(out), resources={"max_retries": 0, "cpus_per_worker": 2}, qa={"bootstrap": 10}
+    )
+    again = run_job(job, executor="local", progress_bar=False)
+    assert again.ran == 0 and again.skipped == again.units
+    recorded = yaml.safe_load((out / "job.yaml").read_text())
+    assert recorded["resources"]["cpus_per_worker"] == 2 and recorded["qa"]["bootstrap"] == 10
+    assert _shard_bytes(out) == shards
 
 
 def test_unit_that_always_fails_is_reported_and_others_complete(tmp_path, monkeypatch, capsys):
@@ -208,7 +227,7 @@ def test_inspect_detects_a_corrupt_shard(clean_run, tmp_path, capsys):
     data = bytearray(shard.read_bytes())
     data[len(data) // 2] ^= 0xFF  # one flipped byte inside a member
     shard.write_bytes(bytes(data))
-    assert main(["inspect", str(out)]) == 2
+    assert main(["inspect", str(out)]) == 1
     assert f"{shard.name}: sha256 differs" in capsys.readouterr().err
 
 
@@ -307,9 +326,7 @@ def test_the_worker_overlaps_units_but_never_runs_the_model_on_two_at_once(tmp_p
     from concurrent.futures import ThreadPoolExecutor
 
     import workers.generator as generator
-    from pipeline.driver import prepare, resolve_job
-    from schemas.units import make_units
-    from storage.store import open_storage
+    from pipeline.driver import prepare
 
     spans: dict[str, list[tuple[float, float]]] = {"seed": [], "rollout": []}
 
@@ -328,10 +345,8 @@ def test_the_worker_overlaps_units_but_never_runs_the_model_on_two_at_once(tmp_p
     for mode in ("sequential", "threads"):
         for kind in spans:
             spans[kind].clear()
-        job = resolve_job(tiny_job(str(tmp_path / mode)))
-        units = make_units(
-            prepare(job, open_storage(job.output), overwrite=True), job.sharding.samples_per_shard
-        )
+        plan = prepare(tiny_job(str(tmp_path / mode)))
+        job, units = plan.job, plan.units
         runner = generator.UnitRunner(job.model_dump(mode="json"), "test", device="cpu")
         runner.model.rollout = timed("rollout", runner.model.rollout)
         if mode == "threads":

@@ -5,7 +5,7 @@ inside a threaded Ray actor pinned to the GPUs Ray gives it (two units at once, 
 overlapped). A unit's shard is built in a temporary file, published whole, and only then is its
 completion marker written; the runner returns the marker (small metadata), never video bytes.
 It samples exactly as the job's sampler says, every key set by the driver
-(:func:`pipeline.driver.resolve_job`), and records those settings with every sample.
+(:func:`pipeline.jobcheck.resolve_job`), and records those settings with every sample.
 """
 
 from __future__ import annotations

@@ -23,13 +23,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from lmgendrive.config import PRESETS
 from schemas.errors import ConfigError
 from schemas.sampler import SamplerOverride
 from schemas.scene import WEATHERS
+from schemas.user_yaml import read_yaml
 
 STAGES = (0, 1, 2, 3)
 RENAMED = {
@@ -202,14 +202,7 @@ def _message(error: dict) -> str:
 
 def load_config(path: str | Path) -> TrainConfig:
     """Read and validate a YAML recipe."""
-    path = Path(path)
-    try:
-        data = yaml.safe_load(path.read_text())
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot read the training recipe: {exc}") from exc
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
-    return parse_config(data, str(path))
+    return parse_config(read_yaml(path, "training recipe"), str(path))
 
 
 def parse_stage(text: str) -> list[int] | None:
