@@ -118,3 +118,48 @@ def test_wrong_credentials_give_a_clear_error_without_the_secret(
 def test_missing_bucket_gives_a_clear_error(s3, aws_env):
     with pytest.raises(BadInputError, match="bucket 'no-such-bucket' does not exist"):
         run_job(tiny_job("s3://no-such-bucket/x"), executor="local", progress_bar=False)
+
+
+TOKEN = "FQoGZXIvYXdzEXAMPLE-lmgd-session-token-0123456789"
+
+
+def test_no_credential_reaches_any_output_at_debug_verbosity(
+    s3, aws_env, monkeypatch, capfd, tmp_path
+):
+    """Recognisable keys (and, in a first run SeaweedFS refuses, a session token) in the
+    environment; jobs on S3 and inspect at -v: no byte of stdout, stderr (where botocore's debug
+    log would print the access key id and the token), the job's folder or the written objects
+    holds them."""
+    _, client = s3
+    job = write_job(tmp_path / "job.yaml", tiny_job("s3://lmgd-test/runs/secret"))
+    with monkeypatch.context() as env:
+        env.setenv("AWS_SESSION_TOKEN", TOKEN)
+        assert main(["-v", "generate", str(job), "--executor", "local"]) == 2  # 403: no STS here
+    assert main(["-v", "generate", str(job), "--executor", "local"]) == 0
+    assert main(["-v", "inspect", "s3://lmgd-test/runs/secret"]) == 0
+    printed = "".join(capfd.readouterr())
+    assert "INFO workers.generator" in printed and "S3 rejected the credentials" in printed
+    objects = client.list_objects_v2(Bucket="lmgd-test", Prefix="runs/secret/")["Contents"]
+    written = b"".join(
+        [client.get_object(Bucket="lmgd-test", Key=o["Key"])["Body"].read() for o in objects]
+        + [p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()]
+    )
+    for secret in (KEY, SECRET, TOKEN):
+        assert secret not in printed and secret.encode() not in written
+
+
+def test_overwrite_on_s3_removes_only_what_a_job_writes(s3, aws_env):
+    _, client = s3
+    run_job(tiny_job("s3://lmgd-test/runs/three"), executor="local", progress_bar=False)
+    client.put_object(Bucket="lmgd-test", Key="runs/three-sibling/keep.txt", Body=b"theirs")
+    again = run_job(tiny_job("s3://lmgd-test/runs/three"), executor="local", overwrite=True,
+                    progress_bar=False)  # fmt: skip
+    assert again.ran == again.units  # replaced, all regenerated
+    assert client.get_object(Bucket="lmgd-test", Key="runs/three-sibling/keep.txt")["Body"].read()
+    client.put_object(Bucket="lmgd-test", Key="runs/three/notes.txt", Body=b"theirs")
+    with pytest.raises(BadInputError, match="--overwrite removes only what a job writes"):
+        run_job(tiny_job("s3://lmgd-test/runs/three"), executor="local", overwrite=True,
+                progress_bar=False)  # fmt: skip
+    keys = {o["Key"] for o in client.list_objects_v2(Bucket="lmgd-test", Prefix="runs/three/")[
+        "Contents"]}  # fmt: skip
+    assert "runs/three/notes.txt" in keys and "runs/three/index.parquet" in keys
