@@ -157,31 +157,40 @@ def check_model(model: str, horizons: Sequence[int]) -> ModelConfig:
 
 
 def check_manifest_scenes(table: pa.Table, horizons: list[int], source: str) -> int:
-    """Every task's horizon is in the job and every scene has ground truth for it; returns the
-    number of distinct scenes."""
+    """Every task's horizon is in the job, every scene has ground truth for it, and the seed
+    frames of recorded scenes are readable images (headers only); returns the number of distinct
+    scenes."""
     rows = table.to_pylist()
+    if not rows:
+        raise BadInputError(f"{source}: the manifest holds no task")
     stray = sorted({r["horizon"] for r in rows} - set(horizons))
     if stray:
         raise BadInputError(
             f"{source}: tasks with horizon(s) {stray} are not in the job's horizons {horizons}"
         )
     needed: dict[tuple[str, str], tuple[int, int]] = {}
+    seeds: dict[tuple[str, str], set[int]] = {}
     for i, r in enumerate(rows):
         key = (r["scene_source"], r["scene_ref"])
         end = r["start_frame"] + r["horizon"]
         if end > needed.get(key, (0, -1))[0]:
             needed[key] = (end, i)
+        seeds.setdefault(key, set()).update(
+            range(r["start_frame"] - r["seed_frames"], r["start_frame"])
+        )
     for (src, ref), (end, row) in needed.items():
-        length = _scene_length(src, ref, f"{source} row {row}")
+        where = f"{source} row {row}"
+        length = _check_scene(src, ref, seeds[src, ref], where)
         if end > length:
             raise BadInputError(
-                f"{source} row {row}: start_frame + horizon = {end} goes beyond the {length} "
+                f"{where}: start_frame + horizon = {end} goes beyond the {length} "
                 f"recorded frames of scene {ref!r}; no ground truth for that horizon"
             )
     return len(needed)
 
 
-def _scene_length(source: str, ref: str, where: str) -> int:
+def _check_scene(source: str, ref: str, seed_frames: set[int], where: str) -> int:
+    """The number of frames of a scene; a recorded one's seed frames are checked too."""
     if source == "procedural":
         spec = parse_procedural_ref(ref)
         spec.validate()
@@ -189,9 +198,11 @@ def _scene_length(source: str, ref: str, where: str) -> int:
     from scenes.lmdrive import open_route
 
     try:
-        return len(open_route(ref))
+        scene = open_route(ref)
+        scene.check_frames(f for f in seed_frames if f < len(scene))
     except SceneFormatError as e:
         raise SceneFormatError(f"{where}: {e}") from None
+    return len(scene)
 
 
 def check_lmdrive_recipe(recipe: LMDriveRecipe, horizons: list[int]) -> int:

@@ -75,13 +75,16 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
 
 
 def _job_of_output(output: str, endpoint_url: str | None, region: str | None):
-    """The resolved job spec a job output keeps in ``job.yaml``, if any."""
-
+    """The resolved job spec a job output keeps in ``job.yaml``, if any; an output without an
+    index is refused before anything else is checked."""
     from schemas.job import parse_job
     from schemas.user_yaml import parse_yaml
+    from storage.read import read_index
     from storage.store import open_storage
 
     storage = open_storage(output, endpoint_url, region)
+    if not storage.exists("index.parquet"):
+        read_index(storage)  # says why it is missing
     if not storage.exists("job.yaml"):
         return None
     return parse_job(

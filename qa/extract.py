@@ -4,7 +4,8 @@ statistics.
 :class:`FeatureRunner` is plain Python, so the same code runs in-process and inside a Ray actor
 (:mod:`workers.qa`). It loads the extractors once, accumulates :class:`Accumulator` cells across
 the work items it is given and hands them over with :meth:`FeatureRunner.take`. Per sample it also
-returns a small record of the trajectory and motion figures (no features, no frames).
+returns a small record of the trajectory and motion figures (no features, no frames). A shard that
+cannot be read whole, or whose samples differ from the index, adds nothing: its result names it.
 
 Cells, per metric and horizon (``group`` -1 = not split):
 ``(view, "all", -1)`` per camera, ``("pooled", category, -1)`` per instruction category and
@@ -28,7 +29,7 @@ from qa.video import clips_of
 from scenes.registry import open_scene
 from schemas.errors import BadInputError
 from storage.media import decode_mp4, encode_mp4
-from storage.read import Sample, decode_sample, raw_samples
+from storage.read import DamagedOutput, Sample, decode_sample, verified_raw
 from storage.store import open_storage
 
 log = logging.getLogger(__name__)
@@ -51,6 +52,7 @@ class SampleTask:
     maneuver: str | None  # left / right / straight when the instruction asks for one
     misleading: bool
     group: int
+    content_sha256: str  # as the index records it
 
 
 @dataclass(frozen=True)
@@ -62,6 +64,15 @@ class WorkItem:
     @property
     def name(self) -> str:
         return self.shard
+
+
+@dataclass(frozen=True)
+class ShardResult:
+    """One work item's per-sample records, or why its shard was left out (``excluded``)."""
+
+    shard: str
+    records: list[dict]
+    excluded: str | None = None
 
 
 @dataclass
@@ -169,11 +180,23 @@ class FeatureRunner:
     def descriptions(self) -> dict[str, str]:
         return {m: e.description for m, e in self.extractors.items()}
 
-    def run(self, item: WorkItem) -> list[dict]:
-        """Accumulate one shard's samples; returns one record per sample."""
-        records = []
+    def run(self, item: WorkItem) -> ShardResult:
+        """Accumulate one shard's samples, one record per sample; a damaged shard adds nothing."""
+        try:
+            records, cells = self._measure(item)
+        except DamagedOutput as e:
+            log.warning("%s: left out of QA", e)
+            return ShardResult(item.shard, [], str(e))
+        for key, features in cells:
+            self.acc.add(key, features)
+        return ShardResult(item.shard, records)
+
+    def _measure(self, item: WorkItem) -> tuple[list[dict], list[tuple[CellKey, np.ndarray]]]:
+        """The records and feature cells of one shard, accumulated only once it was read whole."""
+        records, cells = [], []
         cache: dict[str, tuple[Recorded, dict[str, np.ndarray]]] = {}
-        for raw in raw_samples(self.storage, [item.shard]):
+        listed = {key: task.content_sha256 for key, task in item.samples.items()}
+        for raw in verified_raw(self.storage, item.shard, listed):
             task = item.samples.get(raw["__key__"])
             if task is None:
                 continue
@@ -196,17 +219,11 @@ class FeatureRunner:
                     f"{sample.key}: generated frames {sample.frames.shape} do not match the "
                     f"recorded future {real.frames.shape} of its task"
                 )
-            self._accumulate(task, views, real_features, "real")
-            self._accumulate(task, views, self._extract(sample.frames, views), "generated")
+            cells += self._cells(task, views, real_features, "real")
+            cells += self._cells(task, views, self._extract(sample.frames, views), "generated")
             records.append(self._record(task, views, sample, real, step))
-        missing = sorted(set(item.samples) - {r["key"] for r in records})
-        if missing:
-            raise BadInputError(
-                f"{item.shard}: sample(s) {missing[:5]} listed in index.parquet "
-                "are not in the shard"
-            )
         log.debug("%s: %d samples, %d recorded futures", item.shard, len(records), len(cache))
-        return records
+        return records, cells
 
     def take(self) -> Accumulator:
         """The statistics gathered since the last call."""
@@ -237,16 +254,19 @@ class FeatureRunner:
             out["fd_drive"] = self.extractors["fd_drive"](frames[order].swapaxes(0, 1))
         return out
 
-    def _accumulate(
+    def _cells(
         self, task: SampleTask, views: list[str], features: dict[str, np.ndarray], side: str
-    ) -> None:
+    ) -> list[tuple[CellKey, np.ndarray]]:
+        """The cells ``features`` of one sample go to, in accumulation order."""
+        cells = []
         for metric, feats in features.items():
             if feats.ndim == 3:
                 for i, view in enumerate(views):
-                    self.acc.add((metric, task.horizon, view, "all", -1, side), feats[i])
+                    cells.append(((metric, task.horizon, view, "all", -1, side), feats[i]))
                 feats = feats.reshape(-1, feats.shape[-1])
-            self.acc.add((metric, task.horizon, "pooled", task.category, -1, side), feats)
-            self.acc.add((metric, task.horizon, "pooled", "all", task.group, side), feats)
+            cells.append(((metric, task.horizon, "pooled", task.category, -1, side), feats))
+            cells.append(((metric, task.horizon, "pooled", "all", task.group, side), feats))
+        return cells
 
     def _record(
         self, task: SampleTask, views: list[str], sample: Sample, real: Recorded, step: int

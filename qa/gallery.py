@@ -9,10 +9,12 @@ each the three views side by side. Groups with the most distinct instructions co
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Collection
 
 import cv2
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from storage.read import decode_sample, raw_samples, read_index
 from storage.store import Storage
@@ -97,9 +99,14 @@ def group_image(samples: list, gap: int = 4) -> np.ndarray:
     return np.concatenate(parts, axis=0)
 
 
-def write_gallery(output: Storage, report: Storage, limit: int = 4) -> list[str]:
-    """Write ``gallery/*.png`` for up to ``limit`` groups into ``report``; returns their names."""
-    groups = pick_groups(read_index(output), limit)
+def write_gallery(
+    output: Storage, report: Storage, limit: int = 4, skip: Collection[str] = ()
+) -> list[str]:
+    """Write ``gallery/*.png`` for up to ``limit`` groups into ``report``, none from the shards in
+    ``skip``; returns their names."""
+    index = read_index(output)
+    keep = pc.invert(pc.is_in(index.column("shard"), pa.array(sorted(skip), pa.string())))
+    groups = pick_groups(index.filter(keep), limit)
     wanted = {r["key"]: r["shard"] for g in groups for r in g}
     if not wanted:
         return []

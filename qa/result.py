@@ -1,4 +1,5 @@
-"""What a QA run produced: its rows, the extractors used, what was skipped, files written."""
+"""What a QA run produced: its rows, the extractors used, what was skipped, files written, and the
+damaged shards left out."""
 
 from __future__ import annotations
 
@@ -13,3 +14,4 @@ class QAResult:
     details: dict = field(default_factory=dict)
     files: list[str] = field(default_factory=list)
     gallery: list[str] = field(default_factory=list)  # report-relative PNG names
+    excluded: dict[str, str] = field(default_factory=dict)  # shard key -> why it was left out

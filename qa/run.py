@@ -88,6 +88,7 @@ def plan(storage: Storage) -> dict[int, list[WorkItem]]:
                 maneuver=turn_asked(kind),
                 misleading=t["misleading"],
                 group=group_of[t["task_id"]],
+                content_sha256=r["content_sha256"],
             )
             item = items[h].setdefault(r["shard"], WorkItem(r["shard"], h, {}))
             item.samples[r["key"]] = sample
@@ -125,25 +126,36 @@ def without_missing_weights(config: QAConfig) -> QAConfig:
 def evaluate(
     config: QAConfig,
     storage: Storage,
-    stream: Iterable[tuple[int, Accumulator, list[dict]]],
+    stream: Iterable[tuple[int, Accumulator, list[dict], dict[str, str]]],
     extractors: dict[str, str],
 ) -> QAResult:
-    """The QA rows from the per-horizon statistics and records in ``stream``; writes ``report.md``,
-    ``horizon.png``, ``qa.json``, ``stats/*.npz`` and the gallery to ``config.report``."""
+    """The QA rows from the per-horizon statistics, records and left-out shards (shard -> why) in
+    ``stream``; writes ``report.md``, ``horizon.png``, ``qa.json``, ``stats/*.npz`` and the gallery
+    to ``config.report``, noting each left-out shard."""
     from lmgendrive.device import pick_device
 
     out = open_storage(config.report, config.endpoint_url, config.region)
     result = QAResult([], extractors, config.skipped())
     figures = Figures(config, pick_device(config.device), extractors)
-    for h, acc, records in stream:
+    measured = 0
+    for h, acc, records, excluded in stream:
         result.rows += figures.fd_rows(h, acc, out, result)
         result.rows += figures.trajectory_rows(h, records, result)
+        result.excluded.update(excluded)
+        measured += len(records)
+    if result.excluded and not measured:
+        raise RunFailure(
+            "no sample left to measure, every shard is damaged:\n  "
+            + "\n  ".join(result.excluded.values())
+        )
+    if result.excluded:
+        result.details.setdefault("notes", []).extend(result.excluded.values())
     rows = validate(pa.Table.from_pylist(result.rows, schema=QA.arrow), QA, "qa rows").to_pylist()
     result.rows = rows
     if config.gallery:
         from qa.gallery import write_gallery
 
-        result.gallery = write_gallery(storage, out, config.gallery)
+        result.gallery = write_gallery(storage, out, config.gallery, set(result.excluded))
         result.files += result.gallery
     write_outputs(config, result, out)
     return result

@@ -39,13 +39,43 @@ def world(tmp_path_factory) -> World:
     recipe = root / "recipe.yaml"
     recipe.write_text(yaml.safe_dump(TINY_BUILD))
     manifest = root / "manifest.parquet"
-    assert main(["manifest", "build", "--recipe", str(recipe), "--horizons", "8",
-                 "--out", str(manifest)]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "manifest",
+                "build",
+                "--recipe",
+                str(recipe),
+                "--horizons",
+                "8",
+                "--out",
+                str(manifest),
+            ]
+        )
+        == 0
+    )
     checkpoint = root / "tiny-checkpoint"
     save_checkpoint(build_untrained("tiny"), checkpoint)
     routes = root / "routes"
-    assert main(["scenes", "render", "--town-seed", "2", "--route-seed", "1", "--frames", "12",
-                 "--size", "32", "--out", str(routes)]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "scenes",
+                "render",
+                "--town-seed",
+                "2",
+                "--route-seed",
+                "1",
+                "--frames",
+                "12",
+                "--size",
+                "32",
+                "--out",
+                str(routes),
+            ]
+        )
+        == 0
+    )
     (root / "cases").mkdir()
     return World(root, manifest, checkpoint, routes)
 
@@ -92,8 +122,9 @@ def manifest_rows(w: World, d: Path, edit: Callable[[list[dict]], list[dict]]) -
     rows = edit(pq.read_table(w.manifest).to_pylist())
     path = d / "edited.parquet"
     schema = pq.read_schema(w.manifest)
-    pq.write_table(pa.Table.from_pylist(rows, schema=schema) if rows else schema.empty_table(),
-                   path)  # fmt: skip
+    pq.write_table(
+        pa.Table.from_pylist(rows, schema=schema) if rows else schema.empty_table(), path
+    )
     return path
 
 
@@ -160,6 +191,30 @@ def other_job_output(w: World, d: Path) -> Path:
     return write_yaml(d / "job.yaml", data)
 
 
+def lmdrive_route_with(frame_file: Callable[[Path], None]) -> Callable[[World, Path], Path]:
+    """A job on a copy of the world's route whose seed frame 1 (front view) is replaced."""
+
+    def make(w: World, d: Path) -> Path:
+        shutil.copytree(w.routes, d / "routes")
+        route = next(p for p in (d / "routes").iterdir() if p.is_dir())
+        frame_file(route / "rgb_front" / "0001.png")
+        build = {"source": "lmdrive", "root": str(d / "routes"), "seed_frames": 2, "stride": 4}
+        return job_with(manifest={"build": build}, horizons=[8])(w, d)
+
+    return make
+
+
+def not_an_image(path: Path) -> None:
+    path.write_bytes(b"this is not a PNG")
+
+
+def smaller_image(path: Path) -> None:
+    import cv2
+    import numpy as np
+
+    cv2.imwrite(str(path), np.zeros((16, 16, 3), np.uint8))
+
+
 def file(text: str, name: str = "file") -> Callable[[World, Path], Path]:
     def make(w: World, d: Path) -> Path:
         (d / name).write_text(text)
@@ -208,19 +263,19 @@ def job_cases(verb: list[str]) -> list[Case]:
             "no-weights",
             checkpoint_copy(lambda c: (c / "model.safetensors").unlink()),
             "missing model.safetensors",
-        ),  # fmt: skip
+        ),
         ("truncated-weights", checkpoint_copy(truncate_weights), "corrupt or was replaced"),
         (
             "truncated-unrecorded",
             checkpoint_copy(truncate_unrecorded),
             "not a readable safetensors",
-        ),  # fmt: skip
+        ),
         ("mis-shaped-weights", checkpoint_copy(wider_model), "wrong shape"),
         (
             "config-not-json",
             checkpoint_copy(lambda c: (c / "config.json").write_text("{")),
             "not valid JSON",
-        ),  # fmt: skip
+        ),
         (
             "unknown-weather",
             job_with(manifest={"build": {**TINY_BUILD, "weathers": ["hail"]}}),
@@ -232,44 +287,54 @@ def job_cases(verb: list[str]) -> list[Case]:
             "manifest-csv",
             job_with(manifest=lambda w, d: {"path": str(file("a,b")(w, d))}),
             "unknown manifest format",
-        ),  # fmt: skip
+        ),
         ("manifest-empty", with_manifest(lambda rows: []), "no task"),
         ("manifest-nan-speed", with_manifest(set_row(speed=float("nan"))), "column 'speed'"),
         (
             "manifest-start-before-seeds",
             with_manifest(set_row(start_frame=2)),
             "start_frame >= seed_frames",
-        ),  # fmt: skip
+        ),
         (
             "manifest-other-horizon",
             with_manifest(lambda r: [{**x, "horizon": 24} for x in r]),
             "no task has one of the job's horizons",
-        ),  # fmt: skip
+        ),
         (
             "manifest-duplicate-task",
             with_manifest(lambda rows: [rows[0], rows[0]]),
             "duplicates row 0",
-        ),  # fmt: skip
+        ),
         (
             "manifest-not-parquet",
             job_with(manifest=lambda w, d: {"path": str(file("PAR1junk", "m.parquet")(w, d))}),
             "not a readable Parquet",
-        ),  # fmt: skip
+        ),
         (
             "manifest-missing-route",
             with_manifest(set_row(scene_source="lmdrive", scene_ref="/nonexistent/route")),
             "row 0",
-        ),  # fmt: skip
+        ),
         (
             "lmdrive-root-missing",
             job_with(manifest={"build": {"source": "lmdrive", "root": "/nonexistent/root"}}),
             "/nonexistent/root",
-        ),  # fmt: skip
+        ),
+        (
+            "seed-frame-not-an-image",
+            lmdrive_route_with(not_an_image),
+            "rgb_front/0001.png: not a readable image",
+        ),
+        (
+            "seed-frame-wrong-size",
+            lmdrive_route_with(smaller_image),
+            "image is 16x16 pixels, the route's frames are 32x32",
+        ),
         (
             "output-is-a-file",
             job_with(output=lambda w, d: str(file("x")(w, d))),
             "the output is a file",
-        ),  # fmt: skip
+        ),
         (
             "output-under-a-file",
             job_with(output=lambda w, d: str(file("x")(w, d) / "out")),
@@ -279,17 +344,17 @@ def job_cases(verb: list[str]) -> list[Case]:
             "output-holds-user-files",
             output_holding({"thesis.tex": "mine", "data/a.bin": "x"}),
             "which no job writes",
-        ),  # fmt: skip
+        ),
         (
             "output-holds-other-job",
             other_job_output,
             "horizons: output has [16], this job [8, 16]",
-        ),  # fmt: skip
+        ),
         (
             "output-garbage-job-yaml",
             output_holding({"job.yaml": "- just\n- a list\n"}),
             "not a job spec written by lmgd",
-        ),  # fmt: skip
+        ),
         (
             "endpoint-with-credentials",
             job_with(
@@ -297,23 +362,23 @@ def job_cases(verb: list[str]) -> list[Case]:
                 storage={"endpoint_url": f"http://AKIDEXAMPLE:{SECRET}@127.0.0.1:1"},
             ),
             "carries credentials",
-        ),  # fmt: skip
+        ),
         (
             "s3-uri-with-credentials",
             job_with(output=f"s3://AKIDEXAMPLE:{SECRET}@bucket/x"),
             "not a valid s3://bucket/prefix",
-        ),  # fmt: skip
+        ),
         ("unsupported-scheme", job_with(output="gs://bucket/x"), "unsupported scheme"),
         (
             "curate-bad-regex",
             job_with(manifest={"build": TINY_BUILD, "curate": {"text": "("}}),
             "not a valid regular expression",
-        ),  # fmt: skip
+        ),
         (
             "curate-leaves-nothing",
             job_with(manifest={"build": TINY_BUILD, "curate": {"text": "^no such words$"}}),
             "left no task",
-        ),  # fmt: skip
+        ),
         ("training-recipe", lambda w, d: Path("jobs/train_demo.yaml"), "training recipe"),
         ("zero-workers", job_with(resources={"workers": 0}), "resources.workers"),
     ]
@@ -339,7 +404,8 @@ def nan_manifest(w: World, d: Path) -> Path:
 
 BUILD = ["manifest", "build", "--horizons", "8"]
 CURATE = ["manifest", "curate"]
-RENDER = ["scenes", "render", "--town-seed", "1", "--route-seed", "1", "--frames", "4"]
+RENDER_SCENE = ["scenes", "render", "--town-seed", "1", "--route-seed", "1"]
+RENDER = [*RENDER_SCENE, "--frames", "4"]
 
 OTHER_CASES = [
     # manifest build
@@ -349,29 +415,29 @@ OTHER_CASES = [
         "build-out-under-a-file",
         argv(*BUILD, "--out", lambda w, d: file("x")(w, d) / "m.parquet"),
         "is a file, not a folder",
-    ),  # fmt: skip
+    ),
     Case(
         "build-horizon-zero",
         argv("manifest", "build", "--horizons", "0", "--out", at("m.parquet")),
         "horizons must be positive",
-    ),  # fmt: skip
+    ),
     Case(
         "build-recipe-missing",
         argv(*BUILD, "--recipe", at("r.yaml"), "--out", at("m.parquet")),
         "recipe not found",
-    ),  # fmt: skip
+    ),
     Case(
         "build-recipe-duplicate-key",
         argv(
             *BUILD, "--recipe", file("frames: 40\nframes: 50\n", "r.yaml"), "--out", at("m.parquet")
         ),
         "duplicate key 'frames'",
-    ),  # fmt: skip
+    ),
     Case(
         "build-recipe-a-list",
         argv(*BUILD, "--recipe", file("- 1\n", "r.yaml"), "--out", at("m.parquet")),
         "a recipe is a mapping",
-    ),  # fmt: skip
+    ),
     Case(
         "build-unknown-weather",
         argv(*BUILD, "--weathers", "hail", "--out", at("m.parquet")),
@@ -381,7 +447,7 @@ OTHER_CASES = [
         "build-lmdrive-with-towns",
         argv(*BUILD, "--lmdrive", the("routes"), "--towns", "1", "--out", at("m.parquet")),
         "applies to procedural recipes only",
-    ),  # fmt: skip
+    ),
     Case(
         "build-lmdrive-missing",
         argv(*BUILD, "--lmdrive", at("nowhere"), "--out", at("m.parquet")),
@@ -391,18 +457,18 @@ OTHER_CASES = [
         "build-frames-zero",
         argv(*BUILD, "--frames", "0", "--out", at("m.parquet")),
         "--frames must be >= 1",
-    ),  # fmt: skip
+    ),
     # manifest curate
     Case(
         "curate-unknown-category",
         argv(*CURATE, the("manifest"), "--category", "bogus", "--out", at("c.parquet")),
         "--category",
-    ),  # fmt: skip
+    ),
     Case(
         "curate-bad-regex",
         argv(*CURATE, the("manifest"), "--text", "(", "--out", at("c.parquet")),
         "not a valid regular expression",
-    ),  # fmt: skip
+    ),
     Case(
         "curate-input-missing",
         argv(*CURATE, at("none.parquet"), "--out", at("c.parquet")),
@@ -417,12 +483,12 @@ OTHER_CASES = [
         "curate-leaves-nothing",
         argv(*CURATE, the("manifest"), "--text", "^no such words$", "--out", at("c.parquet")),
         "passes this curation",
-    ),  # fmt: skip
+    ),
     Case(
         "curate-sample-zero",
         argv(*CURATE, the("manifest"), "--sample", "0", "--out", at("c.parquet")),
         "--sample must be >= 1",
-    ),  # fmt: skip
+    ),
     Case(
         "curate-input-nan-speed",
         argv(*CURATE, nan_manifest, "--out", at("c.parquet")),
@@ -434,65 +500,54 @@ OTHER_CASES = [
         "stats-not-parquet",
         argv("manifest", "stats", file("junk", "m.parquet")),
         "not a readable Parquet",
-    ),  # fmt: skip
+    ),
     Case("stats-txt", argv("manifest", "stats", file("junk", "m.txt")), "unknown manifest format"),
     Case("stats-nan-speed", argv("manifest", "stats", nan_manifest), "column 'speed'"),
     Case(
         "stats-bad-jsonl-line",
         argv("manifest", "stats", file("{}\n{oops\n", "m.jsonl")),
         "m.jsonl:2: not valid JSON",
-    ),  # fmt: skip
+    ),
     # scenes render
     Case(
-        "render-unknown-weather", argv(*RENDER, "--weather", "hail", "--out", at("r")), "hail"
-    ),  # fmt: skip
+        "render-unknown-weather",
+        argv(*RENDER, "--weather", "hail", "--out", at("r")),
+        "unknown weather 'hail'; valid: clear_noon, cloudy",
+    ),
     Case(
         "render-size-too-small", argv(*RENDER, "--size", "8", "--out", at("r")), "16 <= N <= 1024"
-    ),  # fmt: skip
-    Case(
-        "render-unknown-turn", argv(*RENDER, "--turns", "sideways", "--out", at("r")), "sideways"
-    ),  # fmt: skip
+    ),
+    Case("render-unknown-turn", argv(*RENDER, "--turns", "sideways", "--out", at("r")), "sideways"),
     Case("render-out-is-a-file", argv(*RENDER, "--out", file("x")), "is a file"),
     Case(
         "render-frames-zero",
-        argv(
-            "scenes",
-            "render",
-            "--town-seed",
-            "1",
-            "--route-seed",
-            "1",
-            "--frames",
-            "0",
-            "--out",
-            at("r"),
-        ),
+        argv(*RENDER_SCENE, "--frames", "0", "--out", at("r")),
         "--frames must be >= 1",
-    ),  # fmt: skip
+    ),
     # scenes sheet
     Case(
         "sheet-missing",
         argv("scenes", "sheet", at("nowhere"), "--out", at("s.png")),
         "no such route folder",
-    ),  # fmt: skip
+    ),
     Case(
         "sheet-out-is-a-folder",
         argv("scenes", "sheet", the("routes"), "--out", folder()),
         "is a directory",
-    ),  # fmt: skip
+    ),
     Case(
         "sheet-out-jpg",
         argv("scenes", "sheet", the("routes"), "--out", at("s.jpg")),
         "give a .png name",
-    ),  # fmt: skip
+    ),
     Case(
         "sheet-not-a-route", argv("scenes", "sheet", folder("empty"), "--out", at("s.png")), "empty"
-    ),  # fmt: skip
+    ),
     Case(
         "sheet-frames-zero",
         argv("scenes", "sheet", the("routes"), "--frames", "0", "--out", at("s.png")),
         "--frames must be >= 1",
-    ),  # fmt: skip
+    ),
     # inspect
     Case("inspect-missing", argv("inspect", at("nowhere")), "nowhere"),
     Case("inspect-s3-no-bucket", argv("inspect", "s3://"), "no bucket"),
@@ -500,19 +555,19 @@ OTHER_CASES = [
         "inspect-s3-unreachable",
         argv("inspect", "s3://bucket/x", "--endpoint-url", "http://127.0.0.1:9"),
         "cannot reach the S3 endpoint",
-    ),  # fmt: skip
+    ),
     Case("inspect-unsupported-scheme", argv("inspect", "gs://bucket/x"), "unsupported scheme"),
     Case(
         "inspect-credentials-in-uri",
         argv("inspect", "s3://bucket/x", "--endpoint-url", f"http://AKID:{SECRET}@127.0.0.1:9"),
         "carries credentials",
-    ),  # fmt: skip
+    ),
     # qa
     Case(
         "qa-generated-missing",
         argv("qa", "--generated", at("nowhere"), "--out", at("qa")),
         "nowhere",
-    ),  # fmt: skip
+    ),
     Case("qa-no-job-nor-output", argv("qa"), "JOB"),
     Case("qa-job-missing", argv("qa", at("none.yaml")), "job spec not found"),
     # train
@@ -520,12 +575,12 @@ OTHER_CASES = [
         "train-config-missing",
         argv("train", "--stage", "all", "--config", at("t.yaml")),
         "training recipe not found",
-    ),  # fmt: skip
+    ),
     Case(
         "train-config-duplicate-key",
         argv("train", "--stage", "all", "--config", file("seed: 0\nseed: 1\n", "t.yaml")),
         "duplicate key 'seed'",
-    ),  # fmt: skip
+    ),
     Case(
         "train-config-is-a-job",
         argv("train", "--stage", "all", "--config", lambda w, d: job_with()(w, d)),
@@ -549,12 +604,12 @@ GENERATE_ONLY = [
             "--overwrite",
         ],
         "--overwrite removes only what a job writes",
-    ),  # fmt: skip
+    ),
     Case(
         "generate-more-gpus-than-the-machine",
         lambda w, d: ["generate", str(job_with(resources={"gpus_per_worker": 4})(w, d))],
         "gpus_per_worker: 0",
-    ),  # fmt: skip
+    ),
 ]
 
 CASES = [

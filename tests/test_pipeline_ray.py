@@ -10,7 +10,7 @@ from faults import FaultyUnitRunner
 from pipeline_helpers import tiny_job
 
 from pipeline.driver import run_job
-from schemas.errors import RunFailure
+from schemas.errors import BadInputError, RunFailure
 
 
 @pytest.fixture(scope="module")
@@ -77,8 +77,17 @@ def test_unit_that_always_fails_on_ray(cluster, tmp_path, monkeypatch):
     assert "unit-000000" not in done and len(done) >= 2
 
 
-def test_actor_that_cannot_be_scheduled_fails_clearly(cluster, tmp_path, monkeypatch):
-    monkeypatch.setattr("pipeline.executor.ACTOR_START_TIMEOUT_S", 3.0)
+def test_a_worker_no_node_can_hold_is_refused_before_anything_is_written(cluster, tmp_path):
     job = tiny_job(str(tmp_path / "out"), resources={"workers": 1, "gpus_per_worker": 4})
-    with pytest.raises(RunFailure, match="could not be scheduled.*4 GPU"):
+    with pytest.raises(BadInputError, match="4 GPU.*the largest node of the cluster has 2 GPU"):
+        run_job(job, executor="ray", progress_bar=False)
+    assert not (tmp_path / "out").exists()
+
+
+def test_workers_the_busy_cluster_cannot_start_fail_clearly(cluster, tmp_path, monkeypatch):
+    """Each worker fits a node, but not all of them the cluster: the ones left pending are
+    reported with the numbers after the start timeout."""
+    monkeypatch.setattr("pipeline.executor.ACTOR_START_TIMEOUT_S", 3.0)
+    job = tiny_job(str(tmp_path / "out"), resources={"workers": 3, "gpus_per_worker": 1})
+    with pytest.raises(RunFailure, match="of 3 UnitRunner workers could not be scheduled.*1 GPU"):
         run_job(job, executor="ray", progress_bar=False)

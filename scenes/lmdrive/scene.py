@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +15,7 @@ from scenes.lmdrive.files import (
     check_size,
     count_frames,
     decode_image,
+    image_size,
     read_json_object,
 )
 from scenes.lmdrive.folders import probe_size, read_index, read_meta, scan_images, tags_from_name
@@ -117,6 +118,24 @@ class LMDriveScene:
             out[view] = decode_image(path)
             check_size(path, out[view], self.size)
         return out
+
+    def check_frames(self, frames: Iterable[int]) -> None:
+        """Every view of these frames is an image of the route's size (read from the headers, no
+        pixels decoded) and their measurements are readable; problems raise
+        :class:`SceneFormatError` naming the file."""
+        h, w = self.size
+        want = (h * len(FULL_ORDER), w) if self._images.stacked else (h, w)
+        views = self.views[:1] if self._images.stacked else self.views
+        for i in sorted(set(frames)):
+            for view in views:
+                path = self._images.path(view, self._frame(i))
+                got = image_size(path)
+                if got != want:
+                    raise SceneFormatError(
+                        f"{path}: image is {got[1]}x{got[0]} pixels, the route's frames are "
+                        f"{want[1]}x{want[0]}"
+                    )
+            self.measurements(i)
 
     def _stacked_images(self, i: int) -> dict[str, np.ndarray]:
         """Crop the views out of ``rgb_full`` (front, left, right, rear stacked vertically)."""
