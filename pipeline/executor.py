@@ -314,9 +314,10 @@ def check_node_fits(resources: Resources, nodes: list[dict], what: str) -> None:
 @contextmanager
 def ray_cluster(address: str | None, resources: Resources, what: str) -> Iterator[None]:
     """Attach to Ray (``'local'`` or None: start a one-node cluster of this machine, shut down at
-    the end, also when this process dies: Ray's own atexit hook and the raylet's watch of its
-    driver); workers the cluster cannot hold are refused at once: on a cluster started here, all
-    of them; on a joined one, a worker no node can hold."""
+    the end); workers the cluster cannot hold are refused at once: on a cluster started here, all
+    of them; on a joined one, a worker no node can hold. If this process is killed, Ray's head
+    processes and workers die with it; its dashboard and runtime-env agents exit about a minute
+    later (``bench/driver_death.py``)."""
     import ray
 
     started = False
