@@ -65,6 +65,23 @@ def ground_of_town(seed: int) -> GroundTexture:
     return build_ground(make_town(seed))
 
 
+@lru_cache(maxsize=64)
+def _drive(town_seed: int, route_seed: int, frames: int, turns: tuple[str, ...]) -> tuple:
+    """The simulated drive and its instruction timeline, shared by every weather and image size
+    of the same drive (cached: simulating takes seconds, and a recipe asks for each drive in
+    several weathers). Read-only."""
+    town = make_town(town_seed)
+    rng = np.random.default_rng([town_seed, route_seed, 515])
+    events = plan_events(rng, frames)
+    log = simulate(town, route_seed, frames + max(WAYPOINT_FRAMES), list(turns), events)
+    timeline = [
+        (_clip(s, frames), done and s.end_frame < frames, p)
+        for s, done, p in build_timeline(log, events, rng)
+        if s.start_frame < frames
+    ]
+    return town, events, log, timeline, active_per_frame(timeline, frames)
+
+
 class ProceduralScene:
     """A drive through a procedural town, seen by three cameras at 10 Hz."""
 
@@ -77,20 +94,9 @@ class ProceduralScene:
         self.size = tuple(spec.size)
         self.name = f"town{spec.town_seed:04d}_route{spec.route_seed:04d}_{spec.weather}"
         self.weather = get_weather(spec.weather)
-        self.town = make_town(spec.town_seed)
-        rng = np.random.default_rng([spec.town_seed, spec.route_seed, 515])
-        self.events = plan_events(rng, spec.frames)
-        extra = max(WAYPOINT_FRAMES)
-        self.log = simulate(
-            self.town, spec.route_seed, spec.frames + extra, list(spec.turns), self.events
+        self.town, self.events, self.log, self._timeline, (self._active, self._completed) = _drive(
+            spec.town_seed, spec.route_seed, spec.frames, tuple(spec.turns)
         )
-        self._timeline = build_timeline(self.log, self.events, rng)
-        self._timeline = [
-            (_clip(s, spec.frames), done and s.end_frame < spec.frames, p)
-            for s, done, p in self._timeline
-            if s.start_frame < spec.frames
-        ]
-        self._active, self._completed = active_per_frame(self._timeline, spec.frames)
         self._renderer: Renderer | None = None
 
     def __len__(self) -> int:
