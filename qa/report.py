@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import io
 import json
-import textwrap
+import re
 
 import matplotlib
 
@@ -216,20 +216,53 @@ def _trajectory(result: QAResult) -> list[str]:
     return out
 
 
+FD_PANELS = (
+    ("fid", "FID (Inception-v3)"),
+    ("fvd", "FVD (I3D)"),
+    ("fd_drive", "FD-drive (evaluator encoder)"),
+)
+NOTE_CHARS = 110  # a skipped metric's note under the figure: one line, fits 8 inches at 8 pt
+
+
+def figure_layout(result: QAResult) -> tuple[list[tuple[str, str]], list[str]]:
+    """The Fréchet panels ``horizon.png`` draws (metrics with figures) and one line per skipped
+    metric saying why (the first sentence of the reason, shortened)."""
+    panels = [(m, t) for m, t in FD_PANELS if _series(result.rows, m)]
+    notes = []
+    for metric, title in FD_PANELS:
+        if (metric, title) in panels or metric not in result.skipped:
+            continue
+        reason = result.skipped[metric].split(". ")[0].split("\n")[0]
+        reason = re.sub(r"(/[^\s/]+)+/([^\s/]+)", r".../\2", reason)  # report.md has the path
+        name = title.split(" (")[0]
+        line = reason if reason.startswith(name) else f"{name}: {reason}"
+        notes.append(line if len(line) <= NOTE_CHARS else line[: NOTE_CHARS - 3] + "...")
+    return panels, notes
+
+
 def horizon_png(result: QAResult) -> bytes:
-    """FID (and FID∞), FVD, FD-drive and the trajectory figures against the horizon."""
+    """The Fréchet distances that were computed (FID and FID∞, FVD, FD-drive) and the trajectory
+    figures against the horizon; a metric not computed is one line under the figure."""
     rows = result.rows
     horizons = sorted({r["horizon"] for r in rows})
-    fig, axes = plt.subplots(2, 2, figsize=(11, 8), constrained_layout=True)
-    panels = [
-        ("fid", "FID (Inception-v3)"),
-        ("fvd", "FVD (I3D)"),
-        ("fd_drive", "FD-drive (evaluator encoder)"),
-    ]
+    panels, notes = figure_layout(result)
+    ncols = 2 if panels else 1
+    nrows = -(-(len(panels) + 1) // ncols)
+    fig, axes = plt.subplots(
+        nrows,
+        ncols,
+        figsize=(max(5.5 * ncols, 8.0 if notes else 0.0), 4 * nrows + 0.25 * len(notes)),
+        squeeze=False,
+        constrained_layout=True,
+    )
     for ax, (metric, title) in zip(axes.flat, panels, strict=False):
-        _fd_panel(ax, rows, horizons, metric, title, result.skipped.get(metric))
-    _trajectory_panel(axes.flat[3], rows, horizons)
-    for ax in axes.flat:
+        _fd_panel(ax, rows, horizons, metric, title)
+    _trajectory_panel(axes.flat[len(panels)], rows, horizons)
+    for ax in list(axes.flat)[len(panels) + 1 :]:
+        ax.remove()
+    if notes:
+        fig.supxlabel("\n".join(notes), fontsize=8, color="0.35", ha="left", x=0.02)
+    for ax in axes.flat[: len(panels) + 1]:
         ax.set_xscale("log", base=2)
         ax.set_xlim(min(horizons) / 1.35, max(horizons) * 1.35)
         ax.set_xticks(horizons, [str(h) for h in horizons])
@@ -262,24 +295,9 @@ def _errorbar(ax, series: list[dict], label: str, **style) -> None:
     ax.errorbar(x, y, yerr=err, capsize=4, marker="o", label=label, **style)
 
 
-def _fd_panel(
-    ax, rows: list[dict], horizons: list[int], metric: str, title: str, skipped: str | None
-) -> None:
+def _fd_panel(ax, rows: list[dict], horizons: list[int], metric: str, title: str) -> None:
     ax.set_title(title)
     series = _series(rows, metric)
-    if not series:
-        ax.text(
-            0.5,
-            0.5,
-            textwrap.fill(skipped or "not computed", 50),
-            ha="center",
-            va="center",
-            transform=ax.transAxes,
-            fontsize=9,
-            color="0.4",
-        )
-        ax.set_yticks([])
-        return
     _errorbar(ax, series, "all views", color="C0", linewidth=2)
     for r in series:
         ax.annotate(

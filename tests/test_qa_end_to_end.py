@@ -20,6 +20,8 @@ from pipeline.qa_cli import add_parser
 from pipeline.qa_run import run_qa
 from qa.config import qa_config, report_dir_of
 from qa.frechet import FeatureStats
+from qa.report import figure_layout
+from qa.result import QAResult
 from scenes.procedural.drive import DriveSpec, ProceduralScene
 from scenes.procedural.instructions import make_instruction
 from scenes.registry import procedural_ref
@@ -326,6 +328,16 @@ def test_cli_generated_out_skips_fd_drive_without_evaluator(
         "instruction_adherence"
     }
     assert "FD-drive skipped" in (out / "report.md").read_text()
+    # horizon.png: no panel for a metric without figures, one short line per such metric
+    result = QAResult(doc["rows"], {}, doc["skipped"])
+    panels, notes = figure_layout(result)
+    assert panels == [] and len(notes) == 1  # FID and FVD were not asked for
+    assert notes[0].startswith("FD-drive skipped: ") and ".../missing" in notes[0]
+    assert all(len(n) <= 110 and "\n" not in n for n in notes)
+    height, width = cv2.imdecode(
+        np.frombuffer((out / "horizon.png").read_bytes(), np.uint8), cv2.IMREAD_COLOR
+    ).shape[:2]
+    assert width < height * 2  # one column: the trajectory panel alone
 
 
 def test_cli_missing_weights_is_bad_input(fixture_output, tmp_path, monkeypatch, capsys, lmgd):
