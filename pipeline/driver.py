@@ -25,7 +25,7 @@ import yaml
 
 from pipeline.executor import Outcome, Policy, Resources, open_pool, ray_cluster
 from pipeline.jobcheck import Preflight, preflight
-from pipeline.output_location import JOB_FILE
+from pipeline.output_location import JOB_FILE, written_by_job
 from schemas.errors import RunFailure
 from schemas.job import JobSpec
 from schemas.spec import validate
@@ -79,7 +79,8 @@ def write_start(plan: Preflight) -> None:
     ``job.yaml`` (which marks the location as a job's output) and the manifest."""
     location, storage = plan.location, plan.location.storage
     if location.state == "replace":
-        storage.remove(storage.top_level())  # check_location: only entries a job writes
+        # what a job writes, listed again: anything added since the check stays
+        storage.remove(n for n in storage.top_level() if written_by_job(n))
     spec = plan.job.model_dump(mode="json")
     if location.previous != spec:  # new, replaced, or resumed with other resources
         storage.put_bytes(JOB_FILE, yaml.safe_dump(spec, sort_keys=True).encode())

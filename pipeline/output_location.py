@@ -42,6 +42,11 @@ class Location:
     previous: dict | None  # the job.yaml found there
 
 
+def written_by_job(name: str) -> bool:
+    """Whether a top-level entry of an output is one a job writes (or is writing)."""
+    return name.removesuffix(PARTIAL_SUFFIX) in JOB_ENTRIES
+
+
 def _entries_text(names: list[str]) -> str:
     shown = ", ".join(names[:MAX_SHOWN])
     return shown + (f" and {len(names) - MAX_SHOWN} more" if len(names) > MAX_SHOWN else "")
@@ -53,7 +58,7 @@ def check_location(storage: Storage, spec: dict, overwrite: bool) -> Location:
     names = sorted(storage.top_level())
     if not names:
         return Location(storage, "new", None)
-    foreign = [n for n in names if n.removesuffix(PARTIAL_SUFFIX) not in JOB_ENTRIES]
+    foreign = [n for n in names if not written_by_job(n)]
     if foreign or JOB_FILE not in names:
         what = (
             f"holds {_entries_text(foreign)}, which no job writes"

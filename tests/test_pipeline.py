@@ -141,6 +141,20 @@ def test_a_rerun_with_other_resources_resumes_and_records_them(clean_run, tmp_pa
     assert _shard_bytes(out) == shards
 
 
+def test_overwrite_replaces_a_jobs_own_output_and_nothing_beside_it(clean_run, tmp_path):
+    out = tmp_path / "out"
+    shutil.copytree(clean_run[0], out)
+    (out / "qa").mkdir()
+    (out / "qa" / "report.md").write_text("old report")
+    (out / "stats.json.partial").write_text("a write cut short")
+    (tmp_path / "beside.txt").write_text("not the job's")
+    again = run_job(tiny_job(str(out)), executor="local", overwrite=True, progress_bar=False)
+    assert again.ran == again.units and again.skipped == 0
+    assert not (out / "qa").exists() and not (out / "stats.json.partial").exists()
+    assert _shard_bytes(out) == _shard_bytes(clean_run[0])
+    assert (tmp_path / "beside.txt").read_text() == "not the job's"
+
+
 def test_unit_that_always_fails_is_reported_and_others_complete(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr("workers.generator.UnitRunner", FaultyUnitRunner)
     monkeypatch.setenv("LMGD_FAULT_FAIL_UNIT", "unit-000001")
