@@ -124,3 +124,37 @@ def warp_views(
         out = torch.where(take, sampled[s], out)
         found = found | seen[s]
     return out.transpose(1, 2).to(pixels.dtype)
+
+
+def compose_poses(step_poses: torch.Tensor) -> torch.Tensor:
+    """Poses (B, S*F, 3) in the ego frame of the first step's start, from per-step poses
+    (B, S, F, 3), each step's in the ego frame where that step began (the previous step's last
+    pose): what a multi-step plan means from the frame before it."""
+    b, s, f, _ = step_poses.shape
+    x = step_poses.new_zeros(b)
+    y, yaw = step_poses.new_zeros(b), step_poses.new_zeros(b)
+    out = []
+    for k in range(s):
+        px, py, pyaw = step_poses[:, k].unbind(-1)  # (B, F)
+        c, s_ = torch.cos(yaw)[:, None], torch.sin(yaw)[:, None]
+        gx, gy = x[:, None] + c * px - s_ * py, y[:, None] + s_ * px + c * py
+        gyaw = yaw[:, None] + pyaw
+        out.append(torch.stack([gx, gy, gyaw], dim=-1))
+        x, y, yaw = gx[:, -1], gy[:, -1], gyaw[:, -1]
+    return torch.cat(out, dim=1)
+
+
+def warp_only(
+    last: torch.Tensor,
+    waypoints: torch.Tensor,
+    frames_per_step: int,
+    fps: float,
+    views: Sequence[str],
+) -> torch.Tensor:
+    """The "warp only" baseline: the clean context frames ``last`` (B, V, C, H, W) moved, with no
+    generation, to every frame of a multi-step plan ``waypoints`` (B, S, K, 2), each step's in the
+    ego frame where it began: (B, V, S*F, C, H, W). Every frame is one re-projection of ``last``,
+    never of a re-projected frame."""
+    b, s = waypoints.shape[:2]
+    step = poses_from_waypoints(waypoints.flatten(0, 1), frames_per_step, fps)
+    return warp_views(last, compose_poses(step.unflatten(0, (b, s))), views)

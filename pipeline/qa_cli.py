@@ -10,9 +10,11 @@ from schemas.errors import ConfigError
 DESCRIPTION = """\
 Measure a job output per horizon: FID (Inception-v3), FVD (I3D), FD-drive (the project's evaluator
 encoder), instruction adherence and action-video agreement, against the recorded futures of the same
-scenes. Writes report.md, horizon.png, qa.json and stats/*.npz to OUT/qa (or --out). The Inception
-and I3D weights are read from --weights-dir / the job's qa.weights_dir, $LMGD_WEIGHTS_DIR or
-$TORCH_HOME/hub/checkpoints; nothing is downloaded. Protocol: qa/PROTOCOL.md."""
+scenes; each Fréchet distance beside those of two baselines that generate nothing (the last seed
+frame held, and moved by the sample's plan). Writes report.md, horizon.png, qa.json and stats/*.npz
+to OUT/qa (or --out). The Inception and I3D weights are read from --weights-dir / the job's
+qa.weights_dir, $LMGD_WEIGHTS_DIR or $TORCH_HOME/hub/checkpoints; nothing is downloaded. Protocol:
+qa/PROTOCOL.md."""
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -65,6 +67,13 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         type=int,
         help="seed points drawn with their generated futures in report.md (default 4; 0: none)",
     )
+    p.add_argument(
+        "--no-baselines",
+        dest="baselines",
+        action="store_const",
+        const=False,
+        help="skip the repeat-last and warp-only baselines (one feature extraction less a sample)",
+    )
     p.add_argument("--device", help="torch device (default: $LMGD_DEVICE, else CUDA, MPS, CPU)")
     p.add_argument(
         "--endpoint-url", help="S3-compatible endpoint (else the job's, else AWS_ENDPOINT_URL)"
@@ -94,10 +103,11 @@ def _job_of_output(output: str, endpoint_url: str | None, region: str | None):
 
 def run_and_print(config, indent: str = ""):
     """Run QA with a progress bar, printing skipped metrics first and the headline figures per
-    horizon after (pooled or front view, all or turn instructions); returns the
-    :class:`~qa.run.QAResult`."""
+    horizon after (pooled or front view, all or turn instructions; the baselines beside each
+    Fréchet distance); returns the :class:`~qa.run.QAResult`."""
     from pipeline.qa_run import run_qa
-    from qa.report import cell
+    from qa.report import BASELINE_NAMES, cell
+    from qa.result import ADHERENCE_VIEWS
     from storage.progress import progress
 
     for reason in config.skipped().values():
@@ -109,14 +119,27 @@ def run_and_print(config, indent: str = ""):
             bar.refresh()
 
         result = run_qa(config, progress=bar.update, on_start=start)
+    source = {v: s for s, v in ADHERENCE_VIEWS.items()}
     for h in sorted({r["horizon"] for r in result.rows}):
-        figures = [
-            f"{r['metric']} ({r['category']}) {cell(r)}"
-            for r in result.rows
-            if r["horizon"] == h
-            and r["view"] in ("pooled", "front")
-            and r["category"] in ("all", "turn")
-        ]
+        figures = []
+        for r in result.rows:
+            if not (
+                r["horizon"] == h
+                and r["view"] in ("pooled", "front")
+                and r["category"] in ("all", "turn")
+            ):
+                continue
+            adherence = r["metric"] == "instruction_adherence"
+            what = f"{source[r['view']]}, turn" if adherence else r["category"]
+            beside = [
+                f"{BASELINE_NAMES[b['baseline']]} {cell(b, False)}"
+                for b in result.baselines
+                if (b["metric"], b["horizon"], r["view"], r["category"])
+                == (r["metric"], h, "pooled", "all")
+            ]
+            figures.append(
+                f"{r['metric']} ({what}) {cell(r)}" + (f" vs {', '.join(beside)}" if beside else "")
+            )
         print(f"{indent}horizon {h}: " + "; ".join(figures))
     return result
 
@@ -158,6 +181,7 @@ def cmd_qa(args: argparse.Namespace) -> int:
         workers=args.workers,
         device=args.device,
         gallery=args.gallery,
+        baselines=args.baselines,
         endpoint_url=args.endpoint_url,
         region=args.region,
     )

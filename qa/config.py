@@ -40,6 +40,7 @@ class QAConfig:
     device: str | None = None
     seed: int = 0
     gallery: int = 4  # seed points shown with their generated futures in report.md (0: none)
+    baselines: bool = True  # the repeat-last and warp-only figures beside each Fréchet distance
     unavailable: tuple[
         tuple[str, str], ...
     ] = ()  # (metric, reason) dropped by without_missing_weights

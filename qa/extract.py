@@ -10,7 +10,9 @@ cannot be read whole, or whose samples differ from the index, adds nothing: its 
 Cells, per metric and horizon (``group`` -1 = not split):
 ``(view, "all", -1)`` per camera, ``("pooled", category, -1)`` per instruction category and
 ``("pooled", "all", g)`` per task group g; the pooled figure over everything is the sum of the
-groups.
+groups. Sides: ``real``, ``generated`` and the "do nothing" baselines of each sample
+(:data:`BASELINES`, group cells only): its last seed frame held (``repeat_last``) and moved by
+its own plan without generation (``warp_only``).
 """
 
 from __future__ import annotations
@@ -21,11 +23,12 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+import torch
 
 from qa.config import QAConfig
 from qa.frechet import FeatureStats
-from qa.motion import step_yaw, trajectory, video_yaw
-from qa.video import clips_of
+from qa.motion import step_yaw, trajectory, turn_of, video_yaw
+from qa.video import CLIP_FRAMES, clip_starts, clips_of
 from scenes.registry import open_scene
 from schemas.errors import BadInputError
 from storage.media import decode_mp4, encode_mp4
@@ -35,7 +38,7 @@ from storage.store import open_storage
 log = logging.getLogger(__name__)
 
 CellKey = tuple[str, int, str, str, int, str]  # metric, horizon, view, category, group, side
-SIDES = ("real", "generated")
+BASELINES = ("repeat_last", "warp_only")
 
 
 @dataclass(frozen=True)
@@ -122,6 +125,25 @@ def frames_per_step(sample: Sample) -> int:
     return horizon // steps
 
 
+def warp_only_frames(sample: Sample, device: torch.device) -> np.ndarray:
+    """The warp-only baseline of ``sample`` (V, T, H, W, 3): its last seed frame moved by its own
+    plan (:func:`lmgendrive.ego_warp.warp_only`) at its stored resolution, nothing generated."""
+    from lmgendrive.ego_warp import warp_only
+    from lmgendrive.frames import to_pixels, to_uint8
+
+    last = sample.seed_frames[:, -1]
+    pixels = to_pixels(last, last.shape[1:3], device, f"{sample.key} seed frames")
+    plan = torch.as_tensor(sample.waypoints, dtype=torch.float32, device=device)
+    moved = warp_only(
+        pixels[None],
+        plan[None],
+        frames_per_step(sample),
+        float(sample.meta["fps"]),
+        list(sample.meta["views"]),
+    )
+    return to_uint8(moved[0])
+
+
 def recorded_future(
     task: SampleTask,
     views: list[str],
@@ -195,6 +217,7 @@ class FeatureRunner:
         """The records and feature cells of one shard, accumulated only once it was read whole."""
         records, cells = [], []
         cache: dict[str, tuple[Recorded, dict[str, np.ndarray]]] = {}
+        stills: dict[bytes, dict[str, np.ndarray]] = {}  # last seed frames -> their features
         listed = {key: task.content_sha256 for key, task in item.samples.items()}
         for raw in verified_raw(self.storage, item.shard, listed):
             task = item.samples.get(raw["__key__"])
@@ -221,6 +244,17 @@ class FeatureRunner:
                 )
             cells += self._cells(task, views, real_features, "real")
             cells += self._cells(task, views, self._extract(sample.frames, views), "generated")
+            if self.config.baselines and self.extractors:
+                last = sample.seed_frames[:, -1]
+                seen = last.tobytes()
+                if seen not in stills:
+                    stills[seen] = self._extract_still(last, views)
+                baselines = {
+                    "repeat_last": _held(stills[seen], task.horizon),
+                    "warp_only": self._extract(warp_only_frames(sample, self.device), views),
+                }
+                for side, features in baselines.items():  # group cells only
+                    cells += [c for c in self._cells(task, views, features, side) if c[0][4] >= 0]
             records.append(self._record(task, views, sample, real, step))
         log.debug("%s: %d samples, %d recorded futures", item.shard, len(records), len(cache))
         return records, cells
@@ -230,16 +264,18 @@ class FeatureRunner:
         acc, self.acc = self.acc, Accumulator()
         return acc
 
-    def _extract(self, frames: np.ndarray, views: list[str]) -> dict[str, np.ndarray]:
+    def _extract(
+        self, frames: np.ndarray, views: list[str], video: bool = True
+    ) -> dict[str, np.ndarray]:
         """Features of (V, T, H, W, 3) frames: per view (V, n, D) for FID / FVD, (T, D) for
-        FD-drive."""
+        FD-drive; FVD only with ``video``."""
         v, t = frames.shape[:2]
         out = {}
         if "fid" in self.extractors:
             out["fid"] = self.extractors["fid"](frames.reshape(v * t, *frames.shape[2:])).reshape(
                 v, t, -1
             )
-        if "fvd" in self.extractors:
+        if "fvd" in self.extractors and video:
             clips = np.stack([clips_of(frames[i]) for i in range(v)])
             out["fvd"] = self.extractors["fvd"](clips.reshape(-1, *clips.shape[2:])).reshape(
                 v, clips.shape[1], -1
@@ -252,6 +288,15 @@ class FeatureRunner:
                 )
             order = [views.index(v) for v in wanted]
             out["fd_drive"] = self.extractors["fd_drive"](frames[order].swapaxes(0, 1))
+        return out
+
+    def _extract_still(self, last: np.ndarray, views: list[str]) -> dict[str, np.ndarray]:
+        """Features of the last seed frames ``last`` (V, H, W, 3) held still: one frame per view
+        (FID), one multi-view frame (FD-drive), one still 16-frame clip per view (FVD)."""
+        out = self._extract(last[:, None], views, video=False)
+        if "fvd" in self.extractors:
+            still = np.repeat(last[:, None], CLIP_FRAMES, axis=1)
+            out["fvd"] = self.extractors["fvd"](still)[:, None]
         return out
 
     def _cells(
@@ -287,10 +332,21 @@ class FeatureRunner:
             f = views.index("front")
             gen = np.concatenate([sample.seed_frames[f, -1:], sample.frames[f]])
             rec = np.concatenate([real.before[f][None], real.frames[f]])
+            yaw = video_yaw(gen, step)
+            heading = float(np.degrees(yaw.sum()))
             record.update(
+                video_heading_deg=heading,
+                video_predicted=turn_of(heading),
                 action_yaw=step_yaw(sample.waypoints).tolist(),
-                video_yaw=video_yaw(gen, step).tolist(),
+                video_yaw=yaw.tolist(),
                 recorded_action_yaw=step_yaw(real.waypoints).tolist(),
                 recorded_video_yaw=video_yaw(rec, step).tolist(),
             )
         return record
+
+
+def _held(features: dict[str, np.ndarray], horizon: int) -> dict[str, np.ndarray]:
+    """Still-frame features (:meth:`FeatureRunner._extract_still`) as a ``horizon``-frame video's:
+    each frame's (FID, FD-drive) or each clip's (FVD) the same."""
+    n = {"fvd": len(clip_starts(horizon))}
+    return {m: np.repeat(f, n.get(m, horizon), axis=-2) for m, f in features.items()}

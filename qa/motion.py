@@ -12,6 +12,8 @@ yaw change. On recorded procedural drives with turns, this estimate correlates w
 recorded waypoints per 8-frame step at r = 0.99 (128 px), 0.97 (64 px) and 0.90 (32 px, after
 H.264), slope ~1; so its correlation with the predicted yaw measures whether the generated video
 moves the way the predicted action says, and the recorded drive gives the estimator's ceiling.
+Summed over the horizon, the video yaw is the heading change the video shows, classified like the
+plan's (:func:`turn_of`) but without a lateral offset to check.
 """
 
 from __future__ import annotations
@@ -46,11 +48,18 @@ class Trajectory:
 
     def maneuver(self) -> str:
         """'left', 'right', 'straight', or 'unclear' (turned but ended on the other side)."""
-        if abs(self.heading_deg) < TURN_DEG:
-            return "straight"
-        if self.heading_deg > 0:
-            return "left" if self.lateral_m > 0 else "unclear"
-        return "right" if self.lateral_m < 0 else "unclear"
+        turn = turn_of(self.heading_deg)
+        if (turn == "left" and self.lateral_m <= 0) or (turn == "right" and self.lateral_m >= 0):
+            return "unclear"
+        return turn
+
+
+def turn_of(heading_deg: float) -> str:
+    """'left' or 'right' for a heading change (left positive) of at least :data:`TURN_DEG`, else
+    'straight'."""
+    if abs(heading_deg) < TURN_DEG:
+        return "straight"
+    return "left" if heading_deg > 0 else "right"
 
 
 def trajectory(waypoints: np.ndarray) -> Trajectory:

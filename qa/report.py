@@ -13,7 +13,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from qa.config import QAConfig  # noqa: E402
-from qa.result import QAResult  # noqa: E402
+from qa.result import ADHERENCE_VIEWS, QAResult  # noqa: E402
 from schemas.scene import INSTRUCTION_CATEGORIES, VIEWS  # noqa: E402
 from storage.store import Storage  # noqa: E402
 
@@ -32,6 +32,8 @@ N_MEANS = {
     "instruction_adherence": "samples with a feasible turn instruction",
     "action_video_agreement": "autoregressive steps (front camera)",
 }
+BASELINE_NAMES = {"repeat_last": "repeat last frame", "warp_only": "warp only"}
+BASELINE_STYLES = {"repeat_last": ("--", "s"), "warp_only": ((0, (6, 2, 1, 2)), "^")}
 SMALL_N = 2048
 
 
@@ -52,19 +54,6 @@ def cell(row: dict | None, with_n: bool = True) -> str:
     return text + (f" (N={row['n_generated']})" if with_n else "")
 
 
-def pick(
-    rows: list[dict], metric: str, h: int, view: str = "pooled", category: str = "all"
-) -> dict | None:
-    return next(
-        (
-            r
-            for r in rows
-            if (r["metric"], r["horizon"], r["view"], r["category"]) == (metric, h, view, category)
-        ),
-        None,
-    )
-
-
 def markdown(config: QAConfig, result: QAResult) -> str:
     rows = result.rows
     horizons = sorted({r["horizon"] for r in rows})
@@ -80,22 +69,28 @@ def markdown(config: QAConfig, result: QAResult) -> str:
         "## Quality versus horizon",
         "",
     ]
-    adherence_key = {
-        "instruction_adherence": ("pooled", "turn"),
-        "action_video_agreement": ("front", "all"),
-    }
-    lines.append("| Horizon | " + " | ".join(NAMES[m] for m in present) + " |")
-    lines.append("|---:|" + "---|" * len(present))
-    for h in horizons:
-        cells = [
-            cell(pick(rows, m, h, *adherence_key.get(m, ("pooled", "all"))), m != "fid_inf")
-            for m in present
-        ]
-        lines.append(f"| {h} | " + " | ".join(cells) + " |")
+    header, table = _horizon_table(result, horizons, present)
+    lines.append("| " + " | ".join(header) + " |")
+    lines.append("|---:|" + "---|" * (len(header) - 1))
+    lines += ["| " + " | ".join(table[h]) + " |" for h in horizons]
     lines += [
         "",
         "N counts " + "; ".join(f"{NAMES[m]}: {N_MEANS[m]}" for m in present if m in N_MEANS) + ".",
     ]
+    if result.baselines:
+        lines += [
+            "",
+            "Baselines, no generation, from the same recorded futures, samples, task groups and "
+            "bootstrap resamples as the figure beside them (same N): *repeat last frame* holds "
+            "each sample's last seed frame for the horizon; *warp only* moves it by the sample's "
+            "own plan (`lmgendrive.ego_warp.warp_only`). A model should beat both.",
+        ]
+    if "instruction_adherence" in present:
+        lines += [
+            "",
+            "Instruction adherence (plan) classifies the predicted trajectory, (video) the heading "
+            "change of the generated front video.",
+        ]
     small = sorted(
         {
             r["n_generated"]
@@ -136,15 +131,44 @@ def markdown(config: QAConfig, result: QAResult) -> str:
         "",
         "## Files",
         "",
-        "- `qa.json`: every row (schema `qa`), the groups, confusion matrices and FID\u221e fit "
-        "points",
+        "- `qa.json`: every row (schema `qa`), the baselines' figures (`baselines`: rows plus "
+        "`baseline`), the groups, confusion matrices and FID\u221e fit points",
         "- `horizon.png`: the figures versus horizon",
-        "- `stats/*.npz`: pooled statistics per metric, horizon and side "
-        "(`mu`, `sigma` as pytorch-fid writes them, and `count`)",
+        "- `stats/*.npz`: pooled statistics per metric, horizon and side (real, generated and "
+        "each baseline; `mu`, `sigma` as pytorch-fid writes them, and `count`)",
         *(["- `gallery/*.png`: seed frames and generated futures"] if result.gallery else []),
         "",
     ]
     return "\n".join(lines)
+
+
+def _horizon_table(
+    result: QAResult, horizons: list[int], present: list[str]
+) -> tuple[list[str], dict[int, list[str]]]:
+    """The header and, per horizon, the cells of the per-horizon table: each Fréchet distance
+    followed by its baselines, instruction adherence read from the plan and from the video."""
+    rows = result.rows
+    header, table = ["Horizon"], {h: [str(h)] for h in horizons}
+
+    def column(name: str, found: list[dict], with_n: bool = True) -> None:
+        header.append(name)
+        for h in horizons:
+            table[h].append(cell(next((r for r in found if r["horizon"] == h), None), with_n))
+
+    for m in present:
+        if m == "instruction_adherence":
+            for source, view in ADHERENCE_VIEWS.items():
+                found = _series(rows, m, view=view, category="turn")
+                if found:
+                    column(f"{NAMES[m]} ({source})", found)
+            continue
+        view = "front" if m == "action_video_agreement" else "pooled"
+        column(NAMES[m], _series(rows, m, view=view), m != "fid_inf")
+        for b, name in BASELINE_NAMES.items():
+            found = [r for r in result.baselines if (r["metric"], r["baseline"]) == (m, b)]
+            if found:
+                column(f"{NAMES[m]} ({name})", found, with_n=False)
+    return header, table
 
 
 def _breakdown(
@@ -177,13 +201,18 @@ def _breakdown(
 
 def _trajectory(result: QAResult) -> list[str]:
     out = []
-    adherence = result.details.get("adherence", {})
-    if adherence:
+    for source, key, what in (
+        ("plan", "adherence", "the predicted trajectory"),
+        ("video", "adherence_video", "the generated front video"),
+    ):
+        adherence = result.details.get(key, {})
+        if not adherence:
+            continue
         out += [
             "",
-            "## Instruction adherence",
+            f"## Instruction adherence ({source})",
             "",
-            "Instructed maneuver → maneuver of the predicted trajectory (samples per cell).",
+            f"Instructed maneuver → maneuver of {what} (samples per cell).",
             "",
             "| Horizon | Instruction | left | straight | right | unclear |",
             "|---:|---|---|---|---|---|",
@@ -256,7 +285,7 @@ def horizon_png(result: QAResult) -> bytes:
         constrained_layout=True,
     )
     for ax, (metric, title) in zip(axes.flat, panels, strict=False):
-        _fd_panel(ax, rows, horizons, metric, title)
+        _fd_panel(ax, rows, result.baselines, metric, title)
     _trajectory_panel(axes.flat[len(panels)], rows, horizons)
     for ax in list(axes.flat)[len(panels) + 1 :]:
         ax.remove()
@@ -292,13 +321,18 @@ def _errorbar(ax, series: list[dict], label: str, **style) -> None:
         [max(0.0, r["value"] - r["ci_low"]) if r["ci_low"] is not None else 0 for r in series],
         [max(0.0, r["ci_high"] - r["value"]) if r["ci_high"] is not None else 0 for r in series],
     ]
-    ax.errorbar(x, y, yerr=err, capsize=4, marker="o", label=label, **style)
+    ax.errorbar(x, y, yerr=err, capsize=4, label=label, **{"marker": "o", **style})
 
 
-def _fd_panel(ax, rows: list[dict], horizons: list[int], metric: str, title: str) -> None:
+def _fd_panel(ax, rows: list[dict], baselines: list[dict], metric: str, title: str) -> None:
     ax.set_title(title)
     series = _series(rows, metric)
-    _errorbar(ax, series, "all views", color="C0", linewidth=2)
+    _errorbar(ax, series, "generated, all views", color="C0", linewidth=2)
+    for b, name in BASELINE_NAMES.items():
+        found = _series([r for r in baselines if r["baseline"] == b], metric)
+        if found:
+            dashes, marker = BASELINE_STYLES[b]
+            _errorbar(ax, found, name, color="C0", linestyle=dashes, marker=marker, mfc="none")
     for r in series:
         ax.annotate(
             f"N={r['n_generated']}",
@@ -336,13 +370,17 @@ def _fd_panel(ax, rows: list[dict], horizons: list[int], metric: str, title: str
 
 def _trajectory_panel(ax, rows: list[dict], horizons: list[int]) -> None:
     ax.set_title("Actions")
-    adherence = _series(rows, "instruction_adherence", category="turn")
+    drawn = False
+    for (source, view), color in zip(ADHERENCE_VIEWS.items(), ("C1", "C5"), strict=True):
+        adherence = _series(rows, "instruction_adherence", view=view, category="turn")
+        if adherence:
+            _errorbar(ax, adherence, f"instruction adherence ({source}, share)", color=color)
+            drawn = True
     agreement = _series(rows, "action_video_agreement", view="front")
-    if adherence:
-        _errorbar(ax, adherence, "instruction adherence (share)", color="C1")
     if agreement:
         _errorbar(ax, agreement, "action–video agreement (r)", color="C4")
-    if not (adherence or agreement):
+        drawn = True
+    if not drawn:
         ax.text(
             0.5, 0.6, "not computed", ha="center", va="center", transform=ax.transAxes, color="0.4"
         )
@@ -365,10 +403,12 @@ def qa_json(config: QAConfig, result: QAResult) -> bytes:
             if config.encoding == "png"
             else f"mp4 crf {config.crf}",
             "metrics": list(config.metrics),
+            "baselines": list(BASELINE_NAMES) if config.baselines else [],
         },
         "extractors": result.extractors,
         "skipped": result.skipped,
         "rows": result.rows,
+        "baselines": result.baselines,
         "details": {
             k: {str(h): v for h, v in d.items()} if isinstance(d, dict) else d
             for k, d in result.details.items()

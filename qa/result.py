@@ -5,6 +5,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+# what an instruction-adherence row reads, by its view: the predicted waypoints or the front video
+ADHERENCE_VIEWS = {"plan": "pooled", "video": "front"}
+
 
 @dataclass
 class QAResult:
@@ -15,3 +18,6 @@ class QAResult:
     files: list[str] = field(default_factory=list)
     gallery: list[str] = field(default_factory=list)  # report-relative PNG names
     excluded: dict[str, str] = field(default_factory=dict)  # shard key -> why it was left out
+    # the pooled Fréchet figures of the "do nothing" baselines: QA rows plus "baseline"
+    # (repeat_last, warp_only)
+    baselines: list[dict] = field(default_factory=list)

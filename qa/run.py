@@ -22,11 +22,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from qa.config import FD_METRICS, QAConfig
-from qa.extract import Accumulator, SampleTask, WorkItem
+from qa.extract import BASELINES, Accumulator, SampleTask, WorkItem
 from qa.frechet import FeatureStats, frechet_distance, merge_all
 from qa.motion import TURN_DEG
 from qa.report import write_outputs
-from qa.result import QAResult
+from qa.result import ADHERENCE_VIEWS, QAResult
 from qa.uncertainty import bootstrap_ci, correlation_ci, fd_infinity, wilson
 from qa.weights import I3D_STATE_DICT, I3D_TORCHSCRIPT, INCEPTION, find_weights
 from schemas.errors import BadInputError, CheckpointError, RunFailure
@@ -43,6 +43,21 @@ TURNING_STEP_DEG = (
     5.0  # a step turning at least this much (predicted) counts for action-video agreement
 )
 MIN_TURNING_STEPS = 3
+# instruction adherence read from the plan or from the video: record field, details key, rule
+ADHERENCE = {
+    "plan": (
+        "predicted",
+        "adherence",
+        f"predicted waypoints: |heading change| >= {TURN_DEG:g} deg is a turn "
+        "(same side laterally)",
+    ),
+    "video": (
+        "video_predicted",
+        "adherence_video",
+        f"front-camera phase-correlation yaw summed over the horizon: |heading change| >= "
+        f"{TURN_DEG:g} deg is a turn",
+    ),
+}
 
 
 def read_tasks(storage: Storage) -> dict[str, dict]:
@@ -175,32 +190,25 @@ class Figures:
         return np.random.default_rng([self.config.seed, h, zlib.crc32(figure.encode())])
 
     def fd_rows(self, h: int, acc: Accumulator, out: Storage, result: QAResult) -> list[dict]:
+        """The Fréchet rows of horizon ``h``; the baselines' pooled figures go to
+        ``result.baselines``."""
         rows = []
         for metric in FD_METRICS:
             groups = sorted({k[4] for k in acc.cells if k[:4] == (metric, h, "pooled", "all")})
             if not groups:
                 continue
-            real_g = [acc.cells[(metric, h, "pooled", "all", g, "real")] for g in groups]
-            gen_g = [acc.cells[(metric, h, "pooled", "all", g, "generated")] for g in groups]
-            real, gen = merge_all(real_g), merge_all(gen_g)
-            row = self._fd_row(metric, h, "pooled", "all", real, gen)
-            if self.config.bootstrap and len(groups) >= 2:
-                log.info(
-                    "%s at horizon %d: bootstrap over %d task groups, %d replicates",
-                    metric,
-                    h,
-                    len(groups),
-                    self.config.bootstrap,
-                )
-                row["ci_low"], row["ci_high"] = bootstrap_ci(
-                    real_g,
-                    gen_g,
-                    row["value"],
-                    self.config.bootstrap,
-                    self._rng(metric, h),
-                    self.distance,
-                )
+            sides = {
+                side: [acc.cells[(metric, h, "pooled", "all", g, side)] for g in groups]
+                for side in ("real", "generated", *BASELINES)
+                if (metric, h, "pooled", "all", groups[0], side) in acc.cells
+            }
+            row = self._pooled_row(metric, h, sides["real"], sides["generated"])
             rows.append(row)
+            result.baselines += [
+                {**self._pooled_row(metric, h, sides["real"], sides[b], b), "baseline": b}
+                for b in BASELINES
+                if b in sides
+            ]
             for (m, hh, view, cat, g, side), stats in sorted(acc.cells.items()):
                 if (
                     m == metric
@@ -220,7 +228,9 @@ class Figures:
                         )
                     )
             if metric == "fid" and len(groups) >= 3:
-                value, points = fd_infinity(real_g, gen_g, self._rng("fid_inf", h), self.distance)
+                value, points = fd_infinity(
+                    sides["real"], sides["generated"], self._rng("fid_inf", h), self.distance
+                )
                 rows.append(
                     _row(
                         "fid_inf",
@@ -229,20 +239,50 @@ class Figures:
                         "all",
                         value,
                         (None, None),
-                        real.count,
-                        gen.count,
+                        row["n_real"],
+                        row["n_generated"],
                         self.extractors[metric],
                     )
                 )
                 result.details.setdefault("fid_inf_points", {})[h] = points
-            for side, stats in (("real", real), ("generated", gen)):
+            for side, stats in sides.items():
                 name = f"stats/{metric}-h{h:03d}-{side}.npz"
                 buf = io.BytesIO()
-                stats.save(buf)
+                merge_all(stats).save(buf)
                 out.put_bytes(name, buf.getvalue())
                 result.files.append(name)
             result.details.setdefault("groups", {})[h] = len(groups)
         return rows
+
+    def _pooled_row(
+        self,
+        metric: str,
+        h: int,
+        real_g: list[FeatureStats],
+        other_g: list[FeatureStats],
+        side: str = "generated",
+    ) -> dict:
+        """The pooled, all-category row of one side against the real groups, with its bootstrap
+        interval (every side draws the same resamples of the groups)."""
+        row = self._fd_row(metric, h, "pooled", "all", merge_all(real_g), merge_all(other_g))
+        if self.config.bootstrap and len(real_g) >= 2:
+            log.info(
+                "%s (%s) at horizon %d: bootstrap over %d task groups, %d replicates",
+                metric,
+                side,
+                h,
+                len(real_g),
+                self.config.bootstrap,
+            )
+            row["ci_low"], row["ci_high"] = bootstrap_ci(
+                real_g,
+                other_g,
+                row["value"],
+                self.config.bootstrap,
+                self._rng(metric, h),
+                self.distance,
+            )
+        return row
 
     def _fd_row(
         self, metric: str, h: int, view: str, category: str, real: FeatureStats, gen: FeatureStats
@@ -273,25 +313,31 @@ class Figures:
         return rows
 
     def _adherence(self, h: int, records: list[dict], result: QAResult) -> list[dict]:
-        confusion: dict[str, dict[str, dict[str, int]]] = {"feasible": {}, "misleading": {}}
-        for r in records:
-            if r["maneuver"] is not None:
-                kind = confusion["misleading" if r["misleading"] else "feasible"]
-                cell = kind.setdefault(r["maneuver"], {})
-                cell[r["predicted"]] = cell.get(r["predicted"], 0) + 1
-        result.details.setdefault("adherence", {})[h] = confusion
-        n = sum(sum(c.values()) for c in confusion["feasible"].values())
-        if n == 0:
-            result.details.setdefault("notes", []).append(
-                f"horizon {h}: no feasible turn instruction, no instruction adherence"
+        """Instruction adherence read from the plan (view ``pooled``) and from the front video
+        (view ``front``), each with its confusion table in ``result.details``."""
+        rows = []
+        for source, (field, details, rule) in ADHERENCE.items():
+            confusion: dict[str, dict[str, dict[str, int]]] = {"feasible": {}, "misleading": {}}
+            for r in records:
+                if r["maneuver"] is not None and field in r:
+                    kind = confusion["misleading" if r["misleading"] else "feasible"]
+                    cell = kind.setdefault(r["maneuver"], {})
+                    cell[r[field]] = cell.get(r[field], 0) + 1
+            result.details.setdefault(details, {})[h] = confusion
+            n = sum(sum(c.values()) for c in confusion["feasible"].values())
+            if n == 0:  # none for the plan: none for the video; none for the video: no front view
+                result.details.setdefault("notes", []).append(
+                    f"horizon {h}: no feasible turn instruction, no instruction adherence"
+                    if source == "plan"
+                    else f"horizon {h}: no front view, no instruction adherence (video)"
+                )
+                break
+            k = sum(c.get(m, 0) for m, c in confusion["feasible"].items())
+            view, label = ADHERENCE_VIEWS[source], f"instruction adherence ({source}): {rule}"
+            rows.append(
+                _row("instruction_adherence", h, view, "turn", k / n, wilson(k, n), 0, n, label)
             )
-            return []
-        k = sum(c.get(m, 0) for m, c in confusion["feasible"].items())
-        rule = (
-            f"predicted waypoints: |heading change| >= {TURN_DEG:g} deg is a turn "
-            "(same side laterally)"
-        )
-        return [_row("instruction_adherence", h, "pooled", "turn", k / n, wilson(k, n), 0, n, rule)]
+        return rows
 
     def _agreement(self, h: int, records: list[dict], result: QAResult) -> list[dict]:
         gen = [np.c_[r["action_yaw"], r["video_yaw"]] for r in records if "action_yaw" in r]

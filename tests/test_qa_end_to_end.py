@@ -1,5 +1,6 @@
 """QA end to end on a small job output built without the model: real shards whose "generated"
-frames are the recorded futures with increasing corruption, plus manifest and index."""
+frames are the recorded futures with increasing corruption (or the last seed frame held), plus
+manifest and index."""
 
 from __future__ import annotations
 
@@ -12,15 +13,17 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+import torch
 import yaml
 from qa_weights import write_evaluator
 
 from manifests.build import finish_row, instruction_fields, seed_point_rows
 from pipeline.qa_cli import add_parser
 from pipeline.qa_run import run_qa
-from qa.config import qa_config, report_dir_of
+from qa.config import QAConfig, qa_config, report_dir_of
+from qa.extract import FeatureRunner, _held, warp_only_frames
 from qa.frechet import FeatureStats
-from qa.report import figure_layout
+from qa.report import cell, figure_layout
 from qa.result import QAResult
 from scenes.procedural.drive import DriveSpec, ProceduralScene
 from scenes.procedural.instructions import make_instruction
@@ -48,8 +51,9 @@ def _turning_waypoints(steps: int, deg_per_step: float) -> np.ndarray:
     return np.repeat(pts[None], steps, axis=0).astype(np.float32)
 
 
-def build_output(root: Path) -> Path:
-    """OUT with job.yaml, manifest.parquet, shards/*.tar (2 samples each) and index.parquet."""
+def build_output(root: Path, encoding: str = "mp4", still: bool = False) -> Path:
+    """OUT with job.yaml, manifest.parquet, shards/*.tar (2 samples each) and index.parquet;
+    ``still``: the "generated" frames are the last seed frame held."""
     spec = DriveSpec(town_seed=3, route_seed=1, weather="clear_noon", frames=40, size=(64, 64))
     scene = ProceduralScene(spec)
     images = functools.cache(scene.images)  # each frame rendered once, not once per view and task
@@ -78,7 +82,7 @@ def build_output(root: Path) -> Path:
         "manifest": {"path": str(out / "manifest.parquet")},
         "output": str(out),
         "horizons": HORIZONS,
-        "encoding": {"format": "mp4", "crf": 18},
+        "encoding": {"format": encoding, "crf": 18},
         "qa": {"bootstrap": 20},
     }
     (out / "job.yaml").write_text(yaml.safe_dump(job))
@@ -97,6 +101,8 @@ def build_output(root: Path) -> Path:
                 seed = np.stack(
                     [[_resize(images(i)[v]) for i in range(start - 4, start)] for v in VIEWS]
                 )
+                if still:
+                    frames = np.repeat(seed[:, -1:], h, axis=1)
                 kind = json.loads(t["instruction_args"]).get("type")
                 steps = h // 8
                 waypoints = _turning_waypoints(
@@ -130,7 +136,7 @@ def build_output(root: Path) -> Path:
                         key, frames, seed, waypoints, np.zeros((steps, 3)), np.zeros(steps), meta
                     ),
                     VIEWS,
-                    "mp4",
+                    encoding,
                     18,
                     10.0,
                 )
@@ -188,10 +194,10 @@ def _config(out: Path, report: Path, weights: Path, evaluator: Path | None, **kw
 
 @pytest.fixture(scope="module")
 def local_run(fixture_output, weights, evaluator, tmp_path_factory) -> tuple[Path, list[dict]]:
-    """Every metric, in-process."""
+    """Every metric, in-process (without the baselines, which ``still_run`` covers)."""
     report = tmp_path_factory.mktemp("local") / "qa"
     return report, run_qa(
-        _config(fixture_output, report, weights, evaluator, executor="local")
+        _config(fixture_output, report, weights, evaluator, executor="local", baselines=False)
     ).rows
 
 
@@ -230,18 +236,24 @@ def test_end_to_end_local(fixture_output, local_run):
                 and r["category"] != "all"
             ]
             assert sum(r["n_generated"] for r in cats) == pooled[m]["n_generated"]
-        adherence = next(
+        adherence = [
             r for r in rows if r["metric"] == "instruction_adherence" and r["horizon"] == h
-        )
-        assert adherence["n_generated"] == len(samples) and adherence["category"] == "turn"
+        ]
+        assert [r["view"] for r in adherence] == ["pooled", "front"]  # plan, video
+        assert all(r["n_generated"] == len(samples) and r["category"] == "turn" for r in adherence)
         stats = FeatureStats.load(report / "stats" / f"fid-h{h:03d}-generated.npz")
         assert stats.count == pooled["fid"]["n_generated"] and stats.dim == 64
     # the turn instructions come with arcs of 25 degrees per step: a turn only over 2 steps
     # (16 frames)
-    adherence = {r["horizon"]: r["value"] for r in rows if r["metric"] == "instruction_adherence"}
+    adherence = {
+        r["horizon"]: r["value"]
+        for r in rows
+        if (r["metric"], r["view"]) == ("instruction_adherence", "pooled")
+    }
     assert adherence == {8: pytest.approx(1 / 3), 16: 1.0}
     text = (report / "report.md").read_text()
-    assert "| Horizon | FID | FID∞ | FVD | FD-drive |" in text and "(N=" in text
+    assert "| Horizon | FID | FID∞ | FVD | FD-drive | Instruction adherence (plan) |" in text
+    assert "(N=" in text and "repeat last" not in text and not doc["baselines"]
     png = cv2.imread(str(report / "horizon.png"))
     assert png is not None and png.shape[0] > 500 and png.shape[1] > 800
 
@@ -441,3 +453,122 @@ def test_gallery_groups_counterfactuals_of_one_seed_point():
         ["go straight"],
     ]
     assert all(r["horizon"] == 64 and r["sample_index"] == 0 for g in groups for r in g)
+
+
+@pytest.fixture(scope="module")
+def still_run(weights, evaluator, tmp_path_factory) -> tuple[Path, QAResult]:
+    """FD-drive and the trajectory figures, with the baselines, of an output whose "generated"
+    frames are the last seed frame held (PNG shards, so exactly that frame)."""
+    root = tmp_path_factory.mktemp("still")
+    out = build_output(root, encoding="png", still=True)
+    metrics = ("fd_drive", "instruction_adherence", "action_video_agreement")
+    config = _config(
+        out, root / "qa", weights, evaluator, executor="local", encoding="png", metrics=metrics
+    )
+    return root / "qa", run_qa(config)
+
+
+def test_repeat_last_of_a_held_last_frame_equals_the_generated_figure(still_run):
+    report, result = still_run
+    doc = json.loads((report / "qa.json").read_text())
+    text = (report / "report.md").read_text()
+    assert (
+        "| Horizon | FD-drive | FD-drive (repeat last frame) | FD-drive (warp only) | "
+        "Instruction adherence (plan) | Instruction adherence (video) |" in text
+    )
+    assert doc["baselines"] == result.baselines and doc["protocol"]["baselines"] == [
+        "repeat_last",
+        "warp_only",
+    ]
+    for h in HORIZONS:
+        gen = next(
+            r
+            for r in doc["rows"]
+            if (r["metric"], r["horizon"], r["view"], r["category"])
+            == ("fd_drive", h, "pooled", "all")
+        )
+        base = {b["baseline"]: b for b in doc["baselines"] if b["horizon"] == h}
+        assert set(base) == {"repeat_last", "warp_only"}
+        for b in base.values():
+            assert (b["metric"], b["view"], b["category"]) == ("fd_drive", "pooled", "all")
+            assert (b["n_real"], b["n_generated"]) == (gen["n_real"], gen["n_generated"])
+            assert b["ci_low"] <= b["ci_high"]
+            stats = FeatureStats.load(report / "stats" / f"fd_drive-h{h:03d}-{b['baseline']}.npz")
+            assert stats.count == gen["n_generated"]
+        # features of the held frame extracted once and repeated = those of the held video; the
+        # same bootstrap resamples give the same interval
+        for key in ("value", "ci_low", "ci_high"):
+            assert base["repeat_last"][key] == pytest.approx(gen[key], rel=1e-5)
+        assert base["warp_only"]["value"] != pytest.approx(gen["value"], rel=1e-2)  # plans move
+        line = f"| {h} | {cell(gen)} | {cell(base['repeat_last'], False)} | "
+        assert line + f"{cell(base['warp_only'], False)} |" in text
+
+
+def test_adherence_of_a_still_video_differs_from_its_plan(still_run):
+    report, result = still_run
+    adherence = {
+        (r["view"], r["horizon"]): r["value"]
+        for r in result.rows
+        if r["metric"] == "instruction_adherence"
+    }
+    # the plans turn over 2 steps (16 frames); the video never turns: only "go straight" holds
+    assert adherence == {
+        ("pooled", 8): pytest.approx(1 / 3),
+        ("pooled", 16): 1.0,
+        ("front", 8): pytest.approx(1 / 3),
+        ("front", 16): pytest.approx(1 / 3),
+    }
+    seen = result.details["adherence_video"][16]["feasible"]
+    assert all(set(got) == {"straight"} for got in seen.values())
+    text = (report / "report.md").read_text()
+    assert "## Instruction adherence (plan)" in text and "## Instruction adherence (video)" in text
+
+
+def test_horizon_png_draws_the_baselines_dashed_in_the_metric_color(still_run):
+    import matplotlib.pyplot as plt
+
+    from qa.report import _fd_panel
+
+    _, result = still_run
+    fig, ax = plt.subplots()
+    _fd_panel(ax, result.rows, result.baselines, "fd_drive", "FD-drive")
+    lines = {c.get_label(): c.lines[0] for c in ax.containers}
+    plt.close(fig)
+    assert set(lines) == {"generated, all views", "repeat last frame", "warp only"}
+    color = lines["generated, all views"].get_color()
+    for name in ("repeat last frame", "warp only"):
+        assert lines[name].get_color() == color and lines[name].get_linestyle() in ("--", "-.")
+        assert list(lines[name].get_xdata()) == HORIZONS
+
+
+def test_warp_only_of_a_still_plan_is_the_last_frame_held(fixture_output):
+    from storage.read import iter_samples
+
+    sample = next(s for s in iter_samples(str(fixture_output)) if s.meta["horizon"] == 16)
+    held = np.repeat(sample.seed_frames[:, -1:], 16, axis=1)
+    moved = warp_only_frames(sample, torch.device("cpu"))
+    assert moved.shape == sample.frames.shape and not np.array_equal(moved, held)
+    sample.waypoints = np.zeros_like(sample.waypoints)
+    np.testing.assert_array_equal(warp_only_frames(sample, torch.device("cpu")), held)
+
+
+class _Features:
+    """A stand-in extractor: 8 block means of each item (image, clip or multi-view frame)."""
+
+    views = VIEWS
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        flat = x.reshape(len(x), -1).astype(np.float64)
+        return np.stack([b.mean(1) for b in np.array_split(flat, 8, axis=1)], axis=1)
+
+
+@pytest.mark.parametrize("horizon", [8, 24])
+def test_held_frame_features_are_those_of_the_held_video(tmp_path, horizon):
+    runner = FeatureRunner(QAConfig(str(tmp_path), str(tmp_path / "qa"), metrics=()))
+    runner.extractors = {m: _Features() for m in ("fid", "fvd", "fd_drive")}
+    last = np.random.default_rng(0).integers(0, 256, (3, 8, 8, 3), dtype=np.uint8)
+    held = _held(runner._extract_still(last, list(VIEWS)), horizon)
+    video = runner._extract(np.repeat(last[:, None], horizon, axis=1), list(VIEWS))
+    assert held.keys() == video.keys() == {"fid", "fvd", "fd_drive"}
+    for m in video:
+        np.testing.assert_allclose(held[m], video[m], rtol=1e-12)

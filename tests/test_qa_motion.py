@@ -49,3 +49,31 @@ def test_video_yaw_sign_and_size_on_a_panning_camera():
     assert yaw.shape == (2,)
     np.testing.assert_allclose(yaw, 8 * shift / focal, rtol=0.1)
     np.testing.assert_allclose(video_yaw(frames[::-1], 8), -8 * shift / focal, rtol=0.1)
+
+
+@pytest.mark.parametrize(("shift", "expected"), [(2, "left"), (-2, "right"), (0, "straight")])
+def test_video_adherence_reads_the_front_video_not_the_plan(tmp_path, shift, expected):
+    from qa.config import QAConfig
+    from qa.extract import FeatureRunner, Recorded, SampleTask
+    from qa.result import QAResult
+    from qa.run import Figures
+    from schemas.scene import VIEWS
+    from storage.read import Sample
+
+    rng = np.random.default_rng(0)
+    texture = cv2.GaussianBlur(rng.integers(0, 256, (64, 400, 3), dtype=np.uint8), (0, 0), 2.0)
+    front = np.stack([texture[:, 200 - shift * i : 264 - shift * i] for i in range(17)])
+    video = np.repeat(front[None], 3, axis=0)  # (V, 1 + 16, H, W, 3); the front view pans
+    still = np.zeros((2, 4, 2), np.float32)  # a plan that does not move
+    task = SampleTask("k", "t", "procedural", "{}", 5, 16, "turn", expected, False, 0, "")
+    sample = Sample("k", {}, video[:, 1:], video[:, :1], still, np.zeros((2, 3)), np.zeros(2))
+    real = Recorded(video[:, 1:], video[:, 0], still)
+    config = QAConfig(str(tmp_path), str(tmp_path / "qa"), metrics=("instruction_adherence",))
+    record = FeatureRunner(config)._record(task, list(VIEWS), sample, real, 8)
+    assert record["video_predicted"] == expected and record["predicted"] == "straight"
+    rows = Figures(config, "cpu", {}).trajectory_rows(16, [record], QAResult([], {}, {}))
+    by_source = {r["extractor"].split(":")[0]: r["value"] for r in rows}
+    assert by_source == {
+        "instruction adherence (plan)": float(expected == "straight"),
+        "instruction adherence (video)": 1.0,
+    }
