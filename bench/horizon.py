@@ -293,8 +293,10 @@ def figure(fd: dict, path: Path, title: str) -> None:
             label=label,
         )
     ax.set_xscale("log", base=2)
+    windows = list(next(iter(fd.values())))
+    ax.set_xticks([int(k.split("-")[1]) for k in windows], labels=windows)
     ax.set_yscale("log")
-    ax.set_xlabel("horizon window end (frames after the seed, 10 fps)")
+    ax.set_xlabel("horizon window (frames after the last seed frame, 10 fps)")
     ax.set_ylabel("FD-drive (lower is better)")
     ax.set_title(title, fontsize=9)
     ax.grid(alpha=0.3, which="both")
@@ -433,8 +435,8 @@ def main() -> None:
         }
 
     title = (
-        f"{identity.model_id}: FD-drive per horizon window, {len(starts)} held-out windows, "
-        f"95 % bootstrap intervals"
+        f"{identity.model_id}: FD-drive per horizon window (frames after the seed)\n"
+        f"{len(starts)} held-out windows, 95 % bootstrap intervals"
     )
     args.figure.parent.mkdir(parents=True, exist_ok=True)
     figure(fd, args.figure, title)
@@ -479,6 +481,9 @@ def main() -> None:
         "plan_adherence": {h: share(v) for h, v in plan_hits.items()},
         "video_adherence_32": share(video_hits.get(32, []))["share"],
         "agreement": {h: share(v) for h, v in agree.items()},
+        "worst_agreement": min(share(v)["share"] for v in agree.values()),
+        "worst_fd_over_repeat_last": max(ratio("repeat_last").values()),
+        "worst_fd_over_warp_only": max(ratio("warp_only").values()),
         "stop_windows": len(stop_starts),
         "stop_video_motion": {
             "generated_px_per_frame": round(float(np.mean(motions)), 3) if motions else None,

@@ -67,6 +67,18 @@ GOALS: dict[str, list[tuple[str, str, float, str]]] = {
         ("fd_drive_over_untrained", "<", 1.0, "FD-drive / untrained model"),
         ("turn_agreement", ">=", 0.80, "junction maneuvers following the instruction"),
     ],
+    "horizon": [
+        (
+            "worst_fd_over_repeat_last",
+            "<",
+            1.0,
+            "FD-drive / repeat last frame, worst of 1-8..121-128",
+        ),
+        ("worst_fd_over_warp_only", "<", 1.0, "FD-drive / warp only, worst of 1-8..121-128"),
+        ("fd128_over_fd8", "<=", 4.0, "FD-drive of frames 121-128 / of frames 1-8"),
+        ("video_adherence_32", ">=", 0.8, "turn instructions the front video follows by t+32"),
+        ("worst_agreement", ">=", 0.9, "video turns as its own plan does, worst horizon"),
+    ],
 }
 COMPARE = {">=": operator.ge, "<=": operator.le, "<": operator.lt}
 

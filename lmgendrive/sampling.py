@@ -10,7 +10,8 @@ optional classifier-free guidance against the learned null conditioning. Three o
 * ``warp_start`` starts instead from the context frames moved by the step's planned ego motion
   (:func:`lmgendrive.ego_warp.warp_views`);
 * ``context_detail`` adds to every generated frame the context-frame detail the VAE loses, moved
-  with the plan under ``warp_start``.
+  with the plan under ``warp_start``;
+* ``context_noise`` noises the context latent the UNet is conditioned on (the sample's own noise).
 """
 
 from __future__ import annotations
@@ -67,13 +68,20 @@ def sample_frames(
     scheduler = make_scheduler(generator.train_scheduler, sampler, cond.device)
     context = generator.context_latents(last_pixels)
     noise = generator.initial_noise(generators, v).to(cond.device)
+    clean_context = context
+    if context is not None and sampler.context_noise > 0:
+        context = generator.noised_context(
+            context,
+            torch.full((context.shape[0],), sampler.context_noise, device=context.device),
+            _context_noise(generators, v, context.shape[1:]).to(context.device),
+        )
     timesteps = scheduler.timesteps
     if sampler.strength < 1.0:  # start from the last frame's latent, noised to the first kept step
         skip = len(timesteps) - round(len(timesteps) * sampler.strength)
         timesteps = timesteps[skip:]
         if hasattr(scheduler, "set_begin_index"):  # multistep solvers index their own steps
             scheduler.set_begin_index(skip)
-        start = _start(generator, last_pixels, context, sampler, ego_poses, noise)
+        start = _start(generator, last_pixels, clean_context, sampler, ego_poses, noise)
         latents = scheduler.add_noise(start, noise, timesteps[:1])
     else:
         latents = noise * scheduler.init_noise_sigma
@@ -94,11 +102,25 @@ def sample_frames(
     f = latents.shape[2]
     frames = generator.decode(latents.transpose(1, 2).flatten(0, 1)).unflatten(0, (b, v, f)).float()
     if sampler.context_detail:
-        last = context if context is not None else generator.encode(last_pixels.flatten(0, 1))
+        last = (
+            clean_context
+            if clean_context is not None
+            else generator.encode(last_pixels.flatten(0, 1))
+        )
         lost = last_pixels - generator.decode(last[: b * v]).unflatten(0, (b, v)).float()
         moved = _moved(generator, lost, sampler, ego_poses)
         frames = (frames + (moved if moved is not None else lost[:, :, None])).clamp(-1.0, 1.0)
     return frames
+
+
+def _context_noise(
+    generators: Sequence[torch.Generator], views: int, shape: Sequence[int]
+) -> torch.Tensor:
+    """Noise (B*V, c, h, w) for the context latents, sample i's from ``generators[i]`` (drawn after
+    its initial noise)."""
+    return torch.stack(
+        [torch.randn((views, *shape), generator=g, device=g.device) for g in generators]
+    ).flatten(0, 1)
 
 
 def _moved(

@@ -204,6 +204,16 @@ class WorldGenerator(nn.Module):
             return None
         return self.encode(last_pixels.flatten(0, 1))
 
+    def noised_context(
+        self, context: torch.Tensor, level: torch.Tensor, noise: torch.Tensor
+    ) -> torch.Tensor:
+        """``context`` latents (N, c, h, w) noised by the training schedule to ``level`` (N,), a
+        share of the schedule in [0, 1), with ``noise`` (N, c, h, w)."""
+        t = (level * (self.train_scheduler.config.num_train_timesteps - 1)).round().long()
+        return self.train_scheduler.add_noise(
+            context, noise.to(context.dtype), t.to(context.device)
+        )
+
     def predict_noise(
         self,
         latents: torch.Tensor,

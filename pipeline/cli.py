@@ -8,16 +8,21 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 import traceback
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from pipeline.executor import add_executor_arguments
 from schemas.errors import BadInputError, ConfigError, LmgdError
 from schemas.secrets import RedactingFilter, redact
 from schemas.shipped import data_root
 from storage.atomic import PARTIAL_SUFFIX
+
+if TYPE_CHECKING:
+    from schemas.job import JobSpec
 
 log = logging.getLogger("lmgd")
 
@@ -285,6 +290,17 @@ def _demo_job(path: str) -> Path:
     return data_root() / p
 
 
+def fit_cpu_workers(job: JobSpec, cpus: int | None = None) -> JobSpec:
+    """``job`` with no more CPU-only workers than this machine's cores hold (``lmgd demo`` starts
+    its own Ray cluster here; a laptop with fewer cores than the demo asks for still runs it)."""
+    r = job.resources
+    cpus = cpus or os.cpu_count() or 1
+    fit = max(1, int(cpus // r.cpus_per_worker))
+    if r.gpus_per_worker or r.workers <= fit:
+        return job
+    return job.model_copy(update={"resources": r.model_copy(update={"workers": fit})})
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from pipeline.driver import run_job
     from pipeline.qa_cli import run_and_print
@@ -292,7 +308,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from qa.run import without_missing_weights
     from schemas.job import load_job
 
-    job = load_job(_demo_job(args.job))
+    job = fit_cpu_workers(load_job(_demo_job(args.job)))
     if args.out:
         job = job.model_copy(update={"output": args.out})
     print(

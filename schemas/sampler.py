@@ -44,6 +44,17 @@ WarpStart = Annotated[
         )
     ),
 ]
+ContextNoise = Annotated[
+    float,
+    Field(
+        ge=0.0,
+        lt=1.0,
+        description=(
+            "noise the context frame's latent (the UNet's concatenated condition) to this share of "
+            "the schedule: the level a generator trained with noisy context reads through"
+        ),
+    ),
+]
 
 
 class _Frozen(BaseModel):
@@ -66,6 +77,12 @@ class SamplerConfig(_Frozen):
     the step's planned ego motion (:mod:`lmgendrive.ego_warp`) instead of the last frame standing
     still, and moves ``context_detail`` with them: a low strength then keeps the frames clean and
     still drives forward and turns.
+
+    ``context_noise`` (not in the paper) noises the context latent the UNet is conditioned on
+    (``diffusion.concat_last_latent``) to that share of the schedule, with the sample's own noise:
+    a generator trained with noisy context (a stage's ``context_noise``) then treats its own
+    earlier output as it treated real frames, instead of copying its artefacts forward
+    (GameNGen's noise augmentation).
     """
 
     scheduler: Scheduler = "ddim"
@@ -74,6 +91,7 @@ class SamplerConfig(_Frozen):
     strength: Strength = 1.0
     context_detail: ContextDetail = False
     warp_start: WarpStart = False
+    context_noise: ContextNoise = 0.0
 
     @model_validator(mode="after")
     def _one_step_at_least(self) -> SamplerConfig:
@@ -95,6 +113,7 @@ class SamplerOverride(_Frozen):
     strength: Strength | None = None
     context_detail: ContextDetail | None = None
     warp_start: WarpStart | None = None
+    context_noise: ContextNoise | None = None
 
     def over(self, base: SamplerConfig, where: str = "sampler") -> SamplerConfig:
         """``base`` with the values set here; an inconsistent result raises :class:`ConfigError`."""

@@ -172,6 +172,20 @@ def test_demo_runs_the_job_and_reports_with_a_gallery(tmp_path, monkeypatch, cap
     assert _demo_job("jobs/demo.yaml").is_file()  # the default resolves from any working directory
 
 
+def test_the_demo_fits_its_cpu_workers_to_the_cores_here():
+    from pipeline.cli import fit_cpu_workers
+    from schemas.job import load_job
+
+    job = load_job("jobs/demo.yaml")
+    assert job.resources.workers == 2 and job.resources.gpus_per_worker == 0
+    assert fit_cpu_workers(job, cpus=1).resources.workers == 1
+    assert fit_cpu_workers(job, cpus=8) == job  # never more than the job asks for
+    gpu = job.model_copy(
+        update={"resources": job.resources.model_copy(update={"gpus_per_worker": 1})}
+    )
+    assert fit_cpu_workers(gpu, cpus=1) == gpu  # GPU workers are the cluster's business
+
+
 @pytest.mark.parametrize("verbose", [False, True])
 def test_a_crash_is_one_line_or_its_traceback_under_v_and_never_a_secret(
     verbose, monkeypatch, capsys

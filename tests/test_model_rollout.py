@@ -169,6 +169,29 @@ def test_sample_noise_does_not_depend_on_batch_mates(model):
     assert diff.max() <= 2  # identical up to batched-kernel rounding
 
 
+def test_context_noise_changes_what_the_unet_reads_not_whose_noise_it_is(model):
+    """``context_noise`` noises the UNet's context latent with the sample's own noise: the frames
+    change, a sample's result does not depend on its batch mates, and the level sets how far the
+    context moves (near 0: the context; near 1: noise)."""
+    seed = _frames(2, 2)
+    plain = SamplerConfig(scheduler="ddim", steps=3)
+    noisy = plain.model_copy(update={"context_noise": 0.5})
+    before = model.rollout(seed, INSTRUCTIONS, horizon=8, seeds=[9, 5], sampler=plain)
+    batch = model.rollout(seed, INSTRUCTIONS, horizon=8, seeds=[9, 5], sampler=noisy)
+    solo = model.rollout(seed[1:], INSTRUCTIONS[1:], horizon=8, seeds=[5], sampler=noisy)
+    assert not np.array_equal(before.frames, batch.frames)
+    assert np.abs(solo.frames[0].astype(int) - batch.frames[1].astype(int)).max() <= 2
+    context, noise = torch.randn(4, 4, 8, 8), torch.randn(4, 4, 8, 8)
+    levels = torch.tensor([0.0, 0.3, 0.7, 0.999])
+    moved = model.generator.noised_context(context, levels, noise)
+    toward_noise = [
+        float(torch.corrcoef(torch.stack([m.flatten(), noise[i].flatten()]))[0, 1])
+        for i, m in enumerate(moved)
+    ]
+    assert (moved[0] - context[0]).abs().mean() < 0.05
+    assert toward_noise == sorted(toward_noise) and toward_noise[-1] > 0.99
+
+
 def test_rollout_rejects_bad_input(model):
     seed = _frames(1, 2)
     with pytest.raises(BadInputError, match="multiple of 8"):

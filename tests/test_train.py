@@ -1,5 +1,6 @@
 """Training (tiny preset, seconds): the stage loop lowers each loss, resumes exactly, freezes the
-generator in stage 3, writes loadable checkpoints and loss curves; recipes are validated."""
+generator in stage 3 and the planner in stage 4, writes loadable checkpoints and loss curves;
+recipes are validated."""
 
 from __future__ import annotations
 
@@ -77,28 +78,32 @@ def _trainer(
     return StageTrainer(model, stage, config, dataset, tmp_path, seed=0, planner=plans)
 
 
-@pytest.mark.parametrize("stage", [0, 1, 2, 3])
+@pytest.mark.parametrize("stage", [0, 1, 2, 3, 4])
 def test_each_stage_loss_decreases_through_the_loop(stage, small_scene, tmp_path):
     torch.manual_seed(0)
     model = build_untrained("tiny")
     fixed = OneWindow(_dataset(small_scene, stage, model), 5)
-    trainer = _trainer(small_scene, stage, tmp_path, dataset=fixed)
+    noise = {"context_noise": 0.3} if stage == 4 else {}
+    trainer = _trainer(small_scene, stage, tmp_path, dataset=fixed, **noise)
     losses = trainer.run()
     assert len(losses) == 8 and (tmp_path / "log.jsonl").is_file() and (tmp_path / "state").is_dir()
     assert min(losses[-2:]) < 0.9 * losses[0], losses
 
 
-@pytest.mark.parametrize(("stage", "planner"), [(1, False), (3, False), (2, True), (3, "tokens")])
+@pytest.mark.parametrize(
+    ("stage", "planner"), [(1, False), (3, False), (2, True), (3, "tokens"), (4, False)]
+)
 def test_resume_gives_identical_losses(stage, planner, small_scene, tmp_path):
+    kw = {"planner": planner, "iterations": 4}
+    if stage == 4:
+        kw["context_noise"] = 0.3
     torch.manual_seed(0)
-    straight = _trainer(
-        small_scene, stage, tmp_path / "straight", iterations=4, planner=planner
-    ).run()
+    straight = _trainer(small_scene, stage, tmp_path / "straight", **kw).run()
     torch.manual_seed(0)
-    first = _trainer(small_scene, stage, tmp_path / "split", iterations=4, planner=planner)
+    first = _trainer(small_scene, stage, tmp_path / "split", **kw)
     head = first.run(until=2)
     torch.manual_seed(123)  # a new process: different RNG state until the saved one is restored
-    second = _trainer(small_scene, stage, tmp_path / "split", iterations=4, planner=planner)
+    second = _trainer(small_scene, stage, tmp_path / "split", **kw)
     assert second.resume() and second.progress.step == 2 and second.progress.samples == 4
     tail = second.run()
     assert head + tail == straight
@@ -230,6 +235,28 @@ def test_stage3_changes_the_llm_not_the_generator(planner, small_scene, tmp_path
     assert any(not torch.equal(llm[k], v) for k, v in model.llm.state_dict().items())
 
 
+def test_stage4_changes_the_generator_not_the_planner_vae_or_encoder(small_scene, tmp_path):
+    torch.manual_seed(0)
+    trainer = _trainer(small_scene, 4, tmp_path, iterations=2, context_noise=0.3)
+    m = trainer.model
+    parts = {
+        "llm": m.llm,
+        "compressor": m.compressor,
+        "vision": m.vision,
+        "vae": m.generator.vae,
+        "unet": m.generator.unet,
+        "conditioner": m.conditioner,
+    }
+    before = {name: _snapshot(module) for name, module in parts.items()}
+    trainer.run()
+    changed = {
+        name
+        for name, module in parts.items()
+        if any(not torch.equal(before[name][k], v) for k, v in module.state_dict().items())
+    }
+    assert changed == {"unet", "conditioner"}
+
+
 def test_all_stages_write_a_loadable_checkpoint_and_curves(tmp_path):
     iters = {"iterations": 2, "batch_size": 2, "lr": 1e-3, "checkpoint_every": 1}
     config = parse_config(
@@ -255,15 +282,23 @@ def test_all_stages_write_a_loadable_checkpoint_and_curves(tmp_path):
                     "sampler": {"steps": 1},
                     "planner": {"batch_size": 2, "routes_per_town": 2, "token_cache": True},
                 },
+                "4": {
+                    **iters,
+                    "sequence_steps": [2],
+                    "sampler": {"steps": 2, "strength": 0.5, "context_noise": 0.1},
+                    "context_noise": 0.3,
+                },
             },
         }
     )
     assert run(config, [0, 1]) is None  # not the last stage: no output yet
-    assert run(config) == tmp_path / "model"  # stages 0 and 1 are done and skipped; 2 and 3 train
+    assert run(config) == tmp_path / "model"  # stages 0 and 1 are done and skipped; 2-4 train
     model, _ = load_checkpoint(tmp_path / "model", "cpu")
     assert float(model.generator.latent_scale) != 1.0  # calibrated after stage 0
+    # the generator trained on its own rollouts keeps the sampler they were drawn with
+    assert (model.config.sampler.steps, model.config.sampler.context_noise) == (2, 0.1)
     assert (tmp_path / "scenes" / "dataset_index.txt").is_file()
-    for stage in range(4):
+    for stage in range(5):
         assert (tmp_path / "model" / f"loss_stage{stage}.png").is_file()
     readme = (tmp_path / "model" / "README.md").read_text()
     assert (
@@ -272,6 +307,7 @@ def test_all_stages_write_a_loadable_checkpoint_and_curves(tmp_path):
         and "encoder tokens cached" in readme
     )
     assert "fed-back sampler steps 1, strength 0.8, warp_start False" in readme
+    assert "| 4 | 2 | 2 |" in readme and "noised to U(0, 0.3)" in readme
     assert (tmp_path / "work" / TOKEN_CACHE_FILE).is_file()
     assert '"plan_heading"' in (tmp_path / "work" / "stage3" / "log.jsonl").read_text()
     assert (

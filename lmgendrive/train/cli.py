@@ -1,4 +1,4 @@
-"""``lmgd train --stage 0|1|2|3|all --config FILE``: register with :func:`add_parser`."""
+"""``lmgd train --stage 0|1|2|3|4|all --config FILE``: register with :func:`add_parser`."""
 
 from __future__ import annotations
 
@@ -15,7 +15,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         "rerunning resumes from the last saved state.",
     )
     p.add_argument(
-        "--stage", required=True, help="0 (VAE), 1 (vision), 2 (single step), 3 (multi-step) or all"
+        "--stage",
+        required=True,
+        help="0 (VAE), 1 (vision), 2 (single step), 3 (multi-step), "
+        "4 (generator on its own rollouts) or all",
     )
     p.add_argument("--config", required=True, help="training recipe YAML")
     p.set_defaults(func=cmd_train)

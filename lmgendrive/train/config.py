@@ -31,7 +31,7 @@ from schemas.sampler import SamplerOverride
 from schemas.scene import WEATHERS
 from schemas.user_yaml import read_yaml
 
-STAGES = (0, 1, 2, 3)
+STAGES = (0, 1, 2, 3, 4)
 RENAMED = {
     "sampler_steps": "sampler.steps",
     "sampler_strength": "sampler.strength",
@@ -125,8 +125,9 @@ class StageConfig(_Strict):
         2,
         3,
     ]  # stage 3 curriculum, equal shares
-    sampler: SamplerOverride = SamplerOverride()  # stage 3: the fed-back videos', over FED_BACK
+    sampler: SamplerOverride = SamplerOverride()  # stages 3-4: the fed-back videos' (see fed_back)
     planner: PlannerConfig | None = None  # stages 2-3: planner batches balanced by maneuver
+    context_noise: Annotated[float, Field(ge=0, lt=1)] = 0.0  # stages 2 and 4, diffusion_loss
 
     @model_validator(mode="after")
     def _check(self) -> StageConfig:
@@ -136,9 +137,12 @@ class StageConfig(_Strict):
             raise ValueError("sequence_steps must be a non-empty, non-decreasing list of 2s and 3s")
         return self
 
-    def fed_back(self) -> SamplerOverride:
-        """Stage 3's sampler of the fed-back videos, to apply over the model's: :data:`FED_BACK`
-        with this stage's ``sampler`` keys."""
+    def fed_back(self, stage: int = 3) -> SamplerOverride:
+        """The sampler of a stage's fed-back videos, to apply over the model's: in stage 3
+        :data:`FED_BACK` with this stage's ``sampler`` keys; in stage 4 this stage's keys alone
+        (its generator learns the inference sampler's own output, and the checkpoint keeps it)."""
+        if stage == 4:
+            return self.sampler
         return FED_BACK.model_copy(update=self.sampler.model_dump(exclude_none=True))
 
 
@@ -151,7 +155,7 @@ class TrainConfig(_Strict):
     workdir: Path
     output: Path
     data: DataConfig = DataConfig()
-    stages: dict[Literal["0", "1", "2", "3"], StageConfig]
+    stages: dict[Literal["0", "1", "2", "3", "4"], StageConfig]
 
     @model_validator(mode="after")
     def _check(self) -> TrainConfig:
@@ -160,10 +164,15 @@ class TrainConfig(_Strict):
         if not self.stages:
             raise ValueError("stages must configure at least one stage")
         for name, stage in self.stages.items():
-            if stage.planner is not None and int(name) < 2:
+            if stage.planner is not None and int(name) not in (2, 3):
                 raise ValueError(
                     f"stage {name}: planner batches exist in stages 2 and 3 only "
                     "(the LLM trains there)"
+                )
+            if stage.context_noise > 0 and int(name) not in (2, 4):
+                raise ValueError(
+                    f"stage {name}: context_noise exists in stages 2 and 4 only "
+                    "(the world generator trains there)"
                 )
         return self
 
@@ -206,9 +215,9 @@ def load_config(path: str | Path) -> TrainConfig:
 
 
 def parse_stage(text: str) -> list[int] | None:
-    """``--stage`` value: one of 0..3, or ``all`` (``None``: every configured stage)."""
+    """``--stage`` value: one of 0..4, or ``all`` (``None``: every configured stage)."""
     if text == "all":
         return None
     if text not in {str(s) for s in STAGES}:
-        raise ConfigError(f"--stage must be 0, 1, 2, 3 or all, got {text!r}")
+        raise ConfigError(f"--stage must be 0, 1, 2, 3, 4 or all, got {text!r}")
     return [int(text)]

@@ -164,7 +164,7 @@ class FrameDataset(_SceneDataset):
 
 
 class DriveDataset(_SceneDataset):
-    """Windows of ``context`` frames followed by ``steps`` generation steps (stages 2 and 3).
+    """Windows of ``context`` frames followed by ``steps`` generation steps (stages 2-4).
 
     Step k's current frame is ``t + k F`` (F = frames_per_step): its waypoints and completion flag
     are the targets of step k and frames ``t + kF + 1 .. t + (k+1)F`` its future video. The

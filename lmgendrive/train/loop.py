@@ -148,7 +148,7 @@ class StageTrainer:
 
     def _iteration(self, batch: dict, plan: dict | None) -> dict:
         started = time.perf_counter()
-        steps = sequence_steps(self.config, self.progress.step) if self.stage == 3 else 1
+        steps = sequence_steps(self.config, self.progress.step) if self.stage in (3, 4) else 1
         out = self.objective(batch, steps, plan)
         loss = out.loss.detach().item()
         if not math.isfinite(loss):

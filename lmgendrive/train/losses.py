@@ -91,12 +91,16 @@ def diffusion_loss(
     cond: torch.Tensor,
     last_pixels: torch.Tensor,
     null_cond: torch.Tensor,
+    context_noise: float = 0.0,
 ) -> torch.Tensor:
     """DDPM epsilon MSE on the future frames ``target`` (B, V, F, 3, H, W) in [-1, 1].
 
     ``cond`` (B, V, S, dim) is replaced by ``null_cond`` (S, dim) for a ``cond_dropout`` share of
     samples while the generator trains (classifier-free guidance); ``last_pixels`` (B, V, 3, H, W)
-    are the context frames.
+    are the context frames. With ``context_noise`` > 0 (not in the paper; GameNGen's noise
+    augmentation) each sample's context latent is noised to a level drawn uniformly from
+    ``[0, context_noise]`` of the schedule, so the generator learns to read through a degraded
+    context instead of copying it (``sampler.context_noise`` sets the level at inference).
     """
     b, v, f = target.shape[:3]
     with torch.no_grad():
@@ -111,7 +115,11 @@ def diffusion_loss(
     if generator.training and dropout > 0:
         drop = torch.rand(b, device=cond.device) < dropout
         cond = torch.where(drop[:, None, None, None], null_cond.to(cond.dtype), cond)
-    eps = generator.predict_noise(noisy, t, cond, generator.context_latents(last_pixels))
+    context = generator.context_latents(last_pixels)
+    if context is not None and context_noise > 0:
+        level = (torch.rand(b, device=context.device) * context_noise).repeat_interleave(v)
+        context = generator.noised_context(context, level, torch.randn_like(context))
+    eps = generator.predict_noise(noisy, t, cond, context)
     return F.mse_loss(eps.float(), noise.float())
 
 
@@ -122,12 +130,15 @@ def _step_loss(
     batch: DriveBatch,
     k: int,
     future: torch.Tensor,
+    context_noise: float = 0.0,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Waypoint L1 + 0.2 completion BCE + diffusion MSE of step ``k``."""
     wp = F.l1_loss(out.waypoints, batch.waypoints[:, k].float())
     done = F.binary_cross_entropy_with_logits(out.completion_logit, batch.completed[:, k].float())
     cond = model.conditioner(context, out.world)
-    diff = diffusion_loss(model.generator, future, cond, context, model.conditioner.null_cond)
+    diff = diffusion_loss(
+        model.generator, future, cond, context, model.conditioner.null_cond, context_noise
+    )
     total = wp + COMPLETION_WEIGHT * done + diff
     return total, {"waypoints": wp, "completion": done, "diffusion": diff}
 
@@ -150,11 +161,14 @@ def _prepare(model: LMGenDrive, batch: DriveBatch, min_steps: int) -> tuple[torc
     return pixels, future, model.llm.embed_instructions(ids), mask, history
 
 
-def single_step_loss(model: LMGenDrive, batch: DriveBatch) -> LossOutput:
-    """Stage 2: waypoint L1 + 0.2 completion BCE + diffusion MSE for the first step of ``batch``."""
+def single_step_loss(
+    model: LMGenDrive, batch: DriveBatch, context_noise: float = 0.0
+) -> LossOutput:
+    """Stage 2: waypoint L1 + 0.2 completion BCE + diffusion MSE for the first step of ``batch``
+    (``context_noise``: see :func:`diffusion_loss`)."""
     pixels, future, embeds, mask, history = _prepare(model, batch, 1)
     out = model.llm(embeds, mask, history, batch.speed.float(), batch.prev_waypoints.float())
-    total, terms = _step_loss(model, out, pixels[:, :, -1], batch, 0, future[:, 0])
+    total, terms = _step_loss(model, out, pixels[:, :, -1], batch, 0, future[:, 0], context_noise)
     return LossOutput(total, {**{k: v.item() for k, v in terms.items()}, "total": total.item()})
 
 
@@ -242,6 +256,56 @@ def multistep_loss(
             context, action, speed = video[:, :, -1], out.waypoints, speed_after(out.waypoints)
     loss = torch.stack(totals).mean()
     return LossOutput(loss, {**sums, "total": loss.item()})
+
+
+def rollout_loss(
+    model: LMGenDrive, batch: DriveBatch, sampler: SamplerConfig, context_noise: float = 0.0
+) -> LossOutput:
+    """Stage 4 (not in the paper; Epona's chain-of-forward, DIAMOND): the world generator trained on
+    its own rollouts, the planner frozen.
+
+    Step 0's context is the real last frame; each later step's is the last frame the generator
+    itself sampled one step earlier with ``sampler`` (no gradient through the sampling), moved along
+    the expert's path (the real future frames follow it), and the expert's action and speed are fed
+    to the frozen planner, which only supplies the world features. Every step's diffusion loss is
+    against the real future frames: the generator learns to pull its own drift back to real frames.
+    """
+    pixels, future, embeds, mask, history = _prepare(model, batch, 2)
+    speed, action, context = batch.speed.float(), batch.prev_waypoints.float(), pixels[:, :, -1]
+    null_cond = model.conditioner.null_cond
+    losses = []
+    for k in range(future.shape[1]):
+        with torch.no_grad():
+            world = model.llm(embeds, mask, history, speed, action).world
+        cond = model.conditioner(context, world)
+        losses.append(
+            diffusion_loss(model.generator, future[:, k], cond, context, null_cond, context_noise)
+        )
+        if k + 1 == future.shape[1]:
+            break
+        expert = batch.waypoints[:, k].float()
+        generators = [
+            torch.Generator().manual_seed(int(torch.randint(2**62, ()))) for _ in batch.instructions
+        ]
+        with torch.no_grad():
+            video = sample_frames(
+                model.generator,
+                cond,
+                null_cond,
+                context,
+                generators,
+                sampler,
+                ego_poses=model.planned_poses(expert),
+            )
+            history = torch.cat([history, model.encode_history(video.transpose(1, 2))], dim=1)
+        history = history[:, -model.config.llm.history_frames :]
+        context, action, speed = video[:, :, -1], expert, speed_after(expert)
+    loss = torch.stack(losses).mean()
+    fed_back = torch.stack(losses[1:]).mean().item()
+    return LossOutput(
+        loss,
+        {"diffusion_real": losses[0].item(), "diffusion_fed_back": fed_back, "total": loss.item()},
+    )
 
 
 def heading_loss(predicted: torch.Tensor, target: torch.Tensor) -> torch.Tensor:

@@ -87,7 +87,7 @@ def train_stage(config: TrainConfig, stage: int, command: str = "") -> LMGenDriv
     ):  # one rank renders the drives and fills the token cache, the others read them
         scenes = open_scenes(config.data)
         planner = planner_data(config, stage, model)
-    steps = max(stage_config.sequence_steps) if stage == 3 else 1
+    steps = max(stage_config.sequence_steps) if stage in (3, 4) else 1
     if stage >= 2 and config.data.context_frames < model.config.llm.history_frames:
         log.warning(
             "stage %d trains on %d context frames but the model plans from up to %d history "
@@ -115,7 +115,7 @@ def train_stage(config: TrainConfig, stage: int, command: str = "") -> LMGenDriv
     )
     trainer.resume()
     trainer.run()
-    finish_stage(model, stage, dataset)
+    finish_stage(model, stage, dataset, stage_config)
     if backend.is_main:
         save_checkpoint(model, final_dir(config, stage), readme=readme(config, [stage], command))
     backend.wait()
@@ -179,9 +179,15 @@ def readme(config: TrainConfig, stages: list[int], command: str) -> str:
     for s in stages:
         c = config.stage(s)
         sampler = ", ".join(
-            f"{k} {v}" for k, v in c.fed_back().model_dump(exclude_none=True).items()
+            f"{k} {v}" for k, v in c.fed_back(s).model_dump(exclude_none=True).items()
         )
-        notes = [f"sequence steps {c.sequence_steps}, fed-back sampler {sampler}"] if s == 3 else []
+        notes = (
+            [f"sequence steps {c.sequence_steps}, fed-back sampler {sampler}"]
+            if s in (3, 4)
+            else []
+        )
+        if c.context_noise:
+            notes.append(f"context latents noised to U(0, {c.context_noise:g}) of the schedule")
         if c.planner is not None:
             p = c.planner
             notes.append(

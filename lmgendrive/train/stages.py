@@ -4,6 +4,7 @@ batches.
 0: the VAE (autoencoder loss on every view of each frame); afterwards the latent scale is
 calibrated. 1: the vision encoder and its perception heads. 2: single step, encoder frozen.
 3: multi-step sequences (2-3 steps, a curriculum), generator frozen, its sampled videos fed back.
+4 (not in the paper): the world generator alone on its own rollouts, the planner frozen.
 Stages 2-3 may add a planner-only batch per iteration, drawn by maneuver (``StageConfig.planner``).
 """
 
@@ -23,6 +24,7 @@ from lmgendrive.train.losses import (
     autoencoder_loss,
     multistep_loss,
     planner_loss,
+    rollout_loss,
     single_step_loss,
 )
 from lmgendrive.train.perception import PerceptionBatch, perception_loss
@@ -38,10 +40,12 @@ def set_stage(model: LMGenDrive, stage: int) -> list[nn.Parameter]:
     0: the VAE alone (presets trained from scratch). 1: the vision encoder and its heads.
     2: vision encoder frozen; Q-Former, adapter, LLM, queries, action head, fusion, UNet (and
     CLIP unless it is pretrained) train. 3: as 2 but the whole world generator (CLIP, fusion,
-    UNet, VAE) is frozen; gradients still flow through it to the LLM side.
+    UNet, VAE) is frozen; gradients still flow through it to the LLM side. 4: the world generator's
+    conditioning and UNet (and CLIP unless it is pretrained) alone; the VAE and the planning side
+    stay frozen.
     """
-    if stage not in (0, 1, 2, 3):
-        raise ConfigError(f"training stage must be 0, 1, 2 or 3, got {stage}")
+    if stage not in (0, 1, 2, 3, 4):
+        raise ConfigError(f"training stage must be 0, 1, 2, 3 or 4, got {stage}")
     model.requires_grad_(False)
     if stage == 0:
         model.generator.vae.requires_grad_(True)
@@ -50,18 +54,24 @@ def set_stage(model: LMGenDrive, stage: int) -> list[nn.Parameter]:
         model.vision.requires_grad_(True)
     else:
         model.vision.freeze()
-        model.compressor.requires_grad_(True)
-        model.llm.requires_grad_(True)
-        if stage == 2:
-            model.conditioner.requires_grad_(True)
-            model.conditioner.clip.requires_grad_(model.config.pretrained.clip is None)
-            # the conditioner reads CLIP's patch tokens, never its pooled output: a parameter
-            # that gets no gradient would stall data-parallel training (DDP's reducer)
-            for name, module in model.conditioner.clip.named_modules():
-                if name.endswith("post_layernorm"):
-                    module.requires_grad_(False)
-            model.generator.unet.requires_grad_(True)
+        if stage in (2, 3):
+            model.compressor.requires_grad_(True)
+            model.llm.requires_grad_(True)
+        if stage in (2, 4):
+            _train_generator(model)
     return [p for p in model.parameters() if p.requires_grad]
+
+
+def _train_generator(model: LMGenDrive) -> None:
+    """The conditioner (CLIP unless pretrained) and the UNet train."""
+    model.conditioner.requires_grad_(True)
+    model.conditioner.clip.requires_grad_(model.config.pretrained.clip is None)
+    # the conditioner reads CLIP's patch tokens, never its pooled output: a parameter that gets no
+    # gradient would stall data-parallel training (DDP's reducer)
+    for name, module in model.conditioner.clip.named_modules():
+        if name.endswith("post_layernorm"):
+            module.requires_grad_(False)
+    model.generator.unet.requires_grad_(True)
 
 
 def sequence_steps(stage: StageConfig, step: int) -> int:
@@ -95,17 +105,14 @@ class StageObjective(nn.Module):
         stage: int,
         sampler: SamplerConfig | None = None,
         straight_previous: float = 0.0,
+        context_noise: float = 0.0,
     ):
         super().__init__()
-        self.model, self.stage, self.sampler, self.straight_previous = (
-            model,
-            stage,
-            sampler,
-            straight_previous,
-        )
+        self.model, self.stage, self.sampler = model, stage, sampler
+        self.straight_previous, self.context_noise = straight_previous, context_noise
 
     def forward(self, batch: dict, steps: int = 1, plan: dict | None = None) -> LossOutput:
-        """The stage's loss on ``batch`` (``steps`` steps in stage 3), plus the planner loss on
+        """The stage's loss on ``batch`` (``steps`` steps in stages 3-4), plus the planner loss on
         ``plan`` when the stage has planner batches."""
         device = self.model.device
         if self.stage == 0:
@@ -116,11 +123,12 @@ class StageObjective(nn.Module):
             )
             return perception_loss(self.model, perception.to(device))
         drive = drive_batch(batch, steps).to(device)
-        out = (
-            single_step_loss(self.model, drive)
-            if self.stage == 2
-            else multistep_loss(self.model, drive, self.sampler)
-        )
+        if self.stage == 2:
+            out = single_step_loss(self.model, drive, self.context_noise)
+        elif self.stage == 3:
+            out = multistep_loss(self.model, drive, self.sampler)
+        else:
+            out = rollout_loss(self.model, drive, self.sampler, self.context_noise)
         if plan is None:
             return out
         plan = straighten_previous_action(plan, self.straight_previous)
@@ -135,13 +143,19 @@ class StageObjective(nn.Module):
 
 
 def objective(model: LMGenDrive, stage: int, config: StageConfig) -> StageObjective:
-    """The stage's objective; stage 3 samples its fed-back videos with the model's sampler as
+    """The stage's objective; stages 3-4 sample their fed-back videos with the model's sampler as
     :meth:`StageConfig.fed_back` overrides it."""
     sampler = (
-        config.fed_back().over(model.config.sampler, "stage 3 sampler") if stage == 3 else None
+        config.fed_back(stage).over(model.config.sampler, f"stage {stage} sampler")
+        if stage in (3, 4)
+        else None
     )
     return StageObjective(
-        model, stage, sampler, config.planner.straight_previous if config.planner else 0.0
+        model,
+        stage,
+        sampler,
+        config.planner.straight_previous if config.planner else 0.0,
+        config.context_noise,
     )
 
 
@@ -163,9 +177,13 @@ def straighten_previous_action(batch: dict, probability: float) -> dict:
 
 
 @torch.no_grad()
-def finish_stage(model: LMGenDrive, stage: int, dataset: Dataset) -> None:
+def finish_stage(model: LMGenDrive, stage: int, dataset: Dataset, config: StageConfig) -> None:
     """After stage 0: set the generator's latent scale from frames spread evenly over
-    ``dataset``."""
+    ``dataset``. After stage 4: the sampler its generator trained on becomes the model's."""
+    if stage == 4:
+        sampler = config.fed_back(4).over(model.config.sampler, "stage 4 sampler")
+        model.config = model.config.model_copy(update={"sampler": sampler})
+        return
     if stage != 0:
         return
     picks = (
