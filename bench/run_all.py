@@ -1,4 +1,4 @@
-"""Run every benchmark and write ``bench/results.md``: each figure with its goal, on this machine.
+"""Run every benchmark and write ``bench/results.md``: each figure, its goal, when and where.
 
 Each script runs in its own process (so none inherits another's threads, Ray cluster or caches) and
 prints a JSON object as its last line; the figures named in ``GOALS`` are taken from it. The raw
@@ -81,6 +81,8 @@ GOALS: dict[str, list[tuple[str, str, float, str]]] = {
     ],
 }
 COMPARE = {">=": operator.ge, "<=": operator.le, "<": operator.lt}
+# rows measured before results.json recorded a machine per script
+EARLIER_MACHINE = "AMD EPYC, 2 cores, no GPU; Python 3.11.7, torch 2.14.1+cu130"
 
 
 def figure(result: dict, path: str) -> float:
@@ -132,9 +134,15 @@ def machine() -> str:
 
 
 def table(
-    results: dict[str, dict], seconds: dict[str, float], measured: dict[str, str]
+    results: dict[str, dict],
+    seconds: dict[str, float],
+    measured: dict[str, str],
+    machines: dict[str, str],
 ) -> list[str]:
+    names = sorted(set(machines.values()))
     lines = [
+        "Machines: " + "; ".join(f"({i + 1}) {m}" for i, m in enumerate(names)) + ".",
+        "",
         "| Benchmark | Measured | Figure | Value | Goal | Met | What |",
         "|---|---|---|---:|---|---|---|",
     ]
@@ -146,6 +154,7 @@ def table(
             met = "yes" if COMPARE[op](value, goal) else "**no**"
             lines.append(
                 f"| `bench/{script}.py` ({seconds[script]:.0f} s) | {measured.get(script, '?')} "
+                f"on ({names.index(machines[script]) + 1}) "
                 f"| `{path}` | {value:g} | {op} {goal:g} | {met} | {what} |"
             )
     return lines
@@ -169,26 +178,29 @@ def main() -> None:
     previous = json.loads(raw_path.read_text()) if raw_path.is_file() and keep else {}
     results, seconds = dict(previous.get("results", {})), dict(previous.get("seconds", {}))
     measured = dict(previous.get("measured", {}))
+    machines = {s: previous.get("machines", {}).get(s, EARLIER_MACHINE) for s in results}
+    here = machine()
     for script in [] if args.rewrite else args.only or list(GOALS):
         print(f"bench/{script}.py ...", flush=True)
         results[script], seconds[script] = run(script)
         measured[script] = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+        machines[script] = here
         print(f"  {json.dumps(results[script])[:300]}", flush=True)
     text = "\n".join(
         [
             "# Benchmark results",
             "",
-            f"Measured by `python bench/run_all.py` (time per row, UTC) on: {machine()}.",
+            "Measured by `python bench/run_all.py`; each row says when (UTC) and on which machine.",
             "",
             "Every ratio is measured side by side in one run of its script; "
             "the scripts' docstrings say how.",
             "",
-            *table(results, seconds, measured),
+            *table(results, seconds, measured, machines),
             "",
         ]
     )
     write_bytes(args.out, text.encode())
-    raw = {"results": results, "seconds": seconds, "measured": measured}
+    raw = {"results": results, "seconds": seconds, "measured": measured, "machines": machines}
     raw_path.write_text(json.dumps(raw, indent=1, sort_keys=True) + "\n")
     print(text)
 
