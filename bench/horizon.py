@@ -440,25 +440,18 @@ def main() -> None:
     )
     args.figure.parent.mkdir(parents=True, exist_ok=True)
     figure(fd, args.figure, title)
-    sheet_case = next(
-        (
-            w
-            for w in junctions
-            if len(w.scene.junction_ahead(w.t, within=0.0) or []) == 3
-            and w.t + horizon < len(w.scene)
-        ),
-        None,
+    # The junction offering the most maneuvers (the first of those): the recorded row is cut at
+    # the drive's end when the drive is shorter than the horizon.
+    sheet_case = max(junctions, key=lambda w: len(w.scene.junction_ahead(w.t, within=0.0) or []))
+    contact_sheet(
+        model,
+        sheet_case.scene,
+        sheet_case.t,
+        list(sheet_case.scene.junction_ahead(sheet_case.t, within=0.0)),
+        sampler,
+        horizon,
+        args.sheet,
     )
-    if sheet_case is not None:
-        contact_sheet(
-            model,
-            sheet_case.scene,
-            sheet_case.t,
-            ["left", "straight", "right"],
-            sampler,
-            horizon,
-            args.sheet,
-        )
 
     result = {
         "checkpoint": str(args.checkpoint),

@@ -118,8 +118,12 @@ def test_stages_select_parameters():
     assert "llm.model" in stage3 and not any(
         n.startswith(("generator", "conditioner", "vision")) for n in stage3
     )
+    stage4 = _trainable(model, 4)
+    assert {"generator.unet", "conditioner.clip"} <= stage4 and not any(
+        n.startswith(("generator.vae", "vision", "llm", "compressor")) for n in stage4
+    )
     with pytest.raises(ConfigError):
-        set_stage(model, 4)
+        set_stage(model, 5)
 
 
 def _decreases(

@@ -261,7 +261,8 @@ DEMO_SAMPLER = {
     "strength": 0.3,
     "context_detail": True,
     "warp_start": True,
-}  # checkpoints/demo/config.json
+    "context_noise": 0.0,
+}  # checkpoints/demo/config.json (context_noise: the default, the checkpoint predates it)
 
 
 @pytest.mark.parametrize(
@@ -304,7 +305,8 @@ def test_samples_record_the_sampler_that_ran(tmp_path, monkeypatch, override):
 def test_the_worker_refuses_a_sampler_the_driver_did_not_resolve(tmp_path):
     from workers.generator import UnitRunner
 
-    with pytest.raises(ConfigError, match="guidance, strength, context_detail, warp_start unset"):
+    unset = "guidance, strength, context_detail, warp_start, context_noise unset"
+    with pytest.raises(ConfigError, match=unset):
         UnitRunner(tiny_job(str(tmp_path / "out")).model_dump(mode="json"), "test", device="cpu")
 
 
