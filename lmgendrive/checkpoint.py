@@ -17,15 +17,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorError, safe_open
-from safetensors.torch import load_file, save_file
+from accelerate import init_empty_weights
 
 from lmgendrive.checkpoint_meta import (
     CONFIG_FILE,
     FORMAT,
     FORMAT_VERSION,
     README_FILE,
-    WEIGHTS_FILE,
     checkpoint_dir,
     read_meta,
 )
@@ -33,6 +31,15 @@ from lmgendrive.config import ModelConfig, preset_config
 from lmgendrive.device import pick_device, pick_dtype
 from lmgendrive.model import LMGenDrive
 from lmgendrive.tokenizer import DEFAULT_CORPUS, build_tokenizer, load_tokenizer
+from lmgendrive.weight_files import (
+    MAX_SHARD_BYTES,
+    file_sha256,
+    header_shapes,
+    identity_file,
+    load_weights,
+    save_weights,
+    shard_files,
+)
 from schemas.errors import CheckpointError, ConfigError
 from storage.atomic import atomic_path
 
@@ -50,14 +57,6 @@ class ModelIdentity:
     sha256: str
 
 
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def weights_sha256(model: torch.nn.Module) -> str:
     """Content hash of the state dict (names, dtypes, shapes, bytes) of a model not loaded from a
     file."""
@@ -70,16 +69,19 @@ def weights_sha256(model: torch.nn.Module) -> str:
 
 
 def save_checkpoint(
-    model: LMGenDrive, directory: str | Path, model_id: str | None = None, readme: str | None = None
+    model: LMGenDrive,
+    directory: str | Path,
+    model_id: str | None = None,
+    readme: str | None = None,
+    max_shard_bytes: int = MAX_SHARD_BYTES,
 ) -> ModelIdentity:
-    """Write ``model`` to ``directory`` atomically; ``readme`` says how it was trained."""
+    """Write ``model`` to ``directory`` atomically (sharded above ``max_shard_bytes``, see
+    :mod:`lmgendrive.weight_files`); ``readme`` says how it was trained."""
     if model.tokenizer is None:
         raise CheckpointError("cannot save a model without a tokenizer")
     directory = Path(directory)
     with atomic_path(directory, directory=True) as partial:
-        state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-        save_file(state, partial / WEIGHTS_FILE, metadata={"format": "pt"})
-        sha = file_sha256(partial / WEIGHTS_FILE)
+        sha = save_weights(model.state_dict(), partial, max_shard_bytes)
         identity = ModelIdentity(model_id or f"lmgendrive-{model.config.preset}-{sha[:12]}", sha)
         meta = {
             "format": FORMAT,
@@ -113,8 +115,28 @@ def build_untrained(config: ModelConfig | str, seed: int = 0) -> LMGenDrive:
         return LMGenDrive(config, build_tokenizer(DEFAULT_CORPUS, config.llm.vocab_size))
 
 
+def build_model(
+    config: ModelConfig | str, seed: int = 0, dtype: torch.dtype = torch.float32
+) -> LMGenDrive:
+    """The model a training run starts from: when ``config.pretrained`` names component
+    directories, those components (:mod:`lmgendrive.pretrained`, read in ``dtype``) with the rest
+    initialised from ``seed``; otherwise :func:`build_untrained`."""
+    from lmgendrive.pretrained import load_components, load_resnet_trunk
+
+    config = preset_config(config) if isinstance(config, str) else config
+    if set(config.pretrained.named()) - {"resnet"}:
+        components, tokenizer = load_components(config, dtype)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            model = LMGenDrive(config, tokenizer, components)
+    else:
+        model = build_untrained(config, seed)
+    load_resnet_trunk(model.vision, config)
+    return model.to(dtype)
+
+
 def load_checkpoint(
-    source: str | Path, device: str | torch.device | None = None
+    source: str | Path, device: str | torch.device | None = None, keep_dtypes: bool = False
 ) -> tuple[LMGenDrive, ModelIdentity]:
     """A model in eval mode on ``device`` (default :func:`~lmgendrive.device.pick_device`) and its
     identity (the id and weights sha256 to record with generated samples).
@@ -122,67 +144,49 @@ def load_checkpoint(
     ``source`` is a checkpoint directory or a preset name: ``tiny`` (random weights, seed 0),
     ``demo`` (the embedded checkpoint in ``checkpoints/demo``, trained on the procedural world) or
     ``paper`` (pretrained components from local directories; the LMGenDrive-specific parts are
-    untrained).
+    untrained). A directory's model is built without weights and its tensors are read straight to
+    ``device`` in the config's dtype (``keep_dtypes``: each in the dtype it was saved in, as a
+    training stage continues): nothing is initialised only to be overwritten.
     """
     device = pick_device(device)
     directory = checkpoint_dir(source)
     if directory is not None:
-        model, identity = _load_dir(directory)
-        dtype = pick_dtype(model.config.dtype, device)
+        model, identity = _load_dir(directory, device, keep_dtypes)
+        if keep_dtypes:
+            return model.to(device).eval(), identity
     else:  # built in code: identified by its weights
-        model, dtype = _build(str(source), device)
+        config = preset_config(str(source))
+        model = build_model(config, dtype=pick_dtype(config.dtype, device))
         sha = weights_sha256(model)
         identity = ModelIdentity(f"lmgendrive-{model.config.preset}-{sha[:12]}", sha)
-    return model.to(device=device, dtype=dtype).eval(), identity
-
-
-def _build(preset: str, device: torch.device) -> tuple[LMGenDrive, torch.dtype]:
-    """``tiny`` (random weights, seed 0) or ``paper`` (pretrained components), and its dtype."""
-    if preset == "tiny":
-        model = build_untrained("tiny")
-        return model, pick_dtype(model.config.dtype, device)
-    from lmgendrive.pretrained import load_components
-
-    config = preset_config("paper")
-    dtype = pick_dtype(config.dtype, device)
-    components, tokenizer = load_components(config, dtype)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(0)
-        return LMGenDrive(config, tokenizer, components), dtype
+    return model.to(device=device, dtype=pick_dtype(model.config.dtype, device)).eval(), identity
 
 
 def check_checkpoint(source: str | Path) -> None:
     """Every check loading ``source`` makes, without reading its weights: config, recorded
-    sha256, tokenizer, and tensor names and shapes (the safetensors header against the model built
+    sha256, tokenizer, and tensor names and shapes (the safetensors headers against the model built
     on the meta device). Presets built in code pass."""
     directory = checkpoint_dir(source)
     if directory is None:
         return
-    _, config, _ = _verified(directory)
-    weights = directory / WEIGHTS_FILE
-    try:
-        with safe_open(weights, framework="pt") as f:
-            shapes = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}  # noqa: SIM118
-    except (SafetensorError, OSError, ValueError) as exc:
-        raise CheckpointError(f"{weights} is not a readable safetensors file: {exc}") from exc
+    _, config, _, files = _verified(directory)
     with torch.device("meta"):
         model = _skeleton(directory, config)
-    _check_tensors(model, shapes, weights, directory / CONFIG_FILE)
+    _check_tensors(model, header_shapes(files), files[0], directory / CONFIG_FILE)
 
 
-def _verified(directory: Path) -> tuple[dict, ModelConfig, str]:
-    """The config of ``directory`` and its weights' sha256, checked against the recorded one."""
+def _verified(directory: Path) -> tuple[dict, ModelConfig, str, list[Path]]:
+    """The config of ``directory``, its weights' sha256 (checked against the recorded one) and
+    its weight files (each shard checked against its index)."""
     meta, config = read_meta(directory)
-    weights = directory / WEIGHTS_FILE
-    if not weights.is_file():
-        raise CheckpointError(f"{weights} is missing")
-    sha = file_sha256(weights)
+    ident = identity_file(directory)
+    sha = file_sha256(ident)
     if meta.get("weights_sha256") not in (None, sha):
         raise CheckpointError(
-            f"{weights} is corrupt or was replaced: its sha256 {sha} differs from "
+            f"{ident} is corrupt or was replaced: its sha256 {sha} differs from "
             f"{meta['weights_sha256']} recorded in {directory / CONFIG_FILE}"
         )
-    return meta, config, sha
+    return meta, config, sha, shard_files(directory)
 
 
 def _skeleton(directory: Path, config: ModelConfig) -> LMGenDrive:
@@ -195,18 +199,16 @@ def _skeleton(directory: Path, config: ModelConfig) -> LMGenDrive:
             raise CheckpointError(f"{directory}: {exc}") from exc
 
 
-def _load_dir(directory: Path) -> tuple[LMGenDrive, ModelIdentity]:
-    meta, config, sha = _verified(directory)
-    weights = directory / WEIGHTS_FILE
-    try:
-        state = load_file(weights, device="cpu")
-    except (SafetensorError, OSError, ValueError) as exc:
-        raise CheckpointError(f"{weights} is not a readable safetensors file: {exc}") from exc
-    model = _skeleton(directory, config)
-    _check_tensors(
-        model, {k: tuple(v.shape) for k, v in state.items()}, weights, directory / CONFIG_FILE
-    )
-    model.load_state_dict(state)
+def _load_dir(
+    directory: Path, device: torch.device, keep_dtypes: bool
+) -> tuple[LMGenDrive, ModelIdentity]:
+    meta, config, sha, files = _verified(directory)
+    shapes = header_shapes(files)
+    with init_empty_weights():  # parameters on the meta device; buffers (small) as built
+        model = _skeleton(directory, config)
+    _check_tensors(model, shapes, files[0], directory / CONFIG_FILE)
+    state = load_weights(files, device, None if keep_dtypes else pick_dtype(config.dtype, device))
+    model.load_state_dict(state, assign=True)
     model_id = str(meta.get("model_id") or f"lmgendrive-{config.preset}-{sha[:12]}")
     identity = ModelIdentity(model_id, sha)
     log.info("loaded %s from %s", identity.model_id, directory)

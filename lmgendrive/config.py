@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
 
@@ -82,6 +82,9 @@ class LLMConfig(_Frozen):
     max_instruction_tokens: int = 64
     num_action_queries: int = 4  # one waypoint per action query
     num_world_queries: int = 64
+    # not in the paper: waypoints regressed as offsets from constant-velocity extrapolation
+    # (lmgendrive.llm); "none" regresses them directly, as LMDrive and the paper do
+    waypoint_prior: Literal["constant_velocity", "none"] = "constant_velocity"
 
 
 class ClipConfig(_Frozen):
@@ -159,7 +162,9 @@ class DiffusionConfig(_Frozen):
 
 
 class PretrainedPaths(_Frozen):
-    """Local Hugging Face-format directories of the pretrained components (``paper`` preset).
+    """Local Hugging Face-format directories of the pretrained components (``paper`` preset), and
+    the torchvision ImageNet weights file of the vision encoder's ResNet trunk (``resnet``, e.g.
+    ``resnet50-11ad3fa6.pth``; the trunk starts random without it).
 
     Relative paths are resolved against ``$LMGD_PRETRAINED_DIR`` (default
     ``~/.cache/lmgendrive/pretrained``).
@@ -169,6 +174,11 @@ class PretrainedPaths(_Frozen):
     stable_diffusion: str | None = None  # SD-1.5 directory with unet/ and vae/ subfolders
     motion_adapter: str | None = None  # AnimateDiff MotionAdapter directory
     clip: str | None = None  # CLIP ViT-L/14 directory
+    resnet: str | None = None  # torchvision ImageNet weights file of the vision trunk (.pth)
+
+    def named(self) -> list[str]:
+        """The components given a local path."""
+        return [name for name, value in self if value is not None]
 
     def resolve(self, name: str) -> Path | None:
         value = getattr(self, name)
@@ -475,6 +485,11 @@ def _paper() -> ModelConfig:
     return ModelConfig(
         preset="paper",
         dtype="bfloat16",
+        # the paper's behaviour where this code deviates elsewhere (README: differences from the
+        # paper): every BEV token to the Q-Former, waypoints regressed directly, no guidance dropout
+        vision=VisionConfig(bev_pool=50),
+        llm=LLMConfig(waypoint_prior="none"),
+        diffusion=DiffusionConfig(cond_dropout=0.0),
         pretrained=PretrainedPaths(
             llm="vicuna-7b-v1.5",
             stable_diffusion="stable-diffusion-v1-5",
@@ -491,4 +506,5 @@ PUBLISHED = {
     "stable_diffusion": "https://huggingface.co/stable-diffusion-v1-5/stable-diffusion-v1-5",
     "motion_adapter": "https://huggingface.co/guoyww/animatediff-motion-adapter-v1-5-2",
     "clip": "https://huggingface.co/openai/clip-vit-large-patch14",
+    "resnet": "https://download.pytorch.org/models/resnet50-11ad3fa6.pth (torchvision)",
 }

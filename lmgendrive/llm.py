@@ -8,12 +8,13 @@ Input sequence, per sample::
 The LLM is causal, so the action queries see everything before them and the world queries also
 see the action queries; planning without generation drops the world queries and gets exactly the
 same action outputs. The action head is one two-layer MLP applied to each action-query output:
-``(x, y, completion logit)``; query ``i`` gives waypoint ``i`` as an offset from constant-velocity
-extrapolation (straight ahead at the measured speed, ``(i + 1) * WAYPOINT_DT`` seconds out) and the
-completion logit is the mean over queries. The kinematic prior is our addition (LMDrive regresses
-waypoints directly): the head then learns braking, accelerating and turning instead of first
-re-learning distance = speed x time, which a small model trained briefly otherwise gets wrong by
-more than constant-velocity extrapolation does.
+``(x, y, completion logit)``; query ``i`` gives waypoint ``i`` and the completion logit is the mean
+over queries. With ``waypoint_prior: constant_velocity`` (our addition; the paper and LMDrive
+regress waypoints directly, ``none``) the waypoint is an offset from constant-velocity
+extrapolation (straight ahead at the measured speed, ``(i + 1) * WAYPOINT_DT`` seconds out): the
+head then learns braking, accelerating and turning instead of first re-learning distance = speed x
+time, which a small model trained briefly otherwise gets wrong by more than constant-velocity
+extrapolation does.
 """
 
 from __future__ import annotations
@@ -77,6 +78,12 @@ class PlannerLLM(nn.Module):
         self.world_queries = nn.Parameter(torch.randn(config.num_world_queries, h) * 0.02)
         self.action_head = nn.Sequential(nn.Linear(h, h), nn.GELU(), nn.Linear(h, 3))
 
+    def _prior(self, speed: torch.Tensor, n: int) -> torch.Tensor:
+        """What the action head's waypoints are offsets from (``config.waypoint_prior``)."""
+        if self.config.waypoint_prior == "constant_velocity":
+            return constant_velocity(speed, n)
+        return torch.zeros(speed.shape[0], n, 2, device=speed.device, dtype=speed.dtype)
+
     def embed_instructions(self, ids: torch.Tensor) -> torch.Tensor:
         return self.model.get_input_embeddings()(ids)
 
@@ -117,7 +124,7 @@ class PlannerLLM(nn.Module):
         start = embeds.shape[1] - n - (w if with_world else 0)
         out = self.action_head(hidden[:, start : start + n]).float()
         return LLMOutput(
-            waypoints=out[..., :2] + constant_velocity(speed.float(), n),
+            waypoints=out[..., :2] + self._prior(speed.float(), n),
             completion_logit=out[..., 2].mean(dim=1),
             world=hidden[:, -w:] if with_world else None,
         )

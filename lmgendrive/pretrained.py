@@ -34,8 +34,14 @@ def _require(config: ModelConfig, name: str, files: list[tuple[str, ...]]) -> Pa
         raise CheckpointError(f"no local directory configured for the {name} component ({where})")
     for group in files:
         if not any((path / f).is_file() for f in group):
+            pickled = sorted(p.name for p in (path / group[0]).parent.glob("*.bin"))
+            refused = (
+                f" ({', '.join(pickled)} there is pickled and refused: convert it to safetensors)"
+                if pickled and group[0].endswith(".safetensors")
+                else ""
+            )
             raise CheckpointError(
-                f"missing {path / group[0]}: put the {name} component there "
+                f"missing {path / group[0]}{refused}: put the {name} component there "
                 "(safetensors, Hugging Face layout; "
                 f"published at {PUBLISHED[name]}), or point {where}"
             )
@@ -69,32 +75,57 @@ def _expand_conv_in(unet: UNetMotionModel, in_channels: int) -> None:
     unet.register_to_config(in_channels=in_channels)
 
 
+def component_dirs(config: ModelConfig) -> dict[str, Path]:
+    """The four component directories (none when the config names none of them), each checked to
+    hold its files (nothing is read); a missing one raises :class:`CheckpointError` naming the
+    file. The ResNet file, when named, is checked too."""
+    resnet = config.pretrained.resolve("resnet")
+    if resnet is not None and not resnet.is_file():
+        raise CheckpointError(_missing_resnet(resnet, config))
+    if not set(config.pretrained.named()) - {"resnet"}:
+        return {}
+    return {
+        "llm": _require(
+            config,
+            "llm",
+            [
+                ("config.json",),
+                ("model.safetensors", "model.safetensors.index.json"),
+                ("tokenizer.json", "tokenizer.model"),
+            ],
+        ),
+        "stable_diffusion": _require(
+            config,
+            "stable_diffusion",
+            [
+                ("unet/config.json",),
+                (f"unet/{DIFFUSERS_WEIGHTS}",),
+                ("vae/config.json",),
+                (f"vae/{DIFFUSERS_WEIGHTS}",),
+            ],
+        ),
+        "motion_adapter": _require(
+            config, "motion_adapter", [("config.json",), (DIFFUSERS_WEIGHTS,)]
+        ),
+        "clip": _require(config, "clip", [("config.json",), ("model.safetensors",)]),
+    }
+
+
+def _missing_resnet(path: Path, config: ModelConfig) -> str:
+    return (
+        f"missing {path}: put the torchvision {config.vision.backbone} ImageNet weights there "
+        f"(published at {PUBLISHED['resnet']}), or point config pretrained.resnet"
+    )
+
+
 def load_components(
     config: ModelConfig, dtype: torch.dtype
 ) -> tuple[PretrainedComponents, PreTrainedTokenizerBase]:
     """Load the Llama backbone and tokenizer, SD-1.5 UNet + AnimateDiff adapter, VAE and CLIP vision
     tower."""
-    llm_dir = _require(
-        config,
-        "llm",
-        [
-            ("config.json",),
-            ("model.safetensors", "model.safetensors.index.json"),
-            ("tokenizer.json", "tokenizer.model"),
-        ],
-    )
-    sd_dir = _require(
-        config,
-        "stable_diffusion",
-        [
-            ("unet/config.json",),
-            (f"unet/{DIFFUSERS_WEIGHTS}",),
-            ("vae/config.json",),
-            (f"vae/{DIFFUSERS_WEIGHTS}",),
-        ],
-    )
-    adapter_dir = _require(config, "motion_adapter", [("config.json",), (DIFFUSERS_WEIGHTS,)])
-    clip_dir = _require(config, "clip", [("config.json",), ("model.safetensors",)])
+    dirs = component_dirs(config)
+    llm_dir, sd_dir = dirs["llm"], dirs["stable_diffusion"]
+    adapter_dir, clip_dir = dirs["motion_adapter"], dirs["clip"]
     hub = dict(local_files_only=True, use_safetensors=True)
     try:
         log.info("loading Llama from %s", llm_dir)
@@ -105,14 +136,17 @@ def load_components(
             str(sd_dir), subfolder="unet", torch_dtype=dtype, **hub
         )
         adapter = MotionAdapter.from_pretrained(str(adapter_dir), torch_dtype=dtype, **hub)
-        unet = UNetMotionModel.from_unet2d(
-            unet2d, adapter
-        )  # float32; load_checkpoint casts the model
+        unet = UNetMotionModel.from_unet2d(unet2d, adapter)  # float32; the caller casts
         vae = AutoencoderKL.from_pretrained(str(sd_dir), subfolder="vae", torch_dtype=dtype, **hub)
         log.info("loading CLIP vision tower from %s", clip_dir)
         clip = CLIPVisionModel.from_pretrained(str(clip_dir), dtype=dtype, **hub)
     except (OSError, ValueError) as exc:
         raise CheckpointError(f"cannot load a pretrained component: {exc}") from exc
+    if len(tokenizer) > llm.config.vocab_size:
+        raise CheckpointError(
+            f"the tokenizer in {llm_dir} has {len(tokenizer)} tokens but the Llama weights there "
+            f"have vocab_size {llm.config.vocab_size}: they are not the same model's"
+        )
     _check("Llama hidden_size", llm.config.hidden_size, config.llm.hidden)
     _check("Llama vocab_size", llm.config.vocab_size, config.llm.vocab_size)
     _check(
@@ -128,3 +162,48 @@ def load_components(
     if config.diffusion.concat_last_latent:
         _expand_conv_in(unet, 2 * config.vae.latent_channels)
     return PretrainedComponents(llm=llm, unet=unet, vae=vae, clip=clip), tokenizer
+
+
+# torchvision ResNet names -> the vision encoder's trunk (nn.Sequential: conv1, bn1, relu,
+# maxpool, layer1..layer4)
+TRUNK_INDEX = {"conv1": 0, "bn1": 1, "layer1": 4, "layer2": 5, "layer3": 6, "layer4": 7}
+
+
+def load_resnet_trunk(vision: nn.Module, config: ModelConfig) -> None:
+    """Copy the torchvision ImageNet weights named by ``config.pretrained.resnet`` into the
+    vision encoder's trunk (the stages it keeps; the classifier is dropped). Read with
+    ``torch.load(weights_only=True)``: tensors only, nothing unpickled."""
+    path = config.pretrained.resolve("resnet")
+    if path is None:
+        return
+    if not path.is_file():
+        raise CheckpointError(_missing_resnet(path, config))
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - torch raises many types for a bad file
+        raise CheckpointError(f"{path} is not a torchvision weights file: {exc}") from exc
+    trunk = {}
+    for name, tensor in state.items():
+        head, _, rest = name.partition(".")
+        if head in TRUNK_INDEX and TRUNK_INDEX[head] < len(vision.trunk):
+            trunk[f"{TRUNK_INDEX[head]}.{rest}"] = tensor
+    try:
+        vision.trunk.load_state_dict(trunk, strict=True)
+    except RuntimeError as exc:
+        raise CheckpointError(
+            f"{path} does not fit the {config.vision.backbone} trunk of the model config: {exc}"
+        ) from exc
+    log.info("vision trunk from %s", path)
+
+
+def component_files(config: ModelConfig) -> list[tuple[str, Path, str]]:
+    """(component, file, sha256) of every weight and tokenizer file of the named components, for
+    a checkpoint's README."""
+    from lmgendrive.weight_files import file_sha256
+
+    rows = []
+    for name in config.pretrained.named():
+        path = config.pretrained.resolve(name)
+        files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
+        rows += [(name, f, file_sha256(f)) for f in files if not f.name.startswith(".")]
+    return rows

@@ -232,9 +232,15 @@ def cmd_manifest_stats(args: argparse.Namespace) -> int:
 
 # ----------------------------------------------------------------------------- jobs
 def cmd_job_validate(args: argparse.Namespace) -> int:
+    from lmgendrive.train.check import check_recipe
     from pipeline.jobcheck import check_job
+    from schemas.user_yaml import read_yaml
 
     for path in args.jobs:
+        spec = read_yaml(path, "job spec")
+        if isinstance(spec, dict) and "stages" in spec and "horizons" not in spec:  # a recipe
+            print(check_recipe(path))
+            continue
         c = check_job(path)
         output = {
             "new": "new",

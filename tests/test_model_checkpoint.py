@@ -10,9 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from diffusers import MotionAdapter, UNet2DConditionModel
+from pretrained_dirs import write_components
 from safetensors.torch import load_file, save_file
-from transformers import LlamaModel
 
 from lmgendrive.checkpoint import (
     ModelIdentity,
@@ -23,12 +22,9 @@ from lmgendrive.checkpoint import (
 )
 from lmgendrive.checkpoint_meta import source_config
 from lmgendrive.config import PretrainedPaths, preset_config
-from lmgendrive.llm import llama_config
 from lmgendrive.model import LMGenDrive
 from lmgendrive.pretrained import load_components
-from lmgendrive.tokenizer import DEFAULT_CORPUS, build_tokenizer
 from lmgendrive.train.stages import set_stage
-from lmgendrive.world import build_clip, build_vae
 from schemas.errors import CheckpointError
 
 INSTRUCTION = ["Change to the left lane."]
@@ -192,36 +188,6 @@ def test_paper_preset_parameter_counts_on_meta_device():
     assert next(model.parameters()).device.type == "meta"
 
 
-def _write_tiny_pretrained(root: Path, config) -> None:
-    """Tiny stand-ins for Vicuna, SD-1.5 (UNet, VAE), the AnimateDiff adapter and CLIP, in HF
-    layout."""
-    u = config.unet
-    LlamaModel(llama_config(config.llm)).save_pretrained(root / "llm")
-    build_tokenizer(DEFAULT_CORPUS, config.llm.vocab_size).save_pretrained(str(root / "llm"))
-    UNet2DConditionModel(
-        sample_size=16,
-        in_channels=4,
-        out_channels=4,
-        block_out_channels=u.block_out_channels,
-        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
-        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
-        layers_per_block=u.layers_per_block,
-        norm_num_groups=u.norm_groups,
-        cross_attention_dim=u.cross_attention_dim,
-        attention_head_dim=u.attention_heads,
-    ).save_pretrained(root / "sd" / "unet")
-    build_vae(config).save_pretrained(root / "sd" / "vae")
-    MotionAdapter(
-        block_out_channels=u.block_out_channels,
-        motion_layers_per_block=u.layers_per_block,
-        motion_num_attention_heads=u.motion_heads,
-        motion_norm_num_groups=u.norm_groups,
-        motion_max_seq_length=u.motion_max_seq_length,
-        use_motion_mid_block=False,
-    ).save_pretrained(root / "adapter")
-    build_clip(config).save_pretrained(root / "clip")
-
-
 def test_pretrained_components_load_from_local_directories(tmp_path, monkeypatch):
     """The paper preset's loading path, on tiny stand-ins (the UNet input is widened for
     concat_last_latent)."""
@@ -233,7 +199,7 @@ def test_pretrained_components_load_from_local_directories(tmp_path, monkeypatch
             )
         }
     )
-    _write_tiny_pretrained(tmp_path, config)
+    write_components(tmp_path, config)
     components, tokenizer = load_components(config, torch.float32)
     assert components.unet.conv_in.in_channels == 2 * config.vae.latent_channels
     model = LMGenDrive(config, tokenizer, components).eval()

@@ -195,8 +195,10 @@ def test_planner_loss_trains_the_planner_alone():
 def test_losses_reject_malformed_batches():
     model = build_untrained("tiny")
     batch = _drive_batch(steps=1)
-    with pytest.raises(BadInputError, match="S>=2"):
+    batch.future_frames = batch.future_frames[:, :0]
+    with pytest.raises(BadInputError, match="S>=1"):
         multistep_loss(model, batch)
+    batch = _drive_batch(steps=1)
     batch.future_frames = batch.future_frames[:, :, :, :4]
     with pytest.raises(BadInputError, match="future_frames"):
         single_step_loss(model, batch)

@@ -76,7 +76,13 @@ class AccelerateBackend(LocalBackend):
 
     def prepare(self, objective: nn.Module, optimizer: torch.optim.Optimizer) -> tuple:
         """Wrap the objective and optimizer (the scheduler is stepped by hand, once per
-        iteration)."""
+        iteration). Frozen parameters, and buffers left off the device (stage 1 puts the vision
+        encoder alone there), are not DDP's to synchronise."""
+        from torch.nn.parallel import DistributedDataParallel
+
+        ignored = [n for n, p in objective.named_parameters() if not p.requires_grad]
+        ignored += [n for n, b in objective.named_buffers() if b.device != self.device]
+        DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(objective, ignored)
         return tuple(self.accelerator.prepare(objective, optimizer))
 
     def backward(self, loss: torch.Tensor) -> None:

@@ -21,11 +21,11 @@ Example (``jobs/train_demo.yaml`` is the full one)::
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from lmgendrive.config import PRESETS
+from lmgendrive.config import PRESETS, ModelConfig, preset_config
 from schemas.errors import ConfigError
 from schemas.sampler import SamplerOverride
 from schemas.scene import WEATHERS
@@ -38,8 +38,9 @@ RENAMED = {
     "sampler_warp_start": "sampler.warp_start",
 }
 FED_BACK = SamplerOverride(steps=3, strength=0.8, warp_start=False)
-"""Stage 3's sampler of the fed-back videos, over the model's: few steps from the still last frame,
-independent of the model's inference sampler (a stage's ``sampler`` overrides these)."""
+"""Stage 3's sampler of the fed-back videos, over the model's (not in the paper, which samples them
+from noise; presets other than ``paper``): few steps from the still last frame, independent of the
+model's inference sampler (a stage's ``sampler`` overrides these)."""
 
 PositiveInt = Annotated[int, Field(ge=1)]
 
@@ -121,10 +122,8 @@ class StageConfig(_Strict):
     clip: Annotated[float, Field(gt=0)] = 1.0
     checkpoint_every: PositiveInt = 100
     log_every: PositiveInt = 10
-    sequence_steps: list[Annotated[int, Field(ge=2, le=3)]] = [
-        2,
-        3,
-    ]  # stage 3 curriculum, equal shares
+    # stage 3-4 curriculum, equal shares (the paper: one to three steps)
+    sequence_steps: list[Annotated[int, Field(ge=1, le=3)]] = [2, 3]
     sampler: SamplerOverride = SamplerOverride()  # stages 3-4: the fed-back videos' (see fed_back)
     planner: PlannerConfig | None = None  # stages 2-3: planner batches balanced by maneuver
     context_noise: Annotated[float, Field(ge=0, lt=1)] = 0.0  # stages 2 and 4, diffusion_loss
@@ -134,40 +133,67 @@ class StageConfig(_Strict):
         if self.warmup >= self.iterations:
             raise ValueError(f"warmup ({self.warmup}) must be below iterations ({self.iterations})")
         if sorted(self.sequence_steps) != self.sequence_steps or not self.sequence_steps:
-            raise ValueError("sequence_steps must be a non-empty, non-decreasing list of 2s and 3s")
+            raise ValueError("sequence_steps must be a non-empty, non-decreasing list of 1 to 3")
         return self
 
-    def fed_back(self, stage: int = 3) -> SamplerOverride:
+    def fed_back(self, stage: int = 3, paper: bool = False) -> SamplerOverride:
         """The sampler of a stage's fed-back videos, to apply over the model's: in stage 3
-        :data:`FED_BACK` with this stage's ``sampler`` keys; in stage 4 this stage's keys alone
+        :data:`FED_BACK` with this stage's ``sampler`` keys (``paper``: the model's own sampler,
+        from noise, as the paper feeds back generated videos); in stage 4 this stage's keys alone
         (its generator learns the inference sampler's own output, and the checkpoint keeps it)."""
-        if stage == 4:
+        if stage == 4 or paper:
             return self.sampler
         return FED_BACK.model_copy(update=self.sampler.model_dump(exclude_none=True))
 
 
+class PrecisionConfig(_Strict):
+    """How the stages compute. ``compute``: the autocast dtype of forward and backward (default:
+    the model config's dtype on an accelerator, float32 on a CPU); trainable parameters and the
+    optimizer state stay float32 whatever it is, frozen parameters are held in it.
+    ``gradient_checkpointing``: recompute the LLM's and the UNet's activations in backward."""
+
+    compute: Literal["float32", "bfloat16"] | None = None
+    gradient_checkpointing: bool = False
+
+
 class TrainConfig(_Strict):
-    """A whole training run: model preset and init seed, data, the stages to run, where to write."""
+    """A whole training run: model preset (``model`` overrides its keys, e.g. ``pretrained``
+    directories) and init seed, data, precision, the stages to run, where to write."""
 
     preset: str
+    model: dict[str, Any] = {}
     init_seed: int = 0
     seed: int = 0
     workdir: Path
     output: Path
     data: DataConfig = DataConfig()
+    precision: PrecisionConfig = PrecisionConfig()
     stages: dict[Literal["0", "1", "2", "3", "4"], StageConfig]
 
     @model_validator(mode="after")
     def _check(self) -> TrainConfig:
         if self.preset not in PRESETS:
             raise ValueError(f"unknown preset {self.preset!r}; valid: {sorted(PRESETS)}")
+        try:
+            model = self.network_config()
+        except ConfigError as exc:
+            raise ValueError(str(exc).replace("model config: config.", "model.")) from None
         if not self.stages:
             raise ValueError("stages must configure at least one stage")
+        if "0" in self.stages and model.pretrained.stable_diffusion is not None:
+            raise ValueError(
+                "stage 0 trains a VAE from scratch, but model.pretrained.stable_diffusion names "
+                "SD-1.5's, which the paper keeps frozen: remove stage 0"
+            )
         for name, stage in self.stages.items():
             if stage.planner is not None and int(name) not in (2, 3):
                 raise ValueError(
                     f"stage {name}: planner batches exist in stages 2 and 3 only "
                     "(the LLM trains there)"
+                )
+            if name == "4" and min(stage.sequence_steps) < 2:
+                raise ValueError(
+                    "stage 4: sequence_steps must be 2 or 3 (one step has no rollout to train on)"
                 )
             if stage.context_noise > 0 and int(name) not in (2, 4):
                 raise ValueError(
@@ -175,6 +201,11 @@ class TrainConfig(_Strict):
                     "(the world generator trains there)"
                 )
         return self
+
+    def network_config(self) -> ModelConfig:
+        """The preset's model config with the ``model`` keys set over it (nested sections merge);
+        an unknown key or a wrong value raises :class:`ConfigError` naming it."""
+        return ModelConfig.from_dict(_merged(preset_config(self.preset).model_dump(), self.model))
 
     def stage_numbers(self) -> list[int]:
         return sorted(int(s) for s in self.stages)
@@ -185,6 +216,15 @@ class TrainConfig(_Strict):
                 f"stage {stage} is not configured; this recipe has stages {self.stage_numbers()}"
             )
         return self.stages[str(stage)]  # type: ignore[index]
+
+
+def _merged(base: dict, update: dict) -> dict:
+    """``base`` with ``update``'s keys set over it, merging nested dicts."""
+    out = dict(base)
+    for key, value in update.items():
+        nested = isinstance(value, dict) and isinstance(base.get(key), dict)
+        out[key] = _merged(base[key], value) if nested else value
+    return out
 
 
 def parse_config(data: object, where: str = "config") -> TrainConfig:

@@ -1,4 +1,5 @@
-"""The training loop of one stage: AdamW, warm-up + cosine, clipping, JSONL log, exact resume."""
+"""The training loop of one stage: AdamW on float32 parameters, mixed-precision compute
+(:mod:`lmgendrive.train.precision`), warm-up + cosine, clipping, JSONL log, exact resume."""
 
 from __future__ import annotations
 
@@ -13,11 +14,12 @@ from torch.utils.data import DataLoader, Dataset
 
 from lmgendrive.model import LMGenDrive
 from lmgendrive.train.backend import LocalBackend
-from lmgendrive.train.config import StageConfig
+from lmgendrive.train.config import PrecisionConfig, StageConfig
 from lmgendrive.train.curves import plot_log
 from lmgendrive.train.data import PlannerData, make_loader
+from lmgendrive.train.precision import autocast, compute_dtype, configure, hold_parameters
 from lmgendrive.train.schedule import warmup_cosine
-from lmgendrive.train.stages import objective, sequence_steps, set_stage
+from lmgendrive.train.stages import objective, place, sequence_steps, set_stage
 from lmgendrive.train.state import Progress, load_state, save_state
 from schemas.errors import RunFailure
 
@@ -40,6 +42,7 @@ class StageTrainer:
         workers: int = 0,
         backend: LocalBackend | None = None,
         planner: PlannerData | None = None,
+        precision: PrecisionConfig | None = None,
     ):
         if (planner is None) != (config.planner is None):
             raise ValueError(
@@ -56,6 +59,11 @@ class StageTrainer:
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.backend = backend or LocalBackend()
         self.params = set_stage(model, stage)
+        precision = precision or PrecisionConfig()
+        self.compute_dtype = compute_dtype(precision, model.config.dtype, self.backend.device)
+        hold_parameters(model, self.compute_dtype)
+        place(model, stage, self.backend.device)
+        configure(model, precision, self.backend.device)
         optimizer = torch.optim.AdamW(self.params, lr=config.lr, weight_decay=config.weight_decay)
         self.scheduler = warmup_cosine(
             optimizer, config.warmup, config.iterations, config.min_lr_ratio
@@ -149,7 +157,8 @@ class StageTrainer:
     def _iteration(self, batch: dict, plan: dict | None) -> dict:
         started = time.perf_counter()
         steps = sequence_steps(self.config, self.progress.step) if self.stage in (3, 4) else 1
-        out = self.objective(batch, steps, plan)
+        with autocast(self.backend.device, self.compute_dtype):
+            out = self.objective(batch, steps, plan)
         loss = out.loss.detach().item()
         if not math.isfinite(loss):
             raise RunFailure(

@@ -216,7 +216,7 @@ def planner_loss(model: LMGenDrive, batch: DriveBatch) -> LossOutput:
 def multistep_loss(
     model: LMGenDrive, batch: DriveBatch, sampler: SamplerConfig | None = None
 ) -> LossOutput:
-    """Stage 3: the single-step loss over S >= 2 steps, each step's generated video fed back.
+    """Stage 3: the single-step loss over S >= 1 steps, each step's generated video fed back.
 
     Between steps the generator samples the future frames with ``sampler`` (default the model
     config's; fewer steps make training cheaper) and noise from the global torch RNG; its last
@@ -225,7 +225,7 @@ def multistep_loss(
     generator. The predicted waypoints become the next step's action.
     """
     sampler = sampler or model.config.sampler
-    pixels, future, embeds, mask, history = _prepare(model, batch, 2)
+    pixels, future, embeds, mask, history = _prepare(model, batch, 1)
     steps = future.shape[1]
     speed, action, context = batch.speed.float(), batch.prev_waypoints.float(), pixels[:, :, -1]
     totals, sums = [], {}

@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from lmgendrive.config import VisionConfig
+from lmgendrive.frames import to_pixels
 from lmgendrive.model import LMGenDrive
 from lmgendrive.train.losses import LossOutput
 from lmgendrive.vision import DET_CHANNELS, PerceptionOutput
@@ -119,8 +120,9 @@ def perception_terms(
 def perception_loss(model: LMGenDrive, batch: PerceptionBatch) -> LossOutput:
     """Stage 1: detection + waypoint + traffic-light loss
     (:func:`perception_terms`)."""
-    pixels = model.pixels(batch.frames, "frames")
+    weight = model.vision.proj.weight  # the encoder may sit on the accelerator alone (stage 1)
+    pixels = to_pixels(batch.frames, model.config.image_size, weight.device, "frames")
     model.check_views(pixels, "frames")
-    out = model.vision.perceive(model.vision(pixels.to(model.vision.proj.weight.dtype)))
+    out = model.vision.perceive(model.vision(pixels.to(weight.dtype)))
     loss, terms = perception_terms(out, batch)
     return LossOutput(loss, terms)

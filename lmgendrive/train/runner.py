@@ -16,8 +16,11 @@ import shutil
 import sys
 from pathlib import Path
 
-from lmgendrive.checkpoint import build_untrained, load_checkpoint, save_checkpoint
+from lmgendrive.checkpoint import build_model, check_checkpoint, load_checkpoint, save_checkpoint
+from lmgendrive.checkpoint_meta import README_FILE
+from lmgendrive.config import ModelConfig
 from lmgendrive.model import LMGenDrive
+from lmgendrive.pretrained import component_files
 from lmgendrive.train.backend import LocalBackend, is_main_process, make_backend
 from lmgendrive.train.config import TrainConfig
 from lmgendrive.train.data import DriveDataset, FrameDataset, PlannerData, open_scenes
@@ -25,10 +28,12 @@ from lmgendrive.train.loop import CURVE_FILE, LOG_FILE, StageTrainer
 from lmgendrive.train.stages import finish_stage
 from lmgendrive.train.tokens import PlannerWindows, VisionTokenCache
 from schemas.errors import ConfigError
+from storage.atomic import atomic_path, write_bytes
 
 log = logging.getLogger(__name__)
 
 TOKEN_CACHE_FILE = "vision_tokens.safetensors"
+SOURCES_FILE = "pretrained.json"
 
 
 def stage_dir(config: TrainConfig, stage: int) -> Path:
@@ -59,19 +64,37 @@ def planner_data(config: TrainConfig, stage: int, model: LMGenDrive) -> PlannerD
 
 
 def starting_model(config: TrainConfig, stage: int, backend: LocalBackend) -> LMGenDrive:
-    """The previous configured stage's final checkpoint, or a fresh model for the first stage."""
+    """The previous configured stage's final checkpoint, or for the first stage the recipe's model
+    (its pretrained components where the model config names them, the rest from ``init_seed``,
+    on the host: the trainer puts on the device what the stage uses, in its precision)."""
     earlier = [s for s in config.stage_numbers() if s < stage]
     if not earlier:
-        return build_untrained(config.preset, seed=config.init_seed).to(backend.device)
-    source = final_dir(config, earlier[-1])
-    if not source.is_dir():
-        raise ConfigError(
-            f"stage {stage} starts from stage {earlier[-1]}'s result {source}, "
-            "which does not exist: "
-            f"run `lmgd train --stage {earlier[-1]}` first (or --stage all)"
-        )
-    model, _ = load_checkpoint(source, backend.device)
+        model_config = config.network_config()
+        model = build_model(model_config, seed=config.init_seed)
+        record_sources(config, model_config)
+    else:
+        source = final_dir(config, earlier[-1])
+        if not source.is_dir():
+            raise ConfigError(
+                f"stage {stage} starts from stage {earlier[-1]}'s result {source}, "
+                "which does not exist: "
+                f"run `lmgd train --stage {earlier[-1]}` first (or --stage all)"
+            )
+        model, _ = load_checkpoint(source, backend.device, keep_dtypes=True)
     return model
+
+
+def record_sources(config: TrainConfig, model_config: ModelConfig) -> None:
+    """Write ``workdir/pretrained.json``: every file of the pretrained components the run started
+    from, with its sha256 (read by :func:`readme`), once per run (rank 0)."""
+    path = Path(config.workdir) / SOURCES_FILE
+    if not model_config.pretrained.named() or path.is_file() or not is_main_process():
+        return
+    rows = [
+        {"component": name, "file": str(file), "sha256": sha}
+        for name, file, sha in component_files(model_config)
+    ]
+    write_bytes(path, (json.dumps(rows, indent=1) + "\n").encode())
 
 
 def train_stage(config: TrainConfig, stage: int, command: str = "") -> LMGenDrive | None:
@@ -112,6 +135,7 @@ def train_stage(config: TrainConfig, stage: int, command: str = "") -> LMGenDriv
         config.data.workers,
         backend,
         planner,
+        config.precision,
     )
     trainer.resume()
     trainer.run()
@@ -133,13 +157,18 @@ def run(config: TrainConfig, stages: list[int] | None = None, command: str = "")
     last = config.stage_numbers()[-1]
     if last not in todo or not is_main_process():  # under a multi-process launch rank 0 writes it
         return None
-    model, _ = load_checkpoint(final_dir(config, last), "cpu")
     output = Path(config.output)
-    save_checkpoint(model, output, readme=readme(config, config.stage_numbers(), command))
-    for stage in config.stage_numbers():
-        curve = stage_dir(config, stage) / CURVE_FILE
-        if curve.is_file():
-            shutil.copy(curve, output / f"loss_stage{stage}.png")
+    final = final_dir(config, last)
+    check_checkpoint(final)
+    with atomic_path(output, directory=True) as partial:  # the files as they are: no second model
+        for path in final.iterdir():
+            if path.is_file() and path.name != README_FILE:
+                shutil.copy2(path, partial / path.name)
+        (partial / README_FILE).write_text(readme(config, config.stage_numbers(), command))
+        for stage in config.stage_numbers():
+            curve = stage_dir(config, stage) / CURVE_FILE
+            if curve.is_file():
+                shutil.copy(curve, partial / f"loss_stage{stage}.png")
     log.info("wrote %s", output)
     return output
 
@@ -179,7 +208,10 @@ def readme(config: TrainConfig, stages: list[int], command: str) -> str:
     for s in stages:
         c = config.stage(s)
         sampler = ", ".join(
-            f"{k} {v}" for k, v in c.fed_back(s).model_dump(exclude_none=True).items()
+            f"{k} {v}"
+            for k, v in c.fed_back(s, config.preset == "paper")
+            .model_dump(exclude_none=True)
+            .items()
         )
         notes = (
             [f"sequence steps {c.sequence_steps}, fed-back sampler {sampler}"]
@@ -208,5 +240,13 @@ def readme(config: TrainConfig, stages: list[int], command: str) -> str:
         "Final loss: mean of the last 50 iterations. Minutes: the sum of the iterations' own times "
         "(`seconds` in `log.jsonl`; data loading and checkpointing excluded).",
     ]
+    sources = Path(config.workdir) / SOURCES_FILE
+    if sources.is_file():
+        lines += ["", "Pretrained components (the model before the first stage):", ""]
+        lines += ["| component | file | sha256 |", "|---|---|---|"]
+        lines += [
+            f"| {r['component']} | `{r['file']}` | `{r['sha256']}` |"
+            for r in json.loads(sources.read_text())
+        ]
     lines += ["", "Loss curves: " + ", ".join(f"`loss_stage{s}.png`" for s in stages), ""]
     return "\n".join(lines)

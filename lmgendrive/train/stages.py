@@ -62,6 +62,12 @@ def set_stage(model: LMGenDrive, stage: int) -> list[nn.Parameter]:
     return [p for p in model.parameters() if p.requires_grad]
 
 
+def place(model: LMGenDrive, stage: int, device: torch.device) -> None:
+    """Put on ``device`` what the stage uses: stage 1 the vision encoder alone (the rest of a
+    paper-scale model would not fit beside its optimizer for nothing), the others everything."""
+    (model.vision if stage == 1 else model).to(device)
+
+
 def _train_generator(model: LMGenDrive) -> None:
     """The conditioner (CLIP unless pretrained) and the UNet train."""
     model.conditioner.requires_grad_(True)
@@ -121,7 +127,7 @@ class StageObjective(nn.Module):
             perception = PerceptionBatch(
                 batch["frames"], batch["detection"], batch["waypoints"], batch["light"]
             )
-            return perception_loss(self.model, perception.to(device))
+            return perception_loss(self.model, perception.to(self.model.vision.proj.weight.device))
         drive = drive_batch(batch, steps).to(device)
         if self.stage == 2:
             out = single_step_loss(self.model, drive, self.context_noise)
@@ -146,7 +152,9 @@ def objective(model: LMGenDrive, stage: int, config: StageConfig) -> StageObject
     """The stage's objective; stages 3-4 sample their fed-back videos with the model's sampler as
     :meth:`StageConfig.fed_back` overrides it."""
     sampler = (
-        config.fed_back(stage).over(model.config.sampler, f"stage {stage} sampler")
+        config.fed_back(stage, model.config.preset == "paper").over(
+            model.config.sampler, f"stage {stage} sampler"
+        )
         if stage in (3, 4)
         else None
     )
