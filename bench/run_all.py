@@ -79,6 +79,26 @@ GOALS: dict[str, list[tuple[str, str, float, str]]] = {
         ("video_adherence_32", ">=", 0.8, "turn instructions the front video follows by t+32"),
         ("worst_agreement", ">=", 0.9, "video turns as its own plan does, worst horizon"),
     ],
+    "paper_scale": [
+        (
+            "pretrained_init_exact",
+            ">=",
+            1.0,
+            "training starts from the pretrained tensors (1 = bit for bit)",
+        ),
+        (
+            "bf16_updated_fraction",
+            ">=",
+            0.99,
+            "weights changed by 10 steps at lr 1e-5, bf16 compute",
+        ),
+        (
+            "load_peak_rss_over_file",
+            "<=",
+            1.3,
+            "peak memory loading a 1.1 GB checkpoint / its size",
+        ),
+    ],
 }
 COMPARE = {">=": operator.ge, "<=": operator.le, "<": operator.lt}
 # rows measured before results.json recorded a machine per script

@@ -371,3 +371,16 @@ def test_gradient_checkpointing_gives_the_same_loss_and_gradients(tmp_path):
         torch.allclose(a, b, atol=1e-6)
         for a, b in zip(grads[False][1], grads[True][1], strict=True)
     )
+
+
+def test_context_noise_needs_a_context_latent_to_noise(tmp_path):
+    """The long-horizon switches reach every preset, but noise on a context latent the model does
+    not read is refused, naming the key."""
+    from schemas.errors import ConfigError
+
+    recipe = _recipe(tmp_path, tmp_path, {"2": {"context_noise": 0.2}})
+    recipe["model"] = {"diffusion": {"concat_last_latent": False}}
+    with pytest.raises(ConfigError, match="stages.2|concat_last_latent"):
+        parse_config(recipe)
+    recipe["model"] = {}
+    assert parse_config(recipe).stage(2).context_noise == 0.2

@@ -1,7 +1,7 @@
 """One device (plain PyTorch) or several through Hugging Face ``accelerate`` (DDP or DeepSpeed).
 
-``accelerate`` is optional: :func:`make_backend` uses it only when it is installed *and* the
-process was started by ``accelerate launch`` (which sets ``ACCELERATE_*`` / ``WORLD_SIZE``), e.g.
+:func:`make_backend` uses ``accelerate`` only when the process was started by
+``accelerate launch`` (which sets ``ACCELERATE_*`` / ``WORLD_SIZE``), e.g.
 for the paper preset on 8 GPUs with DeepSpeed ZeRO-2 (``jobs/zero2.json``: bf16, micro-batch 1,
 clipping 1.0; set ``train_micro_batch_size_per_gpu`` to the recipe's ``batch_size``)::
 
@@ -17,7 +17,6 @@ Each rank reads its own slice of the sample stream; checkpoints and logs are wri
 from __future__ import annotations
 
 import contextlib
-import importlib.util
 import os
 from collections.abc import Iterator
 
@@ -112,8 +111,8 @@ def is_main_process() -> bool:
 
 
 def make_backend() -> LocalBackend:
-    """:class:`AccelerateBackend` under ``accelerate launch`` (if installed), else
+    """:class:`AccelerateBackend` under ``accelerate launch`` (or ``torchrun``), else
     :class:`LocalBackend`."""
-    if launched_by_accelerate() and importlib.util.find_spec("accelerate") is not None:
+    if launched_by_accelerate():
         return AccelerateBackend()
     return LocalBackend()

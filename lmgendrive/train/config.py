@@ -195,6 +195,11 @@ class TrainConfig(_Strict):
                 raise ValueError(
                     "stage 4: sequence_steps must be 2 or 3 (one step has no rollout to train on)"
                 )
+            if stage.context_noise > 0 and not model.diffusion.concat_last_latent:
+                raise ValueError(
+                    f"stage {name}: context_noise noises the context latent the UNet reads "
+                    "(model diffusion.concat_last_latent), which this model does not have"
+                )
             if stage.context_noise > 0 and int(name) not in (2, 4):
                 raise ValueError(
                     f"stage {name}: context_noise exists in stages 2 and 4 only "
