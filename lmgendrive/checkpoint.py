@@ -1,11 +1,11 @@
-"""Checkpoints: a directory with ``config.json``, ``model.safetensors``, tokenizer files and
-``README.md``.
+"""Checkpoints: a directory with ``config.json``, ``model.safetensors`` (or its shards and index,
+:mod:`lmgendrive.weight_files`), tokenizer files and ``README.md``.
 
-Weights are read with safetensors only (never unpickled). Loading checks the recorded sha256 and
-reports missing, unexpected and mis-shaped tensors and config problems as
-:class:`~schemas.errors.CheckpointError`, and returns the model with its :class:`ModelIdentity`
-(what generated a sample). Saving writes ``<dir>.partial`` and renames it. ``config.json`` alone is
-read by :mod:`lmgendrive.checkpoint_meta`.
+Weights are read with safetensors only (never unpickled), onto a weightless model skeleton.
+Loading checks the recorded sha256 and reports missing, unexpected and mis-shaped tensors and
+config problems as :class:`~schemas.errors.CheckpointError`, and returns the model with its
+:class:`ModelIdentity` (what generated a sample). Saving writes ``<dir>.partial`` and renames
+it. ``config.json`` alone is read by :mod:`lmgendrive.checkpoint_meta`.
 """
 
 from __future__ import annotations
