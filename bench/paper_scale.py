@@ -24,20 +24,17 @@ import time
 from pathlib import Path
 
 import torch
-from accelerate import init_empty_weights
 
 HERE = Path(__file__).resolve().parent
 # the tiny Hugging Face-format component directories the tests write (tests/pretrained_dirs.py)
 sys.path.insert(0, str(HERE.parent / "tests"))
 sys.path.insert(0, str(HERE))
 
-from pretrained_dirs import PATHS, write_components  # noqa: E402
+from pretrained_dirs import PATHS, write_big_checkpoint, write_components  # noqa: E402
 
-from lmgendrive.checkpoint import build_model, build_untrained, save_checkpoint  # noqa: E402
+from lmgendrive.checkpoint import build_model, build_untrained  # noqa: E402
 from lmgendrive.config import preset_config  # noqa: E402
-from lmgendrive.model import LMGenDrive  # noqa: E402
 from lmgendrive.pretrained import TRUNK_INDEX, load_components  # noqa: E402
-from lmgendrive.tokenizer import DEFAULT_CORPUS, build_tokenizer  # noqa: E402
 from lmgendrive.train.config import PrecisionConfig, StageConfig  # noqa: E402
 from lmgendrive.train.data import DriveDataset  # noqa: E402
 from lmgendrive.train.loop import StageTrainer  # noqa: E402
@@ -118,21 +115,7 @@ def updated_fraction(workdir: Path, bf16_parameters: bool) -> float:
 
 def load_peaks(workdir: Path) -> tuple[float, float, int]:
     """Peak RSS over file size when loading a >1 GiB checkpoint: now, and before."""
-    tiny = preset_config("tiny")
-    big = tiny.model_copy(
-        update={
-            "llm": tiny.llm.model_copy(update={"hidden": 1024, "layers": 22, "intermediate": 2816})
-        }
-    )
-    with init_empty_weights():
-        model = LMGenDrive(big, build_tokenizer(DEFAULT_CORPUS, big.llm.vocab_size))
-    model.to_empty(device="cpu")
-    with torch.no_grad():
-        for p in model.parameters():
-            p.normal_(0, 0.02)
-    save_checkpoint(model, workdir / "big", max_shard_bytes=300 * 2**20)
-    del model
-    size = sum(f.stat().st_size for f in (workdir / "big").glob("*.safetensors"))
+    size = write_big_checkpoint(workdir / "big")
     peaks = []
     for way in ("meta", "random_init"):
         out = subprocess.run(

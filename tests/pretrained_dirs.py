@@ -1,6 +1,7 @@
 """Tiny stand-ins for the paper's pretrained components, written in the Hugging Face layout with
 ``save_pretrained``: Vicuna (``LlamaModel`` + a fast tokenizer), SD-1.5 (``unet/``, ``vae/``), the
-AnimateDiff ``MotionAdapter`` and the CLIP vision tower, plus a torchvision ResNet weights file."""
+AnimateDiff ``MotionAdapter`` and the CLIP vision tower, plus a torchvision ResNet weights file;
+and a large random checkpoint for measuring what loading costs."""
 
 from __future__ import annotations
 
@@ -8,11 +9,14 @@ from pathlib import Path
 
 import torch
 import torchvision
+from accelerate import init_empty_weights
 from diffusers import MotionAdapter, UNet2DConditionModel
 from transformers import LlamaModel
 
-from lmgendrive.config import ModelConfig, PretrainedPaths
+from lmgendrive.checkpoint import save_checkpoint
+from lmgendrive.config import ModelConfig, PretrainedPaths, preset_config
 from lmgendrive.llm import llama_config
+from lmgendrive.model import LMGenDrive
 from lmgendrive.tokenizer import DEFAULT_CORPUS, build_tokenizer
 from lmgendrive.world import build_clip, build_vae
 
@@ -52,3 +56,19 @@ def write_components(root: Path, config: ModelConfig, dtype: torch.dtype = torch
     build_clip(config).to(dtype).save_pretrained(root / "clip")
     resnet = getattr(torchvision.models, config.vision.backbone)(weights=None)
     torch.save(resnet.to(dtype).state_dict(), root / "resnet.pth")
+
+
+def write_big_checkpoint(directory: Path) -> int:
+    """A ``tiny`` model with a 1024-wide, 22-layer LLM (1.15 GB in float32), random weights drawn
+    without a first initialisation, saved in 300 MiB shards; returns the bytes of its weights."""
+    tiny = preset_config("tiny")
+    llm = tiny.llm.model_copy(update={"hidden": 1024, "layers": 22, "intermediate": 2816})
+    config = tiny.model_copy(update={"llm": llm})
+    with init_empty_weights():
+        model = LMGenDrive(config, build_tokenizer(DEFAULT_CORPUS, llm.vocab_size))
+    model.to_empty(device="cpu")
+    with torch.no_grad():
+        for p in model.parameters():
+            p.normal_(0, 0.02)
+    save_checkpoint(model, directory, max_shard_bytes=300 * 2**20)
+    return sum(f.stat().st_size for f in directory.glob("*.safetensors"))

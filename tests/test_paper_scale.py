@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from pretrained_dirs import PATHS, write_components
+from pretrained_dirs import PATHS, write_big_checkpoint, write_components
 
 from lmgendrive.checkpoint import build_untrained, load_checkpoint, save_checkpoint
 from lmgendrive.config import preset_config
@@ -192,27 +192,7 @@ print((kib("VmHWM") - before) * 1024)
 
 @pytest.mark.skipif(not Path("/proc/self/status").is_file(), reason="reads /proc")
 def test_loading_a_1gb_checkpoint_peaks_at_its_size_not_twice(tmp_path):
-    big = preset_config("tiny").model_copy(
-        update={
-            "llm": preset_config("tiny").llm.model_copy(
-                update={"hidden": 1024, "layers": 22, "intermediate": 2816}
-            )
-        }
-    )
-    from accelerate import init_empty_weights
-
-    from lmgendrive.model import LMGenDrive
-    from lmgendrive.tokenizer import DEFAULT_CORPUS, build_tokenizer
-
-    with init_empty_weights():
-        model = LMGenDrive(big, build_tokenizer(DEFAULT_CORPUS, big.llm.vocab_size))
-    model.to_empty(device="cpu")
-    with torch.no_grad():
-        for p in model.parameters():
-            p.normal_(0, 0.02)
-    save_checkpoint(model, tmp_path / "big", max_shard_bytes=300 * 2**20)
-    del model
-    size = sum(f.stat().st_size for f in (tmp_path / "big").glob("*.safetensors"))
+    size = write_big_checkpoint(tmp_path / "big")
     assert size > 2**30
     out = subprocess.run(
         [sys.executable, "-c", PEAK, str(tmp_path / "big")],
