@@ -3,6 +3,7 @@ off-lane driving, early terminations, and collisions counted once."""
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
 from driving.leaderboard import Event, route_timeout, score_route
@@ -73,3 +74,44 @@ def test_the_route_timeout_grows_with_the_route():
     assert route_timeout(500.0) == pytest.approx(200.0) and route_timeout(100.0) < route_timeout(
         500.0
     )
+
+
+def _drive(town, seed: int, frames: int, agent, turns=None) -> object:
+    from scenes.procedural.world import TICKS_PER_FRAME, World
+
+    world = World(town, seed, turns)
+    for _ in range(frames * TICKS_PER_FRAME):
+        world.tick(agent(world))
+    return world.log
+
+
+def test_a_blind_lane_keeper_collides_and_runs_red_lights_where_the_expert_does_not():
+    """The monitor on real drives of the procedural world: the same worlds driven by the expert
+    and by a constant-speed lane keeper blind to traffic and signals."""
+    from scenes.procedural.infractions import collisions, red_lights
+    from scenes.procedural.town import make_town
+
+    expert, blind = [], []
+    for seed in (1, 2):
+        town = make_town(300 + seed)
+        for agent, events in ((lambda w: None, expert), (lambda w: w.lane_waypoints(8.0), blind)):
+            log = _drive(town, seed, 150, agent)
+            events += collisions(log) + red_lights(log)
+    kinds = {e.kind for e in blind}
+    assert not expert
+    assert "red_light" in kinds and kinds & {"collision_vehicle", "collision_pedestrian"}
+    assert score_route(100.0, blind).infraction_score < 0.5
+
+
+def test_straying_standing_and_slowness_end_the_route():
+    from scenes.procedural.infractions import route_ends
+    from scenes.procedural.town import make_town
+
+    town = make_town(310)
+    still = _drive(town, 0, 40, lambda w: np.zeros((4, 2)))
+    assert [e.kind for e in route_ends(still, timeout_s=2.0)] == ["route_timeout"]
+    assert [e.kind for e in route_ends(still, timeout_s=60.0, blocked_s=2.0)] == ["agent_blocked"]
+    assert route_ends(still, timeout_s=60.0) == []
+    ahead = np.array([[1.6, 0.0], [3.2, 0.0], [4.8, 0.0], [6.4, 0.0]])  # straight on at 8 m/s
+    lost = _drive(town, 0, 200, lambda w: ahead, turns=["left", "left"])
+    assert [e.kind for e in route_ends(lost, timeout_s=60.0)] == ["route_deviation"]

@@ -6,14 +6,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from world_safety import collisions, red_light_violations
 
 from driving.vehicle import HALF_LENGTH
 from scenes.lmdrive import write_route
 from scenes.procedural.drive import DriveSpec, ProceduralScene
 from scenes.procedural.geometry import DIRECTIONS, Polyline
+from scenes.procedural.infractions import collisions, red_lights
 from scenes.procedural.town import make_town, turn_between
-from scenes.procedural.world import simulate
+from scenes.procedural.world import TICKS_PER_FRAME, World, simulate
 from schemas.scene import VIEWS
 
 
@@ -91,7 +91,7 @@ def test_expert_is_safe_over_50_routes():
     for r in range(50):
         log = simulate(towns[r % 10], seed=r, frames=150)
         problems += [(r, "collision", c) for c in collisions(log)]
-        problems += [(r, "red light", v) for v in red_light_violations(log)]
+        problems += [(r, "red light", v) for v in red_lights(log)]
         speeds = np.array([f.ego[3] for f in log.frames])
         stopped_at_red += int((speeds < 0.05).any())
     assert problems == []
@@ -214,3 +214,26 @@ def test_lmdrive_round_trip_of_a_procedural_drive(tmp_path, scene_factory):
     key = lambda s: (s.start_frame, s.end_frame, s.instruction.text)  # noqa: E731
     assert sorted(map(key, back.instructions())) == sorted(map(key, scene.instructions()))
     assert back.tags["weather"] == "night"
+
+
+def test_an_agents_waypoints_drive_the_ego_while_the_world_goes_on():
+    """World.tick takes an agent's waypoints in place of the expert's plan: waypoints at the car
+    itself brake it to a stop, while the other vehicles keep driving; without waypoints the same
+    world is the expert's drive that simulate() logs."""
+    town = make_town(104)
+    expert_log = simulate(town, seed=4, frames=60)
+    world = World(town, seed=4)
+    for _ in range(60 * TICKS_PER_FRAME):
+        world.tick(np.zeros((4, 2)))
+    held = world.log.frames
+    assert held[-1].ego[3] < 0.1 < expert_log.frames[-1].ego[3]
+    assert np.linalg.norm(held[-1].ego[:2] - held[20].ego[:2]) < 0.5
+    moved = np.linalg.norm(held[-1].vehicles[:, :2] - held[0].vehicles[:, :2], axis=1)
+    assert moved.max() > 10.0
+    again = World(town, seed=4)
+    for _ in range(60 * TICKS_PER_FRAME):
+        again.tick()
+    assert all(
+        np.array_equal(a.ego, b.ego)
+        for a, b in zip(again.log.frames, expert_log.frames, strict=True)
+    )

@@ -72,9 +72,14 @@ class Expert:
             d[:2] = 0.0
         return to_ego(self.route.path.at(self.s + d), self.x, self.y, self.theta)
 
-    def step(self, dt: float, t: float, agents: dict) -> None:
-        """Plan, control and move one tick."""
-        self.control = self.controller.step(self.plan(t, agents), self.v)
+    def step(self, dt: float, t: float, agents: dict, waypoints: np.ndarray | None = None) -> None:
+        """Plan (or take ``waypoints``, ego frame, from an agent), control and move one tick."""
+        if waypoints is None:
+            plan = self.plan(t, agents)
+        else:
+            self.route.ensure(self.s)
+            plan = waypoints
+        self.control = self.controller.step(plan, self.v)
         c = self.control
         accel = (
             ENGINE_ACCEL * c.throttle

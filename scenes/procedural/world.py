@@ -7,11 +7,13 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from scenes.procedural.expert import Expert
+from scenes.procedural.geometry import to_ego
 from scenes.procedural.pedestrians import Crowd
 from scenes.procedural.routes import Route
 from scenes.procedural.signals import light_state
 from scenes.procedural.town import Town, turn_between
 from scenes.procedural.traffic import Vehicle, agent_arrays, nearby_agents, spawn_vehicles
+from schemas.scene import WAYPOINT_TIMES
 
 SIM_DT = 0.05  # 20 Hz physics, every second tick recorded (as LMDrive records CARLA)
 TICKS_PER_FRAME = 2
@@ -76,6 +78,120 @@ def ego_route(town: Town, rng: np.random.Generator, turns: list[str] | None) -> 
         return route, s
 
 
+class World:
+    """The town's traffic, pedestrians and signals around the ego, stepped at 20 Hz
+    (:data:`SIM_DT`) and logged at 10 Hz; :meth:`tick` drives the ego by the expert's plan, or by
+    the waypoints an agent gives (the same PID controllers and kinematics either way)."""
+
+    def __init__(
+        self,
+        town: Town,
+        seed: int,
+        turns: list[str] | None = None,
+        events: list[EgoEvent] = (),
+        density: float = 0.5,
+        pedestrians_per_junction: float = 3.0,
+    ):
+        rng = np.random.default_rng([town.seed, seed, 9011])
+        route, s0 = ego_route(town, rng, turns)
+        self.town, self.events = town, list(events)
+        self.expert = Expert(town, route, s0, speed=float(rng.uniform(3.0, 6.0)))
+        self.vehicles: list[Vehicle] = spawn_vehicles(town, rng, density, keep_clear=self.expert.xy)
+        self.crowd = Crowd(town, rng, int(pedestrians_per_junction * len(town.nodes)))
+        self.heads = town.light_heads()
+        self.log = DriveLog(
+            town,
+            route,
+            vehicle_colors=[v.color for v in self.vehicles],
+            pedestrian_colors=[p.color for p in self.crowd.people],
+        )
+        self.by_frame = {e.frame: e for e in self.events}
+        self.still_since: float | None = None
+        self.halt_frame = -1
+        self.is_ped = np.array([False] * (len(self.vehicles) + 1) + [True] * len(self.crowd.people))
+        self.t, self.ticks = 0.0, 0
+        self._accels: list[float] = []
+
+    def tick(self, waypoints: np.ndarray | None = None) -> None:
+        """One 20 Hz tick (every second one records a frame first); ``waypoints`` (4, 2) in the
+        ego frame replace the expert's plan for this tick."""
+        town, expert, vehicles, crowd, t = self.town, self.expert, self.vehicles, self.crowd, self.t
+        frame, record = divmod(self.ticks, TICKS_PER_FRAME)
+        veh_xy = np.array([v.xy for v in vehicles] + [expert.xy]).reshape(-1, 2)
+        veh_yaw = np.array([v.yaw for v in vehicles] + [expert.theta])
+        veh_v = np.array([v.v for v in vehicles] + [expert.v])
+        veh_vel = np.stack([veh_v * np.cos(veh_yaw), veh_v * np.sin(veh_yaw)], axis=1)
+        ped_xy, ped_vel = crowd.positions(), crowd.velocities()
+        if record == 0:
+            self._record(frame, veh_xy, veh_yaw, veh_vel, ped_xy, ped_vel)
+        all_xy = np.concatenate([veh_xy, ped_xy])
+        all_vel = np.concatenate([veh_vel, ped_vel])
+        speeds = np.concatenate([veh_v, np.zeros(len(ped_xy))])
+        if record == 0:  # other agents move at 10 Hz, the ego's controller runs at 20 Hz
+            near = nearby_agents(all_xy, speeds, len(veh_xy))
+            self._accels = [
+                v.acceleration(town, t, agent_arrays(all_xy, all_vel, self.is_ped, near[i]))
+                for i, v in enumerate(vehicles)
+            ]
+        else:
+            near = nearby_agents(all_xy[len(vehicles) :], speeds[len(vehicles) :], 1)
+            near = [None] * len(vehicles) + [near[0] + len(vehicles)]
+        agents = agent_arrays(all_xy, all_vel, self.is_ped, near[len(vehicles)])
+        expert.step(SIM_DT, t, agents, waypoints)
+        if record == 0:
+            dt = SIM_DT * TICKS_PER_FRAME
+            for v, a in zip(vehicles, self._accels, strict=True):
+                v.v = max(0.0, v.v + a * dt)
+                v.s += v.v * dt
+            crowd.step(dt, t, veh_xy)
+        if expert.halt_at is not None:
+            self.still_since = (
+                (self.still_since if self.still_since is not None else t)
+                if expert.v < 0.05
+                else None
+            )
+            if self.still_since is not None and t - self.still_since >= 2.0:
+                expert.resume()
+                self.log.halts_completed[self.halt_frame] = frame
+        self.t += SIM_DT
+        self.ticks += 1
+
+    def lane_waypoints(self, speed: float) -> np.ndarray:
+        """Ego-frame waypoints along the route at ``speed`` m/s, blind to traffic and lights:
+        what a lane-keeping, constant-speed agent asks for."""
+        e = self.expert
+        e.route.ensure(e.s)
+        d = np.maximum(speed * np.asarray(WAYPOINT_TIMES), [0.0, 0.0, 3.5, 5.0])
+        return to_ego(e.route.path.at(e.s + d), e.x, e.y, e.theta)
+
+    def _record(self, frame, veh_xy, veh_yaw, veh_vel, ped_xy, ped_vel) -> None:
+        """Log frame ``frame`` and start the ego events due at it."""
+        expert = self.expert
+        ped_yaw = np.arctan2(ped_vel[:, 1], ped_vel[:, 0]) if len(ped_vel) else np.zeros(0)
+        self.log.frames.append(
+            FrameState(
+                t=self.t,
+                ego=np.array([expert.x, expert.y, expert.theta, expert.v]),
+                control=np.array(
+                    [expert.control.throttle, expert.control.brake, expert.control.steer]
+                ),
+                ego_s=expert.s,
+                vehicles=np.concatenate([veh_xy[:-1], veh_yaw[:-1, None], veh_vel[:-1]], axis=1),
+                pedestrians=np.concatenate([ped_xy, ped_yaw[:, None], ped_vel], axis=1),
+                lights=[light_state(self.town, node, k, self.t) for node, k, _ in self.heads],
+            )
+        )
+        event = self.by_frame.get(frame)
+        if event is not None and event.kind == "halt":
+            expert.halt()
+            self.still_since, self.halt_frame = None, frame
+        if event is not None and event.kind == "slow":
+            expert.slow = True
+        for e in self.events:
+            if e.kind == "slow" and frame == e.frame + e.frames:
+                expert.slow = False
+
+
 def simulate(
     town: Town,
     seed: int,
@@ -85,83 +201,8 @@ def simulate(
     density: float = 0.5,
     pedestrians_per_junction: float = 3.0,
 ) -> DriveLog:
-    """Run the world for ``frames`` recorded frames and return the log."""
-    rng = np.random.default_rng([town.seed, seed, 9011])
-    route, s0 = ego_route(town, rng, turns)
-    expert = Expert(town, route, s0, speed=float(rng.uniform(3.0, 6.0)))
-    vehicles: list[Vehicle] = spawn_vehicles(town, rng, density, keep_clear=expert.xy)
-    crowd = Crowd(town, rng, int(pedestrians_per_junction * len(town.nodes)))
-    heads = town.light_heads()
-    log = DriveLog(
-        town,
-        route,
-        vehicle_colors=[v.color for v in vehicles],
-        pedestrian_colors=[p.color for p in crowd.people],
-    )
-    by_frame = {e.frame: e for e in events}
-    still_since: float | None = None
-    halt_frame = -1
-    is_ped = np.array([False] * (len(vehicles) + 1) + [True] * len(crowd.people))
-
-    t = 0.0
-    for tick in range(frames * TICKS_PER_FRAME):
-        frame, record = divmod(tick, TICKS_PER_FRAME)
-        veh_xy = np.array([v.xy for v in vehicles] + [expert.xy]).reshape(-1, 2)
-        veh_yaw = np.array([v.yaw for v in vehicles] + [expert.theta])
-        veh_v = np.array([v.v for v in vehicles] + [expert.v])
-        veh_vel = np.stack([veh_v * np.cos(veh_yaw), veh_v * np.sin(veh_yaw)], axis=1)
-        ped_xy, ped_vel = crowd.positions(), crowd.velocities()
-        if record == 0:
-            ped_yaw = np.arctan2(ped_vel[:, 1], ped_vel[:, 0]) if len(ped_vel) else np.zeros(0)
-            log.frames.append(
-                FrameState(
-                    t=t,
-                    ego=np.array([expert.x, expert.y, expert.theta, expert.v]),
-                    control=np.array(
-                        [expert.control.throttle, expert.control.brake, expert.control.steer]
-                    ),
-                    ego_s=expert.s,
-                    vehicles=np.concatenate(
-                        [veh_xy[:-1], veh_yaw[:-1, None], veh_vel[:-1]], axis=1
-                    ),
-                    pedestrians=np.concatenate([ped_xy, ped_yaw[:, None], ped_vel], axis=1),
-                    lights=[light_state(town, node, k, t) for node, k, _ in heads],
-                )
-            )
-            event = by_frame.get(frame)
-            if event is not None and event.kind == "halt":
-                expert.halt()
-                still_since, halt_frame = None, frame
-            if event is not None and event.kind == "slow":
-                expert.slow = True
-            for e in events:
-                if e.kind == "slow" and frame == e.frame + e.frames:
-                    expert.slow = False
-        all_xy = np.concatenate([veh_xy, ped_xy])
-        all_vel = np.concatenate([veh_vel, ped_vel])
-        speeds = np.concatenate([veh_v, np.zeros(len(ped_xy))])
-        if record == 0:  # other agents move at 10 Hz, the ego's controller runs at 20 Hz
-            near = nearby_agents(all_xy, speeds, len(veh_xy))
-            accels = [
-                v.acceleration(town, t, agent_arrays(all_xy, all_vel, is_ped, near[i]))
-                for i, v in enumerate(vehicles)
-            ]
-        else:
-            near = nearby_agents(all_xy[len(vehicles) :], speeds[len(vehicles) :], 1)
-            near = [None] * len(vehicles) + [near[0] + len(vehicles)]
-        expert.step(SIM_DT, t, agent_arrays(all_xy, all_vel, is_ped, near[len(vehicles)]))
-        if record == 0:
-            dt = SIM_DT * TICKS_PER_FRAME
-            for v, a in zip(vehicles, accels, strict=True):
-                v.v = max(0.0, v.v + a * dt)
-                v.s += v.v * dt
-            crowd.step(dt, t, veh_xy)
-        if expert.halt_at is not None:
-            still_since = (
-                (still_since if still_since is not None else t) if expert.v < 0.05 else None
-            )
-            if still_since is not None and t - still_since >= 2.0:
-                expert.resume()
-                log.halts_completed[halt_frame] = frame
-        t += SIM_DT
-    return log
+    """Run the world for ``frames`` recorded frames, the expert driving, and return the log."""
+    world = World(town, seed, turns, events, density, pedestrians_per_junction)
+    for _ in range(frames * TICKS_PER_FRAME):
+        world.tick()
+    return world.log
