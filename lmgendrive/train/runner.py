@@ -3,9 +3,11 @@
 Layout under ``workdir``: ``stage<N>/state`` (resume state, replaced every ``checkpoint_every``
 iterations), ``stage<N>/log.jsonl`` and ``stage<N>/loss.png``, ``stage<N>/final`` (a loadable
 checkpoint; its presence marks the stage done), ``vision_tokens.safetensors`` (the planner batches'
-token cache, :mod:`lmgendrive.train.tokens`). Stage N starts from the final checkpoint of the
-previous configured stage (the first from ``build_untrained(preset, init_seed)``). After the last
-configured stage the model is saved to ``output`` with a README and the loss curves.
+token cache, :mod:`lmgendrive.train.tokens`), ``pretrained.json`` (the pretrained component files
+the run started from, with their sha256). Stage N starts from the final checkpoint of the previous
+configured stage (the first from :func:`~lmgendrive.checkpoint.build_model`: the recipe's
+pretrained components where it names them, else random weights from ``init_seed``). After the last
+configured stage its files are copied to ``output`` with a README and the loss curves.
 """
 
 from __future__ import annotations
