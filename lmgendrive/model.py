@@ -269,6 +269,13 @@ class LMGenDrive(nn.Module):
             if driven is not None:
                 state.waypoints = self._driven(driven, state.batch_size)
 
+    def instruct(self, state: RolloutState, instructions: Sequence[str]) -> None:
+        """Give ``state`` new instructions (one per sample), as a closed loop does when the route
+        issues the next one; the cached history stays."""
+        if len(instructions) != state.batch_size:
+            raise BadInputError(f"{len(instructions)} instructions for {state.batch_size} samples")
+        state.instruction_ids, state.instruction_mask = self.tokenize(instructions)
+
     def plan(
         self,
         state: RolloutState,

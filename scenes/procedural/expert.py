@@ -72,14 +72,22 @@ class Expert:
             d[:2] = 0.0
         return to_ego(self.route.path.at(self.s + d), self.x, self.y, self.theta)
 
-    def step(self, dt: float, t: float, agents: dict, waypoints: np.ndarray | None = None) -> None:
-        """Plan (or take ``waypoints``, ego frame, from an agent), control and move one tick."""
-        if waypoints is None:
-            plan = self.plan(t, agents)
+    def step(
+        self,
+        dt: float,
+        t: float,
+        agents: dict,
+        waypoints: np.ndarray | None = None,
+        control: Control | None = None,
+    ) -> None:
+        """Plan (or take ``waypoints``, ego frame, from an agent), control (or take an agent's
+        ``control``) and move one tick."""
+        self.route.ensure(self.s)
+        if control is not None:
+            self.control = control
         else:
-            self.route.ensure(self.s)
-            plan = waypoints
-        self.control = self.controller.step(plan, self.v)
+            plan = self.plan(t, agents) if waypoints is None else waypoints
+            self.control = self.controller.step(plan, self.v)
         c = self.control
         accel = (
             ENGINE_ACCEL * c.throttle

@@ -1,7 +1,7 @@
 """What the leaderboard would see in a drive of the procedural world: collisions of the ego with
-vehicles and pedestrians, red lights it ran, and the route's early ends (straying from the route,
-standing still too long, running out of time), as :class:`driving.leaderboard.Event` for
-:func:`driving.leaderboard.score_route`."""
+vehicles, pedestrians and static objects, red lights it ran, the share driven outside its lanes,
+and the route's early ends (straying from the route, standing still too long, running out of
+time), as :class:`driving.leaderboard.Event` for :func:`driving.leaderboard.score_route`."""
 
 from __future__ import annotations
 
@@ -14,9 +14,12 @@ from driving.leaderboard import (
     Event,
 )
 from driving.vehicle import HALF_LENGTH, VEHICLE_SIZE
+from scenes.procedural.geometry import Polyline
+from scenes.procedural.props import Boxes
 from scenes.procedural.routes import PEDESTRIAN_SIZE
 from scenes.procedural.signals import light_state
-from scenes.procedural.world import DriveLog
+from scenes.procedural.town import BOX, LANE_OFFSET
+from scenes.procedural.world import DriveLog, FrameState
 
 NEAR_M = 6.0  # only actors this close are tested for overlap
 
@@ -80,20 +83,71 @@ def red_lights(log: DriveLog) -> list[Event]:
     return out
 
 
+class RouteMonitor:
+    """The leaderboard's early ends of a route, checked frame by frame as it is driven: the ego
+    farther than the route tolerance from its route (``route_deviation``), below the blocked speed
+    for ``blocked_s`` (``agent_blocked``), past ``timeout_s`` (``route_timeout``)."""
+
+    def __init__(self, path: Polyline, timeout_s: float, blocked_s: float = BLOCKED_SECONDS):
+        self.path, self.timeout_s, self.blocked_s = path, timeout_s, blocked_s
+        self.still_since: float | None = None
+
+    def update(self, f: FrameState) -> Event | None:
+        """The termination frame ``f`` brings, or None."""
+        if np.linalg.norm(self.path.point(f.ego_s) - f.ego[:2]) > ROUTE_TOLERANCE_M:
+            return Event("route_deviation", f.t, x=float(f.ego[0]), y=float(f.ego[1]))
+        if f.ego[3] >= BLOCKED_SPEED:
+            self.still_since = None
+        elif self.still_since is None:
+            self.still_since = f.t
+        if self.still_since is not None and f.t - self.still_since >= self.blocked_s:
+            return Event("agent_blocked", f.t, x=float(f.ego[0]), y=float(f.ego[1]))
+        if f.t > self.timeout_s:
+            return Event("route_timeout", f.t, x=float(f.ego[0]), y=float(f.ego[1]))
+        return None
+
+
 def route_ends(log: DriveLog, timeout_s: float, blocked_s: float = BLOCKED_SECONDS) -> list[Event]:
-    """The first of: the ego farther than the route tolerance from its route
-    (``route_deviation``), below the blocked speed for ``blocked_s`` (``agent_blocked``), past
-    ``timeout_s`` (``route_timeout``); empty when none happened."""
-    still_since = None
-    path = log.route.path
+    """The first termination of a drive (see :class:`RouteMonitor`); empty when none happened."""
+    monitor = RouteMonitor(log.route.path, timeout_s, blocked_s)
     for f in log.frames:
-        if np.linalg.norm(path.at(f.ego_s) - f.ego[:2]) > ROUTE_TOLERANCE_M:
-            return [Event("route_deviation", f.t)]
-        still_since = (
-            (still_since if still_since is not None else f.t) if f.ego[3] < BLOCKED_SPEED else None
-        )
-        if still_since is not None and f.t - still_since >= blocked_s:
-            return [Event("agent_blocked", f.t)]
-        if f.t > timeout_s:
-            return [Event("route_timeout", f.t)]
+        end = monitor.update(f)
+        if end is not None:
+            return [end]
     return []
+
+
+def static_collisions(log: DriveLog, boxes: Boxes) -> list[Event]:
+    """A ``collision_static`` event for every recorded frame where the ego's box overlaps a
+    building, a tree trunk or a signal pole (``boxes``: the town's static props; what hangs above
+    the car, such as mast arms, is left out)."""
+    ground = np.flatnonzero(boxes.z0 < 1.0)
+    reach = np.hypot(boxes.hx[ground], boxes.hy[ground]) + VEHICLE_SIZE[0]
+    hits = []
+    for f in log.frames:
+        x, y = f.ego[0], f.ego[1]
+        near = ground[np.hypot(boxes.cx[ground] - x, boxes.cy[ground] - y) < reach]
+        if not len(near):
+            continue
+        ego = corners(x, y, f.ego[2], VEHICLE_SIZE[0], VEHICLE_SIZE[1])
+        for j in near:
+            other = corners(
+                boxes.cx[j], boxes.cy[j], boxes.yaw[j], 2 * boxes.hx[j], 2 * boxes.hy[j]
+            )
+            if boxes_overlap(ego, other):
+                hits.append(Event("collision_static", f.t, f"static{j}", float(x), float(y)))
+    return hits
+
+
+def outside_lanes_percent(log: DriveLog, route_length_m: float) -> float:
+    """Percent of the route's length the ego drove with its centre outside its lane (in the lane
+    of the other direction or off the road), junction boxes not counted, as the leaderboard's
+    OutsideRouteLanesTest measures it."""
+    town, path = log.town, log.route.path
+    outside = 0.0
+    for a, b in zip(log.frames, log.frames[1:], strict=False):
+        x, y = b.ego[0], b.ego[1]
+        in_box = np.min(np.abs(town.xs - x)) < BOX and np.min(np.abs(town.ys - y)) < BOX
+        if not in_box and np.linalg.norm(path.point(b.ego_s) - (x, y)) > LANE_OFFSET:
+            outside += float(np.hypot(x - a.ego[0], y - a.ego[1]))
+    return min(100.0, 100.0 * outside / max(route_length_m, 1e-9))

@@ -11,10 +11,10 @@ from dataclasses import dataclass
 import numpy as np
 
 from driving.vehicle import HALF_LENGTH
-from scenes.procedural.routes import Maneuver
+from scenes.procedural.routes import Maneuver, Route
 from scenes.procedural.signals import light_state
 from scenes.procedural.town import Town, turn_between
-from scenes.procedural.world import DriveLog, EgoEvent
+from scenes.procedural.world import DriveLog, EgoEvent, FrameState
 from schemas.scene import Instruction, InstructionSpan
 
 
@@ -252,6 +252,8 @@ TYPES: dict[str, InstructionType] = {
     ),
 }
 TYPE_BY_ID = {t.instruction_id: name for name, t in TYPES.items()}
+NOTICE_FRAMES, NOTICE_GAP = 15, 60  # a notice shows 15 frames; the same kind again after 60
+MISLEADING_SHARE, MISLEADING_FRAMES = 0.2, 20  # LangAuto: 20 % of changes, for 20 frames
 
 
 def make_instruction(
@@ -321,7 +323,7 @@ def _navigation(log: DriveLog, rng) -> list:
                 distance = m.s_stop - _front_s(log, start)
         out.append(
             (
-                InstructionSpan(_maneuver_instruction(log.town, m, distance, rng), start, end),
+                InstructionSpan(maneuver_instruction(log.town, m, distance, rng), start, end),
                 done is not None,
                 0,
             )
@@ -330,7 +332,8 @@ def _navigation(log: DriveLog, rng) -> list:
     return out
 
 
-def _maneuver_instruction(town: Town, m: Maneuver, distance: float, rng) -> Instruction:
+def maneuver_instruction(town: Town, m: Maneuver, distance: float, rng) -> Instruction:
+    """The navigation instruction for junction ``m``, ``distance`` metres before its stop line."""
     turn = turn_between(m.k_in, m.k_out)
     if len(town.arms(m.node)) == 2:
         return make_instruction("follow_road", rng, direction=turn)
@@ -358,30 +361,35 @@ def _others(log: DriveLog, events: list[EgoEvent], rng) -> list:
     return out
 
 
-def _notices(log: DriveLog, rng, duration: int = 15, gap: int = 60) -> list:
+def notice_kind(town: Town, route: Route, f: FrameState) -> str | None:
+    """The notice frame ``f`` calls for: a pedestrian or a stopped vehicle ahead, or the red light
+    of the junction the ego approaches; ``None`` when nothing needs noticing."""
+    x, y, theta, v = f.ego
+    c, s = np.cos(theta), np.sin(theta)
+
+    def ahead(xy: np.ndarray, x_max: float, half_width: float) -> np.ndarray:
+        rel = xy - (x, y)
+        fx, fy = rel @ np.array([c, s]), rel @ np.array([-s, c])
+        return (fx > 3.0) & (fx < x_max) & (np.abs(fy) < half_width)
+
+    if v > 1.0 and len(f.pedestrians) and ahead(f.pedestrians[:, :2], 25.0, 3.0).any():
+        return "notice_pedestrian"
+    m = route.next_maneuver(f.ego_s + HALF_LENGTH)
+    if m is not None and v > 1.0 and town.has_light(m.node):
+        d = m.s_stop - f.ego_s - HALF_LENGTH
+        if 5.0 < d < 30.0 and light_state(town, m.node, m.k_in, f.t) == "red":
+            return "notice_red_light"
+    if v > 2.0 and len(f.vehicles):
+        slow = np.hypot(f.vehicles[:, 3], f.vehicles[:, 4]) < 0.5
+        if (ahead(f.vehicles[:, :2], 25.0, 1.5) & slow).any():
+            return "notice_stopped_vehicle"
+    return None
+
+
+def _notices(log: DriveLog, rng, duration: int = NOTICE_FRAMES, gap: int = NOTICE_GAP) -> list:
     out, last = [], {}
-    town = log.town
     for i, f in enumerate(log.frames):
-        x, y, theta, v = f.ego
-        c, s = np.cos(theta), np.sin(theta)
-
-        def ahead(xy: np.ndarray, x_max: float, half_width: float) -> np.ndarray:
-            rel = xy - (x, y)  # noqa: B023
-            fx, fy = rel @ np.array([c, s]), rel @ np.array([-s, c])  # noqa: B023
-            return (fx > 3.0) & (fx < x_max) & (np.abs(fy) < half_width)
-
-        found = None
-        if v > 1.0 and len(f.pedestrians) and ahead(f.pedestrians[:, :2], 25.0, 3.0).any():
-            found = "notice_pedestrian"
-        m = log.route.next_maneuver(f.ego_s + HALF_LENGTH)
-        if found is None and m is not None and v > 1.0 and town.has_light(m.node):
-            d = m.s_stop - f.ego_s - HALF_LENGTH
-            if 5.0 < d < 30.0 and light_state(town, m.node, m.k_in, f.t) == "red":
-                found = "notice_red_light"
-        if found is None and v > 2.0 and len(f.vehicles):
-            slow = np.hypot(f.vehicles[:, 3], f.vehicles[:, 4]) < 0.5
-            if (ahead(f.vehicles[:, :2], 25.0, 1.5) & slow).any():
-                found = "notice_stopped_vehicle"
+        found = notice_kind(log.town, log.route, f)
         if found is not None and i - last.get(found, -gap) >= gap:
             last[found] = i
             end = min(len(log.frames) - 1, i + duration - 1)
@@ -389,28 +397,32 @@ def _notices(log: DriveLog, rng, duration: int = 15, gap: int = 60) -> list:
     return out
 
 
+def misleading_instruction(town: Town, m: Maneuver | None, rng) -> Instruction:
+    """An instruction the ego cannot follow before junction ``m``: a turn it does not have, or
+    else a lane change (the roads have one lane each way)."""
+    missing = []
+    if m is not None:
+        present = town.turns(m.node, m.k_in)
+        missing = [t for t in ("left", "right") if t not in present]
+    if missing:
+        return make_instruction("turn_" + missing[rng.integers(len(missing))], rng, misleading=True)
+    return make_instruction(("change_left", "change_right")[rng.integers(2)], rng, misleading=True)
+
+
 def _misleading(
-    log: DriveLog, navigation: list[InstructionSpan], rng, p: float = 0.2, duration: int = 20
+    log: DriveLog,
+    navigation: list[InstructionSpan],
+    rng,
+    p: float = MISLEADING_SHARE,
+    duration: int = MISLEADING_FRAMES,
 ) -> list:
     """LangAuto inserts an infeasible instruction for 20 frames at 20 % of instruction changes."""
     out = []
-    town = log.town
     for span in navigation:
         if rng.random() >= p:
             continue
         m = log.route.next_maneuver(_front_s(log, span.start_frame))
-        missing = []
-        if m is not None:
-            present = town.turns(m.node, m.k_in)
-            missing = [t for t in ("left", "right") if t not in present]
-        if missing:
-            instr = make_instruction(
-                "turn_" + missing[rng.integers(len(missing))], rng, misleading=True
-            )
-        else:
-            instr = make_instruction(
-                ("change_left", "change_right")[rng.integers(2)], rng, misleading=True
-            )
+        instr = misleading_instruction(log.town, m, rng)
         end = min(len(log.frames) - 1, span.start_frame + duration - 1)
         out.append((InstructionSpan(instr, span.start_frame, end), False, 2))
     return out

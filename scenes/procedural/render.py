@@ -181,35 +181,55 @@ class Renderer:
         fog = (1 - np.exp(-w.fog_density * nearest))[:, None, None]
         color = (color * (1 - fog) + fog * np.asarray(w.fog_color, np.float32)).clip(0, 255)
 
-        spheres = self._visible_trees(pos, rot)
-        order = sorted([(nearest[j], 0, j) for j in range(len(idx))] + spheres, reverse=True)
+        # Python-side tables for the painter's loop below
+        near_dist = nearest.tolist()
+        building = boxes.building[idx]
+        small = (building < 0) & (boxes.z1[idx] - boxes.z0[idx] < 0.5)
+        drawn = np.flatnonzero(~(small & (nearest > DETAIL_DISTANCE))).tolist()
+        windowed = ((building >= 0) & (nearest < DETAIL_DISTANCE)).tolist()
+        with np.errstate(divide="ignore", invalid="ignore"):  # corners behind the camera
+            polys = np.ascontiguousarray(self._pixels(cam)[:, _FACES])  # (n, 5, 4, 2)
+        crossing = (cam[..., 2] < NEAR)[:, _FACES].any(axis=2).tolist()  # needs clipping
+        fills, visible, building = color.tolist(), visible.tolist(), building.tolist()
+        tree_keys, discs = self._trees(pos, rot)
+
+        order = sorted(
+            [(near_dist[j], 0, j) for j in drawn] + [(d, 1, k) for k, d in enumerate(tree_keys)],
+            reverse=True,
+        )
         for _, kind, j in order:
             if kind == 1:
-                self._draw_tree(img, j, pos, rot)
+                for centre, radius, col in discs[j]:
+                    cv2.circle(img, centre, radius, col, -1, lineType=cv2.LINE_8, shift=SHIFT)
                 continue
-            small = boxes.building[idx[j]] < 0 and boxes.z1[idx[j]] - boxes.z0[idx[j]] < 0.5
-            if small and nearest[j] > DETAIL_DISTANCE:
-                continue
-            for fi, face in enumerate(_FACES):
-                if visible[j, fi]:
-                    self._fill(img, cam[j, face], color[j, fi])
-                    b = boxes.building[idx[j]]
-                    if fi < 4 and b >= 0 and nearest[j] < DETAIL_DISTANCE:
-                        self._draw_windows(img, b, fi, pos, rot, nearest[j])
+            for fi in range(5):
+                if not visible[j][fi]:
+                    continue
+                if crossing[j][fi]:
+                    self._fill_clipped(img, cam[j, _FACES[fi]], fills[j][fi])
+                else:
+                    cv2.fillConvexPoly(
+                        img, polys[j, fi], fills[j][fi], lineType=cv2.LINE_8, shift=SHIFT
+                    )
+                if fi < 4 and windowed[j]:
+                    self._draw_windows(img, building[j], fi, pos, rot, nearest[j])
 
-    def _fill(self, img: np.ndarray, pts: np.ndarray, color) -> None:
-        if (pts[:, 2] < NEAR).any():
-            pts = _clip_near(pts)
-            if len(pts) < 3:
-                return
+    def _pixels(self, cam: np.ndarray) -> np.ndarray:
+        """Fixed-point (``SHIFT``) int32 pixel coordinates of camera-space points (..., 3)."""
         uv = np.stack(
-            [self.cx + self.f * pts[:, 0] / pts[:, 2], self.cy + self.f * pts[:, 1] / pts[:, 2]], 1
+            [
+                self.cx + self.f * cam[..., 0] / cam[..., 2],
+                self.cy + self.f * cam[..., 1] / cam[..., 2],
+            ],
+            -1,
         )
-        uv = np.clip(uv, -4 * self.ws, 5 * self.ws)
-        poly = np.round(uv * (1 << SHIFT)).astype(np.int32)
-        cv2.fillConvexPoly(
-            img, poly, tuple(float(c) for c in color), lineType=cv2.LINE_8, shift=SHIFT
-        )
+        return np.round(np.clip(uv, -4 * self.ws, 5 * self.ws) * (1 << SHIFT)).astype(np.int32)
+
+    def _fill_clipped(self, img: np.ndarray, pts: np.ndarray, color) -> None:
+        """Fills the part of a camera-space face (k, 3) that lies beyond the near plane."""
+        pts = _clip_near(pts)
+        if len(pts) >= 3:
+            cv2.fillConvexPoly(img, self._pixels(pts), color, lineType=cv2.LINE_8, shift=SHIFT)
 
     def _draw_windows(self, img, b: int, face: int, pos, rot, dist: float) -> None:
         quads, lit = self.windows[b][face]
@@ -220,15 +240,7 @@ class Renderer:
         if not front.any():
             return
         w = self.weather
-        cam = cam[front]
-        uv = np.stack(
-            [
-                self.cx + self.f * cam[..., 0] / cam[..., 2],
-                self.cy + self.f * cam[..., 1] / cam[..., 2],
-            ],
-            -1,
-        )
-        polys = np.round(np.clip(uv, -4 * self.ws, 5 * self.ws) * (1 << SHIFT)).astype(np.int32)
+        polys = self._pixels(cam[front])
         fog = 1 - np.exp(-w.fog_density * dist)
         glass = np.asarray(self.town.buildings[b].window_color, np.float32)
         if w.night:
@@ -252,39 +264,37 @@ class Renderer:
                     shift=SHIFT,
                 )
 
-    def _visible_trees(self, pos, rot) -> list[tuple[float, int, int]]:
-        rel = self.trees.centres - pos
+    def _trees(self, pos, rot) -> tuple[list[float], list[tuple]]:
+        """Sort distances of the trees in view and, for each, the ``cv2.circle`` arguments
+        (centre, radius, colour) of its two crown discs, outer first."""
+        w, t = self.weather, self.trees
+        rel = t.centres - pos
         cam = rel @ rot.T
         d = np.linalg.norm(rel[:, :2], axis=1)
         ok = (
-            (cam[:, 2] > self.trees.radii + NEAR)
+            (cam[:, 2] > t.radii + NEAR)
             & (d < DRAW_DISTANCE)
-            & (np.abs(cam[:, 0]) - self.trees.radii < cam[:, 2] * self.cx / self.f)
+            & (np.abs(cam[:, 0]) - t.radii < cam[:, 2] * self.cx / self.f)
         )
-        return [(float(d[j] - self.trees.radii[j] * 0.5), 1, int(j)) for j in np.flatnonzero(ok)]
-
-    def _draw_tree(self, img, j: int, pos, rot) -> None:
-        w = self.weather
-        c = (self.trees.centres[j] - pos) @ rot.T
-        r = self.trees.radii[j]
-        centre = np.array([self.cx + self.f * c[0] / c[2], self.cy + self.f * c[1] / c[2]])
-        rad = self.f * r / c[2]
-        d = float(np.linalg.norm(self.trees.centres[j, :2] - pos[:2]))
-        fog = 1 - np.exp(-w.fog_density * d)
+        js = np.flatnonzero(ok)
+        keys = (d[js] - t.radii[js] * 0.5).tolist()
+        # one tree at a time, as single-vector products and scalar exp (batched BLAS products
+        # and array exp may round differently): camera-space centre, ground distance, fog
+        c = np.array([rel[j] @ rot.T for j in js]).reshape(-1, 3)
+        dist = np.sqrt([rel[j, :2].dot(rel[j, :2]) for j in js])
+        fog = np.array([1 - np.exp(-w.fog_density * float(x)) for x in dist])[:, None]
+        u = self.cx + self.f * c[:, 0] / c[:, 2]
+        v = self.cy + self.f * c[:, 1] / c[:, 2]
+        rad = self.f * t.radii[js] / c[:, 2]
         light = w.ambient + w.sun * 0.6
+        layers = []
         for scale, offset, boost in ((1.0, 0.0, 0.8), (0.62, -0.25, 1.1)):
-            col = self.trees.colors[j] * light * boost * np.asarray(w.tint, np.float32)
+            col = t.colors[js] * light * boost * np.asarray(w.tint, np.float32)
             col = col * (1 - fog) + fog * np.asarray(w.fog_color, np.float32)
-            p = np.round((centre + np.array([0.0, offset * rad])) * (1 << SHIFT)).astype(np.int32)
-            cv2.circle(
-                img,
-                tuple(int(v) for v in p),
-                max(1, int(rad * scale * (1 << SHIFT))),
-                tuple(float(v) for v in col.clip(0, 255)),
-                -1,
-                lineType=cv2.LINE_8,
-                shift=SHIFT,
-            )
+            p = np.round(np.stack([u, v + offset * rad], 1) * (1 << SHIFT)).astype(np.int32)
+            radius = [max(1, int(r)) for r in (rad * scale * (1 << SHIFT)).tolist()]
+            layers.append(zip(p.tolist(), radius, col.clip(0, 255).tolist(), strict=True))
+        return keys, list(zip(*layers, strict=True))
 
 
 def Boxes_for_frame(

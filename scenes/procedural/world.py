@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from driving.control import Control
 from scenes.procedural.expert import Expert
 from scenes.procedural.geometry import to_ego
 from scenes.procedural.pedestrians import Crowd
@@ -91,11 +92,18 @@ class World:
         events: list[EgoEvent] = (),
         density: float = 0.5,
         pedestrians_per_junction: float = 3.0,
+        route: tuple[Route, float] | None = None,
     ):
+        """``route``: the ego's route and where on it to start, at rest (a closed-loop route);
+        default: a random route, entered at speed (a recorded drive)."""
         rng = np.random.default_rng([town.seed, seed, 9011])
-        route, s0 = ego_route(town, rng, turns)
         self.town, self.events = town, list(events)
-        self.expert = Expert(town, route, s0, speed=float(rng.uniform(3.0, 6.0)))
+        if route is None:
+            path, s0 = ego_route(town, rng, turns)
+            self.expert = Expert(town, path, s0, speed=float(rng.uniform(3.0, 6.0)))
+        else:
+            self.expert = Expert(town, route[0], route[1], speed=0.0)
+        route = self.expert.route
         self.vehicles: list[Vehicle] = spawn_vehicles(town, rng, density, keep_clear=self.expert.xy)
         self.crowd = Crowd(town, rng, int(pedestrians_per_junction * len(town.nodes)))
         self.heads = town.light_heads()
@@ -112,9 +120,10 @@ class World:
         self.t, self.ticks = 0.0, 0
         self._accels: list[float] = []
 
-    def tick(self, waypoints: np.ndarray | None = None) -> None:
+    def tick(self, waypoints: np.ndarray | None = None, control: Control | None = None) -> None:
         """One 20 Hz tick (every second one records a frame first); ``waypoints`` (4, 2) in the
-        ego frame replace the expert's plan for this tick."""
+        ego frame replace the expert's plan for this tick, a ``control`` replaces its plan and its
+        PID controllers."""
         town, expert, vehicles, crowd, t = self.town, self.expert, self.vehicles, self.crowd, self.t
         frame, record = divmod(self.ticks, TICKS_PER_FRAME)
         veh_xy = np.array([v.xy for v in vehicles] + [expert.xy]).reshape(-1, 2)
@@ -137,7 +146,7 @@ class World:
             near = nearby_agents(all_xy[len(vehicles) :], speeds[len(vehicles) :], 1)
             near = [None] * len(vehicles) + [near[0] + len(vehicles)]
         agents = agent_arrays(all_xy, all_vel, self.is_ped, near[len(vehicles)])
-        expert.step(SIM_DT, t, agents, waypoints)
+        expert.step(SIM_DT, t, agents, waypoints, control)
         if record == 0:
             dt = SIM_DT * TICKS_PER_FRAME
             for v, a in zip(vehicles, self._accels, strict=True):

@@ -1,0 +1,93 @@
+"""The agents a closed-loop route can be driven by.
+
+Every agent sees one observation per recorded frame (10 Hz) and returns LMDrive's PID control,
+held for the two 20 Hz physics ticks of the frame, as LMDrive's agent holds it in CARLA. The
+expert is the exception: it is the world's own rule-based driver, privileged (it sees every actor
+and signal) and planning at 20 Hz; it is the ceiling the benchmark is checked against.
+
+* :class:`ExpertAgent`: the privileged expert (the driver of the training drives).
+* :class:`LaneKeepingAgent`: follows its route's lane centre at a constant speed, blind to
+  traffic, pedestrians and lights (it knows the route, so it needs no instructions).
+* :class:`ModelAgent`: our model, from the three camera views, the speedometer, odometry and the
+  route's instructions; ``random_instructions`` swaps each instruction for a random one (how much
+  of the score comes from following language).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from closed_loop.langauto import random_instruction
+from closed_loop.model_driver import ModelDriver
+from driving.control import Control, WaypointController
+from lmgendrive.model import LMGenDrive
+from scenes.procedural.world import World
+from schemas.scene import Instruction
+
+LANE_KEEPING_SPEED = 5.0  # m/s, about the expert's mean speed on the benchmark's routes
+AGENTS = ("expert", "lane_keeping", "model", "random_instruction")
+
+
+@dataclass
+class Observation:
+    """What an agent is given at one recorded frame."""
+
+    frame: int
+    images: dict[str, np.ndarray] | None  # view -> RGB uint8, for agents that need them
+    speed: float
+    pose: tuple[float, float, float]  # x, y, theta (odometry)
+    instruction: Instruction
+
+
+class ExpertAgent:
+    """The world's rule-based expert (privileged)."""
+
+    name, needs_images, privileged = "expert", False, True
+
+    def reset(self, world: World, seed: int) -> None:
+        pass
+
+    def act(self, obs: Observation) -> Control | None:
+        return None  # the world's expert plans and controls
+
+
+class LaneKeepingAgent:
+    """The lane centre at :data:`LANE_KEEPING_SPEED`, through LMDrive's PID controllers."""
+
+    name, needs_images, privileged = "lane_keeping", False, False
+
+    def __init__(self, speed: float = LANE_KEEPING_SPEED):
+        self.speed = speed
+
+    def reset(self, world: World, seed: int) -> None:
+        self.world, self.controller = world, WaypointController()
+
+    def act(self, obs: Observation) -> Control:
+        return self.controller.step(self.world.lane_waypoints(self.speed), obs.speed)
+
+
+class ModelAgent:
+    """Our model driving from what its cameras see (see :class:`ModelDriver`)."""
+
+    needs_images, privileged = True, False
+
+    def __init__(self, model: LMGenDrive, random_instructions: bool = False):
+        self.driver = ModelDriver(model)
+        self.random_instructions = random_instructions
+        self.name = "random_instruction" if random_instructions else "model"
+
+    def reset(self, world: World, seed: int) -> None:
+        self.driver.reset()
+        self.rng = np.random.default_rng([seed, 4409])
+        self.given: Instruction | None = None
+        self.told: str = ""
+
+    def act(self, obs: Observation) -> Control:
+        if obs.instruction is not self.given:
+            self.given = obs.instruction
+            told = random_instruction(self.rng) if self.random_instructions else obs.instruction
+            self.told = told.text
+        _, control = self.driver.step(obs.images, obs.speed, obs.pose, self.told)
+        return control

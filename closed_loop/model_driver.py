@@ -1,0 +1,97 @@
+"""Our model driving in closed loop: one frame of the three views in, LMDrive's PID control out.
+
+:class:`ModelDriver` keeps the model's :class:`~lmgendrive.rollout.RolloutState` across frames:
+each new frame is encoded once and appended to the cached history tokens (never re-encoded), the
+instruction is re-tokenised only when it changes, and the path driven since the last step is
+measured from the poses seen (odometry), as the planner was trained. The simulator's agent
+(:mod:`closed_loop.agents`) and the CARLA adapter (:mod:`closed_loop.carla_agent`) both drive
+through it.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Mapping
+
+import numpy as np
+
+from driving.control import Control
+from lmgendrive.model import LMGenDrive
+from lmgendrive.rollout import PlanResult, RolloutState
+from schemas.errors import BadInputError
+
+
+def driven_path(poses: deque | list, frames_per_step: int, num_waypoints: int) -> np.ndarray:
+    """Where the ego was at the ``num_waypoints`` waypoint times of the last step, in the ego
+    frame at that step's start (``frames_per_step`` frames ago): what the planner's previous action
+    means in training. ``poses`` are (x, y, theta) at 10 Hz, oldest first, the current last; zeros
+    until a whole step has been driven, as at the start of a training drive."""
+    if len(poses) <= frames_per_step:
+        return np.zeros((num_waypoints, 2), np.float32)
+    x0, y0, th0 = poses[-1 - frames_per_step]
+    every = frames_per_step // num_waypoints
+    pts = np.array(
+        [poses[-1 - frames_per_step + every * (k + 1)][:2] for k in range(num_waypoints)]
+    )
+    c, s = np.cos(th0), np.sin(th0)
+    rel = pts - (x0, y0)
+    return np.stack([rel @ (c, s), rel @ (-s, c)], axis=1).astype(np.float32)
+
+
+class ModelDriver:
+    """One car driven by ``model`` (batch of one), frame by frame at the model's frame rate."""
+
+    def __init__(self, model: LMGenDrive, seed: int = 0):
+        self.model, self.seed = model, seed
+        self.state: RolloutState | None = None
+        self.instruction: str | None = None
+        self.poses: deque = deque(maxlen=model.config.frames_per_step + 1)
+        self.frames_encoded = 0
+
+    def reset(self) -> None:
+        """Forget the drive (a new route)."""
+        self.state, self.instruction = None, None
+        self.poses.clear()
+        self.frames_encoded = 0
+
+    def views(self, images: Mapping[str, np.ndarray]) -> np.ndarray:
+        """The model's views (1, V, H, W, 3) from ``images`` (view name -> RGB uint8)."""
+        missing = [v for v in self.model.config.views if v not in images]
+        if missing:
+            raise BadInputError(
+                f"missing view(s) {missing}; the model needs {list(self.model.config.views)}"
+            )
+        return np.stack([np.asarray(images[v]) for v in self.model.config.views])[None]
+
+    def step(
+        self,
+        images: Mapping[str, np.ndarray],
+        speed: float,
+        pose: tuple[float, float, float],
+        instruction: str,
+    ) -> tuple[PlanResult, Control]:
+        """Observe one frame (RGB views, speed m/s, pose x, y, theta in metres and radians, any
+        fixed world frame) under ``instruction`` and plan: the plan and its PID control."""
+        frames = self.views(images)
+        self.poses.append(tuple(float(v) for v in pose))
+        config = self.model.config
+        driven = driven_path(self.poses, config.frames_per_step, config.vision.num_waypoints)
+        if self.state is None:
+            self.state = self.model.start(
+                frames[:, :, None], [instruction], [self.seed], [speed], driven[None]
+            )
+            # the first frame, encoded once, stands for the whole history: a car at rest has seen
+            # nothing else (the planner was trained on full histories)
+            history = self.state.history
+            self.state.history = history.expand(-1, config.llm.history_frames, -1, -1).clone()
+            self.instruction = instruction
+            self.frames_encoded += 1
+            result = self.model.plan(self.state)
+        else:
+            if instruction != self.instruction:
+                self.model.instruct(self.state, [instruction])
+                self.instruction = instruction
+            result = self.model.plan(self.state, frames, [speed], driven[None])
+            self.frames_encoded += 1
+        throttle, brake, steer = (float(v) for v in result.controls[0])
+        return result, Control(throttle=throttle, brake=brake, steer=steer)
