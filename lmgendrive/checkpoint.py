@@ -74,9 +74,11 @@ def save_checkpoint(
     model_id: str | None = None,
     readme: str | None = None,
     max_shard_bytes: int = MAX_SHARD_BYTES,
+    trained_stages: list[int] | None = None,
 ) -> ModelIdentity:
     """Write ``model`` to ``directory`` atomically (sharded above ``max_shard_bytes``, see
-    :mod:`lmgendrive.weight_files`); ``readme`` says how it was trained."""
+    :mod:`lmgendrive.weight_files`); ``readme`` says how it was trained, ``trained_stages`` which
+    training stages its weights went through (recorded in ``config.json``)."""
     if model.tokenizer is None:
         raise CheckpointError("cannot save a model without a tokenizer")
     directory = Path(directory)
@@ -90,6 +92,8 @@ def save_checkpoint(
             "weights_sha256": sha,
             "config": model.config.model_dump(mode="json"),
         }
+        if trained_stages is not None:
+            meta["trained_stages"] = sorted(trained_stages)
         (partial / CONFIG_FILE).write_text(json.dumps(meta, indent=2) + "\n")
         model.tokenizer.save_pretrained(str(partial))
         (partial / README_FILE).write_text(readme or _default_readme(model.config, identity))

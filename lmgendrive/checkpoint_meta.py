@@ -9,7 +9,7 @@ import json
 from pathlib import Path
 
 from lmgendrive.config import PRESETS, ModelConfig, preset_config
-from schemas.errors import CheckpointError, ConfigError
+from schemas.errors import BadInputError, CheckpointError, ConfigError
 from schemas.shipped import data_root
 
 FORMAT, FORMAT_VERSION = "lmgendrive-checkpoint", 1
@@ -66,3 +66,24 @@ def source_config(source: str | Path) -> ModelConfig:
     """The model config of a checkpoint directory or preset name, without loading weights."""
     directory = checkpoint_dir(source)
     return preset_config(str(source)) if directory is None else read_meta(directory)[1]
+
+
+PLANNER_STAGES = (2, 3, 4)  # the stages that train the LLM's planning (paper stages 2-3, and 4)
+
+
+def check_planner(source: str | Path) -> None:
+    """Raise :class:`BadInputError` unless ``source`` has a trained planner: presets built in code
+    have none (random or untrained LMGenDrive parts); a checkpoint whose ``config.json`` records
+    its training stages needs one of :data:`PLANNER_STAGES` (older ones record none and pass)."""
+    directory = checkpoint_dir(source)
+    if directory is None:
+        raise BadInputError(
+            f"preset {source!s} has no trained planner (its LMGenDrive parts are untrained); "
+            "give a trained checkpoint, e.g. demo"
+        )
+    stages = read_meta(directory)[0].get("trained_stages")
+    if stages is not None and not set(stages) & set(PLANNER_STAGES):
+        raise BadInputError(
+            f"checkpoint {directory} has no trained planner: its weights went through training "
+            f"stage(s) {stages}, the planner is trained in stages {list(PLANNER_STAGES)}"
+        )

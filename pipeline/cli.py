@@ -510,6 +510,10 @@ def build_parser() -> argparse.ArgumentParser:
     from pipeline.qa_cli import add_parser as add_qa_parser
 
     add_qa_parser(verbs)
+
+    from pipeline.drive_cli import add_parser as add_drive_parser
+
+    add_drive_parser(verbs)
     return p
 
 

@@ -11,9 +11,9 @@ import cv2
 import numpy as np
 import pytest
 
-from closed_loop import carla_agent
-from closed_loop.carla_agent import GPS_SCALE, WARMUP_CALLS, LMGenDriveAgent
-from closed_loop.model_driver import ModelDriver
+from closedloop import carla_agent
+from closedloop.carla_agent import GPS_SCALE, WARMUP_CALLS, LMGenDriveAgent
+from closedloop.model_driver import ModelDriver
 from driving.control import Control
 from scenes.lmdrive.conventions import theta_to_compass, wrap
 from scenes.procedural.drive import DriveSpec, ProceduralScene
@@ -78,7 +78,7 @@ def test_imports_without_carla_or_the_leaderboard():
     assert importlib.util.find_spec("leaderboard") is None
     cls = getattr(carla_agent, carla_agent.get_entry_point())
     assert cls is LMGenDriveAgent
-    assert LMGenDriveAgent.__mro__[1].__module__ == "closed_loop.carla_agent"  # the stand-in
+    assert LMGenDriveAgent.__mro__[1].__module__ == "closedloop.carla_agent"  # the stand-in
 
 
 def test_sensors_are_lmdrive_rig_for_the_cameras_used():

@@ -23,7 +23,7 @@ ALLOWED: dict[str, set[str]] = {
     "lmgendrive": {"schemas", "storage", "driving", "scenes"},
     "lmgendrive.train": {"schemas", "storage", "driving", "scenes", "lmgendrive"},
     "qa": {"schemas", "storage", "scenes", "lmgendrive"},
-    "closed_loop": {"schemas", "storage", "driving", "scenes", "lmgendrive"},
+    "closedloop": {"schemas", "storage", "driving", "scenes", "lmgendrive"},
     "workers": {"schemas", "storage", "driving", "scenes", "manifests", "lmgendrive", "qa"},
     "pipeline": {
         "schemas",
@@ -35,7 +35,7 @@ ALLOWED: dict[str, set[str]] = {
         "lmgendrive.train",
         "qa",
         "workers",
-        "closed_loop",
+        "closedloop",
     },
 }
 SUBROOMS = ("lmgendrive.train",)

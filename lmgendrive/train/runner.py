@@ -143,7 +143,12 @@ def train_stage(config: TrainConfig, stage: int, command: str = "") -> LMGenDriv
     trainer.run()
     finish_stage(model, stage, dataset, stage_config)
     if backend.is_main:
-        save_checkpoint(model, final_dir(config, stage), readme=readme(config, [stage], command))
+        save_checkpoint(
+            model,
+            final_dir(config, stage),
+            readme=readme(config, [stage], command),
+            trained_stages=[s for s in config.stage_numbers() if s <= stage],
+        )
     backend.wait()
     return model
 

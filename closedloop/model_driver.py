@@ -4,7 +4,7 @@
 each new frame is encoded once and appended to the cached history tokens (never re-encoded), the
 instruction is re-tokenised only when it changes, and the path driven since the last step is
 measured from the poses seen (odometry), as the planner was trained. The simulator's agent
-(:mod:`closed_loop.agents`) and the CARLA adapter (:mod:`closed_loop.carla_agent`) both drive
+(:mod:`closedloop.agents`) and the CARLA adapter (:mod:`closedloop.carla_agent`) both drive
 through it.
 """
 

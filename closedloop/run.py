@@ -17,11 +17,11 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from closed_loop.agents import Observation
-from closed_loop.langauto import InstructionSchedule, Issued
-from closed_loop.routes import BuiltRoute, track_of
+from closedloop.agents import Observation
+from closedloop.langauto import InstructionSchedule, Issued
+from closedloop.routes import BuiltRoute, track_of
 from driving.control import Control
-from driving.leaderboard import Event, RouteScore, route_timeout, score_route
+from driving.leaderboard import Event, RouteScore, score_route
 from scenes.procedural import props
 from scenes.procedural.drive import ground_of_town
 from scenes.procedural.infractions import (
@@ -74,6 +74,11 @@ class RouteResult:
             "frames": self.frames,
             "loop_s": self.render_s + self.act_s + self.world_s,
             "act_ms_median": 1000 * float(np.median(self.act_frames)) if self.act_frames else 0.0,
+            "path": [
+                [round(float(f.ego[0]), 2), round(float(f.ego[1]), 2)]
+                for f in self.log.frames[::5] + self.log.frames[-1:]
+            ],
+            "events": [[e.kind, round(e.x, 2), round(e.y, 2)] for e in self.events],
         }
 
 
@@ -83,13 +88,13 @@ def drive_route(
     image_size: tuple[int, int] = (64, 64),
     on_frame: Callable[[int, dict | None, FrameState], None] | None = None,
 ) -> RouteResult:
-    """Drive ``built`` with ``agent`` (see :mod:`closed_loop.agents`) and score it.
+    """Drive ``built`` with ``agent`` (see :mod:`closedloop.agents`) and score it.
     ``on_frame(frame, images, state)`` sees every frame (images only for agents that see)."""
     spec, town = built.spec, built.town
     world = World(town, spec.seed, route=(built.route, built.s_start))
     agent.reset(world, spec.seed)
     schedule = InstructionSchedule(built, np.random.default_rng([spec.seed, 1201]))
-    monitor = RouteMonitor(built.route.path, route_timeout(built.length))
+    monitor = RouteMonitor(built.route.path, built.time_allowed())
     renderer = (
         Renderer(town, ground_of_town(spec.town), get_weather(spec.weather), image_size)
         if agent.needs_images

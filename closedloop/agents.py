@@ -19,8 +19,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from closed_loop.langauto import random_instruction
-from closed_loop.model_driver import ModelDriver
+from closedloop.langauto import random_instruction
+from closedloop.model_driver import ModelDriver
 from driving.control import Control, WaypointController
 from lmgendrive.model import LMGenDrive
 from scenes.procedural.world import World

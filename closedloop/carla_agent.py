@@ -3,14 +3,14 @@
 Run it as LMDrive runs its own agent, with this file as the agent and a checkpoint as its
 config::
 
-    leaderboard/leaderboard/leaderboard_evaluator.py --agent closed_loop/carla_agent.py \\
+    leaderboard/leaderboard/leaderboard_evaluator.py --agent closedloop/carla_agent.py \\
         --agent-config demo    # or a checkpoint directory
 
 The agent keeps LMDrive's sensor rig for the cameras the model sees (``rgb_left``,
 ``rgb_front``, ``rgb_right``) plus ``gps``, ``imu`` and ``speed``, and LMDrive's timing: full
 brake for the first 20 calls while the sensors warm up, then a plan on every second call (CARLA
 ticks at 20 Hz, the model at 10 Hz) with the previous control held in between. Each plan goes
-through :class:`~closed_loop.model_driver.ModelDriver`. Instructions come from an instruction
+through :class:`~closedloop.model_driver.ModelDriver`. Instructions come from an instruction
 source, ``(tick_data) -> str``; by default LMDrive's own planner (:class:`LMDriveInstructions`).
 
 Neither ``carla`` nor the leaderboard is needed to import or test this module: without the
@@ -28,7 +28,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-from closed_loop.model_driver import ModelDriver
+from closedloop.model_driver import ModelDriver
 from driving.control import Control
 from lmgendrive.checkpoint import load_checkpoint
 from scenes.lmdrive.conventions import compass_to_theta

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from closed_loop.routes import BuiltRoute
+from closedloop.routes import BuiltRoute
 from driving.vehicle import HALF_LENGTH
 from scenes.procedural.instructions import (
     MISLEADING_FRAMES,

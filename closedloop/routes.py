@@ -14,7 +14,9 @@ from pathlib import Path
 
 import numpy as np
 
+from driving.leaderboard import route_timeout
 from scenes.procedural.routes import Route
+from scenes.procedural.signals import cycle_length
 from scenes.procedural.town import Town, make_town, turn_between
 from schemas.errors import BadInputError
 from schemas.scene import TURNS, WEATHERS
@@ -65,6 +67,19 @@ class BuiltRoute:
     @property
     def length(self) -> float:
         return self.s_goal - self.s_start
+
+    def time_allowed(self) -> float:
+        """Seconds before the route times out: the leaderboard's 0.4 s per metre, plus one full
+        signal cycle per signalised junction on it. Our signal cycles are as long as CARLA's
+        (30-44 s) but our routes a third of LangAuto's, so 0.4 s/m alone times the expert out
+        waiting at one red light."""
+        junctions = self.route.maneuvers[: len(self.spec.turns)]
+        waits = sum(
+            cycle_length(len(self.town.arms(m.node)))
+            for m in junctions
+            if self.town.has_light(m.node)
+        )
+        return route_timeout(self.length) + waits
 
 
 def build_route(spec: RouteSpec, town: Town | None = None) -> BuiltRoute:

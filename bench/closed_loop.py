@@ -1,0 +1,77 @@
+"""Closed-loop driving benchmark in the procedural world, scored as the CARLA leaderboard scores
+LangAuto (paper Table 1's shape): agents ``model``, ``expert`` (the ceiling), ``lane_keeping`` and
+``random_instruction`` on the tracks ``long``, ``short`` and ``tiny`` (routes drawn on the
+closed-loop towns 971+, weathers cycled), ``--seeds`` seed runs.
+
+Writes the report folder (``--out``: report.md, results.json, drives.jsonl, maps, a video); a
+rerun with the same ``--out`` resumes. The last line is a JSON object with ``ds``, ``rc``, ``is``
+as {agent: {track: mean}}, ``fps`` (the model's closed loop: render + plan + physics, frames per
+second of one process), ``plan_ms`` (median act latency of the model), ``routes_per_track``,
+``seeds`` and the goals.
+
+    python bench/closed_loop.py [--routes-per-track 50] [--seeds 3] [--workers 2] [--out DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import time
+from pathlib import Path
+
+from closedloop.agents import AGENTS
+from closedloop.evaluate import run_drives, write_report
+from closedloop.routes import TRACKS, sample_routes
+from lmgendrive.checkpoint_meta import source_config
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--routes-per-track", type=int, default=50)
+    p.add_argument("--seeds", type=int, default=3)
+    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--checkpoint", default="demo")
+    p.add_argument("--out", default="out/closed_loop")
+    args = p.parse_args()
+    start = time.time()
+    routes = [s for t in TRACKS for s in sample_routes(t, args.routes_per_track, 0)]
+    size = tuple(source_config(args.checkpoint).image_size)
+    out = Path(args.out)
+    rows = run_drives(routes, AGENTS, args.seeds, args.checkpoint, out, size, args.workers)
+    results = write_report(rows, routes, AGENTS, args.checkpoint, out, size)
+    summary = results["summary"]
+    figure = {
+        m: {a: {t: round(e[m]["mean"], 3) for t, e in tr.items()} for a, tr in summary.items()}
+        for m in ("ds", "rc", "is")
+    }
+    ds = figure["ds"]
+    goals = {
+        "expert_ds_90": all(v >= 90 for v in ds["expert"].values()),
+        "model_above_lane_keeping": all(ds["model"][t] > ds["lane_keeping"][t] for t in TRACKS),
+        "model_above_random_tiny_short": all(
+            ds["model"][t] > ds["random_instruction"][t] for t in ("tiny", "short")
+        ),
+        "fps_10": results["speed"]["model"]["fps"] >= 10,
+    }
+    print(f"report: {out / 'report.md'}")
+    print(
+        json.dumps(
+            {
+                "bench": "closed_loop",
+                **figure,
+                "fps": round(results["speed"]["model"]["fps"], 2),
+                "plan_ms": round(results["speed"]["model"]["act_ms_median"], 1),
+                "routes_per_track": args.routes_per_track,
+                "seeds": args.seeds,
+                "goals": goals,
+                "checkpoint": args.checkpoint,
+                "machine": platform.processor() or platform.machine(),
+                "seconds": round(time.time() - start),
+            }
+        )
+    )
+
+
+if __name__ == "__main__":
+    main()

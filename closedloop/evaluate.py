@@ -1,0 +1,233 @@
+"""A closed-loop benchmark run: every (seed run, route, agent) driven, one JSON line per drive in
+``OUT/drives.jsonl`` (a rerun skips the drives already there, so a long run resumes), then the
+report (``OUT/report.md``, ``OUT/results.json``, maps of a route per track and a video of one).
+
+Drives run in ``workers`` processes (one torch thread each; the model is loaded once per
+process). A seed run changes each route's traffic, pedestrians and instruction draws, not the
+route.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+
+from closedloop.agents import AGENTS, ExpertAgent, LaneKeepingAgent, ModelAgent
+from closedloop.report import (
+    draw_map,
+    infractions_markdown,
+    summarize,
+    table_markdown,
+    video_frame,
+    write_video,
+)
+from closedloop.routes import RouteSpec, build_route, track_of
+from closedloop.run import drive_route
+from lmgendrive.checkpoint_meta import check_planner
+from schemas.errors import BadInputError
+from storage.atomic import write_bytes
+from storage.progress import progress
+
+DRIVES_FILE = "drives.jsonl"
+_MODEL: dict = {}  # per worker process: the loaded model
+
+
+@dataclass(frozen=True)
+class Drive:
+    """One drive of a benchmark: a route in one seed run, by one agent."""
+
+    spec: RouteSpec
+    seed_run: int
+    agent: str
+
+    @property
+    def key(self) -> str:
+        return f"{self.seed_run}/{self.spec.route_id}/{self.agent}"
+
+    def seeded(self) -> RouteSpec:
+        return replace(self.spec, seed=self.spec.seed + 100_003 * self.seed_run)
+
+
+def make_agent(name: str, checkpoint: str):
+    """The agent called ``name`` (the model loaded once per process)."""
+    if name == "expert":
+        return ExpertAgent()
+    if name == "lane_keeping":
+        return LaneKeepingAgent()
+    if checkpoint not in _MODEL:
+        import torch
+
+        from lmgendrive.checkpoint import load_checkpoint
+
+        torch.set_num_threads(1)
+        _MODEL[checkpoint] = load_checkpoint(checkpoint)[0]
+    return ModelAgent(_MODEL[checkpoint], random_instructions=name == "random_instruction")
+
+
+def _drive(job: tuple[Drive, str, tuple[int, int]]) -> dict:
+    drive, checkpoint, image_size = job
+    result = drive_route(
+        build_route(drive.seeded()), make_agent(drive.agent, checkpoint), image_size
+    )
+    return {"key": drive.key, "seed_run": drive.seed_run, **result.row()}
+
+
+def check_agents(agents: Sequence[str], checkpoint: str) -> None:
+    """:class:`BadInputError` for an unknown agent, or a model agent without a trained planner."""
+    unknown = [a for a in agents if a not in AGENTS]
+    if unknown:
+        raise BadInputError(f"unknown agent(s) {unknown}; valid: {', '.join(AGENTS)}")
+    if {"model", "random_instruction"} & set(agents):
+        check_planner(checkpoint)
+
+
+def run_drives(
+    routes: Sequence[RouteSpec],
+    agents: Sequence[str],
+    seeds: int,
+    checkpoint: str,
+    out: Path,
+    image_size: tuple[int, int],
+    workers: int = 1,
+) -> list[dict]:
+    """Drive every route with every agent in ``seeds`` seed runs, appending each drive's row to
+    ``out/drives.jsonl`` as it finishes; drives already there are not driven again."""
+    check_agents(agents, checkpoint)
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / DRIVES_FILE
+    done = _read_rows(path)
+    todo = [
+        Drive(spec, s, a)
+        for s in range(seeds)
+        for spec in routes
+        for a in agents
+        if f"{s}/{spec.route_id}/{a}" not in done
+    ]
+    jobs = [(d, checkpoint, image_size) for d in todo]
+    with progress(len(todo), "drives", "drive") as bar, path.open("a") as sink:
+        if workers > 1 and len(jobs) > 1:
+            os.environ.setdefault("OMP_NUM_THREADS", "1")
+            with ProcessPoolExecutor(workers) as pool:
+                rows = pool.map(_drive, jobs, chunksize=1)
+                for row in rows:
+                    _append(sink, row, done, bar)
+        else:
+            for job in jobs:
+                _append(sink, _drive(job), done, bar)
+    wanted = {f"{s}/{spec.route_id}/{a}" for s in range(seeds) for spec in routes for a in agents}
+    return [row for key, row in done.items() if key in wanted]
+
+
+def _append(sink, row: dict, done: dict, bar) -> None:
+    sink.write(json.dumps(row) + "\n")
+    sink.flush()
+    done[row["key"]] = row
+    bar.update(1)
+
+
+def _read_rows(path: Path) -> dict[str, dict]:
+    """The rows of a drives file by key; a torn last line (an interrupted run) is dropped."""
+    rows: dict[str, dict] = {}
+    if not path.is_file():
+        return rows
+    for line in path.read_text().splitlines():
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        rows[row["key"]] = row
+    return rows
+
+
+def write_report(
+    rows: list[dict],
+    routes: Sequence[RouteSpec],
+    agents: Sequence[str],
+    checkpoint: str,
+    out: Path,
+    image_size: tuple[int, int],
+) -> dict:
+    """``results.json`` and ``report.md`` from the rows, a map of the first route of each track
+    (every agent, seed run 0) and a video of the model's drive of the first route."""
+    summary = summarize(rows)
+    first: dict[str | None, RouteSpec] = {}
+    for spec in routes:
+        first.setdefault(track_of(build_route(spec).length), spec)
+    maps = []
+    for spec in first.values():
+        name = f"map_{spec.route_id}.png"
+        drives = [r for r in rows if r["route_id"] == spec.route_id and r["seed_run"] == 0]
+        draw_map(build_route(spec), drives, out / name)
+        maps.append(name)
+    video_path = None
+    seeing = [a for a in agents if a in ("model", "random_instruction")]
+    if seeing and first:
+        spec = next(iter(first.values()))
+        agent = make_agent(seeing[0], checkpoint)
+        frames: list[np.ndarray] = []
+        drive_route(build_route(spec), agent, image_size, _recorder(frames, agent, spec.route_id))
+        video_path = out / f"video_{spec.route_id}_{seeing[0]}.mp4"
+        write_video(frames, video_path)
+    fps = _speed(rows)
+    results_json = {
+        "summary": summary,
+        "speed": fps,
+        "maps": maps,
+        "video": video_path.name if video_path else None,
+    }
+    write_bytes(out / "results.json", (json.dumps(results_json, indent=1) + "\n").encode())
+    text = [
+        "# Closed-loop driving in the procedural world",
+        "",
+        f"Checkpoint `{checkpoint}`; agents {', '.join(agents)}. Scored with the CARLA "
+        "leaderboard 1.0 rules (DS = RC x IS, in percent; IS in [0, 1]).",
+        "",
+        table_markdown(summary),
+        "",
+        "## Infractions and route ends",
+        "",
+        infractions_markdown(summary),
+        "",
+        "## Speed",
+        "",
+        json.dumps(fps),
+        "",
+        "## Maps",
+        "",
+        *[f"![{m}]({m})" for m in maps],
+        "",
+        f"Video: `{video_path.name}`" if video_path else "",
+    ]
+    write_bytes(out / "report.md", "\n".join(text).encode())
+    return results_json
+
+
+def _recorder(frames: list, agent, route_id: str):
+    def on_frame(frame, images, state):
+        caption = (
+            f"{route_id} t={state.t:5.1f}s v={state.ego[3]:4.1f}m/s | {agent.driver.instruction}"
+        )
+        frames.append(video_frame(images, agent.driver.model.config.views, caption))
+
+    return on_frame
+
+
+def _speed(rows: list[dict]) -> dict:
+    """Closed-loop frames per second (render + act + physics) and act() latency of the agents
+    that see, from the drives' own timings."""
+    out = {}
+    for agent in sorted({r["agent"] for r in rows}):
+        rs = [r for r in rows if r["agent"] == agent]
+        frames, seconds = sum(r["frames"] for r in rs), sum(r["loop_s"] for r in rs)
+        out[agent] = {
+            "fps": frames / seconds if seconds else None,
+            "act_ms_median": float(np.median([r["act_ms_median"] for r in rs])),
+            "frames": frames,
+        }
+    return out

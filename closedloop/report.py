@@ -1,0 +1,176 @@
+"""The closed-loop report: a table in the shape of the paper's Table 1 (DS, RC, IS per agent and
+track, each with its N, a bootstrap 95 % interval over routes and the mean +- std over seeds),
+infraction counts, a map of routes (planned vs driven, infractions marked) and a route's video."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from pathlib import Path
+
+import cv2
+import numpy as np
+from scipy.stats import bootstrap
+
+from closedloop.routes import TRACKS, BuiltRoute
+from driving.leaderboard import TERMINATIONS
+from storage.atomic import atomic_path, write_bytes
+from storage.media import encode_mp4
+
+METRICS = ("ds", "rc", "is")
+AGENT_ORDER = ("expert", "model", "random_instruction", "lane_keeping")
+
+
+def _interval(values: np.ndarray) -> list[float]:
+    """Percentile bootstrap 95 % interval of the mean (scipy), degenerate data included."""
+    if len(values) < 2 or np.ptp(values) == 0:
+        return [float(values.mean()), float(values.mean())]
+    res = bootstrap((values,), np.mean, confidence_level=0.95, method="percentile", random_state=0)
+    return [float(res.confidence_interval.low), float(res.confidence_interval.high)]
+
+
+def summarize(rows: list[dict]) -> dict:
+    """Per agent and track: N routes, seeds, and per metric the mean over every drive, the
+    interval (routes resampled, each route's value averaged over its seeds) and the mean +- std of
+    the seeds' means; infraction counts and how routes ended."""
+    groups: dict[tuple[str, str], list[dict]] = defaultdict(list)
+    for r in rows:
+        groups[(r["agent"], r["track"])].append(r)
+    out: dict = {}
+    for (agent, track), rs in sorted(groups.items()):
+        seeds = sorted({r["seed_run"] for r in rs})
+        entry = {"routes": len({r["route_id"] for r in rs}), "seeds": len(seeds)}
+        for m in METRICS:
+            by_route: dict[str, list[float]] = defaultdict(list)
+            by_seed: dict[int, list[float]] = defaultdict(list)
+            for r in rs:
+                by_route[r["route_id"]].append(r[m])
+                by_seed[r["seed_run"]].append(r[m])
+            per_route = np.array([np.mean(v) for v in by_route.values()])
+            seed_means = np.array([np.mean(v) for v in by_seed.values()])
+            entry[m] = {
+                "mean": float(np.mean([r[m] for r in rs])),
+                "ci95": _interval(per_route),
+                "seed_std": float(seed_means.std(ddof=1)) if len(seed_means) > 1 else 0.0,
+            }
+        entry["infractions"] = {
+            k[2:]: int(sum(r.get(k, 0) for r in rs))
+            for k in sorted({k for r in rs for k in r if k.startswith("n_")})
+        }
+        entry["km"] = float(sum(r["length_m"] * r["rc"] / 100.0 for r in rs) / 1000.0)
+        ended: dict[str, int] = defaultdict(int)
+        for r in rs:
+            ended[r["ended_by"]] += 1
+        entry["ended_by"] = dict(ended)
+        out.setdefault(agent, {})[track] = entry
+    return out
+
+
+def table_markdown(summary: dict) -> str:
+    """The Table-1-shaped table: one row per agent, DS / RC / IS per track."""
+    tracks = [t for t in ("long", "short", "tiny") if any(t in v for v in summary.values())]
+    head = "| agent | " + " | ".join(f"{t} DS | {t} RC | {t} IS" for t in tracks) + " |"
+    lines = [head, "|---|" + "---|" * (3 * len(tracks))]
+    for agent in [a for a in AGENT_ORDER if a in summary]:
+        cells = []
+        for t in tracks:
+            e = summary[agent].get(t)
+            for m in METRICS:
+                if e is None:
+                    cells.append("-")
+                    continue
+                v, (lo, hi), sd = e[m]["mean"], e[m]["ci95"], e[m]["seed_std"]
+                fmt = "{:.2f}" if m == "is" else "{:.1f}"
+                cells.append(
+                    f"{fmt.format(v)} ± {fmt.format(sd)} [{fmt.format(lo)}, {fmt.format(hi)}]"
+                )
+        lines.append(f"| {agent} | " + " | ".join(cells) + " |")
+    ns = {t: next(iter(summary.values()))[t] for t in tracks if t in next(iter(summary.values()))}
+    lines.append("")
+    lines.append(
+        "Mean over every drive ± std of the seeds' means [bootstrap 95 % interval over routes]; "
+        + "; ".join(f"{t}: N = {e['routes']} routes x {e['seeds']} seeds" for t, e in ns.items())
+        + ". Track lengths (m): "
+        + ", ".join(f"{t} {lo:.0f}-{hi:.0f}" for t, (lo, hi) in TRACKS.items())
+        + "."
+    )
+    return "\n".join(lines)
+
+
+def infractions_markdown(summary: dict) -> str:
+    """Infractions and route ends per agent and track."""
+    lines = ["| agent | track | km driven | infractions | route ends |", "|---|---|---|---|---|"]
+    for agent in [a for a in AGENT_ORDER if a in summary]:
+        for track, e in summary[agent].items():
+            inf = ", ".join(f"{k} {v}" for k, v in e["infractions"].items()) or "none"
+            ends = ", ".join(f"{k} {v}" for k, v in sorted(e["ended_by"].items()))
+            lines.append(f"| {agent} | {track} | {e['km']:.2f} | {inf} | {ends} |")
+    return "\n".join(lines)
+
+
+def draw_map(built: BuiltRoute, rows: list[dict], path: Path) -> None:
+    """A top-down map of one route: the town's roads, the planned route from start to goal, each
+    drive's path (``rows`` of :meth:`~closedloop.run.RouteResult.row`), its infractions (x) and
+    early end (square)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    town = built.town
+    fig, ax = plt.subplots(figsize=(6.5, 6.5))
+    for node in town.nodes:
+        for k in town.arms(node):
+            other = town.neighbour(node, k)
+            a, b = town.node_xy(node), town.node_xy(other)
+            ax.plot([a[0], b[0]], [a[1], b[1]], color="0.85", lw=7, solid_capstyle="butt")
+    s = np.linspace(built.s_start, built.s_goal, 400)
+    planned = built.route.path.at(s)
+    ax.plot(planned[:, 0], planned[:, 1], "k--", lw=1.5, label="planned route")
+    ax.plot(*planned[0], "ko", ms=6)
+    ax.plot(*planned[-1], "k*", ms=12, label="goal")
+    colors = {"expert": "tab:green", "model": "tab:blue", "random_instruction": "tab:purple"}
+    for r in rows:
+        xy = np.array(r["path"])
+        c = colors.get(r["agent"], "tab:orange")
+        ax.plot(xy[:, 0], xy[:, 1], color=c, lw=1.8, label=f"{r['agent']} (DS {r['ds']:.0f})")
+        for kind, x, y in r["events"]:
+            marker = "s" if kind in TERMINATIONS else "x"
+            ax.plot(x, y, marker, color=c, ms=9, mew=2)
+            ax.annotate(
+                kind, (x, y), fontsize=6, color=c, xytext=(4, 4), textcoords="offset points"
+            )
+    seen = np.concatenate([planned] + [np.array(r["path"]) for r in rows])
+    lo, hi = seen.min(axis=0) - 25.0, seen.max(axis=0) + 25.0
+    ax.set_xlim(lo[0], hi[0])
+    ax.set_ylim(lo[1], hi[1])
+    ax.set_aspect("equal")
+    spec = built.spec
+    title = f"{spec.route_id}: town {spec.town}, {spec.weather}, {built.length:.0f} m, turns "
+    ax.set_title(title + ", ".join(spec.turns), fontsize=9)
+    ax.legend(fontsize=7, loc="best")
+    ax.set_xlabel("x (m)")
+    ax.set_ylabel("y (m)")
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=110, format="png")
+    plt.close(fig)
+
+
+def video_frame(images: dict[str, np.ndarray], views, caption: str, scale: int = 3) -> np.ndarray:
+    """The views side by side, enlarged, with a caption bar (RGB uint8)."""
+    row = np.concatenate([images[v] for v in views], axis=1)
+    row = cv2.resize(
+        row, (row.shape[1] * scale, row.shape[0] * scale), interpolation=cv2.INTER_NEAREST
+    )
+    bar = np.full((28, row.shape[1], 3), 255, np.uint8)
+    cv2.putText(
+        bar, caption[:90], (6, 19), cv2.FONT_HERSHEY_SIMPLEX, 0.45, (0, 0, 0), 1, cv2.LINE_AA
+    )
+    return np.concatenate([row, bar], axis=0)
+
+
+def write_video(frames: list[np.ndarray], path: Path, fps: float = 10.0) -> None:
+    """An mp4 of the frames (even sizes), written atomically."""
+    arr = np.stack(frames)
+    h, w = arr.shape[1] - arr.shape[1] % 2, arr.shape[2] - arr.shape[2] % 2
+    write_bytes(path, encode_mp4(arr[:, :h, :w], fps=fps))
