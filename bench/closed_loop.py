@@ -7,7 +7,12 @@ Writes the report folder (``--out``: report.md, results.json, drives.jsonl, maps
 rerun with the same ``--out`` resumes. The last line is a JSON object with ``ds``, ``rc``, ``is``
 as {agent: {track: mean}}, ``fps`` (the model's closed loop: render + plan + physics, frames per
 second of one process), ``plan_ms`` (median act latency of the model), ``routes_per_track``,
-``seeds`` and the goals.
+``seeds``, and the goals' margins: ``min_expert_ds`` (worst track), ``min_model_over_lane_keeping``
+(DS difference, worst track), ``min_model_over_random_tiny_short``.
+
+At the full size (50 routes per track, 3 seeds, 1800 drives) this takes hours on 2 cores: a model
+that does not move drives every route to its timeout. The drives are kept in ``--out`` as they
+finish, so it can be stopped and rerun.
 
     python bench/closed_loop.py [--routes-per-track 50] [--seeds 3] [--workers 2] [--out DIR]
 """
@@ -29,16 +34,30 @@ from lmgendrive.checkpoint_meta import source_config
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--routes-per-track", type=int, default=50)
+    p.add_argument(
+        "--model-routes-per-track",
+        type=int,
+        help="routes per track for the agents that see (model, random_instruction); default: "
+        "--routes-per-track. They cost 10-20x a blind agent's drive",
+    )
     p.add_argument("--seeds", type=int, default=3)
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--checkpoint", default="demo")
     p.add_argument("--out", default="out/closed_loop")
     args = p.parse_args()
     start = time.time()
-    routes = [s for t in TRACKS for s in sample_routes(t, args.routes_per_track, 0)]
+    per_track = {t: sample_routes(t, args.routes_per_track, 0) for t in TRACKS}
+    routes = [s for t in TRACKS for s in per_track[t]]
+    seeing = args.model_routes_per_track or args.routes_per_track
     size = tuple(source_config(args.checkpoint).image_size)
     out = Path(args.out)
-    rows = run_drives(routes, AGENTS, args.seeds, args.checkpoint, out, size, args.workers)
+    blind = [a for a in AGENTS if a in ("expert", "lane_keeping")]
+    rows = run_drives(routes, blind, args.seeds, args.checkpoint, out, size, args.workers)
+    model_routes = [s for t in TRACKS for s in per_track[t][:seeing]]
+    model_agents = [a for a in AGENTS if a not in blind]
+    rows += run_drives(
+        model_routes, model_agents, args.seeds, args.checkpoint, out, size, args.workers
+    )
     results = write_report(rows, routes, AGENTS, args.checkpoint, out, size)
     summary = results["summary"]
     figure = {
@@ -46,13 +65,12 @@ def main() -> None:
         for m in ("ds", "rc", "is")
     }
     ds = figure["ds"]
-    goals = {
-        "expert_ds_90": all(v >= 90 for v in ds["expert"].values()),
-        "model_above_lane_keeping": all(ds["model"][t] > ds["lane_keeping"][t] for t in TRACKS),
-        "model_above_random_tiny_short": all(
-            ds["model"][t] > ds["random_instruction"][t] for t in ("tiny", "short")
+    margins = {
+        "min_expert_ds": min(ds["expert"].values()),
+        "min_model_over_lane_keeping": min(ds["model"][t] - ds["lane_keeping"][t] for t in TRACKS),
+        "min_model_over_random_tiny_short": min(
+            ds["model"][t] - ds["random_instruction"][t] for t in ("tiny", "short")
         ),
-        "fps_10": results["speed"]["model"]["fps"] >= 10,
     }
     print(f"report: {out / 'report.md'}")
     print(
@@ -63,8 +81,9 @@ def main() -> None:
                 "fps": round(results["speed"]["model"]["fps"], 2),
                 "plan_ms": round(results["speed"]["model"]["act_ms_median"], 1),
                 "routes_per_track": args.routes_per_track,
+                "model_routes_per_track": seeing,
                 "seeds": args.seeds,
-                "goals": goals,
+                **{k: round(v, 3) for k, v in margins.items()},
                 "checkpoint": args.checkpoint,
                 "machine": platform.processor() or platform.machine(),
                 "seconds": round(time.time() - start),

@@ -258,7 +258,9 @@ class LMDriveInstructions:
         """The instruction to drive under now."""
         if self.planner is None:
             self._start()
-        position, compass = tick_data["gps"], tick_data["compass"]
+        # LMDrive's planners work in metres from the route's mean position
+        position = tick_data["gps"] - np.asarray(self.route.mean) * np.asarray(self.route.scale)
+        compass = tick_data["compass"]
         next_waypoint, next_command = self.route.run_step(position)
         c, s = math.cos(compass + math.pi / 2), math.sin(compass + math.pi / 2)
         offset = np.asarray(next_waypoint) - position

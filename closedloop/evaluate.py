@@ -110,6 +110,9 @@ def run_drives(
         if f"{s}/{spec.route_id}/{a}" not in done
     ]
     jobs = [(d, checkpoint, image_size) for d in todo]
+    if path.is_file() and path.stat().st_size and not path.read_bytes().endswith(b"\n"):
+        with path.open("a") as sink:  # a run stopped mid-line: the next row starts a new line
+            sink.write("\n")
     with progress(len(todo), "drives", "drive") as bar, path.open("a") as sink:
         if workers > 1 and len(jobs) > 1:
             os.environ.setdefault("OMP_NUM_THREADS", "1")

@@ -12,7 +12,7 @@ import numpy as np
 from scipy.stats import bootstrap
 
 from closedloop.routes import TRACKS, BuiltRoute
-from driving.leaderboard import TERMINATIONS
+from driving.leaderboard import PENALTY, TERMINATIONS
 from storage.atomic import atomic_path, write_bytes
 from storage.media import encode_mp4
 
@@ -55,6 +55,7 @@ def summarize(rows: list[dict]) -> dict:
         entry["infractions"] = {
             k[2:]: int(sum(r.get(k, 0) for r in rs))
             for k in sorted({k for r in rs for k in r if k.startswith("n_")})
+            if k[2:] in PENALTY
         }
         entry["km"] = float(sum(r["length_m"] * r["rc"] / 100.0 for r in rs) / 1000.0)
         ended: dict[str, int] = defaultdict(int)
@@ -68,8 +69,8 @@ def summarize(rows: list[dict]) -> dict:
 def table_markdown(summary: dict) -> str:
     """The Table-1-shaped table: one row per agent, DS / RC / IS per track."""
     tracks = [t for t in ("long", "short", "tiny") if any(t in v for v in summary.values())]
-    head = "| agent | " + " | ".join(f"{t} DS | {t} RC | {t} IS" for t in tracks) + " |"
-    lines = [head, "|---|" + "---|" * (3 * len(tracks))]
+    head = "| agent | " + " | ".join(f"{t} DS | {t} RC | {t} IS" for t in tracks)
+    lines = [head + " | N routes x seeds |", "|---|" + "---|" * (3 * len(tracks) + 1)]
     for agent in [a for a in AGENT_ORDER if a in summary]:
         cells = []
         for t in tracks:
@@ -83,13 +84,14 @@ def table_markdown(summary: dict) -> str:
                 cells.append(
                     f"{fmt.format(v)} ± {fmt.format(sd)} [{fmt.format(lo)}, {fmt.format(hi)}]"
                 )
-        lines.append(f"| {agent} | " + " | ".join(cells) + " |")
-    ns = {t: next(iter(summary.values()))[t] for t in tracks if t in next(iter(summary.values()))}
+        n = " / ".join(
+            f"{e['routes']} x {e['seeds']}" for e in (summary[agent].get(t) for t in tracks) if e
+        )
+        lines.append(f"| {agent} | " + " | ".join(cells) + f" | {n} |")
     lines.append("")
     lines.append(
-        "Mean over every drive ± std of the seeds' means [bootstrap 95 % interval over routes]; "
-        + "; ".join(f"{t}: N = {e['routes']} routes x {e['seeds']} seeds" for t, e in ns.items())
-        + ". Track lengths (m): "
+        "Mean over every drive ± std of the seeds' means [bootstrap 95 % interval over routes], "
+        f"N per track in the order {' / '.join(tracks)}. Track lengths (m): "
         + ", ".join(f"{t} {lo:.0f}-{hi:.0f}" for t, (lo, hi) in TRACKS.items())
         + "."
     )

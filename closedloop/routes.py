@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from driving.leaderboard import route_timeout
+from scenes.procedural.instructions import TYPE_BY_ID
 from scenes.procedural.routes import Route
 from scenes.procedural.signals import cycle_length
 from scenes.procedural.town import Town, make_town, turn_between
@@ -23,6 +24,14 @@ from schemas.scene import TURNS, WEATHERS
 from schemas.user_yaml import read_yaml
 
 HEADINGS = ("east", "north", "west", "south")  # the town's direction index k
+TURN_OF_TYPE = {
+    "turn_left": "left",
+    "turn_right": "right",
+    "go_straight": "straight",
+    "turn_left_dist": "left",
+    "turn_right_dist": "right",
+    "go_straight_dist": "straight",
+}
 START_S = 6.0  # metres into the first lane the car starts, at rest
 GOAL_AFTER_M = 20.0  # the goal lies this far past the last junction's box
 # LangAuto: tiny < 150 m, short 150-500 m, long > 500 m on CARLA towns; ours, a third of that, on
@@ -196,8 +205,9 @@ def read_routes(path: str | Path) -> list[RouteSpec]:
         start, turns = row["start"], row["turns"]
         if not (isinstance(start, list) and len(start) == 2 and all(_is_int(v) for v in start)):
             raise BadInputError(f"{where}.start: expected [i, j] junction indices, got {start!r}")
-        if not isinstance(turns, list) or any(t not in TURNS for t in turns):
-            raise BadInputError(f"{where}.turns: expected a list of {', '.join(TURNS)}")
+        if not isinstance(turns, list):
+            raise BadInputError(f"{where}.turns: expected a list of turns")
+        turns = [_turn(t, f"{where}.turns[{k}]") for k, t in enumerate(turns)]
         weather = row.get("weather", "clear_noon")
         if weather not in WEATHERS:
             raise BadInputError(f"{where}.weather: {weather!r}; valid: {', '.join(WEATHERS)}")
@@ -216,9 +226,31 @@ def read_routes(path: str | Path) -> list[RouteSpec]:
         if spec.route_id in seen:
             raise BadInputError(f"{where}.route_id: {spec.route_id!r} appears twice")
         seen.add(spec.route_id)
-        build_route(spec)  # drivable, or a BadInputError naming the route
+        try:
+            build_route(spec)
+        except BadInputError as e:
+            raise BadInputError(f"{where}: {e}") from None
         specs.append(spec)
     return specs
+
+
+def _turn(value: object, where: str) -> str:
+    """A turn given by name or by a LangAuto turn instruction id (as route files of LangAuto
+    name them)."""
+    if isinstance(value, str) and value in TURNS:
+        return value
+    if _is_int(value) and TYPE_BY_ID.get(value) in TURN_OF_TYPE:
+        return TURN_OF_TYPE[TYPE_BY_ID[value]]
+    ids = ", ".join(
+        f"{i} ({TYPE_BY_ID[i]})" for i in sorted(TYPE_BY_ID) if TYPE_BY_ID[i] in TURN_OF_TYPE
+    )
+    if not _is_int(value):
+        what = f"unknown turn {value!r}"
+    elif value in TYPE_BY_ID:
+        what = f"instruction id {value} ({TYPE_BY_ID[value]}) is not a turn"
+    else:
+        what = f"unknown instruction id {value}"
+    raise BadInputError(f"{where}: {what}; valid: {', '.join(TURNS)} or ids {ids}")
 
 
 def _is_int(v: object) -> bool:

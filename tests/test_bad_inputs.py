@@ -388,6 +388,12 @@ def job_cases(verb: list[str]) -> list[Case]:
     return [Case(f"{prefix}-{name}", run(make), frag) for name, make, frag in cases]
 
 
+def route_file(start: str, turns: str) -> Callable[[World, Path], Path]:
+    """A closed-loop route file with one route in town 971 leaving ``start`` heading east."""
+    route = f"{{route_id: r, town: 971, start: {start}, heading: east, turns: {turns}}}"
+    return file(f"routes:\n  - {route}\n", "routes.yaml")
+
+
 def argv(*parts) -> Callable[[World, Path], list[str]]:
     """Arguments where a callable part is made in the case's folder."""
     return lambda w, d: [str(p(w, d)) if callable(p) else p for p in parts]
@@ -593,6 +599,32 @@ OTHER_CASES = [
         "train-unknown-stage",
         argv("train", "--stage", "7", "--config", "jobs/train_demo.yaml"),
         "--stage must be",
+    ),
+    # drive
+    Case(
+        "drive-route-without-path-to-goal",
+        argv("drive", "--route-file", route_file("[1, 0]", "[right]"), "--out", at("drive")),
+        "no path to the goal: turn 1 ('right') at junction [2, 0]",
+    ),
+    Case(
+        "drive-unknown-instruction-id",
+        argv("drive", "--route-file", route_file("[0, 0]", "[left, 99]"), "--out", at("drive")),
+        "routes[0].turns[1]: unknown instruction id 99",
+    ),
+    Case(
+        "drive-checkpoint-without-planner",
+        argv("drive", "--track", "tiny", "--checkpoint", "checkpoints/evaluator", "--out", at("d")),
+        "has no trained planner",
+    ),
+    Case(
+        "drive-preset-without-planner",
+        argv("drive", "--track", "tiny", "--checkpoint", "tiny", "--out", at("drive")),
+        "preset tiny has no trained planner",
+    ),
+    Case(
+        "drive-unknown-agent",
+        argv("drive", "--track", "tiny", "--agents", "flyer", "--out", at("drive")),
+        "unknown agent(s) ['flyer']; valid: expert, lane_keeping, model, random_instruction",
     ),
 ]
 

@@ -1,0 +1,258 @@
+"""Closed-loop driving: routes, the LangAuto instruction schedule, driving and scoring a route (each
+of the leaderboard's route ends and penalties on a real drive), the model driven from cached
+history tokens, resuming a benchmark run, and the report."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from closedloop.agents import ExpertAgent, LaneKeepingAgent, ModelAgent
+from closedloop.evaluate import DRIVES_FILE, run_drives
+from closedloop.model_driver import ModelDriver, driven_path
+from closedloop.report import draw_map, summarize, table_markdown
+from closedloop.routes import (
+    TRACKS,
+    RouteSpec,
+    build_route,
+    read_routes,
+    sample_routes,
+    track_of,
+)
+from closedloop.run import drive_route
+from driving.control import Control
+from driving.leaderboard import PENALTY
+from schemas.errors import BadInputError
+
+# town 971: junction (0, 0) is a corner (roads east and north); (1, 0) lies on the south edge, so a
+# car arriving there heading east may go straight or left, not right
+CORNER = RouteSpec("corner", 971, (0, 0), "east", ("left",), "clear_noon", 3)
+
+
+class Fixed:
+    """An agent that always returns the same control."""
+
+    needs_images, privileged = False, False
+
+    def __init__(self, name: str, control: Control):
+        self.name, self.control = name, control
+
+    def reset(self, world, seed):
+        pass
+
+    def act(self, obs):
+        return self.control
+
+
+# ----------------------------------------------------------------------------- routes
+def test_route_goal_lies_past_its_last_junction():
+    built = build_route(RouteSpec("r", 971, (0, 0), "east", ("left", "right")))
+    last = built.route.maneuvers[1]
+    assert built.s_goal == pytest.approx(last.s_exit + 20.0)
+    assert built.length == pytest.approx(built.s_goal - built.s_start)
+    assert built.route.path.length > built.s_goal  # the path goes on past the goal
+
+
+@pytest.mark.parametrize(
+    "spec, fragment",
+    [
+        (RouteSpec("r", 971, (1, 0), "east", ("right",)), "no path to the goal"),
+        (RouteSpec("r", 971, (0, 0), "west", ("left",)), "roads leave it heading east, north"),
+        (RouteSpec("r", 971, (9, 0), "east", ("left",)), "not in the town"),
+        (RouteSpec("r", 971, (0, 0), "east", ()), "at least one junction"),
+    ],
+)
+def test_undrivable_routes_are_refused(spec, fragment):
+    with pytest.raises(BadInputError, match=fragment):
+        build_route(spec)
+
+
+def test_route_file_turns_by_name_or_langauto_id(tmp_path):
+    path = tmp_path / "routes.yaml"
+    path.write_text(
+        "routes:\n"
+        "  - {route_id: a, town: 971, start: [0, 0], heading: east, turns: [left, 4]}\n"
+        "  - {route_id: b, town: 972, start: [2, 2], heading: north, turns: [2], weather: fog}\n"
+    )
+    a, b = read_routes(path)
+    assert a.turns == ("left", "right") and b.turns == ("straight",) and b.weather == "fog"
+
+
+ROUTE = "route_id: a, town: 971, start: [0, 0], heading: east"
+
+
+@pytest.mark.parametrize(
+    "row, fragment",
+    [
+        (ROUTE + ", turns: [99]", "unknown instruction id 99"),
+        (ROUTE + ", turns: [34]", "34 (follow_lane) is not a turn"),
+        (ROUTE + ", turns: [left], speed: 3", "unknown key(s) ['speed']"),
+        (ROUTE.replace("[0, 0]", "[1, 0]") + ", turns: [right]", "no path to the goal"),
+        (ROUTE + ", turns: [left], weather: snow", "weather"),
+    ],
+)
+def test_bad_route_files_name_file_route_and_key(tmp_path, row, fragment):
+    path = tmp_path / "routes.yaml"
+    path.write_text(f"routes:\n  - {{{row}}}\n")
+    with pytest.raises(BadInputError) as e:
+        read_routes(path)
+    assert fragment in str(e.value) and "routes.yaml" in str(e.value)
+
+
+def test_drawn_routes_fall_in_their_track_and_repeat():
+    for track, (lo, hi) in TRACKS.items():
+        specs = sample_routes(track, 6, seed=5)
+        assert specs == sample_routes(track, 6, seed=5)
+        lengths = [build_route(s).length for s in specs]
+        assert all(lo <= x < hi and track_of(x) == track for x in lengths)
+        assert len({s.weather for s in specs}) == 6  # weathers cycled
+
+
+# ----------------------------------------------------------------------------- driving and scoring
+def test_expert_completes_with_full_score_and_schedule_issues_the_turn():
+    built = build_route(CORNER)
+    result = drive_route(built, ExpertAgent())
+    assert result.score.ended_by is None and result.score.rc == 100.0
+    assert result.score.ds == 100.0 and result.score.counts == {}
+    assert result.log.frames[-1].ego_s >= built.s_goal
+    turn = [i for i in result.issued if i.instruction.args["type"].startswith("turn_left")]
+    assert turn, [i.instruction.text for i in result.issued]
+    first = turn[0].frame
+    m = built.route.maneuvers[0]
+    stop = m.s_stop - result.log.frames[first].ego_s - 2.45
+    assert 0.0 < stop <= 40.0  # issued within LMDrive's trigger distances, never from the start
+    assert all(i.kind != "navigation" or i.frame > 0 for i in result.issued[1:])
+
+
+def test_always_braking_times_out_with_nothing_driven():
+    built = build_route(CORNER)
+    result = drive_route(built, Fixed("brake", Control(0.0, 1.0, 0.0)))
+    assert result.score.ended_by == "route_timeout"
+    assert result.score.rc == 0.0 and result.score.ds == 0.0
+    assert result.log.frames[-1].t == pytest.approx(built.time_allowed(), abs=0.11)
+
+
+def test_driving_straight_past_the_turn_strays_from_the_route():
+    built = build_route(CORNER)  # the route turns left at (1, 0); straight on is a road too
+    result = drive_route(built, Fixed("straight", Control(0.5, 0.0, 0.0)))
+    assert result.score.ended_by == "route_deviation"
+    assert 0.0 < result.score.rc < 100.0
+    far = np.linalg.norm(
+        built.route.path.point(result.log.frames[-1].ego_s) - result.log.frames[-1].ego[:2]
+    )
+    assert far > 30.0  # fmt: skip
+
+
+def test_lane_keeper_runs_red_lights_and_pays_the_penalty():
+    spec = sample_routes("tiny", 1, seed=0)[0]
+    expert = drive_route(build_route(spec), ExpertAgent())
+    blind = drive_route(build_route(spec), LaneKeepingAgent())
+    assert expert.score.counts.get("red_light", 0) == 0
+    assert blind.score.counts.get("red_light", 0) >= 1
+    expected = np.prod([PENALTY[k] ** n for k, n in blind.score.counts.items() if k in PENALTY])
+    assert blind.score.infraction_score == pytest.approx(expected)
+    assert blind.score.ds == pytest.approx(blind.score.rc * expected)
+
+
+# ----------------------------------------------------------------------------- the model
+def test_driven_path_is_odometry_in_the_step_start_frame():
+    # heading north (theta = pi/2) at 1 m per frame: 2, 4, 6, 8 m straight ahead
+    poses = [(5.0, float(i), np.pi / 2) for i in range(9)]
+    np.testing.assert_allclose(
+        driven_path(poses, 8, 4), [[2, 0], [4, 0], [6, 0], [8, 0]], atol=1e-6
+    )
+    assert not driven_path(poses[:8], 8, 4).any()  # less than a step driven: zeros
+
+
+def test_model_encodes_each_frame_once_and_retokenises_only_on_change(monkeypatch):
+    from lmgendrive.checkpoint import load_checkpoint
+    from scenes.procedural.drive import DriveSpec, ProceduralScene
+
+    model, _ = load_checkpoint("demo", "cpu")
+    scene = ProceduralScene(DriveSpec(971, 2, frames=12, size=(64, 64)))
+    encoded = []
+    model.vision.register_forward_hook(lambda m, i, o: encoded.append(i[0].shape[0]))
+    calls = []
+    instruct = model.instruct
+    monkeypatch.setattr(model, "instruct", lambda s, t: (calls.append(t), instruct(s, t)))
+    driver = ModelDriver(model)
+    for i in range(12):
+        m = scene.measurements(i)
+        text = "Follow the lane ahead." if i < 6 else "Turn left at the next intersection."
+        plan, control = driver.step(scene.images(i), m.speed, (m.x, m.y, m.theta), text)
+        assert plan.waypoints.shape == (1, 4, 2) and 0.0 <= control.throttle <= 0.75
+    assert encoded == [1] * 12  # one multi-view frame encoded per step, none twice
+    assert driver.frames_encoded == 12
+    assert calls == [["Turn left at the next intersection."]]
+    assert driver.state.history.shape[1] == model.config.llm.history_frames
+
+
+def test_random_instruction_agent_is_told_something_else():
+    from lmgendrive.checkpoint import load_checkpoint
+
+    model, _ = load_checkpoint("demo", "cpu")
+    agent = ModelAgent(model, random_instructions=True)
+    told = []
+    built = build_route(CORNER)
+
+    def stop_early(frame, images, state):
+        told.append(agent.told)
+        if frame == 30:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        drive_route(built, agent, on_frame=stop_early)
+    assert len(told) == 31 and all(told)
+    given = agent.given.text
+    assert told[-1] != given or len(set(told)) > 1
+
+
+# ----------------------------------------------------------------------------- runs and reports
+def test_a_run_resumes_and_drops_a_torn_line(tmp_path):
+    routes = sample_routes("tiny", 2, seed=1)
+    rows = run_drives(routes, ["expert"], 1, "demo", tmp_path, (64, 64))
+    assert len(rows) == 2 and all(r["ds"] == 100.0 for r in rows)
+    lines = (tmp_path / DRIVES_FILE).read_text().splitlines()
+    (tmp_path / DRIVES_FILE).write_text(lines[0] + "\n" + lines[1][:20])  # interrupted mid-line
+    again = run_drives(routes, ["expert"], 1, "demo", tmp_path, (64, 64))
+    assert sorted(r["key"] for r in again) == sorted(r["key"] for r in rows)
+    kept = [json.loads(x) for x in (tmp_path / DRIVES_FILE).read_text().splitlines()[2:]]
+    assert [r["route_id"] for r in kept] == [routes[1].route_id]  # only the torn one redriven
+
+
+def test_unknown_agent_and_untrained_planner_are_refused(tmp_path):
+    with pytest.raises(BadInputError, match="unknown agent"):
+        run_drives(sample_routes("tiny", 1, 0), ["flyer"], 1, "demo", tmp_path, (64, 64))
+    with pytest.raises(BadInputError, match="no trained planner"):
+        routes = sample_routes("tiny", 1, 0)
+        run_drives(routes, ["model"], 1, "checkpoints/evaluator", tmp_path, (64, 64))
+    assert not (tmp_path / DRIVES_FILE).exists()
+
+
+def test_summary_intervals_and_seed_spread():
+    rows = [
+        {"agent": "model", "track": "tiny", "route_id": f"r{k}", "seed_run": s, "ds": ds,
+         "rc": 100.0, "is": ds / 100.0, "length_m": 80.0, "ended_by": "completed"}
+        for s, values in enumerate([[20.0, 40.0, 60.0], [40.0, 60.0, 80.0]])
+        for k, ds in enumerate(values)
+    ]  # fmt: skip
+    e = summarize(rows)["model"]["tiny"]
+    assert e["routes"] == 3 and e["seeds"] == 2
+    assert e["ds"]["mean"] == pytest.approx(50.0)
+    assert e["ds"]["seed_std"] == pytest.approx(np.std([40.0, 60.0], ddof=1))
+    lo, hi = e["ds"]["ci95"]
+    assert 30.0 <= lo < 50.0 < hi <= 70.0  # routes' means are 30, 50, 70
+    assert "| model | 50.0 ± 14.1" in table_markdown(summarize(rows))
+
+
+def test_map_draws_the_route_and_the_drives(tmp_path):
+    built = build_route(CORNER)
+    row = drive_route(built, Fixed("straight", Control(0.5, 0.0, 0.0))).row()
+    draw_map(built, [row], tmp_path / "map.png")
+    from PIL import Image
+
+    img = np.asarray(Image.open(tmp_path / "map.png").convert("RGB"))
+    assert img.shape[0] > 300 and len(np.unique(img.reshape(-1, 3), axis=0)) > 20
+    assert not list(tmp_path.glob("*.partial*"))
