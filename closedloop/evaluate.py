@@ -48,7 +48,8 @@ class Drive:
 
     @property
     def key(self) -> str:
-        return f"{self.seed_run}/{self.spec.route_id}/{self.agent}"
+        moving = f"@{self.spec.start_speed:g}" if self.spec.start_speed else ""
+        return f"{self.seed_run}/{self.spec.route_id}{moving}/{self.agent}"
 
     def seeded(self) -> RouteSpec:
         return replace(self.spec, seed=self.spec.seed + 100_003 * self.seed_run)
@@ -102,13 +103,8 @@ def run_drives(
     out.mkdir(parents=True, exist_ok=True)
     path = out / DRIVES_FILE
     done = _read_rows(path)
-    todo = [
-        Drive(spec, s, a)
-        for s in range(seeds)
-        for spec in routes
-        for a in agents
-        if f"{s}/{spec.route_id}/{a}" not in done
-    ]
+    drives = [Drive(spec, s, a) for s in range(seeds) for spec in routes for a in agents]
+    todo = [d for d in drives if d.key not in done]
     jobs = [(d, checkpoint, image_size) for d in todo]
     if path.is_file() and path.stat().st_size and not path.read_bytes().endswith(b"\n"):
         with path.open("a") as sink:  # a run stopped mid-line: the next row starts a new line
@@ -123,8 +119,7 @@ def run_drives(
         else:
             for job in jobs:
                 _append(sink, _drive(job), done, bar)
-    wanted = {f"{s}/{spec.route_id}/{a}" for s in range(seeds) for spec in routes for a in agents}
-    return [row for key, row in done.items() if key in wanted]
+    return [done[d.key] for d in drives]
 
 
 def _append(sink, row: dict, done: dict, bar) -> None:
@@ -157,7 +152,8 @@ def write_report(
     image_size: tuple[int, int],
 ) -> dict:
     """``results.json`` and ``report.md`` from the rows, a map of the first route of each track
-    (every agent, seed run 0) and a video of the model's drive of the first route."""
+    (every agent, seed run 0) and a video of the farthest drive (seed run 0) of the first agent
+    that sees."""
     summary = summarize(rows)
     first: dict[str | None, RouteSpec] = {}
     for spec in routes:
@@ -170,8 +166,10 @@ def write_report(
         maps.append(name)
     video_path = None
     seeing = [a for a in agents if a in ("model", "random_instruction")]
-    if seeing and first:
-        spec = next(iter(first.values()))
+    driven = [r for r in rows if r["agent"] == (seeing or [""])[0] and r["seed_run"] == 0]
+    if driven:  # the drive that got farthest, shortest first among equals: the most to see
+        best = max(driven, key=lambda r: (r["rc"], -r["frames"]))
+        spec = next(s for s in routes if s.route_id == best["route_id"])
         agent = make_agent(seeing[0], checkpoint)
         frames: list[np.ndarray] = []
         drive_route(build_route(spec), agent, image_size, _recorder(frames, agent, spec.route_id))

@@ -41,6 +41,7 @@ TRACKS: dict[str, tuple[float, float]] = {
     "short": (100.0, 200.0),
     "long": (200.0, 320.0),
 }
+MAX_START_SPEED = 8.0  # m/s, the expert's cruising speed
 FIRST_TOWN = 971  # closed-loop towns: no recipe trains on them, no other bench uses them
 TOWNS = 30
 
@@ -57,6 +58,7 @@ class RouteSpec:
     turns: tuple[str, ...]
     weather: str = "clear_noon"
     seed: int = 0
+    start_speed: float = 0.0  # m/s; CARLA starts every route at rest
 
     def to_dict(self) -> dict:
         return {**asdict(self), "start": list(self.start), "turns": list(self.turns)}
@@ -190,7 +192,7 @@ def read_routes(path: str | Path) -> list[RouteSpec]:
     data = read_yaml(path, "route file")
     if not isinstance(data, dict) or not isinstance(data.get("routes"), list) or not data["routes"]:
         raise BadInputError(f"{path}: expected a mapping with a non-empty list 'routes'")
-    keys = ("route_id", "town", "start", "heading", "turns", "weather", "seed")
+    keys = ("route_id", "town", "start", "heading", "turns", "weather", "seed", "start_speed")
     specs, seen = [], set()
     for i, row in enumerate(data["routes"]):
         where = f"{path}: routes[{i}]"
@@ -214,6 +216,11 @@ def read_routes(path: str | Path) -> list[RouteSpec]:
         for key in ("town", "seed"):
             if not _is_int(row.get(key, 0)):
                 raise BadInputError(f"{where}.{key}: expected an integer, got {row[key]!r}")
+        start_speed = row.get("start_speed", 0.0)
+        if not isinstance(start_speed, int | float) or not 0.0 <= start_speed <= MAX_START_SPEED:
+            raise BadInputError(
+                f"{where}.start_speed: expected m/s in 0..{MAX_START_SPEED:g}, got {start_speed!r}"
+            )
         spec = RouteSpec(
             str(row["route_id"]),
             int(row["town"]),
@@ -222,6 +229,7 @@ def read_routes(path: str | Path) -> list[RouteSpec]:
             tuple(turns),
             weather,
             int(row.get("seed", 0)),
+            float(start_speed),
         )
         if spec.route_id in seen:
             raise BadInputError(f"{where}.route_id: {spec.route_id!r} appears twice")

@@ -35,7 +35,7 @@ from scenes.procedural.render import Renderer
 from scenes.procedural.weather import get_weather
 from scenes.procedural.world import DriveLog, FrameState, World
 
-BRAKE = Control(throttle=0.0, brake=1.0, steer=0.0)  # before an agent's first control
+COAST = Control(throttle=0.0, brake=0.0, steer=0.0)  # before an agent's first control
 
 
 @dataclass
@@ -52,6 +52,7 @@ class RouteResult:
     log: DriveLog
     issued: list[Issued]
     frames: int
+    start_speed: float = 0.0
     render_s: float = 0.0
     act_s: float = 0.0
     world_s: float = 0.0
@@ -65,6 +66,7 @@ class RouteResult:
             "agent": self.agent,
             "track": self.track,
             "length_m": round(self.length_m, 1),
+            "start_speed": self.start_speed,
             "ds": s.ds,
             "rc": s.rc,
             "is": s.infraction_score,
@@ -91,7 +93,7 @@ def drive_route(
     """Drive ``built`` with ``agent`` (see :mod:`closedloop.agents`) and score it.
     ``on_frame(frame, images, state)`` sees every frame (images only for agents that see)."""
     spec, town = built.spec, built.town
-    world = World(town, spec.seed, route=(built.route, built.s_start))
+    world = World(town, spec.seed, route=(built.route, built.s_start), start_speed=spec.start_speed)
     agent.reset(world, spec.seed)
     schedule = InstructionSchedule(built, np.random.default_rng([spec.seed, 1201]))
     monitor = RouteMonitor(built.route.path, built.time_allowed())
@@ -100,7 +102,7 @@ def drive_route(
         if agent.needs_images
         else None
     )
-    control = None if agent.privileged else BRAKE
+    control = None if agent.privileged else COAST
     end: Event | None = None
     timings = {"render": 0.0, "act": 0.0, "world": 0.0}
     act_frames: list[float] = []
@@ -154,6 +156,7 @@ def drive_route(
         log=log,
         issued=schedule.issued,
         frames=frame,
+        start_speed=spec.start_speed,
         render_s=timings["render"],
         act_s=timings["act"],
         world_s=timings["world"],

@@ -4,6 +4,7 @@ scores LangAuto; :func:`add_parser` registers it on the ``lmgd`` sub-command par
 from __future__ import annotations
 
 import argparse
+from dataclasses import replace
 from pathlib import Path
 
 DESCRIPTION = """\
@@ -36,6 +37,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     p.add_argument("--seeds", type=int, default=1, help="seed runs (traffic, instructions)")
     p.add_argument("--route-seed", type=int, default=0, help="seed drawing --track routes")
     p.add_argument("--workers", type=int, default=1, help="processes driving in parallel")
+    p.add_argument(
+        "--start-speed",
+        type=float,
+        help="start every route at this speed, m/s (default: at rest as in CARLA, or the route "
+        "file's start_speed); a diagnostic: does the agent drive once it moves?",
+    )
     p.add_argument("--out", required=True, metavar="DIR", help="where the report goes")
     p.set_defaults(func=cmd_drive)
     return p
@@ -43,7 +50,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
 
 def cmd_drive(args: argparse.Namespace) -> int:
     from closedloop.evaluate import check_agents, run_drives, write_report
-    from closedloop.routes import read_routes, sample_routes
+    from closedloop.routes import MAX_START_SPEED, read_routes, sample_routes
     from lmgendrive.checkpoint_meta import source_config
     from schemas.errors import ConfigError
 
@@ -56,6 +63,10 @@ def cmd_drive(args: argparse.Namespace) -> int:
         if args.route_file
         else sample_routes(args.track, args.routes, args.route_seed)
     )
+    if args.start_speed is not None:
+        if not 0.0 <= args.start_speed <= MAX_START_SPEED:
+            raise ConfigError(f"--start-speed must be in 0..{MAX_START_SPEED:g} m/s")
+        routes = [replace(r, start_speed=args.start_speed) for r in routes]
     size = tuple(source_config(args.checkpoint).image_size)
     out = Path(args.out)
     rows = run_drives(routes, args.agents, args.seeds, args.checkpoint, out, size, args.workers)

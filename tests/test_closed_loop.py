@@ -91,6 +91,7 @@ ROUTE = "route_id: a, town: 971, start: [0, 0], heading: east"
         (ROUTE + ", turns: [left], speed: 3", "unknown key(s) ['speed']"),
         (ROUTE.replace("[0, 0]", "[1, 0]") + ", turns: [right]", "no path to the goal"),
         (ROUTE + ", turns: [left], weather: snow", "weather"),
+        (ROUTE + ", turns: [left], start_speed: 30", "start_speed: expected m/s in 0..8"),
     ],
 )
 def test_bad_route_files_name_file_route_and_key(tmp_path, row, fragment):
@@ -124,6 +125,20 @@ def test_expert_completes_with_full_score_and_schedule_issues_the_turn():
     stop = m.s_stop - result.log.frames[first].ego_s - 2.45
     assert 0.0 < stop <= 40.0  # issued within LMDrive's trigger distances, never from the start
     assert all(i.kind != "navigation" or i.frame > 0 for i in result.issued[1:])
+
+
+def test_a_route_starts_at_rest_unless_told_otherwise(tmp_path):
+    from dataclasses import replace
+
+    coast = Fixed("coast", Control(0.0, 0.0, 0.0))
+    at_rest = drive_route(build_route(CORNER), coast)
+    assert at_rest.log.frames[0].ego[3] == 0.0 and at_rest.score.rc == 0.0
+    moving = replace(CORNER, start_speed=5.0)
+    rolling = drive_route(build_route(moving), coast)
+    assert rolling.log.frames[0].ego[3] == 5.0 and rolling.score.rc > 5.0
+    rows = run_drives([CORNER, moving], ["expert"], 1, "demo", tmp_path, (64, 64))
+    assert [r["key"] for r in rows] == ["0/corner/expert", "0/corner@5/expert"]
+    assert [r["start_speed"] for r in rows] == [0.0, 5.0]
 
 
 def test_always_braking_times_out_with_nothing_driven():

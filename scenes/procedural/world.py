@@ -93,16 +93,17 @@ class World:
         density: float = 0.5,
         pedestrians_per_junction: float = 3.0,
         route: tuple[Route, float] | None = None,
+        start_speed: float = 0.0,
     ):
-        """``route``: the ego's route and where on it to start, at rest (a closed-loop route);
-        default: a random route, entered at speed (a recorded drive)."""
+        """``route``: the ego's route and where on it to start, at ``start_speed`` m/s (a
+        closed-loop route); default: a random route, entered at speed (a recorded drive)."""
         rng = np.random.default_rng([town.seed, seed, 9011])
         self.town, self.events = town, list(events)
         if route is None:
             path, s0 = ego_route(town, rng, turns)
             self.expert = Expert(town, path, s0, speed=float(rng.uniform(3.0, 6.0)))
         else:
-            self.expert = Expert(town, route[0], route[1], speed=0.0)
+            self.expert = Expert(town, route[0], route[1], speed=start_speed)
         route = self.expert.route
         self.vehicles: list[Vehicle] = spawn_vehicles(town, rng, density, keep_clear=self.expert.xy)
         self.crowd = Crowd(town, rng, int(pedestrians_per_junction * len(town.nodes)))
