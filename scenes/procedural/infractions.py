@@ -78,7 +78,8 @@ def red_lights(log: DriveLog) -> list[Event]:
             before, after = frames[i - 1].ego_s + HALF_LENGTH, frames[i].ego_s + HALF_LENGTH
             if before < m.s_stop <= after:
                 if light_state(log.town, m.node, m.k_in, frames[i - 1].t) == "red":
-                    out.append(Event("red_light", frames[i].t, str(m.node)))
+                    x, y = (float(v) for v in frames[i].ego[:2])
+                    out.append(Event("red_light", frames[i].t, str(m.node), x, y))
                 break
     return out
 
