@@ -271,3 +271,8 @@ def test_map_draws_the_route_and_the_drives(tmp_path):
     img = np.asarray(Image.open(tmp_path / "map.png").convert("RGB"))
     assert img.shape[0] > 300 and len(np.unique(img.reshape(-1, 3), axis=0)) > 20
     assert not list(tmp_path.glob("*.partial*"))
+
+
+def test_the_example_route_file_is_drivable():
+    specs = read_routes("jobs/routes/drive_routes.yaml")
+    assert [s.route_id for s in specs] == ["corner-left", "two-junctions", "night-loop"]
