@@ -157,12 +157,14 @@ def test_planner_loss_from_cached_tokens_equals_the_loss_from_pixels(small_scene
     torch.manual_seed(0)
     model = build_untrained("tiny")
     set_stage(model, 3)  # the encoder frozen (eval mode), as in stages 2-3
-    windows = DriveDataset([small_scene, other], model.config, context=2, steps=1)
+    windows = DriveDataset([small_scene, other], model.config, context=2, steps=1, pad_start=True)
     cache = VisionTokenCache.build(model, windows)
     assert cache.tokens.shape[0] == len(small_scene) + len(other)
     cached = PlannerWindows(windows, cache)
     picks = [0, 17, len(windows) - 1]  # the last window is in the second scene: offsets matter
     assert windows.index[picks[-1]][0] == 1
+    assert windows.index[0] == (0, 0)  # the first frame, its history padded with itself
+    assert torch.equal(cached[0]["tokens"][0], cached[0]["tokens"][1])
     collate = torch.utils.data.default_collate
     pixels = drive_batch(collate([windows[k] for k in picks]), 1)
     tokens = drive_batch(collate([cached[k] for k in picks]), 1)

@@ -20,6 +20,7 @@ from lmgendrive.train.data import (
     StratifiedSampler,
     StreamSampler,
     drive_specs,
+    is_departure,
     make_loader,
     maneuver_groups,
 )
@@ -27,6 +28,7 @@ from lmgendrive.train.schedule import WarmupCosine
 from scenes.lmdrive import open_root, write_index, write_route
 from scenes.procedural.drive import DriveSpec, ProceduralScene
 from schemas.errors import ConfigError
+from schemas.scene import TURNS
 
 TINY = preset_config("tiny")
 
@@ -128,9 +130,13 @@ def test_maneuver_groups_split_junction_windows_by_the_experts_turn(junction_dri
     for name, members in groups.items():
         for k in members:
             _, t = dataset.index[k]
-            assert any(e - 16 <= t <= e + 8 for e in entries) == (name != "other")
-            if name != "other":
-                assert path_maneuver(scene.measurements(t).waypoints) == name
+            m = scene.measurements(t)
+            assert is_departure(m) == (name == "departure")
+            if name in TURNS:
+                assert any(e - 16 <= t <= e + 8 for e in entries)
+                assert path_maneuver(m.waypoints) == name
+            elif name == "other":
+                assert not any(e - 16 <= t <= e + 8 for e in entries)
 
 
 def test_stratified_sampler_draws_by_share_and_resumes_exactly():
@@ -170,16 +176,10 @@ def test_planner_batches_follow_the_junction_share(junction_drive):
     planner = PlannerData(junction_drive, junction_share=0.75, entry_zone=(16, 8))
     other = set(planner.groups[-1].tolist())
     assert len(other) / len(junction_drive) > 0.7  # most of a drive is open road ...
-    assert [len(g) > 0 for g in planner.groups] == [
-        True,
-        True,
-        False,
-        True,
-    ]  # this drive never turns right
+    left, straight, right, _, other = planner.groups
+    assert len(left) and len(straight) and not len(right)  # this drive never turns right
     picks = [k for k, _ in zip(planner.loader(8, 0, 0, 0).sampler, range(1200), strict=False)]
-    for group in (
-        planner.groups[:2] + planner.groups[3:]
-    ):  # so the left, straight and open-road windows
+    for group in (left, straight, other):  # so the left, straight and open-road windows
         assert 0.28 < np.isin(picks, group).mean() < 0.39  # share its quarter: a third each
     batch = next(iter(planner.loader(8, 0, 0, 0)))
     assert batch["frames"].shape == (8, 3, 2, 32, 32, 3) and batch["waypoints"].shape == (
@@ -219,6 +219,77 @@ def test_procedural_drives_cycle_weathers():
     ]
 
 
+def test_a_drive_can_start_at_rest_on_the_same_route():
+    moving = ProceduralScene(DriveSpec(town_seed=1, route_seed=5, frames=40, size=(32, 32)))
+    rest = ProceduralScene(
+        DriveSpec(town_seed=1, route_seed=5, frames=40, size=(32, 32), start_at_rest=True)
+    )
+    assert rest.name == "town0001_route0005_rest_clear_noon" and rest.name != moving.name
+    first, first_moving = rest.measurements(0), moving.measurements(0)
+    assert first.speed == 0.0 and first_moving.speed >= 3.0
+    assert (first.x, first.y, first.theta) == (first_moving.x, first_moving.y, first_moving.theta)
+    speeds = [rest.measurements(t).speed for t in range(10)]
+    assert all(b > a for a, b in zip(speeds, speeds[1:], strict=False))  # it sets off at once
+    assert is_departure(first) and not is_departure(first_moving)
+    assert not is_departure(rest.measurements(9))  # 2.6 m/s: under way
+
+
+def test_padded_windows_start_at_the_first_frame_with_it_as_history():
+    scene = ProceduralScene(
+        DriveSpec(town_seed=1, route_seed=5, frames=30, size=(32, 32), start_at_rest=True)
+    )
+    full = DriveDataset([scene], TINY, context=3, steps=1)
+    padded = DriveDataset([scene], TINY, context=3, steps=1, pad_start=True)
+    assert full.index[0] == (0, 2) and padded.index[:3] == [(0, 0), (0, 1), (0, 2)]
+    assert len(padded) == len(full) + 2
+    first = padded[0]["frames"]  # (views, context, H, W, 3)
+    assert np.array_equal(first[:, 0], first[:, 2]) and np.array_equal(first[:, 1], first[:, 2])
+    second = padded[1]["frames"]
+    assert np.array_equal(second[:, 0], first[:, 2]) and not np.array_equal(
+        second[:, 2], first[:, 2]
+    )
+    assert np.array_equal(padded[2]["frames"], full[0]["frames"])
+    assert padded[0]["speed"] == 0.0 and not padded[0]["prev_waypoints"].any()
+
+
+def test_departures_are_their_own_planner_group_with_their_share():
+    scenes = [
+        ProceduralScene(
+            DriveSpec(town_seed=t, route_seed=5, frames=60, size=(32, 32), start_at_rest=True)
+        )
+        for t in (1, 2)
+    ]
+    dataset = DriveDataset(scenes, TINY, context=2, steps=1, pad_start=True)
+    planner = PlannerData(dataset, 0.0, (16, 8), departure_share=0.3)  # no junctions here
+    departures = planner.groups[len(TURNS)]
+    assert {dataset.index[k] for k in departures} >= {(0, 0), (1, 0)}  # both starts
+    for k in departures:
+        s, t = dataset.index[k]
+        m = scenes[s].measurements(t)
+        assert m.speed < 1.0 and np.linalg.norm(m.waypoints[-1]) > m.speed * 0.8
+    picks = [k for k, _ in zip(planner.loader(8, 0, 0, 0).sampler, range(2000), strict=False)]
+    assert 0.26 < np.isin(picks, departures).mean() < 0.34
+
+
+def test_drive_specs_add_the_rest_start_routes_after_the_others():
+    config = parse_config(
+        {
+            "preset": "demo",
+            "workdir": "w",
+            "output": "o",
+            "stages": {"1": {"iterations": 2, "batch_size": 1, "lr": 1e-3}},
+            "data": {"towns": [3], "routes_per_town": 2, "rest_start_routes": 2},
+        }
+    )
+    specs = drive_specs(config.data)
+    assert [(s.town_seed, s.route_seed, s.start_at_rest) for s in specs] == [
+        (3, 0, False),
+        (3, 1, False),
+        (3, 2, True),
+        (3, 3, True),
+    ]
+
+
 @pytest.mark.parametrize(
     ("text", "match"),
     [
@@ -244,6 +315,11 @@ def test_procedural_drives_cycle_weathers():
             "clipp",
         ),
         ("preset: tiny\n  bad: [yaml\n", "not valid YAML"),
+        (
+            "preset: tiny\nworkdir: w\noutput: o\nstages: {'2': {iterations: 2, batch_size: 1, "
+            "lr: 1, planner: {junction_share: 0.8, departure_share: 0.3}}}\n",
+            "junction_share \\+ departure_share must be <= 1",
+        ),
     ],
 )
 def test_bad_recipes_raise_config_error(tmp_path, text, match):

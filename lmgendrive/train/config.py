@@ -61,11 +61,14 @@ class TownRange(_Strict):
 
 class DataConfig(_Strict):
     """Where the training drives come from: procedural towns (rendered on the fly, or once into
-    ``cache`` as an LMDrive root) or an existing LMDrive root."""
+    ``cache`` as an LMDrive root) or an existing LMDrive root. A procedural drive enters its route
+    at 3-6 m/s; ``rest_start_routes`` more routes per town (the next route seeds) start at rest,
+    as every LMDrive / LangAuto route does."""
 
     towns: TownRange | list[Annotated[int, Field(ge=0)]] = TownRange(first=1, count=1)
     routes_per_town: PositiveInt = 1
     route_seed: Annotated[int, Field(ge=0)] = 0
+    rest_start_routes: Annotated[int, Field(ge=0)] = 0  # more per town, starting at rest
     weathers: list[Literal[WEATHERS]] = ["clear_noon"]  # type: ignore[valid-type]
     frames: Annotated[int, Field(ge=24)] = 160
     size: Annotated[int, Field(ge=16, le=1024)] = 64
@@ -90,9 +93,13 @@ class PlannerConfig(_Strict):
     """Stages 2-3: an extra planner-only batch per iteration (waypoint L1 + heading + completion, no
     generation), drawn by maneuver: ``junction_share`` of it from windows ``entry_zone`` = (frames
     before, frames after) a junction entry, in equal thirds turning left, going straight and turning
-    right; the rest from everywhere else. Its drives: ``routes_per_town`` routes per town
-    (default ``data``'s). With probability ``straight_previous`` a window's previous action is
-    replaced by driving straight on (see
+    right; ``departure_share`` from windows where the car at rest sets off within the plan's 0.8 s
+    (at a green light, from the start of a route, after a halt: rare in recorded drives, and a
+    planner that never learnt them never leaves a standstill); the rest from everywhere else.
+    Its drives: ``routes_per_town`` routes and ``rest_start_routes`` at-rest routes per town
+    (default ``data``'s); every drive's windows start at its first frame, the history before it
+    filled with that frame, as a closed loop starts. With probability ``straight_previous`` a
+    window's previous action is replaced by driving straight on (see
     :func:`lmgendrive.train.stages.straighten_previous_action`). ``token_cache``: encode every frame
     of those drives once with the frozen vision encoder and read its tokens instead of pixels
     (:class:`lmgendrive.train.tokens.VisionTokenCache`; the same losses at a fraction of the cost,
@@ -103,10 +110,21 @@ class PlannerConfig(_Strict):
     junction_share: Annotated[float, Field(ge=0, le=1)] = 0.75
     entry_zone: tuple[Annotated[int, Field(ge=0)], Annotated[int, Field(ge=0)]] = (16, 8)
     routes_per_town: PositiveInt | None = None
+    rest_start_routes: Annotated[int, Field(ge=0)] | None = None
+    departure_share: Annotated[float, Field(ge=0, le=1)] = 0.0
     straight_previous: Annotated[float, Field(ge=0, le=1)] = (
         0.0  # share whose previous action drives straight
     )
     token_cache: bool = False
+
+    @model_validator(mode="after")
+    def _check(self) -> PlannerConfig:
+        if self.junction_share + self.departure_share > 1.0:
+            raise ValueError(
+                f"junction_share + departure_share must be <= 1, got {self.junction_share:g} + "
+                f"{self.departure_share:g}"
+            )
+        return self
 
 
 class StageConfig(_Strict):

@@ -35,23 +35,35 @@ from lmgendrive.train.config import DataConfig
 from lmgendrive.train.perception import build_bev_targets
 from lmgendrive.vision import LIGHT_CLASSES
 from scenes.lmdrive import open_root, write_index, write_route
-from scenes.procedural.drive import DriveSpec, ProceduralScene
-from schemas.scene import OBJECT_CLASSES, TURNS, Measurements, Scene
+from scenes.procedural.drive import WAYPOINT_FRAMES, DriveSpec, ProceduralScene, scene_name
+from schemas.scene import FPS, OBJECT_CLASSES, TURNS, Measurements, Scene
 
 log = logging.getLogger(__name__)
 
 DETECTED = (OBJECT_CLASSES.index("vehicle"), OBJECT_CLASSES.index("pedestrian"))
+GROUPS = (*TURNS, "departure", "other")  # planner windows by what the expert does
+AT_REST = 1.0  # m/s
+SETS_OFF = 0.4  # m the plan gains in its 0.8 s on the current speed, to count as setting off
+PLAN_SECONDS = max(WAYPOINT_FRAMES) / FPS  # the plan's horizon
 
 
 def drive_specs(data: DataConfig) -> list[DriveSpec]:
-    """The procedural drives: every town x ``routes_per_town`` routes; drive k gets weather
+    """The procedural drives: every town x (``routes_per_town`` routes entered at speed, then
+    ``rest_start_routes`` starting at rest, on the next route seeds); drive k gets weather
     ``weathers[k % len(weathers)]`` (so 6 routes per town over 6 weathers cover each weather)."""
     specs = []
     for town in data.town_seeds():
-        for r in range(data.routes_per_town):
+        for r in range(data.routes_per_town + data.rest_start_routes):
             weather = data.weathers[len(specs) % len(data.weathers)]
             specs.append(
-                DriveSpec(town, data.route_seed + r, weather, data.frames, (data.size, data.size))
+                DriveSpec(
+                    town,
+                    data.route_seed + r,
+                    weather,
+                    data.frames,
+                    (data.size, data.size),
+                    start_at_rest=r >= data.routes_per_town,
+                )
             )
     return specs
 
@@ -66,7 +78,7 @@ def render_cache(data: DataConfig, root: Path) -> Path:
     from storage.progress import progress
 
     specs = drive_specs(data)
-    names = [_scene_name(s) for s in specs]
+    names = [scene_name(s) for s in specs]
     missing = [
         s for s, n in zip(specs, names, strict=True) if not (root / n / "measurements").is_dir()
     ]
@@ -81,11 +93,6 @@ def render_cache(data: DataConfig, root: Path) -> Path:
                 bar.update()
     write_index(root, [root / n for n in names])
     return root
-
-
-def _scene_name(spec: DriveSpec) -> str:
-    """:attr:`ProceduralScene.name` without simulating the drive."""
-    return f"town{spec.town_seed:04d}_route{spec.route_seed:04d}_{spec.weather}"
 
 
 def open_scenes(data: DataConfig) -> list[Scene]:
@@ -169,11 +176,25 @@ class DriveDataset(_SceneDataset):
     Step k's current frame is ``t + k F`` (F = frames_per_step): its waypoints and completion flag
     are the targets of step k and frames ``t + kF + 1 .. t + (k+1)F`` its future video. The
     previous action is the waypoints of frame ``t - F`` (zeros at the start of a drive).
+    ``pad_start``: windows start at every drive's first frame, the context before it filled with
+    that frame (what a closed loop sees when it starts); else at the first full context.
     """
 
-    def __init__(self, scenes: Sequence[Scene], config: ModelConfig, context: int, steps: int):
+    def __init__(
+        self,
+        scenes: Sequence[Scene],
+        config: ModelConfig,
+        context: int,
+        steps: int,
+        pad_start: bool = False,
+    ):
         self.context, self.steps, self.step_frames = context, steps, config.frames_per_step
-        super().__init__(scenes, config, context - 1, steps * config.frames_per_step)
+        super().__init__(scenes, config, 0 if pad_start else context - 1, steps * self.step_frames)
+
+    def context_frames(self, t: int) -> list[int]:
+        """The frame indices of window ``t``'s context, oldest first (frame 0 repeated before a
+        drive's start)."""
+        return [max(i, 0) for i in range(t - self.context + 1, t + 1)]
 
     def __getitem__(self, k: int) -> dict:
         s, t = self.index[k]
@@ -183,9 +204,7 @@ class DriveDataset(_SceneDataset):
             for j in range(self.steps)
         ]
         return {
-            "frames": np.stack(
-                [self.frames(s, i) for i in range(t - self.context + 1, t + 1)], axis=1
-            ),
+            "frames": np.stack([self.frames(s, i) for i in self.context_frames(t)], axis=1),
             **self.targets(s, t, self.steps),
             "future_frames": np.stack(future),
         }
@@ -216,20 +235,32 @@ def junction_entries(scene: Scene) -> list[int]:
     return [t for t in range(1, len(inside)) if inside[t] and not inside[t - 1]]
 
 
+def is_departure(m: Measurements) -> bool:
+    """The car is at rest or creeping (below :data:`AT_REST` m/s) and its plan sets off: the last
+    waypoint (0.8 s ahead) at least :data:`SETS_OFF` m beyond where the current speed takes it."""
+    travel = float(np.linalg.norm(m.waypoints[-1]))
+    return m.speed < AT_REST and travel >= m.speed * PLAN_SECONDS + SETS_OFF
+
+
 def maneuver_groups(dataset: DriveDataset, before: int, after: int) -> dict[str, np.ndarray]:
-    """Dataset indices by what the expert does: "left" / "straight" / "right" for windows from
-    ``before`` frames before to ``after`` frames after a junction entry, by their waypoints'
-    maneuver (so the turns are their first frames, where the instruction decides); "other" for the
-    rest (open road, and the rest of each turn, which the turning car's own motion already
-    shows)."""
+    """Dataset indices by what the expert does: "departure" for windows where the car at rest sets
+    off (:func:`is_departure`); "left" / "straight" / "right" for windows from ``before`` frames
+    before to ``after`` frames after a junction entry, by their waypoints' maneuver (so the turns
+    are their first frames, where the instruction decides); "other" for the rest (open road, and
+    the rest of each turn, which the turning car's own motion already shows)."""
     entries: dict[int, list[int]] = {}
-    groups: dict[str, list[int]] = {name: [] for name in (*TURNS, "other")}
+    groups: dict[str, list[int]] = {name: [] for name in GROUPS}
     for k, (s, t) in enumerate(dataset.index):
         scene = dataset.scenes[s]
         if s not in entries:
             entries[s] = junction_entries(scene)
-        zone = any(e - before <= t <= e + after for e in entries[s])
-        groups[path_maneuver(scene.measurements(t).waypoints) if zone else "other"].append(k)
+        m = scene.measurements(t)
+        if is_departure(m):
+            groups["departure"].append(k)
+        elif any(e - before <= t <= e + after for e in entries[s]):
+            groups[path_maneuver(m.waypoints)].append(k)
+        else:
+            groups["other"].append(k)
     return {name: np.asarray(ks, dtype=np.int64) for name, ks in groups.items()}
 
 
@@ -277,10 +308,10 @@ class StratifiedSampler(Sampler[int]):
 
 class PlannerData:
     """The windows of planner batches and how they are drawn: ``junction_share`` from the three
-    junction maneuver groups in equal parts, the rest from all other windows
-    (see :class:`PlannerConfig`). ``windows`` serves ``dataset``'s windows by the same indices
-    (default ``dataset`` itself; a :class:`lmgendrive.train.tokens.PlannerWindows` to read cached
-    vision tokens)."""
+    junction maneuver groups in equal parts, ``departure_share`` from departures, the rest from all
+    other windows (see :class:`PlannerConfig`). ``windows`` serves ``dataset``'s windows by the
+    same indices (default ``dataset`` itself; a :class:`lmgendrive.train.tokens.PlannerWindows` to
+    read cached vision tokens)."""
 
     def __init__(
         self,
@@ -288,11 +319,13 @@ class PlannerData:
         junction_share: float,
         entry_zone: tuple[int, int],
         windows: Dataset | None = None,
+        departure_share: float = 0.0,
     ):
         self.windows = dataset if windows is None else windows
         groups = maneuver_groups(dataset, *entry_zone)
-        self.groups = [groups[name] for name in (*TURNS, "other")]
-        self.shares = [junction_share / 3] * 3 + [1.0 - junction_share]
+        self.groups = [groups[name] for name in GROUPS]
+        other = max(0.0, 1.0 - junction_share - departure_share)
+        self.shares = [junction_share / 3] * 3 + [departure_share, other]
         log.info("planner windows: %s", ", ".join(f"{name} {len(g)}" for name, g in groups.items()))
 
     def loader(

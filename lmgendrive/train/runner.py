@@ -53,16 +53,19 @@ def planner_data(config: TrainConfig, stage: int, model: LMGenDrive) -> PlannerD
     if planner is None:
         return None
     data = config.data
-    if planner.routes_per_town is not None:
-        data = data.model_copy(update={"routes_per_town": planner.routes_per_town})
-    dataset = DriveDataset(open_scenes(data), model.config, data.context_frames, 1)
+    for key in ("routes_per_town", "rest_start_routes"):
+        if getattr(planner, key) is not None:
+            data = data.model_copy(update={key: getattr(planner, key)})
+    dataset = DriveDataset(open_scenes(data), model.config, data.context_frames, 1, pad_start=True)
     windows = None
     if planner.token_cache:  # stages 2 and 3 share the file: the encoder is frozen from stage 2 on
         cache = VisionTokenCache.build(
             model, dataset, data.workers, Path(config.workdir) / TOKEN_CACHE_FILE
         )
         windows = PlannerWindows(dataset, cache)
-    return PlannerData(dataset, planner.junction_share, planner.entry_zone, windows)
+    return PlannerData(
+        dataset, planner.junction_share, planner.entry_zone, windows, planner.departure_share
+    )
 
 
 def starting_model(config: TrainConfig, stage: int, backend: LocalBackend) -> LMGenDrive:

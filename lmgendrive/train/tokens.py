@@ -75,10 +75,9 @@ class VisionTokenCache:
                 save_file({"tokens": cache.tokens}, partial, metadata={"key": key})
         return cache
 
-    def window(self, scene: int, first: int, last: int) -> torch.Tensor:
-        """Tokens (last - first + 1, N, D) of frames ``first .. last`` of scene ``scene``."""
-        start = int(self.offsets[scene])
-        return self.tokens[start + first : start + last + 1]
+    def frames(self, scene: int, frames: list[int]) -> torch.Tensor:
+        """Tokens (len(frames), N, D) of frames ``frames`` of scene ``scene``."""
+        return self.tokens[int(self.offsets[scene]) + torch.as_tensor(frames)]
 
 
 def _cache_key(model: LMGenDrive, dataset: DriveDataset) -> str:
@@ -139,5 +138,5 @@ class PlannerWindows(Dataset):
 
     def __getitem__(self, k: int) -> dict:
         s, t = self.dataset.index[k]
-        tokens = self.cache.window(s, t - self.dataset.context + 1, t)
+        tokens = self.cache.frames(s, self.dataset.context_frames(t))
         return {"tokens": tokens, **self.dataset.targets(s, t, steps=1)}

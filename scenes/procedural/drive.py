@@ -38,6 +38,7 @@ class DriveSpec:
     frames: int = 200
     size: tuple[int, int] = (128, 128)
     turns: tuple[str, ...] = ()  # force the first maneuvers (where the junction allows them)
+    start_at_rest: bool = False  # as LMDrive's routes start; default: entered at 3-6 m/s
 
     def validate(self) -> None:
         get_weather(self.weather)
@@ -59,6 +60,12 @@ class JunctionApproach:
     stop_line_distance: float  # metres from the front bumper; negative once past the line
 
 
+def scene_name(spec: DriveSpec) -> str:
+    """The drive's name (:attr:`ProceduralScene.name`), known without simulating it."""
+    rest = "_rest" if spec.start_at_rest else ""
+    return f"town{spec.town_seed:04d}_route{spec.route_seed:04d}{rest}_{spec.weather}"
+
+
 @lru_cache(maxsize=4)
 def ground_of_town(seed: int) -> GroundTexture:
     """The ground texture of town ``seed`` (cached: drawing it takes about half a second)."""
@@ -66,14 +73,23 @@ def ground_of_town(seed: int) -> GroundTexture:
 
 
 @lru_cache(maxsize=64)
-def _drive(town_seed: int, route_seed: int, frames: int, turns: tuple[str, ...]) -> tuple:
+def _drive(
+    town_seed: int, route_seed: int, frames: int, turns: tuple[str, ...], at_rest: bool
+) -> tuple:
     """The simulated drive and its instruction timeline, shared by every weather and image size
     of the same drive (cached: simulating takes seconds, and a recipe asks for each drive in
     several weathers). Read-only."""
     town = make_town(town_seed)
     rng = np.random.default_rng([town_seed, route_seed, 515])
     events = plan_events(rng, frames)
-    log = simulate(town, route_seed, frames + max(WAYPOINT_FRAMES), list(turns), events)
+    log = simulate(
+        town,
+        route_seed,
+        frames + max(WAYPOINT_FRAMES),
+        list(turns),
+        events,
+        start_speed=0.0 if at_rest else None,
+    )
     timeline = [
         (_clip(s, frames), done and s.end_frame < frames, p)
         for s, done, p in build_timeline(log, events, rng)
@@ -92,10 +108,10 @@ class ProceduralScene:
         spec.validate()
         self.spec = spec
         self.size = tuple(spec.size)
-        self.name = f"town{spec.town_seed:04d}_route{spec.route_seed:04d}_{spec.weather}"
+        self.name = scene_name(spec)
         self.weather = get_weather(spec.weather)
         self.town, self.events, self.log, self._timeline, (self._active, self._completed) = _drive(
-            spec.town_seed, spec.route_seed, spec.frames, tuple(spec.turns)
+            spec.town_seed, spec.route_seed, spec.frames, tuple(spec.turns), spec.start_at_rest
         )
         self._renderer: Renderer | None = None
 

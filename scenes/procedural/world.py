@@ -93,17 +93,20 @@ class World:
         density: float = 0.5,
         pedestrians_per_junction: float = 3.0,
         route: tuple[Route, float] | None = None,
-        start_speed: float = 0.0,
+        start_speed: float | None = None,
     ):
-        """``route``: the ego's route and where on it to start, at ``start_speed`` m/s (a
-        closed-loop route); default: a random route, entered at speed (a recorded drive)."""
+        """``route``: the ego's route and where on it to start (a closed-loop route); default: a
+        random route (a recorded drive). The ego starts at ``start_speed`` m/s; default: at rest on
+        a given route, at a random 3-6 m/s on a random one (entered at speed)."""
         rng = np.random.default_rng([town.seed, seed, 9011])
         self.town, self.events = town, list(events)
         if route is None:
             path, s0 = ego_route(town, rng, turns)
-            self.expert = Expert(town, path, s0, speed=float(rng.uniform(3.0, 6.0)))
+            speed = float(rng.uniform(3.0, 6.0))  # drawn either way: the rest of the drive the same
+            speed = speed if start_speed is None else start_speed
+            self.expert = Expert(town, path, s0, speed=speed)
         else:
-            self.expert = Expert(town, route[0], route[1], speed=start_speed)
+            self.expert = Expert(town, route[0], route[1], speed=start_speed or 0.0)
         route = self.expert.route
         self.vehicles: list[Vehicle] = spawn_vehicles(town, rng, density, keep_clear=self.expert.xy)
         self.crowd = Crowd(town, rng, int(pedestrians_per_junction * len(town.nodes)))
@@ -210,9 +213,13 @@ def simulate(
     events: list[EgoEvent] = (),
     density: float = 0.5,
     pedestrians_per_junction: float = 3.0,
+    start_speed: float | None = None,
 ) -> DriveLog:
-    """Run the world for ``frames`` recorded frames, the expert driving, and return the log."""
-    world = World(town, seed, turns, events, density, pedestrians_per_junction)
+    """Run the world for ``frames`` recorded frames, the expert driving, and return the log
+    (``start_speed``: see :class:`World`)."""
+    world = World(
+        town, seed, turns, events, density, pedestrians_per_junction, start_speed=start_speed
+    )
     for _ in range(frames * TICKS_PER_FRAME):
         world.tick()
     return world.log
