@@ -232,13 +232,17 @@ def readme(config: TrainConfig, stages: list[int], command: str) -> str:
             notes.append(f"context latents noised to U(0, {c.context_noise:g}) of the schedule")
         if c.planner is not None:
             p = c.planner
-            notes.append(
+            rest = p.rest_start_routes or data.rest_start_routes
+            parts = [
                 f"planner batches of {p.batch_size}, {p.junction_share:g} from junction entries "
-                f"({p.entry_zone[0]} frames before to {p.entry_zone[1]} after), "
-                f"{p.routes_per_town or data.routes_per_town} route(s) per town, "
-                f"previous action straightened with p {p.straight_previous:g}"
-                + (", encoder tokens cached" if p.token_cache else "")
-            )
+                f"({p.entry_zone[0]} frames before to {p.entry_zone[1]} after)",
+                f"{p.departure_share:g} setting off from rest" if p.departure_share else "",
+                f"{p.routes_per_town or data.routes_per_town} route(s) per town"
+                + (f" + {rest} starting at rest" if rest else ""),
+                f"previous action straightened with p {p.straight_previous:g}",
+                "encoder tokens cached" if p.token_cache else "",
+            ]
+            notes.append(", ".join(part for part in parts if part))
         extra = "; ".join(notes)
         loss, minutes = log_summary(stage_dir(config, s) / LOG_FILE)
         lines.append(
