@@ -367,7 +367,9 @@ def test_planner_batches_are_refused_before_stage_2():
         )
 
 
-@pytest.mark.parametrize("job", ["jobs/train_demo.yaml", "jobs/train_evaluator.yaml"])
+@pytest.mark.parametrize(
+    "job", ["jobs/train_demo.yaml", "jobs/train_demo_departures.yaml", "jobs/train_evaluator.yaml"]
+)
 def test_committed_training_recipes_validate(job):
     config = load_config(job)
     assert all(seed < 900 for seed in config.data.town_seeds())  # QA / demo towns are 901+

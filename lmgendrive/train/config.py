@@ -97,9 +97,9 @@ class PlannerConfig(_Strict):
     (at a green light, from the start of a route, after a halt: rare in recorded drives, and a
     planner that never learnt them never leaves a standstill); the rest from everywhere else.
     Its drives: ``routes_per_town`` routes and ``rest_start_routes`` at-rest routes per town
-    (default ``data``'s); every drive's windows start at its first frame, the history before it
-    filled with that frame, as a closed loop starts. With probability ``straight_previous`` a
-    window's previous action is replaced by driving straight on (see
+    (default ``data``'s). ``start_windows``: windows also from each drive's first frames, the
+    history before the first frame filled with it, as a closed loop starts. With probability
+    ``straight_previous`` a window's previous action is replaced by driving straight on (see
     :func:`lmgendrive.train.stages.straighten_previous_action`). ``token_cache``: encode every frame
     of those drives once with the frozen vision encoder and read its tokens instead of pixels
     (:class:`lmgendrive.train.tokens.VisionTokenCache`; the same losses at a fraction of the cost,
@@ -112,6 +112,7 @@ class PlannerConfig(_Strict):
     routes_per_town: PositiveInt | None = None
     rest_start_routes: Annotated[int, Field(ge=0)] | None = None
     departure_share: Annotated[float, Field(ge=0, le=1)] = 0.0
+    start_windows: bool = False
     straight_previous: Annotated[float, Field(ge=0, le=1)] = (
         0.0  # share whose previous action drives straight
     )

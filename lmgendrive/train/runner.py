@@ -56,7 +56,9 @@ def planner_data(config: TrainConfig, stage: int, model: LMGenDrive) -> PlannerD
     for key in ("routes_per_town", "rest_start_routes"):
         if getattr(planner, key) is not None:
             data = data.model_copy(update={key: getattr(planner, key)})
-    dataset = DriveDataset(open_scenes(data), model.config, data.context_frames, 1, pad_start=True)
+    dataset = DriveDataset(
+        open_scenes(data), model.config, data.context_frames, 1, pad_start=planner.start_windows
+    )
     windows = None
     if planner.token_cache:  # stages 2 and 3 share the file: the encoder is frozen from stage 2 on
         cache = VisionTokenCache.build(
@@ -237,6 +239,7 @@ def readme(config: TrainConfig, stages: list[int], command: str) -> str:
                 f"planner batches of {p.batch_size}, {p.junction_share:g} from junction entries "
                 f"({p.entry_zone[0]} frames before to {p.entry_zone[1]} after)",
                 f"{p.departure_share:g} setting off from rest" if p.departure_share else "",
+                "windows from each drive's first frame" if p.start_windows else "",
                 f"{p.routes_per_town or data.routes_per_town} route(s) per town"
                 + (f" + {rest} starting at rest" if rest else ""),
                 f"previous action straightened with p {p.straight_previous:g}",
