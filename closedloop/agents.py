@@ -23,6 +23,7 @@ from closedloop.langauto import random_instruction
 from closedloop.model_driver import ModelDriver
 from driving.control import Control, WaypointController
 from lmgendrive.model import LMGenDrive
+from scenes.procedural.expert import CRUISE_SPEED
 from scenes.procedural.world import World
 from schemas.scene import Instruction
 
@@ -74,7 +75,8 @@ class ModelAgent:
     needs_images, privileged = True, False
 
     def __init__(self, model: LMGenDrive, random_instructions: bool = False):
-        self.driver = ModelDriver(model)
+        # never asked past the training drives' fastest: their expert cruises at CRUISE_SPEED
+        self.driver = ModelDriver(model, max_speed=CRUISE_SPEED)
         self.random_instructions = random_instructions
         self.name = "random_instruction" if random_instructions else "model"
 

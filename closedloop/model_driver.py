@@ -15,7 +15,7 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from driving.control import Control
+from driving.control import Control, WaypointController
 from lmgendrive.model import LMGenDrive
 from lmgendrive.rollout import PlanResult, RolloutState
 from schemas.errors import BadInputError
@@ -39,10 +39,13 @@ def driven_path(poses: deque | list, frames_per_step: int, num_waypoints: int) -
 
 
 class ModelDriver:
-    """One car driven by ``model`` (batch of one), frame by frame at the model's frame rate."""
+    """One car driven by ``model`` (batch of one), frame by frame at the model's frame rate;
+    ``max_speed`` (m/s) caps the speed the controller asks for (see
+    :class:`~driving.control.WaypointController`; None: LMDrive's controller, uncapped)."""
 
-    def __init__(self, model: LMGenDrive, seed: int = 0):
+    def __init__(self, model: LMGenDrive, seed: int = 0, max_speed: float | None = None):
         self.model, self.seed = model, seed
+        self.max_speed = np.inf if max_speed is None else float(max_speed)
         self.state: RolloutState | None = None
         self.instruction: str | None = None
         self.poses: deque = deque(maxlen=model.config.frames_per_step + 1)
@@ -84,6 +87,7 @@ class ModelDriver:
             # nothing else (the planner was trained on full histories)
             history = self.state.history
             self.state.history = history.expand(-1, config.llm.history_frames, -1, -1).clone()
+            self.state.controllers = [WaypointController(self.max_speed)]
             self.instruction = instruction
             self.frames_encoded += 1
             result = self.model.plan(self.state)

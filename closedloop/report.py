@@ -109,10 +109,19 @@ def infractions_markdown(summary: dict) -> str:
     return "\n".join(lines)
 
 
+EVENT_MARKERS = {
+    "collision_vehicle": "x",
+    "collision_pedestrian": "^",
+    "collision_static": "D",
+    "red_light": "o",
+    **{end: "s" for end in TERMINATIONS},
+}
+
+
 def draw_map(built: BuiltRoute, rows: list[dict], path: Path) -> None:
     """A top-down map of one route: the town's roads, the planned route from start to goal, each
-    drive's path (``rows`` of :meth:`~closedloop.run.RouteResult.row`), its infractions (x) and
-    early end (square)."""
+    drive's path (``rows`` of :meth:`~closedloop.run.RouteResult.row`) in its agent's colour, and
+    its infractions and early end as :data:`EVENT_MARKERS` (one legend entry per kind)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -131,16 +140,16 @@ def draw_map(built: BuiltRoute, rows: list[dict], path: Path) -> None:
     ax.plot(*planned[0], "ko", ms=6)
     ax.plot(*planned[-1], "k*", ms=12, label="goal")
     colors = {"expert": "tab:green", "model": "tab:blue", "random_instruction": "tab:purple"}
+    kinds: set[str] = set()
     for r in rows:
         xy = np.array(r["path"])
         c = colors.get(r["agent"], "tab:orange")
         ax.plot(xy[:, 0], xy[:, 1], color=c, lw=1.8, label=f"{r['agent']} (DS {r['ds']:.0f})")
         for kind, x, y in r["events"]:
-            marker = "s" if kind in TERMINATIONS else "x"
-            ax.plot(x, y, marker, color=c, ms=9, mew=2)
-            ax.annotate(
-                kind, (x, y), fontsize=6, color=c, xytext=(4, 4), textcoords="offset points"
-            )
+            ax.plot(x, y, EVENT_MARKERS.get(kind, "x"), color=c, ms=8, mew=2, mfc="none")
+            kinds.add(kind)
+    for kind in sorted(kinds):  # one legend entry per kind of event, in black
+        ax.plot([], [], EVENT_MARKERS.get(kind, "x"), color="k", mfc="none", mew=2, label=kind)
     seen = np.concatenate([planned] + [np.array(r["path"]) for r in rows])
     lo, hi = seen.min(axis=0) - 25.0, seen.max(axis=0) + 25.0
     ax.set_xlim(lo[0], hi[0])

@@ -21,7 +21,7 @@ from closedloop.agents import Observation
 from closedloop.langauto import InstructionSchedule, Issued
 from closedloop.routes import BuiltRoute, track_of
 from driving.control import Control
-from driving.leaderboard import Event, RouteScore, score_route
+from driving.leaderboard import Event, RouteScore, count_collisions, score_route
 from scenes.procedural import props
 from scenes.procedural.drive import ground_of_town
 from scenes.procedural.infractions import (
@@ -80,7 +80,9 @@ class RouteResult:
                 [round(float(f.ego[0]), 2), round(float(f.ego[1]), 2)]
                 for f in self.log.frames[::5] + self.log.frames[-1:]
             ],
-            "events": [[e.kind, round(e.x, 2), round(e.y, 2)] for e in self.events],
+            "events": [  # as scored: one per collision, not one per frame of contact
+                [e.kind, round(e.x, 2), round(e.y, 2)] for e in count_collisions(self.events)
+            ],
         }
 
 

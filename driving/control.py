@@ -5,6 +5,11 @@ Constants are LMDrive's (``lmdriver_config.py``, ``pid_controller.py``). LMDrive
 gap divided by that spacing, and the steering aim point is taken at about the same look-ahead time
 LMDrive uses (the mean of the third and fourth waypoints, 0.7 s).
 
+``max_speed`` caps the desired speed, as InterFuser's controller does (``max_speed`` 5 m/s in its
+``interfuser_config.py``; LMDrive's has no cap): a planner asked past the fastest speed it was
+trained on extrapolates its speed input, and the controller's dead band (no brake until 1.1x the
+desired speed, full throttle 0.15 m/s below it) turns a small over-estimate into a runaway.
+
 Steer follows CARLA's sign: positive steers right. Waypoints are in the ego frame (x forward,
 y left).
 """
@@ -48,13 +53,14 @@ class WaypointController:
     brake_ratio = 1.1
     clip_delta = 0.35
 
-    def __init__(self) -> None:
+    def __init__(self, max_speed: float = np.inf) -> None:
+        self.max_speed = max_speed
         self.turn = PIDController(1.25, 0.75, 0.3, 40)
         self.speed = PIDController(5.0, 0.5, 1.0, 40)
 
     def step(self, waypoints: np.ndarray, speed: float) -> Control:
         wp = np.asarray(waypoints, dtype=np.float64)
-        desired_speed = float(np.linalg.norm(wp[1] - wp[0])) / WAYPOINT_DT
+        desired_speed = min(float(np.linalg.norm(wp[1] - wp[0])) / WAYPOINT_DT, self.max_speed)
         brake = (
             desired_speed < self.brake_speed
             or (speed / max(desired_speed, 1e-6)) > self.brake_ratio

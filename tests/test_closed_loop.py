@@ -204,6 +204,28 @@ def test_model_encodes_each_frame_once_and_retokenises_only_on_change(monkeypatc
     assert driver.state.history.shape[1] == model.config.llm.history_frames
 
 
+def test_model_driver_caps_the_speed_it_asks_for():
+    """A cap below the drive's speed brakes every frame where an uncapped driver keeps going; the
+    benchmark's model agent is capped at the training expert's cruise speed."""
+    from lmgendrive.checkpoint import load_checkpoint
+    from scenes.procedural.drive import DriveSpec, ProceduralScene
+    from scenes.procedural.expert import CRUISE_SPEED
+
+    model, _ = load_checkpoint("demo", "cpu")
+    scene = ProceduralScene(DriveSpec(971, 2, frames=10, size=(64, 64)))
+    capped, free = ModelDriver(model, max_speed=1.0), ModelDriver(model)
+    brakes = {"capped": [], "free": []}
+    for i in range(10):
+        m = scene.measurements(i)
+        assert m.speed > 1.1 * 1.0
+        for name, driver in (("capped", capped), ("free", free)):
+            _, control = driver.step(scene.images(i), m.speed, (m.x, m.y, m.theta), "Go.")
+            brakes[name].append(control.brake)
+    assert brakes["capped"] == [1.0] * 10
+    assert sum(brakes["free"]) < 10
+    assert ModelAgent(model).driver.max_speed == CRUISE_SPEED
+
+
 def test_random_instruction_agent_is_told_something_else():
     from lmgendrive.checkpoint import load_checkpoint
 
@@ -266,6 +288,13 @@ def test_map_draws_the_route_and_the_drives(tmp_path):
     built = build_route(CORNER)
     row = drive_route(built, Fixed("straight", Control(0.5, 0.0, 0.0))).row()
     draw_map(built, [row], tmp_path / "map.png")
+    # a car circling into buildings touches them for many frames: a row keeps the scored events
+    circling = drive_route(built, Fixed("circling", Control(0.4, 0.0, 0.15)))
+    events = circling.row()["events"]
+    counts = {k[2:]: v for k, v in circling.row().items() if k.startswith("n_")}
+    assert len(circling.events) > 2 * len(events)
+    assert {kind: sum(e[0] == kind for e in events) for kind in counts} == counts
+    draw_map(built, [row, circling.row()], tmp_path / "map.png")
     from PIL import Image
 
     img = np.asarray(Image.open(tmp_path / "map.png").convert("RGB"))

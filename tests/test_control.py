@@ -33,3 +33,16 @@ def test_steer_sign_follows_carla_positive_right():
     assert WaypointController().step(right, speed=5.0).steer > 0.05
     assert WaypointController().step(left, speed=5.0).steer < -0.05
     assert WaypointController().step(wp, speed=5.0).steer == pytest.approx(0.0)
+
+
+def test_max_speed_caps_the_desired_speed():
+    """A plan past the cap coasts (no throttle) at the cap and brakes beyond 1.1x it, as a plan
+    asking for the cap itself would; below the cap nothing changes."""
+    fast = _straight(12.0)
+    uncapped = WaypointController().step(fast, speed=8.2)
+    assert uncapped.throttle > 0.5 and uncapped.brake == 0.0
+    capped = WaypointController(max_speed=8.0).step(fast, speed=8.2)
+    assert capped.throttle == 0.0 and capped.brake == 0.0
+    assert WaypointController(max_speed=8.0).step(fast, speed=9.0).brake == 1.0
+    slow = WaypointController(max_speed=8.0).step(_straight(6.0), speed=4.0)
+    assert slow == WaypointController().step(_straight(6.0), speed=4.0)
