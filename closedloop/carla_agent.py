@@ -143,8 +143,13 @@ class LMGenDriveAgent(AutonomousAgent):
     ``path_to_conf_file`` is a checkpoint name (``demo``) or directory; the device is picked at
     run time (``$LMGD_DEVICE``, else CUDA when available). ``instruction`` is a fixed instruction,
     an instruction source ``(tick_data) -> str`` (see :func:`read_sensors` for ``tick_data``), or
-    None for LMDrive's own instructions (:class:`LMDriveInstructions`).
+    None for LMDrive's own instructions (:class:`LMDriveInstructions`). ``max_speed`` (m/s) caps
+    the speed the controller asks for; None keeps LMDrive's uncapped controller. Set it to the
+    fastest speed of the checkpoint's training drives (the procedural expert's ``CRUISE_SPEED``
+    for ``demo``; InterFuser's agent caps at 5 m/s).
     """
+
+    max_speed: float | None = None
 
     def __init__(self, path_to_conf_file: str, instruction: str | InstructionSource | None = None):
         self.set_instruction_source(instruction)
@@ -153,7 +158,7 @@ class LMGenDriveAgent(AutonomousAgent):
     def setup(self, path_to_conf_file: str) -> None:
         """Load the checkpoint (the leaderboard calls this once per route)."""
         self.model, self.identity = load_checkpoint(path_to_conf_file)
-        self.driver = ModelDriver(self.model)
+        self.driver = ModelDriver(self.model, max_speed=self.max_speed)
         self.calls = 0
         self.control: Any = None
         self.last_plan = None

@@ -100,6 +100,15 @@ def test_sensors_are_lmdrive_rig_for_the_cameras_used():
     assert agent._global_plan == [{"lat": 0.0, "lon": 0.0}]
 
 
+def test_max_speed_is_lmdrive_uncapped_unless_set():
+    assert LMGenDriveAgent("demo", instruction="Go.").driver.max_speed == np.inf
+
+    class Capped(LMGenDriveAgent):
+        max_speed = 8.0
+
+    assert Capped("demo", instruction="Go.").driver.max_speed == 8.0
+
+
 def test_drives_as_model_driver_does_with_lmdrive_timing(recorded):
     scene, frames = recorded
     text = scene.instructions()[0].instruction.text
