@@ -1,7 +1,7 @@
 """Quality of a trained checkpoint on held-out procedural towns (town seeds no training recipe
 uses).
 
-Four figures, each against a baseline measured in the same run:
+Five figures, each against a baseline measured in the same run (the fifth against the expert):
 
 * ``wp_l1_over_const_vel``: mean L1 of ``plan()``'s waypoints against the expert's, divided by that
   of constant-velocity extrapolation (straight ahead at the measured speed). Goal <= 0.70.
@@ -18,6 +18,11 @@ Four figures, each against a baseline measured in the same run:
   ``turn_agreement_ci95`` is the Wilson 95 % interval over the cases: 108 junction towns give 141
   cases, +-7 points; the 36 used before gave 43, and two stage-3 runs with the same settings on
   different drives differed by 9 points there.
+* ``approach_agreement``: before the junction (front bumper 6-30 m before the stop line, told each
+  feasible maneuver in turn), how often the plan's maneuver is the expert's there (straight on: it
+  turns only past the stop line); ``approach_agreement_slow`` over the cases below 3 m/s (braking
+  for a light or queued), where the closed loop showed planners turning early, to the wrong side.
+  Per junction: the frame nearest 18 m and the slowest one if it is slow.
 
 Every window is planned as an online planner plans: the model starts from ``CONTEXT`` frames ending
 one step (8 frames) earlier, plans, observes the step's 8 real frames with the measured speed and
@@ -67,6 +72,9 @@ ENTRY = (-5.0, -2.0)  # junction cases: front bumper this far (m) past the stop 
 # just beginning (the expert's waypoints turn by 7-20 degrees), the car is still aligned with its
 # road
 MIN_SPEED = 1.5  # m/s, junction cases only: a car waiting at a red light plans no turn yet
+APPROACH = (6.0, 30.0)  # approach cases: front bumper this far (m) before the stop line, told
+# where to turn (LMDrive triggers at 10-40 m) and still driving straight on
+SLOW = 3.0  # m/s: an approach case this slow is braking for a light or queued
 
 
 @dataclass(frozen=True)
@@ -188,30 +196,80 @@ def waypoint_errors(
     return float(np.concatenate(ours).mean()), float(np.concatenate(const).mean())
 
 
-def turn_cases(windows: list[Window]) -> list[tuple[Window, str, str]]:
-    """(window, asked maneuver, instruction text) for every feasible maneuver at every junction."""
+def approach_windows(scenes: list[ProceduralScene], step: int) -> list[Window]:
+    """Per junction with a choice, up to two frames with the front bumper ``APPROACH`` metres
+    before its stop line: the one nearest the middle of that stretch, and the slowest when it is
+    below ``SLOW`` m/s (braking for a light or queued, where a closed-loop planner turned early)."""
+    out = []
+    for s in scenes:
+        by_junction: dict[tuple, list[int]] = {}
+        for t in range(step + CONTEXT - 1, len(s)):
+            j = s.next_junction(t)
+            if j is None or not APPROACH[0] <= j.stop_line_distance <= APPROACH[1]:
+                continue
+            if s.junction_ahead(t, within=APPROACH[1]):
+                by_junction.setdefault(j.node, []).append(t)
+        middle = sum(APPROACH) / 2
+        for frames in by_junction.values():
+            chosen = {
+                min(frames, key=lambda t: abs(s.next_junction(t).stop_line_distance - middle))
+            }
+            slowest = min(frames, key=lambda t: s.measurements(t).speed)
+            if s.measurements(slowest).speed < SLOW:
+                chosen.add(slowest)
+            out += [Window(s, t) for t in sorted(chosen)]
+    return out
+
+
+def turn_cases(windows: list[Window], within: float = 0.0) -> list[tuple[Window, str, str]]:
+    """(window, asked maneuver, instruction text) for every feasible maneuver at every junction
+    (the one in or ``within`` metres ahead of each window)."""
     cases = []
     for n, w in enumerate(windows):
-        for maneuver in w.scene.junction_ahead(w.t, within=0.0) or []:
+        for maneuver in w.scene.junction_ahead(w.t, within=within) or []:
             rng = np.random.default_rng([n, len(cases)])
             text = make_instruction(TYPE_ASKING_FOR[maneuver], rng).text
             cases.append((w, maneuver, text))
     return cases
 
 
+def planned_maneuvers(
+    model: LMGenDrive, cases: list[tuple[Window, str, str]], step: int, batch: int
+) -> list[str]:
+    """The maneuver of the model's plan for each case, told the case's instruction."""
+    out = []
+    for chunk in batches(cases, batch):
+        state = prepare(model, [w for w, _, _ in chunk], [text for _, _, text in chunk], step)
+        out += [path_maneuver(p) for p in model.plan(state).waypoints]
+    return out
+
+
 def turn_agreement(
     model: LMGenDrive, cases: list[tuple[Window, str, str]], step: int, batch: int
 ) -> tuple[float, float]:
     """Agreement over all cases, and over the cases asking for the maneuver the expert took."""
-    agree, actual = [], []
-    for chunk in batches(cases, batch):
-        state = prepare(model, [w for w, _, _ in chunk], [text for _, _, text in chunk], step)
-        predicted = model.plan(state).waypoints
-        for p, (w, m, _) in zip(predicted, chunk, strict=True):
-            agree.append(path_maneuver(p) == m)
-            if m == w.scene.next_junction(w.t).turn:
-                actual.append(agree[-1])
+    planned = planned_maneuvers(model, cases, step, batch)
+    agree = [p == m for p, (_, m, _) in zip(planned, cases, strict=True)]
+    actual = [
+        a for a, (w, m, _) in zip(agree, cases, strict=True) if m == w.scene.next_junction(w.t).turn
+    ]
     return float(np.mean(agree)), float(np.mean(actual))
+
+
+def approach_agreement(
+    model: LMGenDrive, cases: list[tuple[Window, str, str]], step: int, batch: int
+) -> tuple[float, float, int]:
+    """How often the plan does what the expert does there (straight on, whatever turn is asked):
+    over all approach cases, over the slow ones (below ``SLOW``), and how many are slow."""
+    planned = planned_maneuvers(model, cases, step, batch)
+    expert = [path_maneuver(w.scene.measurements(w.t).waypoints) for w, _, _ in cases]
+    agree = np.equal(planned, expert)
+    slow = np.array([w.scene.measurements(w.t).speed < SLOW for w, _, _ in cases])
+    return (
+        float(agree.mean()),
+        float(agree[slow].mean()) if slow.any() else float("nan"),
+        int(slow.sum()),
+    )
 
 
 def wilson_interval(share: float, n: int) -> list[float]:
@@ -328,11 +386,12 @@ def main() -> None:
     wp_ours, wp_const = waypoint_errors(model, windows, step, args.batch)
     wp_own, _ = waypoint_errors(model, windows, step, args.batch, odometry=False)
 
-    junctions = junction_windows(
-        held_out_scenes(args.junction_towns, args.frames, cfg.image_size[0]), step
-    )
+    junction_scenes = held_out_scenes(args.junction_towns, args.frames, cfg.image_size[0])
+    junctions = junction_windows(junction_scenes, step)
     cases = turn_cases(junctions)
     agreement, agreement_actual = turn_agreement(model, cases, step, args.batch)
+    approaches = turn_cases(approach_windows(junction_scenes, step), within=APPROACH[1])
+    approach, approach_slow, slow_cases = approach_agreement(model, approaches, step, args.batch)
 
     extract = load_drive(args.evaluator, device)
     rng = np.random.default_rng(0)
@@ -380,6 +439,25 @@ def main() -> None:
         "turn_agreement_ci95": wilson_interval(agreement, len(cases)),
         "turn_agreement_actual": round(agreement_actual, 4),
         "turn_agreement_expert": round(expert_agreement(junctions), 4),
+        "approach_cases": len(approaches),
+        "approach_agreement": round(approach, 4),
+        "approach_agreement_ci95": wilson_interval(approach, len(approaches)),
+        "approach_slow_cases": slow_cases,
+        "approach_agreement_slow": round(approach_slow, 4),
+        "approach_agreement_slow_ci95": wilson_interval(approach_slow, slow_cases)
+        if slow_cases
+        else None,
+        "approach_expert_straight": round(
+            float(
+                np.mean(
+                    [
+                        path_maneuver(w.scene.measurements(w.t).waypoints) == "straight"
+                        for w, _, _ in approaches
+                    ]
+                )
+            ),
+            4,
+        ),
         "seconds": round(time.perf_counter() - started, 1),
     }
     print(json.dumps(result))

@@ -13,7 +13,9 @@ future): navigation at LMDrive's trigger distances, notices, and misleading inst
   instruction the car cannot follow (a turn the junction lacks, a lane change on a one-lane road)
   for 20 frames; a good agent ignores it.
 
-What is shown at a frame: misleading, else a notice, else navigation (the recorded drives' order).
+What is shown at a frame: misleading, else the navigation with a notice said after it, else the
+navigation (the recorded drives' order; LMDrive gives notices as a separate input, so a notice never
+hides the navigation).
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ from scenes.procedural.instructions import (
     maneuver_instruction,
     misleading_instruction,
     notice_kind,
+    with_notice,
 )
 from scenes.procedural.world import FrameState
 from schemas.scene import Instruction
@@ -80,10 +83,11 @@ class InstructionSchedule:
             self.last_notice[kind] = frame
             self.notice = (make_instruction(kind, self.rng), frame + NOTICE_FRAMES - 1)
         shown, what = self.navigation, "navigation"
-        for slot, name in ((self.notice, "notice"), (self.misleading, "misleading")):
-            if slot is not None and frame <= slot[1]:
-                shown, what = slot[0], name
-        if shown is not self.shown:
+        if self.notice is not None and frame <= self.notice[1]:
+            shown, what = with_notice(self.navigation, self.notice[0]), "notice"
+        if self.misleading is not None and frame <= self.misleading[1]:
+            shown, what = self.misleading[0], "misleading"
+        if shown != self.shown:
             self.shown = shown
             self.issued.append(Issued(frame, what, shown))
         return shown

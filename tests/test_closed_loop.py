@@ -125,6 +125,12 @@ def test_expert_completes_with_full_score_and_schedule_issues_the_turn():
     stop = m.s_stop - result.log.frames[first].ego_s - 2.45
     assert 0.0 < stop <= 40.0  # issued within LMDrive's trigger distances, never from the start
     assert all(i.kind != "navigation" or i.frame > 0 for i in result.issued[1:])
+    notices = [i for i in result.issued if i.kind == "notice"]
+    assert notices  # a pedestrian and the red light at the corner
+    for notice in notices:  # said after the navigation instruction, never instead of it
+        before = [i for i in result.issued if i.kind == "navigation" and i.frame <= notice.frame]
+        assert notice.instruction.category != "notice" and "notice" in notice.instruction.args
+        assert notice.instruction.text.startswith(before[-1].instruction.text + " ")
 
 
 def test_a_route_starts_at_rest_unless_told_otherwise(tmp_path):

@@ -171,6 +171,35 @@ def test_misleading_instructions_are_flagged_and_infeasible(scene_factory):
     assert len(found) >= 3
 
 
+def test_a_notice_is_said_after_the_navigation_never_instead_of_it(scene_factory):
+    noticed = 0
+    for r in range(12):
+        scene = scene_factory(town_seed=40 + r % 3, route_seed=r, frames=120)
+        spans = scene.instructions()
+        for span in (s for s in spans if s.instruction.category == "notice"):
+            for i in range(span.start_frame, span.end_frame + 1):
+                m = scene.measurements(i)
+                if m.instruction.misleading or m.instruction_completed:
+                    continue  # a lie or a completion outranks the notice
+                if m.instruction.category == "other":
+                    continue
+                navigation = [
+                    s.instruction
+                    for s in spans
+                    if s.start_frame <= i <= s.end_frame
+                    and s.instruction.category in ("turn", "follow")
+                    and not s.instruction.misleading
+                ]
+                assert m.instruction.category != "notice", (scene.name, i, m.instruction.text)
+                assert m.instruction.text.endswith(span.instruction.text)
+                assert m.instruction.args["notice"] == span.instruction.args["type"]
+                if navigation:
+                    assert m.instruction.text.startswith(navigation[-1].text)
+                    assert m.instruction.args["type"] == navigation[-1].args["type"]
+                noticed += 1
+    assert noticed >= 15
+
+
 def test_completion_flag_marks_the_end_of_completed_instructions(scene_factory):
     scene = scene_factory(town_seed=21, route_seed=1, frames=200, turns=("right",))
     done = [i for i in range(len(scene)) if scene.measurements(i).instruction_completed]

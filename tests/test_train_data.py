@@ -14,6 +14,8 @@ from lmgendrive.config import preset_config
 from lmgendrive.train import cli
 from lmgendrive.train.config import load_config, parse_config, parse_stage
 from lmgendrive.train.data import (
+    GROUPS,
+    VERSION_FILE,
     DriveDataset,
     FrameDataset,
     PlannerData,
@@ -23,10 +25,11 @@ from lmgendrive.train.data import (
     is_departure,
     make_loader,
     maneuver_groups,
+    render_cache,
 )
 from lmgendrive.train.schedule import WarmupCosine
 from scenes.lmdrive import open_root, write_index, write_route
-from scenes.procedural.drive import DriveSpec, ProceduralScene
+from scenes.procedural.drive import DRIVE_VERSION, DriveSpec, ProceduralScene
 from schemas.errors import ConfigError
 from schemas.scene import TURNS
 
@@ -139,6 +142,31 @@ def test_maneuver_groups_split_junction_windows_by_the_experts_turn(junction_dri
                 assert not any(e - 16 <= t <= e + 8 for e in entries)
 
 
+def test_approach_windows_lie_before_the_entry_zone_within_the_distance(junction_drive):
+    dataset, scene = junction_drive, junction_drive.scenes[0]
+    groups = maneuver_groups(dataset, before=16, after=8, approach_m=30.0)
+    assert sorted(np.concatenate(list(groups.values())).tolist()) == list(range(len(dataset)))
+    xy = np.array([(scene.measurements(i).x, scene.measurements(i).y) for i in range(len(scene))])
+    metres = np.concatenate([[0.0], np.cumsum(np.hypot(*np.diff(xy, axis=0).T))])
+    inside = [scene.measurements(i).is_junction for i in range(len(scene))]
+    entries = [t for t in range(1, len(inside)) if inside[t] and not inside[t - 1]]
+
+    def approaching(t: int) -> bool:
+        return any(t < e - 16 and metres[e] - metres[t] <= 30.0 for e in entries)
+
+    assert len(groups["approach"]) >= 10
+    for k in groups["approach"]:
+        assert approaching(dataset.index[k][1])
+    for k in groups["other"]:
+        assert not approaching(dataset.index[k][1])
+    assert not len(maneuver_groups(dataset, before=16, after=8)["approach"])  # off by default
+    planner = PlannerData(dataset, 0.3, (16, 8), approach_share=0.4, approach_m=30.0)
+    assert planner.groups[GROUPS.index("approach")].tolist() == groups["approach"].tolist()
+    picks = [k for k, _ in zip(planner.loader(8, 0, 0, 0).sampler, range(2000), strict=False)]
+    live = sum(w for g, w in zip(planner.groups, planner.shares, strict=True) if len(g))
+    assert abs(np.isin(picks, groups["approach"]).mean() - 0.4 / live) < 0.035  # no right turn
+
+
 def test_stratified_sampler_draws_by_share_and_resumes_exactly():
     groups = [np.arange(3), np.arange(100, 150), np.arange(200, 202), np.arange(1000, 3000)]
     draws = [
@@ -176,7 +204,7 @@ def test_planner_batches_follow_the_junction_share(junction_drive):
     planner = PlannerData(junction_drive, junction_share=0.75, entry_zone=(16, 8))
     other = set(planner.groups[-1].tolist())
     assert len(other) / len(junction_drive) > 0.7  # most of a drive is open road ...
-    left, straight, right, _, other = planner.groups
+    left, straight, right, _, _, other = planner.groups
     assert len(left) and len(straight) and not len(right)  # this drive never turns right
     picks = [k for k, _ in zip(planner.loader(8, 0, 0, 0).sampler, range(1200), strict=False)]
     for group in (left, straight, other):  # so the left, straight and open-road windows
@@ -290,6 +318,34 @@ def test_drive_specs_add_the_rest_start_routes_after_the_others():
     ]
 
 
+def test_render_cache_renders_again_only_drives_of_an_older_version(tmp_path):
+    data = parse_config(
+        {
+            "preset": "tiny",
+            "workdir": "w",
+            "output": "o",
+            "stages": {"1": {"iterations": 2, "batch_size": 1, "lr": 1e-3}},
+            "data": {"towns": [3], "routes_per_town": 2, "frames": 24, "size": 32, "workers": 0},
+        }
+    ).data
+    root = tmp_path / "scenes"
+    (root / "mine").mkdir(parents=True)  # not a drive of this cache: never touched
+    render_cache(data, root)
+    routes = sorted(p for p in root.glob("town0003_*") if p.is_dir())
+    assert len(routes) == 2
+    assert all((r / VERSION_FILE).read_text().strip() == str(DRIVE_VERSION) for r in routes)
+    old, kept = routes
+    (old / VERSION_FILE).write_text("1\n")  # rendered before notices carried the navigation
+    (old / "measurements" / "0000.json").write_text("{}")
+    (kept / "measurements" / "0000.json").write_text('{"kept": true}')
+    render_cache(data, root)
+    assert (old / VERSION_FILE).read_text().strip() == str(DRIVE_VERSION)
+    assert (old / "measurements" / "0000.json").read_text() != "{}"  # rendered again
+    assert (kept / "measurements" / "0000.json").read_text() == '{"kept": true}'  # left alone
+    assert (root / "mine").is_dir()
+    assert len(open_root(root)) == 2
+
+
 @pytest.mark.parametrize(
     ("text", "match"),
     [
@@ -318,7 +374,7 @@ def test_drive_specs_add_the_rest_start_routes_after_the_others():
         (
             "preset: tiny\nworkdir: w\noutput: o\nstages: {'2': {iterations: 2, batch_size: 1, "
             "lr: 1, planner: {junction_share: 0.8, departure_share: 0.3}}}\n",
-            "junction_share \\+ departure_share must be <= 1",
+            "junction_share \\+ departure_share \\+ approach_share must be <= 1",
         ),
     ],
 )

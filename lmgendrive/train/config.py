@@ -95,7 +95,9 @@ class PlannerConfig(_Strict):
     before, frames after) a junction entry, in equal thirds turning left, going straight and turning
     right; ``departure_share`` from windows where the car at rest sets off within the plan's 0.8 s
     (at a green light, from the start of a route, after a halt: rare in recorded drives, and a
-    planner that never learnt them never leaves a standstill); the rest from everywhere else.
+    planner that never learnt them never leaves a standstill); ``approach_share`` from windows
+    before the entry zone within ``approach_m`` metres of the junction, at any speed (told to turn,
+    braking or queued, still straight on); the rest from everywhere else.
     Its drives: ``routes_per_town`` routes and ``rest_start_routes`` at-rest routes per town
     (default ``data``'s). ``start_windows``: windows also from each drive's first frames, the
     history before the first frame filled with it, as a closed loop starts. With probability
@@ -112,6 +114,8 @@ class PlannerConfig(_Strict):
     routes_per_town: PositiveInt | None = None
     rest_start_routes: Annotated[int, Field(ge=0)] | None = None
     departure_share: Annotated[float, Field(ge=0, le=1)] = 0.0
+    approach_share: Annotated[float, Field(ge=0, le=1)] = 0.0
+    approach_m: Annotated[float, Field(gt=0)] = 30.0
     start_windows: bool = False
     straight_previous: Annotated[float, Field(ge=0, le=1)] = (
         0.0  # share whose previous action drives straight
@@ -120,10 +124,11 @@ class PlannerConfig(_Strict):
 
     @model_validator(mode="after")
     def _check(self) -> PlannerConfig:
-        if self.junction_share + self.departure_share > 1.0:
+        shares = (self.junction_share, self.departure_share, self.approach_share)
+        if sum(shares) > 1.0:
             raise ValueError(
-                f"junction_share + departure_share must be <= 1, got {self.junction_share:g} + "
-                f"{self.departure_share:g}"
+                "junction_share + departure_share + approach_share must be <= 1, got "
+                + " + ".join(f"{x:g}" for x in shares)
             )
         return self
 

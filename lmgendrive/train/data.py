@@ -35,16 +35,23 @@ from lmgendrive.train.config import DataConfig
 from lmgendrive.train.perception import build_bev_targets
 from lmgendrive.vision import LIGHT_CLASSES
 from scenes.lmdrive import open_root, write_index, write_route
-from scenes.procedural.drive import WAYPOINT_FRAMES, DriveSpec, ProceduralScene, scene_name
+from scenes.procedural.drive import (
+    DRIVE_VERSION,
+    WAYPOINT_FRAMES,
+    DriveSpec,
+    ProceduralScene,
+    scene_name,
+)
 from schemas.scene import FPS, OBJECT_CLASSES, TURNS, Measurements, Scene
 
 log = logging.getLogger(__name__)
 
 DETECTED = (OBJECT_CLASSES.index("vehicle"), OBJECT_CLASSES.index("pedestrian"))
-GROUPS = (*TURNS, "departure", "other")  # planner windows by what the expert does
+GROUPS = (*TURNS, "departure", "approach", "other")  # planner windows by what the expert does
 AT_REST = 1.0  # m/s
 SETS_OFF = 0.4  # m the plan gains in its 0.8 s on the current speed, to count as setting off
 PLAN_SECONDS = max(WAYPOINT_FRAMES) / FPS  # the plan's horizon
+VERSION_FILE = "drive_version.txt"  # in each cached route: the DRIVE_VERSION that rendered it
 
 
 def drive_specs(data: DataConfig) -> list[DriveSpec]:
@@ -70,21 +77,31 @@ def drive_specs(data: DataConfig) -> list[DriveSpec]:
 
 def _render(spec: DriveSpec, root: Path) -> Path:
     scene = ProceduralScene(spec)
-    return write_route(scene, root / scene.name, overwrite=True)
+    route = write_route(scene, root / scene.name, overwrite=True)
+    (route / VERSION_FILE).write_text(f"{DRIVE_VERSION}\n")  # last: the route is complete
+    return route
+
+
+def _is_current(route: Path) -> bool:
+    """Whether ``route`` was rendered completely by this :data:`DRIVE_VERSION`."""
+    stamp = route / VERSION_FILE
+    return stamp.is_file() and stamp.read_text().strip() == str(DRIVE_VERSION)
 
 
 def render_cache(data: DataConfig, root: Path) -> Path:
-    """Render the procedural drives missing from the LMDrive root ``root``; returns the root."""
+    """Render the procedural drives missing from the LMDrive root ``root``, or rendered there by an
+    older :data:`DRIVE_VERSION`; returns the root."""
     from storage.progress import progress
 
     specs = drive_specs(data)
     names = [scene_name(s) for s in specs]
-    missing = [
-        s for s, n in zip(specs, names, strict=True) if not (root / n / "measurements").is_dir()
-    ]
+    missing = [s for s, n in zip(specs, names, strict=True) if not _is_current(root / n)]
     root.mkdir(parents=True, exist_ok=True)
     if missing:
         log.info("rendering %d of %d training drives into %s", len(missing), len(specs), root)
+        stale = sum((root / scene_name(s)).is_dir() for s in missing)
+        if stale:
+            log.warning("%s: %d drives from an older version are rendered again", root, stale)
         with (
             ProcessPoolExecutor(max(1, data.workers)) as pool,
             progress(len(missing), "render drives", "drive") as bar,
@@ -242,23 +259,41 @@ def is_departure(m: Measurements) -> bool:
     return m.speed < AT_REST and travel >= m.speed * PLAN_SECONDS + SETS_OFF
 
 
-def maneuver_groups(dataset: DriveDataset, before: int, after: int) -> dict[str, np.ndarray]:
+def path_distances(scene: Scene) -> np.ndarray:
+    """Metres driven from the first frame of ``scene`` to each frame (from the recorded poses)."""
+    xy = np.array([(m.x, m.y) for m in (scene.measurements(i) for i in range(len(scene)))])
+    steps = np.linalg.norm(np.diff(xy, axis=0), axis=1) if len(xy) > 1 else np.zeros(0)
+    return np.concatenate([[0.0], np.cumsum(steps)])
+
+
+def maneuver_groups(
+    dataset: DriveDataset, before: int, after: int, approach_m: float = 0.0
+) -> dict[str, np.ndarray]:
     """Dataset indices by what the expert does: "departure" for windows where the car at rest sets
     off (:func:`is_departure`); "left" / "straight" / "right" for windows from ``before`` frames
     before to ``after`` frames after a junction entry, by their waypoints' maneuver (so the turns
-    are their first frames, where the instruction decides); "other" for the rest (open road, and
-    the rest of each turn, which the turning car's own motion already shows)."""
+    are their first frames, where the instruction decides); "approach" for the windows before that
+    within ``approach_m`` metres of the entry, at any speed (told where to turn and still driving
+    straight: braking for a light or queued, the car covers that distance in many frames, and a
+    planner that never saw it turns early); "other" for the rest (open road, and the rest of each
+    turn, which the turning car's own motion already shows)."""
     entries: dict[int, list[int]] = {}
+    driven: dict[int, np.ndarray] = {}
     groups: dict[str, list[int]] = {name: [] for name in GROUPS}
     for k, (s, t) in enumerate(dataset.index):
         scene = dataset.scenes[s]
         if s not in entries:
             entries[s] = junction_entries(scene)
+            driven[s] = path_distances(scene) if approach_m > 0 else np.zeros(0)
         m = scene.measurements(t)
         if is_departure(m):
             groups["departure"].append(k)
         elif any(e - before <= t <= e + after for e in entries[s]):
             groups[path_maneuver(m.waypoints)].append(k)
+        elif approach_m > 0 and any(
+            t < e and driven[s][e] - driven[s][t] <= approach_m for e in entries[s]
+        ):
+            groups["approach"].append(k)
         else:
             groups["other"].append(k)
     return {name: np.asarray(ks, dtype=np.int64) for name, ks in groups.items()}
@@ -308,10 +343,11 @@ class StratifiedSampler(Sampler[int]):
 
 class PlannerData:
     """The windows of planner batches and how they are drawn: ``junction_share`` from the three
-    junction maneuver groups in equal parts, ``departure_share`` from departures, the rest from all
-    other windows (see :class:`PlannerConfig`). ``windows`` serves ``dataset``'s windows by the
-    same indices (default ``dataset`` itself; a :class:`lmgendrive.train.tokens.PlannerWindows` to
-    read cached vision tokens)."""
+    junction maneuver groups in equal parts, ``departure_share`` from departures,
+    ``approach_share`` from junction approaches (``approach_m``), the rest from all other windows
+    (see :class:`PlannerConfig` and :func:`maneuver_groups`). ``windows`` serves ``dataset``'s
+    windows by the same indices (default ``dataset`` itself; a
+    :class:`lmgendrive.train.tokens.PlannerWindows` to read cached vision tokens)."""
 
     def __init__(
         self,
@@ -320,12 +356,16 @@ class PlannerData:
         entry_zone: tuple[int, int],
         windows: Dataset | None = None,
         departure_share: float = 0.0,
+        approach_share: float = 0.0,
+        approach_m: float = 0.0,
     ):
         self.windows = dataset if windows is None else windows
-        groups = maneuver_groups(dataset, *entry_zone)
+        groups = maneuver_groups(
+            dataset, *entry_zone, approach_m=approach_m if approach_share else 0.0
+        )
         self.groups = [groups[name] for name in GROUPS]
-        other = max(0.0, 1.0 - junction_share - departure_share)
-        self.shares = [junction_share / 3] * 3 + [departure_share, other]
+        other = max(0.0, 1.0 - junction_share - departure_share - approach_share)
+        self.shares = [junction_share / 3] * 3 + [departure_share, approach_share, other]
         log.info("planner windows: %s", ", ".join(f"{name} {len(g)}" for name, g in groups.items()))
 
     def loader(

@@ -66,7 +66,13 @@ def planner_data(config: TrainConfig, stage: int, model: LMGenDrive) -> PlannerD
         )
         windows = PlannerWindows(dataset, cache)
     return PlannerData(
-        dataset, planner.junction_share, planner.entry_zone, windows, planner.departure_share
+        dataset,
+        planner.junction_share,
+        planner.entry_zone,
+        windows,
+        planner.departure_share,
+        planner.approach_share,
+        planner.approach_m,
     )
 
 

@@ -26,6 +26,9 @@ from schemas.scene import FPS, TURNS, VIEWS, InstructionSpan, Measurements, Scen
 OBJECT_RANGE = 50.0
 LIGHT_RANGE = 45.0
 WAYPOINT_FRAMES = (2, 4, 6, 8)  # t+0.2 .. 0.8 s at 10 Hz
+# What a drive of given seeds records; raised whenever a change alters it, so caches of rendered
+# drives know to render again. 2: a notice is said after the navigation instruction.
+DRIVE_VERSION = 2
 
 
 @dataclass(frozen=True)

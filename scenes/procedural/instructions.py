@@ -254,6 +254,7 @@ TYPES: dict[str, InstructionType] = {
 TYPE_BY_ID = {t.instruction_id: name for name, t in TYPES.items()}
 NOTICE_FRAMES, NOTICE_GAP = 15, 60  # a notice shows 15 frames; the same kind again after 60
 MISLEADING_SHARE, MISLEADING_FRAMES = 0.2, 20  # LangAuto: 20 % of changes, for 20 frames
+NAVIGATION_PRIORITY, NOTICE_PRIORITY = 0, 1  # timeline priorities; misleading 2, others 3
 
 
 def make_instruction(
@@ -290,7 +291,7 @@ def build_timeline(
     spans = _navigation(log, rng)
     spans += _others(log, events, rng)
     spans += _notices(log, rng)
-    spans += _misleading(log, [s for s, _, p in spans if p == 0], rng)
+    spans += _misleading(log, [s for s, _, p in spans if p == NAVIGATION_PRIORITY], rng)
     return sorted(spans, key=lambda x: (x[0].start_frame, x[2]))
 
 
@@ -318,14 +319,14 @@ def _navigation(log: DriveLog, rng) -> list:
                 else make_instruction("follow_lane", rng)
             )
             if split > start:
-                out.append((InstructionSpan(follow, start, split - 1), True, 0))
+                out.append((InstructionSpan(follow, start, split - 1), True, NAVIGATION_PRIORITY))
                 start = split
                 distance = m.s_stop - _front_s(log, start)
         out.append(
             (
                 InstructionSpan(maneuver_instruction(log.town, m, distance, rng), start, end),
                 done is not None,
-                0,
+                NAVIGATION_PRIORITY,
             )
         )
         start = end + 1
@@ -393,7 +394,8 @@ def _notices(log: DriveLog, rng, duration: int = NOTICE_FRAMES, gap: int = NOTIC
         if found is not None and i - last.get(found, -gap) >= gap:
             last[found] = i
             end = min(len(log.frames) - 1, i + duration - 1)
-            out.append((InstructionSpan(make_instruction(found, rng), i, end), False, 1))
+            span = InstructionSpan(make_instruction(found, rng), i, end)
+            out.append((span, False, NOTICE_PRIORITY))
     return out
 
 
@@ -428,13 +430,28 @@ def _misleading(
     return out
 
 
+def with_notice(navigation: Instruction, notice: Instruction) -> Instruction:
+    """``navigation`` with ``notice`` said after it: the navigation's id, category and type (what it
+    asks for), the notice's kind under ``args["notice"]``. LMDrive gives its model notices as a
+    separate input beside the navigation instruction; our single instruction string carries both,
+    so a notice never hides where to turn."""
+    return Instruction(
+        text=f"{navigation.text} {notice.text}",
+        instruction_id=navigation.instruction_id,
+        category=navigation.category,
+        args={**navigation.args, "notice": notice.args["type"]},
+        misleading=navigation.misleading,
+    )
+
+
 def active_per_frame(
     timeline: list[tuple[InstructionSpan, bool, int]], n: int
 ) -> tuple[list[Instruction], np.ndarray]:
     """The instruction shown at every frame and whether it was just completed there.
 
-    Priority: other > misleading > notice > navigation; a span completing at a frame is shown
-    at that frame so its completion is visible.
+    Priority: other > misleading > notice > navigation; a notice is said after the navigation
+    instruction of its frame (:func:`with_notice`), not instead of it; a span completing at a frame
+    is shown at that frame so its completion is visible.
     """
     none = Instruction(
         "Follow the current lane.",
@@ -443,12 +460,17 @@ def active_per_frame(
         {"type": "follow_lane"},
     )
     active: list[Instruction] = [none] * n
+    navigation: list[Instruction] = [none] * n
     completed = np.zeros(n, bool)
     rank = np.full(n, -1)
     for span, _, prio in timeline:
         for i in range(span.start_frame, span.end_frame + 1):
+            if prio == NAVIGATION_PRIORITY:
+                navigation[i] = span.instruction
             if prio > rank[i]:
                 active[i], rank[i] = span.instruction, prio
+    for i in np.flatnonzero(rank == NOTICE_PRIORITY):
+        active[i] = with_notice(navigation[i], active[i])
     for span, done, _ in timeline:
         if done:
             active[span.end_frame] = span.instruction
