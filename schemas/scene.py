@@ -126,6 +126,9 @@ class Measurements:
     instruction: Instruction
     instruction_completed: bool
     weather: str
+    # the ego's controls from this frame to the next were not its driver's own (a recovery drive's
+    # perturbation, scenes.procedural.recovery): the waypoints of the frames before show them
+    perturbed: bool = False
 
     def to_dict(self) -> dict:
         d = asdict(self)

@@ -266,3 +266,60 @@ def test_an_agents_waypoints_drive_the_ego_while_the_world_goes_on():
         np.array_equal(a.ego, b.ego)
         for a, b in zip(again.log.frames, expert_log.frames, strict=True)
     )
+
+
+def _lateral_offsets(log) -> np.ndarray:
+    """The ego's signed distance from its route's lane centre (m, left positive), per frame."""
+    out = []
+    for f in log.frames:
+        centre, heading = log.route.path.at(f.ego_s), log.route.path.heading(f.ego_s)
+        dx, dy = f.ego[:2] - centre
+        out.append(-np.sin(heading) * dx + np.cos(heading) * dy)
+    return np.array(out)
+
+
+def test_perturbations_shape_the_controls_they_cover_and_no_others():
+    from driving.control import Control
+    from scenes.procedural.recovery import Perturbation
+
+    steer = Perturbation(start=10, frames=8, steer=0.3)
+    base = Control(0.4, 0.0, -0.1)
+    assert steer.apply(base, 9.5) == base and steer.apply(base, 18.0) == base
+    assert steer.apply(base, 14.0).steer == pytest.approx(0.2)  # the triangle's peak, mid-span
+    assert steer.apply(base, 12.0).steer == pytest.approx(0.05)  # half-way up
+    assert steer.apply(base, 14.0).throttle == 0.4
+    brake = Perturbation(start=10, frames=4, brake=True)
+    assert brake.apply(base, 11.0) == Control(0.0, 1.0, -0.1)
+    assert [f for f in range(20) if brake.covers(f)] == [10, 11, 12, 13]
+
+
+def test_a_recovery_drive_is_pushed_off_its_lane_and_the_expert_brings_it_back():
+    """The same drive with and without perturbations: identical until the first one, then pushed
+    further off the lane centre than the expert ever drives, and back near it within 3 s of each
+    steering impulse; the perturbed frames are the ones the perturbations cover."""
+    from scenes.procedural.recovery import plan_perturbations
+
+    spec = dict(town_seed=12, route_seed=7, frames=200, size=(32, 32))
+    clean = ProceduralScene(DriveSpec(**spec))
+    pushed = ProceduralScene(DriveSpec(**spec, recovery=True))
+    assert pushed.name == "town0012_route0007_recovery_clear_noon"
+    flags = np.array([pushed.measurements(i).perturbed for i in range(200)])
+    plan = plan_perturbations(np.random.default_rng([12, 7, 717]), 200)
+    assert len(plan) >= 3 and any(p.brake for p in plan) and any(p.steer for p in plan)
+    assert [i for i in range(200) if flags[i]] == [
+        i for i in range(200) if any(p.covers(i) for p in plan)
+    ]
+    assert not any(clean.measurements(i).perturbed for i in range(200))
+    first = plan[0].start
+    assert all(
+        np.array_equal(a.ego, b.ego)
+        for a, b in zip(clean.log.frames[: first + 1], pushed.log.frames[: first + 1], strict=True)
+    )
+    offsets, expert = _lateral_offsets(pushed.log), _lateral_offsets(clean.log)
+    assert np.abs(offsets).max() > 0.5 > np.abs(expert[:200]).max()
+    for p in plan:
+        if p.steer and p.start + p.frames + 30 < 200:
+            assert abs(offsets[p.start + p.frames + 30]) < 0.2  # recovered
+    brakes = [p for p in plan if p.brake]
+    for p in brakes:
+        assert pushed.measurements(p.start + p.frames - 1).brake == 1.0

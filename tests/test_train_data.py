@@ -25,6 +25,7 @@ from lmgendrive.train.data import (
     is_departure,
     make_loader,
     maneuver_groups,
+    perturbed_labels,
     render_cache,
 )
 from lmgendrive.train.schedule import WarmupCosine
@@ -204,7 +205,7 @@ def test_planner_batches_follow_the_junction_share(junction_drive):
     planner = PlannerData(junction_drive, junction_share=0.75, entry_zone=(16, 8))
     other = set(planner.groups[-1].tolist())
     assert len(other) / len(junction_drive) > 0.7  # most of a drive is open road ...
-    left, straight, right, _, _, other = planner.groups
+    left, straight, right, _, _, _, other = planner.groups
     assert len(left) and len(straight) and not len(right)  # this drive never turns right
     picks = [k for k, _ in zip(planner.loader(8, 0, 0, 0).sampler, range(1200), strict=False)]
     for group in (left, straight, other):  # so the left, straight and open-road windows
@@ -318,6 +319,70 @@ def test_drive_specs_add_the_rest_start_routes_after_the_others():
     ]
 
 
+def test_drive_specs_add_recovery_drives_last_and_leave_the_others_as_they_were():
+    base = {"towns": [3, 4], "routes_per_town": 2, "rest_start_routes": 1}
+    weathers = ["clear_noon", "rain", "fog", "night"]
+
+    def specs(**more):
+        config = parse_config(
+            {
+                "preset": "demo",
+                "workdir": "w",
+                "output": "o",
+                "stages": {"1": {"iterations": 2, "batch_size": 1, "lr": 1e-3}},
+                "data": {**base, "weathers": weathers, **more},
+            }
+        )
+        return drive_specs(config.data)
+
+    without, with_recovery = specs(), specs(recovery_routes=2)
+    assert with_recovery[: len(without)] == without
+    assert [(s.town_seed, s.route_seed, s.recovery) for s in with_recovery[len(without) :]] == [
+        (3, 3, True),
+        (3, 4, True),
+        (4, 3, True),
+        (4, 4, True),
+    ]
+    assert not any(s.recovery for s in without) and not any(
+        s.start_at_rest for s in with_recovery[len(without) :]
+    )
+
+
+def test_planner_windows_never_show_a_perturbation_and_the_flags_survive_the_cache(tmp_path):
+    """Recovery drives: the windows whose waypoints (the next 8 frames' poses) the perturbed
+    controls shaped are in no planner group; the 2 s after each perturbation are the "recovery"
+    group, drawn at its share; the perturbed flags come back from an LMDrive root as they went
+    in; a recovery share without recovery drives is refused."""
+    from scenes.lmdrive import open_route, write_route
+
+    spec = dict(town_seed=12, route_seed=7, frames=120, size=(32, 32))
+    scene = ProceduralScene(DriveSpec(**spec, recovery=True))
+    flags = np.array([scene.measurements(i).perturbed for i in range(len(scene))])
+    starts = [i for i in range(1, len(flags)) if flags[i] and not flags[i - 1]]
+    ends = [i for i in range(1, len(flags)) if not flags[i] and flags[i - 1]]
+    assert len(starts) >= 2
+    shown, recovering = perturbed_labels(scene)
+    for s in starts:  # frame s's controls move the car to frame s + 1: the poses 7 frames ahead
+        assert shown[s - 7 : s + 1].all() and not shown[s - 8]
+    for e in ends:  # the first unperturbed frame after one and the next 19 are recovering
+        assert recovering[e : min(e + 20, len(flags))].all() or shown[e : e + 20].any()
+    assert not (shown & recovering).any() and shown.sum() > flags.sum()
+    dataset = DriveDataset([scene], TINY, context=2, steps=1)
+    groups = maneuver_groups(dataset, 16, 8, approach_m=30.0)
+    drawn = {dataset.index[k][1] for g in groups.values() for k in g}
+    assert drawn == {t for _, t in dataset.index if not shown[t]}
+    assert {dataset.index[k][1] for k in groups["recovery"]} <= set(np.flatnonzero(recovering))
+    assert len(groups["recovery"]) >= 20
+    planner = PlannerData(dataset, 0.0, (16, 8), recovery_share=0.5)
+    picks = [k for k, _ in zip(planner.loader(8, 0, 0, 0).sampler, range(2000), strict=False)]
+    assert 0.45 < np.isin(picks, groups["recovery"]).mean() < 0.55
+    back = open_route(write_route(scene, tmp_path / scene.name))
+    assert [back.measurements(i).perturbed for i in range(len(back))] == flags.tolist()
+    plain = DriveDataset([ProceduralScene(DriveSpec(**spec))], TINY, context=2, steps=1)
+    with pytest.raises(ConfigError, match="recovery_routes"):
+        PlannerData(plain, 0.0, (16, 8), recovery_share=0.5)
+
+
 def test_render_cache_renders_again_only_drives_of_an_older_version(tmp_path):
     data = parse_config(
         {
@@ -374,7 +439,12 @@ def test_render_cache_renders_again_only_drives_of_an_older_version(tmp_path):
         (
             "preset: tiny\nworkdir: w\noutput: o\nstages: {'2': {iterations: 2, batch_size: 1, "
             "lr: 1, planner: {junction_share: 0.8, departure_share: 0.3}}}\n",
-            "junction_share \\+ departure_share \\+ approach_share must be <= 1",
+            "junction_share \\+ departure_share \\+ approach_share \\+ recovery_share must be <= 1",
+        ),
+        (
+            "preset: tiny\nworkdir: w\noutput: o\nstages: {'2': {iterations: 2, batch_size: 1, "
+            "lr: 1, planner: {recovery_share: 0.2}}}\n",
+            "recovery_share needs recovery drives",
         ),
     ],
 )
@@ -424,7 +494,7 @@ def test_planner_batches_are_refused_before_stage_2():
 
 
 @pytest.mark.parametrize(
-    "job", ["jobs/train_demo.yaml", "jobs/train_demo_departures.yaml", "jobs/train_evaluator.yaml"]
+    "job", ["jobs/train_demo.yaml", "jobs/train_demo_recovery.yaml", "jobs/train_evaluator.yaml"]
 )
 def test_committed_training_recipes_validate(job):
     config = load_config(job)

@@ -63,12 +63,16 @@ class DataConfig(_Strict):
     """Where the training drives come from: procedural towns (rendered on the fly, or once into
     ``cache`` as an LMDrive root) or an existing LMDrive root. A procedural drive enters its route
     at 3-6 m/s; ``rest_start_routes`` more routes per town (the next route seeds) start at rest,
-    as every LMDrive / LangAuto route does."""
+    as every LMDrive / LangAuto route does; ``recovery_routes`` more per town (the route seeds after
+    those) are recovery drives: the expert's controls perturbed now and then, and it recovers
+    (:mod:`scenes.procedural.recovery`; meant for planner batches, which skip the windows whose
+    waypoints show a perturbation)."""
 
     towns: TownRange | list[Annotated[int, Field(ge=0)]] = TownRange(first=1, count=1)
     routes_per_town: PositiveInt = 1
     route_seed: Annotated[int, Field(ge=0)] = 0
     rest_start_routes: Annotated[int, Field(ge=0)] = 0  # more per town, starting at rest
+    recovery_routes: Annotated[int, Field(ge=0)] = 0  # more per town, perturbed and recovering
     weathers: list[Literal[WEATHERS]] = ["clear_noon"]  # type: ignore[valid-type]
     frames: Annotated[int, Field(ge=24)] = 160
     size: Annotated[int, Field(ge=16, le=1024)] = 64
@@ -97,38 +101,55 @@ class PlannerConfig(_Strict):
     (at a green light, from the start of a route, after a halt: rare in recorded drives, and a
     planner that never learnt them never leaves a standstill); ``approach_share`` from windows
     before the entry zone within ``approach_m`` metres of the junction, at any speed (told to turn,
-    braking or queued, still straight on); the rest from everywhere else.
-    Its drives: ``routes_per_town`` routes and ``rest_start_routes`` at-rest routes per town
-    (default ``data``'s). ``start_windows``: windows also from each drive's first frames, the
-    history before the first frame filled with it, as a closed loop starts. With probability
-    ``straight_previous`` a window's previous action is replaced by driving straight on (see
-    :func:`lmgendrive.train.stages.straighten_previous_action`). ``token_cache``: encode every frame
-    of those drives once with the frozen vision encoder and read its tokens instead of pixels
-    (:class:`lmgendrive.train.tokens.VisionTokenCache`; the same losses at a fraction of the cost,
-    held in memory: ~5 KB per frame for ``demo``, too much for LMDrive-scale data with the paper
-    preset)."""
+    braking or queued, still straight on); ``recovery_share`` from the windows up to 2 s after a
+    recovery drive's perturbations (off the lane centre, heading askew or slowed, and the expert
+    bringing the car back); the rest from everywhere else.
+    Its drives: ``routes_per_town`` routes, ``rest_start_routes`` at-rest routes and
+    ``recovery_routes`` recovery drives per town (default ``data``'s; windows whose waypoints show
+    a perturbation are never drawn). ``start_windows``: windows also from each drive's first
+    frames, the history before the first frame filled with it, as a closed loop starts. With
+    probability ``straight_previous`` a window's previous action is replaced by driving straight
+    on (see :func:`lmgendrive.train.stages.straighten_previous_action`). ``token_cache``: encode
+    every frame of those drives once with the frozen vision encoder and read its tokens instead of
+    pixels (:class:`lmgendrive.train.tokens.VisionTokenCache`; the same losses at a fraction of the
+    cost, held in memory: ~5 KB per frame for ``demo``, too much for LMDrive-scale data with the
+    paper preset)."""
 
     batch_size: PositiveInt = 16
     junction_share: Annotated[float, Field(ge=0, le=1)] = 0.75
     entry_zone: tuple[Annotated[int, Field(ge=0)], Annotated[int, Field(ge=0)]] = (16, 8)
     routes_per_town: PositiveInt | None = None
     rest_start_routes: Annotated[int, Field(ge=0)] | None = None
+    recovery_routes: Annotated[int, Field(ge=0)] | None = None
     departure_share: Annotated[float, Field(ge=0, le=1)] = 0.0
     approach_share: Annotated[float, Field(ge=0, le=1)] = 0.0
     approach_m: Annotated[float, Field(gt=0)] = 30.0
+    recovery_share: Annotated[float, Field(ge=0, le=1)] = 0.0
     start_windows: bool = False
     straight_previous: Annotated[float, Field(ge=0, le=1)] = (
         0.0  # share whose previous action drives straight
     )
     token_cache: bool = False
 
+    def drives(self, data: DataConfig) -> DataConfig:
+        """``data`` with this planner's own drive counts where it sets them."""
+        keys = ("routes_per_town", "rest_start_routes", "recovery_routes")
+        return data.model_copy(
+            update={k: getattr(self, k) for k in keys if getattr(self, k) is not None}
+        )
+
     @model_validator(mode="after")
     def _check(self) -> PlannerConfig:
-        shares = (self.junction_share, self.departure_share, self.approach_share)
+        shares = (
+            self.junction_share,
+            self.departure_share,
+            self.approach_share,
+            self.recovery_share,
+        )
         if sum(shares) > 1.0:
             raise ValueError(
-                "junction_share + departure_share + approach_share must be <= 1, got "
-                + " + ".join(f"{x:g}" for x in shares)
+                "junction_share + departure_share + approach_share + recovery_share must be <= 1,"
+                " got " + " + ".join(f"{x:g}" for x in shares)
             )
         return self
 
@@ -214,6 +235,15 @@ class TrainConfig(_Strict):
                 raise ValueError(
                     f"stage {name}: planner batches exist in stages 2 and 3 only "
                     "(the LLM trains there)"
+                )
+            if (
+                stage.planner is not None
+                and stage.planner.recovery_share
+                and not stage.planner.drives(self.data).recovery_routes
+            ):
+                raise ValueError(
+                    f"stage {name}: planner recovery_share needs recovery drives: set "
+                    "recovery_routes (in planner or data)"
                 )
             if name == "4" and min(stage.sequence_steps) < 2:
                 raise ValueError(

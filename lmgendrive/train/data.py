@@ -42,12 +42,15 @@ from scenes.procedural.drive import (
     ProceduralScene,
     scene_name,
 )
+from schemas.errors import ConfigError
 from schemas.scene import FPS, OBJECT_CLASSES, TURNS, Measurements, Scene
 
 log = logging.getLogger(__name__)
 
 DETECTED = (OBJECT_CLASSES.index("vehicle"), OBJECT_CLASSES.index("pedestrian"))
-GROUPS = (*TURNS, "departure", "approach", "other")  # planner windows by what the expert does
+# planner windows by what the expert does
+GROUPS = (*TURNS, "departure", "approach", "recovery", "other")
+RECOVERY_FRAMES = 20  # a recovery drive's windows up to 2 s after a perturbation: it recovers
 AT_REST = 1.0  # m/s
 SETS_OFF = 0.4  # m the plan gains in its 0.8 s on the current speed, to count as setting off
 PLAN_SECONDS = max(WAYPOINT_FRAMES) / FPS  # the plan's horizon
@@ -56,22 +59,28 @@ VERSION_FILE = "drive_version.txt"  # in each cached route: the DRIVE_VERSION th
 
 def drive_specs(data: DataConfig) -> list[DriveSpec]:
     """The procedural drives: every town x (``routes_per_town`` routes entered at speed, then
-    ``rest_start_routes`` starting at rest, on the next route seeds); drive k gets weather
-    ``weathers[k % len(weathers)]`` (so 6 routes per town over 6 weathers cover each weather)."""
+    ``rest_start_routes`` starting at rest, on the next route seeds), then every town x
+    ``recovery_routes`` recovery drives on the route seeds after those; drive k gets weather
+    ``weathers[k % len(weathers)]`` (so 6 routes per town over 6 weathers cover each weather, and
+    adding recovery drives changes no other drive)."""
+    per_town = data.routes_per_town + data.rest_start_routes
+    kinds = [(r, r >= data.routes_per_town, False) for r in range(per_town)]
+    recovery = [(per_town + r, False, True) for r in range(data.recovery_routes)]
     specs = []
-    for town in data.town_seeds():
-        for r in range(data.routes_per_town + data.rest_start_routes):
-            weather = data.weathers[len(specs) % len(data.weathers)]
-            specs.append(
-                DriveSpec(
-                    town,
-                    data.route_seed + r,
-                    weather,
-                    data.frames,
-                    (data.size, data.size),
-                    start_at_rest=r >= data.routes_per_town,
+    for group in (kinds, recovery):
+        for town in data.town_seeds():
+            for r, at_rest, perturbed in group:
+                specs.append(
+                    DriveSpec(
+                        town,
+                        data.route_seed + r,
+                        data.weathers[len(specs) % len(data.weathers)],
+                        data.frames,
+                        (data.size, data.size),
+                        start_at_rest=at_rest,
+                        recovery=perturbed,
+                    )
                 )
-            )
     return specs
 
 
@@ -259,6 +268,21 @@ def is_departure(m: Measurements) -> bool:
     return m.speed < AT_REST and travel >= m.speed * PLAN_SECONDS + SETS_OFF
 
 
+def perturbed_labels(scene: Scene) -> tuple[np.ndarray, np.ndarray]:
+    """Per frame of ``scene``: whether its waypoints (the next ``max(WAYPOINT_FRAMES)`` frames'
+    poses) were shaped by perturbed controls (a recovery drive's,
+    :mod:`scenes.procedural.recovery`), so that they show the perturbation, not the driver; and
+    whether a perturbation ended within :data:`RECOVERY_FRAMES` before it (the driver
+    recovering)."""
+    perturbed = np.array([scene.measurements(i).perturbed for i in range(len(scene))], dtype=bool)
+    horizon = max(WAYPOINT_FRAMES)
+    ahead = np.concatenate([perturbed, np.zeros(horizon, dtype=bool)])
+    behind = np.concatenate([np.zeros(RECOVERY_FRAMES, dtype=bool), perturbed])
+    shown = np.array([ahead[t : t + horizon].any() for t in range(len(scene))], dtype=bool)
+    after = np.array([behind[t : t + RECOVERY_FRAMES].any() for t in range(len(scene))])
+    return shown, after & ~shown
+
+
 def path_distances(scene: Scene) -> np.ndarray:
     """Metres driven from the first frame of ``scene`` to each frame (from the recorded poses)."""
     xy = np.array([(m.x, m.y) for m in (scene.measurements(i) for i in range(len(scene)))])
@@ -276,20 +300,29 @@ def maneuver_groups(
     within ``approach_m`` metres of the entry, at any speed (told where to turn and still driving
     straight: braking for a light or queued, the car covers that distance in many frames, and a
     planner that never saw it turns early); "other" for the rest (open road, and the rest of each
-    turn, which the turning car's own motion already shows)."""
+    turn, which the turning car's own motion already shows). Windows whose waypoints show a
+    perturbation (:func:`perturbed_labels`) are in no group; "recovery" holds the windows after a
+    perturbation (outside junction entry zones), whose futures are the driver's recovery."""
     entries: dict[int, list[int]] = {}
     driven: dict[int, np.ndarray] = {}
+    perturbed: dict[int, tuple[np.ndarray, np.ndarray]] = {}
     groups: dict[str, list[int]] = {name: [] for name in GROUPS}
     for k, (s, t) in enumerate(dataset.index):
         scene = dataset.scenes[s]
         if s not in entries:
             entries[s] = junction_entries(scene)
             driven[s] = path_distances(scene) if approach_m > 0 else np.zeros(0)
+            perturbed[s] = perturbed_labels(scene)
+        shown, recovering = perturbed[s]
+        if shown[t]:
+            continue
         m = scene.measurements(t)
         if is_departure(m):
             groups["departure"].append(k)
         elif any(e - before <= t <= e + after for e in entries[s]):
             groups[path_maneuver(m.waypoints)].append(k)
+        elif recovering[t]:
+            groups["recovery"].append(k)
         elif approach_m > 0 and any(
             t < e and driven[s][e] - driven[s][t] <= approach_m for e in entries[s]
         ):
@@ -344,7 +377,8 @@ class StratifiedSampler(Sampler[int]):
 class PlannerData:
     """The windows of planner batches and how they are drawn: ``junction_share`` from the three
     junction maneuver groups in equal parts, ``departure_share`` from departures,
-    ``approach_share`` from junction approaches (``approach_m``), the rest from all other windows
+    ``approach_share`` from junction approaches (``approach_m``), ``recovery_share`` from the
+    windows after a recovery drive's perturbations, the rest from all other windows
     (see :class:`PlannerConfig` and :func:`maneuver_groups`). ``windows`` serves ``dataset``'s
     windows by the same indices (default ``dataset`` itself; a
     :class:`lmgendrive.train.tokens.PlannerWindows` to read cached vision tokens)."""
@@ -358,14 +392,21 @@ class PlannerData:
         departure_share: float = 0.0,
         approach_share: float = 0.0,
         approach_m: float = 0.0,
+        recovery_share: float = 0.0,
     ):
         self.windows = dataset if windows is None else windows
         groups = maneuver_groups(
             dataset, *entry_zone, approach_m=approach_m if approach_share else 0.0
         )
+        if recovery_share and not len(groups["recovery"]):
+            raise ConfigError(
+                "planner recovery_share is set but no drive is a recovery drive: set "
+                "recovery_routes"
+            )
         self.groups = [groups[name] for name in GROUPS]
-        other = max(0.0, 1.0 - junction_share - departure_share - approach_share)
-        self.shares = [junction_share / 3] * 3 + [departure_share, approach_share, other]
+        named = (departure_share, approach_share, recovery_share)
+        other = max(0.0, 1.0 - junction_share - sum(named))
+        self.shares = [junction_share / 3] * 3 + [*named, other]
         log.info("planner windows: %s", ", ".join(f"{name} {len(g)}" for name, g in groups.items()))
 
     def loader(

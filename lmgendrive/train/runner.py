@@ -52,10 +52,7 @@ def planner_data(config: TrainConfig, stage: int, model: LMGenDrive) -> PlannerD
     planner = config.stage(stage).planner
     if planner is None:
         return None
-    data = config.data
-    for key in ("routes_per_town", "rest_start_routes"):
-        if getattr(planner, key) is not None:
-            data = data.model_copy(update={key: getattr(planner, key)})
+    data = planner.drives(config.data)
     dataset = DriveDataset(
         open_scenes(data), model.config, data.context_frames, 1, pad_start=planner.start_windows
     )
@@ -73,6 +70,7 @@ def planner_data(config: TrainConfig, stage: int, model: LMGenDrive) -> PlannerD
         planner.departure_share,
         planner.approach_share,
         planner.approach_m,
+        planner.recovery_share,
     )
 
 
@@ -240,14 +238,20 @@ def readme(config: TrainConfig, stages: list[int], command: str) -> str:
             notes.append(f"context latents noised to U(0, {c.context_noise:g}) of the schedule")
         if c.planner is not None:
             p = c.planner
-            rest = p.rest_start_routes or data.rest_start_routes
+            drives = p.drives(data)
+            rest, recovery = drives.rest_start_routes, drives.recovery_routes
             parts = [
                 f"planner batches of {p.batch_size}, {p.junction_share:g} from junction entries "
                 f"({p.entry_zone[0]} frames before to {p.entry_zone[1]} after)",
                 f"{p.departure_share:g} setting off from rest" if p.departure_share else "",
+                f"{p.approach_share:g} approaching a junction (within {p.approach_m:g} m)"
+                if p.approach_share
+                else "",
                 "windows from each drive's first frame" if p.start_windows else "",
-                f"{p.routes_per_town or data.routes_per_town} route(s) per town"
-                + (f" + {rest} starting at rest" if rest else ""),
+                f"{drives.routes_per_town} route(s) per town"
+                + (f" + {rest} starting at rest" if rest else "")
+                + (f" + {recovery} recovery drives" if recovery else ""),
+                f"{p.recovery_share:g} recovering" if p.recovery_share else "",
                 f"previous action straightened with p {p.straight_previous:g}",
                 "encoder tokens cached" if p.token_cache else "",
             ]

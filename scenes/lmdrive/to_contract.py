@@ -55,6 +55,7 @@ def measurements_from_dict(d: dict, path: Path) -> Measurements:
             instruction=Instruction.from_dict(d["instruction"]),
             instruction_completed=bool(d["instruction_completed"]),
             weather=str(d["weather"]),
+            perturbed=bool(d.get("perturbed", False)),  # absent before recovery drives existed
         )
     except (KeyError, TypeError, ValueError) as e:
         raise SceneFormatError(f"{path}: bad {LMGD_KEY!r} entry ({e!r})") from e

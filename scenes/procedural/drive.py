@@ -14,6 +14,7 @@ from driving.vehicle import HALF_LENGTH, VEHICLE_SIZE
 from scenes.procedural.geometry import to_ego
 from scenes.procedural.ground import GroundTexture, build_ground
 from scenes.procedural.instructions import active_per_frame, build_timeline, plan_events
+from scenes.procedural.recovery import plan_perturbations
 from scenes.procedural.render import Renderer
 from scenes.procedural.routes import PEDESTRIAN_SIZE
 from scenes.procedural.signals import light_state
@@ -42,6 +43,7 @@ class DriveSpec:
     size: tuple[int, int] = (128, 128)
     turns: tuple[str, ...] = ()  # force the first maneuvers (where the junction allows them)
     start_at_rest: bool = False  # as LMDrive's routes start; default: entered at 3-6 m/s
+    recovery: bool = False  # the expert's controls perturbed now and then, and it recovers
 
     def validate(self) -> None:
         get_weather(self.weather)
@@ -66,7 +68,8 @@ class JunctionApproach:
 def scene_name(spec: DriveSpec) -> str:
     """The drive's name (:attr:`ProceduralScene.name`), known without simulating it."""
     rest = "_rest" if spec.start_at_rest else ""
-    return f"town{spec.town_seed:04d}_route{spec.route_seed:04d}{rest}_{spec.weather}"
+    recovery = "_recovery" if spec.recovery else ""
+    return f"town{spec.town_seed:04d}_route{spec.route_seed:04d}{rest}{recovery}_{spec.weather}"
 
 
 @lru_cache(maxsize=4)
@@ -77,7 +80,12 @@ def ground_of_town(seed: int) -> GroundTexture:
 
 @lru_cache(maxsize=64)
 def _drive(
-    town_seed: int, route_seed: int, frames: int, turns: tuple[str, ...], at_rest: bool
+    town_seed: int,
+    route_seed: int,
+    frames: int,
+    turns: tuple[str, ...],
+    at_rest: bool,
+    recovery: bool,
 ) -> tuple:
     """The simulated drive and its instruction timeline, shared by every weather and image size
     of the same drive (cached: simulating takes seconds, and a recipe asks for each drive in
@@ -85,6 +93,11 @@ def _drive(
     town = make_town(town_seed)
     rng = np.random.default_rng([town_seed, route_seed, 515])
     events = plan_events(rng, frames)
+    perturbations = (
+        plan_perturbations(np.random.default_rng([town_seed, route_seed, 717]), frames)
+        if recovery
+        else []
+    )
     log = simulate(
         town,
         route_seed,
@@ -92,6 +105,7 @@ def _drive(
         list(turns),
         events,
         start_speed=0.0 if at_rest else None,
+        perturbations=perturbations,
     )
     timeline = [
         (_clip(s, frames), done and s.end_frame < frames, p)
@@ -114,7 +128,12 @@ class ProceduralScene:
         self.name = scene_name(spec)
         self.weather = get_weather(spec.weather)
         self.town, self.events, self.log, self._timeline, (self._active, self._completed) = _drive(
-            spec.town_seed, spec.route_seed, spec.frames, tuple(spec.turns), spec.start_at_rest
+            spec.town_seed,
+            spec.route_seed,
+            spec.frames,
+            tuple(spec.turns),
+            spec.start_at_rest,
+            spec.recovery,
         )
         self._renderer: Renderer | None = None
 
@@ -171,6 +190,7 @@ class ProceduralScene:
             instruction=self._active[i],
             instruction_completed=bool(self._completed[i]),
             weather=self.spec.weather,
+            perturbed=f.perturbed,
         )
 
     def junction_ahead(self, i: int, within: float = 40.0) -> list[str] | None:

@@ -10,6 +10,7 @@ from driving.control import Control
 from scenes.procedural.expert import Expert
 from scenes.procedural.geometry import to_ego
 from scenes.procedural.pedestrians import Crowd
+from scenes.procedural.recovery import Perturbation
 from scenes.procedural.routes import Route
 from scenes.procedural.signals import light_state
 from scenes.procedural.town import Town, turn_between
@@ -31,6 +32,7 @@ class FrameState:
     vehicles: np.ndarray  # (N, 5): x, y, yaw, vx, vy
     pedestrians: np.ndarray  # (M, 5): x, y, yaw, vx, vy
     lights: list[str]  # state of every signal head, in ``town.light_heads()`` order
+    perturbed: bool = False  # the controls from this frame to the next were perturbed
 
 
 @dataclass
@@ -94,12 +96,14 @@ class World:
         pedestrians_per_junction: float = 3.0,
         route: tuple[Route, float] | None = None,
         start_speed: float | None = None,
+        perturbations: list[Perturbation] = (),
     ):
         """``route``: the ego's route and where on it to start (a closed-loop route); default: a
         random route (a recorded drive). The ego starts at ``start_speed`` m/s; default: at rest on
-        a given route, at a random 3-6 m/s on a random one (entered at speed)."""
+        a given route, at a random 3-6 m/s on a random one (entered at speed). ``perturbations``
+        disturb the expert's own controls (recovery drives, :mod:`scenes.procedural.recovery`)."""
         rng = np.random.default_rng([town.seed, seed, 9011])
-        self.town, self.events = town, list(events)
+        self.town, self.events, self.perturbations = town, list(events), list(perturbations)
         if route is None:
             path, s0 = ego_route(town, rng, turns)
             speed = float(rng.uniform(3.0, 6.0))  # drawn either way: the rest of the drive the same
@@ -150,6 +154,8 @@ class World:
             near = nearby_agents(all_xy[len(vehicles) :], speeds[len(vehicles) :], 1)
             near = [None] * len(vehicles) + [near[0] + len(vehicles)]
         agents = agent_arrays(all_xy, all_vel, self.is_ped, near[len(vehicles)])
+        if waypoints is None and control is None:
+            control = self._perturbed_control(t, agents)
         expert.step(SIM_DT, t, agents, waypoints, control)
         if record == 0:
             dt = SIM_DT * TICKS_PER_FRAME
@@ -168,6 +174,16 @@ class World:
                 self.log.halts_completed[self.halt_frame] = frame
         self.t += SIM_DT
         self.ticks += 1
+
+    def _perturbed_control(self, t: float, agents: dict) -> Control | None:
+        """The expert's own control with the perturbation active now applied; ``None`` when none
+        is (the expert then plans and controls as usual)."""
+        now = self.ticks / TICKS_PER_FRAME
+        active = [p for p in self.perturbations if p.covers(int(now))]
+        if not active:
+            return None
+        expert = self.expert
+        return active[0].apply(expert.controller.step(expert.plan(t, agents), expert.v), now)
 
     def lane_waypoints(self, speed: float) -> np.ndarray:
         """Ego-frame waypoints along the route at ``speed`` m/s, blind to traffic and lights:
@@ -192,6 +208,7 @@ class World:
                 vehicles=np.concatenate([veh_xy[:-1], veh_yaw[:-1, None], veh_vel[:-1]], axis=1),
                 pedestrians=np.concatenate([ped_xy, ped_yaw[:, None], ped_vel], axis=1),
                 lights=[light_state(self.town, node, k, self.t) for node, k, _ in self.heads],
+                perturbed=any(p.covers(frame) for p in self.perturbations),
             )
         )
         event = self.by_frame.get(frame)
@@ -214,11 +231,19 @@ def simulate(
     density: float = 0.5,
     pedestrians_per_junction: float = 3.0,
     start_speed: float | None = None,
+    perturbations: list[Perturbation] = (),
 ) -> DriveLog:
     """Run the world for ``frames`` recorded frames, the expert driving, and return the log
-    (``start_speed``: see :class:`World`)."""
+    (``start_speed``, ``perturbations``: see :class:`World`)."""
     world = World(
-        town, seed, turns, events, density, pedestrians_per_junction, start_speed=start_speed
+        town,
+        seed,
+        turns,
+        events,
+        density,
+        pedestrians_per_junction,
+        start_speed=start_speed,
+        perturbations=perturbations,
     )
     for _ in range(frames * TICKS_PER_FRAME):
         world.tick()
