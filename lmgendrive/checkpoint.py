@@ -166,17 +166,18 @@ def load_checkpoint(
     return model.to(device=device, dtype=pick_dtype(model.config.dtype, device)).eval(), identity
 
 
-def check_checkpoint(source: str | Path) -> None:
-    """Every check loading ``source`` makes, without reading its weights: config, recorded
+def check_checkpoint(source: str | Path) -> str | None:
+    """Every check loading ``source`` makes, without loading its weights: config, recorded
     sha256, tokenizer, and tensor names and shapes (the safetensors headers against the model built
-    on the meta device). Presets built in code pass."""
+    on the meta device); returns the weights' sha256. Presets built in code pass (``None``)."""
     directory = checkpoint_dir(source)
     if directory is None:
-        return
-    _, config, _, files = _verified(directory)
+        return None
+    _, config, sha, files = _verified(directory)
     with torch.device("meta"):
         model = _skeleton(directory, config)
     _check_tensors(model, header_shapes(files), files[0], directory / CONFIG_FILE)
+    return sha
 
 
 def _verified(directory: Path) -> tuple[dict, ModelConfig, str, list[Path]]:

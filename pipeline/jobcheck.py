@@ -58,7 +58,6 @@ def preflight(
     """Check ``job`` as ``lmgd generate`` (with ``--overwrite`` or not) will run it; writes
     nothing; the first problem raises a clear error."""
     job = resolve_job(job)
-    check_checkpoint(job.model)
     storage = open_storage(job.output, job.storage.endpoint_url, job.storage.region)
     location = check_location(storage, job.model_dump(mode="json"), overwrite)
     resumed = location.state == "resume" and storage.exists("manifest.parquet")
@@ -83,11 +82,22 @@ def check_job(path: str | Path) -> Preflight:
 
 
 def resolve_job(job: JobSpec) -> JobSpec:
-    """``job`` with every sampler key set: its own values over those of the checkpoint's sampler
-    (read without loading weights). What the workers run, and what ``job.yaml`` and every sample's
-    metadata record."""
+    """``job`` checked against its checkpoint (:func:`check_checkpoint`, without loading weights),
+    with every sampler key set (its own values over those of the checkpoint's sampler) and
+    ``model_sha256`` the checkpoint's weights (``None`` for presets built in code). What the
+    workers run, and what ``job.yaml`` and every sample's metadata record. A pinned
+    ``model_sha256`` that the checkpoint does not hold is refused."""
     sampler = job.sampler.over(check_model(job.model, job.horizons).sampler, f"{job.name}: sampler")
-    return job.model_copy(update={"sampler": SamplerOverride(**sampler.model_dump())})
+    sha = check_checkpoint(job.model)
+    if job.model_sha256 is not None and job.model_sha256 != sha:
+        raise CheckpointError(
+            f"{job.name}: model_sha256 pins the weights {job.model_sha256}, but model "
+            f"{job.model!r} holds {sha or 'weights built in code (a preset)'}; point model at the "
+            f"pinned checkpoint, or remove model_sha256"
+        )
+    return job.model_copy(
+        update={"sampler": SamplerOverride(**sampler.model_dump()), "model_sha256": sha}
+    )
 
 
 def _manifest(job: JobSpec, progress) -> tuple[pa.Table, str]:

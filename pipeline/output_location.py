@@ -28,7 +28,7 @@ JOB_ENTRIES = (
     "qa",
 )
 # what a sample is made of; resources, storage, QA, the job's name and output spelling are not
-SAMPLE_KEYS = ("model", "manifest", "horizons", "sampler", "sharding", "encoding")
+SAMPLE_KEYS = ("model", "model_sha256", "manifest", "horizons", "sampler", "sharding", "encoding")
 MAX_SHOWN = 5
 
 

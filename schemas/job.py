@@ -172,6 +172,16 @@ class JobSpec(Strict):
 
     name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
     model: str = Field(description="checkpoint directory, or a preset: tiny, demo, paper")
+    model_sha256: str | None = Field(
+        default=None,
+        pattern=r"^[0-9a-f]{64}$",
+        description=(
+            "sha256 of the checkpoint's weights: set, it pins them (a checkpoint holding other "
+            "weights is refused); unset, the job fills it in when it starts, so that its output "
+            "records the weights and a rerun with other weights behind the same path is refused "
+            "instead of mixing two models' samples"
+        ),
+    )
     manifest: ManifestSpec
     output: str = Field(description="local directory or s3://bucket/prefix")
     storage: StorageSpec = StorageSpec()

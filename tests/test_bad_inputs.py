@@ -191,6 +191,14 @@ def other_job_output(w: World, d: Path) -> Path:
     return write_yaml(d / "job.yaml", data)
 
 
+def other_weights_output(w: World, d: Path) -> Path:
+    """An output made from the same checkpoint path when it held other weights."""
+    data = {**job_data(d), "model": str(w.checkpoint)}
+    (d / "out").mkdir()
+    write_yaml(d / "out" / "job.yaml", {**data, "model_sha256": "0" * 64})
+    return write_yaml(d / "job.yaml", data)
+
+
 def lmdrive_route_with(frame_file: Callable[[Path], None]) -> Callable[[World, Path], Path]:
     """A job on a copy of the world's route whose seed frame 1 (front view) is replaced."""
 
@@ -349,6 +357,16 @@ def job_cases(verb: list[str]) -> list[Case]:
             "output-holds-other-job",
             other_job_output,
             "horizons: output has [16], this job [8, 16]",
+        ),
+        (
+            "output-of-other-weights",
+            other_weights_output,
+            "model_sha256: output has '" + "0" * 64,
+        ),
+        (
+            "pinned-weights-differ",
+            job_with(model=lambda w, d: str(w.checkpoint), model_sha256="0" * 64),
+            "model_sha256 pins the weights " + "0" * 64,
         ),
         (
             "output-garbage-job-yaml",

@@ -125,6 +125,31 @@ def test_a_different_job_into_the_same_output_is_refused_naming_the_keys(clean_r
     assert {p: p.stat().st_mtime_ns for p in out.rglob("*")} == before
 
 
+def test_other_weights_behind_the_same_checkpoint_path_never_join_an_output(tmp_path):
+    """job.yaml records the checkpoint's weights; a rerun with the same weights resumes, one with
+    other weights saved at the same path is refused (nothing touched), and a job pinning
+    ``model_sha256`` runs only on those weights."""
+    from lmgendrive.checkpoint import build_untrained, save_checkpoint
+
+    ckpt, out = tmp_path / "ckpt", tmp_path / "out"
+    first = save_checkpoint(build_untrained("tiny", seed=0), ckpt).sha256
+    job = tiny_job(str(out), model=str(ckpt), horizons=[8])
+    run_job(job, executor="local", progress_bar=False)
+    assert yaml.safe_load((out / "job.yaml").read_text())["model_sha256"] == first
+    assert run_job(job, executor="local", progress_bar=False).ran == 0
+    shutil.rmtree(ckpt)
+    second = save_checkpoint(build_untrained("tiny", seed=1), ckpt).sha256
+    assert second != first
+    before = {p: p.stat().st_mtime_ns for p in out.rglob("*")}
+    with pytest.raises(BadInputError, match=f"model_sha256: output has '{first}', this job "):
+        run_job(job, executor="local", progress_bar=False)
+    assert {p: p.stat().st_mtime_ns for p in out.rglob("*")} == before
+    pinned = tiny_job(str(tmp_path / "pinned"), model=str(ckpt), horizons=[8], model_sha256=first)
+    with pytest.raises(CheckpointError, match=f"pins the weights {first}, but model .* {second}"):
+        run_job(pinned, executor="local", progress_bar=False)
+    assert not (tmp_path / "pinned").exists()
+
+
 def test_a_rerun_with_other_resources_resumes_and_records_them(clean_run, tmp_path):
     """Resources, the job's name and QA settings make no sample: a rerun changing only them
     resumes (nothing regenerated) and job.yaml records the new values."""

@@ -23,6 +23,7 @@ import cv2
 import numpy as np
 
 from scenes.registry import open_scene
+from schemas.errors import CheckpointError
 from schemas.job import JobSpec
 from schemas.scene import VIEWS
 from schemas.tables import INDEX, SAMPLE
@@ -91,6 +92,11 @@ class UnitRunner:
         self.gpu_ids = _ray_gpu_ids()
         self.device = pick_device(device)
         self.model, self.identity = load_checkpoint(self.job.model, device=self.device)
+        if self.job.model_sha256 not in (None, self.identity.sha256):
+            raise CheckpointError(
+                f"{self.job.model}: its weights {self.identity.sha256} are not those the job was "
+                f"checked with ({self.job.model_sha256}); were they replaced while it ran?"
+            )
         self.storage = open_storage(
             self.job.output, self.job.storage.endpoint_url, self.job.storage.region
         )
