@@ -30,6 +30,7 @@ def test_json_schema_file_is_current():
 
 def _job(tmp_path, edit):
     data = yaml.safe_load(Path("jobs/demo.yaml").read_text())
+    data["output"] = str(tmp_path / "out")  # not the checkout's out/demo, which make demo fills
     edit(data)
     path = tmp_path / "job.yaml"
     path.write_text(yaml.safe_dump(data))
