@@ -29,6 +29,7 @@ from schemas.scene import Instruction
 
 LANE_KEEPING_SPEED = 5.0  # m/s, about the expert's mean speed on the benchmark's routes
 AGENTS = ("expert", "lane_keeping", "model", "random_instruction")
+MODEL_AGENTS = ("model", "random_instruction")  # the agents that drive with a checkpoint
 
 
 @dataclass

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from closedloop.agents import AGENTS, ExpertAgent, LaneKeepingAgent, ModelAgent
+from closedloop.agents import AGENTS, MODEL_AGENTS, ExpertAgent, LaneKeepingAgent, ModelAgent
 from closedloop.report import (
     draw_map,
     infractions_markdown,
@@ -29,6 +29,7 @@ from closedloop.report import (
 )
 from closedloop.routes import RouteSpec, build_route, track_of
 from closedloop.run import drive_route
+from lmgendrive.checkpoint import check_checkpoint
 from lmgendrive.checkpoint_meta import check_planner
 from schemas.errors import BadInputError
 from storage.atomic import write_bytes
@@ -71,21 +72,37 @@ def make_agent(name: str, checkpoint: str):
     return ModelAgent(_MODEL[checkpoint], random_instructions=name == "random_instruction")
 
 
-def _drive(job: tuple[Drive, str, tuple[int, int]]) -> dict:
-    drive, checkpoint, image_size = job
+def _drive(job: tuple[Drive, str, str | None, tuple[int, int]]) -> dict:
+    drive, checkpoint, sha, image_size = job
     result = drive_route(
         build_route(drive.seeded()), make_agent(drive.agent, checkpoint), image_size
     )
-    return {"key": drive.key, "seed_run": drive.seed_run, **result.row()}
+    weights = {"model_sha256": sha} if drive.agent in MODEL_AGENTS else {}
+    return {"key": drive.key, "seed_run": drive.seed_run, **weights, **result.row()}
 
 
-def check_agents(agents: Sequence[str], checkpoint: str) -> None:
-    """:class:`BadInputError` for an unknown agent, or a model agent without a trained planner."""
+def check_agents(agents: Sequence[str], checkpoint: str) -> str | None:
+    """:class:`BadInputError` for an unknown agent, or a model agent without a trained planner;
+    returns the checkpoint's weights sha256 when an agent drives with it."""
     unknown = [a for a in agents if a not in AGENTS]
     if unknown:
         raise BadInputError(f"unknown agent(s) {unknown}; valid: {', '.join(AGENTS)}")
-    if {"model", "random_instruction"} & set(agents):
-        check_planner(checkpoint)
+    if not set(MODEL_AGENTS) & set(agents):
+        return None
+    check_planner(checkpoint)
+    return check_checkpoint(checkpoint)
+
+
+def check_same_weights(done: dict[str, dict], sha: str | None, path: Path) -> None:
+    """:class:`BadInputError` if a model drive recorded in ``path`` was driven with weights other
+    than ``sha``: resuming would put two models' drives in one table."""
+    for key, row in done.items():
+        if row["agent"] in MODEL_AGENTS and row.get("model_sha256") != sha:
+            raise BadInputError(
+                f"{path}: drive {key} was driven by weights with sha256 "
+                f"{row.get('model_sha256') or '(not recorded)'}, this run's checkpoint has {sha}; "
+                "give another --out (or remove that folder) to benchmark these weights"
+            )
 
 
 def run_drives(
@@ -99,13 +116,15 @@ def run_drives(
 ) -> list[dict]:
     """Drive every route with every agent in ``seeds`` seed runs, appending each drive's row to
     ``out/drives.jsonl`` as it finishes; drives already there are not driven again."""
-    check_agents(agents, checkpoint)
-    out.mkdir(parents=True, exist_ok=True)
+    sha = check_agents(agents, checkpoint)
     path = out / DRIVES_FILE
     done = _read_rows(path)
+    if sha is not None:
+        check_same_weights(done, sha, path)
+    out.mkdir(parents=True, exist_ok=True)
     drives = [Drive(spec, s, a) for s in range(seeds) for spec in routes for a in agents]
     todo = [d for d in drives if d.key not in done]
-    jobs = [(d, checkpoint, image_size) for d in todo]
+    jobs = [(d, checkpoint, sha, image_size) for d in todo]
     if path.is_file() and path.stat().st_size and not path.read_bytes().endswith(b"\n"):
         with path.open("a") as sink:  # a run stopped mid-line: the next row starts a new line
             sink.write("\n")
@@ -165,7 +184,7 @@ def write_report(
         draw_map(build_route(spec), drives, out / name)
         maps.append(name)
     video_path = None
-    seeing = [a for a in agents if a in ("model", "random_instruction")]
+    seeing = [a for a in agents if a in MODEL_AGENTS]
     driven = [r for r in rows if r["agent"] == (seeing or [""])[0] and r["seed_run"] == 0]
     if driven:  # the drive that got farthest, shortest first among equals: the most to see
         best = max(driven, key=lambda r: (r["rc"], -r["frames"]))

@@ -24,6 +24,7 @@ from closedloop.routes import (
 from closedloop.run import drive_route
 from driving.control import Control
 from driving.leaderboard import PENALTY
+from lmgendrive.checkpoint import check_checkpoint
 from schemas.errors import BadInputError
 
 # town 971: junction (0, 0) is a corner (roads east and north); (1, 0) lies on the south edge, so a
@@ -272,6 +273,32 @@ def test_unknown_agent_and_untrained_planner_are_refused(tmp_path):
         routes = sample_routes("tiny", 1, 0)
         run_drives(routes, ["model"], 1, "checkpoints/evaluator", tmp_path, (64, 64))
     assert not (tmp_path / DRIVES_FILE).exists()
+
+
+def test_model_drives_record_their_weights_and_resume_with_the_same(tmp_path):
+    routes = sample_routes("tiny", 1, 0)
+    rows = run_drives(routes, ["model"], 1, "demo", tmp_path, (64, 64))
+    assert rows[0]["model_sha256"] == check_checkpoint("demo")
+    text = (tmp_path / DRIVES_FILE).read_text()
+    assert run_drives(routes, ["model"], 1, "demo", tmp_path, (64, 64)) == rows
+    assert (tmp_path / DRIVES_FILE).read_text() == text  # nothing driven again
+
+
+def test_a_run_refuses_model_drives_of_other_weights(tmp_path):
+    """Resuming into a folder whose model drives came from other weights would mix two models in
+    one table: refused, naming the drive, and the folder is left as it was."""
+    routes = sample_routes("tiny", 1, 0)
+    expert = {"key": "0/x/expert", "agent": "expert", "route_id": "x"}  # blind: no weights
+    for recorded, says in (("0" * 64, "0" * 64), (None, "not recorded")):
+        model = {"key": "0/x/model", "agent": "model", "route_id": "x"}
+        if recorded:
+            model["model_sha256"] = recorded
+        text = json.dumps(expert) + "\n" + json.dumps(model) + "\n"
+        (tmp_path / DRIVES_FILE).write_text(text)
+        with pytest.raises(BadInputError, match=f"drive 0/x/model .*{says}"):
+            run_drives(routes, ["model"], 1, "demo", tmp_path, (64, 64))
+        assert (tmp_path / DRIVES_FILE).read_text() == text
+        assert sorted(p.name for p in tmp_path.iterdir()) == [DRIVES_FILE]
 
 
 def test_summary_intervals_and_seed_spread():

@@ -168,6 +168,33 @@ def test_approach_windows_lie_before_the_entry_zone_within_the_distance(junction
     assert abs(np.isin(picks, groups["approach"]).mean() - 0.4 / live) < 0.035  # no right turn
 
 
+def test_slowing_windows_are_the_remaining_ones_where_the_plan_starts_to_slow(junction_drive):
+    dataset, scene = junction_drive, junction_drive.scenes[0]
+    plain = maneuver_groups(dataset, before=16, after=8)
+    groups = maneuver_groups(dataset, before=16, after=8, slowing=True)
+    assert sorted(np.concatenate(list(groups.values())).tolist()) == list(range(len(dataset)))
+    assert not len(plain["slowing"])  # off by default: the other groups keep their windows
+    assert len(groups["slowing"]) >= 5
+    for name in (*TURNS, "departure", "recovery"):
+        assert groups[name].tolist() == plain[name].tolist()  # they come first
+    assert sorted([*groups["slowing"], *groups["other"]]) == plain["other"].tolist()
+    speeds = np.array([scene.measurements(i).speed for i in range(len(scene))])
+    for k in groups["slowing"]:  # the recorded speeds fall over the plan's 0.8 s, not before
+        t = dataset.index[k][1]
+        assert speeds[t] >= 1.0 and speeds[t + 8] < speeds[t] - 0.5, (t, speeds[t : t + 9])
+        before = scene.measurements(t - 8)  # the plan a step before did not slow
+        assert np.linalg.norm(before.waypoints[-1]) > before.speed * 0.8 - 0.5
+    for k in groups["other"]:
+        t = dataset.index[k][1]
+        m, before = scene.measurements(t), scene.measurements(max(t - 8, 0))
+        slows = [np.linalg.norm(x.waypoints[-1]) <= x.speed * 0.8 - 0.5 for x in (m, before)]
+        assert m.speed < 1.0 or not slows[0] or (t >= 8 and slows[1]) or t < 8
+    planner = PlannerData(dataset, 0.3, (16, 8), slowing_share=0.4)
+    picks = [k for k, _ in zip(planner.loader(8, 0, 0, 0).sampler, range(2000), strict=False)]
+    live = sum(w for g, w in zip(planner.groups, planner.shares, strict=True) if len(g))
+    assert abs(np.isin(picks, groups["slowing"]).mean() - 0.4 / live) < 0.035
+
+
 def test_stratified_sampler_draws_by_share_and_resumes_exactly():
     groups = [np.arange(3), np.arange(100, 150), np.arange(200, 202), np.arange(1000, 3000)]
     draws = [
@@ -439,7 +466,8 @@ def test_render_cache_renders_again_only_drives_of_an_older_version(tmp_path):
         (
             "preset: tiny\nworkdir: w\noutput: o\nstages: {'2': {iterations: 2, batch_size: 1, "
             "lr: 1, planner: {junction_share: 0.8, departure_share: 0.3}}}\n",
-            "junction_share \\+ departure_share \\+ approach_share \\+ recovery_share must be <= 1",
+            "junction_share \\+ departure_share \\+ approach_share \\+ recovery_share \\+ "
+            "slowing_share must be <= 1",
         ),
         (
             "preset: tiny\nworkdir: w\noutput: o\nstages: {'2': {iterations: 2, batch_size: 1, "

@@ -49,10 +49,11 @@ log = logging.getLogger(__name__)
 
 DETECTED = (OBJECT_CLASSES.index("vehicle"), OBJECT_CLASSES.index("pedestrian"))
 # planner windows by what the expert does
-GROUPS = (*TURNS, "departure", "approach", "recovery", "other")
+GROUPS = (*TURNS, "departure", "approach", "recovery", "slowing", "other")
 RECOVERY_FRAMES = 20  # a recovery drive's windows up to 2 s after a perturbation: it recovers
 AT_REST = 1.0  # m/s
 SETS_OFF = 0.4  # m the plan gains in its 0.8 s on the current speed, to count as setting off
+SLOWS = 0.5  # m the plan loses in its 0.8 s on the current speed, to count as slowing (1.6 m/s^2)
 PLAN_SECONDS = max(WAYPOINT_FRAMES) / FPS  # the plan's horizon
 VERSION_FILE = "drive_version.txt"  # in each cached route: the DRIVE_VERSION that rendered it
 
@@ -268,6 +269,26 @@ def is_departure(m: Measurements) -> bool:
     return m.speed < AT_REST and travel >= m.speed * PLAN_SECONDS + SETS_OFF
 
 
+def is_slowing(m: Measurements) -> bool:
+    """The moving car's plan slows down: the last waypoint (0.8 s ahead) at least :data:`SLOWS` m
+    short of where the current speed takes it (braking for a light, a car ahead, a pedestrian)."""
+    travel = float(np.linalg.norm(m.waypoints[-1]))
+    return m.speed >= AT_REST and travel <= m.speed * PLAN_SECONDS - SLOWS
+
+
+def starts_slowing(scene: Scene, t: int) -> bool:
+    """At frame ``t`` the plan slows (:func:`is_slowing`) and the plan one step of
+    ``max(WAYPOINT_FRAMES)`` frames before did not, so the path driven into ``t`` (the planner's
+    odometry) does not yet show it: the onset of braking, which a planner that reads its speed and
+    odometry cannot copy from them."""
+    before = t - max(WAYPOINT_FRAMES)
+    return (
+        is_slowing(scene.measurements(t))
+        and before >= 0
+        and not is_slowing(scene.measurements(before))
+    )
+
+
 def perturbed_labels(scene: Scene) -> tuple[np.ndarray, np.ndarray]:
     """Per frame of ``scene``: whether its waypoints (the next ``max(WAYPOINT_FRAMES)`` frames'
     poses) were shaped by perturbed controls (a recovery drive's,
@@ -291,7 +312,11 @@ def path_distances(scene: Scene) -> np.ndarray:
 
 
 def maneuver_groups(
-    dataset: DriveDataset, before: int, after: int, approach_m: float = 0.0
+    dataset: DriveDataset,
+    before: int,
+    after: int,
+    approach_m: float = 0.0,
+    slowing: bool = False,
 ) -> dict[str, np.ndarray]:
     """Dataset indices by what the expert does: "departure" for windows where the car at rest sets
     off (:func:`is_departure`); "left" / "straight" / "right" for windows from ``before`` frames
@@ -302,7 +327,10 @@ def maneuver_groups(
     planner that never saw it turns early); "other" for the rest (open road, and the rest of each
     turn, which the turning car's own motion already shows). Windows whose waypoints show a
     perturbation (:func:`perturbed_labels`) are in no group; "recovery" holds the windows after a
-    perturbation (outside junction entry zones), whose futures are the driver's recovery."""
+    perturbation (outside junction entry zones), whose futures are the driver's recovery. With
+    ``slowing``, "slowing" holds the other windows where the plan starts to slow down
+    (:func:`starts_slowing`: 2 % of the demo drives' windows; a planner fed its own speed and path
+    keeps them, behaviour cloning's inertia problem, unless it sees these often)."""
     entries: dict[int, list[int]] = {}
     driven: dict[int, np.ndarray] = {}
     perturbed: dict[int, tuple[np.ndarray, np.ndarray]] = {}
@@ -323,6 +351,8 @@ def maneuver_groups(
             groups[path_maneuver(m.waypoints)].append(k)
         elif recovering[t]:
             groups["recovery"].append(k)
+        elif slowing and starts_slowing(scene, t):
+            groups["slowing"].append(k)
         elif approach_m > 0 and any(
             t < e and driven[s][e] - driven[s][t] <= approach_m for e in entries[s]
         ):
@@ -378,7 +408,8 @@ class PlannerData:
     """The windows of planner batches and how they are drawn: ``junction_share`` from the three
     junction maneuver groups in equal parts, ``departure_share`` from departures,
     ``approach_share`` from junction approaches (``approach_m``), ``recovery_share`` from the
-    windows after a recovery drive's perturbations, the rest from all other windows
+    windows after a recovery drive's perturbations, ``slowing_share`` from windows where the plan
+    starts to slow down, the rest from all other windows
     (see :class:`PlannerConfig` and :func:`maneuver_groups`). ``windows`` serves ``dataset``'s
     windows by the same indices (default ``dataset`` itself; a
     :class:`lmgendrive.train.tokens.PlannerWindows` to read cached vision tokens)."""
@@ -393,10 +424,14 @@ class PlannerData:
         approach_share: float = 0.0,
         approach_m: float = 0.0,
         recovery_share: float = 0.0,
+        slowing_share: float = 0.0,
     ):
         self.windows = dataset if windows is None else windows
         groups = maneuver_groups(
-            dataset, *entry_zone, approach_m=approach_m if approach_share else 0.0
+            dataset,
+            *entry_zone,
+            approach_m=approach_m if approach_share else 0.0,
+            slowing=slowing_share > 0,
         )
         if recovery_share and not len(groups["recovery"]):
             raise ConfigError(
@@ -404,7 +439,7 @@ class PlannerData:
                 "recovery_routes"
             )
         self.groups = [groups[name] for name in GROUPS]
-        named = (departure_share, approach_share, recovery_share)
+        named = (departure_share, approach_share, recovery_share, slowing_share)
         other = max(0.0, 1.0 - junction_share - sum(named))
         self.shares = [junction_share / 3] * 3 + [*named, other]
         log.info("planner windows: %s", ", ".join(f"{name} {len(g)}" for name, g in groups.items()))

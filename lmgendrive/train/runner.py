@@ -71,6 +71,7 @@ def planner_data(config: TrainConfig, stage: int, model: LMGenDrive) -> PlannerD
         planner.approach_share,
         planner.approach_m,
         planner.recovery_share,
+        planner.slowing_share,
     )
 
 
@@ -252,6 +253,7 @@ def readme(config: TrainConfig, stages: list[int], command: str) -> str:
                 + (f" + {rest} starting at rest" if rest else "")
                 + (f" + {recovery} recovery drives" if recovery else ""),
                 f"{p.recovery_share:g} recovering" if p.recovery_share else "",
+                f"{p.slowing_share:g} slowing down" if p.slowing_share else "",
                 f"previous action straightened with p {p.straight_previous:g}",
                 "encoder tokens cached" if p.token_cache else "",
             ]
