@@ -103,9 +103,10 @@ class PlannerConfig(_Strict):
     before the entry zone within ``approach_m`` metres of the junction, at any speed (told to turn,
     braking or queued, still straight on); ``recovery_share`` from the windows up to 2 s after a
     recovery drive's perturbations (off the lane centre, heading askew or slowed, and the expert
-    bringing the car back); ``slowing_share`` from the other windows where the plan starts to slow down
-    while the path driven into them does not (braking for a light, a car or a pedestrian; not in the paper, which samples LMDrive's data as
-    recorded); the rest from everywhere else.
+    bringing the car back); ``slowing_share`` from the other windows where the plan starts to
+    slow down while the path driven into them does not (braking for a light, a car or a
+    pedestrian; not in the paper, which samples LMDrive's data as recorded); the rest from
+    everywhere else.
     Its drives: ``routes_per_town`` routes, ``rest_start_routes`` at-rest routes and
     ``recovery_routes`` recovery drives per town (default ``data``'s; windows whose waypoints show
     a perturbation are never drawn). ``start_windows``: windows also from each drive's first
