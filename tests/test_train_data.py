@@ -232,7 +232,8 @@ def test_planner_batches_follow_the_junction_share(junction_drive):
     planner = PlannerData(junction_drive, junction_share=0.75, entry_zone=(16, 8))
     other = set(planner.groups[-1].tolist())
     assert len(other) / len(junction_drive) > 0.7  # most of a drive is open road ...
-    left, straight, right, _, _, _, other = planner.groups
+    left, straight, right = (planner.groups[GROUPS.index(name)] for name in TURNS)
+    other = planner.groups[GROUPS.index("other")]
     assert len(left) and len(straight) and not len(right)  # this drive never turns right
     picks = [k for k, _ in zip(planner.loader(8, 0, 0, 0).sampler, range(1200), strict=False)]
     for group in (left, straight, other):  # so the left, straight and open-road windows
