@@ -285,8 +285,9 @@ def test_perturbations_shape_the_controls_they_cover_and_no_others():
     steer = Perturbation(start=10, frames=8, steer=0.3)
     base = Control(0.4, 0.0, -0.1)
     assert steer.apply(base, 9.5) == base and steer.apply(base, 18.0) == base
-    assert steer.apply(base, 14.0).steer == pytest.approx(0.2)  # the triangle's peak, mid-span
-    assert steer.apply(base, 12.0).steer == pytest.approx(0.05)  # half-way up
+    # the expert's steering replaced, not added to: its own correction would cancel the impulse
+    assert steer.apply(base, 14.0).steer == pytest.approx(0.3)  # the triangle's peak, mid-span
+    assert steer.apply(base, 12.0).steer == pytest.approx(0.15)  # half-way up
     assert steer.apply(base, 14.0).throttle == 0.4
     brake = Perturbation(start=10, frames=4, brake=True)
     assert brake.apply(base, 11.0) == Control(0.0, 1.0, -0.1)

@@ -30,7 +30,7 @@ from lmgendrive.train.data import (
 )
 from lmgendrive.train.schedule import WarmupCosine
 from scenes.lmdrive import open_root, write_index, write_route
-from scenes.procedural.drive import DRIVE_VERSION, DriveSpec, ProceduralScene
+from scenes.procedural.drive import DRIVE_VERSION, RECOVERY_VERSION, DriveSpec, ProceduralScene
 from schemas.errors import ConfigError
 from schemas.scene import TURNS
 
@@ -415,32 +415,74 @@ def test_planner_windows_never_show_a_perturbation_and_the_flags_survive_the_cac
         PlannerData(plain, 0.0, (16, 8), recovery_share=0.5)
 
 
+def test_stage_one_recovery_drives_add_frames_whose_waypoints_are_the_drivers(tmp_path):
+    """Stage 1's ``recovery_routes`` adds recovery drives to its frames and to no other stage's;
+    its frame dataset leaves out exactly the frames whose waypoints show a perturbation."""
+    config = parse_config(
+        {
+            "preset": "tiny",
+            "workdir": str(tmp_path / "w"),
+            "output": str(tmp_path / "o"),
+            "data": {"towns": [3, 4], "routes_per_town": 1},
+            "stages": {
+                "1": {"iterations": 1, "batch_size": 1, "lr": 1e-3, "recovery_routes": 1},
+                "2": {"iterations": 1, "batch_size": 1, "lr": 1e-3},
+            },
+        }
+    )
+    assert [s.recovery for s in drive_specs(config.stage_data(1))] == [False, False, True, True]
+    assert config.stage_data(2) == config.data and config.data.recovery_routes == 0
+    spec = dict(town_seed=12, route_seed=7, frames=120, size=(32, 32))
+    pushed = ProceduralScene(DriveSpec(**spec, recovery=True))
+    plain = ProceduralScene(DriveSpec(**spec))
+    shown = perturbed_labels(pushed)[0]
+    assert 0 < shown.sum() < len(pushed)
+    kept = FrameDataset([plain, pushed], TINY, drop_perturbed=True).index
+    assert [i for s, i in kept if s == 1] == np.flatnonzero(~shown).tolist()
+    assert [i for s, i in kept if s == 0] == list(range(len(plain)))
+    assert len(FrameDataset([plain, pushed], TINY).index) == 2 * len(pushed)
+
+
 def test_render_cache_renders_again_only_drives_of_an_older_version(tmp_path):
+    """A drive stamped by an older drive version renders again, others are left alone; a recovery
+    drive also carries the perturbations' version, so changing those renders only recovery
+    drives again."""
     data = parse_config(
         {
             "preset": "tiny",
             "workdir": "w",
             "output": "o",
             "stages": {"1": {"iterations": 2, "batch_size": 1, "lr": 1e-3}},
-            "data": {"towns": [3], "routes_per_town": 2, "frames": 24, "size": 32, "workers": 0},
+            "data": {
+                "towns": [3],
+                "routes_per_town": 2,
+                "recovery_routes": 1,
+                "frames": 24,
+                "size": 32,
+                "workers": 0,
+            },
         }
     ).data
     root = tmp_path / "scenes"
     (root / "mine").mkdir(parents=True)  # not a drive of this cache: never touched
     render_cache(data, root)
     routes = sorted(p for p in root.glob("town0003_*") if p.is_dir())
-    assert len(routes) == 2
-    assert all((r / VERSION_FILE).read_text().strip() == str(DRIVE_VERSION) for r in routes)
-    old, kept = routes
+    assert len(routes) == 3
+    old, kept, recovery = routes
+    stamps = [(r / VERSION_FILE).read_text().strip() for r in routes]
+    assert stamps == [str(DRIVE_VERSION)] * 2 + [f"{DRIVE_VERSION}.{RECOVERY_VERSION}"]
+    assert "recovery" in recovery.name
     (old / VERSION_FILE).write_text("1\n")  # rendered before notices carried the navigation
-    (old / "measurements" / "0000.json").write_text("{}")
-    (kept / "measurements" / "0000.json").write_text('{"kept": true}')
+    (recovery / VERSION_FILE).write_text(f"{DRIVE_VERSION}\n")  # before the perturbations' change
+    for route in routes:
+        (route / "measurements" / "0000.json").write_text("{}")
     render_cache(data, root)
-    assert (old / VERSION_FILE).read_text().strip() == str(DRIVE_VERSION)
+    assert [(r / VERSION_FILE).read_text().strip() for r in routes] == stamps
     assert (old / "measurements" / "0000.json").read_text() != "{}"  # rendered again
-    assert (kept / "measurements" / "0000.json").read_text() == '{"kept": true}'  # left alone
+    assert (recovery / "measurements" / "0000.json").read_text() != "{}"
+    assert (kept / "measurements" / "0000.json").read_text() == "{}"  # left alone
     assert (root / "mine").is_dir()
-    assert len(open_root(root)) == 2
+    assert len(open_root(root)) == 3
 
 
 @pytest.mark.parametrize(
@@ -478,6 +520,11 @@ def test_render_cache_renders_again_only_drives_of_an_older_version(tmp_path):
             "preset: tiny\nworkdir: w\noutput: o\nstages: {'2': {iterations: 2, batch_size: 1, "
             "lr: 1, planner: {recovery_share: 0.2}}}\n",
             "recovery_share needs recovery drives",
+        ),
+        (
+            "preset: tiny\nworkdir: w\noutput: o\nstages: {'2': {iterations: 2, batch_size: 1, "
+            "lr: 1, recovery_routes: 1}}\n",
+            "recovery_routes exists in stage 1 only",
         ),
     ],
 )

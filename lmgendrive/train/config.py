@@ -177,6 +177,9 @@ class StageConfig(_Strict):
     sampler: SamplerOverride = SamplerOverride()  # stages 3-4: the fed-back videos' (see fed_back)
     planner: PlannerConfig | None = None  # stages 2-3: planner batches balanced by maneuver
     context_noise: Annotated[float, Field(ge=0, lt=1)] = 0.0  # stages 2 and 4, diffusion_loss
+    # stage 1: recovery drives per town added to its frames (not in LMDrive's recipe): the encoder
+    # then sees the car askew on its lane, and its waypoint head learns the way back
+    recovery_routes: Annotated[int, Field(ge=0)] = 0
 
     @model_validator(mode="after")
     def _check(self) -> StageConfig:
@@ -250,6 +253,11 @@ class TrainConfig(_Strict):
                     f"stage {name}: planner recovery_share needs recovery drives: set "
                     "recovery_routes (in planner or data)"
                 )
+            if stage.recovery_routes and name != "1":
+                raise ValueError(
+                    f"stage {name}: recovery_routes exists in stage 1 only (its frames train the "
+                    "vision encoder; the planner's recovery drives are planner.recovery_routes)"
+                )
             if name == "4" and min(stage.sequence_steps) < 2:
                 raise ValueError(
                     "stage 4: sequence_steps must be 2 or 3 (one step has no rollout to train on)"
@@ -270,6 +278,11 @@ class TrainConfig(_Strict):
         """The preset's model config with the ``model`` keys set over it (nested sections merge);
         an unknown key or a wrong value raises :class:`ConfigError` naming it."""
         return ModelConfig.from_dict(_merged(preset_config(self.preset).model_dump(), self.model))
+
+    def stage_data(self, stage: int) -> DataConfig:
+        """The drives stage ``stage`` trains on: ``data``, plus stage 1's recovery drives."""
+        extra = self.stage(stage).recovery_routes
+        return self.data.model_copy(update={"recovery_routes": extra}) if extra else self.data
 
     def stage_numbers(self) -> list[int]:
         return sorted(int(s) for s in self.stages)

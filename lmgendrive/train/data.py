@@ -36,10 +36,10 @@ from lmgendrive.train.perception import build_bev_targets
 from lmgendrive.vision import LIGHT_CLASSES
 from scenes.lmdrive import open_root, write_index, write_route
 from scenes.procedural.drive import (
-    DRIVE_VERSION,
     WAYPOINT_FRAMES,
     DriveSpec,
     ProceduralScene,
+    drive_version,
     scene_name,
 )
 from schemas.errors import ConfigError
@@ -55,7 +55,7 @@ AT_REST = 1.0  # m/s
 SETS_OFF = 0.4  # m the plan gains in its 0.8 s on the current speed, to count as setting off
 SLOWS = 0.5  # m the plan loses in its 0.8 s on the current speed, to count as slowing (1.6 m/s^2)
 PLAN_SECONDS = max(WAYPOINT_FRAMES) / FPS  # the plan's horizon
-VERSION_FILE = "drive_version.txt"  # in each cached route: the DRIVE_VERSION that rendered it
+VERSION_FILE = "drive_version.txt"  # in each cached route: the drive_version that rendered it
 
 
 def drive_specs(data: DataConfig) -> list[DriveSpec]:
@@ -88,24 +88,25 @@ def drive_specs(data: DataConfig) -> list[DriveSpec]:
 def _render(spec: DriveSpec, root: Path) -> Path:
     scene = ProceduralScene(spec)
     route = write_route(scene, root / scene.name, overwrite=True)
-    (route / VERSION_FILE).write_text(f"{DRIVE_VERSION}\n")  # last: the route is complete
+    (route / VERSION_FILE).write_text(f"{drive_version(spec)}\n")  # last: the route is complete
     return route
 
 
-def _is_current(route: Path) -> bool:
-    """Whether ``route`` was rendered completely by this :data:`DRIVE_VERSION`."""
+def _is_current(route: Path, spec: DriveSpec) -> bool:
+    """Whether ``route`` was rendered completely by this version of ``spec``'s drive
+    (:func:`~scenes.procedural.drive.drive_version`)."""
     stamp = route / VERSION_FILE
-    return stamp.is_file() and stamp.read_text().strip() == str(DRIVE_VERSION)
+    return stamp.is_file() and stamp.read_text().strip() == drive_version(spec)
 
 
 def render_cache(data: DataConfig, root: Path) -> Path:
     """Render the procedural drives missing from the LMDrive root ``root``, or rendered there by an
-    older :data:`DRIVE_VERSION`; returns the root."""
+    older version (:func:`~scenes.procedural.drive.drive_version`); returns the root."""
     from storage.progress import progress
 
     specs = drive_specs(data)
     names = [scene_name(s) for s in specs]
-    missing = [s for s, n in zip(specs, names, strict=True) if not _is_current(root / n)]
+    missing = [s for s, n in zip(specs, names, strict=True) if not _is_current(root / n, s)]
     root.mkdir(parents=True, exist_ok=True)
     if missing:
         log.info("rendering %d of %d training drives into %s", len(missing), len(specs), root)
@@ -181,10 +182,15 @@ class _SceneDataset(Dataset):
 
 
 class FrameDataset(_SceneDataset):
-    """Single frames (stages 0 and 1): views, BEV detection target, waypoints, light class."""
+    """Single frames (stages 0 and 1): views, BEV detection target, waypoints, light class.
+    ``drop_perturbed``: leave out the frames whose waypoints show a recovery drive's perturbation
+    (:func:`perturbed_labels`): they are not the driver's."""
 
-    def __init__(self, scenes: Sequence[Scene], config: ModelConfig):
+    def __init__(self, scenes: Sequence[Scene], config: ModelConfig, drop_perturbed: bool = False):
         super().__init__(scenes, config, 0, 0)
+        if drop_perturbed:
+            shown = [perturbed_labels(scene)[0] for scene in self.scenes]
+            self.index = [(s, i) for s, i in self.index if not shown[s][i]]
 
     def __getitem__(self, k: int) -> dict:
         s, i = self.index[k]

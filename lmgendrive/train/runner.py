@@ -120,7 +120,7 @@ def train_stage(config: TrainConfig, stage: int, command: str = "") -> LMGenDriv
     with (
         backend.main_first()
     ):  # one rank renders the drives and fills the token cache, the others read them
-        scenes = open_scenes(config.data)
+        scenes = open_scenes(config.stage_data(stage))
         planner = planner_data(config, stage, model)
     steps = max(stage_config.sequence_steps) if stage in (3, 4) else 1
     if stage >= 2 and config.data.context_frames < model.config.llm.history_frames:
@@ -132,7 +132,7 @@ def train_stage(config: TrainConfig, stage: int, command: str = "") -> LMGenDriv
             model.config.llm.history_frames,
         )
     dataset = (
-        FrameDataset(scenes, model.config)
+        FrameDataset(scenes, model.config, drop_perturbed=stage_config.recovery_routes > 0)
         if stage < 2
         else DriveDataset(scenes, model.config, config.data.context_frames, steps)
     )

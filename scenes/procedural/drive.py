@@ -30,6 +30,9 @@ WAYPOINT_FRAMES = (2, 4, 6, 8)  # t+0.2 .. 0.8 s at 10 Hz
 # What a drive of given seeds records; raised whenever a change alters it, so caches of rendered
 # drives know to render again. 2: a notice is said after the navigation instruction.
 DRIVE_VERSION = 2
+# What a recovery drive's perturbations are (scenes.procedural.recovery); raised when they change,
+# so that only recovery drives render again. 2: a steering impulse replaces the expert's steering.
+RECOVERY_VERSION = 2
 
 
 @dataclass(frozen=True)
@@ -63,6 +66,12 @@ class JunctionApproach:
     node: tuple[int, int]
     turn: str  # 'left', 'straight' or 'right'
     stop_line_distance: float  # metres from the front bumper; negative once past the line
+
+
+def drive_version(spec: DriveSpec) -> str:
+    """The version a cache stamps ``spec``'s rendered drive with: :data:`DRIVE_VERSION`, and
+    :data:`RECOVERY_VERSION` after it for a recovery drive."""
+    return f"{DRIVE_VERSION}.{RECOVERY_VERSION}" if spec.recovery else str(DRIVE_VERSION)
 
 
 def scene_name(spec: DriveSpec) -> str:
