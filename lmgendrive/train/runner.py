@@ -117,10 +117,11 @@ def train_stage(config: TrainConfig, stage: int, command: str = "") -> LMGenDriv
     stage_config = config.stage(stage)
     backend = make_backend()
     model = starting_model(config, stage, backend)
+    data = config.stage_data(stage)
     with (
         backend.main_first()
     ):  # one rank renders the drives and fills the token cache, the others read them
-        scenes = open_scenes(config.stage_data(stage))
+        scenes = open_scenes(data)
         planner = planner_data(config, stage, model)
     steps = max(stage_config.sequence_steps) if stage in (3, 4) else 1
     if stage >= 2 and config.data.context_frames < model.config.llm.history_frames:
@@ -132,7 +133,7 @@ def train_stage(config: TrainConfig, stage: int, command: str = "") -> LMGenDriv
             model.config.llm.history_frames,
         )
     dataset = (
-        FrameDataset(scenes, model.config, drop_perturbed=stage_config.recovery_routes > 0)
+        FrameDataset(scenes, model.config, drop_perturbed=data.recovery_routes > 0)
         if stage < 2
         else DriveDataset(scenes, model.config, config.data.context_frames, steps)
     )
