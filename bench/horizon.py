@@ -10,7 +10,11 @@ interval over the windows (paired, bias-corrected: :func:`qa.uncertainty.bootstr
 * ``repeat_last``: the last seed frame held still;
 * ``warp_only``: the last seed frame moved by the model's own plan, no diffusion
   (:func:`lmgendrive.ego_warp.warp_only`: one re-projection of the clean frame per future frame);
-* ``untrained``: the same preset freshly initialised (init seed 0), same sampler.
+* ``untrained``: the same preset freshly initialised (init seed 0), same sampler;
+* ``vae_reconstruction``: the recorded frames themselves through the model's VAE (encode, decode):
+  the best any frame the diffusion draws can score. ``sampler.context_detail`` adds back the detail
+  the VAE lost from the context frame, which lets short horizons score below it; new content
+  cannot.
 
 Turns, on the video: at junction entries of held-out towns every feasible maneuver is asked for
 in turn (``bench/quality.py``'s cases) and rolled out ``--turn-horizon`` (32) frames. The heading
@@ -77,7 +81,6 @@ from schemas.sampler import SamplerConfig, SamplerOverride  # noqa: E402
 WINDOWS = ((1, 8), (9, 16), (17, 24), (25, 32), (57, 64), (121, 128))
 STOP_TEXT = "Stop now and wait."
 STILL_MPS = 0.5  # planned speed below this: the plan has stopped
-METHODS = ("model", "repeat_last", "warp_only", "untrained")
 
 
 @dataclass(frozen=True)
@@ -138,6 +141,16 @@ def warp_baseline(model: LMGenDrive, starts: list[Start], waypoints: np.ndarray)
             cfg.views,
         )
     return to_uint8(moved.clamp(-1.0, 1.0))
+
+
+def vae_reconstruction(model: LMGenDrive, videos: np.ndarray, batch: int = 256) -> np.ndarray:
+    """uint8 ``videos`` (N, V, T, H, W, 3) through the model's VAE (posterior mode, decoded)."""
+    pixels = model.pixels(videos, "recorded").flatten(0, 2)
+    g = model.generator
+    decoded = torch.cat(
+        [g.decode(g.encode(pixels[k : k + batch])) for k in range(0, len(pixels), batch)]
+    )
+    return to_uint8(decoded.unflatten(0, videos.shape[:3]))
 
 
 def window_features(extract, videos: np.ndarray, first: int, last: int) -> np.ndarray:
@@ -274,6 +287,11 @@ def figure(fd: dict, path: Path, title: str) -> None:
         "repeat_last": ("C3", "--", "repeat the last frame"),
         "warp_only": ("C2", "--", "warp only (last seed frame moved by the plan)"),
         "untrained": ("C7", ":", "untrained model"),
+        "vae_reconstruction": (
+            "C1",
+            ":",
+            "recorded frames through the VAE (the decoder's own loss)",
+        ),
     }
     for method, rows in fd.items():
         color, ls, label = styles[method]
@@ -361,13 +379,17 @@ def main() -> None:
         del untrained
 
     extract = load_drive(args.evaluator, device)
-    fd: dict = {m: {} for m in videos}
+    fd: dict = {m: {} for m in [*videos, "vae_reconstruction"]}
     for first, last in windows:
         r = window_features(extract, real, first, last)
         for method, video in videos.items():
             fd[method][f"{first}-{last}"] = fd_with_ci(
                 r, window_features(extract, video, first, last), rng, args.bootstrap
             )
+        decoded = vae_reconstruction(model, real[:, :, first - 1 : last])
+        fd["vae_reconstruction"][f"{first}-{last}"] = fd_with_ci(
+            r, window_features(extract, decoded, 1, last - first + 1), rng, args.bootstrap
+        )
     keys = [f"{a}-{b}" for a, b in windows]
 
     def ratio(other: str) -> dict:
@@ -466,6 +488,7 @@ def main() -> None:
         "fd_over_repeat_last": ratio("repeat_last"),
         "fd_over_warp_only": ratio("warp_only"),
         "fd_over_untrained": ratio("untrained") if "untrained" in fd else None,
+        "fd_over_vae_reconstruction": ratio("vae_reconstruction"),
         f"fd{windows[-1][1]}_over_fd8": round(
             fd["model"][keys[-1]]["fd"] / fd["model"][keys[0]]["fd"], 4
         ),
