@@ -16,7 +16,13 @@ from lmgendrive.train.data import DriveDataset, FrameDataset, PlannerData
 from lmgendrive.train.loop import StageTrainer
 from lmgendrive.train.losses import planner_loss
 from lmgendrive.train.runner import TOKEN_CACHE_FILE, run
-from lmgendrive.train.stages import drive_batch, objective, set_stage, straighten_previous_action
+from lmgendrive.train.stages import (
+    drive_batch,
+    drop_ego_status,
+    objective,
+    set_stage,
+    straighten_previous_action,
+)
 from lmgendrive.train.tokens import PlannerWindows, VisionTokenCache
 from scenes.procedural.drive import DriveSpec, ProceduralScene
 from schemas.errors import ConfigError
@@ -62,7 +68,11 @@ def _trainer(
         clip=5.0,
         sequence_steps=[2],
         sampler={"steps": 2},
-        planner={"batch_size": 3, "straight_previous": 0.5} if planner else None,
+        planner=(
+            {"batch_size": 3, "straight_previous": 0.5, "ego_status_dropout": 0.5}
+            if planner
+            else None
+        ),
         **kw,
     )
     dataset = dataset or _dataset(scene, stage, model)
@@ -150,6 +160,19 @@ def test_straightened_previous_actions_keep_their_distances():
         out["prev_waypoints"][straight][:, :, 0], bend.norm(dim=-1).expand(int(straight.sum()), 4)
     )
     assert out["speed"] is batch["speed"] and straighten_previous_action(batch, 0.0) is batch
+
+
+def test_dropped_ego_status_reads_as_at_rest_and_the_rest_is_kept():
+    prev = torch.arange(1.0, 9.0).view(1, 4, 2).expand(400, 4, 2).clone()
+    batch = {"prev_waypoints": prev, "speed": torch.full((400,), 6.0), "tokens": torch.ones(400)}
+    torch.manual_seed(0)
+    out = drop_ego_status(batch, 0.3)
+    dropped = out["speed"] == 0
+    assert 0.22 < dropped.float().mean() < 0.38
+    assert (out["prev_waypoints"][dropped] == 0).all()
+    assert torch.equal(out["prev_waypoints"][~dropped], prev[~dropped])
+    assert (out["speed"][~dropped] == 6.0).all() and out["tokens"] is batch["tokens"]
+    assert drop_ego_status(batch, 0.0) is batch
 
 
 def test_planner_loss_from_cached_tokens_equals_the_loss_from_pixels(small_scene):

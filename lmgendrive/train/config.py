@@ -112,7 +112,9 @@ class PlannerConfig(_Strict):
     a perturbation are never drawn). ``start_windows``: windows also from each drive's first
     frames, the history before the first frame filled with it, as a closed loop starts. With
     probability ``straight_previous`` a window's previous action is replaced by driving straight
-    on (see :func:`lmgendrive.train.stages.straighten_previous_action`). ``token_cache``: encode
+    on (see :func:`lmgendrive.train.stages.straighten_previous_action`); with probability
+    ``ego_status_dropout`` its speed and driven path are zeroed, as at rest (not in the paper; see
+    :func:`lmgendrive.train.stages.drop_ego_status`). ``token_cache``: encode
     every frame of those drives once with the frozen vision encoder and read its tokens instead of
     pixels (:class:`lmgendrive.train.tokens.VisionTokenCache`; the same losses at a fraction of the
     cost, held in memory: ~5 KB per frame for ``demo``, too much for LMDrive-scale data with the
@@ -133,6 +135,7 @@ class PlannerConfig(_Strict):
     straight_previous: Annotated[float, Field(ge=0, le=1)] = (
         0.0  # share whose previous action drives straight
     )
+    ego_status_dropout: Annotated[float, Field(ge=0, lt=1)] = 0.0
     token_cache: bool = False
 
     def drives(self, data: DataConfig) -> DataConfig:

@@ -256,6 +256,9 @@ def readme(config: TrainConfig, stages: list[int], command: str) -> str:
                 f"{p.recovery_share:g} recovering" if p.recovery_share else "",
                 f"{p.slowing_share:g} slowing down" if p.slowing_share else "",
                 f"previous action straightened with p {p.straight_previous:g}",
+                f"ego status dropped with p {p.ego_status_dropout:g}"
+                if p.ego_status_dropout
+                else "",
                 "encoder tokens cached" if p.token_cache else "",
             ]
             notes.append(", ".join(part for part in parts if part))

@@ -112,10 +112,12 @@ class StageObjective(nn.Module):
         sampler: SamplerConfig | None = None,
         straight_previous: float = 0.0,
         context_noise: float = 0.0,
+        ego_status_dropout: float = 0.0,
     ):
         super().__init__()
         self.model, self.stage, self.sampler = model, stage, sampler
         self.straight_previous, self.context_noise = straight_previous, context_noise
+        self.ego_status_dropout = ego_status_dropout
 
     def forward(self, batch: dict, steps: int = 1, plan: dict | None = None) -> LossOutput:
         """The stage's loss on ``batch`` (``steps`` steps in stages 3-4), plus the planner loss on
@@ -138,6 +140,7 @@ class StageObjective(nn.Module):
         if plan is None:
             return out
         plan = straighten_previous_action(plan, self.straight_previous)
+        plan = drop_ego_status(plan, self.ego_status_dropout)
         planned = planner_loss(self.model, drive_batch(plan, 1).to(device))
         total = out.loss + planned.loss
         terms = {
@@ -164,6 +167,7 @@ def objective(model: LMGenDrive, stage: int, config: StageConfig) -> StageObject
         sampler,
         config.planner.straight_previous if config.planner else 0.0,
         config.context_noise,
+        config.planner.ego_status_dropout if config.planner else 0.0,
     )
 
 
@@ -182,6 +186,26 @@ def straighten_previous_action(batch: dict, probability: float) -> dict:
     straight = torch.stack([prev.norm(dim=-1), torch.zeros_like(prev[..., 0])], dim=-1)
     pick = torch.rand(prev.shape[0]) < probability
     return {**batch, "prev_waypoints": torch.where(pick[:, None, None], straight, prev)}
+
+
+def drop_ego_status(batch: dict, probability: float) -> dict:
+    """``batch`` with each sample's ego status (its speed and the path driven over the last step)
+    set to zero with ``probability`` (global torch RNG), as at rest; not in the paper.
+
+    Fed its speed and driven path, a planner learns to continue them (keep the speed until the
+    expert's braking shows in the path) and never starts braking for a red light itself: behaviour
+    cloning's inertia (Codevilla et al. 2019; ChauffeurNet's past-motion dropout, Li et al. 2024 on
+    ego status). Windows without it must read speed and stops from the camera history.
+    """
+    if probability <= 0:
+        return batch
+    speed, prev = batch["speed"], batch["prev_waypoints"]
+    keep = (torch.rand(speed.shape[0]) >= probability).to(speed.device)
+    return {
+        **batch,
+        "speed": torch.where(keep, speed, torch.zeros_like(speed)),
+        "prev_waypoints": torch.where(keep[:, None, None], prev, torch.zeros_like(prev)),
+    }
 
 
 @torch.no_grad()
