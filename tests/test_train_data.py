@@ -168,6 +168,39 @@ def test_approach_windows_lie_before_the_entry_zone_within_the_distance(junction
     assert abs(np.isin(picks, groups["approach"]).mean() - 0.4 / live) < 0.035  # no right turn
 
 
+def test_stopping_windows_are_the_hard_stops_for_a_red_light_a_released_hold_shows():
+    """A recovery drive whose speed hold is released short of a red light: the windows after the
+    release, still fast, plan to stop; "stopping" holds exactly those windows of the kinds it
+    takes (moving at 2 m/s or more towards a red or yellow light, the plan ending at half the
+    speed or less), and the sampler draws them at their share."""
+    scene = ProceduralScene(
+        DriveSpec(town_seed=1, route_seed=5, frames=200, size=(32, 32), recovery=True)
+    )
+    dataset = DriveDataset([scene], TINY, context=2, steps=1)
+    plain = maneuver_groups(dataset, before=16, after=8)
+    groups = maneuver_groups(dataset, before=16, after=8, stopping=True)
+    assert not len(plain["stopping"])  # off by default
+    assert sorted(np.concatenate(list(groups.values())).tolist()) == sorted(
+        np.concatenate(list(plain.values())).tolist()
+    )  # the same windows, some moved to "stopping"
+
+    def stopping(t: int) -> bool:
+        m = scene.measurements(t)
+        end_speed = np.linalg.norm(m.waypoints[-1] - m.waypoints[-2]) / 0.2
+        return m.light_state in ("red", "yellow") and m.speed >= 2.0 and end_speed <= m.speed / 2
+
+    ts = [dataset.index[k][1] for k in groups["stopping"]]
+    assert len(ts) >= 3 and all(stopping(t) for t in ts)
+    flags = [scene.measurements(t).perturbed for t in range(len(scene))]
+    assert any(flags[t - 1] for t in ts)  # the first frame after a released hold
+    for name in ("other", "recovery", "approach", *TURNS):
+        assert not any(stopping(dataset.index[k][1]) for k in groups[name])
+    planner = PlannerData(dataset, 0.3, (16, 8), stopping_share=0.4)
+    picks = [k for k, _ in zip(planner.loader(8, 0, 0, 0).sampler, range(2000), strict=False)]
+    live = sum(w for g, w in zip(planner.groups, planner.shares, strict=True) if len(g))
+    assert abs(np.isin(picks, groups["stopping"]).mean() - 0.4 / live) < 0.035
+
+
 def test_slowing_windows_are_the_remaining_ones_where_the_plan_starts_to_slow(junction_drive):
     dataset, scene = junction_drive, junction_drive.scenes[0]
     plain = maneuver_groups(dataset, before=16, after=8)
@@ -387,7 +420,7 @@ def test_planner_windows_never_show_a_perturbation_and_the_flags_survive_the_cac
     in; a recovery share without recovery drives is refused."""
     from scenes.lmdrive import open_route, write_route
 
-    spec = dict(town_seed=12, route_seed=7, frames=120, size=(32, 32))
+    spec = dict(town_seed=12, route_seed=5, frames=120, size=(32, 32))
     scene = ProceduralScene(DriveSpec(**spec, recovery=True))
     flags = np.array([scene.measurements(i).perturbed for i in range(len(scene))])
     starts = [i for i in range(1, len(flags)) if flags[i] and not flags[i - 1]]
@@ -404,7 +437,7 @@ def test_planner_windows_never_show_a_perturbation_and_the_flags_survive_the_cac
     drawn = {dataset.index[k][1] for g in groups.values() for k in g}
     assert drawn == {t for _, t in dataset.index if not shown[t]}
     assert {dataset.index[k][1] for k in groups["recovery"]} <= set(np.flatnonzero(recovering))
-    assert len(groups["recovery"]) >= 10  # 17 here: two steering impulses in 120 frames
+    assert len(groups["recovery"]) >= 10  # 31 here: a steering impulse and a brake in 120 frames
     planner = PlannerData(dataset, 0.0, (16, 8), recovery_share=0.5)
     picks = [k for k, _ in zip(planner.loader(8, 0, 0, 0).sampler, range(2000), strict=False)]
     assert 0.45 < np.isin(picks, groups["recovery"]).mean() < 0.55
@@ -514,7 +547,7 @@ def test_render_cache_renders_again_only_drives_of_an_older_version(tmp_path):
             "preset: tiny\nworkdir: w\noutput: o\nstages: {'2': {iterations: 2, batch_size: 1, "
             "lr: 1, planner: {junction_share: 0.8, departure_share: 0.3}}}\n",
             "junction_share \\+ departure_share \\+ approach_share \\+ recovery_share \\+ "
-            "slowing_share must be <= 1",
+            "slowing_share \\+ stopping_share must be <= 1",
         ),
         (
             "preset: tiny\nworkdir: w\noutput: o\nstages: {'2': {iterations: 2, batch_size: 1, "

@@ -105,8 +105,9 @@ class PlannerConfig(_Strict):
     recovery drive's perturbations (off the lane centre, heading askew or slowed, and the expert
     bringing the car back); ``slowing_share`` from the other windows where the plan starts to
     slow down while the path driven into them does not (braking for a light, a car or a
-    pedestrian; not in the paper, which samples LMDrive's data as recorded); the rest from
-    everywhere else.
+    pedestrian; not in the paper, which samples LMDrive's data as recorded); ``stopping_share``
+    from the windows stopping hard for a red light while moving (mostly the releases of a
+    recovery drive's speed holds; not in the paper either); the rest from everywhere else.
     Its drives: ``routes_per_town`` routes, ``rest_start_routes`` at-rest routes and
     ``recovery_routes`` recovery drives per town (default ``data``'s; windows whose waypoints show
     a perturbation are never drawn). ``start_windows``: windows also from each drive's first
@@ -131,6 +132,7 @@ class PlannerConfig(_Strict):
     approach_m: Annotated[float, Field(gt=0)] = 30.0
     recovery_share: Annotated[float, Field(ge=0, le=1)] = 0.0
     slowing_share: Annotated[float, Field(ge=0, le=1)] = 0.0
+    stopping_share: Annotated[float, Field(ge=0, le=1)] = 0.0
     start_windows: bool = False
     straight_previous: Annotated[float, Field(ge=0, le=1)] = (
         0.0  # share whose previous action drives straight
@@ -153,11 +155,13 @@ class PlannerConfig(_Strict):
             self.approach_share,
             self.recovery_share,
             self.slowing_share,
+            self.stopping_share,
         )
         if sum(shares) > 1.0:
             raise ValueError(
                 "junction_share + departure_share + approach_share + recovery_share + "
-                "slowing_share must be <= 1, got " + " + ".join(f"{x:g}" for x in shares)
+                "slowing_share + stopping_share must be <= 1, got "
+                + " + ".join(f"{x:g}" for x in shares)
             )
         return self
 

@@ -49,12 +49,13 @@ log = logging.getLogger(__name__)
 
 DETECTED = (OBJECT_CLASSES.index("vehicle"), OBJECT_CLASSES.index("pedestrian"))
 # planner windows by what the expert does
-GROUPS = (*TURNS, "departure", "approach", "recovery", "slowing", "other")
+GROUPS = (*TURNS, "departure", "approach", "recovery", "slowing", "stopping", "other")
 RECOVERY_FRAMES = 20  # a recovery drive's windows up to 2 s after a perturbation: it recovers
 AT_REST = 1.0  # m/s
 SETS_OFF = 0.4  # m the plan gains in its 0.8 s on the current speed, to count as setting off
 SLOWS = 0.5  # m the plan loses in its 0.8 s on the current speed, to count as slowing (1.6 m/s^2)
 PLAN_SECONDS = max(WAYPOINT_FRAMES) / FPS  # the plan's horizon
+STOPPING_SPEED = 2.0  # m/s: moving at least this fast towards a red light, to count as stopping
 VERSION_FILE = "drive_version.txt"  # in each cached route: the drive_version that rendered it
 
 
@@ -282,6 +283,20 @@ def is_slowing(m: Measurements) -> bool:
     return m.speed >= AT_REST and travel <= m.speed * PLAN_SECONDS - SLOWS
 
 
+def is_stopping_for_light(m: Measurements) -> bool:
+    """The car moves at :data:`STOPPING_SPEED` or more towards a red or yellow light and its plan
+    ends at half its speed or less: a hard stop. The expert slows early and seldom shows one
+    (0.2 % of the demo drives' windows); a speed hold's release does (recovery drives), and a
+    planner that never learnt it runs the light when it comes too fast."""
+    gap = (WAYPOINT_FRAMES[-1] - WAYPOINT_FRAMES[-2]) / FPS
+    end_speed = float(np.linalg.norm(m.waypoints[-1] - m.waypoints[-2])) / gap
+    return (
+        m.light_state in ("red", "yellow")
+        and m.speed >= STOPPING_SPEED
+        and end_speed <= 0.5 * m.speed
+    )
+
+
 def starts_slowing(scene: Scene, t: int) -> bool:
     """At frame ``t`` the plan slows (:func:`is_slowing`) and the plan one step of
     ``max(WAYPOINT_FRAMES)`` frames before did not, so the path driven into ``t`` (the planner's
@@ -323,6 +338,7 @@ def maneuver_groups(
     after: int,
     approach_m: float = 0.0,
     slowing: bool = False,
+    stopping: bool = False,
 ) -> dict[str, np.ndarray]:
     """Dataset indices by what the expert does: "departure" for windows where the car at rest sets
     off (:func:`is_departure`); "left" / "straight" / "right" for windows from ``before`` frames
@@ -336,7 +352,9 @@ def maneuver_groups(
     perturbation (outside junction entry zones), whose futures are the driver's recovery. With
     ``slowing``, "slowing" holds the other windows where the plan starts to slow down
     (:func:`starts_slowing`: 2 % of the demo drives' windows; a planner fed its own speed and path
-    keeps them, behaviour cloning's inertia problem, unless it sees these often)."""
+    keeps them, behaviour cloning's inertia problem, unless it sees these often). With
+    ``stopping``, "stopping" holds the windows stopping hard for a red light
+    (:func:`is_stopping_for_light`), before every other group but departures."""
     entries: dict[int, list[int]] = {}
     driven: dict[int, np.ndarray] = {}
     perturbed: dict[int, tuple[np.ndarray, np.ndarray]] = {}
@@ -353,6 +371,8 @@ def maneuver_groups(
         m = scene.measurements(t)
         if is_departure(m):
             groups["departure"].append(k)
+        elif stopping and is_stopping_for_light(m):
+            groups["stopping"].append(k)
         elif any(e - before <= t <= e + after for e in entries[s]):
             groups[path_maneuver(m.waypoints)].append(k)
         elif recovering[t]:
@@ -415,7 +435,8 @@ class PlannerData:
     junction maneuver groups in equal parts, ``departure_share`` from departures,
     ``approach_share`` from junction approaches (``approach_m``), ``recovery_share`` from the
     windows after a recovery drive's perturbations, ``slowing_share`` from windows where the plan
-    starts to slow down, the rest from all other windows
+    starts to slow down, ``stopping_share`` from hard stops for a red light, the rest from all
+    other windows
     (see :class:`PlannerConfig` and :func:`maneuver_groups`). ``windows`` serves ``dataset``'s
     windows by the same indices (default ``dataset`` itself; a
     :class:`lmgendrive.train.tokens.PlannerWindows` to read cached vision tokens)."""
@@ -431,6 +452,7 @@ class PlannerData:
         approach_m: float = 0.0,
         recovery_share: float = 0.0,
         slowing_share: float = 0.0,
+        stopping_share: float = 0.0,
     ):
         self.windows = dataset if windows is None else windows
         groups = maneuver_groups(
@@ -438,6 +460,7 @@ class PlannerData:
             *entry_zone,
             approach_m=approach_m if approach_share else 0.0,
             slowing=slowing_share > 0,
+            stopping=stopping_share > 0,
         )
         if recovery_share and not len(groups["recovery"]):
             raise ConfigError(
@@ -445,7 +468,7 @@ class PlannerData:
                 "recovery_routes"
             )
         self.groups = [groups[name] for name in GROUPS]
-        named = (departure_share, approach_share, recovery_share, slowing_share)
+        named = (departure_share, approach_share, recovery_share, slowing_share, stopping_share)
         other = max(0.0, 1.0 - junction_share - sum(named))
         self.shares = [junction_share / 3] * 3 + [*named, other]
         log.info("planner windows: %s", ", ".join(f"{name} {len(g)}" for name, g in groups.items()))

@@ -72,6 +72,7 @@ def planner_data(config: TrainConfig, stage: int, model: LMGenDrive) -> PlannerD
         planner.approach_m,
         planner.recovery_share,
         planner.slowing_share,
+        planner.stopping_share,
     )
 
 
@@ -255,6 +256,7 @@ def readme(config: TrainConfig, stages: list[int], command: str) -> str:
                 + (f" + {recovery} recovery drives" if recovery else ""),
                 f"{p.recovery_share:g} recovering" if p.recovery_share else "",
                 f"{p.slowing_share:g} slowing down" if p.slowing_share else "",
+                f"{p.stopping_share:g} stopping for a red light" if p.stopping_share else "",
                 f"previous action straightened with p {p.straight_previous:g}",
                 f"ego status dropped with p {p.ego_status_dropout:g}"
                 if p.ego_status_dropout

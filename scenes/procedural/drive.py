@@ -32,7 +32,8 @@ WAYPOINT_FRAMES = (2, 4, 6, 8)  # t+0.2 .. 0.8 s at 10 Hz
 DRIVE_VERSION = 2
 # What a recovery drive's perturbations are (scenes.procedural.recovery); raised when they change,
 # so that only recovery drives render again. 2: a steering impulse replaces the expert's steering.
-RECOVERY_VERSION = 2
+# 3: speed holds, released where the expert must brake hard to stop in time.
+RECOVERY_VERSION = 3
 
 
 @dataclass(frozen=True)

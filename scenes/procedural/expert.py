@@ -19,6 +19,16 @@ ENGINE_ACCEL, BRAKE_DECEL = 4.0, 6.0
 CRUISE_SPEED, SLOW_SPEED = 8.0, 3.5
 
 
+def resistance(v: float) -> float:
+    """Deceleration (m/s²) from rolling and air resistance at ``v`` m/s."""
+    return 0.1 * (v > 0) + 0.004 * v * v
+
+
+def steady_throttle(v: float) -> float:
+    """The throttle that holds ``v`` m/s against :func:`resistance`."""
+    return resistance(v) / ENGINE_ACCEL
+
+
 class Expert:
     """Rule-based driver of the ego vehicle."""
 
@@ -89,12 +99,7 @@ class Expert:
             plan = self.plan(t, agents) if waypoints is None else waypoints
             self.control = self.controller.step(plan, self.v)
         c = self.control
-        accel = (
-            ENGINE_ACCEL * c.throttle
-            - BRAKE_DECEL * c.brake
-            - 0.1 * (self.v > 0)
-            - 0.004 * self.v**2
-        )
+        accel = ENGINE_ACCEL * c.throttle - BRAKE_DECEL * c.brake - resistance(self.v)
         delta = -c.steer * MAX_WHEEL_ANGLE  # CARLA: positive steer turns right (clockwise)
         beta = np.arctan(0.5 * np.tan(delta))
         self.x += self.v * np.cos(self.theta + beta) * dt

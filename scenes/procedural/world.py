@@ -10,7 +10,7 @@ from driving.control import Control
 from scenes.procedural.expert import Expert
 from scenes.procedural.geometry import to_ego
 from scenes.procedural.pedestrians import Crowd
-from scenes.procedural.recovery import Perturbation
+from scenes.procedural.recovery import Perturbation, hold_released
 from scenes.procedural.routes import Route
 from scenes.procedural.signals import light_state
 from scenes.procedural.town import Town, turn_between
@@ -104,6 +104,9 @@ class World:
         disturb the expert's own controls (recovery drives, :mod:`scenes.procedural.recovery`)."""
         rng = np.random.default_rng([town.seed, seed, 9011])
         self.town, self.events, self.perturbations = town, list(events), list(perturbations)
+        # holds the expert took back before their span ended (the frame it happened in is still
+        # recorded as perturbed: the record comes first in a tick)
+        self.released: set[Perturbation] = set()
         if route is None:
             path, s0 = ego_route(town, rng, turns)
             speed = float(rng.uniform(3.0, 6.0))  # drawn either way: the rest of the drive the same
@@ -179,11 +182,15 @@ class World:
         """The expert's own control with the perturbation active now applied; ``None`` when none
         is (the expert then plans and controls as usual)."""
         now = self.ticks / TICKS_PER_FRAME
-        active = [p for p in self.perturbations if p.covers(int(now))]
+        active = [p for p in self.perturbations if p.covers(int(now)) and p not in self.released]
         if not active:
             return None
-        expert = self.expert
-        return active[0].apply(expert.controller.step(expert.plan(t, agents), expert.v), now)
+        expert, p = self.expert, active[0]
+        if p.hold and hold_released(expert.v, expert.planned_speed(t, agents)[1]):
+            self.released.add(p)
+            return None
+        control = expert.controller.step(expert.plan(t, agents), expert.v)
+        return p.apply(control, now, expert.v)
 
     def lane_waypoints(self, speed: float) -> np.ndarray:
         """Ego-frame waypoints along the route at ``speed`` m/s, blind to traffic and lights:
@@ -208,7 +215,9 @@ class World:
                 vehicles=np.concatenate([veh_xy[:-1], veh_yaw[:-1, None], veh_vel[:-1]], axis=1),
                 pedestrians=np.concatenate([ped_xy, ped_yaw[:, None], ped_vel], axis=1),
                 lights=[light_state(self.town, node, k, self.t) for node, k, _ in self.heads],
-                perturbed=any(p.covers(frame) for p in self.perturbations),
+                perturbed=any(
+                    p.covers(frame) and p not in self.released for p in self.perturbations
+                ),
             )
         )
         event = self.by_frame.get(frame)
