@@ -17,16 +17,12 @@ WHEELBASE = 2.9
 MAX_WHEEL_ANGLE = np.radians(70.0)
 ENGINE_ACCEL, BRAKE_DECEL = 4.0, 6.0
 CRUISE_SPEED, SLOW_SPEED = 8.0, 3.5
-
-
-def resistance(v: float) -> float:
-    """Deceleration (m/s²) from rolling and air resistance at ``v`` m/s."""
-    return 0.1 * (v > 0) + 0.004 * v * v
+ROLLING, DRAG = 0.1, 0.004  # m/s² of rolling resistance when moving, and per (m/s)² of air drag
 
 
 def steady_throttle(v: float) -> float:
-    """The throttle that holds ``v`` m/s against :func:`resistance`."""
-    return resistance(v) / ENGINE_ACCEL
+    """The throttle that holds ``v`` m/s against rolling and air resistance."""
+    return (ROLLING * (v > 0) + DRAG * v * v) / ENGINE_ACCEL
 
 
 class Expert:
@@ -99,7 +95,12 @@ class Expert:
             plan = self.plan(t, agents) if waypoints is None else waypoints
             self.control = self.controller.step(plan, self.v)
         c = self.control
-        accel = ENGINE_ACCEL * c.throttle - BRAKE_DECEL * c.brake - resistance(self.v)
+        accel = (
+            ENGINE_ACCEL * c.throttle
+            - BRAKE_DECEL * c.brake
+            - ROLLING * (self.v > 0)
+            - DRAG * self.v**2
+        )
         delta = -c.steer * MAX_WHEEL_ANGLE  # CARLA: positive steer turns right (clockwise)
         beta = np.arctan(0.5 * np.tan(delta))
         self.x += self.v * np.cos(self.theta + beta) * dt
