@@ -129,9 +129,16 @@ class Measurements:
     # the ego's controls from this frame to the next were not its driver's own (a recovery drive's
     # perturbation, scenes.procedural.recovery): the waypoints of the frames before show them
     perturbed: bool = False
+    # metres from the ego's front to the governing light's stop line (negative just past it);
+    # 0 where only "within LMDrive's trigger range" is known (``is_red_light_present``), inf where
+    # nothing is (no light, or not recorded)
+    light_distance: float = float("inf")
 
     def to_dict(self) -> dict:
         d = asdict(self)
+        d["light_distance"] = (
+            float(self.light_distance) if np.isfinite(self.light_distance) else None
+        )
         d["waypoints"] = np.asarray(self.waypoints, dtype=np.float64).round(4).tolist()
         d["objects"] = [o.to_dict() for o in self.objects]
         d["instruction"] = self.instruction.to_dict()

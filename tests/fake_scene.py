@@ -90,6 +90,7 @@ class FakeScene:
             brake=0.0,
             waypoints=np.array([[self.speed * t, 0.0] for t in WAYPOINT_TIMES], dtype=np.float32),
             light_state=light,
+            light_distance=17.5 - 1.5 * i,
             is_junction=i % 4 == 0,
             objects=objects,
             instruction=span.instruction,

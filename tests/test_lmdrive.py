@@ -242,6 +242,7 @@ def test_reads_plain_lmdrive_route(lmdrive_root: Path, instruction_dict: Path) -
     assert (m.x, m.y) == (50.0, -100.0)
     assert m.theta == pytest.approx(math.pi / 2)  # compass 0 = facing north
     assert (m.speed, m.brake, m.weather, m.light_state) == (4.0, 0.0, "CloudySunset", "red")
+    assert m.light_distance == math.inf  # red 30 m ahead, but not yet "present" for the expert
     # later frames moved 0.5 m per frame straight ahead: 1..4 m at t + 0.2..0.8 s
     np.testing.assert_allclose(m.waypoints, [[1, 0], [2, 0], [3, 0], [4, 0]], atol=1e-9)
     # last frame: no later frames, so the route walked at the recorded 4 m/s
@@ -267,6 +268,14 @@ def test_reads_plain_lmdrive_route(lmdrive_root: Path, instruction_dict: Path) -
         pytest.approx(30.0),
         pytest.approx(-5.0),
     )
+
+
+def test_a_present_red_light_is_at_the_stop_line_and_nothing_else_has_a_distance() -> None:
+    from scenes.lmdrive.to_contract import light_distance
+
+    assert light_distance({"is_red_light_present": [300]}) == 0.0
+    assert light_distance({"is_red_light_present": []}) == math.inf
+    assert light_distance({}) == math.inf
 
 
 def test_plain_lmdrive_instructions(lmdrive_root: Path, instruction_dict: Path) -> None:

@@ -278,6 +278,21 @@ def _lateral_offsets(log) -> np.ndarray:
     return np.array(out)
 
 
+def test_the_light_distance_is_the_gap_to_the_stop_line_the_light_state_is_read_at():
+    """Frames under a light carry the metres to its stop line (shrinking by the distance driven),
+    the others none."""
+    scene = ProceduralScene(DriveSpec(town_seed=1, route_seed=5, frames=200, size=(32, 32)))
+    ms = [scene.measurements(i) for i in range(len(scene))]
+    lit = [m for m in ms if m.light_state != "none"]
+    assert len(lit) > 20 and all(-0.5 < m.light_distance < 45.0 for m in lit)
+    assert all(m.light_distance == np.inf for m in ms if m.light_state == "none")
+    for a, b in zip(ms, ms[1:], strict=False):
+        lit_both = "none" not in (a.light_state, b.light_state)
+        if lit_both and b.light_distance < a.light_distance:
+            driven = np.hypot(b.x - a.x, b.y - a.y)
+            assert a.light_distance - b.light_distance == pytest.approx(driven, abs=0.05)
+
+
 def test_perturbations_shape_the_controls_they_cover_and_no_others():
     from driving.control import Control
     from scenes.procedural.recovery import Perturbation

@@ -29,6 +29,7 @@ from lmgendrive.train.data import (
     render_cache,
 )
 from lmgendrive.train.schedule import WarmupCosine
+from lmgendrive.vision import LIGHT_CLASSES
 from scenes.lmdrive import open_root, write_index, write_route
 from scenes.procedural.drive import DRIVE_VERSION, RECOVERY_VERSION, DriveSpec, ProceduralScene
 from schemas.errors import ConfigError
@@ -166,6 +167,22 @@ def test_approach_windows_lie_before_the_entry_zone_within_the_distance(junction
     picks = [k for k, _ in zip(planner.loader(8, 0, 0, 0).sampler, range(2000), strict=False)]
     live = sum(w for g, w in zip(planner.groups, planner.shares, strict=True) if len(g))
     assert abs(np.isin(picks, groups["approach"]).mean() - 0.4 / live) < 0.035  # no right turn
+
+
+def test_a_light_range_keeps_the_light_class_near_the_stop_line_only():
+    scene = ProceduralScene(DriveSpec(town_seed=1, route_seed=5, frames=200, size=(32, 32)))
+    recorded = FrameDataset([scene], TINY)
+    near = FrameDataset([scene], TINY, light_range=10.0)
+    red = LIGHT_CLASSES.index("red")
+    far_red = near_red = 0
+    for k in range(len(near)):
+        m = scene.measurements(near.index[k][1])
+        want = m.light_state if m.light_distance <= 10.0 else "none"
+        assert near[k]["light"] == LIGHT_CLASSES.index(want)
+        assert recorded[k]["light"] == LIGHT_CLASSES.index(m.light_state)
+        far_red += recorded[k]["light"] == red and near[k]["light"] != red
+        near_red += near[k]["light"] == red
+    assert far_red > 10 and near_red > 3  # red from 45 m in the drive, from 10 m in the target
 
 
 def test_stopping_windows_are_the_hard_stops_for_a_red_light_a_released_hold_shows():

@@ -187,6 +187,10 @@ class StageConfig(_Strict):
     # stage 1: recovery drives per town added to its frames (not in LMDrive's recipe): the encoder
     # then sees the car askew on its lane, and its waypoint head learns the way back
     recovery_routes: Annotated[int, Field(ge=0)] = 0
+    # stage 1: the light head learns the governing light's state only within this many metres of
+    # its stop line, "none" farther, as LMDrive's encoder learns is_red_light_present (the light's
+    # trigger volume or 8 m, where its expert brakes); default: as the drives record it (45 m)
+    light_range: Annotated[float, Field(gt=0)] | None = None
 
     @model_validator(mode="after")
     def _check(self) -> StageConfig:

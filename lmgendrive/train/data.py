@@ -185,10 +185,18 @@ class _SceneDataset(Dataset):
 class FrameDataset(_SceneDataset):
     """Single frames (stages 0 and 1): views, BEV detection target, waypoints, light class.
     ``drop_perturbed``: leave out the frames whose waypoints show a recovery drive's perturbation
-    (:func:`perturbed_labels`): they are not the driver's."""
+    (:func:`perturbed_labels`): they are not the driver's. ``light_range``: the light class is the
+    governing light's state only within that many metres of its stop line, "none" farther."""
 
-    def __init__(self, scenes: Sequence[Scene], config: ModelConfig, drop_perturbed: bool = False):
+    def __init__(
+        self,
+        scenes: Sequence[Scene],
+        config: ModelConfig,
+        drop_perturbed: bool = False,
+        light_range: float = np.inf,
+    ):
         super().__init__(scenes, config, 0, 0)
+        self.light_range = light_range
         if drop_perturbed:
             shown = [perturbed_labels(scene)[0] for scene in self.scenes]
             self.index = [(s, i) for s, i in self.index if not shown[s][i]]
@@ -200,7 +208,9 @@ class FrameDataset(_SceneDataset):
             "frames": self.frames(s, i),
             "detection": build_bev_targets(object_array(m), self.config.vision),
             "waypoints": np.asarray(m.waypoints, dtype=np.float32),
-            "light": LIGHT_CLASSES.index(m.light_state),
+            "light": LIGHT_CLASSES.index(
+                m.light_state if m.light_distance <= self.light_range else "none"
+            ),
         }
 
 

@@ -134,7 +134,12 @@ def train_stage(config: TrainConfig, stage: int, command: str = "") -> LMGenDriv
             model.config.llm.history_frames,
         )
     dataset = (
-        FrameDataset(scenes, model.config, drop_perturbed=data.recovery_routes > 0)
+        FrameDataset(
+            scenes,
+            model.config,
+            drop_perturbed=data.recovery_routes > 0,
+            light_range=stage_config.light_range or float("inf"),
+        )
         if stage < 2
         else DriveDataset(scenes, model.config, config.data.context_frames, steps)
     )
@@ -237,6 +242,8 @@ def readme(config: TrainConfig, stages: list[int], command: str) -> str:
             if s in (3, 4)
             else []
         )
+        if c.light_range is not None:
+            notes.append(f"light head: the state within {c.light_range:g} m of the stop line")
         if c.context_noise:
             notes.append(f"context latents noised to U(0, {c.context_noise:g}) of the schedule")
         if c.planner is not None:

@@ -24,6 +24,7 @@ from scenes.lmdrive.layout import ACTORS_DIR, FULL_ORDER, INDEX_FILE, LMGD_KEY, 
 from scenes.lmdrive.records import Records, root_records, route_records
 from scenes.lmdrive.to_contract import (
     ego_pose,
+    light_distance,
     light_state,
     measurements_from_dict,
     num,
@@ -176,6 +177,7 @@ class LMDriveScene:
             brake=num(raw, "brake", path),  # LMDrive stores the expert's bool
             waypoints=self._waypoints(i, raw, pose, path),
             light_state=light_state(raw, actors),
+            light_distance=light_distance(raw),
             is_junction=bool(raw.get("is_junction", False)),
             objects=objects(actors, pose, actors_path),
             instruction=instruction,

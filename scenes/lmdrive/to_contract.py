@@ -44,6 +44,7 @@ def ego_pose(raw: dict, path: Path) -> tuple[float, float, float]:
 
 def measurements_from_dict(d: dict, path: Path) -> Measurements:
     """Inverse of :meth:`Measurements.to_dict`."""
+    distance = d.get("light_distance")  # absent before drive version 3
     try:
         return Measurements(
             frame=int(d["frame"]),
@@ -56,6 +57,7 @@ def measurements_from_dict(d: dict, path: Path) -> Measurements:
             instruction_completed=bool(d["instruction_completed"]),
             weather=str(d["weather"]),
             perturbed=bool(d.get("perturbed", False)),  # absent before recovery drives existed
+            light_distance=math.inf if distance is None else float(distance),
         )
     except (KeyError, TypeError, ValueError) as e:
         raise SceneFormatError(f"{path}: bad {LMGD_KEY!r} entry ({e!r})") from e
@@ -82,6 +84,12 @@ def _light_name(sta: object) -> str:
     if isinstance(sta, int) and 0 <= sta < len(CARLA_LIGHT_STATES):
         return CARLA_LIGHT_STATES[sta]
     return "none"
+
+
+def light_distance(raw: dict) -> float:
+    """0 where LMDrive's expert marks a red light as present (its trigger volume or within 8 m of
+    it, ``auto_pilot.py``'s ``_is_light_red``), else inf: LMDrive records no stop-line distance."""
+    return 0.0 if raw.get("is_red_light_present") else math.inf
 
 
 def light_state(raw: dict, actors: dict) -> str:

@@ -28,8 +28,9 @@ OBJECT_RANGE = 50.0
 LIGHT_RANGE = 45.0
 WAYPOINT_FRAMES = (2, 4, 6, 8)  # t+0.2 .. 0.8 s at 10 Hz
 # What a drive of given seeds records; raised whenever a change alters it, so caches of rendered
-# drives know to render again. 2: a notice is said after the navigation instruction.
-DRIVE_VERSION = 2
+# drives know to render again. 2: a notice is said after the navigation instruction. 3: the
+# measurements carry the distance to the governing light's stop line.
+DRIVE_VERSION = 3
 # What a recovery drive's perturbations are (scenes.procedural.recovery); raised when they change,
 # so that only recovery drives render again. 2: a steering impulse replaces the expert's steering.
 # 3: speed holds, released where the expert must brake hard to stop in time.
@@ -179,11 +180,11 @@ class ProceduralScene:
         x, y, theta, speed = (float(v) for v in f.ego)
         future = np.array([self.log.frames[i + k].ego[:2] for k in WAYPOINT_FRAMES])
         m = self.log.route.next_maneuver(f.ego_s + HALF_LENGTH)
-        state = "none"
+        state, distance = "none", np.inf
         if m is not None and self.town.has_light(m.node):
             gap = m.s_stop - f.ego_s - HALF_LENGTH
             if -0.5 < gap < LIGHT_RANGE:
-                state = light_state(self.town, m.node, m.k_in, f.t)
+                state, distance = light_state(self.town, m.node, m.k_in, f.t), float(gap)
         return Measurements(
             frame=i,
             x=x,
@@ -195,6 +196,7 @@ class ProceduralScene:
             steer=float(f.control[2]),
             waypoints=to_ego(future, x, y, theta).astype(np.float32),
             light_state=state,
+            light_distance=distance,
             is_junction=self._in_junction(x, y),
             objects=self._objects(i),
             instruction=self._active[i],
