@@ -576,6 +576,16 @@ def test_render_cache_renders_again_only_drives_of_an_older_version(tmp_path):
             "lr: 1, recovery_routes: 1}}\n",
             "recovery_routes exists in stage 1 only",
         ),
+        (
+            "preset: tiny\nworkdir: w\noutput: o\nstages: {'2': {iterations: 2, batch_size: 1, "
+            "lr: 1, light_range: 10}}\n",
+            "light_range exists in stage 1 only",
+        ),
+        (
+            "preset: tiny\nworkdir: w\noutput: o\nstages: {'1': {iterations: 2, batch_size: 1, "
+            "lr: 1, light_range: 0}}\n",
+            "light_range",
+        ),
     ],
 )
 def test_bad_recipes_raise_config_error(tmp_path, text, match):

@@ -269,6 +269,11 @@ class TrainConfig(_Strict):
                     f"stage {name}: recovery_routes exists in stage 1 only (its frames train the "
                     "vision encoder; the planner's recovery drives are planner.recovery_routes)"
                 )
+            if stage.light_range is not None and name != "1":
+                raise ValueError(
+                    f"stage {name}: light_range exists in stage 1 only (the light head trains "
+                    "there; the encoder is frozen after it)"
+                )
             if name == "4" and min(stage.sequence_steps) < 2:
                 raise ValueError(
                     "stage 4: sequence_steps must be 2 or 3 (one step has no rollout to train on)"
