@@ -149,7 +149,12 @@ class DiffusionConfig(_Frozen):
     (the UNet then has ``2 * latent_channels`` input channels). ``cond_dropout`` is the train-time
     probability of replacing the world conditioning by a learned null embedding (classifier-free
     guidance). ``grad_steps`` is how many final denoising steps keep their graph when a generated
-    video is fed back during multi-step (stage-3) training.
+    video is fed back during multi-step (stage-3) training. ``moved_context`` (not in the paper;
+    needs ``concat_last_latent``) concatenates to each generated frame the latent of the context
+    frames moved to that frame's ego pose (the expert's path in training, the plan at inference;
+    :func:`lmgendrive.ego_warp.warp_views`) instead of the same still latent to every frame: the
+    re-projection becomes a per-frame condition the UNet learns to repair, so the sampler can
+    draw from more noise than a re-projected start allows.
     """
 
     num_train_timesteps: int = 1000
@@ -157,6 +162,7 @@ class DiffusionConfig(_Frozen):
     beta_start: float = 0.00085
     beta_end: float = 0.012
     concat_last_latent: bool = False
+    moved_context: bool = False
     cond_dropout: float = 0.1
     grad_steps: int = 1
 
@@ -326,6 +332,11 @@ class ModelConfig(_Frozen):
         d = self.diffusion
         _check(0.0 <= d.cond_dropout < 1.0, "diffusion.cond_dropout", "must be in [0, 1)")
         _check(d.grad_steps >= 1, "diffusion.grad_steps", "must be >= 1")
+        _check(
+            d.concat_last_latent or not d.moved_context,
+            "diffusion.moved_context",
+            "needs diffusion.concat_last_latent: true (the moved frames are concatenated latents)",
+        )
         return self
 
 

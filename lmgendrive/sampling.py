@@ -12,6 +12,9 @@ optional classifier-free guidance against the learned null conditioning. Three o
 * ``context_detail`` adds to every generated frame the context-frame detail the VAE loses, moved
   with the plan under ``warp_start``;
 * ``context_noise`` noises the context latent the UNet is conditioned on (the sample's own noise).
+
+With ``diffusion.moved_context`` the conditioning latent of each frame is the context moved to that
+frame's pose by ``ego_poses``.
 """
 
 from __future__ import annotations
@@ -66,7 +69,7 @@ def sample_frames(
     """
     b, v = cond.shape[:2]
     scheduler = make_scheduler(generator.train_scheduler, sampler, cond.device)
-    context = generator.context_latents(last_pixels)
+    context = generator.context_latents(last_pixels, ego_poses)
     noise = generator.initial_noise(generators, v).to(cond.device)
     clean_context = context
     if context is not None and sampler.context_noise > 0:
@@ -102,11 +105,8 @@ def sample_frames(
     f = latents.shape[2]
     frames = generator.decode(latents.transpose(1, 2).flatten(0, 1)).unflatten(0, (b, v, f)).float()
     if sampler.context_detail:
-        last = (
-            clean_context
-            if clean_context is not None
-            else generator.encode(last_pixels.flatten(0, 1))
-        )
+        still = clean_context is not None and clean_context.dim() == 4
+        last = clean_context if still else generator.encode(last_pixels.flatten(0, 1))
         lost = last_pixels - generator.decode(last[: b * v]).unflatten(0, (b, v)).float()
         moved = _moved(generator, lost, sampler, ego_poses)
         frames = (frames + (moved if moved is not None else lost[:, :, None])).clamp(-1.0, 1.0)
@@ -146,9 +146,12 @@ def _start(
 ) -> torch.Tensor:
     """Clean start latents (B*V, c, F, h, w): the context frames moved by the plan, or the last
     frame's latent held still."""
+    if context is not None and context.dim() == 5 and sampler.warp_start:
+        return context  # the moved context (``diffusion.moved_context``) is that start already
     moved = _moved(generator, last_pixels, sampler, ego_poses)
     if moved is None:
-        last = context if context is not None else generator.encode(last_pixels.flatten(0, 1))
+        still = context is not None and context.dim() == 4
+        last = context if still else generator.encode(last_pixels.flatten(0, 1))
         return last[:, :, None].expand_as(noise)
     # (B*V*F, c, h, w); clamped because bicubic overshoots
     latents = generator.encode(moved.flatten(0, 2).clamp(-1.0, 1.0))

@@ -10,7 +10,8 @@ AnimateDiff motion modules) predicts the noise of ``AutoencoderKL`` latents of `
 future frames of every view in one batched call: views are folded into the batch and each view
 gets its own cross-attention rows, ``encoder_hidden_states`` (B*V*F, S, dim) in order
 ``(b*V + v)*F + f``. With ``diffusion.concat_last_latent`` (not in the paper) the latent of each
-view's last context frame is concatenated to the UNet input channels of every frame. The
+view's last context frame is concatenated to the UNet input channels of every frame; with
+``diffusion.moved_context`` it is the context frame moved to each frame's ego pose instead. The
 denoising loop is :func:`lmgendrive.sampling.sample_frames`; the DDPM epsilon-prediction loss is
 :func:`lmgendrive.train.losses.diffusion_loss`.
 """
@@ -26,6 +27,7 @@ from torch import nn
 from transformers import CLIPVisionConfig, CLIPVisionModel
 
 from lmgendrive.config import ModelConfig
+from lmgendrive.ego_warp import warp_views
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -195,20 +197,33 @@ class WorldGenerator(nn.Module):
     def _unet_input(self, noisy: torch.Tensor, context: torch.Tensor | None) -> torch.Tensor:
         if context is None:
             return noisy
-        return torch.cat([noisy, context[:, :, None].expand(-1, -1, noisy.shape[2], -1, -1)], dim=1)
+        if context.dim() == 4:  # one still latent for every frame
+            context = context[:, :, None].expand(-1, -1, noisy.shape[2], -1, -1)
+        return torch.cat([noisy, context], dim=1)
 
-    def context_latents(self, last_pixels: torch.Tensor) -> torch.Tensor | None:
-        """The latents (B*V, c, h, w) of the context frames ``last_pixels`` (B, V, 3, H, W) the UNet
-        is conditioned on with ``diffusion.concat_last_latent``, else None."""
+    def context_latents(
+        self, last_pixels: torch.Tensor, ego_poses: torch.Tensor | None = None
+    ) -> torch.Tensor | None:
+        """The latents the UNet is conditioned on with ``diffusion.concat_last_latent`` (else None):
+        of the context frames ``last_pixels`` (B, V, 3, H, W), (B*V, c, h, w); with
+        ``diffusion.moved_context`` and the ego poses (B, F, 3) of the frames to generate
+        (:func:`lmgendrive.ego_warp.poses_from_waypoints`), of those frames moved to each pose,
+        (B*V, c, F, h, w)."""
         if not self.config.diffusion.concat_last_latent:
             return None
-        return self.encode(last_pixels.flatten(0, 1))
+        if not self.config.diffusion.moved_context or ego_poses is None:
+            return self.encode(last_pixels.flatten(0, 1))
+        moved = warp_views(last_pixels, ego_poses, self.config.views)  # (B, V, F, 3, H, W)
+        latents = self.encode(moved.flatten(0, 2).clamp(-1.0, 1.0))  # bicubic overshoots
+        return latents.unflatten(0, (moved.shape[0] * moved.shape[1], moved.shape[2])).transpose(
+            1, 2
+        )
 
     def noised_context(
         self, context: torch.Tensor, level: torch.Tensor, noise: torch.Tensor
     ) -> torch.Tensor:
-        """``context`` latents (N, c, h, w) noised by the training schedule to ``level`` (N,), a
-        share of the schedule in [0, 1), with ``noise`` (N, c, h, w)."""
+        """``context`` latents (N, c, ...) noised by the training schedule to ``level`` (N,), a
+        share of the schedule in [0, 1), with ``noise`` shaped as ``context``."""
         t = (level * (self.train_scheduler.config.num_train_timesteps - 1)).round().long()
         return self.train_scheduler.add_noise(
             context, noise.to(context.dtype), t.to(context.device)

@@ -9,6 +9,7 @@ import torch
 from PIL import Image
 
 from lmgendrive.checkpoint import build_untrained, load_checkpoint
+from lmgendrive.config import ModelConfig, preset_config
 from lmgendrive.train import tokens as tokens_module
 from lmgendrive.train.config import StageConfig, parse_config
 from lmgendrive.train.curves import plot_log
@@ -53,12 +54,19 @@ def _dataset(scene: ProceduralScene, stage: int, model) -> torch.utils.data.Data
     return DriveDataset([scene], model.config, context=2, steps=1 if stage == 2 else 2)
 
 
+def _moved_context_model():
+    """The tiny model with ``diffusion.moved_context``."""
+    data = preset_config("tiny").model_dump(mode="json")
+    data["diffusion"]["moved_context"] = True
+    return build_untrained(ModelConfig.from_dict(data))
+
+
 def _trainer(
-    scene, stage, tmp_path, iterations=8, lr=2e-3, dataset=None, planner=False, **kw
+    scene, stage, tmp_path, iterations=8, lr=2e-3, dataset=None, planner=False, moved=False, **kw
 ) -> StageTrainer:
     """``planner``: False, True (planner batches of pixels) or "tokens"
-    (of cached vision tokens)."""
-    model = build_untrained("tiny")
+    (of cached vision tokens); ``moved``: the model conditions on the moved context."""
+    model = _moved_context_model() if moved else build_untrained("tiny")
     config = StageConfig(
         iterations=iterations,
         batch_size=2,
@@ -88,23 +96,34 @@ def _trainer(
     return StageTrainer(model, stage, config, dataset, tmp_path, seed=0, planner=plans)
 
 
-@pytest.mark.parametrize("stage", [0, 1, 2, 3, 4])
-def test_each_stage_loss_decreases_through_the_loop(stage, small_scene, tmp_path):
+@pytest.mark.parametrize(
+    ("stage", "moved"),
+    [(0, False), (1, False), (2, False), (3, False), (4, False), (2, True), (4, True)],
+)
+def test_each_stage_loss_decreases_through_the_loop(stage, moved, small_scene, tmp_path):
     torch.manual_seed(0)
     model = build_untrained("tiny")
     fixed = OneWindow(_dataset(small_scene, stage, model), 5)
     noise = {"context_noise": 0.3} if stage == 4 else {}
-    trainer = _trainer(small_scene, stage, tmp_path, dataset=fixed, **noise)
+    trainer = _trainer(small_scene, stage, tmp_path, dataset=fixed, moved=moved, **noise)
     losses = trainer.run()
     assert len(losses) == 8 and (tmp_path / "log.jsonl").is_file() and (tmp_path / "state").is_dir()
     assert min(losses[-2:]) < 0.9 * losses[0], losses
 
 
 @pytest.mark.parametrize(
-    ("stage", "planner"), [(1, False), (3, False), (2, True), (3, "tokens"), (4, False)]
+    ("stage", "planner", "moved"),
+    [
+        (1, False, False),
+        (3, False, False),
+        (2, True, False),
+        (3, "tokens", False),
+        (4, False, False),
+        (2, False, True),
+    ],
 )
-def test_resume_gives_identical_losses(stage, planner, small_scene, tmp_path):
-    kw = {"planner": planner, "iterations": 4}
+def test_resume_gives_identical_losses(stage, planner, moved, small_scene, tmp_path):
+    kw = {"planner": planner, "iterations": 4, "moved": moved}
     if stage == 4:
         kw["context_noise"] = 0.3
     torch.manual_seed(0)

@@ -92,6 +92,7 @@ def diffusion_loss(
     last_pixels: torch.Tensor,
     null_cond: torch.Tensor,
     context_noise: float = 0.0,
+    ego_poses: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """DDPM epsilon MSE on the future frames ``target`` (B, V, F, 3, H, W) in [-1, 1].
 
@@ -101,6 +102,8 @@ def diffusion_loss(
     augmentation) each sample's context latent is noised to a level drawn uniformly from
     ``[0, context_noise]`` of the schedule, so the generator learns to read through a degraded
     context instead of copying it (``sampler.context_noise`` sets the level at inference).
+    ``ego_poses`` (B, F, 3): the ego pose of each target frame, which ``diffusion.moved_context``
+    moves the context to (the expert's path: the target frames follow it).
     """
     b, v, f = target.shape[:3]
     with torch.no_grad():
@@ -115,7 +118,7 @@ def diffusion_loss(
     if generator.training and dropout > 0:
         drop = torch.rand(b, device=cond.device) < dropout
         cond = torch.where(drop[:, None, None, None], null_cond.to(cond.dtype), cond)
-    context = generator.context_latents(last_pixels)
+    context = generator.context_latents(last_pixels, ego_poses)
     if context is not None and context_noise > 0:
         level = (torch.rand(b, device=context.device) * context_noise).repeat_interleave(v)
         context = generator.noised_context(context, level, torch.randn_like(context))
@@ -137,7 +140,13 @@ def _step_loss(
     done = F.binary_cross_entropy_with_logits(out.completion_logit, batch.completed[:, k].float())
     cond = model.conditioner(context, out.world)
     diff = diffusion_loss(
-        model.generator, future, cond, context, model.conditioner.null_cond, context_noise
+        model.generator,
+        future,
+        cond,
+        context,
+        model.conditioner.null_cond,
+        context_noise,
+        model.planned_poses(batch.waypoints[:, k].float()),
     )
     total = wp + COMPLETION_WEIGHT * done + diff
     return total, {"waypoints": wp, "completion": done, "diffusion": diff}
@@ -278,12 +287,15 @@ def rollout_loss(
         with torch.no_grad():
             world = model.llm(embeds, mask, history, speed, action).world
         cond = model.conditioner(context, world)
+        expert = batch.waypoints[:, k].float()
+        poses = model.planned_poses(expert)
         losses.append(
-            diffusion_loss(model.generator, future[:, k], cond, context, null_cond, context_noise)
+            diffusion_loss(
+                model.generator, future[:, k], cond, context, null_cond, context_noise, poses
+            )
         )
         if k + 1 == future.shape[1]:
             break
-        expert = batch.waypoints[:, k].float()
         generators = [
             torch.Generator().manual_seed(int(torch.randint(2**62, ()))) for _ in batch.instructions
         ]
@@ -295,7 +307,7 @@ def rollout_loss(
                 context,
                 generators,
                 sampler,
-                ego_poses=model.planned_poses(expert),
+                ego_poses=poses,
             )
             history = torch.cat([history, model.encode_history(video.transpose(1, 2))], dim=1)
         history = history[:, -model.config.llm.history_frames :]
