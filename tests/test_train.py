@@ -4,19 +4,22 @@ recipes are validated."""
 
 from __future__ import annotations
 
+import logging
+
 import pytest
 import torch
 from PIL import Image
 
-from lmgendrive.checkpoint import build_untrained, load_checkpoint
+from lmgendrive.checkpoint import build_untrained, load_checkpoint, save_checkpoint
 from lmgendrive.config import ModelConfig, preset_config
 from lmgendrive.train import tokens as tokens_module
+from lmgendrive.train.backend import LocalBackend
 from lmgendrive.train.config import StageConfig, parse_config
 from lmgendrive.train.curves import plot_log
 from lmgendrive.train.data import DriveDataset, FrameDataset, PlannerData
 from lmgendrive.train.loop import StageTrainer
 from lmgendrive.train.losses import planner_loss
-from lmgendrive.train.runner import TOKEN_CACHE_FILE, run
+from lmgendrive.train.runner import TOKEN_CACHE_FILE, final_dir, run, starting_model
 from lmgendrive.train.stages import (
     drive_batch,
     drop_ego_status,
@@ -357,6 +360,27 @@ def test_all_stages_write_a_loadable_checkpoint_and_curves(tmp_path):
     assert (
         len(list((tmp_path / "scenes").glob("town0003_route000[01]_*"))) == 2
     )  # the planner's second route
+
+
+def test_a_stage_starts_from_the_checkpoint_at_the_previous_stages_final_else_warns(
+    tmp_path, caplog
+):
+    iters = {"iterations": 2, "batch_size": 1, "lr": 1e-4, "sequence_steps": [2]}
+    recipe = {"preset": "tiny", "workdir": str(tmp_path), "output": str(tmp_path / "model")}
+    trained = build_untrained("tiny", seed=7)
+    save_checkpoint(trained, final_dir(parse_config({**recipe, "stages": {"3": iters}}), 3))
+    backend = LocalBackend()
+    with caplog.at_level(logging.WARNING, logger="lmgendrive.train.runner"):
+        after = starting_model(
+            parse_config({**recipe, "stages": {"3": iters, "4": iters}}), 4, backend
+        )
+        assert not caplog.records
+        alone = starting_model(parse_config({**recipe, "stages": {"4": iters}}), 4, backend)
+    weight = "generator.unet.conv_in.weight"
+    assert torch.equal(after.state_dict()[weight], trained.state_dict()[weight])
+    assert not torch.equal(alone.state_dict()[weight], trained.state_dict()[weight])
+    assert "stage 4 is this recipe's first configured stage" in caplog.text
+    assert str(tmp_path / "stage3" / "final") in caplog.text
 
 
 def test_loss_curve_png(tmp_path):

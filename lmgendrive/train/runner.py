@@ -82,6 +82,14 @@ def starting_model(config: TrainConfig, stage: int, backend: LocalBackend) -> LM
     on the host: the trainer puts on the device what the stage uses, in its precision)."""
     earlier = [s for s in config.stage_numbers() if s < stage]
     if not earlier:
+        if stage >= 2:
+            log.warning(
+                "stage %d is this recipe's first configured stage, so it starts from an untrained "
+                "model; to start from a trained one, configure the earlier stages and put their "
+                "final checkpoint at %s",
+                stage,
+                final_dir(config, stage - 1),
+            )
         model_config = config.network_config()
         model = build_model(model_config, seed=config.init_seed)
         record_sources(config, model_config)
