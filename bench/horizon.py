@@ -14,7 +14,9 @@ interval over the windows (paired, bias-corrected: :func:`qa.uncertainty.bootstr
 * ``vae_reconstruction``: the recorded frames themselves through the model's VAE (encode, decode):
   the best any frame the diffusion draws can score. ``sampler.context_detail`` adds back the detail
   the VAE lost from the context frame, which lets short horizons score below it; new content
-  cannot.
+  cannot. ``--ceiling`` measures only this row and repeat-last (no rollouts, minutes): where the
+  VAE's own reconstructions lose to repeating the last frame, no generator in its latent space
+  can win without carrying real detail forward.
 
 Turns, on the video: at junction entries of held-out towns every feasible maneuver is asked for
 in turn (``bench/quality.py``'s cases) and rolled out ``--turn-horizon`` (32) frames. The heading
@@ -171,6 +173,50 @@ def fd_with_ci(
     value = frechet_distance(FeatureStats.of(real.reshape(-1, real.shape[-1])), _all(fake))
     lo, hi = bootstrap_ci(r, g, value, replicates, rng)
     return {"fd": round(value, 3), "ci95": [round(lo, 3), round(hi, 3)]}
+
+
+def horizon_fd(
+    extract,
+    model: LMGenDrive,
+    real: np.ndarray,
+    videos: dict[str, np.ndarray],
+    windows: list[tuple[int, int]],
+    rng: np.random.Generator,
+    replicates: int,
+) -> dict:
+    """{method: {"first-last": FD-drive with its interval}} of every video against ``real``, plus
+    ``vae_reconstruction``: the recorded frames themselves through the model's VAE."""
+    fd: dict = {m: {} for m in [*videos, "vae_reconstruction"]}
+    for first, last in windows:
+        r = window_features(extract, real, first, last)
+        for method, video in videos.items():
+            fd[method][f"{first}-{last}"] = fd_with_ci(
+                r, window_features(extract, video, first, last), rng, replicates
+            )
+        decoded = vae_reconstruction(model, real[:, :, first - 1 : last])
+        fd["vae_reconstruction"][f"{first}-{last}"] = fd_with_ci(
+            r, window_features(extract, decoded, 1, last - first + 1), rng, replicates
+        )
+    return fd
+
+
+def ceiling_result(args, extract, model, real, repeat, windows, rng, started: float) -> dict:
+    """``--ceiling``: no rollouts, only the two figures that bound any generator of this latent
+    space against doing nothing. ``vae_reconstruction_over_repeat_last`` above 1 at a horizon
+    means that no frame drawn in the latent space (new content, not detail carried from the
+    context) can beat repeating the last frame there, however good the UNet."""
+    fd = horizon_fd(extract, model, real, {"repeat_last": repeat}, windows, rng, args.bootstrap)
+    return {
+        "checkpoint": str(args.checkpoint),
+        "windows": len(real),
+        "horizon": args.horizon,
+        "fd_drive": fd,
+        "vae_reconstruction_over_repeat_last": {
+            k: round(fd["vae_reconstruction"][k]["fd"] / fd["repeat_last"][k]["fd"], 4)
+            for k in fd["repeat_last"]
+        },
+        "seconds": round(time.perf_counter() - started, 1),
+    }
 
 
 def _all(x: np.ndarray) -> FeatureStats:
@@ -339,6 +385,11 @@ def main() -> None:
         "--sampler", type=json.loads, default={}, help="JSON override of the sampler"
     )
     parser.add_argument("--no-untrained", action="store_true", help="skip the untrained baseline")
+    parser.add_argument(
+        "--ceiling",
+        action="store_true",
+        help="no rollouts: repeat-last and the VAE's reconstructions only (the latent bound)",
+    )
     parser.add_argument("--figure", type=Path, default=Path("docs/horizon.png"))
     parser.add_argument("--sheet", type=Path, default=Path("docs/horizon_sheet.png"))
     args = parser.parse_args()
@@ -365,6 +416,10 @@ def main() -> None:
     ]
     real = np.stack([frames_of(s.scene, s.t + 1, s.t + horizon) for s in starts])
     repeat = np.repeat(np.stack([frames_of(s.scene, s.t, s.t) for s in starts]), horizon, axis=2)
+    extract = load_drive(args.evaluator, device)
+    if args.ceiling:
+        print(json.dumps(ceiling_result(args, extract, model, real, repeat, windows, rng, started)))
+        return
     print(f"{len(starts)} long windows: model rollouts", file=sys.stderr)
     ours = rollouts(model, starts, horizon, sampler, args.batch)
     videos = {
@@ -378,18 +433,7 @@ def main() -> None:
         videos["untrained"] = rollouts(untrained, starts, horizon, sampler, args.batch).frames
         del untrained
 
-    extract = load_drive(args.evaluator, device)
-    fd: dict = {m: {} for m in [*videos, "vae_reconstruction"]}
-    for first, last in windows:
-        r = window_features(extract, real, first, last)
-        for method, video in videos.items():
-            fd[method][f"{first}-{last}"] = fd_with_ci(
-                r, window_features(extract, video, first, last), rng, args.bootstrap
-            )
-        decoded = vae_reconstruction(model, real[:, :, first - 1 : last])
-        fd["vae_reconstruction"][f"{first}-{last}"] = fd_with_ci(
-            r, window_features(extract, decoded, 1, last - first + 1), rng, args.bootstrap
-        )
+    fd = horizon_fd(extract, model, real, videos, windows, rng, args.bootstrap)
     keys = [f"{a}-{b}" for a, b in windows]
 
     def ratio(other: str) -> dict:
