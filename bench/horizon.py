@@ -14,9 +14,9 @@ interval over the windows (paired, bias-corrected: :func:`qa.uncertainty.bootstr
 * ``vae_reconstruction``: the recorded frames themselves through the model's VAE (encode, decode):
   the best any frame the diffusion draws can score. ``sampler.context_detail`` adds back the detail
   the VAE lost from the context frame, which lets short horizons score below it; new content
-  cannot. ``--ceiling`` measures only this row and repeat-last (no rollouts, minutes): where the
-  VAE's own reconstructions lose to repeating the last frame, no generator in its latent space
-  can win without carrying real detail forward.
+  cannot. ``--ceiling`` measures only this row and repeat-last (no rollouts; the bootstraps
+  dominate its time): where the VAE's own reconstructions lose to repeating the last frame, no
+  generator in its latent space can win without carrying real detail forward.
 
 Turns, on the video: at junction entries of held-out towns every feasible maneuver is asked for
 in turn (``bench/quality.py``'s cases) and rolled out ``--turn-horizon`` (32) frames. The heading
