@@ -54,11 +54,13 @@ def main() -> None:
     blind = [a for a in AGENTS if a in ("expert", "lane_keeping")]
     rows = run_drives(routes, blind, args.seeds, args.checkpoint, out, size, args.workers)
     model_routes = [s for t in TRACKS for s in per_track[t][:seeing]]
-    model_agents = [a for a in AGENTS if a not in blind]
+    # the model as the paper drives it, and told random instructions; not model_light_rule (an
+    # opt-in controller, see driving/light_rule.py)
+    model_agents = ["model", "random_instruction"]
     rows += run_drives(
         model_routes, model_agents, args.seeds, args.checkpoint, out, size, args.workers
     )
-    results = write_report(rows, routes, AGENTS, args.checkpoint, out, size)
+    results = write_report(rows, routes, blind + model_agents, args.checkpoint, out, size)
     summary = results["summary"]
     figure = {
         m: {a: {t: round(e[m]["mean"], 3) for t, e in tr.items()} for a, tr in summary.items()}

@@ -10,7 +10,9 @@ and signal) and planning at 20 Hz; it is the ceiling the benchmark is checked ag
   traffic, pedestrians and lights (it knows the route, so it needs no instructions).
 * :class:`ModelAgent`: our model, from the three camera views, the speedometer, odometry and the
   route's instructions; ``random_instructions`` swaps each instruction for a random one (how much
-  of the score comes from following language).
+  of the score comes from following language); ``light_rule`` drives it with InterFuser's
+  red-light rule on its own light head (:mod:`driving.light_rule`), the ``model_light_rule`` row:
+  not the paper's agent, which has the waypoints and LMDrive's PID controllers alone.
 """
 
 from __future__ import annotations
@@ -28,8 +30,9 @@ from scenes.procedural.world import World
 from schemas.scene import Instruction
 
 LANE_KEEPING_SPEED = 5.0  # m/s, about the expert's mean speed on the benchmark's routes
-AGENTS = ("expert", "lane_keeping", "model", "random_instruction")
-MODEL_AGENTS = ("model", "random_instruction")  # the agents that drive with a checkpoint
+AGENTS = ("expert", "lane_keeping", "model", "random_instruction", "model_light_rule")
+# the agents that drive with a checkpoint
+MODEL_AGENTS = ("model", "random_instruction", "model_light_rule")
 
 
 @dataclass
@@ -75,11 +78,21 @@ class ModelAgent:
 
     needs_images, privileged = True, False
 
-    def __init__(self, model: LMGenDrive, random_instructions: bool = False):
+    def __init__(
+        self, model: LMGenDrive, random_instructions: bool = False, light_rule: bool = False
+    ):
+        if random_instructions and light_rule:
+            raise ValueError("the light rule is measured with the route's instructions only")
         # never asked past the training drives' fastest: their expert cruises at CRUISE_SPEED
-        self.driver = ModelDriver(model, max_speed=CRUISE_SPEED)
+        self.driver = ModelDriver(model, max_speed=CRUISE_SPEED, light_rule=light_rule)
         self.random_instructions = random_instructions
-        self.name = "random_instruction" if random_instructions else "model"
+        self.name = (
+            "random_instruction"
+            if random_instructions
+            else "model_light_rule"
+            if light_rule
+            else "model"
+        )
 
     def reset(self, world: World, seed: int) -> None:
         self.driver.reset()

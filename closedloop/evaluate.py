@@ -69,7 +69,11 @@ def make_agent(name: str, checkpoint: str):
 
         torch.set_num_threads(1)
         _MODEL[checkpoint] = load_checkpoint(checkpoint)[0]
-    return ModelAgent(_MODEL[checkpoint], random_instructions=name == "random_instruction")
+    return ModelAgent(
+        _MODEL[checkpoint],
+        random_instructions=name == "random_instruction",
+        light_rule=name == "model_light_rule",
+    )
 
 
 def _drive(job: tuple[Drive, str, str | None, tuple[int, int]]) -> dict:

@@ -16,8 +16,10 @@ from collections.abc import Mapping
 import numpy as np
 
 from driving.control import Control, WaypointController
+from driving.light_rule import LightRuleController
 from lmgendrive.model import LMGenDrive
 from lmgendrive.rollout import PlanResult, RolloutState
+from lmgendrive.vision import LIGHT_CLASSES
 from schemas.errors import BadInputError
 
 
@@ -41,10 +43,18 @@ def driven_path(poses: deque | list, frames_per_step: int, num_waypoints: int) -
 class ModelDriver:
     """One car driven by ``model`` (batch of one), frame by frame at the model's frame rate;
     ``max_speed`` (m/s) caps the speed the controller asks for (see
-    :class:`~driving.control.WaypointController`; None: LMDrive's controller, uncapped)."""
+    :class:`~driving.control.WaypointController`; None: LMDrive's controller, uncapped);
+    ``light_rule`` adds InterFuser's red-light rule on the model's own light head
+    (:mod:`driving.light_rule`; off: LMDrive's agent, the waypoints alone)."""
 
-    def __init__(self, model: LMGenDrive, seed: int = 0, max_speed: float | None = None):
-        self.model, self.seed = model, seed
+    def __init__(
+        self,
+        model: LMGenDrive,
+        seed: int = 0,
+        max_speed: float | None = None,
+        light_rule: bool = False,
+    ):
+        self.model, self.seed, self.light_rule = model, seed, light_rule
         self.max_speed = np.inf if max_speed is None else float(max_speed)
         self.state: RolloutState | None = None
         self.instruction: str | None = None
@@ -65,6 +75,12 @@ class ModelDriver:
                 f"missing view(s) {missing}; the model needs {list(self.model.config.views)}"
             )
         return np.stack([np.asarray(images[v]) for v in self.model.config.views])[None]
+
+    def controller(self) -> WaypointController:
+        """A fresh controller for a new drive."""
+        if self.light_rule:
+            return LightRuleController(self.model.config.fps, self.max_speed)
+        return WaypointController(self.max_speed)
 
     def step(
         self,
@@ -87,15 +103,23 @@ class ModelDriver:
             # nothing else (the planner was trained on full histories)
             history = self.state.history
             self.state.history = history.expand(-1, config.llm.history_frames, -1, -1).clone()
-            self.state.controllers = [WaypointController(self.max_speed)]
+            self.state.controllers = [self.controller()]
             self.instruction = instruction
-            self.frames_encoded += 1
-            result = self.model.plan(self.state)
         else:
             if instruction != self.instruction:
                 self.model.instruct(self.state, [instruction])
                 self.instruction = instruction
-            result = self.model.plan(self.state, frames, [speed], driven[None])
-            self.frames_encoded += 1
+            self.model.observe(self.state, frames, [speed], driven[None])
+        self.frames_encoded += 1
+        controller = self.state.controllers[0]
+        if isinstance(controller, LightRuleController):
+            controller.stop_prob = stop_probability(self.state.light[0].cpu().numpy())
+        result = self.model.plan(self.state)
         throttle, brake, steer = (float(v) for v in result.controls[0])
         return result, Control(throttle=throttle, brake=brake, steer=steer)
+
+
+def stop_probability(light: np.ndarray) -> float:
+    """The probability that the light says stop (red or yellow) from class probabilities in
+    :data:`~lmgendrive.vision.LIGHT_CLASSES` order."""
+    return float(sum(light[LIGHT_CLASSES.index(c)] for c in ("red", "yellow")))

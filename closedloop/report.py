@@ -17,7 +17,7 @@ from storage.atomic import atomic_path, write_bytes
 from storage.media import encode_mp4
 
 METRICS = ("ds", "rc", "is")
-AGENT_ORDER = ("expert", "model", "random_instruction", "lane_keeping")
+AGENT_ORDER = ("expert", "model", "model_light_rule", "random_instruction", "lane_keeping")
 
 
 def _interval(values: np.ndarray) -> list[float]:
@@ -139,7 +139,12 @@ def draw_map(built: BuiltRoute, rows: list[dict], path: Path) -> None:
     ax.plot(planned[:, 0], planned[:, 1], "k--", lw=1.5, label="planned route")
     ax.plot(*planned[0], "ko", ms=6)
     ax.plot(*planned[-1], "k*", ms=12, label="goal")
-    colors = {"expert": "tab:green", "model": "tab:blue", "random_instruction": "tab:purple"}
+    colors = {
+        "expert": "tab:green",
+        "model": "tab:blue",
+        "model_light_rule": "tab:cyan",
+        "random_instruction": "tab:purple",
+    }
     kinds: set[str] = set()
     for r in rows:
         xy = np.array(r["path"])

@@ -59,8 +59,13 @@ class WaypointController:
         self.speed = PIDController(5.0, 0.5, 1.0, 40)
 
     def step(self, waypoints: np.ndarray, speed: float) -> Control:
+        """The control for ``waypoints`` (K, 2) at ``speed`` m/s."""
+        return self.control(waypoints, speed, self.max_speed)
+
+    def control(self, waypoints: np.ndarray, speed: float, max_speed: float) -> Control:
+        """:meth:`step` with the desired speed capped at ``max_speed`` for this step."""
         wp = np.asarray(waypoints, dtype=np.float64)
-        desired_speed = min(float(np.linalg.norm(wp[1] - wp[0])) / WAYPOINT_DT, self.max_speed)
+        desired_speed = min(float(np.linalg.norm(wp[1] - wp[0])) / WAYPOINT_DT, max_speed)
         brake = (
             desired_speed < self.brake_speed
             or (speed / max(desired_speed, 1e-6)) > self.brake_ratio

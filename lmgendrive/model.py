@@ -101,6 +101,14 @@ class LMGenDrive(nn.Module):
         """Per-frame LLM tokens (B, T, Q, llm_hidden) of ``pixels`` (B, T, V, 3, H, W)."""
         return self.compress_history(self.vision_tokens(pixels))
 
+    def encode_observed(self, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """:meth:`encode_history` of ``pixels`` and the vision encoder's traffic-light class
+        probabilities (B, len(LIGHT_CLASSES)) at the last frame, read from the same encoding (the
+        light query's output is the Q-Former input's last token)."""
+        tokens = self.vision_tokens(pixels)
+        light = self.vision.light_head(tokens[:, -1, -1]).float().softmax(-1)
+        return self.compress_history(tokens), light
+
     def vision_tokens(self, pixels: torch.Tensor) -> torch.Tensor:
         """The vision encoder's per-frame Q-Former input (B, T, N, D) of ``pixels``
         (B, T, V, 3, H, W)."""
@@ -175,7 +183,7 @@ class LMGenDrive(nn.Module):
             raise BadInputError(f"{len(seeds)} seeds for {b} samples")
         ids, mask = self.tokenize(instructions)
         with self._inference():
-            history = self.encode_history(
+            history, light = self.encode_observed(
                 pixels[:, :, -self.config.llm.history_frames :].transpose(1, 2)
             )
         return RolloutState(
@@ -189,6 +197,7 @@ class LMGenDrive(nn.Module):
             else torch.zeros(b, self.config.vision.num_waypoints, 2, device=self.device),
             controllers=[WaypointController() for _ in range(b)],
             generators=[torch.Generator().manual_seed(int(s)) for s in seeds],
+            light=light,
         )
 
     def _speed(
@@ -216,7 +225,7 @@ class LMGenDrive(nn.Module):
     def _observe(self, state: RolloutState, pixels: torch.Tensor) -> None:
         """Append ``pixels`` (B, V, T, 3, H, W) to the history and make the last frame the
         context."""
-        tokens = self.encode_history(pixels.transpose(1, 2))
+        tokens, state.light = self.encode_observed(pixels.transpose(1, 2))
         state.history = torch.cat([state.history, tokens], dim=1)[
             :, -self.config.llm.history_frames :
         ]
@@ -235,6 +244,7 @@ class LMGenDrive(nn.Module):
             waypoints=waypoints,
             completion=torch.sigmoid(out.completion_logit).cpu().numpy(),
             controls=controls,
+            light=state.light.cpu().numpy(),
         )
 
     def observe(

@@ -18,6 +18,8 @@ class RolloutState:
     history: (B, T, Q, llm_hidden) cached per-frame Q-Former/adapter outputs, oldest first,
     T <= llm.history_frames. last_pixels: (B, V, 3, H, W) in [-1, 1], the generator's context.
     speed: (B,) m/s. waypoints: (B, K, 2) the current action (last predicted waypoints, ego frame).
+    light: (B, len(LIGHT_CLASSES)) the vision encoder's traffic-light class probabilities at the
+    newest frame seen.
     """
 
     instruction_ids: torch.Tensor
@@ -28,6 +30,7 @@ class RolloutState:
     waypoints: torch.Tensor
     controllers: list[WaypointController]
     generators: list[torch.Generator]
+    light: torch.Tensor
     steps: int = 0
 
     @property
@@ -38,11 +41,13 @@ class RolloutState:
 @dataclass
 class PlanResult:
     """waypoints (B, K, 2) ego frame; completion (B,) probability; controls (B, 3)
-    throttle/brake/steer."""
+    throttle/brake/steer; light (B, len(LIGHT_CLASSES)) the traffic-light class probabilities at
+    the newest frame (the vision encoder's stage-1 head)."""
 
     waypoints: np.ndarray
     completion: np.ndarray
     controls: np.ndarray
+    light: np.ndarray
 
 
 @dataclass

@@ -338,3 +338,30 @@ def test_map_draws_the_route_and_the_drives(tmp_path):
 def test_the_example_route_file_is_drivable():
     specs = read_routes("jobs/routes/drive_routes.yaml")
     assert [s.route_id for s in specs] == ["corner-left", "two-junctions", "night-loop"]
+
+
+def test_plan_reports_the_light_heads_reading_of_the_newest_frame():
+    """PlanResult.light is the stage-1 light head on the frame just observed (no second
+    encoding), and the light-rule driver stops while it reads red or yellow above 0.3."""
+    import torch
+
+    from lmgendrive.checkpoint import load_checkpoint
+    from scenes.procedural.drive import DriveSpec, ProceduralScene
+
+    model, _ = load_checkpoint("demo", "cpu")
+    scene = ProceduralScene(DriveSpec(971, 2, frames=6, size=(64, 64)))
+    driver = ModelDriver(model, light_rule=True)
+    for i in range(6):
+        m = scene.measurements(i)
+        plan, control = driver.step(scene.images(i), m.speed, (m.x, m.y, m.theta), "Go.")
+        views = driver.views(scene.images(i))
+        with torch.no_grad():
+            pixels = model.pixels(views, "frames")
+            want = model.vision.perceive(model.vision(pixels)).light_logits.softmax(-1)
+        np.testing.assert_allclose(plan.light, want.numpy(), atol=1e-5)
+        assert plan.light.shape == (1, 4) and plan.light.sum() == pytest.approx(1.0, abs=1e-5)
+        stop = float(plan.light[0, 1] + plan.light[0, 2])
+        assert driver.state.controllers[0].stopping == (stop > 0.3)
+        if stop > 0.3:
+            assert control.brake == 1.0 and control.throttle == 0.0
+    assert ModelAgent(model, light_rule=True).name == "model_light_rule"

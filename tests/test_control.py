@@ -46,3 +46,42 @@ def test_max_speed_caps_the_desired_speed():
     assert WaypointController(max_speed=8.0).step(fast, speed=9.0).brake == 1.0
     slow = WaypointController(max_speed=8.0).step(_straight(6.0), speed=4.0)
     assert slow == WaypointController().step(_straight(6.0), speed=4.0)
+
+
+# --------------------------------------------------------------- InterFuser's red-light rule
+def test_light_rule_stops_above_interfusers_threshold_only():
+    from driving.light_rule import STOP_THRESHOLD, RedLightRule
+
+    rule = RedLightRule(fps=10)
+    assert rule.stop(STOP_THRESHOLD + 0.01) and not rule.stop(STOP_THRESHOLD)
+    assert not rule.stop(0.0) and rule.stop(1.0)
+
+
+def test_light_rule_lets_go_for_4_s_after_50_s_of_red_then_stops_again():
+    """A light read as red for good cannot strand the car: after 50 s above 0.7 the rule is
+    ignored for 4 s (InterFuser's 1000 and 80 ticks at 20 Hz), then holds again."""
+    from driving.light_rule import RedLightRule
+
+    rule = RedLightRule(fps=10)
+    said = [rule.stop(0.9) for _ in range(500 + 1 + 40 + 5)]
+    assert all(said[:500])  # 50 s of stopping
+    assert said[500:541] == [False] * 40 + [True]  # the 4 s release, then stopping again
+    assert all(said[541:])
+    rule = RedLightRule(fps=10)
+    said = [rule.stop(0.5) for _ in range(600)]  # above 0.3, never above 0.7: no release
+    assert all(said)
+
+
+def test_light_rule_controller_brakes_for_the_light_and_is_lmdrive_otherwise():
+    from driving.light_rule import LightRuleController
+
+    wp = _straight(6.0)
+    ruled, plain = LightRuleController(fps=10), WaypointController()
+    ruled.stop_prob = 0.0
+    for speed in (0.0, 2.0, 4.0):
+        assert ruled.step(wp, speed) == plain.step(wp, speed)
+        assert not ruled.stopping
+    ruled.stop_prob = 0.9
+    c = ruled.step(wp, 4.0)
+    assert ruled.stopping and c.brake == 1.0 and c.throttle == 0.0
+    assert c.steer == pytest.approx(plain.step(wp, 4.0).steer, abs=0.2)
