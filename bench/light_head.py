@@ -11,7 +11,12 @@ frames where the light is red or yellow that read "stop" (``stop_on_stop``) and 
 frames that read "stop" (``stop_on_green``), each with its N and Wilson 95 % interval;
 ``stop_on_none`` beyond 45 m or without a light.
 
+``--figure PATH`` draws, for the first red and the first green frame of each band, the model's
+front view beside the centre quarter of the same view rendered at four times the size: what a
+focus view (LMDrive's ``rgb_center``, the front camera's centre crop) would show the encoder.
+
     python bench/light_head.py [--checkpoint demo] [--train-towns 20] [--held-out-towns 8]
+        [--figure docs/light_focus.png]
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ import argparse
 import json
 import platform
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -30,20 +36,22 @@ from driving.light_rule import STOP_THRESHOLD
 from lmgendrive.checkpoint import load_checkpoint
 from lmgendrive.model import LMGenDrive
 from lmgendrive.vision import LIGHT_CLASSES
-from scenes.procedural.drive import DriveSpec, ProceduralScene
+from scenes.procedural.drive import DriveSpec, ProceduralScene, ground_of_town
+from scenes.procedural.render import Renderer
+from scenes.sheet import write_png
 from schemas.scene import WEATHERS
 
 BANDS = ((0.0, 10.0), (10.0, 25.0), (25.0, 45.0))
 FRAMES, EVERY = 400, 2
 
 
-def light_tokens(model: LMGenDrive, towns: range) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def light_tokens(
+    model: LMGenDrive, scenes: list[ProceduralScene]
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The frozen light token (N, D), the light class and the distance to the stop line of every
-    ``EVERY``-th frame of route 0 of ``towns``."""
+    ``EVERY``-th frame of ``scenes``."""
     tokens, classes, gaps = [], [], []
-    size = tuple(model.config.image_size)
-    for k, town in enumerate(towns):
-        scene = ProceduralScene(DriveSpec(town, 0, WEATHERS[k % len(WEATHERS)], FRAMES, size))
+    for scene in scenes:
         idx = range(0, FRAMES, EVERY)
         frames = np.stack([np.stack([scene.images(i)[v] for v in scene.views]) for i in idx])
         with torch.no_grad():
@@ -96,17 +104,66 @@ def _share(hits: np.ndarray) -> dict:
     return {"share": round(share, 3), "n": len(hits), "ci95": ci}
 
 
+def held_out(towns: int, size: tuple[int, int]) -> list[ProceduralScene]:
+    """Route 0 of the first ``towns`` held-out towns, weathers cycled."""
+    return [
+        ProceduralScene(DriveSpec(HELD_OUT_FIRST + k, 0, WEATHERS[k % len(WEATHERS)], FRAMES, size))
+        for k in range(towns)
+    ]
+
+
+def focus_figure(scenes: list[ProceduralScene], path: str, zoom: int = 4) -> None:
+    """Rows: the first red, then the first green frame of each band; left the front view as the
+    model sees it, right the centre 1/``zoom`` of that view rendered ``zoom`` times larger."""
+    found: dict[tuple[str, float], tuple[ProceduralScene, int]] = {}
+    for scene in scenes:
+        for i in range(0, FRAMES, EVERY):
+            m = scene.measurements(i)
+            for lo, hi in BANDS:
+                key = (m.light_state, lo)
+                if m.light_state in ("red", "green") and lo <= m.light_distance < hi:
+                    found.setdefault(key, (scene, i))
+    rows = []
+    for state in ("red", "green"):
+        for lo, _ in BANDS:
+            if (state, lo) not in found:
+                continue
+            scene, i = found[(state, lo)]
+            h, w = scene.spec.size
+            big = Renderer(
+                scene.town,
+                ground_of_town(scene.spec.town_seed),
+                scene.weather,
+                (h * zoom, w * zoom),
+                views=("front",),
+            ).render(scene.log.frames[i], scene.log.vehicle_colors, scene.log.pedestrian_colors, i)
+            top, left = (h * zoom - h) // 2, (w * zoom - w) // 2
+            crop = big["front"][top : top + h, left : left + w]
+            rows.append(np.concatenate([scene.images(i)["front"], crop], axis=1))
+    sheet = np.concatenate(rows, axis=0).repeat(2, axis=0).repeat(2, axis=1)
+    write_png(sheet, Path(path))
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--checkpoint", default="demo")
     p.add_argument("--train-towns", type=int, default=20, help="training towns 1.. for the probe")
     p.add_argument("--held-out-towns", type=int, default=8)
+    p.add_argument("--figure", help="write the focus-view figure here (PNG)")
     args = p.parse_args()
     start = time.time()
     torch.manual_seed(0)
     model = load_checkpoint(args.checkpoint)[0]
-    x_fit, y_fit, _ = light_tokens(model, range(1, 1 + args.train_towns))
-    x, y, gaps = light_tokens(model, range(HELD_OUT_FIRST, HELD_OUT_FIRST + args.held_out_towns))
+    size = tuple(model.config.image_size)
+    fit = [
+        ProceduralScene(DriveSpec(1 + k, 0, WEATHERS[k % len(WEATHERS)], FRAMES, size))
+        for k in range(args.train_towns)
+    ]
+    scenes = held_out(args.held_out_towns, size)
+    if args.figure:
+        focus_figure(scenes, args.figure)
+    x_fit, y_fit, _ = light_tokens(model, fit)
+    x, y, gaps = light_tokens(model, scenes)
     head = model.vision.light_head.float()
     probe = balanced_probe(head, x_fit, y_fit)
     result = {}
