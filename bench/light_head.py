@@ -11,9 +11,11 @@ frames where the light is red or yellow that read "stop" (``stop_on_stop``) and 
 frames that read "stop" (``stop_on_green``), each with its N and Wilson 95 % interval;
 ``stop_on_none`` beyond 45 m or without a light.
 
-``--figure PATH`` draws, for the first red and the first green frame of each band, the model's
-front view beside the centre quarter of the same view rendered at four times the size: what a
-focus view (LMDrive's ``rgb_center``, the front camera's centre crop) would show the encoder.
+A checkpoint whose encoder sees the centre view (``vision.center_view``) is fed it.
+
+``--figure PATH`` draws, for the first red and the first green frame of each band, the front view
+beside the centre view (the front camera's centre quarter at full size, LMDrive's
+``rgb_center``).
 
     python bench/light_head.py [--checkpoint demo] [--train-towns 20] [--held-out-towns 8]
         [--figure docs/light_focus.png]
@@ -36,10 +38,9 @@ from driving.light_rule import STOP_THRESHOLD
 from lmgendrive.checkpoint import load_checkpoint
 from lmgendrive.model import LMGenDrive
 from lmgendrive.vision import LIGHT_CLASSES
-from scenes.procedural.drive import DriveSpec, ProceduralScene, ground_of_town
-from scenes.procedural.render import Renderer
+from scenes.procedural.drive import DriveSpec, ProceduralScene
 from scenes.sheet import write_png
-from schemas.scene import WEATHERS
+from schemas.scene import CENTER_VIEW, WEATHERS
 
 BANDS = ((0.0, 10.0), (10.0, 25.0), (25.0, 45.0))
 FRAMES, EVERY = 400, 2
@@ -53,7 +54,8 @@ def light_tokens(
     tokens, classes, gaps = [], [], []
     for scene in scenes:
         idx = range(0, FRAMES, EVERY)
-        frames = np.stack([np.stack([scene.images(i)[v] for v in scene.views]) for i in idx])
+        views = model.config.vision_views
+        frames = np.stack([np.stack([scene.images(i)[v] for v in views]) for i in idx])
         with torch.no_grad():
             tok = model.vision_tokens(model.pixels(frames[:, None], "frames"))
         tokens.append(tok[:, 0, -1].float().numpy())  # the light query's output: the last token
@@ -104,17 +106,21 @@ def _share(hits: np.ndarray) -> dict:
     return {"share": round(share, 3), "n": len(hits), "ci95": ci}
 
 
-def held_out(towns: int, size: tuple[int, int]) -> list[ProceduralScene]:
-    """Route 0 of the first ``towns`` held-out towns, weathers cycled."""
+def drives(first: int, count: int, size: tuple[int, int], center: bool) -> list[ProceduralScene]:
+    """Route 0 of ``count`` towns from ``first``, weathers cycled (``center``: with the centre
+    view)."""
     return [
-        ProceduralScene(DriveSpec(HELD_OUT_FIRST + k, 0, WEATHERS[k % len(WEATHERS)], FRAMES, size))
-        for k in range(towns)
+        ProceduralScene(
+            DriveSpec(first + k, 0, WEATHERS[k % len(WEATHERS)], FRAMES, size, center_view=center)
+        )
+        for k in range(count)
     ]
 
 
-def focus_figure(scenes: list[ProceduralScene], path: str, zoom: int = 4) -> None:
-    """Rows: the first red, then the first green frame of each band; left the front view as the
-    model sees it, right the centre 1/``zoom`` of that view rendered ``zoom`` times larger."""
+def focus_figure(scenes: list[ProceduralScene], path: str) -> None:
+    """Rows: the first red, then the first green frame of each band of ``scenes`` (drawn with the
+    centre view); left the front view, right the centre view: the front camera's centre quarter
+    at full size."""
     found: dict[tuple[str, float], tuple[ProceduralScene, int]] = {}
     for scene in scenes:
         for i in range(0, FRAMES, EVERY):
@@ -128,18 +134,8 @@ def focus_figure(scenes: list[ProceduralScene], path: str, zoom: int = 4) -> Non
         for lo, _ in BANDS:
             if (state, lo) not in found:
                 continue
-            scene, i = found[(state, lo)]
-            h, w = scene.spec.size
-            big = Renderer(
-                scene.town,
-                ground_of_town(scene.spec.town_seed),
-                scene.weather,
-                (h * zoom, w * zoom),
-                views=("front",),
-            ).render(scene.log.frames[i], scene.log.vehicle_colors, scene.log.pedestrian_colors, i)
-            top, left = (h * zoom - h) // 2, (w * zoom - w) // 2
-            crop = big["front"][top : top + h, left : left + w]
-            rows.append(np.concatenate([scene.images(i)["front"], crop], axis=1))
+            images = found[(state, lo)][0].images(found[(state, lo)][1])
+            rows.append(np.concatenate([images["front"], images[CENTER_VIEW]], axis=1))
     sheet = np.concatenate(rows, axis=0).repeat(2, axis=0).repeat(2, axis=1)
     write_png(sheet, Path(path))
 
@@ -155,13 +151,11 @@ def main() -> None:
     torch.manual_seed(0)
     model = load_checkpoint(args.checkpoint)[0]
     size = tuple(model.config.image_size)
-    fit = [
-        ProceduralScene(DriveSpec(1 + k, 0, WEATHERS[k % len(WEATHERS)], FRAMES, size))
-        for k in range(args.train_towns)
-    ]
-    scenes = held_out(args.held_out_towns, size)
+    center = model.config.vision.center_view
+    fit = drives(1, args.train_towns, size, center)
+    scenes = drives(HELD_OUT_FIRST, args.held_out_towns, size, center)
     if args.figure:
-        focus_figure(scenes, args.figure)
+        focus_figure(drives(HELD_OUT_FIRST, args.held_out_towns, size, True), args.figure)
     x_fit, y_fit, _ = light_tokens(model, fit)
     x, y, gaps = light_tokens(model, scenes)
     head = model.vision.light_head.float()

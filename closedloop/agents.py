@@ -94,6 +94,11 @@ class ModelAgent:
             else "model"
         )
 
+    @property
+    def sees_center(self) -> bool:
+        """Whether the model's vision encoder sees the centre view (the renderer draws it)."""
+        return self.driver.model.config.vision.center_view
+
     def reset(self, world: World, seed: int) -> None:
         self.driver.reset()
         self.rng = np.random.default_rng([seed, 4409])

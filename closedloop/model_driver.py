@@ -68,13 +68,16 @@ class ModelDriver:
         self.frames_encoded = 0
 
     def views(self, images: Mapping[str, np.ndarray]) -> np.ndarray:
-        """The model's views (1, V, H, W, 3) from ``images`` (view name -> RGB uint8)."""
+        """The model's views (1, V, H, W, 3) from ``images`` (view name -> RGB uint8), and the
+        centre view after them where the model's encoder sees it and ``images`` has it (else the
+        encoder cuts it from the front view)."""
         missing = [v for v in self.model.config.views if v not in images]
         if missing:
             raise BadInputError(
                 f"missing view(s) {missing}; the model needs {list(self.model.config.views)}"
             )
-        return np.stack([np.asarray(images[v]) for v in self.model.config.views])[None]
+        seen = [v for v in self.model.config.vision_views if v in images]
+        return np.stack([np.asarray(images[v]) for v in seen])[None]
 
     def controller(self) -> WaypointController:
         """A fresh controller for a new drive."""

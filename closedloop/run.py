@@ -100,7 +100,13 @@ def drive_route(
     schedule = InstructionSchedule(built, np.random.default_rng([spec.seed, 1201]))
     monitor = RouteMonitor(built.route.path, built.time_allowed())
     renderer = (
-        Renderer(town, ground_of_town(spec.town), get_weather(spec.weather), image_size)
+        Renderer(
+            town,
+            ground_of_town(spec.town),
+            get_weather(spec.weather),
+            image_size,
+            center=getattr(agent, "sees_center", False),
+        )
         if agent.needs_images
         else None
     )

@@ -19,6 +19,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
 
 from schemas.errors import ConfigError
 from schemas.sampler import SamplerConfig
+from schemas.scene import CENTER_VIEW
 
 VIEWS = ("left", "front", "right")
 BACKBONES = {"resnet18": 512, "resnet34": 512, "resnet50": 2048}
@@ -54,6 +55,10 @@ class VisionConfig(_Frozen):
     )  # x_min x_max y_min y_max
     bev_pool: int = 10  # BEV tokens are pooled to bev_pool x bev_pool for the Q-Former
     num_waypoints: int = 4
+    # Also see the centre view (schemas.scene.CENTER_VIEW, LMDrive's rgb_center): the front
+    # camera's centre quarter at full size, where traffic lights are more than a pixel or two.
+    # Where a frame has no centre view (generated frames) it is cut from the front view.
+    center_view: bool = False
 
 
 class QFormerConfig(_Frozen):
@@ -218,6 +223,12 @@ class ModelConfig(_Frozen):
     pretrained: PretrainedPaths = PretrainedPaths()
 
     @property
+    def vision_views(self) -> tuple[str, ...]:
+        """The views the vision encoder sees: :attr:`views`, then the centre view if
+        ``vision.center_view``."""
+        return (*self.views, CENTER_VIEW) if self.vision.center_view else self.views
+
+    @property
     def latent_size(self) -> tuple[int, int]:
         down = 2 ** (len(self.vae.block_out_channels) - 1)
         return self.image_size[0] // down, self.image_size[1] // down
@@ -241,6 +252,12 @@ class ModelConfig(_Frozen):
             len(self.views) > 0 and len(set(self.views)) == len(self.views),
             "views",
             "must be non-empty and unique",
+        )
+        _check(
+            not self.vision.center_view
+            or ("front" in self.views and CENTER_VIEW not in self.views),
+            "vision.center_view",
+            f"needs a 'front' view to centre on, and {CENTER_VIEW!r} not among views",
         )
         _check(self.dtype in DTYPES, "dtype", f"must be one of {DTYPES}")
         _check(self.frames_per_step >= 1, "frames_per_step", "must be >= 1")

@@ -73,7 +73,11 @@ class LMGenDrive(nn.Module):
                 f"tokenizer has {len(tokenizer)} tokens but llm.vocab_size is "
                 f"{config.llm.vocab_size}"
             )
-        self.vision = VisionEncoder(config.vision, len(config.views))
+        self.vision = VisionEncoder(
+            config.vision,
+            len(config.views),
+            config.views.index("front") if config.vision.center_view else None,
+        )
         self.compressor = FrameCompressor(config.qformer, config.vision.dim, config.llm.hidden)
         self.llm = PlannerLLM(config.llm, config.vision.num_waypoints, backbone=parts.llm)
         self.conditioner = WorldConditioner(config, config.llm.hidden, clip=parts.clip)
@@ -132,12 +136,19 @@ class LMGenDrive(nn.Module):
         return to_pixels(frames, self.config.image_size, self.device, name)
 
     def check_views(self, pixels: torch.Tensor, name: str) -> None:
-        """Raise :class:`BadInputError` unless ``pixels`` (B, V, ...) has the model's V views."""
-        if pixels.shape[1] != len(self.config.views):
+        """Raise :class:`BadInputError` unless ``pixels`` (B, V, ...) has the model's V views, or
+        its vision encoder's views (the centre view after them, where the encoder has one)."""
+        views, seen = self.config.views, self.config.vision_views
+        if pixels.shape[1] not in (len(views), len(seen)):
+            also = f", or {len(seen)} ({', '.join(seen)})" if seen != views else ""
             raise BadInputError(
-                f"{name} has {pixels.shape[1]} views, the model expects {len(self.config.views)} "
-                f"({', '.join(self.config.views)})"
+                f"{name} has {pixels.shape[1]} views, the model expects {len(views)} "
+                f"({', '.join(views)}){also}"
             )
+
+    def camera_views(self, pixels: torch.Tensor) -> torch.Tensor:
+        """``pixels`` (B, V, ...) without the centre view, if given: what the generator sees."""
+        return pixels[:, : len(self.config.views)]
 
     def _think(self, state: RolloutState, with_world: bool) -> LLMOutput:
         embeds = self.llm.embed_instructions(state.instruction_ids)
@@ -190,7 +201,7 @@ class LMGenDrive(nn.Module):
             instruction_ids=ids,
             instruction_mask=mask,
             history=history,
-            last_pixels=pixels[:, :, -1],
+            last_pixels=self.camera_views(pixels)[:, :, -1],
             speed=self._speed(speed, b),
             waypoints=self._driven(driven, b)
             if driven is not None
@@ -229,7 +240,7 @@ class LMGenDrive(nn.Module):
         state.history = torch.cat([state.history, tokens], dim=1)[
             :, -self.config.llm.history_frames :
         ]
-        state.last_pixels = pixels[:, :, -1]
+        state.last_pixels = self.camera_views(pixels)[:, :, -1]
 
     def _act(self, state: RolloutState, out: LLMOutput) -> PlanResult:
         waypoints = out.waypoints.cpu().numpy().astype(np.float32)

@@ -101,16 +101,30 @@ def _resnet_trunk(name: str, stages: int) -> tuple[nn.Sequential, int]:
     return nn.Sequential(*layers[: 4 + stages]), BACKBONES[name] // 2 ** (4 - stages)
 
 
-class VisionEncoder(nn.Module):
-    """Multi-view frames -> :class:`VisualTokens`; stage-1 heads in :meth:`perceive`."""
+def center_from_front(front: torch.Tensor) -> torch.Tensor:
+    """The centre view cut from front views (N, 3, H, W): their centre quarter of the width and
+    height, resized to H x W (for frames that have no centre view drawn, as generated ones)."""
+    h, w = front.shape[-2:]
+    crop = front[..., 3 * h // 8 : h - 3 * h // 8, 3 * w // 8 : w - 3 * w // 8]
+    return F.interpolate(crop, size=(h, w), mode="bilinear", align_corners=False)
 
-    def __init__(self, config: VisionConfig, num_views: int):
+
+class VisionEncoder(nn.Module):
+    """Multi-view frames -> :class:`VisualTokens`; stage-1 heads in :meth:`perceive`.
+
+    ``num_views`` camera views; with ``config.center_view`` the centre view is one more, after
+    them, cut from view ``front_index`` where a frame lacks it (:func:`center_from_front`)."""
+
+    def __init__(self, config: VisionConfig, num_views: int, front_index: int | None = None):
         super().__init__()
+        if config.center_view and front_index is None:
+            raise ValueError("a vision encoder with the centre view needs the front view's index")
         self.config = config
+        self.num_views, self.front_index = num_views, front_index
         d = config.dim
         self.trunk, width = _resnet_trunk(config.backbone, config.backbone_stages)
         self.proj = nn.Conv2d(width, d, kernel_size=1)
-        self.view_embed = nn.Parameter(torch.randn(num_views, d) * 0.02)
+        self.view_embed = nn.Parameter(torch.randn(num_views + config.center_view, d) * 0.02)
         layer = dict(
             d_model=d,
             nhead=config.heads,
@@ -160,7 +174,12 @@ class VisionEncoder(nn.Module):
         return super().train(mode and not self.frozen)
 
     def forward(self, pixels: torch.Tensor) -> VisualTokens:
-        """``pixels`` float (N, V, 3, H, W) in [-1, 1] -> visual tokens of the N frames."""
+        """``pixels`` float (N, V, 3, H, W) in [-1, 1] -> visual tokens of the N frames (V: the
+        camera views, and the centre view if the encoder has one; cut from the front view when
+        left out)."""
+        if self.config.center_view and pixels.shape[1] == self.num_views:
+            center = center_from_front(pixels[:, self.front_index])
+            pixels = torch.cat([pixels, center[:, None]], dim=1)
         n, v = pixels.shape[:2]
         x = ((pixels.flatten(0, 1) + 1.0) / 2.0 - self.mean) / self.std
         feat = self.proj(self.trunk(x))  # (N*V, d, h, w)

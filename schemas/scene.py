@@ -27,6 +27,11 @@ VIEW_YAW_DEG: dict[str, float] = {
     "right": 60.0,
 }  # CARLA sign: + is right
 CAMERA_FOV_DEG = 100.0
+# The centre view: the front camera's centre quarter (width / 4) at full image size, as LMDrive's
+# ``rgb_center`` is a centre crop of the front camera: traffic lights are a pixel or two in the
+# 64-px front view, plain in this one. Seen by the vision encoder only, never generated.
+CENTER_VIEW = "center"
+CENTER_FOV_DEG = 2.0 * float(np.degrees(np.arctan(np.tan(np.radians(CAMERA_FOV_DEG / 2)) / 4)))
 CAMERA_POSITION = (1.3, 0.0, 2.3)  # x forward, y left, z up, metres from the ego origin
 FPS = 10.0
 WAYPOINT_TIMES: tuple[float, ...] = (0.2, 0.4, 0.6, 0.8)

@@ -43,7 +43,7 @@ from scenes.procedural.drive import (
     scene_name,
 )
 from schemas.errors import ConfigError
-from schemas.scene import FPS, OBJECT_CLASSES, TURNS, Measurements, Scene
+from schemas.scene import CENTER_VIEW, FPS, OBJECT_CLASSES, TURNS, Measurements, Scene
 
 log = logging.getLogger(__name__)
 
@@ -59,12 +59,13 @@ STOPPING_SPEED = 2.0  # m/s: moving at least this fast towards a red light, to c
 VERSION_FILE = "drive_version.txt"  # in each cached route: the drive_version that rendered it
 
 
-def drive_specs(data: DataConfig) -> list[DriveSpec]:
+def drive_specs(data: DataConfig, center_view: bool = False) -> list[DriveSpec]:
     """The procedural drives: every town x (``routes_per_town`` routes entered at speed, then
     ``rest_start_routes`` starting at rest, on the next route seeds), then every town x
     ``recovery_routes`` recovery drives on the route seeds after those; drive k gets weather
     ``weathers[k % len(weathers)]`` (so 6 routes per town over 6 weathers cover each weather, and
-    adding recovery drives changes no other drive)."""
+    adding recovery drives changes no other drive). ``center_view``: their images also have the
+    centre view."""
     per_town = data.routes_per_town + data.rest_start_routes
     kinds = [(r, r >= data.routes_per_town, False) for r in range(per_town)]
     recovery = [(per_town + r, False, True) for r in range(data.recovery_routes)]
@@ -81,6 +82,7 @@ def drive_specs(data: DataConfig) -> list[DriveSpec]:
                         (data.size, data.size),
                         start_at_rest=at_rest,
                         recovery=perturbed,
+                        center_view=center_view,
                     )
                 )
     return specs
@@ -100,12 +102,13 @@ def _is_current(route: Path, spec: DriveSpec) -> bool:
     return stamp.is_file() and stamp.read_text().strip() == drive_version(spec)
 
 
-def render_cache(data: DataConfig, root: Path) -> Path:
-    """Render the procedural drives missing from the LMDrive root ``root``, or rendered there by an
-    older version (:func:`~scenes.procedural.drive.drive_version`); returns the root."""
+def render_cache(data: DataConfig, root: Path, center_view: bool = False) -> Path:
+    """Render the procedural drives (:func:`drive_specs`) missing from the LMDrive root ``root``,
+    or rendered there by an older version (:func:`~scenes.procedural.drive.drive_version`);
+    returns the root."""
     from storage.progress import progress
 
-    specs = drive_specs(data)
+    specs = drive_specs(data, center_view)
     names = [scene_name(s) for s in specs]
     missing = [s for s, n in zip(specs, names, strict=True) if not _is_current(root / n, s)]
     root.mkdir(parents=True, exist_ok=True)
@@ -124,20 +127,22 @@ def render_cache(data: DataConfig, root: Path) -> Path:
     return root
 
 
-def open_scenes(data: DataConfig) -> list[Scene]:
-    """The training scenes of ``data`` (see the module docstring for the three sources)."""
+def open_scenes(data: DataConfig, center_view: bool = False) -> list[Scene]:
+    """The training scenes of ``data`` (see the module docstring for the three sources);
+    ``center_view``: procedural drives are drawn with the centre view too."""
     if data.lmdrive_root is not None:
         return list(open_root(data.lmdrive_root))
     if data.cache is not None:
-        return list(open_root(render_cache(data, Path(data.cache))))
-    return [ProceduralScene(s) for s in drive_specs(data)]
+        return list(open_root(render_cache(data, Path(data.cache), center_view)))
+    return [ProceduralScene(s) for s in drive_specs(data, center_view)]
 
 
 def _views(scene: Scene, i: int, views: Sequence[str], size: tuple[int, int]) -> np.ndarray:
-    """uint8 (V, H, W, 3) of frame ``i``, resized to ``size`` = (H, W) when needed."""
+    """uint8 (V, H, W, 3) of frame ``i``, resized to ``size`` = (H, W) when needed. The centre view
+    is left out where the scene has none (the vision encoder cuts it from the front view)."""
     images = scene.images(i)
     out = []
-    for v in views:
+    for v in (v for v in views if v != CENTER_VIEW or v in scene.views):
         img = images[v]
         if img.shape[:2] != tuple(size):
             img = cv2.resize(img, (size[1], size[0]), interpolation=cv2.INTER_AREA)
@@ -166,9 +171,17 @@ def object_array(m: Measurements) -> np.ndarray:
 class _SceneDataset(Dataset):
     """Shared index over (scene, frame) windows."""
 
-    def __init__(self, scenes: Sequence[Scene], config: ModelConfig, before: int, after: int):
+    def __init__(
+        self,
+        scenes: Sequence[Scene],
+        config: ModelConfig,
+        before: int,
+        after: int,
+        views: Sequence[str] | None = None,
+    ):
         self.scenes = list(scenes)
         self.config = config
+        self.views = tuple(views or config.views)
         self.index = [
             (s, i) for s, scene in enumerate(self.scenes) for i in range(before, len(scene) - after)
         ]
@@ -178,15 +191,18 @@ class _SceneDataset(Dataset):
     def __len__(self) -> int:
         return len(self.index)
 
-    def frames(self, s: int, i: int) -> np.ndarray:
-        return _views(self.scenes[s], i, self.config.views, self.config.image_size)
+    def frames(self, s: int, i: int, views: Sequence[str] | None = None) -> np.ndarray:
+        """uint8 (V, H, W, 3) of frame ``i`` of scene ``s``: ``views``, default the dataset's."""
+        return _views(self.scenes[s], i, views or self.views, self.config.image_size)
 
 
 class FrameDataset(_SceneDataset):
     """Single frames (stages 0 and 1): views, BEV detection target, waypoints, light class.
     ``drop_perturbed``: leave out the frames whose waypoints show a recovery drive's perturbation
     (:func:`perturbed_labels`): they are not the driver's. ``light_range``: the light class is the
-    governing light's state only within that many metres of its stop line, "none" farther."""
+    governing light's state only within that many metres of its stop line, "none" farther.
+    ``views``: the views of its frames (default the model's camera views; stage 1 takes the vision
+    encoder's)."""
 
     def __init__(
         self,
@@ -194,8 +210,9 @@ class FrameDataset(_SceneDataset):
         config: ModelConfig,
         drop_perturbed: bool = False,
         light_range: float = np.inf,
+        views: Sequence[str] | None = None,
     ):
-        super().__init__(scenes, config, 0, 0)
+        super().__init__(scenes, config, 0, 0, views)
         self.light_range = light_range
         if drop_perturbed:
             shown = [perturbed_labels(scene)[0] for scene in self.scenes]
@@ -221,7 +238,8 @@ class DriveDataset(_SceneDataset):
     are the targets of step k and frames ``t + kF + 1 .. t + (k+1)F`` its future video. The
     previous action is the waypoints of frame ``t - F`` (zeros at the start of a drive).
     ``pad_start``: windows start at every drive's first frame, the context before it filled with
-    that frame (what a closed loop sees when it starts); else at the first full context.
+    that frame (what a closed loop sees when it starts); else at the first full context. Context
+    frames have the vision encoder's views, future frames the model's camera views.
     """
 
     def __init__(
@@ -233,7 +251,8 @@ class DriveDataset(_SceneDataset):
         pad_start: bool = False,
     ):
         self.context, self.steps, self.step_frames = context, steps, config.frames_per_step
-        super().__init__(scenes, config, 0 if pad_start else context - 1, steps * self.step_frames)
+        before = 0 if pad_start else context - 1
+        super().__init__(scenes, config, before, steps * self.step_frames, config.vision_views)
 
     def context_frames(self, t: int) -> list[int]:
         """The frame indices of window ``t``'s context, oldest first (frame 0 repeated before a
@@ -244,7 +263,9 @@ class DriveDataset(_SceneDataset):
         s, t = self.index[k]
         f = self.step_frames
         future = [
-            np.stack([self.frames(s, t + j * f + q) for q in range(1, f + 1)], axis=1)
+            np.stack(
+                [self.frames(s, t + j * f + q, self.config.views) for q in range(1, f + 1)], axis=1
+            )
             for j in range(self.steps)
         ]
         return {

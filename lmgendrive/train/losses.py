@@ -177,7 +177,8 @@ def single_step_loss(
     (``context_noise``: see :func:`diffusion_loss`)."""
     pixels, future, embeds, mask, history = _prepare(model, batch, 1)
     out = model.llm(embeds, mask, history, batch.speed.float(), batch.prev_waypoints.float())
-    total, terms = _step_loss(model, out, pixels[:, :, -1], batch, 0, future[:, 0], context_noise)
+    last = model.camera_views(pixels)[:, :, -1]
+    total, terms = _step_loss(model, out, last, batch, 0, future[:, 0], context_noise)
     return LossOutput(total, {**{k: v.item() for k, v in terms.items()}, "total": total.item()})
 
 
@@ -236,7 +237,11 @@ def multistep_loss(
     sampler = sampler or model.config.sampler
     pixels, future, embeds, mask, history = _prepare(model, batch, 1)
     steps = future.shape[1]
-    speed, action, context = batch.speed.float(), batch.prev_waypoints.float(), pixels[:, :, -1]
+    speed, action, context = (
+        batch.speed.float(),
+        batch.prev_waypoints.float(),
+        model.camera_views(pixels)[:, :, -1],
+    )
     totals, sums = [], {}
     for k in range(steps):
         out = model.llm(embeds, mask, history, speed, action)
@@ -280,7 +285,11 @@ def rollout_loss(
     against the real future frames: the generator learns to pull its own drift back to real frames.
     """
     pixels, future, embeds, mask, history = _prepare(model, batch, 2)
-    speed, action, context = batch.speed.float(), batch.prev_waypoints.float(), pixels[:, :, -1]
+    speed, action, context = (
+        batch.speed.float(),
+        batch.prev_waypoints.float(),
+        model.camera_views(pixels)[:, :, -1],
+    )
     null_cond = model.conditioner.null_cond
     losses = []
     for k in range(future.shape[1]):

@@ -54,7 +54,11 @@ def planner_data(config: TrainConfig, stage: int, model: LMGenDrive) -> PlannerD
         return None
     data = planner.drives(config.data)
     dataset = DriveDataset(
-        open_scenes(data), model.config, data.context_frames, 1, pad_start=planner.start_windows
+        open_scenes(data, model.config.vision.center_view),
+        model.config,
+        data.context_frames,
+        1,
+        pad_start=planner.start_windows,
     )
     windows = None
     if planner.token_cache:  # stages 2 and 3 share the file: the encoder is frozen from stage 2 on
@@ -130,7 +134,7 @@ def train_stage(config: TrainConfig, stage: int, command: str = "") -> LMGenDriv
     with (
         backend.main_first()
     ):  # one rank renders the drives and fills the token cache, the others read them
-        scenes = open_scenes(data)
+        scenes = open_scenes(data, model.config.vision.center_view)
         planner = planner_data(config, stage, model)
     steps = max(stage_config.sequence_steps) if stage in (3, 4) else 1
     if stage >= 2 and config.data.context_frames < model.config.llm.history_frames:
@@ -147,6 +151,7 @@ def train_stage(config: TrainConfig, stage: int, command: str = "") -> LMGenDriv
             model.config,
             drop_perturbed=data.recovery_routes > 0,
             light_range=stage_config.light_range or float("inf"),
+            views=model.config.vision_views if stage == 1 else model.config.views,
         )
         if stage < 2
         else DriveDataset(scenes, model.config, config.data.context_frames, steps)

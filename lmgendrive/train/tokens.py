@@ -90,7 +90,7 @@ def _cache_key(model: LMGenDrive, dataset: DriveDataset) -> str:
         )
     layout = [
         list(model.config.image_size),
-        list(model.config.views),
+        list(model.config.vision_views),
         [[s.name, len(s)] for s in dataset.scenes],
     ]
     digest.update(json.dumps(layout).encode())

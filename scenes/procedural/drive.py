@@ -22,7 +22,7 @@ from scenes.procedural.town import BOX, make_town, turn_between
 from scenes.procedural.weather import get_weather
 from scenes.procedural.world import simulate
 from schemas.errors import ConfigError
-from schemas.scene import FPS, TURNS, VIEWS, InstructionSpan, Measurements, SceneObject
+from schemas.scene import CENTER_VIEW, FPS, TURNS, VIEWS, InstructionSpan, Measurements, SceneObject
 
 OBJECT_RANGE = 50.0
 LIGHT_RANGE = 45.0
@@ -49,6 +49,7 @@ class DriveSpec:
     turns: tuple[str, ...] = ()  # force the first maneuvers (where the junction allows them)
     start_at_rest: bool = False  # as LMDrive's routes start; default: entered at 3-6 m/s
     recovery: bool = False  # the expert's controls perturbed now and then, and it recovers
+    center_view: bool = False  # images also have the centre view (schemas.scene.CENTER_VIEW)
 
     def validate(self) -> None:
         get_weather(self.weather)
@@ -72,8 +73,10 @@ class JunctionApproach:
 
 def drive_version(spec: DriveSpec) -> str:
     """The version a cache stamps ``spec``'s rendered drive with: :data:`DRIVE_VERSION`, and
-    :data:`RECOVERY_VERSION` after it for a recovery drive."""
-    return f"{DRIVE_VERSION}.{RECOVERY_VERSION}" if spec.recovery else str(DRIVE_VERSION)
+    :data:`RECOVERY_VERSION` after it for a recovery drive, and ``+center`` when its images have the
+    centre view."""
+    version = f"{DRIVE_VERSION}.{RECOVERY_VERSION}" if spec.recovery else str(DRIVE_VERSION)
+    return f"{version}+center" if spec.center_view else version
 
 
 def scene_name(spec: DriveSpec) -> str:
@@ -137,6 +140,8 @@ class ProceduralScene:
         self.spec = spec
         self.size = tuple(spec.size)
         self.name = scene_name(spec)
+        if spec.center_view:
+            self.views = (*VIEWS, CENTER_VIEW)
         self.weather = get_weather(spec.weather)
         self.town, self.events, self.log, self._timeline, (self._active, self._completed) = _drive(
             spec.town_seed,
@@ -168,7 +173,11 @@ class ProceduralScene:
         self._check(i)
         if self._renderer is None:
             self._renderer = Renderer(
-                self.town, ground_of_town(self.spec.town_seed), self.weather, self.size
+                self.town,
+                ground_of_town(self.spec.town_seed),
+                self.weather,
+                self.size,
+                center=self.spec.center_view,
             )
         return self._renderer.render(
             self.log.frames[i], self.log.vehicle_colors, self.log.pedestrian_colors, frame_index=i

@@ -21,7 +21,14 @@ from scenes.procedural.ground import MIP_LEVELS, RES, GroundTexture
 from scenes.procedural.town import Town
 from scenes.procedural.weather import Weather
 from scenes.procedural.world import FrameState
-from schemas.scene import CAMERA_FOV_DEG, CAMERA_POSITION, VIEW_YAW_DEG, VIEWS
+from schemas.scene import (
+    CAMERA_FOV_DEG,
+    CAMERA_POSITION,
+    CENTER_FOV_DEG,
+    CENTER_VIEW,
+    VIEW_YAW_DEG,
+    VIEWS,
+)
 
 NEAR = 0.2
 DRAW_DISTANCE = 160.0
@@ -42,16 +49,25 @@ class Renderer:
         size: tuple[int, int] = (128, 128),
         supersample: int = 2,
         views=VIEWS,
+        center: bool = False,
+        fov_deg: float = CAMERA_FOV_DEG,
     ):
+        """``center``: also draw :data:`~schemas.scene.CENTER_VIEW`, the front camera's centre
+        quarter at full size; ``fov_deg``: the horizontal field of view of every view."""
         self.town, self.ground, self.weather, self.views = town, ground, weather, tuple(views)
         self.size = size
         self.hs, self.ws = size[0] * supersample, size[1] * supersample
-        self.f = (self.ws / 2) / np.tan(np.radians(CAMERA_FOV_DEG / 2))
+        self.f = (self.ws / 2) / np.tan(np.radians(fov_deg / 2))
         self.cx, self.cy = self.ws / 2, self.hs / 2
         self.static_boxes, self.trees = props.static_props(town)
         self.windows = _window_grid(town)
         self._prepare_ground()
         self.sky = np.stack([self._sky() for _ in self.views])
+        self.center = (
+            Renderer(town, ground, weather, size, supersample, ("front",), fov_deg=CENTER_FOV_DEG)
+            if center
+            else None
+        )
 
     # ----------------------------------------------------------------------------- set-up
     def _prepare_ground(self) -> None:
@@ -104,7 +120,8 @@ class Renderer:
     def render(
         self, frame: FrameState, vehicle_colors, pedestrian_colors, frame_index: int = 0
     ) -> dict[str, np.ndarray]:
-        """The images of every view for one frame: view -> (H, W, 3) uint8 RGB."""
+        """The images of every view (and the centre view if drawn) for one frame: view -> (H, W, 3)
+        uint8 RGB."""
         ex, ey, eth = (float(v) for v in frame.ego[:3])
         imgs = self.sky.copy()
         self._draw_ground(imgs, ex, ey, eth)
@@ -117,6 +134,9 @@ class Renderer:
             out[view] = cv2.resize(
                 imgs[i], (self.size[1], self.size[0]), interpolation=cv2.INTER_AREA
             )
+        if self.center is not None:
+            front = self.center.render(frame, vehicle_colors, pedestrian_colors, frame_index)
+            out[CENTER_VIEW] = front["front"]
         return out
 
     def _draw_ground(self, imgs: np.ndarray, ex: float, ey: float, eth: float) -> None:
