@@ -33,7 +33,7 @@ from driving.control import Control
 from lmgendrive.checkpoint import load_checkpoint
 from scenes.lmdrive.conventions import compass_to_theta
 from schemas.errors import BadInputError, ConfigError
-from schemas.scene import CAMERA_FOV_DEG, CENTER_VIEW, VIEW_YAW_DEG
+from schemas.scene import CAMERA_FOV_DEG, CENTER_VIEW, VIEW_YAW_DEG, center_of_front
 
 GPS_SCALE = (111324.60662786, 111319.490945)  # planner.py RoutePlanner.scale: lat, lon -> m N, E
 WARMUP_CALLS = 20  # LMDrive brakes while the sensors warm up
@@ -213,9 +213,7 @@ class LMGenDriveAgent(AutonomousAgent):
             for view, sid in CAMERAS.items()
         }
         if self.model.config.vision.center_view:  # LMDrive's rgb_center: a crop at full size
-            front = tick_data[CAMERAS["front"]]
-            h, w = front.shape[:2]
-            crop = front[3 * h // 8 : h - 3 * h // 8, 3 * w // 8 : w - 3 * w // 8]
+            crop = center_of_front(tick_data[CAMERAS["front"]])
             views[CENTER_VIEW] = cv2.resize(crop, (width, height), interpolation=cv2.INTER_AREA)
         instruction = self.instruction_source(tick_data)
         self.last_plan, control = self.driver.step(

@@ -32,6 +32,15 @@ CAMERA_FOV_DEG = 100.0
 # 64-px front view, plain in this one. Seen by the vision encoder only, never generated.
 CENTER_VIEW = "center"
 CENTER_FOV_DEG = 2.0 * float(np.degrees(np.arctan(np.tan(np.radians(CAMERA_FOV_DEG / 2)) / 4)))
+
+
+def center_of_front(front: np.ndarray) -> np.ndarray:
+    """The centre view cut from a front camera image (H, W, ...): its centre quarter of the height
+    and width, to be resized to the model's image size (the sharper, the larger ``front``)."""
+    h, w = front.shape[:2]
+    return front[3 * h // 8 : h - 3 * h // 8, 3 * w // 8 : w - 3 * w // 8]
+
+
 CAMERA_POSITION = (1.3, 0.0, 2.3)  # x forward, y left, z up, metres from the ego origin
 FPS = 10.0
 WAYPOINT_TIMES: tuple[float, ...] = (0.2, 0.4, 0.6, 0.8)

@@ -113,11 +113,14 @@ def test_training_data_give_the_encoder_the_centre_view_and_the_generator_not():
     drive = DriveDataset(scenes, config, 2, 1)
     item = drive[0]
     assert item["frames"].shape[0] == 4 and item["future_frames"].shape[1] == 3
-    # a scene without the centre view: the encoder cuts it, the data leaves it out
-    assert (
-        FrameDataset(open_scenes(data), config, views=config.vision_views)[0]["frames"].shape[0]
-        == 3
-    )
+    # a scene without the centre view (an LMDrive root): cut from its front image at the size the
+    # scene has it (128 px here, the model's frames are 32), as LMDrive cuts rgb_center
+    plain = open_scenes(DataConfig(frames=24, size=128))
+    got = FrameDataset(plain, config, views=config.vision_views)[3]["frames"]
+    front = plain[0].images(3)["front"]
+    assert got.shape[0] == 4
+    np.testing.assert_array_equal(got[3], cv2.resize(front[48:80, 48:80], (32, 32)))
+    np.testing.assert_array_equal(got[1], cv2.resize(front, (32, 32), interpolation=cv2.INTER_AREA))
 
     model = build_untrained(config).train()
     items = [vision[k] for k in (0, 5)]

@@ -43,7 +43,15 @@ from scenes.procedural.drive import (
     scene_name,
 )
 from schemas.errors import ConfigError
-from schemas.scene import CENTER_VIEW, FPS, OBJECT_CLASSES, TURNS, Measurements, Scene
+from schemas.scene import (
+    CENTER_VIEW,
+    FPS,
+    OBJECT_CLASSES,
+    TURNS,
+    Measurements,
+    Scene,
+    center_of_front,
+)
 
 log = logging.getLogger(__name__)
 
@@ -138,12 +146,13 @@ def open_scenes(data: DataConfig, center_view: bool = False) -> list[Scene]:
 
 
 def _views(scene: Scene, i: int, views: Sequence[str], size: tuple[int, int]) -> np.ndarray:
-    """uint8 (V, H, W, 3) of frame ``i``, resized to ``size`` = (H, W) when needed. The centre view
-    is left out where the scene has none (the vision encoder cuts it from the front view)."""
+    """uint8 (V, H, W, 3) of frame ``i``, resized to ``size`` = (H, W) when needed. Where the scene
+    has no centre view it is cut from the scene's front image at the size the scene has it, as
+    LMDrive cuts ``rgb_center`` from its front camera."""
     images = scene.images(i)
     out = []
-    for v in (v for v in views if v != CENTER_VIEW or v in scene.views):
-        img = images[v]
+    for v in views:
+        img = images[v] if v in images or v != CENTER_VIEW else center_of_front(images["front"])
         if img.shape[:2] != tuple(size):
             img = cv2.resize(img, (size[1], size[0]), interpolation=cv2.INTER_AREA)
         out.append(img)
