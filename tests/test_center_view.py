@@ -194,3 +194,18 @@ def test_carla_adapter_crops_the_centre_from_the_full_size_front(tmp_path):
     assert center.shape == (h, w, 3)
     assert center.min() >= 190  # all of it the bright centre quarter
     assert given[-1]["front"].mean() < 60
+
+
+def test_a_later_stage_refuses_a_recipe_whose_vision_encoder_differs(tmp_path):
+    from lmgendrive.train.backend import LocalBackend
+    from lmgendrive.train.config import parse_config
+    from lmgendrive.train.runner import final_dir, starting_model
+
+    iters = {"iterations": 2, "batch_size": 1, "lr": 1e-4}
+    recipe = {"preset": "tiny", "workdir": str(tmp_path), "output": str(tmp_path / "model")}
+    recipe["stages"] = {"0": iters, "1": iters}
+    save_checkpoint(build_untrained("tiny"), final_dir(parse_config(recipe), 0))
+    assert not starting_model(parse_config(recipe), 1, LocalBackend()).config.vision.center_view
+    with_center = {**recipe, "model": {"vision": {"center_view": True}}}
+    with pytest.raises(ConfigError, match=r"model.vision.center_view True against False"):
+        starting_model(parse_config(with_center), 1, LocalBackend())

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from lmgendrive.checkpoint import build_model, check_checkpoint, load_checkpoint, save_checkpoint
 from lmgendrive.checkpoint_meta import README_FILE
-from lmgendrive.config import ModelConfig
+from lmgendrive.config import ModelConfig, VisionConfig
 from lmgendrive.model import LMGenDrive
 from lmgendrive.pretrained import component_files
 from lmgendrive.train.backend import LocalBackend, is_main_process, make_backend
@@ -106,7 +106,28 @@ def starting_model(config: TrainConfig, stage: int, backend: LocalBackend) -> LM
                 f"run `lmgd train --stage {earlier[-1]}` first (or --stage all)"
             )
         model, _ = load_checkpoint(source, backend.device, keep_dtypes=True)
+        check_same_vision(config.network_config().vision, model.config.vision, source)
     return model
+
+
+def check_same_vision(recipe: VisionConfig, checkpoint: VisionConfig, source: Path) -> None:
+    """Raise :class:`ConfigError` when the recipe's ``model.vision`` is not the one the earlier
+    stage's checkpoint was built with: later stages take the checkpoint's, and the vision encoder's
+    weights depend on it (its views, sizes)."""
+    differ = {
+        key: (getattr(recipe, key), getattr(checkpoint, key))
+        for key in type(recipe).model_fields
+        if getattr(recipe, key) != getattr(checkpoint, key)
+    }
+    if differ:
+        described = ", ".join(
+            f"model.vision.{k} {mine!r} against {theirs!r}" for k, (mine, theirs) in differ.items()
+        )
+        raise ConfigError(
+            f"the recipe's vision encoder differs from the one {source} was built with "
+            f"({described}); set it as the checkpoint has it, or train from the first stage in a "
+            "new workdir"
+        )
 
 
 def record_sources(config: TrainConfig, model_config: ModelConfig) -> None:
