@@ -6,6 +6,8 @@ expert is the exception: it is the world's own rule-based driver, privileged (it
 and signal) and planning at 20 Hz; it is the ceiling the benchmark is checked against.
 
 * :class:`ExpertAgent`: the privileged expert (the driver of the training drives).
+* :class:`LabelOracleAgent`: LMDrive's PID controllers on the waypoints the planner is trained to
+  predict, computed for the state the car is in (privileged): a perfect planner's ceiling.
 * :class:`LaneKeepingAgent`: follows its route's lane centre at a constant speed, blind to
   traffic, pedestrians and lights (it knows the route, so it needs no instructions).
 * :class:`ModelAgent`: our model, from the three camera views, the speedometer, odometry and the
@@ -30,7 +32,14 @@ from scenes.procedural.world import World
 from schemas.scene import Instruction
 
 LANE_KEEPING_SPEED = 5.0  # m/s, about the expert's mean speed on the benchmark's routes
-AGENTS = ("expert", "lane_keeping", "model", "random_instruction", "model_light_rule")
+AGENTS = (
+    "expert",
+    "label_oracle",
+    "lane_keeping",
+    "model",
+    "random_instruction",
+    "model_light_rule",
+)
 # the agents that drive with a checkpoint
 MODEL_AGENTS = ("model", "random_instruction", "model_light_rule")
 
@@ -56,6 +65,23 @@ class ExpertAgent:
 
     def act(self, obs: Observation) -> Control | None:
         return None  # the world's expert plans and controls
+
+
+class LabelOracleAgent:
+    """A planner that predicts its training labels perfectly: at every frame the expert's future
+    positions 0.2-0.8 s ahead from the state the car is in (:meth:`World.expert_waypoints`, the
+    waypoints of a recorded drive's frame), through LMDrive's PID controllers as our model drives.
+    Privileged (the expert sees every actor and signal). Where it falls short of the expert, the
+    labels or the controllers lose what the expert does; where the model falls short of it, the
+    planner is to blame (its errors, and the states they lead to that no recorded drive shows)."""
+
+    name, needs_images, privileged = "label_oracle", False, False
+
+    def reset(self, world: World, seed: int) -> None:
+        self.world, self.controller = world, WaypointController()
+
+    def act(self, obs: Observation) -> Control:
+        return self.controller.step(self.world.expert_waypoints(), obs.speed)
 
 
 class LaneKeepingAgent:

@@ -18,7 +18,14 @@ from pathlib import Path
 
 import numpy as np
 
-from closedloop.agents import AGENTS, MODEL_AGENTS, ExpertAgent, LaneKeepingAgent, ModelAgent
+from closedloop.agents import (
+    AGENTS,
+    MODEL_AGENTS,
+    ExpertAgent,
+    LabelOracleAgent,
+    LaneKeepingAgent,
+    ModelAgent,
+)
 from closedloop.report import (
     draw_map,
     infractions_markdown,
@@ -62,6 +69,8 @@ def make_agent(name: str, checkpoint: str):
         return ExpertAgent()
     if name == "lane_keeping":
         return LaneKeepingAgent()
+    if name == "label_oracle":
+        return LabelOracleAgent()
     if checkpoint not in _MODEL:
         import torch
 

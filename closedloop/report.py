@@ -17,7 +17,14 @@ from storage.atomic import atomic_path, write_bytes
 from storage.media import encode_mp4
 
 METRICS = ("ds", "rc", "is")
-AGENT_ORDER = ("expert", "model", "model_light_rule", "random_instruction", "lane_keeping")
+AGENT_ORDER = (
+    "expert",
+    "label_oracle",
+    "model",
+    "model_light_rule",
+    "random_instruction",
+    "lane_keeping",
+)
 
 
 def _interval(values: np.ndarray) -> list[float]:

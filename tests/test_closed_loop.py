@@ -9,7 +9,7 @@ import json
 import numpy as np
 import pytest
 
-from closedloop.agents import ExpertAgent, LaneKeepingAgent, ModelAgent
+from closedloop.agents import ExpertAgent, LabelOracleAgent, LaneKeepingAgent, ModelAgent
 from closedloop.evaluate import DRIVES_FILE, run_drives
 from closedloop.model_driver import ModelDriver, driven_path
 from closedloop.report import draw_map, summarize, table_markdown
@@ -176,6 +176,21 @@ def test_lane_keeper_runs_red_lights_and_pays_the_penalty():
     expected = np.prod([PENALTY[k] ** n for k, n in blind.score.counts.items() if k in PENALTY])
     assert blind.score.infraction_score == pytest.approx(expected)
     assert blind.score.ds == pytest.approx(blind.score.rc * expected)
+
+
+def test_label_oracle_drives_the_corner_as_the_expert_does():
+    """LMDrive's controllers on the planner's labels (the expert's future positions from wherever
+    the car is) take the turn and reach the goal with full score, on the expert's own path (within
+    a metre) and in its time (within 5 %)."""
+    built = build_route(CORNER)
+    oracle = drive_route(built, LabelOracleAgent())
+    expert = drive_route(built, ExpertAgent())
+    assert oracle.score.ended_by is None and oracle.score.counts == {}
+    assert oracle.score.ds == 100.0
+    path = np.array([f.ego[:2] for f in expert.log.frames])
+    off = [np.linalg.norm(path - f.ego[:2], axis=1).min() for f in oracle.log.frames]
+    assert max(off) < 1.0
+    assert abs(len(oracle.log.frames) - len(expert.log.frames)) <= 0.05 * len(expert.log.frames)
 
 
 # ----------------------------------------------------------------------------- the model

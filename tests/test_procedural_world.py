@@ -9,8 +9,8 @@ import pytest
 
 from driving.vehicle import HALF_LENGTH
 from scenes.lmdrive import write_route
-from scenes.procedural.drive import DriveSpec, ProceduralScene
-from scenes.procedural.geometry import DIRECTIONS, Polyline
+from scenes.procedural.drive import WAYPOINT_FRAMES, DriveSpec, ProceduralScene
+from scenes.procedural.geometry import DIRECTIONS, Polyline, to_ego
 from scenes.procedural.infractions import collisions, red_lights
 from scenes.procedural.town import make_town, turn_between
 from scenes.procedural.world import TICKS_PER_FRAME, World, simulate
@@ -266,6 +266,34 @@ def test_an_agents_waypoints_drive_the_ego_while_the_world_goes_on():
         np.array_equal(a.ego, b.ego)
         for a, b in zip(again.log.frames, expert_log.frames, strict=True)
     )
+
+
+def test_expert_waypoints_are_the_recorded_labels_and_leave_the_world_as_it_was():
+    """World.expert_waypoints at a frame of the expert's drive is that frame's recorded waypoints
+    (its future positions), and looking ahead changes nothing: the world drives on, its traffic
+    extending routes from the shared generator, exactly as without it."""
+    town = make_town(104)
+    plain = simulate(town, seed=4, frames=160)
+    world = World(town, seed=4)
+    labels = {}
+    for tick in range(160 * TICKS_PER_FRAME):
+        frame, phase = divmod(tick, TICKS_PER_FRAME)
+        if phase == 0 and frame % 5 == 0:
+            labels[frame] = world.expert_waypoints()
+        world.tick()
+    frames = world.log.frames
+    for a, b in zip(frames, plain.frames, strict=True):
+        assert np.array_equal(a.ego, b.ego) and np.array_equal(a.vehicles, b.vehicles)
+        assert np.array_equal(a.pedestrians, b.pedestrians)
+    assert len(world.expert.route.maneuvers) >= 2  # the drive's route extended under the forks
+    checked = 0
+    for i, waypoints in labels.items():
+        if i + max(WAYPOINT_FRAMES) >= len(frames):
+            continue
+        future = np.array([frames[i + k].ego[:2] for k in WAYPOINT_FRAMES])
+        np.testing.assert_allclose(waypoints, to_ego(future, *frames[i].ego[:3]), atol=1e-9)
+        checked += 1
+    assert checked >= 30
 
 
 def _lateral_offsets(log) -> np.ndarray:

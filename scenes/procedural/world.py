@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -192,6 +193,33 @@ class World:
         control = expert.controller.step(expert.plan(t, agents), expert.v)
         return p.apply(control, now, expert.v)
 
+    def expert_waypoints(self) -> np.ndarray:
+        """(4, 2) ego-frame points where the expert would put the ego :data:`WAYPOINT_TIMES` from
+        now, driving from the current state (whoever drove into it) in a copy of the world, which
+        itself is left as it is: the training drives' waypoint labels (the expert's future
+        positions) for any state, such as one an agent's own driving led to."""
+        fork = self._fork()
+        e = fork.expert
+        x, y, theta = e.x, e.y, e.theta
+        at = [round(t / SIM_DT) for t in WAYPOINT_TIMES]
+        points = []
+        for tick in range(1, max(at) + 1):
+            fork.tick()
+            if tick in at:
+                points.append(fork.expert.xy)
+        return to_ego(np.array(points), x, y, theta)
+
+    def _fork(self) -> World:
+        """A copy of the world that ticks on without touching this one: everything copied but the
+        town (no tick changes it) and the logged frames (the copy's log starts empty). Routes
+        extend themselves 90 m ahead through choosers that draw from this world's generator
+        (closures, which a deep copy shares): the copy's routes take their first exit instead, a
+        choice 90 m ahead that no fork of a few seconds reaches."""
+        fork = copy.deepcopy(self, {id(self.town): self.town, id(self.log.frames): []})
+        for route in [fork.expert.route, *(v.route for v in fork.vehicles)]:
+            route.choose = _first_exit
+        return fork
+
     def lane_waypoints(self, speed: float) -> np.ndarray:
         """Ego-frame waypoints along the route at ``speed`` m/s, blind to traffic and lights:
         what a lane-keeping, constant-speed agent asks for."""
@@ -229,6 +257,11 @@ class World:
         for e in self.events:
             if e.kind == "slow" and frame == e.frame + e.frames:
                 expert.slow = False
+
+
+def _first_exit(node: tuple[int, int], k_in: int, options: list[int]) -> int:
+    """A route chooser that always takes the first exit (see :meth:`World._fork`)."""
+    return options[0]
 
 
 def simulate(
