@@ -642,7 +642,7 @@ OTHER_CASES = [
     Case(
         "drive-unknown-agent",
         argv("drive", "--track", "tiny", "--agents", "flyer", "--out", at("drive")),
-        "unknown agent(s) ['flyer']; valid: expert, label_oracle, lane_keeping, model, random_instruction",
+        "unknown agent(s) ['flyer']; valid: expert, label_oracle, lane_keeping, model",
     ),
 ]
 
