@@ -26,6 +26,7 @@ from closedloop.agents import (
     LaneKeepingAgent,
     ModelAgent,
 )
+from closedloop.onpolicy import OnPolicyRecorder, index_onpolicy, write_onpolicy
 from closedloop.report import (
     draw_map,
     infractions_markdown,
@@ -85,13 +86,23 @@ def make_agent(name: str, checkpoint: str):
     )
 
 
-def _drive(job: tuple[Drive, str, str | None, tuple[int, int]]) -> dict:
-    drive, checkpoint, sha, image_size = job
-    result = drive_route(
-        build_route(drive.seeded()), make_agent(drive.agent, checkpoint), image_size
-    )
+def _drive(job: tuple[Drive, str, str | None, tuple[int, int], Path | None]) -> dict:
+    drive, checkpoint, sha, image_size, record = job
+    built, agent = build_route(drive.seeded()), make_agent(drive.agent, checkpoint)
+    recorder = OnPolicyRecorder(agent) if record is not None else None
+    if recorder is None:
+        result = drive_route(built, agent, image_size)
+    else:
+        result = drive_route(built, recorder, image_size, recorder.on_frame)
+        write_onpolicy(recorder.scene(built, onpolicy_name(drive)), record)
     weights = {"model_sha256": sha} if drive.agent in MODEL_AGENTS else {}
     return {"key": drive.key, "seed_run": drive.seed_run, **weights, **result.row()}
+
+
+def onpolicy_name(drive: Drive) -> str:
+    """The route folder of ``drive``'s on-policy recording."""
+    moving = f"_at{drive.spec.start_speed:g}" if drive.spec.start_speed else ""
+    return f"onpolicy_{drive.seed_run}_{drive.spec.route_id}{moving}_{drive.agent}"
 
 
 def check_agents(agents: Sequence[str], checkpoint: str) -> str | None:
@@ -126,10 +137,18 @@ def run_drives(
     out: Path,
     image_size: tuple[int, int],
     workers: int = 1,
+    record: Path | None = None,
 ) -> list[dict]:
     """Drive every route with every agent in ``seeds`` seed runs, appending each drive's row to
-    ``out/drives.jsonl`` as it finishes; drives already there are not driven again."""
+    ``out/drives.jsonl`` as it finishes; drives already there are not driven again. ``record``:
+    write every model drive there as an on-policy LMDrive route (:mod:`closedloop.onpolicy`) and
+    keep the root's index listing the recorded routes."""
     sha = check_agents(agents, checkpoint)
+    if record is not None and set(agents) - set(MODEL_AGENTS):
+        raise BadInputError(
+            f"--record records the drives of model agents ({', '.join(MODEL_AGENTS)}); "
+            f"not {', '.join(sorted(set(agents) - set(MODEL_AGENTS)))}"
+        )
     path = out / DRIVES_FILE
     done = _read_rows(path)
     if sha is not None:
@@ -137,7 +156,7 @@ def run_drives(
     out.mkdir(parents=True, exist_ok=True)
     drives = [Drive(spec, s, a) for s in range(seeds) for spec in routes for a in agents]
     todo = [d for d in drives if d.key not in done]
-    jobs = [(d, checkpoint, sha, image_size) for d in todo]
+    jobs = [(d, checkpoint, sha, image_size, record) for d in todo]
     if path.is_file() and path.stat().st_size and not path.read_bytes().endswith(b"\n"):
         with path.open("a") as sink:  # a run stopped mid-line: the next row starts a new line
             sink.write("\n")
@@ -151,6 +170,8 @@ def run_drives(
         else:
             for job in jobs:
                 _append(sink, _drive(job), done, bar)
+    if record is not None:
+        index_onpolicy(record, [onpolicy_name(d) for d in drives])
     return [done[d.key] for d in drives]
 
 

@@ -9,6 +9,7 @@ and ends :data:`GOAL_AFTER_M` past the last one. Tracks split routes by length, 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -145,18 +146,20 @@ def track_of(length_m: float) -> str | None:
     return next((t for t, (lo, hi) in TRACKS.items() if lo <= length_m < hi), None)
 
 
-def sample_routes(track: str, n: int, seed: int) -> list[RouteSpec]:
-    """``n`` routes of ``track`` on the closed-loop towns, weathers cycled, drawn from ``seed``
-    (the same arguments give the same routes)."""
+def sample_routes(
+    track: str, n: int, seed: int, towns: Sequence[int] | None = None
+) -> list[RouteSpec]:
+    """``n`` routes of ``track`` on the closed-loop towns (or ``towns``, cycled), weathers cycled,
+    drawn from ``seed`` (the same arguments give the same routes)."""
     if track not in TRACKS:
         raise BadInputError(f"unknown track {track!r}; valid: {', '.join(TRACKS)}")
     rng = np.random.default_rng([seed, 7301, list(TRACKS).index(track)])
     lo, hi = TRACKS[track]
-    towns: dict[int, Town] = {}
+    made: dict[int, Town] = {}
     out: list[RouteSpec] = []
     while len(out) < n:
-        town_seed = FIRST_TOWN + len(out) % TOWNS
-        town = towns.setdefault(town_seed, make_town(town_seed))
+        town_seed = FIRST_TOWN + len(out) % TOWNS if towns is None else towns[len(out) % len(towns)]
+        town = made.setdefault(town_seed, make_town(town_seed))
         start = town.nodes[rng.integers(len(town.nodes))]
         arms = town.arms(start)
         k = int(arms[rng.integers(len(arms))])

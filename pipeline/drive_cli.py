@@ -14,13 +14,17 @@ Each route is a LangAuto-style sequence of navigation instructions issued at LMD
 distances, with notices and misleading instructions. Scored as the CARLA leaderboard 1.0 scores
 LangAuto: route completion RC, infraction score IS, DS = RC x IS. Routes come from a route file
 (--route-file) or are drawn for a track (--track). Writes OUT/drives.jsonl (one line per drive; a
-rerun resumes), OUT/report.md, OUT/results.json, a map per track and a video of one drive."""
+rerun resumes), OUT/report.md, OUT/results.json, a map per track and a video of one drive.
+
+DAgger: --record DIR writes every model drive to DIR as an LMDrive-format route whose waypoints are
+the expert's for each state the model drove into (World.expert_waypoints); drive training towns
+(--towns) and give DIR to a training recipe's planner.onpolicy."""
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     """Register ``drive``."""
     from closedloop.agents import AGENTS
-    from closedloop.routes import TRACKS
+    from closedloop.routes import FIRST_TOWN, TOWNS, TRACKS
 
     p = subparsers.add_parser(
         "drive", help="closed-loop driving scored as the CARLA leaderboard", description=DESCRIPTION
@@ -37,6 +41,17 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     p.add_argument("--seeds", type=int, default=1, help="seed runs (traffic, instructions)")
     p.add_argument("--route-seed", type=int, default=0, help="seed drawing --track routes")
     p.add_argument("--workers", type=int, default=1, help="processes driving in parallel")
+    p.add_argument(
+        "--towns",
+        metavar="FIRST-LAST",
+        help="draw --track routes on these town seeds (default: the held-out closed-loop towns "
+        f"{FIRST_TOWN}-{FIRST_TOWN + TOWNS - 1}); training towns for --record",
+    )
+    p.add_argument(
+        "--record",
+        metavar="DIR",
+        help="record the model agents' drives there, labelled by the expert (DAgger)",
+    )
     p.add_argument(
         "--start-speed",
         type=float,
@@ -58,10 +73,13 @@ def cmd_drive(args: argparse.Namespace) -> int:
         if getattr(args, key) < 1:
             raise ConfigError(f"--{key} must be >= 1, got {getattr(args, key)}")
     check_agents(args.agents, args.checkpoint)
+    if args.towns is not None and args.route_file:
+        raise ConfigError("--towns draws --track routes; a --route-file names its own towns")
+    towns = parse_towns(args.towns) if args.towns is not None else None
     routes = (
         read_routes(args.route_file)
         if args.route_file
-        else sample_routes(args.track, args.routes, args.route_seed)
+        else sample_routes(args.track, args.routes, args.route_seed, towns)
     )
     if args.start_speed is not None:
         if not 0.0 <= args.start_speed <= MAX_START_SPEED:
@@ -69,7 +87,10 @@ def cmd_drive(args: argparse.Namespace) -> int:
         routes = [replace(r, start_speed=args.start_speed) for r in routes]
     size = tuple(source_config(args.checkpoint).image_size)
     out = Path(args.out)
-    rows = run_drives(routes, args.agents, args.seeds, args.checkpoint, out, size, args.workers)
+    record = Path(args.record) if args.record else None
+    rows = run_drives(
+        routes, args.agents, args.seeds, args.checkpoint, out, size, args.workers, record
+    )
     results = write_report(rows, routes, args.agents, args.checkpoint, out, size)
     for agent, tracks in results["summary"].items():
         for track, e in tracks.items():
@@ -79,3 +100,13 @@ def cmd_drive(args: argparse.Namespace) -> int:
             )
     print(f"report: {out / 'report.md'}")
     return 0
+
+
+def parse_towns(text: str) -> list[int]:
+    """``FIRST-LAST`` (inclusive town seeds) as a list; :class:`ConfigError` otherwise."""
+    from schemas.errors import ConfigError
+
+    first, sep, last = text.partition("-")
+    if not (sep and first.isdigit() and last.isdigit() and int(first) <= int(last)):
+        raise ConfigError(f"--towns {text!r}: expected FIRST-LAST town seeds, e.g. 1-40")
+    return list(range(int(first), int(last) + 1))

@@ -107,7 +107,9 @@ class PlannerConfig(_Strict):
     slow down while the path driven into them does not (braking for a light, a car or a
     pedestrian; not in the paper, which samples LMDrive's data as recorded); ``stopping_share``
     from the windows stopping hard for a red light while moving (mostly the releases of a
-    recovery drive's speed holds; not in the paper either); the rest from everywhere else.
+    recovery drive's speed holds; not in the paper either); ``onpolicy_share`` from the drives in
+    ``onpolicy``, an LMDrive root of a model's own closed-loop drives labelled by the expert
+    (``lmgd drive --record``: DAgger, not in the paper); the rest from everywhere else.
     Its drives: ``routes_per_town`` routes, ``rest_start_routes`` at-rest routes and
     ``recovery_routes`` recovery drives per town (default ``data``'s; windows whose waypoints show
     a perturbation are never drawn). ``start_windows``: windows also from each drive's first
@@ -139,6 +141,8 @@ class PlannerConfig(_Strict):
     )
     ego_status_dropout: Annotated[float, Field(ge=0, lt=1)] = 0.0
     token_cache: bool = False
+    onpolicy: Path | None = None
+    onpolicy_share: Annotated[float, Field(ge=0, le=1)] = 0.0
 
     def drives(self, data: DataConfig) -> DataConfig:
         """``data`` with this planner's own drive counts where it sets them."""
@@ -156,12 +160,18 @@ class PlannerConfig(_Strict):
             self.recovery_share,
             self.slowing_share,
             self.stopping_share,
+            self.onpolicy_share,
         )
         if sum(shares) > 1.0:
             raise ValueError(
                 "junction_share + departure_share + approach_share + recovery_share + "
-                "slowing_share + stopping_share must be <= 1, got "
+                "slowing_share + stopping_share + onpolicy_share must be <= 1, got "
                 + " + ".join(f"{x:g}" for x in shares)
+            )
+        if (self.onpolicy is None) != (self.onpolicy_share == 0):
+            raise ValueError(
+                "onpolicy (a folder of `lmgd drive --record` drives) and onpolicy_share > 0 go "
+                "together: set both or neither"
             )
         return self
 

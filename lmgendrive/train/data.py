@@ -57,7 +57,17 @@ log = logging.getLogger(__name__)
 
 DETECTED = (OBJECT_CLASSES.index("vehicle"), OBJECT_CLASSES.index("pedestrian"))
 # planner windows by what the expert does
-GROUPS = (*TURNS, "departure", "approach", "recovery", "slowing", "stopping", "other")
+GROUPS = (
+    *TURNS,
+    "departure",
+    "approach",
+    "recovery",
+    "slowing",
+    "stopping",
+    "onpolicy",
+    "other",
+)
+ONPOLICY_SOURCE = "onpolicy"  # tags["source"] of a model's drives labelled by the expert (DAgger)
 RECOVERY_FRAMES = 20  # a recovery drive's windows up to 2 s after a perturbation: it recovers
 AT_REST = 1.0  # m/s
 SETS_OFF = 0.4  # m the plan gains in its 0.8 s on the current speed, to count as setting off
@@ -135,14 +145,18 @@ def render_cache(data: DataConfig, root: Path, center_view: bool = False) -> Pat
     return root
 
 
-def open_scenes(data: DataConfig, center_view: bool = False) -> list[Scene]:
+def open_scenes(
+    data: DataConfig, center_view: bool = False, onpolicy: Path | None = None
+) -> list[Scene]:
     """The training scenes of ``data`` (see the module docstring for the three sources);
-    ``center_view``: procedural drives are drawn with the centre view too."""
+    ``center_view``: procedural drives are drawn with the centre view too; ``onpolicy``: then the
+    on-policy drives of that LMDrive root (``lmgd drive --record``)."""
+    extra = list(open_root(onpolicy)) if onpolicy is not None else []
     if data.lmdrive_root is not None:
-        return list(open_root(data.lmdrive_root))
+        return list(open_root(data.lmdrive_root)) + extra
     if data.cache is not None:
-        return list(open_root(render_cache(data, Path(data.cache), center_view)))
-    return [ProceduralScene(s) for s in drive_specs(data, center_view)]
+        return list(open_root(render_cache(data, Path(data.cache), center_view))) + extra
+    return [ProceduralScene(s) for s in drive_specs(data, center_view)] + extra
 
 
 def _views(scene: Scene, i: int, views: Sequence[str], size: tuple[int, int]) -> np.ndarray:
@@ -394,13 +408,19 @@ def maneuver_groups(
     (:func:`starts_slowing`: 2 % of the demo drives' windows; a planner fed its own speed and path
     keeps them, behaviour cloning's inertia problem, unless it sees these often). With
     ``stopping``, "stopping" holds the windows stopping hard for a red light
-    (:func:`is_stopping_for_light`), before every other group but departures."""
+    (:func:`is_stopping_for_light`), before every other group but departures. Every window of a
+    scene tagged ``source: onpolicy`` (a model's drive labelled by the expert,
+    :mod:`closedloop.onpolicy`) is in "onpolicy" alone."""
     entries: dict[int, list[int]] = {}
     driven: dict[int, np.ndarray] = {}
     perturbed: dict[int, tuple[np.ndarray, np.ndarray]] = {}
     groups: dict[str, list[int]] = {name: [] for name in GROUPS}
+    onpolicy = [scene.tags.get("source") == ONPOLICY_SOURCE for scene in dataset.scenes]
     for k, (s, t) in enumerate(dataset.index):
         scene = dataset.scenes[s]
+        if onpolicy[s]:
+            groups["onpolicy"].append(k)
+            continue
         if s not in entries:
             entries[s] = junction_entries(scene)
             driven[s] = path_distances(scene) if approach_m > 0 else np.zeros(0)
@@ -475,8 +495,8 @@ class PlannerData:
     junction maneuver groups in equal parts, ``departure_share`` from departures,
     ``approach_share`` from junction approaches (``approach_m``), ``recovery_share`` from the
     windows after a recovery drive's perturbations, ``slowing_share`` from windows where the plan
-    starts to slow down, ``stopping_share`` from hard stops for a red light, the rest from all
-    other windows
+    starts to slow down, ``stopping_share`` from hard stops for a red light, ``onpolicy_share``
+    from on-policy drives (DAgger), the rest from all other windows
     (see :class:`PlannerConfig` and :func:`maneuver_groups`). ``windows`` serves ``dataset``'s
     windows by the same indices (default ``dataset`` itself; a
     :class:`lmgendrive.train.tokens.PlannerWindows` to read cached vision tokens)."""
@@ -493,6 +513,7 @@ class PlannerData:
         recovery_share: float = 0.0,
         slowing_share: float = 0.0,
         stopping_share: float = 0.0,
+        onpolicy_share: float = 0.0,
     ):
         self.windows = dataset if windows is None else windows
         groups = maneuver_groups(
@@ -508,7 +529,16 @@ class PlannerData:
                 "recovery_routes"
             )
         self.groups = [groups[name] for name in GROUPS]
-        named = (departure_share, approach_share, recovery_share, slowing_share, stopping_share)
+        if onpolicy_share and not len(groups["onpolicy"]):
+            raise ConfigError("planner onpolicy_share is set but no drive is an on-policy drive")
+        named = (
+            departure_share,
+            approach_share,
+            recovery_share,
+            slowing_share,
+            stopping_share,
+            onpolicy_share,
+        )
         other = max(0.0, 1.0 - junction_share - sum(named))
         self.shares = [junction_share / 3] * 3 + [*named, other]
         log.info("planner windows: %s", ", ".join(f"{name} {len(g)}" for name, g in groups.items()))

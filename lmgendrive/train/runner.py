@@ -53,8 +53,9 @@ def planner_data(config: TrainConfig, stage: int, model: LMGenDrive) -> PlannerD
     if planner is None:
         return None
     data = planner.drives(config.data)
+    scenes = open_scenes(data, model.config.vision.center_view, planner.onpolicy)
     dataset = DriveDataset(
-        open_scenes(data, model.config.vision.center_view),
+        scenes,
         model.config,
         data.context_frames,
         1,
@@ -77,6 +78,7 @@ def planner_data(config: TrainConfig, stage: int, model: LMGenDrive) -> PlannerD
         planner.recovery_share,
         planner.slowing_share,
         planner.stopping_share,
+        planner.onpolicy_share,
     )
 
 

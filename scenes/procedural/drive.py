@@ -16,13 +16,22 @@ from scenes.procedural.ground import GroundTexture, build_ground
 from scenes.procedural.instructions import active_per_frame, build_timeline, plan_events
 from scenes.procedural.recovery import plan_perturbations
 from scenes.procedural.render import Renderer
-from scenes.procedural.routes import PEDESTRIAN_SIZE
+from scenes.procedural.routes import PEDESTRIAN_SIZE, Route
 from scenes.procedural.signals import light_state
-from scenes.procedural.town import BOX, make_town, turn_between
+from scenes.procedural.town import BOX, Town, make_town, turn_between
 from scenes.procedural.weather import get_weather
-from scenes.procedural.world import simulate
+from scenes.procedural.world import FrameState, simulate
 from schemas.errors import ConfigError
-from schemas.scene import CENTER_VIEW, FPS, TURNS, VIEWS, InstructionSpan, Measurements, SceneObject
+from schemas.scene import (
+    CENTER_VIEW,
+    FPS,
+    TURNS,
+    VIEWS,
+    Instruction,
+    InstructionSpan,
+    Measurements,
+    SceneObject,
+)
 
 OBJECT_RANGE = 50.0
 LIGHT_RANGE = 45.0
@@ -186,32 +195,17 @@ class ProceduralScene:
     def measurements(self, i: int) -> Measurements:
         self._check(i)
         f = self.log.frames[i]
-        x, y, theta, speed = (float(v) for v in f.ego)
         future = np.array([self.log.frames[i + k].ego[:2] for k in WAYPOINT_FRAMES])
-        m = self.log.route.next_maneuver(f.ego_s + HALF_LENGTH)
-        state, distance = "none", np.inf
-        if m is not None and self.town.has_light(m.node):
-            gap = m.s_stop - f.ego_s - HALF_LENGTH
-            if -0.5 < gap < LIGHT_RANGE:
-                state, distance = light_state(self.town, m.node, m.k_in, f.t), float(gap)
-        return Measurements(
-            frame=i,
-            x=x,
-            y=y,
-            theta=theta,
-            speed=speed,
-            throttle=float(f.control[0]),
-            brake=float(f.control[1]),
-            steer=float(f.control[2]),
-            waypoints=to_ego(future, x, y, theta).astype(np.float32),
-            light_state=state,
-            light_distance=distance,
-            is_junction=self._in_junction(x, y),
-            objects=self._objects(i),
-            instruction=self._active[i],
-            instruction_completed=bool(self._completed[i]),
-            weather=self.spec.weather,
-            perturbed=f.perturbed,
+        x, y, theta = (float(v) for v in f.ego[:3])
+        return frame_measurements(
+            self.town,
+            self.log.route,
+            f,
+            i,
+            to_ego(future, x, y, theta).astype(np.float32),
+            self._active[i],
+            bool(self._completed[i]),
+            self.spec.weather,
         )
 
     def junction_ahead(self, i: int, within: float = 40.0) -> list[str] | None:
@@ -242,56 +236,95 @@ class ProceduralScene:
         if not 0 <= i < len(self):
             raise IndexError(f"frame {i} out of range for {self.name} ({len(self)} frames)")
 
-    def _in_junction(self, x: float, y: float) -> bool:
-        return bool(
-            np.min(np.abs(self.town.xs - x)) < BOX and np.min(np.abs(self.town.ys - y)) < BOX
-        )
 
-    def _objects(self, i: int) -> tuple[SceneObject, ...]:
-        f = self.log.frames[i]
-        x, y, theta = (float(v) for v in f.ego[:3])
-        out: list[SceneObject] = []
-        c, s = np.cos(theta), np.sin(theta)
-        for cls, arr, size in (
-            ("vehicle", f.vehicles, VEHICLE_SIZE),
-            ("pedestrian", f.pedestrians, PEDESTRIAN_SIZE),
-        ):
-            if not len(arr):
-                continue
-            rel = to_ego(arr[:, :2], x, y, theta)
-            near = np.flatnonzero(np.hypot(rel[:, 0], rel[:, 1]) < OBJECT_RANGE)
-            for j in near:
-                vx, vy = arr[j, 3], arr[j, 4]
-                out.append(
-                    SceneObject(
-                        cls=cls,
-                        x=float(rel[j, 0]),
-                        y=float(rel[j, 1]),
-                        yaw=float((arr[j, 2] - theta + np.pi) % (2 * np.pi) - np.pi),
-                        length=size[0],
-                        width=size[1],
-                        height=size[2],
-                        vx=float(c * vx + s * vy),
-                        vy=float(-s * vx + c * vy),
-                    )
+def frame_measurements(
+    town: Town,
+    route: Route,
+    f: FrameState,
+    index: int,
+    waypoints: np.ndarray,
+    instruction: Instruction,
+    completed: bool,
+    weather: str,
+) -> Measurements:
+    """The contract measurements of recorded frame ``f`` (frame ``index`` of a drive on ``route``)
+    with these waypoint labels and instruction: pose, controls, the governing light within
+    :data:`LIGHT_RANGE` of its stop line, the junction flag and :func:`frame_objects`."""
+    x, y, theta, speed = (float(v) for v in f.ego)
+    m = route.next_maneuver(f.ego_s + HALF_LENGTH)
+    state, distance = "none", np.inf
+    if m is not None and town.has_light(m.node):
+        gap = m.s_stop - f.ego_s - HALF_LENGTH
+        if -0.5 < gap < LIGHT_RANGE:
+            state, distance = light_state(town, m.node, m.k_in, f.t), float(gap)
+    in_junction = np.min(np.abs(town.xs - x)) < BOX and np.min(np.abs(town.ys - y)) < BOX
+    return Measurements(
+        frame=index,
+        x=x,
+        y=y,
+        theta=theta,
+        speed=speed,
+        throttle=float(f.control[0]),
+        brake=float(f.control[1]),
+        steer=float(f.control[2]),
+        waypoints=np.asarray(waypoints, dtype=np.float32),
+        light_state=state,
+        light_distance=distance,
+        is_junction=bool(in_junction),
+        objects=frame_objects(town, f),
+        instruction=instruction,
+        instruction_completed=completed,
+        weather=weather,
+        perturbed=f.perturbed,
+    )
+
+
+def frame_objects(town: Town, f: FrameState) -> tuple[SceneObject, ...]:
+    """Vehicles, pedestrians and signal heads within :data:`OBJECT_RANGE` of the ego at ``f``, in
+    the ego frame."""
+    x, y, theta = (float(v) for v in f.ego[:3])
+    out: list[SceneObject] = []
+    c, s = np.cos(theta), np.sin(theta)
+    for cls, arr, size in (
+        ("vehicle", f.vehicles, VEHICLE_SIZE),
+        ("pedestrian", f.pedestrians, PEDESTRIAN_SIZE),
+    ):
+        if not len(arr):
+            continue
+        rel = to_ego(arr[:, :2], x, y, theta)
+        near = np.flatnonzero(np.hypot(rel[:, 0], rel[:, 1]) < OBJECT_RANGE)
+        for j in near:
+            vx, vy = arr[j, 3], arr[j, 4]
+            out.append(
+                SceneObject(
+                    cls=cls,
+                    x=float(rel[j, 0]),
+                    y=float(rel[j, 1]),
+                    yaw=float((arr[j, 2] - theta + np.pi) % (2 * np.pi) - np.pi),
+                    length=size[0],
+                    width=size[1],
+                    height=size[2],
+                    vx=float(c * vx + s * vy),
+                    vy=float(-s * vx + c * vy),
                 )
-        for (_, k, head), st in zip(self.town.light_heads(), f.lights, strict=True):
-            rel = to_ego(head[None], x, y, theta)[0]
-            if np.hypot(*rel) < OBJECT_RANGE:
-                yaw = float((k * np.pi / 2 + np.pi - theta + np.pi) % (2 * np.pi) - np.pi)
-                out.append(
-                    SceneObject(
-                        cls="traffic_light",
-                        x=float(rel[0]),
-                        y=float(rel[1]),
-                        yaw=yaw,
-                        length=0.6,
-                        width=0.84,
-                        height=6.0,
-                        state=st,
-                    )
+            )
+    for (_, k, head), st in zip(town.light_heads(), f.lights, strict=True):
+        rel = to_ego(head[None], x, y, theta)[0]
+        if np.hypot(*rel) < OBJECT_RANGE:
+            yaw = float((k * np.pi / 2 + np.pi - theta + np.pi) % (2 * np.pi) - np.pi)
+            out.append(
+                SceneObject(
+                    cls="traffic_light",
+                    x=float(rel[0]),
+                    y=float(rel[1]),
+                    yaw=yaw,
+                    length=0.6,
+                    width=0.84,
+                    height=6.0,
+                    state=st,
                 )
-        return tuple(out)
+            )
+    return tuple(out)
 
 
 def _clip(span: InstructionSpan, frames: int) -> InstructionSpan:

@@ -1,0 +1,161 @@
+"""On-policy drives for DAgger: the states an agent's own driving leads to, labelled by the expert.
+
+A planner trained on the expert's drives sees, in closed loop, states no recorded drive has (a car
+askew after a misleading instruction, a corner taken too fast) and its errors compound: behaviour
+cloning's covariate shift. DAgger (Ross et al. 2011) drives the learnt policy, labels every state it
+visits with what the expert would do there, and adds those windows to the training data.
+
+:class:`OnPolicyRecorder` wraps an agent for :func:`closedloop.run.drive_route`: at every frame it
+keeps the rendered views, the state and :meth:`World.expert_waypoints` (the waypoints a recorded
+drive's frame would carry for that state); :meth:`OnPolicyRecorder.scene` returns the drive as a
+contract :class:`~schemas.scene.Scene` that :func:`scenes.lmdrive.write_route` writes as an
+LMDrive-format route, tagged ``source: onpolicy`` so training can draw its windows as a group
+(:class:`lmgendrive.train.data.PlannerData`).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from closedloop.agents import Observation
+from closedloop.routes import BuiltRoute
+from driving.control import Control
+from scenes.lmdrive import write_index, write_route
+from scenes.procedural.drive import frame_measurements
+from scenes.procedural.world import FrameState, World
+from schemas.scene import FPS, Instruction, InstructionSpan, Measurements
+
+SOURCE = "onpolicy"  # the recorded scenes' tags["source"]
+
+
+class OnPolicyRecorder:
+    """``agent`` driving as it does, its frames recorded with the expert's labels."""
+
+    def __init__(self, agent):
+        self.agent = agent
+        self.name = agent.name
+        self.needs_images, self.privileged = True, False
+
+    @property
+    def sees_center(self) -> bool:
+        """The recorded views include the centre view when the agent's model sees it."""
+        return getattr(self.agent, "sees_center", False)
+
+    def reset(self, world: World, seed: int) -> None:
+        self.agent.reset(world, seed)
+        self.world = world
+        self.labels: list[np.ndarray] = []
+        self.instructions: list[Instruction] = []
+        self.images: list[dict[str, np.ndarray]] = []
+        self.states: list[FrameState] = []
+
+    def act(self, obs: Observation) -> Control:
+        self.labels.append(self.world.expert_waypoints().astype(np.float32))
+        self.instructions.append(obs.instruction)
+        return self.agent.act(obs)
+
+    def on_frame(self, frame: int, images: dict | None, state: FrameState) -> None:
+        """:func:`closedloop.run.drive_route`'s per-frame hook: keep the views and the state."""
+        self.images.append({v: np.ascontiguousarray(img) for v, img in images.items()})
+        self.states.append(state)
+
+    def scene(self, built: BuiltRoute, name: str) -> OnPolicyDrive:
+        """The recorded drive as a scene called ``name``."""
+        return OnPolicyDrive(name, built, self.states, self.images, self.labels, self.instructions)
+
+
+class OnPolicyDrive:
+    """A recorded on-policy drive as a contract :class:`~schemas.scene.Scene` (in memory)."""
+
+    fps = FPS
+
+    def __init__(
+        self,
+        name: str,
+        built: BuiltRoute,
+        states: list[FrameState],
+        images: list[dict[str, np.ndarray]],
+        labels: list[np.ndarray],
+        instructions: list[Instruction],
+    ):
+        if not (len(states) == len(images) == len(labels) == len(instructions)):
+            raise ValueError("an on-policy drive needs one state, image set, label and instruction")
+        if not states:
+            raise ValueError(f"on-policy drive {name!r} has no frames")
+        self.name, self.built = name, built
+        self.states, self._images, self.labels = states, images, labels
+        self.views = tuple(images[0])
+        self.size = tuple(images[0][self.views[0]].shape[:2])
+        self._spans = _spans(instructions)
+        self._completed = _completed(self._spans)
+        self._instruction = [s.instruction for s in self._spans for _ in _frames(s)]
+
+    def __len__(self) -> int:
+        return len(self.states)
+
+    @property
+    def tags(self) -> dict:
+        spec = self.built.spec
+        return {
+            "source": SOURCE,
+            "town_seed": spec.town,
+            "route_id": spec.route_id,
+            "weather": spec.weather,
+        }
+
+    def instructions(self) -> list[InstructionSpan]:
+        return list(self._spans)
+
+    def images(self, i: int) -> dict[str, np.ndarray]:
+        return dict(self._images[i])
+
+    def measurements(self, i: int) -> Measurements:
+        return frame_measurements(
+            self.built.town,
+            self.built.route,
+            self.states[i],
+            i,
+            self.labels[i],
+            self._instruction[i],
+            i in self._completed,
+            self.built.spec.weather,
+        )
+
+
+def write_onpolicy(scene: OnPolicyDrive, root: Path) -> Path:
+    """Write ``scene`` as the LMDrive route ``root/<name>`` (atomically; a rerun replaces it)."""
+    root.mkdir(parents=True, exist_ok=True)
+    return write_route(scene, root / scene.name, overwrite=True)
+
+
+def index_onpolicy(root: Path, names: list[str]) -> Path:
+    """Write ``root``'s ``dataset_index.txt`` listing those of the routes ``names`` recorded
+    there."""
+    return write_index(root, [root / n for n in names if (root / n).is_dir()])
+
+
+def _completed(spans: list[InstructionSpan]) -> set[int]:
+    """The frames at which a navigation instruction is completed: the last frame of a span (not a
+    misleading one) after which the navigation changes (a notice said after it does not)."""
+    kind = [s.instruction.args.get("type") for s in spans]
+    return {
+        s.end_frame
+        for j, s in enumerate(spans[:-1])
+        if not s.instruction.misleading and kind[j + 1] != kind[j]
+    }
+
+
+def _frames(span: InstructionSpan) -> range:
+    return range(span.start_frame, span.end_frame + 1)
+
+
+def _spans(shown: list[Instruction]) -> list[InstructionSpan]:
+    """Runs of the same shown instruction as spans."""
+    spans, start = [], 0
+    for i in range(1, len(shown) + 1):
+        if i == len(shown) or shown[i] != shown[start]:
+            spans.append(InstructionSpan(shown[start], start, i - 1))
+            start = i
+    return spans
