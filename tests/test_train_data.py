@@ -564,7 +564,7 @@ def test_render_cache_renders_again_only_drives_of_an_older_version(tmp_path):
             "preset: tiny\nworkdir: w\noutput: o\nstages: {'2': {iterations: 2, batch_size: 1, "
             "lr: 1, planner: {junction_share: 0.8, departure_share: 0.3}}}\n",
             "junction_share \\+ departure_share \\+ approach_share \\+ recovery_share \\+ "
-            "slowing_share \\+ stopping_share must be <= 1",
+            "slowing_share \\+ stopping_share \\+ onpolicy_share must be <= 1",
         ),
         (
             "preset: tiny\nworkdir: w\noutput: o\nstages: {'2': {iterations: 2, batch_size: 1, "
