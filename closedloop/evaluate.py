@@ -94,15 +94,17 @@ def _drive(job: tuple[Drive, str, str | None, tuple[int, int], Path | None]) -> 
         result = drive_route(built, agent, image_size)
     else:
         result = drive_route(built, recorder, image_size, recorder.on_frame)
-        write_onpolicy(recorder.scene(built, onpolicy_name(drive)), record)
+        write_onpolicy(recorder.scene(built, onpolicy_name(drive, sha)), record)
     weights = {"model_sha256": sha} if drive.agent in MODEL_AGENTS else {}
     return {"key": drive.key, "seed_run": drive.seed_run, **weights, **result.row()}
 
 
-def onpolicy_name(drive: Drive) -> str:
-    """The route folder of ``drive``'s on-policy recording."""
+def onpolicy_name(drive: Drive, sha: str | None) -> str:
+    """The route folder of ``drive``'s on-policy recording, by weights ``sha`` (DAgger rounds drive
+    the same routes with new weights into the same root)."""
     moving = f"_at{drive.spec.start_speed:g}" if drive.spec.start_speed else ""
-    return f"onpolicy_{drive.seed_run}_{drive.spec.route_id}{moving}_{drive.agent}"
+    seed = drive.seeded().seed
+    return f"onpolicy_{(sha or '')[:12]}_{drive.spec.route_id}_{seed}{moving}_{drive.agent}"
 
 
 def check_agents(agents: Sequence[str], checkpoint: str) -> str | None:
@@ -142,7 +144,7 @@ def run_drives(
     """Drive every route with every agent in ``seeds`` seed runs, appending each drive's row to
     ``out/drives.jsonl`` as it finishes; drives already there are not driven again. ``record``:
     write every model drive there as an on-policy LMDrive route (:mod:`closedloop.onpolicy`) and
-    keep the root's index listing the recorded routes."""
+    index every on-policy route there (earlier runs' too: DAgger aggregates)."""
     sha = check_agents(agents, checkpoint)
     if record is not None and set(agents) - set(MODEL_AGENTS):
         raise BadInputError(
@@ -171,7 +173,7 @@ def run_drives(
             for job in jobs:
                 _append(sink, _drive(job), done, bar)
     if record is not None:
-        index_onpolicy(record, [onpolicy_name(d) for d in drives])
+        index_onpolicy(record)
     return [done[d.key] for d in drives]
 
 

@@ -26,6 +26,7 @@ from scenes.lmdrive import write_index, write_route
 from scenes.procedural.drive import frame_measurements
 from scenes.procedural.world import FrameState, World
 from schemas.scene import FPS, Instruction, InstructionSpan, Measurements
+from storage.atomic import PARTIAL_SUFFIX
 
 SOURCE = "onpolicy"  # the recorded scenes' tags["source"]
 
@@ -130,10 +131,15 @@ def write_onpolicy(scene: OnPolicyDrive, root: Path) -> Path:
     return write_route(scene, root / scene.name, overwrite=True)
 
 
-def index_onpolicy(root: Path, names: list[str]) -> Path:
-    """Write ``root``'s ``dataset_index.txt`` listing those of the routes ``names`` recorded
-    there."""
-    return write_index(root, [root / n for n in names if (root / n).is_dir()])
+def index_onpolicy(root: Path) -> Path:
+    """Write ``root``'s ``dataset_index.txt`` listing every complete on-policy route there (named
+    ``onpolicy_*``; folders still being written, ``*.partial``, are not)."""
+    routes = sorted(
+        d
+        for d in root.glob(f"{SOURCE}_*")
+        if d.is_dir() and not d.name.endswith((PARTIAL_SUFFIX, ".old"))
+    )
+    return write_index(root, routes)
 
 
 def _completed(spans: list[InstructionSpan]) -> set[int]:

@@ -34,7 +34,9 @@ def oracle_drive(tmp_path_factory):
     recorder = OnPolicyRecorder(LabelOracleAgent())
     result = drive_route(built, recorder, (32, 32), recorder.on_frame)
     write_onpolicy(recorder.scene(built, "onpolicy_corner"), root)
-    index_onpolicy(root, ["onpolicy_corner", "onpolicy_missing"])
+    (root / "onpolicy_torn.partial").mkdir()  # a write that never finished
+    (root / "notes").mkdir()  # not ours
+    index_onpolicy(root)
     return result, recorder, open_root(root)
 
 
