@@ -21,7 +21,7 @@ import numpy as np
 
 from closedloop.agents import Observation
 from closedloop.routes import BuiltRoute
-from driving.control import Control
+from driving.control import Control, WaypointController
 from scenes.lmdrive import write_index, write_route
 from scenes.procedural.drive import frame_measurements
 from scenes.procedural.world import FrameState, World
@@ -31,12 +31,23 @@ from storage.atomic import PARTIAL_SUFFIX
 SOURCE = "onpolicy"  # the recorded scenes' tags["source"]
 
 
+# The expert takes over where the agent has strayed this far from its route's centre line or its
+# heading (HG-DAgger's gate): the leaderboard lets a car stray 30 m, and from there the expert's
+# labels are U-turns back to the route (45 % of the first round's labels bent over 20 degrees,
+# 2 % of the expert's drives'), which taught the planner to drive in circles. It hands back once
+# the car is near the centre line again.
+TAKEOVER = (1.5, np.radians(25.0))  # metres, radians
+HAND_BACK = (0.5, np.radians(10.0))
+
+
 class OnPolicyRecorder:
-    """``agent`` driving as it does, its frames recorded with the expert's labels."""
+    """``agent`` driving as it does, its frames recorded with the expert's labels; where it strays
+    beyond :data:`TAKEOVER` from its route, LMDrive's controllers on those labels drive until it is
+    back within :data:`HAND_BACK` (the agent still sees every frame)."""
 
     def __init__(self, agent):
         self.agent = agent
-        self.name = agent.name
+        self.name = f"{agent.name}+takeover"
         self.needs_images, self.privileged = True, False
 
     @property
@@ -46,16 +57,34 @@ class OnPolicyRecorder:
 
     def reset(self, world: World, seed: int) -> None:
         self.agent.reset(world, seed)
-        self.world = world
+        self.world, self.controller = world, WaypointController()
+        self.taken_over = False
+        self.takeover_frames = 0
         self.labels: list[np.ndarray] = []
         self.instructions: list[Instruction] = []
         self.images: list[dict[str, np.ndarray]] = []
         self.states: list[FrameState] = []
 
     def act(self, obs: Observation) -> Control:
-        self.labels.append(self.world.expert_waypoints().astype(np.float32))
+        label = self.world.expert_waypoints().astype(np.float32)
+        self.labels.append(label)
         self.instructions.append(obs.instruction)
-        return self.agent.act(obs)
+        control = self.agent.act(obs)
+        off, skew = self.off_route()
+        gate = HAND_BACK if self.taken_over else TAKEOVER
+        self.taken_over = off > gate[0] or skew > gate[1]
+        if not self.taken_over:
+            return control
+        self.takeover_frames += 1
+        return self.controller.step(label, obs.speed)
+
+    def off_route(self) -> tuple[float, float]:
+        """Metres from the route's centre line and radians off its heading, now."""
+        e = self.world.expert
+        path = e.route.path
+        off = float(np.linalg.norm(path.point(e.s) - np.array([e.x, e.y])))
+        skew = abs((e.theta - path.heading(e.s) + np.pi) % (2 * np.pi) - np.pi)
+        return off, float(skew)
 
     def on_frame(self, frame: int, images: dict | None, state: FrameState) -> None:
         """:func:`closedloop.run.drive_route`'s per-frame hook: keep the views and the state."""

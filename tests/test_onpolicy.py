@@ -12,6 +12,7 @@ from closedloop.evaluate import run_drives
 from closedloop.onpolicy import OnPolicyRecorder, index_onpolicy, write_onpolicy
 from closedloop.routes import RouteSpec, build_route, sample_routes
 from closedloop.run import drive_route
+from driving.control import Control
 from lmgendrive.checkpoint import load_checkpoint
 from lmgendrive.train.config import PlannerConfig
 from lmgendrive.train.data import DriveDataset, maneuver_groups
@@ -117,3 +118,34 @@ def test_only_model_drives_are_recorded_and_towns_parse(tmp_path):
         with pytest.raises(ConfigError, match="FIRST-LAST"):
             parse_towns(bad)
     assert {r.town for r in sample_routes("tiny", 4, 0, [7, 8])} == {7, 8}
+
+
+class SteersLeft:
+    """An agent that always steers left at a steady throttle: it leaves any lane."""
+
+    name, needs_images, privileged = "steers_left", False, False
+
+    def reset(self, world, seed):
+        pass
+
+    def act(self, obs):
+        return Control(throttle=0.5, brake=0.0, steer=-0.6)
+
+
+def test_the_expert_takes_over_where_the_agent_strays():
+    """An agent that steers off the road is taken over beyond 1.5 m (or 25 degrees) off its route
+    and handed back near the centre line: the drive stays within a few metres of the route and
+    reaches the goal, where alone it circles metres off the road until the route times out."""
+    built = build_route(CORNER)
+    path = built.route.path
+
+    def most_off(result):
+        return max(np.linalg.norm(path.point(f.ego_s) - f.ego[:2]) for f in result.log.frames)
+
+    alone = drive_route(built, SteersLeft())
+    assert alone.score.rc < 100.0 and most_off(alone) > 5.0
+    recorder = OnPolicyRecorder(SteersLeft())
+    result = drive_route(built, recorder, (16, 16), recorder.on_frame)
+    assert result.score.rc == 100.0 and result.agent == "steers_left+takeover"
+    assert most_off(result) < 3.0
+    assert 0 < recorder.takeover_frames < result.frames
