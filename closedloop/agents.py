@@ -14,7 +14,11 @@ and signal) and planning at 20 Hz; it is the ceiling the benchmark is checked ag
   route's instructions; ``random_instructions`` swaps each instruction for a random one (how much
   of the score comes from following language); ``light_rule`` drives it with InterFuser's
   red-light rule on its own light head (:mod:`driving.light_rule`), the ``model_light_rule`` row:
-  not the paper's agent, which has the waypoints and LMDrive's PID controllers alone.
+  not the paper's agent, which has the waypoints and LMDrive's PID controllers alone;
+  ``lane_oracle`` drives it with the lane assist (:mod:`driving.lane_assist`) fed the car's true
+  offset from its lane centre and heading error, the ``model_lane_oracle`` row: privileged, a
+  diagnostic like ``label_oracle`` (what knowing its place in the lane would be worth to the
+  planner, which cannot tell it: ``bench/lane_probe.py``).
 """
 
 from __future__ import annotations
@@ -39,9 +43,10 @@ AGENTS = (
     "model",
     "random_instruction",
     "model_light_rule",
+    "model_lane_oracle",
 )
 # the agents that drive with a checkpoint
-MODEL_AGENTS = ("model", "random_instruction", "model_light_rule")
+MODEL_AGENTS = ("model", "random_instruction", "model_light_rule", "model_lane_oracle")
 
 
 @dataclass
@@ -105,18 +110,28 @@ class ModelAgent:
     needs_images, privileged = True, False
 
     def __init__(
-        self, model: LMGenDrive, random_instructions: bool = False, light_rule: bool = False
+        self,
+        model: LMGenDrive,
+        random_instructions: bool = False,
+        light_rule: bool = False,
+        lane_oracle: bool = False,
     ):
-        if random_instructions and light_rule:
-            raise ValueError("the light rule is measured with the route's instructions only")
+        if random_instructions + light_rule + lane_oracle > 1:
+            raise ValueError(
+                "random instructions, the light rule and the lane oracle are measured one at a time"
+            )
         # never asked past the training drives' fastest: their expert cruises at CRUISE_SPEED
-        self.driver = ModelDriver(model, max_speed=CRUISE_SPEED, light_rule=light_rule)
-        self.random_instructions = random_instructions
+        self.driver = ModelDriver(
+            model, max_speed=CRUISE_SPEED, light_rule=light_rule, lane_assist=lane_oracle
+        )
+        self.random_instructions, self.lane_oracle = random_instructions, lane_oracle
         self.name = (
             "random_instruction"
             if random_instructions
             else "model_light_rule"
             if light_rule
+            else "model_lane_oracle"
+            if lane_oracle
             else "model"
         )
 
@@ -126,6 +141,7 @@ class ModelAgent:
         return self.driver.model.config.vision.center_view
 
     def reset(self, world: World, seed: int) -> None:
+        self.world = world
         self.driver.reset()
         self.rng = np.random.default_rng([seed, 4409])
         self.given: Instruction | None = None
@@ -136,5 +152,9 @@ class ModelAgent:
             self.given = obs.instruction
             told = random_instruction(self.rng) if self.random_instructions else obs.instruction
             self.told = told.text
+        if self.lane_oracle:  # privileged: where the car stands against its route's lane centre
+            f = self.world.log.frames[-1]
+            x, y, theta = (float(v) for v in f.ego[:3])
+            self.driver.lane_pose = self.world.log.route.path.lane_pose(f.ego_s, x, y, theta)
         _, control = self.driver.step(obs.images, obs.speed, obs.pose, self.told)
         return control

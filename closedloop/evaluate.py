@@ -83,6 +83,7 @@ def make_agent(name: str, checkpoint: str):
         _MODEL[checkpoint],
         random_instructions=name == "random_instruction",
         light_rule=name == "model_light_rule",
+        lane_oracle=name == "model_lane_oracle",
     )
 
 

@@ -16,6 +16,7 @@ from collections.abc import Mapping
 import numpy as np
 
 from driving.control import Control, WaypointController
+from driving.lane_assist import LaneAssistController
 from driving.light_rule import LightRuleController
 from lmgendrive.model import LMGenDrive
 from lmgendrive.rollout import PlanResult, RolloutState
@@ -45,7 +46,9 @@ class ModelDriver:
     ``max_speed`` (m/s) caps the speed the controller asks for (see
     :class:`~driving.control.WaypointController`; None: LMDrive's controller, uncapped);
     ``light_rule`` adds InterFuser's red-light rule on the model's own light head
-    (:mod:`driving.light_rule`; off: LMDrive's agent, the waypoints alone)."""
+    (:mod:`driving.light_rule`; off: LMDrive's agent, the waypoints alone); ``lane_assist`` pulls
+    the plan towards the lane centre from :attr:`lane_pose` (:mod:`driving.lane_assist`), which
+    the caller sets before each :meth:`step`."""
 
     def __init__(
         self,
@@ -53,8 +56,13 @@ class ModelDriver:
         seed: int = 0,
         max_speed: float | None = None,
         light_rule: bool = False,
+        lane_assist: bool = False,
     ):
+        if light_rule and lane_assist:
+            raise ValueError("the light rule and the lane assist are measured one at a time")
         self.model, self.seed, self.light_rule = model, seed, light_rule
+        self.lane_assist = lane_assist
+        self.lane_pose: tuple[float, float] | None = None
         self.max_speed = np.inf if max_speed is None else float(max_speed)
         self.state: RolloutState | None = None
         self.instruction: str | None = None
@@ -83,6 +91,8 @@ class ModelDriver:
         """A fresh controller for a new drive."""
         if self.light_rule:
             return LightRuleController(self.model.config.fps, self.max_speed)
+        if self.lane_assist:
+            return LaneAssistController(self.max_speed)
         return WaypointController(self.max_speed)
 
     def step(
@@ -115,6 +125,8 @@ class ModelDriver:
             self.model.observe(self.state, frames, [speed], driven[None])
         self.frames_encoded += 1
         controller = self.state.controllers[0]
+        if isinstance(controller, LaneAssistController):
+            controller.lane_pose = self.lane_pose
         if isinstance(controller, LightRuleController):
             controller.stop_prob = stop_probability(self.state.light[0].cpu().numpy())
         result = self.model.plan(self.state)

@@ -22,6 +22,7 @@ AGENT_ORDER = (
     "label_oracle",
     "model",
     "model_light_rule",
+    "model_lane_oracle",
     "random_instruction",
     "lane_keeping",
 )
@@ -150,6 +151,7 @@ def draw_map(built: BuiltRoute, rows: list[dict], path: Path) -> None:
         "expert": "tab:green",
         "model": "tab:blue",
         "model_light_rule": "tab:cyan",
+        "model_lane_oracle": "tab:olive",
         "random_instruction": "tab:purple",
     }
     kinds: set[str] = set()

@@ -380,3 +380,27 @@ def test_plan_reports_the_light_heads_reading_of_the_newest_frame():
         if stop > 0.3:
             assert control.brake == 1.0 and control.throttle == 0.0
     assert ModelAgent(model, light_rule=True).name == "model_light_rule"
+
+
+def test_lane_oracle_feeds_the_assist_the_cars_true_lane_pose():
+    """The model_lane_oracle agent hands the lane assist, every frame, where the car stands
+    against its route's lane centre (privileged, as label_oracle is), and the assist's car
+    reaches the corner's goal on its lane."""
+    from lmgendrive.checkpoint import load_checkpoint
+
+    model, _ = load_checkpoint("demo", "cpu")
+    with pytest.raises(ValueError, match="one at a time"):
+        ModelAgent(model, light_rule=True, lane_oracle=True)
+    agent = ModelAgent(model, lane_oracle=True)
+    assert agent.name == "model_lane_oracle"
+    built = build_route(CORNER)
+    seen = []
+
+    def check(frame, images, state):
+        x, y, theta = (float(v) for v in state.ego[:3])
+        want = built.route.path.lane_pose(state.ego_s, x, y, theta)
+        seen.append(agent.driver.state.controllers[0].lane_pose == want)
+
+    result = drive_route(built, agent, on_frame=check)
+    assert seen and all(seen)
+    assert result.score.ended_by is None and result.score.rc == 100.0

@@ -82,6 +82,16 @@ class Polyline:
         d = self.points[i + 1] - self.points[i]
         return float(np.arctan2(d[1], d[0]))
 
+    def lane_pose(self, s: float, x: float, y: float, theta: float) -> tuple[float, float]:
+        """Where a car at (``x``, ``y``) heading ``theta`` stands against this line at arc length
+        ``s``: its lateral offset (metres, left of the line positive) and heading error (radians
+        in [-pi, pi), turned left of the line's direction positive)."""
+        px, py = self.point(s)
+        h = self.heading(s)
+        lateral = -(x - px) * np.sin(h) + (y - py) * np.cos(h)
+        error = (theta - h + np.pi) % (2.0 * np.pi) - np.pi
+        return float(lateral), float(error)
+
     def _segment(self, s: float) -> int:
         return int(min(max(np.searchsorted(self.s, s, side="right") - 1, 0), len(self.s) - 2))
 
