@@ -43,7 +43,6 @@ from lmgendrive.checkpoint import load_checkpoint
 from lmgendrive.model import LMGenDrive
 from scenes.procedural.drive import DriveSpec, ProceduralScene, ground_of_town
 from scenes.procedural.render import Renderer
-from scenes.procedural.town import BOX
 from scenes.procedural.world import FrameState
 from schemas.scene import WEATHERS
 
@@ -75,7 +74,7 @@ def displaced_frames(
         for i in range(0, FRAMES, EVERY):
             f = scene.log.frames[i]
             x, y, theta = (float(v) for v in f.ego[:3])
-            if np.min(np.abs(town.xs - x)) < BOX and np.min(np.abs(town.ys - y)) < BOX:
+            if town.in_junction_box(x, y):
                 continue
             shift = rng.uniform(-SHIFT_M, SHIFT_M)
             turn = np.radians(rng.uniform(-TURN_DEG, TURN_DEG))
@@ -112,9 +111,8 @@ def readers(
         images = [
             renderer.render(f, log.vehicle_colors, log.pedestrian_colors) for f in frames_here
         ]
-        idx = frames_here
         front = np.stack([im["front"] for im in images]).astype(np.float32) / 127.5 - 1.0
-        out["pixels"].append(front.reshape(len(idx), -1))
+        out["pixels"].append(front.reshape(len(images), -1))
         for name, model in models.items():
             views = model.config.vision_views
             frames = np.stack([np.stack([im[v] for v in views]) for im in images])

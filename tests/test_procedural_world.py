@@ -51,6 +51,10 @@ def test_town_has_grid_roads_lights_buildings_and_trees():
     assert len(town.buildings) > 100 and len(town.trees) > 20
     spacing = np.diff(town.xs)
     assert spacing.min() >= 55 and spacing.max() <= 85 and np.ptp(spacing) > 1  # irregular grid
+    x0, y0 = town.xs[1], town.ys[2]  # a junction's centre: inside its box within 7 m each way
+    assert town.in_junction_box(x0, y0) and town.in_junction_box(x0 + 6.9, y0 - 6.9)
+    assert not town.in_junction_box(x0 + 7.1, y0)  # on the road leaving it
+    assert not town.in_junction_box(x0 + 20.0, y0 + 20.0)  # inside a block
 
 
 def test_measurements_ground_truth(noon_scene):

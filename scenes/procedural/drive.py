@@ -18,7 +18,7 @@ from scenes.procedural.recovery import plan_perturbations
 from scenes.procedural.render import Renderer
 from scenes.procedural.routes import PEDESTRIAN_SIZE, Route
 from scenes.procedural.signals import light_state
-from scenes.procedural.town import BOX, Town, make_town, turn_between
+from scenes.procedural.town import Town, make_town, turn_between
 from scenes.procedural.weather import get_weather
 from scenes.procedural.world import FrameState, simulate
 from schemas.errors import ConfigError
@@ -257,7 +257,7 @@ def frame_measurements(
         gap = m.s_stop - f.ego_s - HALF_LENGTH
         if -0.5 < gap < LIGHT_RANGE:
             state, distance = light_state(town, m.node, m.k_in, f.t), float(gap)
-    in_junction = np.min(np.abs(town.xs - x)) < BOX and np.min(np.abs(town.ys - y)) < BOX
+    in_junction = town.in_junction_box(x, y)
     return Measurements(
         frame=index,
         x=x,

@@ -18,7 +18,7 @@ from scenes.procedural.geometry import Polyline
 from scenes.procedural.props import Boxes
 from scenes.procedural.routes import PEDESTRIAN_SIZE
 from scenes.procedural.signals import light_state
-from scenes.procedural.town import BOX, LANE_OFFSET
+from scenes.procedural.town import LANE_OFFSET
 from scenes.procedural.world import DriveLog, FrameState
 
 NEAR_M = 6.0  # only actors this close are tested for overlap
@@ -148,7 +148,7 @@ def outside_lanes_percent(log: DriveLog, route_length_m: float) -> float:
     outside = 0.0
     for a, b in zip(log.frames, log.frames[1:], strict=False):
         x, y = b.ego[0], b.ego[1]
-        in_box = np.min(np.abs(town.xs - x)) < BOX and np.min(np.abs(town.ys - y)) < BOX
+        in_box = town.in_junction_box(x, y)
         if not in_box and np.linalg.norm(path.point(b.ego_s) - (x, y)) > LANE_OFFSET:
             outside += float(np.hypot(x - a.ego[0], y - a.ego[1]))
     return min(100.0, 100.0 * outside / max(route_length_m, 1e-9))

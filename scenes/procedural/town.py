@@ -63,6 +63,10 @@ class Town:
             self.ys[-1] + MARGIN,
         )
 
+    def in_junction_box(self, x: float, y: float) -> bool:
+        """Whether (``x``, ``y``) lies in a junction box (where turns happen, no lane to keep)."""
+        return bool(np.min(np.abs(self.xs - x)) < BOX and np.min(np.abs(self.ys - y)) < BOX)
+
     def node_xy(self, node: tuple[int, int]) -> np.ndarray:
         return np.array([self.xs[node[0]], self.ys[node[1]]])
 
