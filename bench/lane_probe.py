@@ -15,13 +15,17 @@ frames:
 * ``pixels``: the front view itself, linearly (a baseline);
 * ``<checkpoint>.encoder``: the vision encoder's Q-Former input of the frame (pooled BEV,
   waypoint and light tokens: everything the planner's tokens are made from);
-* ``<checkpoint>.planner``: the per-frame tokens the LLM reads (Q-Former and adapter output).
+* ``<checkpoint>.planner``: the per-frame tokens the LLM reads (Q-Former and adapter output);
+* ``<checkpoint>.lane_reader``: the vision encoder's lane reader, where it has one, read as it
+  is (no fit): what ``lmgd drive``'s ``model_lane_assist`` agent steers by.
 
 R² on held-out frames (1 - squared error / variance; 0 is the mean's, below 0 worse), with a
 bootstrap 95 % interval over held-out drives, and the root-mean-square error (metres, degrees).
 
 The last line is a JSON object: ``lateral_r2`` and ``heading_r2``, each {reader: {r2, rmse,
-ci95}}, the labels' spread and the frame and drive counts.
+ci95}}, the labels' spread and the frame and drive counts; for each lane reader ``in_lane``: the
+share of held-out frames it sees a lane in, on the lane frames (should be 1) and on frames inside
+junction boxes (should be 0), each with its N.
 
     python bench/lane_probe.py [--checkpoint demo [more ...]] [--train-towns 20]
         [--held-out-towns 8]
@@ -33,21 +37,22 @@ import argparse
 import json
 import platform
 import time
-from dataclasses import replace
 
 import numpy as np
 import torch
 from quality import HELD_OUT_FIRST
 
+from closedloop.model_driver import IN_LANE
 from lmgendrive.checkpoint import load_checkpoint
 from lmgendrive.model import LMGenDrive
+from scenes.procedural.displaced import displace
 from scenes.procedural.drive import DriveSpec, ProceduralScene, ground_of_town
 from scenes.procedural.render import Renderer
 from scenes.procedural.world import FrameState
 from schemas.scene import WEATHERS
 
 FRAMES, EVERY = 200, 4
-SHIFT_M, TURN_DEG = 1.5, 15.0  # the displaced camera: across the lane, and turned
+SHIFT_M, TURN_DEG = 1.5, 15.0  # the displaced camera: what the model's drives show on straight road
 LAMBDAS = (1e1, 1e2, 1e3, 1e4)
 
 
@@ -63,28 +68,25 @@ def drives(first: int, count: int, size: tuple[int, int]) -> list[ProceduralScen
 
 
 def displaced_frames(
-    scenes: list[ProceduralScene], rng: np.random.Generator
+    scenes: list[ProceduralScene], rng: np.random.Generator, junctions: bool = False
 ) -> tuple[list[tuple[int, FrameState]], np.ndarray]:
-    """Every ``EVERY``-th frame of ``scenes`` outside junction boxes, the car moved across its
-    lane and turned at random: (scene index, displaced frame) pairs and their lane pose (N, 2:
-    lateral offset m, heading error degrees; left positive)."""
+    """Every ``EVERY``-th frame of ``scenes`` outside junction boxes (``junctions``: inside
+    them), the car moved across its lane and turned at random (uniform, independently per
+    frame): (scene index, displaced frame) pairs and their lane pose (N, 2: lateral offset m,
+    heading error degrees; left positive)."""
     picked, poses = [], []
     for k, scene in enumerate(scenes):
         town, path = scene.town, scene.log.route.path
         for i in range(0, FRAMES, EVERY):
             f = scene.log.frames[i]
-            x, y, theta = (float(v) for v in f.ego[:3])
-            if town.in_junction_box(x, y):
+            if town.in_junction_box(float(f.ego[0]), float(f.ego[1])) != junctions:
                 continue
             shift = rng.uniform(-SHIFT_M, SHIFT_M)
-            turn = np.radians(rng.uniform(-TURN_DEG, TURN_DEG))
-            h = path.heading(f.ego_s)
-            ego = f.ego.copy()
-            ego[:3] = (x - shift * np.sin(h), y + shift * np.cos(h), theta + turn)
-            lateral, heading = path.lane_pose(f.ego_s, *(float(v) for v in ego[:3]))
-            picked.append((k, replace(f, ego=ego)))
+            moved = displace(f, path, shift, np.radians(rng.uniform(-TURN_DEG, TURN_DEG)))
+            lateral, heading = path.lane_pose(f.ego_s, *(float(v) for v in moved.ego[:3]))
+            picked.append((k, moved))
             poses.append((lateral, np.degrees(heading)))
-    return picked, np.array(poses)
+    return picked, np.array(poses).reshape(-1, 2)
 
 
 def readers(
@@ -92,10 +94,13 @@ def readers(
     scenes: list[ProceduralScene],
     picked: list[tuple[int, FrameState]],
 ) -> dict[str, np.ndarray]:
-    """Per reader, the features (N, D) of the picked frames."""
+    """Per reader, the features (N, D) of the picked frames; a lane reader's are its outputs
+    (N, 3: offset m, heading degrees, in-lane probability)."""
     out: dict[str, list[np.ndarray]] = {"pixels": []}
-    for name in models:
+    for name, model in models.items():
         out[f"{name}.encoder"], out[f"{name}.planner"] = [], []
+        if model.vision.lane_reader is not None:
+            out[f"{name}.lane_reader"] = []
     for k, scene in enumerate(scenes):
         frames_here = [f for t, f in picked if t == k]
         if not frames_here:
@@ -116,9 +121,14 @@ def readers(
         for name, model in models.items():
             views = model.config.vision_views
             frames = np.stack([np.stack([im[v] for v in views]) for im in images])
+            pixels = model.pixels(frames[:, None], "frames")
             with torch.no_grad():
-                tokens = model.vision_tokens(model.pixels(frames[:, None], "frames"))
+                tokens = model.vision_tokens(pixels)
                 planner = model.compress_history(tokens)
+                if model.vision.lane_reader is not None:
+                    lane = model.encode_observed(pixels)[2].numpy()
+                    lane[:, 1] = np.degrees(lane[:, 1])
+                    out[f"{name}.lane_reader"].append(lane)
             out[f"{name}.encoder"].append(tokens[:, 0].flatten(1).float().numpy())
             out[f"{name}.planner"].append(planner[:, 0].flatten(1).float().numpy())
     return {k: np.concatenate(v) for k, v in out.items()}
@@ -230,13 +240,24 @@ def main() -> None:
     rng = np.random.default_rng(0)
     fit_picked, fit_y = displaced_frames(fit_scenes, rng)
     test_picked, test_y = displaced_frames(test_scenes, rng)
+    junction_picked, _ = displaced_frames(test_scenes, rng, junctions=True)
     fit_x = readers(models, fit_scenes, fit_picked)
     test_x = readers(models, test_scenes, test_picked)
     fit_groups = np.array([s for s, _ in fit_picked])
     test_groups = np.array([s for s, _ in test_picked])
-    result: dict[str, dict] = {"lateral_r2": {}, "heading_r2": {}}
+    result: dict[str, dict] = {"lateral_r2": {}, "heading_r2": {}, "in_lane": {}}
     predictions = {"pixels_cnn": cnn_predictions(fit_x["pixels"], fit_y, test_x["pixels"], size)}
     for name in fit_x:
+        if name.endswith(".lane_reader"):  # read as it is
+            predictions[name] = test_x[name][:, :2]
+            in_junctions = readers(models, test_scenes, junction_picked)[name][:, 2]
+            result["in_lane"][name] = {
+                "lane_frames": round(float(np.mean(test_x[name][:, 2] >= IN_LANE)), 3),
+                "junction_frames": round(float(np.mean(in_junctions >= IN_LANE)), 3),
+                "n_lane": len(test_y),
+                "n_junction": len(in_junctions),
+            }
+            continue
         lam = pick_lambda(fit_x[name], fit_y, fit_groups)
         predictions[name] = ridge_fit(fit_x[name], fit_y, lam)(test_x[name])
     for name, pred in predictions.items():

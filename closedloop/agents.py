@@ -18,7 +18,9 @@ and signal) and planning at 20 Hz; it is the ceiling the benchmark is checked ag
   ``lane_oracle`` drives it with the lane assist (:mod:`driving.lane_assist`) fed the car's true
   offset from its lane centre and heading error, the ``model_lane_oracle`` row: privileged, a
   diagnostic like ``label_oracle`` (what knowing its place in the lane would be worth to the
-  planner, which cannot tell it: ``bench/lane_probe.py``).
+  planner, which cannot tell it: ``bench/lane_probe.py``); ``lane_reader`` drives it with the
+  lane assist fed the model's own lane reader on the same frames, the ``model_lane_assist`` row
+  (not privileged; not the paper's agent either).
 """
 
 from __future__ import annotations
@@ -44,9 +46,16 @@ AGENTS = (
     "random_instruction",
     "model_light_rule",
     "model_lane_oracle",
+    "model_lane_assist",
 )
 # the agents that drive with a checkpoint
-MODEL_AGENTS = ("model", "random_instruction", "model_light_rule", "model_lane_oracle")
+MODEL_AGENTS = (
+    "model",
+    "random_instruction",
+    "model_light_rule",
+    "model_lane_oracle",
+    "model_lane_assist",
+)
 
 
 @dataclass
@@ -115,14 +124,16 @@ class ModelAgent:
         random_instructions: bool = False,
         light_rule: bool = False,
         lane_oracle: bool = False,
+        lane_reader: bool = False,
     ):
-        if random_instructions + light_rule + lane_oracle > 1:
+        if random_instructions + light_rule + lane_oracle + lane_reader > 1:
             raise ValueError(
-                "random instructions, the light rule and the lane oracle are measured one at a time"
+                "random instructions, the light rule and the lane assist are measured one at a time"
             )
         # never asked past the training drives' fastest: their expert cruises at CRUISE_SPEED
+        lane = "given" if lane_oracle else "read" if lane_reader else None
         self.driver = ModelDriver(
-            model, max_speed=CRUISE_SPEED, light_rule=light_rule, lane_assist=lane_oracle
+            model, max_speed=CRUISE_SPEED, light_rule=light_rule, lane_assist=lane
         )
         self.random_instructions, self.lane_oracle = random_instructions, lane_oracle
         self.name = (
@@ -132,6 +143,8 @@ class ModelAgent:
             if light_rule
             else "model_lane_oracle"
             if lane_oracle
+            else "model_lane_assist"
+            if lane_reader
             else "model"
         )
 

@@ -23,6 +23,9 @@ from lmgendrive.rollout import PlanResult, RolloutState
 from lmgendrive.vision import LIGHT_CLASSES
 from schemas.errors import BadInputError
 
+LANE_SOURCES = (None, "given", "read")  # where ModelDriver's lane assist learns the lane pose
+IN_LANE = 0.5  # the lane reader's in-lane probability from which its pose is used
+
 
 def driven_path(poses: deque | list, frames_per_step: int, num_waypoints: int) -> np.ndarray:
     """Where the ego was at the ``num_waypoints`` waypoint times of the last step, in the ego
@@ -47,8 +50,10 @@ class ModelDriver:
     :class:`~driving.control.WaypointController`; None: LMDrive's controller, uncapped);
     ``light_rule`` adds InterFuser's red-light rule on the model's own light head
     (:mod:`driving.light_rule`; off: LMDrive's agent, the waypoints alone); ``lane_assist`` pulls
-    the plan towards the lane centre from :attr:`lane_pose` (:mod:`driving.lane_assist`), which
-    the caller sets before each :meth:`step`."""
+    the plan towards the lane centre (:mod:`driving.lane_assist`) from where the car stands in its
+    lane: ``"given"`` from :attr:`lane_pose`, which the caller sets before each :meth:`step` (the
+    privileged oracle), ``"read"`` from the vision encoder's lane reader on the same frame
+    (:func:`read_lane_pose`)."""
 
     def __init__(
         self,
@@ -56,10 +61,17 @@ class ModelDriver:
         seed: int = 0,
         max_speed: float | None = None,
         light_rule: bool = False,
-        lane_assist: bool = False,
+        lane_assist: str | None = None,
     ):
+        if lane_assist not in LANE_SOURCES:
+            raise ValueError(f"lane_assist must be one of {LANE_SOURCES}, got {lane_assist!r}")
         if light_rule and lane_assist:
             raise ValueError("the light rule and the lane assist are measured one at a time")
+        if lane_assist == "read" and model.vision.lane_reader is None:
+            raise BadInputError(
+                "the lane assist reads the vision encoder's lane reader, which this model has "
+                "none of (model vision.lane_reader)"
+            )
         self.model, self.seed, self.light_rule = model, seed, light_rule
         self.lane_assist = lane_assist
         self.lane_pose: tuple[float, float] | None = None
@@ -126,12 +138,25 @@ class ModelDriver:
         self.frames_encoded += 1
         controller = self.state.controllers[0]
         if isinstance(controller, LaneAssistController):
-            controller.lane_pose = self.lane_pose
+            controller.lane_pose = (
+                self.lane_pose
+                if self.lane_assist == "given"
+                else read_lane_pose(self.state.lane[0].cpu().numpy())
+            )
         if isinstance(controller, LightRuleController):
             controller.stop_prob = stop_probability(self.state.light[0].cpu().numpy())
         result = self.model.plan(self.state)
         throttle, brake, steer = (float(v) for v in result.controls[0])
         return result, Control(throttle=throttle, brake=brake, steer=steer)
+
+
+def read_lane_pose(lane: np.ndarray) -> tuple[float, float] | None:
+    """(lateral offset m, heading error rad) from the lane reader's outputs (offset, heading,
+    in-lane probability), None where it does not see a lane (in-lane probability below
+    :data:`IN_LANE`: a junction box, where there is no lane to keep)."""
+    if lane[2] < IN_LANE:
+        return None
+    return float(lane[0]), float(lane[1])
 
 
 def stop_probability(light: np.ndarray) -> float:

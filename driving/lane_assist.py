@@ -10,8 +10,8 @@ adds its correction to the driver's steering. A plan that bends by more than ``g
 its last waypoint is a turn (in a junction there is no lane to keep) and is left as it is.
 
 :class:`LaneAssistController` applies it before LMDrive's PID controllers; :attr:`lane_pose` is set
-each frame by whoever knows it. Today that is the privileged diagnostic agent
-``model_lane_oracle`` (:mod:`closedloop.agents`): the size of the gain a lane estimate would buy.
+each frame by whoever knows it: the model's own lane reader (agent ``model_lane_assist``) or the
+car's true pose (the privileged diagnostic agent ``model_lane_oracle``, :mod:`closedloop.agents`).
 """
 
 from __future__ import annotations

@@ -87,3 +87,13 @@ def check_planner(source: str | Path) -> None:
             f"checkpoint {directory} has no trained planner: its weights went through training "
             f"stage(s) {stages}, the planner is trained in stages {list(PLANNER_STAGES)}"
         )
+
+
+def check_lane_reader(source: str | Path) -> None:
+    """Raise :class:`BadInputError` unless the model ``source`` names has a lane reader (model
+    ``vision.lane_reader``), which a lane assist on the model's own reading needs."""
+    if not source_config(source).vision.lane_reader:
+        raise BadInputError(
+            f"{source!s} has no lane reader, which model_lane_assist steers by: train one on it "
+            "with stage 1's lane_reader_only (jobs/train_lane_reader.yaml)"
+        )

@@ -59,6 +59,10 @@ class VisionConfig(_Frozen):
     # camera's centre quarter at full size, where traffic lights are more than a pixel or two.
     # Where a frame has no centre view (generated frames) it is cut from the front view.
     center_view: bool = False
+    # A lane reader (lmgendrive.vision.LaneReader): a small network of its own beside the shared
+    # encoder that reads where the car stands in its lane (offset, heading error, in a lane at
+    # all) from the views, so adding it to a trained model changes no token the planner reads.
+    lane_reader: bool = False
 
 
 class QFormerConfig(_Frozen):

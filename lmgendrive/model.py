@@ -37,7 +37,7 @@ from lmgendrive.qformer import FrameCompressor
 from lmgendrive.rollout import PlanResult, RolloutResult, RolloutState, StepResult
 from lmgendrive.sampling import sample_frames
 from lmgendrive.tokenizer import encode_instructions
-from lmgendrive.vision import VisionEncoder
+from lmgendrive.vision import LaneReader, VisionEncoder
 from lmgendrive.world import WorldConditioner, WorldGenerator
 from schemas.errors import BadInputError, ConfigError
 from schemas.sampler import SamplerConfig
@@ -89,6 +89,21 @@ class LMGenDrive(nn.Module):
 
     # ----------------------------------------------------------------- shared pieces
 
+    def add_lane_reader(self, seed: int) -> None:
+        """Give the vision encoder a lane reader initialised from ``seed`` (it has none): a
+        trained checkpoint gains one for stage 1's ``lane_reader_only``, every other weight as it
+        was."""
+        if self.vision.lane_reader is not None:
+            raise ConfigError("this model's vision encoder already has a lane reader")
+        vision = self.config.vision.model_copy(update={"lane_reader": True})
+        self.config = self.config.model_copy(update={"vision": vision})
+        self.vision.config = vision
+        weight = self.vision.proj.weight
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            reader = LaneReader(vision, self.vision.view_embed.shape[0])
+        self.vision.lane_reader = reader.to(weight.device, weight.dtype)
+
     def tokenize(self, instructions: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
         """Instruction ids and mask (B, L) on the model's device."""
         if self.tokenizer is None:
@@ -105,24 +120,36 @@ class LMGenDrive(nn.Module):
         """Per-frame LLM tokens (B, T, Q, llm_hidden) of ``pixels`` (B, T, V, 3, H, W)."""
         return self.compress_history(self.vision_tokens(pixels))
 
-    def encode_observed(self, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """:meth:`encode_history` of ``pixels`` and the vision encoder's traffic-light class
-        probabilities (B, len(LIGHT_CLASSES)) at the last frame, read from the same encoding (the
-        light query's output is the Q-Former input's last token)."""
-        tokens = self.vision_tokens(pixels)
+    def encode_observed(
+        self, pixels: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """:meth:`encode_history` of ``pixels`` and, at the last frame, read from the same
+        encoding: the vision encoder's traffic-light class probabilities (B, len(LIGHT_CLASSES);
+        the light query's output is the Q-Former input's last token) and its lane reader's
+        outputs (B, 3; offset m, heading rad, in-lane probability), None without one."""
+        tokens, lane = self._encode_frames(pixels)
         light = self.vision.light_head(tokens[:, -1, -1]).float().softmax(-1)
-        return self.compress_history(tokens), light
+        if lane is not None:
+            lane = lane[:, -1].float()
+            lane = torch.cat([lane[:, :2], torch.sigmoid(lane[:, 2:])], dim=1)
+        return self.compress_history(tokens), light, lane
 
     def vision_tokens(self, pixels: torch.Tensor) -> torch.Tensor:
         """The vision encoder's per-frame Q-Former input (B, T, N, D) of ``pixels``
         (B, T, V, 3, H, W)."""
+        return self._encode_frames(pixels)[0]
+
+    def _encode_frames(self, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """:meth:`vision_tokens` and the lane reader's raw outputs (B, T, 3), None without one."""
         b, t = pixels.shape[:2]
         dtype = self.vision.proj.weight.dtype
-        chunks = [
-            self.vision(chunk.to(dtype)).for_qformer(self.config.vision.bev_pool)
-            for chunk in pixels.flatten(0, 1).split(ENCODE_CHUNK)
-        ]
-        return torch.cat(chunks).unflatten(0, (b, t))
+        tokens, lanes = [], []
+        for chunk in pixels.flatten(0, 1).split(ENCODE_CHUNK):
+            visual = self.vision(chunk.to(dtype))
+            tokens.append(visual.for_qformer(self.config.vision.bev_pool))
+            lanes.append(self.vision.lane_pose(visual))
+        lane = None if lanes[0] is None else torch.cat(lanes).unflatten(0, (b, t))
+        return torch.cat(tokens).unflatten(0, (b, t)), lane
 
     def compress_history(self, tokens: torch.Tensor) -> torch.Tensor:
         """Per-frame LLM tokens (B, T, Q, llm_hidden) of :meth:`vision_tokens` output
@@ -194,7 +221,7 @@ class LMGenDrive(nn.Module):
             raise BadInputError(f"{len(seeds)} seeds for {b} samples")
         ids, mask = self.tokenize(instructions)
         with self._inference():
-            history, light = self.encode_observed(
+            history, light, lane = self.encode_observed(
                 pixels[:, :, -self.config.llm.history_frames :].transpose(1, 2)
             )
         return RolloutState(
@@ -209,6 +236,7 @@ class LMGenDrive(nn.Module):
             controllers=[WaypointController() for _ in range(b)],
             generators=[torch.Generator().manual_seed(int(s)) for s in seeds],
             light=light,
+            lane=lane,
         )
 
     def _speed(
@@ -236,7 +264,7 @@ class LMGenDrive(nn.Module):
     def _observe(self, state: RolloutState, pixels: torch.Tensor) -> None:
         """Append ``pixels`` (B, V, T, 3, H, W) to the history and make the last frame the
         context."""
-        tokens, state.light = self.encode_observed(pixels.transpose(1, 2))
+        tokens, state.light, state.lane = self.encode_observed(pixels.transpose(1, 2))
         state.history = torch.cat([state.history, tokens], dim=1)[
             :, -self.config.llm.history_frames :
         ]

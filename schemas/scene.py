@@ -147,12 +147,19 @@ class Measurements:
     # 0 where only "within LMDrive's trigger range" is known (``is_red_light_present``), inf where
     # nothing is (no light, or not recorded)
     light_distance: float = float("inf")
+    # where the ego stands in its route's lane: metres left of the lane centre and heading
+    # radians left of the lane's direction; NaN where there is no lane to keep (a junction's box;
+    # a corner's keeps its lane) or it is not recorded
+    lane_offset: float = float("nan")
+    lane_heading: float = float("nan")
 
     def to_dict(self) -> dict:
         d = asdict(self)
         d["light_distance"] = (
             float(self.light_distance) if np.isfinite(self.light_distance) else None
         )
+        for key in ("lane_offset", "lane_heading"):
+            d[key] = None if np.isnan(d[key]) else round(float(d[key]), 4)
         d["waypoints"] = np.asarray(self.waypoints, dtype=np.float64).round(4).tolist()
         d["objects"] = [o.to_dict() for o in self.objects]
         d["instruction"] = self.instruction.to_dict()

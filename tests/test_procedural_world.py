@@ -55,6 +55,9 @@ def test_town_has_grid_roads_lights_buildings_and_trees():
     assert town.in_junction_box(x0, y0) and town.in_junction_box(x0 + 6.9, y0 - 6.9)
     assert not town.in_junction_box(x0 + 7.1, y0)  # on the road leaving it
     assert not town.in_junction_box(x0 + 20.0, y0 + 20.0)  # inside a block
+    assert not town.is_corner_box(x0, y0)  # a junction's box, no corner's
+    cx, cy = town.node_xy(corners[0])
+    assert town.is_corner_box(cx + 5.0, cy - 5.0) and not town.is_corner_box(cx + 8.0, cy)
 
 
 def test_measurements_ground_truth(noon_scene):

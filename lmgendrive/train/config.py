@@ -66,13 +66,16 @@ class DataConfig(_Strict):
     as every LMDrive / LangAuto route does; ``recovery_routes`` more per town (the route seeds after
     those) are recovery drives: the expert's controls perturbed now and then, and it recovers
     (:mod:`scenes.procedural.recovery`; meant for planner batches, which skip the windows whose
-    waypoints show a perturbation)."""
+    waypoints show a perturbation); ``displaced_routes`` more per town (the route seeds after
+    those) are seen from a camera moved across the lane and turned
+    (:mod:`scenes.procedural.displaced`; frames for the lane reader)."""
 
     towns: TownRange | list[Annotated[int, Field(ge=0)]] = TownRange(first=1, count=1)
     routes_per_town: PositiveInt = 1
     route_seed: Annotated[int, Field(ge=0)] = 0
     rest_start_routes: Annotated[int, Field(ge=0)] = 0  # more per town, starting at rest
     recovery_routes: Annotated[int, Field(ge=0)] = 0  # more per town, perturbed and recovering
+    displaced_routes: Annotated[int, Field(ge=0)] = 0  # more per town, the camera displaced
     weathers: list[Literal[WEATHERS]] = ["clear_noon"]  # type: ignore[valid-type]
     frames: Annotated[int, Field(ge=24)] = 160
     size: Annotated[int, Field(ge=16, le=1024)] = 64
@@ -201,6 +204,12 @@ class StageConfig(_Strict):
     # its stop line, "none" farther, as LMDrive's encoder learns is_red_light_present (the light's
     # trigger volume or 8 m, where its expert brakes); default: as the drives record it (45 m)
     light_range: Annotated[float, Field(gt=0)] | None = None
+    # stage 1: displaced-camera drives per town added to its frames (scenes.procedural.displaced):
+    # the car seen off its lane centre and askew, with the lane pose the lane reader learns
+    displaced_routes: Annotated[int, Field(ge=0)] = 0
+    # stage 1: train the lane reader (model vision.lane_reader) alone, on the frozen
+    # encoder: a trained checkpoint gains it and its planner's tokens stay as they were
+    lane_reader_only: bool = False
 
     @model_validator(mode="after")
     def _check(self) -> StageConfig:
@@ -232,10 +241,15 @@ class PrecisionConfig(_Strict):
 
 class TrainConfig(_Strict):
     """A whole training run: model preset (``model`` overrides its keys, e.g. ``pretrained``
-    directories) and init seed, data, precision, the stages to run, where to write."""
+    directories) and init seed, or a trained checkpoint to ``start_from``; data, precision, the
+    stages to run, where to write."""
 
     preset: str
     model: dict[str, Any] = {}
+    # a trained checkpoint (directory, or "demo") the first configured stage starts from instead
+    # of the preset's fresh model; where the recipe's model has a lane reader it lacks, stage 1's
+    # lane_reader_only adds it
+    start_from: str | None = None
     init_seed: int = 0
     seed: int = 0
     workdir: Path
@@ -279,6 +293,16 @@ class TrainConfig(_Strict):
                     f"stage {name}: recovery_routes exists in stage 1 only (its frames train the "
                     "vision encoder; the planner's recovery drives are planner.recovery_routes)"
                 )
+            if (stage.displaced_routes or stage.lane_reader_only) and name != "1":
+                raise ValueError(
+                    f"stage {name}: displaced_routes and lane_reader_only exist in stage 1 only "
+                    "(the vision encoder and its lane reader train there)"
+                )
+            if stage.lane_reader_only and not model.vision.lane_reader:
+                raise ValueError(
+                    f"stage {name}: lane_reader_only trains the lane reader, which this model "
+                    "does not have: set model.vision.lane_reader: true"
+                )
             if stage.light_range is not None and name != "1":
                 raise ValueError(
                     f"stage {name}: light_range exists in stage 1 only (the light head trains "
@@ -306,9 +330,15 @@ class TrainConfig(_Strict):
         return ModelConfig.from_dict(_merged(preset_config(self.preset).model_dump(), self.model))
 
     def stage_data(self, stage: int) -> DataConfig:
-        """The drives stage ``stage`` trains on: ``data``, plus stage 1's recovery drives."""
-        extra = self.stage(stage).recovery_routes
-        return self.data.model_copy(update={"recovery_routes": extra}) if extra else self.data
+        """The drives stage ``stage`` trains on: ``data``, plus stage 1's recovery and displaced
+        drives."""
+        config = self.stage(stage)
+        extra = {
+            key: getattr(config, key)
+            for key in ("recovery_routes", "displaced_routes")
+            if getattr(config, key)
+        }
+        return self.data.model_copy(update=extra) if extra else self.data
 
     def stage_numbers(self) -> list[int]:
         return sorted(int(s) for s in self.stages)

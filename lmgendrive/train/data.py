@@ -32,7 +32,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from driving.maneuver import path_maneuver
 from lmgendrive.config import ModelConfig
 from lmgendrive.train.config import DataConfig
-from lmgendrive.train.perception import build_bev_targets
+from lmgendrive.train.perception import build_bev_targets, lane_target
 from lmgendrive.vision import LIGHT_CLASSES
 from scenes.lmdrive import open_root, write_index, write_route
 from scenes.procedural.drive import (
@@ -80,17 +80,20 @@ VERSION_FILE = "drive_version.txt"  # in each cached route: the drive_version th
 def drive_specs(data: DataConfig, center_view: bool = False) -> list[DriveSpec]:
     """The procedural drives: every town x (``routes_per_town`` routes entered at speed, then
     ``rest_start_routes`` starting at rest, on the next route seeds), then every town x
-    ``recovery_routes`` recovery drives on the route seeds after those; drive k gets weather
+    ``recovery_routes`` recovery drives on the route seeds after those, then every town x
+    ``displaced_routes`` displaced-camera drives on the seeds after those; drive k gets weather
     ``weathers[k % len(weathers)]`` (so 6 routes per town over 6 weathers cover each weather, and
     adding recovery drives changes no other drive). ``center_view``: their images also have the
     centre view."""
     per_town = data.routes_per_town + data.rest_start_routes
-    kinds = [(r, r >= data.routes_per_town, False) for r in range(per_town)]
-    recovery = [(per_town + r, False, True) for r in range(data.recovery_routes)]
+    kinds = [(r, r >= data.routes_per_town, False, False) for r in range(per_town)]
+    recovery = [(per_town + r, False, True, False) for r in range(data.recovery_routes)]
+    first = per_town + data.recovery_routes
+    displaced = [(first + r, False, False, True) for r in range(data.displaced_routes)]
     specs = []
-    for group in (kinds, recovery):
+    for group in (kinds, recovery, displaced):
         for town in data.town_seeds():
-            for r, at_rest, perturbed in group:
+            for r, at_rest, perturbed, moved in group:
                 specs.append(
                     DriveSpec(
                         town,
@@ -101,6 +104,7 @@ def drive_specs(data: DataConfig, center_view: bool = False) -> list[DriveSpec]:
                         start_at_rest=at_rest,
                         recovery=perturbed,
                         center_view=center_view,
+                        displaced=moved,
                     )
                 )
     return specs
@@ -220,7 +224,8 @@ class _SceneDataset(Dataset):
 
 
 class FrameDataset(_SceneDataset):
-    """Single frames (stages 0 and 1): views, BEV detection target, waypoints, light class.
+    """Single frames (stages 0 and 1): views, BEV detection target, waypoints, light class, lane
+    target (:func:`~lmgendrive.train.perception.lane_target`).
     ``drop_perturbed``: leave out the frames whose waypoints show a recovery drive's perturbation
     (:func:`perturbed_labels`): they are not the driver's. ``light_range``: the light class is the
     governing light's state only within that many metres of its stop line, "none" farther.
@@ -251,6 +256,7 @@ class FrameDataset(_SceneDataset):
             "light": LIGHT_CLASSES.index(
                 m.light_state if m.light_distance <= self.light_range else "none"
             ),
+            "lane": lane_target(m.lane_offset, m.lane_heading, m.is_junction),
         }
 
 

@@ -62,17 +62,54 @@ class PerceptionBatch:
     detection: float (B, S, S, 8) from :func:`build_bev_targets`.
     waypoints: float (B, K, 2), ego frame, at t + 0.2 .. 0.8 s.
     light: int64 (B,) indices into :data:`LIGHT_CLASSES`.
+    lane: float (B, 3) from :func:`lane_target`.
     """
 
     frames: torch.Tensor
     detection: torch.Tensor
     waypoints: torch.Tensor
     light: torch.Tensor
+    lane: torch.Tensor
 
     def to(self, device: torch.device) -> PerceptionBatch:
         return PerceptionBatch(
-            *(t.to(device) for t in (self.frames, self.detection, self.waypoints, self.light))
+            *(
+                t.to(device)
+                for t in (self.frames, self.detection, self.waypoints, self.light, self.lane)
+            )
         )
+
+
+LANE_POSE, NO_LANE, LANE_UNKNOWN = 1.0, 0.0, -1.0  # what a lane target's third entry says
+HEADING_SCALE = 5.0  # radians to the lane loss's units: 15 degrees weigh as 1.3 m of offset
+
+
+def lane_target(offset: float, heading: float, is_junction: bool) -> np.ndarray:
+    """float32 (3,) lane target of a frame: its lane offset (m) and heading error (rad) and
+    :data:`LANE_POSE` where both are known; zeros and :data:`NO_LANE` in a junction box without
+    them (no lane to keep there); zeros and :data:`LANE_UNKNOWN` elsewhere without them (not
+    recorded: no lane loss)."""
+    if np.isfinite(offset) and np.isfinite(heading):
+        return np.array([offset, heading, LANE_POSE], np.float32)
+    return np.array([0.0, 0.0, NO_LANE if is_junction else LANE_UNKNOWN], np.float32)
+
+
+def lane_loss(pred: torch.Tensor, target: torch.Tensor) -> dict[str, torch.Tensor]:
+    """The lane reader's terms on (N, 3) outputs and :func:`lane_target` rows: ``lane_pose``, L1
+    of the offset plus :data:`HEADING_SCALE` x L1 of the heading error where the pose is known;
+    ``in_lane``, binary cross-entropy of the in-lane logit where the frame is labelled (each 0
+    where no frame of the batch is)."""
+    pred, target = pred.float(), target.float()
+    known = target[:, 2] == LANE_POSE
+    labelled = target[:, 2] >= NO_LANE
+    error = (pred[:, :2] - target[:, :2]).abs() * pred.new_tensor([1.0, HEADING_SCALE])
+    pose = error[known].sum(1).mean() if known.any() else pred.sum() * 0.0
+    in_lane = (
+        F.binary_cross_entropy_with_logits(pred[labelled, 2], known[labelled].float())
+        if labelled.any()
+        else pred.sum() * 0.0
+    )
+    return {"lane_pose": pose, "in_lane": in_lane}
 
 
 def detection_loss(pred: torch.Tensor, target: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -103,7 +140,8 @@ def detection_loss(pred: torch.Tensor, target: torch.Tensor) -> dict[str, torch.
 def perception_terms(
     out: PerceptionOutput, batch: PerceptionBatch
 ) -> tuple[torch.Tensor, dict[str, float]]:
-    """Stage-1 loss: 0.5 det + 0.5 waypoint L1 + 0.05 object speed + 0.1 light CE (LMDrive weights).
+    """Stage-1 loss: 0.5 det + 0.5 waypoint L1 + 0.05 object speed + 0.1 light CE (LMDrive weights),
+    + 0.5 (lane pose + in lane) where the encoder has a lane reader (:func:`lane_loss`).
 
     ``det`` itself is 0.4 det + 0.2 loc + 0.2 box + 0.2 ori.
     """
@@ -113,6 +151,10 @@ def perception_terms(
     light = F.cross_entropy(out.light_logits.float(), batch.light)
     total = 0.5 * det + 0.5 * wp + 0.05 * terms["speed"] + 0.1 * light
     logs = {f"det_{k}": v.item() for k, v in terms.items()}
+    if out.lane is not None:
+        lane = lane_loss(out.lane, batch.lane)
+        total = total + 0.5 * (lane["lane_pose"] + lane["in_lane"])
+        logs.update({k: v.item() for k, v in lane.items()})
     logs.update(detection=det.item(), waypoints=wp.item(), light=light.item(), total=total.item())
     return total, logs
 

@@ -19,7 +19,7 @@ import sys
 from pathlib import Path
 
 from lmgendrive.checkpoint import build_model, check_checkpoint, load_checkpoint, save_checkpoint
-from lmgendrive.checkpoint_meta import README_FILE
+from lmgendrive.checkpoint_meta import README_FILE, checkpoint_dir, read_meta
 from lmgendrive.config import ModelConfig, VisionConfig
 from lmgendrive.model import LMGenDrive
 from lmgendrive.pretrained import component_files
@@ -83,23 +83,13 @@ def planner_data(config: TrainConfig, stage: int, model: LMGenDrive) -> PlannerD
 
 
 def starting_model(config: TrainConfig, stage: int, backend: LocalBackend) -> LMGenDrive:
-    """The previous configured stage's final checkpoint, or for the first stage the recipe's model
-    (its pretrained components where the model config names them, the rest from ``init_seed``,
-    on the host: the trainer puts on the device what the stage uses, in its precision)."""
+    """The previous configured stage's final checkpoint; for the first stage the recipe's
+    ``start_from`` checkpoint, or the recipe's model (its pretrained components where the model
+    config names them, the rest from ``init_seed``, on the host: the trainer puts on the device
+    what the stage uses, in its precision). A stage 1 that trains the lane reader alone gives a
+    checkpoint without one the recipe's."""
     earlier = [s for s in config.stage_numbers() if s < stage]
-    if not earlier:
-        if stage >= 2:
-            log.warning(
-                "stage %d is this recipe's first configured stage, so it starts from an untrained "
-                "model; to start from a trained one, configure the earlier stages and put their "
-                "final checkpoint at %s",
-                stage,
-                final_dir(config, stage - 1),
-            )
-        model_config = config.network_config()
-        model = build_model(model_config, seed=config.init_seed)
-        record_sources(config, model_config)
-    else:
+    if earlier:
         source = final_dir(config, earlier[-1])
         if not source.is_dir():
             raise ConfigError(
@@ -107,9 +97,43 @@ def starting_model(config: TrainConfig, stage: int, backend: LocalBackend) -> LM
                 "which does not exist: "
                 f"run `lmgd train --stage {earlier[-1]}` first (or --stage all)"
             )
-        model, _ = load_checkpoint(source, backend.device, keep_dtypes=True)
-        check_same_vision(config.network_config().vision, model.config.vision, source)
+    elif config.start_from is not None:
+        source = checkpoint_dir(config.start_from)
+        if source is None:
+            raise ConfigError(
+                f"start_from {config.start_from!r} is a preset built in code, not a trained "
+                "checkpoint: leave start_from out to start from the preset"
+            )
+    else:
+        if stage >= 2:
+            log.warning(
+                "stage %d is this recipe's first configured stage, so it starts from an untrained "
+                "model; to start from a trained one, set start_from or configure the earlier "
+                "stages and put their final checkpoint at %s",
+                stage,
+                final_dir(config, stage - 1),
+            )
+        model_config = config.network_config()
+        model = build_model(model_config, seed=config.init_seed)
+        record_sources(config, model_config)
+        return model
+    model, _ = load_checkpoint(source, backend.device, keep_dtypes=True)
+    recipe = config.network_config().vision
+    if stage == 1 and config.stage(1).lane_reader_only and model.vision.lane_reader is None:
+        model.add_lane_reader(config.init_seed)
+    check_same_vision(recipe, model.config.vision, source)
     return model
+
+
+def trained_stages(config: TrainConfig, stage: int) -> list[int] | None:
+    """The training stages the weights went through after ``stage``: the recipe's up to it, and
+    those of its ``start_from`` checkpoint (None where that checkpoint does not record them)."""
+    own = [s for s in config.stage_numbers() if s <= stage]
+    if config.start_from is None:
+        return own
+    source = checkpoint_dir(config.start_from)
+    before = None if source is None else read_meta(source)[0].get("trained_stages")
+    return None if before is None else sorted(set(before) | set(own))
 
 
 def check_same_vision(recipe: VisionConfig, checkpoint: VisionConfig, source: Path) -> None:
@@ -200,7 +224,7 @@ def train_stage(config: TrainConfig, stage: int, command: str = "") -> LMGenDriv
             model,
             final_dir(config, stage),
             readme=readme(config, [stage], command),
-            trained_stages=[s for s in config.stage_numbers() if s <= stage],
+            trained_stages=trained_stages(config, stage),
         )
     backend.wait()
     return model

@@ -34,10 +34,11 @@ from schemas.sampler import SamplerConfig
 CALIBRATION_FRAMES = 32  # frames (x views) used to calibrate the latent scale after stage 0
 
 
-def set_stage(model: LMGenDrive, stage: int) -> list[nn.Parameter]:
+def set_stage(model: LMGenDrive, stage: int, lane_reader_only: bool = False) -> list[nn.Parameter]:
     """Set ``requires_grad`` of ``model`` for a training stage and return the trainable parameters.
 
-    0: the VAE alone (presets trained from scratch). 1: the vision encoder and its heads.
+    0: the VAE alone (presets trained from scratch). 1: the vision encoder and its heads, or with
+    ``lane_reader_only`` its lane reader alone (the rest frozen, BatchNorm and dropout in eval).
     2: vision encoder frozen; Q-Former, adapter, LLM, queries, action head, fusion, UNet (and
     CLIP unless it is pretrained) train. 3: as 2 but the whole world generator (CLIP, fusion,
     UNet, VAE) is frozen; gradients still flow through it to the LLM side. 4: the world generator's
@@ -49,6 +50,11 @@ def set_stage(model: LMGenDrive, stage: int) -> list[nn.Parameter]:
     model.requires_grad_(False)
     if stage == 0:
         model.generator.vae.requires_grad_(True)
+    elif stage == 1 and lane_reader_only:
+        if model.vision.lane_reader is None:
+            raise ConfigError("lane_reader_only: this model's vision encoder has no lane reader")
+        model.vision.freeze()
+        model.vision.lane_reader.requires_grad_(True)
     elif stage == 1:
         model.vision.frozen = False
         model.vision.requires_grad_(True)
@@ -126,9 +132,8 @@ class StageObjective(nn.Module):
         if self.stage == 0:
             return autoencoder_loss(self.model, batch["frames"].to(device))
         if self.stage == 1:
-            perception = PerceptionBatch(
-                batch["frames"], batch["detection"], batch["waypoints"], batch["light"]
-            )
+            keys = ("frames", "detection", "waypoints", "light", "lane")
+            perception = PerceptionBatch(*(batch[k] for k in keys))
             return perception_loss(self.model, perception.to(self.model.vision.proj.weight.device))
         drive = drive_batch(batch, steps).to(device)
         if self.stage == 2:

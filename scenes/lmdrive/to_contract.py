@@ -58,9 +58,15 @@ def measurements_from_dict(d: dict, path: Path) -> Measurements:
             weather=str(d["weather"]),
             perturbed=bool(d.get("perturbed", False)),  # absent before recovery drives existed
             light_distance=math.inf if distance is None else float(distance),
+            # absent before drive version 4
+            **{k: _or_nan(d.get(k)) for k in ("lane_offset", "lane_heading")},
         )
     except (KeyError, TypeError, ValueError) as e:
         raise SceneFormatError(f"{path}: bad {LMGD_KEY!r} entry ({e!r})") from e
+
+
+def _or_nan(value: object) -> float:
+    return math.nan if value is None else float(value)
 
 
 def route_waypoints(raw: dict, theta: float, speed: float, path: Path) -> np.ndarray:

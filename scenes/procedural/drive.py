@@ -11,6 +11,7 @@ from functools import lru_cache
 import numpy as np
 
 from driving.vehicle import HALF_LENGTH, VEHICLE_SIZE
+from scenes.procedural.displaced import displace, displacements
 from scenes.procedural.geometry import to_ego
 from scenes.procedural.ground import GroundTexture, build_ground
 from scenes.procedural.instructions import active_per_frame, build_timeline, plan_events
@@ -38,12 +39,15 @@ LIGHT_RANGE = 45.0
 WAYPOINT_FRAMES = (2, 4, 6, 8)  # t+0.2 .. 0.8 s at 10 Hz
 # What a drive of given seeds records; raised whenever a change alters it, so caches of rendered
 # drives know to render again. 2: a notice is said after the navigation instruction. 3: the
-# measurements carry the distance to the governing light's stop line.
-DRIVE_VERSION = 3
+# measurements carry the distance to the governing light's stop line. 4: and the ego's lane pose.
+DRIVE_VERSION = 4
 # What a recovery drive's perturbations are (scenes.procedural.recovery); raised when they change,
 # so that only recovery drives render again. 2: a steering impulse replaces the expert's steering.
 # 3: speed holds, released where the expert must brake hard to stop in time.
 RECOVERY_VERSION = 3
+# What a displaced drive's camera does (scenes.procedural.displaced); raised when it changes.
+# 2: up to 2 m and 30 degrees (was 1.5 m and 15 degrees). 3: the lane pose in corners too.
+DISPLACED_VERSION = 3
 
 
 @dataclass(frozen=True)
@@ -59,6 +63,9 @@ class DriveSpec:
     start_at_rest: bool = False  # as LMDrive's routes start; default: entered at 3-6 m/s
     recovery: bool = False  # the expert's controls perturbed now and then, and it recovers
     center_view: bool = False  # images also have the centre view (schemas.scene.CENTER_VIEW)
+    # seen from a camera moved across the lane and turned (scenes.procedural.displaced); the
+    # measurements are the displaced car's
+    displaced: bool = False
 
     def validate(self) -> None:
         get_weather(self.weather)
@@ -82,9 +89,12 @@ class JunctionApproach:
 
 def drive_version(spec: DriveSpec) -> str:
     """The version a cache stamps ``spec``'s rendered drive with: :data:`DRIVE_VERSION`, and
-    :data:`RECOVERY_VERSION` after it for a recovery drive, and ``+center`` when its images have the
-    centre view."""
+    :data:`RECOVERY_VERSION` after it for a recovery drive, ``+displaced`` and
+    :data:`DISPLACED_VERSION` for a displaced one, and ``+center`` when its images have the centre
+    view."""
     version = f"{DRIVE_VERSION}.{RECOVERY_VERSION}" if spec.recovery else str(DRIVE_VERSION)
+    if spec.displaced:
+        version += f"+displaced{DISPLACED_VERSION}"
     return f"{version}+center" if spec.center_view else version
 
 
@@ -92,7 +102,11 @@ def scene_name(spec: DriveSpec) -> str:
     """The drive's name (:attr:`ProceduralScene.name`), known without simulating it."""
     rest = "_rest" if spec.start_at_rest else ""
     recovery = "_recovery" if spec.recovery else ""
-    return f"town{spec.town_seed:04d}_route{spec.route_seed:04d}{rest}{recovery}_{spec.weather}"
+    displaced = "_displaced" if spec.displaced else ""
+    return (
+        f"town{spec.town_seed:04d}_route{spec.route_seed:04d}{rest}{recovery}{displaced}"
+        f"_{spec.weather}"
+    )
 
 
 @lru_cache(maxsize=4)
@@ -161,6 +175,16 @@ class ProceduralScene:
             spec.recovery,
         )
         self._renderer: Renderer | None = None
+        self._frames = self.log.frames
+        if spec.displaced:
+            rng = np.random.default_rng([spec.town_seed, spec.route_seed, 919])
+            path = self.log.route.path
+            self._frames = [
+                displace(f, path, shift, turn)
+                for f, (shift, turn) in zip(
+                    self.log.frames, displacements(rng, len(self.log.frames)), strict=True
+                )
+            ]
 
     def __len__(self) -> int:
         return self.spec.frames
@@ -189,12 +213,12 @@ class ProceduralScene:
                 center=self.spec.center_view,
             )
         return self._renderer.render(
-            self.log.frames[i], self.log.vehicle_colors, self.log.pedestrian_colors, frame_index=i
+            self._frames[i], self.log.vehicle_colors, self.log.pedestrian_colors, frame_index=i
         )
 
     def measurements(self, i: int) -> Measurements:
         self._check(i)
-        f = self.log.frames[i]
+        f = self._frames[i]
         future = np.array([self.log.frames[i + k].ego[:2] for k in WAYPOINT_FRAMES])
         x, y, theta = (float(v) for v in f.ego[:3])
         return frame_measurements(
@@ -249,7 +273,8 @@ def frame_measurements(
 ) -> Measurements:
     """The contract measurements of recorded frame ``f`` (frame ``index`` of a drive on ``route``)
     with these waypoint labels and instruction: pose, controls, the governing light within
-    :data:`LIGHT_RANGE` of its stop line, the junction flag and :func:`frame_objects`."""
+    :data:`LIGHT_RANGE` of its stop line, the junction flag, the lane pose against the route's
+    lane centre (outside junction boxes but for corners) and :func:`frame_objects`."""
     x, y, theta, speed = (float(v) for v in f.ego)
     m = route.next_maneuver(f.ego_s + HALF_LENGTH)
     state, distance = "none", np.inf
@@ -258,6 +283,8 @@ def frame_measurements(
         if -0.5 < gap < LIGHT_RANGE:
             state, distance = light_state(town, m.node, m.k_in, f.t), float(gap)
     in_junction = town.in_junction_box(x, y)
+    no_lane = in_junction and not town.is_corner_box(x, y)
+    lane = (np.nan, np.nan) if no_lane else route.path.lane_pose(f.ego_s, x, y, theta)
     return Measurements(
         frame=index,
         x=x,
@@ -276,6 +303,8 @@ def frame_measurements(
         instruction_completed=completed,
         weather=weather,
         perturbed=f.perturbed,
+        lane_offset=lane[0],
+        lane_heading=lane[1],
     )
 
 

@@ -67,6 +67,12 @@ class Town:
         """Whether (``x``, ``y``) lies in a junction box (where turns happen, no lane to keep)."""
         return bool(np.min(np.abs(self.xs - x)) < BOX and np.min(np.abs(self.ys - y)) < BOX)
 
+    def is_corner_box(self, x: float, y: float) -> bool:
+        """Whether (``x``, ``y``) lies in the box of a corner (a node with two arms, where the
+        road bends and there is one way on: its lane is still the one to keep)."""
+        i, j = int(np.argmin(np.abs(self.xs - x))), int(np.argmin(np.abs(self.ys - y)))
+        return self.in_junction_box(x, y) and len(self.arms((i, j))) == 2
+
     def node_xy(self, node: tuple[int, int]) -> np.ndarray:
         return np.array([self.xs[node[0]], self.ys[node[1]]])
 

@@ -1,0 +1,251 @@
+"""The lane reader: displaced-camera drives record the camera's lane pose, the pose survives the
+LMDrive round trip, the lane loss learns only from labelled frames, a reader added to a trained
+model changes no token its planner reads and trains alone (through ``start_from`` and stage 1's
+``lane_reader_only``), and the ``model_lane_assist`` agent steers by its reading."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from closedloop.evaluate import check_agents
+from closedloop.model_driver import IN_LANE, ModelDriver, read_lane_pose
+from driving.lane_assist import LaneAssistController
+from lmgendrive.checkpoint import build_untrained, load_checkpoint, save_checkpoint
+from lmgendrive.train.config import parse_config
+from lmgendrive.train.data import FrameDataset
+from lmgendrive.train.perception import (
+    HEADING_SCALE,
+    LANE_POSE,
+    LANE_UNKNOWN,
+    NO_LANE,
+    PerceptionBatch,
+    lane_loss,
+    lane_target,
+    perception_loss,
+)
+from lmgendrive.train.runner import run
+from lmgendrive.train.stages import set_stage
+from scenes.lmdrive import open_route, write_route
+from scenes.procedural.displaced import displacements
+from scenes.procedural.drive import DriveSpec, ProceduralScene
+from schemas.errors import BadInputError, ConfigError
+
+SPEC = DriveSpec(town_seed=3, route_seed=0, frames=60, size=(32, 32))
+
+
+@pytest.fixture(scope="module")
+def scenes() -> tuple[ProceduralScene, ProceduralScene]:
+    plain = ProceduralScene(SPEC)
+    return plain, ProceduralScene(DriveSpec(**{**SPEC.__dict__, "displaced": True}))
+
+
+def test_a_displaced_drive_records_where_its_camera_stands_in_the_lane(scenes):
+    plain, moved = scenes
+    shifts = displacements(np.random.default_rng([3, 0, 919]), len(moved.log.frames))
+    assert moved.name.endswith("_displaced_clear_noon") and moved.name != plain.name
+    outside = 0
+    for i in range(0, 60, 3):
+        m, p = moved.measurements(i), plain.measurements(i)
+        if m.is_junction and not moved.town.is_corner_box(m.x, m.y):  # no lane to keep there
+            assert np.isnan(m.lane_offset) and np.isnan(m.lane_heading)
+            continue
+        outside += 1
+        assert abs(p.lane_offset) < 0.05 and abs(p.lane_heading) < 0.01  # the expert keeps it
+        # moved across the lane at the expert's arc length: the pose is the displacement
+        assert m.lane_offset == pytest.approx(shifts[i, 0], abs=0.05)
+        assert m.lane_heading == pytest.approx(shifts[i, 1] + p.lane_heading, abs=1e-3)
+        # the expert's path seen from the displaced camera: on the side it was moved away from
+        if abs(shifts[i, 0]) > 0.5 and abs(shifts[i, 1]) < np.radians(3):
+            assert np.sign(m.waypoints[0, 1]) == -np.sign(shifts[i, 0])
+        assert not np.array_equal(moved.images(i)["front"], plain.images(i)["front"])
+    assert outside >= 10
+    assert np.ptp([moved.measurements(i).lane_offset for i in range(0, 40)]) > 0.5
+
+
+def test_the_lane_pose_survives_the_lmdrive_round_trip_and_old_files_read_as_unknown(
+    scenes, tmp_path
+):
+    _, moved = scenes
+    short = ProceduralScene(DriveSpec(**{**SPEC.__dict__, "displaced": True, "frames": 30}))
+    route = write_route(short, tmp_path / short.name)
+    back = open_route(route)
+    for i in (0, 10, 29):
+        want, got = short.measurements(i), back.measurements(i)
+        assert got.lane_offset == pytest.approx(want.lane_offset, abs=1e-4)
+        assert got.lane_heading == pytest.approx(want.lane_heading, abs=1e-4)
+    path = route / "measurements" / "0005.json"
+    raw = json.loads(path.read_text())
+    key = next(k for k, v in raw.items() if isinstance(v, dict) and "lane_offset" in v)
+    for name in ("lane_offset", "lane_heading"):
+        del raw[key][name]  # as drives recorded before drive version 4
+    path.write_text(json.dumps(raw))
+    old = open_route(route).measurements(5)
+    assert np.isnan(old.lane_offset) and np.isnan(old.lane_heading)
+    item = FrameDataset([open_route(route)], build_untrained("tiny").config)[5]
+    assert item["lane"][2] in (NO_LANE, LANE_UNKNOWN) and not item["lane"][:2].any()
+
+
+def test_lane_targets_say_known_no_lane_or_unknown_and_the_loss_learns_from_labelled_ones():
+    assert lane_target(0.4, -0.1, False).tolist() == pytest.approx([0.4, -0.1, LANE_POSE])
+    assert lane_target(np.nan, np.nan, True).tolist() == [0.0, 0.0, NO_LANE]
+    assert lane_target(np.nan, np.nan, False).tolist() == [0.0, 0.0, LANE_UNKNOWN]
+    target = torch.tensor([[0.5, 0.1, LANE_POSE], [0.0, 0.0, NO_LANE], [0.0, 0.0, LANE_UNKNOWN]])
+    pred = torch.tensor([[0.0, 0.0, 0.0], [9.0, 9.0, 0.0], [5.0, 5.0, 0.0]])
+    terms = lane_loss(pred, target)
+    assert terms["lane_pose"].item() == pytest.approx(0.5 + HEADING_SCALE * 0.1)
+    assert terms["in_lane"].item() == pytest.approx(np.log(2.0), abs=1e-6)
+    # an unknown frame's outputs change nothing; a junction box's pose changes nothing
+    wild = pred.clone()
+    wild[2] = torch.tensor([-7.0, 3.0, 40.0])
+    wild[1, :2] = -3.0
+    assert lane_loss(wild, target)["lane_pose"].item() == terms["lane_pose"].item()
+    assert lane_loss(wild, target)["in_lane"].item() == terms["in_lane"].item()
+    none = lane_loss(pred[2:], target[2:])
+    assert none["lane_pose"].item() == 0.0 and none["in_lane"].item() == 0.0
+
+
+def _frames(model, n: int = 2) -> torch.Tensor:
+    g = torch.Generator().manual_seed(1)
+    size = model.config.image_size
+    return torch.randint(0, 256, (n, len(model.config.vision_views), *size, 3), generator=g).to(
+        torch.uint8
+    )
+
+
+def test_a_lane_reader_added_to_a_trained_model_changes_no_planner_token_and_trains_alone():
+    model = build_untrained("tiny").eval()
+    pixels = model.pixels(_frames(model)[:, None], "frames")
+    before = model.vision_tokens(pixels)
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    model.add_lane_reader(seed=0)
+    with pytest.raises(ConfigError, match="already has"):
+        model.add_lane_reader(seed=0)
+    assert model.config.vision.lane_reader
+    assert torch.equal(model.vision_tokens(pixels), before)
+    _, light, lane = model.encode_observed(pixels)
+    assert lane.shape == (2, 3) and ((lane[:, 2] >= 0) & (lane[:, 2] <= 1)).all()
+
+    trainable = set_stage(model, 1, lane_reader_only=True)
+    assert {id(p) for p in trainable} == {id(p) for p in model.vision.lane_reader.parameters()}
+    model.train()
+    batch = PerceptionBatch(
+        frames=_frames(model),
+        detection=torch.zeros(2, *(model.config.vision.bev_size,) * 2, 8),
+        waypoints=torch.zeros(2, 4, 2),
+        light=torch.tensor([0, 1]),
+        lane=torch.tensor([[0.8, 0.2, LANE_POSE], [0.0, 0.0, NO_LANE]]),
+    )
+    out = perception_loss(model, batch)
+    assert "lane_pose" in out.terms and "in_lane" in out.terms
+    out.loss.backward()
+    optimizer = torch.optim.SGD(trainable, lr=0.1)
+    optimizer.step()
+    after = model.state_dict()
+    changed = {k for k, v in state.items() if not torch.equal(after[k], v)}
+    assert not changed  # every weight and BatchNorm statistic of the trained model as it was
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in trainable)
+
+
+def _recipe(tmp_path, start_from: str, **stage) -> dict:
+    return {
+        "preset": "tiny",
+        "start_from": start_from,
+        "model": {"vision": {"lane_reader": True}},
+        "workdir": str(tmp_path / "work"),
+        "output": str(tmp_path / "model"),
+        "data": {
+            "towns": [3],
+            "frames": 30,
+            "size": 32,
+            "cache": str(tmp_path / "scenes"),
+            "workers": 0,
+        },
+        "stages": {
+            "1": {"iterations": 3, "batch_size": 2, "lr": 1e-2, "warmup": 1, **stage},
+        },
+    }
+
+
+def test_start_from_gives_a_trained_checkpoint_a_lane_reader_trained_on_displaced_drives(
+    tmp_path,
+):
+    trained = build_untrained("tiny", seed=7)
+    save_checkpoint(trained, tmp_path / "trained", trained_stages=[0, 1, 2])
+    config = parse_config(
+        _recipe(tmp_path, str(tmp_path / "trained"), displaced_routes=1, lane_reader_only=True)
+    )
+    assert run(config) == tmp_path / "model"
+    model, _ = load_checkpoint(tmp_path / "model", "cpu")
+    assert model.vision.lane_reader is not None
+    meta = json.loads((tmp_path / "model" / "config.json").read_text())
+    assert meta["trained_stages"] == [0, 1, 2]  # its planner is the trained checkpoint's
+    old = trained.state_dict()
+    new = model.state_dict()
+    assert {k for k in new if k not in old} == {
+        k for k in new if k.startswith("vision.lane_reader.")
+    }
+    assert all(torch.equal(new[k], v) for k, v in old.items())
+    assert len(list((tmp_path / "scenes").glob("town0003_route0001_displaced_*"))) == 1
+    rows = [
+        json.loads(line)
+        for line in (tmp_path / "work" / "stage1" / "log.jsonl").read_text().splitlines()
+    ]
+    assert any("lane_pose" in r for r in rows)
+
+
+def test_recipes_and_agents_that_need_a_lane_reader_say_so(tmp_path):
+    with pytest.raises(ConfigError, match="lane_reader"):
+        parse_config(
+            {**_recipe(tmp_path, "demo", lane_reader_only=True), "model": {}, "start_from": None}
+        )
+    bad = _recipe(tmp_path, "demo")
+    bad["stages"]["2"] = {"iterations": 2, "batch_size": 1, "lr": 1e-4, "displaced_routes": 1}
+    with pytest.raises(ConfigError, match="stage 1 only"):
+        parse_config(bad)
+    with pytest.raises(ConfigError, match="preset built in code"):
+        run(parse_config(_recipe(tmp_path, "tiny", lane_reader_only=True)))
+    with pytest.raises(BadInputError, match="no lane reader"):
+        check_agents(["model_lane_assist"], "demo")
+    with pytest.raises(BadInputError, match="lane reader"):
+        ModelDriver(build_untrained("tiny"), lane_assist="read")
+
+
+def test_the_lane_assist_agent_steers_by_the_readers_pose_and_not_where_it_sees_no_lane():
+    assert read_lane_pose(np.array([0.3, -0.05, IN_LANE + 0.1])) == pytest.approx((0.3, -0.05))
+    assert read_lane_pose(np.array([0.3, -0.05, IN_LANE - 0.1])) is None
+    model, _ = load_checkpoint("demo", "cpu")
+    model.add_lane_reader(seed=0)
+    torch.nn.init.constant_(model.vision.lane_reader.head.bias, 2.0)  # sees a lane everywhere
+    driver = ModelDriver(model, lane_assist="read")
+    scene = ProceduralScene(DriveSpec(town_seed=3, route_seed=0, frames=5, size=(64, 64)))
+    for i in range(5):
+        m = scene.measurements(i)
+        driver.step(scene.images(i), m.speed, (m.x, m.y, m.theta), m.instruction.text)
+        controller = driver.state.controllers[0]
+        assert isinstance(controller, LaneAssistController)
+        lane = driver.state.lane[0].numpy()
+        assert controller.lane_pose == pytest.approx((float(lane[0]), float(lane[1])))
+
+
+def test_the_lane_pose_is_kept_in_corners_and_dropped_in_junctions(scenes):
+    from dataclasses import replace
+
+    from scenes.procedural.drive import frame_measurements
+
+    plain, _ = scenes
+    town, f = plain.town, plain.log.frames[10]
+    corner = next(n for n in town.nodes if len(town.arms(n)) == 2)
+    junction = next(n for n in town.nodes if len(town.arms(n)) == 4)
+    m0 = plain.measurements(10)
+    for node, kept in ((corner, True), (junction, False)):
+        ego = f.ego.copy()
+        ego[:2] = town.node_xy(node) + 3.0
+        m = frame_measurements(
+            town, plain.log.route, replace(f, ego=ego), 10, m0.waypoints, m0.instruction, False, ""
+        )
+        assert m.is_junction and np.isfinite(m.lane_offset) == kept
+        assert np.isfinite(m.lane_heading) == kept
