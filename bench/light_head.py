@@ -3,15 +3,18 @@ class-balanced linear probe refitted on the same frozen light token, scored on h
 drives by distance to the stop line.
 
 The planner reads that token, and InterFuser's red-light rule (:mod:`driving.light_rule`) reads the
-head. If even the balanced probe says "stop" (red or yellow above 0.3) on most green frames, the
-colour is not in the token: no planner or rule built on it can stop for red and go on green.
+head, or the light reader where the model has one (``vision.light_reader``: a small network on the
+centre view beside the encoder, trained on the light within 10 m of its stop line), scored here as
+``reader``. If even the balanced probe says "stop" (red or yellow above 0.3) on most green frames,
+the colour is not in the token: no planner or rule built on it can stop for red and go on green.
 
 The last line is a JSON object: per reader (``head``, ``probe``) and distance band, the share of
 frames where the light is red or yellow that read "stop" (``stop_on_stop``) and the share of green
 frames that read "stop" (``stop_on_green``), each with its N and Wilson 95 % interval;
 ``stop_on_none`` beyond 45 m or without a light.
 
-A checkpoint whose encoder sees the centre view (``vision.center_view``) is fed it.
+A checkpoint whose encoder sees the centre view (``vision.center_view`` or ``vision.light_reader``)
+is fed it.
 
 ``--figure PATH`` draws, for the first red and the first green frame of each band, the front view
 beside the centre view (the front camera's centre quarter at full size, LMDrive's
@@ -48,22 +51,29 @@ FRAMES, EVERY = 400, 2
 
 def light_tokens(
     model: LMGenDrive, scenes: list[ProceduralScene]
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None]:
     """The frozen light token (N, D), the light class and the distance to the stop line of every
-    ``EVERY``-th frame of ``scenes``."""
-    tokens, classes, gaps = [], [], []
+    ``EVERY``-th frame of ``scenes``, and the light reader's class probabilities (N, 4) where the
+    model has one (else None)."""
+    tokens, classes, gaps, read = [], [], [], []
+    pool = model.config.vision.bev_pool
     for scene in scenes:
         idx = range(0, FRAMES, EVERY)
         views = model.config.vision_views
         frames = np.stack([np.stack([scene.images(i)[v] for v in views]) for i in idx])
         with torch.no_grad():
-            tok = model.vision_tokens(model.pixels(frames[:, None], "frames"))
-        tokens.append(tok[:, 0, -1].float().numpy())  # the light query's output: the last token
+            visual = model.vision(model.pixels(frames[:, None], "frames")[:, 0])
+            reader = model.vision.near_light_logits(visual)
+        # the light query's output: the Q-Former input's last token
+        tokens.append(visual.for_qformer(pool)[:, -1].float().numpy())
+        if reader is not None:
+            read.append(reader.float().softmax(-1).numpy())
         for i in idx:
             m = scene.measurements(i)
             classes.append(LIGHT_CLASSES.index(m.light_state))
             gaps.append(m.light_distance)
-    return np.concatenate(tokens), np.array(classes), np.array(gaps)
+    reads = np.concatenate(read) if read else None
+    return np.concatenate(tokens), np.array(classes), np.array(gaps), reads
 
 
 def balanced_probe(head: torch.nn.Linear, x: np.ndarray, y: np.ndarray) -> torch.nn.Linear:
@@ -151,13 +161,13 @@ def main() -> None:
     torch.manual_seed(0)
     model = load_checkpoint(args.checkpoint)[0]
     size = tuple(model.config.image_size)
-    center = model.config.vision.center_view
+    center = model.config.vision.sees_center
     fit = drives(1, args.train_towns, size, center)
     scenes = drives(HELD_OUT_FIRST, args.held_out_towns, size, center)
     if args.figure:
         focus_figure(drives(HELD_OUT_FIRST, args.held_out_towns, size, True), args.figure)
-    x_fit, y_fit, _ = light_tokens(model, fit)
-    x, y, gaps = light_tokens(model, scenes)
+    x_fit, y_fit, _, _ = light_tokens(model, fit)
+    x, y, gaps, read = light_tokens(model, scenes)
     head = model.vision.light_head.float()
     probe = balanced_probe(head, x_fit, y_fit)
     result = {}
@@ -166,6 +176,9 @@ def main() -> None:
             probs = reader(torch.as_tensor(x)).softmax(-1).numpy()
             result[name] = stop_rates(probs, y, gaps)
             print(f"{name}: " + json.dumps(result[name]))
+    if read is not None:
+        result["reader"] = stop_rates(read, y, gaps)
+        print("reader: " + json.dumps(result["reader"]))
     print(
         json.dumps(
             {

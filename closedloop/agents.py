@@ -20,7 +20,10 @@ and signal) and planning at 20 Hz; it is the ceiling the benchmark is checked ag
   diagnostic like ``label_oracle`` (what knowing its place in the lane would be worth to the
   planner, which cannot tell it: ``bench/lane_probe.py``); ``lane_reader`` drives it with the
   lane assist fed the model's own lane reader on the same frames, the ``model_lane_assist`` row
-  (not privileged; not the paper's agent either).
+  (not privileged; not the paper's agent either); ``assisted`` drives it with both, the lane
+  assist on its lane reader and InterFuser's red-light rule on its light reader (the
+  ``model_assisted`` row: the model's own perception in a safety controller, as InterFuser
+  drives; not privileged, not the paper's agent).
 """
 
 from __future__ import annotations
@@ -47,6 +50,7 @@ AGENTS = (
     "model_light_rule",
     "model_lane_oracle",
     "model_lane_assist",
+    "model_assisted",
 )
 # the agents that drive with a checkpoint
 MODEL_AGENTS = (
@@ -55,6 +59,7 @@ MODEL_AGENTS = (
     "model_light_rule",
     "model_lane_oracle",
     "model_lane_assist",
+    "model_assisted",
 )
 
 
@@ -125,15 +130,17 @@ class ModelAgent:
         light_rule: bool = False,
         lane_oracle: bool = False,
         lane_reader: bool = False,
+        assisted: bool = False,
     ):
-        if random_instructions + light_rule + lane_oracle + lane_reader > 1:
+        if random_instructions + light_rule + lane_oracle + lane_reader + assisted > 1:
             raise ValueError(
-                "random instructions, the light rule and the lane assist are measured one at a time"
+                "random instructions, the light rule, the lane assist and both are measured one "
+                "at a time"
             )
         # never asked past the training drives' fastest: their expert cruises at CRUISE_SPEED
-        lane = "given" if lane_oracle else "read" if lane_reader else None
+        lane = "given" if lane_oracle else "read" if lane_reader or assisted else None
         self.driver = ModelDriver(
-            model, max_speed=CRUISE_SPEED, light_rule=light_rule, lane_assist=lane
+            model, max_speed=CRUISE_SPEED, light_rule=light_rule or assisted, lane_assist=lane
         )
         self.random_instructions, self.lane_oracle = random_instructions, lane_oracle
         self.name = (
@@ -145,13 +152,15 @@ class ModelAgent:
             if lane_oracle
             else "model_lane_assist"
             if lane_reader
+            else "model_assisted"
+            if assisted
             else "model"
         )
 
     @property
     def sees_center(self) -> bool:
         """Whether the model's vision encoder sees the centre view (the renderer draws it)."""
-        return self.driver.model.config.vision.center_view
+        return self.driver.model.config.vision.sees_center
 
     def reset(self, world: World, seed: int) -> None:
         self.world = world

@@ -31,6 +31,7 @@ import numpy as np
 from closedloop.model_driver import ModelDriver
 from driving.control import Control
 from lmgendrive.checkpoint import load_checkpoint
+from lmgendrive.checkpoint_meta import check_readers
 from scenes.lmdrive.conventions import compass_to_theta
 from schemas.errors import BadInputError, ConfigError
 from schemas.scene import CAMERA_FOV_DEG, CENTER_VIEW, VIEW_YAW_DEG, center_of_front
@@ -146,10 +147,14 @@ class LMGenDriveAgent(AutonomousAgent):
     None for LMDrive's own instructions (:class:`LMDriveInstructions`). ``max_speed`` (m/s) caps
     the speed the controller asks for; None keeps LMDrive's uncapped controller. Set it to the
     fastest speed of the checkpoint's training drives (the procedural expert's ``CRUISE_SPEED``
-    for ``demo``; InterFuser's agent caps at 5 m/s).
+    for ``demo``; InterFuser's agent caps at 5 m/s). ``assisted`` drives as ``lmgd drive``'s
+    ``model_assisted`` agent: the lane assist on the model's lane reader and InterFuser's red-light
+    rule on its light reader (a checkpoint with both readers, ``jobs/train_readers.yaml``); off,
+    LMDrive's agent: the waypoints and PID controllers alone.
     """
 
     max_speed: float | None = None
+    assisted: bool = False
 
     def __init__(self, path_to_conf_file: str, instruction: str | InstructionSource | None = None):
         self.set_instruction_source(instruction)
@@ -157,8 +162,15 @@ class LMGenDriveAgent(AutonomousAgent):
 
     def setup(self, path_to_conf_file: str) -> None:
         """Load the checkpoint (the leaderboard calls this once per route)."""
+        if self.assisted:
+            check_readers(path_to_conf_file, "model_assisted")
         self.model, self.identity = load_checkpoint(path_to_conf_file)
-        self.driver = ModelDriver(self.model, max_speed=self.max_speed)
+        self.driver = ModelDriver(
+            self.model,
+            max_speed=self.max_speed,
+            light_rule=self.assisted,
+            lane_assist="read" if self.assisted else None,
+        )
         self.calls = 0
         self.control: Any = None
         self.last_plan = None
@@ -212,7 +224,7 @@ class LMGenDriveAgent(AutonomousAgent):
             view: cv2.resize(tick_data[sid], (width, height), interpolation=cv2.INTER_AREA)
             for view, sid in CAMERAS.items()
         }
-        if self.model.config.vision.center_view:  # LMDrive's rgb_center: a crop at full size
+        if self.model.config.vision.sees_center:  # LMDrive's rgb_center: a crop at full size
             crop = center_of_front(tick_data[CAMERAS["front"]])
             views[CENTER_VIEW] = cv2.resize(crop, (width, height), interpolation=cv2.INTER_AREA)
         instruction = self.instruction_source(tick_data)

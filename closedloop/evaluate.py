@@ -38,7 +38,7 @@ from closedloop.report import (
 from closedloop.routes import RouteSpec, build_route, track_of
 from closedloop.run import drive_route
 from lmgendrive.checkpoint import check_checkpoint
-from lmgendrive.checkpoint_meta import check_lane_reader, check_planner
+from lmgendrive.checkpoint_meta import check_planner, check_readers
 from schemas.errors import BadInputError
 from storage.atomic import write_bytes
 from storage.progress import progress
@@ -85,6 +85,7 @@ def make_agent(name: str, checkpoint: str):
         light_rule=name == "model_light_rule",
         lane_oracle=name == "model_lane_oracle",
         lane_reader=name == "model_lane_assist",
+        assisted=name == "model_assisted",
     )
 
 
@@ -111,7 +112,7 @@ def onpolicy_name(drive: Drive, sha: str | None) -> str:
 
 def check_agents(agents: Sequence[str], checkpoint: str) -> str | None:
     """:class:`BadInputError` for an unknown agent, a model agent without a trained planner or
-    ``model_lane_assist`` without a lane reader;
+    ``model_lane_assist`` or ``model_assisted`` without the readers they drive by;
     returns the checkpoint's weights sha256 when an agent drives with it."""
     unknown = [a for a in agents if a not in AGENTS]
     if unknown:
@@ -119,8 +120,8 @@ def check_agents(agents: Sequence[str], checkpoint: str) -> str | None:
     if not set(MODEL_AGENTS) & set(agents):
         return None
     check_planner(checkpoint)
-    if "model_lane_assist" in agents:
-        check_lane_reader(checkpoint)
+    for agent in agents:
+        check_readers(checkpoint, agent)
     return check_checkpoint(checkpoint)
 
 

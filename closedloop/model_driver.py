@@ -48,12 +48,13 @@ class ModelDriver:
     """One car driven by ``model`` (batch of one), frame by frame at the model's frame rate;
     ``max_speed`` (m/s) caps the speed the controller asks for (see
     :class:`~driving.control.WaypointController`; None: LMDrive's controller, uncapped);
-    ``light_rule`` adds InterFuser's red-light rule on the model's own light head
-    (:mod:`driving.light_rule`; off: LMDrive's agent, the waypoints alone); ``lane_assist`` pulls
-    the plan towards the lane centre (:mod:`driving.lane_assist`) from where the car stands in its
-    lane: ``"given"`` from :attr:`lane_pose`, which the caller sets before each :meth:`step` (the
-    privileged oracle), ``"read"`` from the vision encoder's lane reader on the same frame
-    (:func:`read_lane_pose`)."""
+    ``light_rule`` adds InterFuser's red-light rule on the model's own light reading (its light
+    reader's where it has one, else its light head's; :mod:`driving.light_rule`; off: LMDrive's
+    agent, the waypoints alone); ``lane_assist`` pulls the plan towards the lane centre
+    (:mod:`driving.lane_assist`) from where the car stands in its lane: ``"given"`` from
+    :attr:`lane_pose`, which the caller sets before each :meth:`step` (the privileged oracle),
+    ``"read"`` from the vision encoder's lane reader on the same frame (:func:`read_lane_pose`).
+    Both together: the rule brakes on the assisted plan."""
 
     def __init__(
         self,
@@ -65,8 +66,6 @@ class ModelDriver:
     ):
         if lane_assist not in LANE_SOURCES:
             raise ValueError(f"lane_assist must be one of {LANE_SOURCES}, got {lane_assist!r}")
-        if light_rule and lane_assist:
-            raise ValueError("the light rule and the lane assist are measured one at a time")
         if lane_assist == "read" and model.vision.lane_reader is None:
             raise BadInputError(
                 "the lane assist reads the vision encoder's lane reader, which this model has "
@@ -137,7 +136,7 @@ class ModelDriver:
             self.model.observe(self.state, frames, [speed], driven[None])
         self.frames_encoded += 1
         controller = self.state.controllers[0]
-        if isinstance(controller, LaneAssistController):
+        if self.lane_assist and isinstance(controller, LaneAssistController):
             controller.lane_pose = (
                 self.lane_pose
                 if self.lane_assist == "given"

@@ -7,15 +7,18 @@ speed to 0 while the traffic-light head's probability of red or yellow exceeds 0
 light misread as red for good cannot strand the car, ignores the head for 80 ticks (4 s at 20 Hz)
 once it has read above 0.7 for 1000 ticks (50 s). LMDrive's own agent has no such rule: its car
 does what the waypoints say. :class:`LightRuleController` is that rule in our time base, fed by our
-vision encoder's light head (:attr:`~lmgendrive.rollout.PlanResult.light`); closed-loop rows that
-use it are labelled as such, never as the model alone.
+vision encoder's light reading (:attr:`~lmgendrive.rollout.PlanResult.light`: its light reader's
+where it has one, else its light head's); closed-loop rows that use it are labelled as such, never
+as the model alone. It is a :class:`~driving.lane_assist.LaneAssistController` too: with
+:attr:`lane_pose` set, InterFuser's rule brakes on the plan the lane assist corrected.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from driving.control import Control, WaypointController
+from driving.control import Control
+from driving.lane_assist import LaneAssistController, assist
 
 STOP_THRESHOLD = 0.3  # InterFuser: brake while P(red or yellow) > 0.3
 STUCK_THRESHOLD = 0.7  # ... and count the time the head has read above 0.7
@@ -44,9 +47,10 @@ class RedLightRule:
         return stop_prob > STOP_THRESHOLD
 
 
-class LightRuleController(WaypointController):
-    """LMDrive's :class:`WaypointController` whose desired speed is 0 while :class:`RedLightRule`
-    says stop; set :attr:`stop_prob` from the newest frame before each :meth:`step`."""
+class LightRuleController(LaneAssistController):
+    """LMDrive's :class:`~driving.control.WaypointController` whose desired speed is 0 while
+    :class:`RedLightRule` says stop; set :attr:`stop_prob` from the newest frame before each
+    :meth:`step` (and :attr:`lane_pose` for the lane assist, None by default: no assist)."""
 
     def __init__(self, fps: float, max_speed: float = np.inf):
         super().__init__(max_speed)
@@ -56,4 +60,6 @@ class LightRuleController(WaypointController):
 
     def step(self, waypoints: np.ndarray, speed: float) -> Control:
         self.stopping = self.rule.stop(self.stop_prob)
+        if self.lane_pose is not None:
+            waypoints = assist(waypoints, *self.lane_pose)
         return self.control(waypoints, speed, 0.0 if self.stopping else self.max_speed)

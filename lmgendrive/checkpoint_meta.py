@@ -89,11 +89,20 @@ def check_planner(source: str | Path) -> None:
         )
 
 
-def check_lane_reader(source: str | Path) -> None:
-    """Raise :class:`BadInputError` unless the model ``source`` names has a lane reader (model
-    ``vision.lane_reader``), which a lane assist on the model's own reading needs."""
-    if not source_config(source).vision.lane_reader:
+READERS = {  # the agents of `lmgd drive` that drive by the model's readers, and which ones
+    "model_lane_assist": ("lane_reader",),
+    "model_assisted": ("lane_reader", "light_reader"),
+}
+
+
+def check_readers(source: str | Path, agent: str) -> None:
+    """Raise :class:`BadInputError` unless the model ``source`` names has the readers ``agent``
+    drives by (:data:`READERS`; model ``vision.lane_reader`` / ``vision.light_reader``)."""
+    vision = source_config(source).vision
+    missing = [r for r in READERS.get(agent, ()) if not getattr(vision, r)]
+    if missing:
+        names = " and ".join(r.replace("_", " ") for r in missing)
         raise BadInputError(
-            f"{source!s} has no lane reader, which model_lane_assist steers by: train one on it "
-            "with stage 1's lane_reader_only (jobs/train_lane_reader.yaml)"
+            f"{source!s} has no {names}, which {agent} drives by: train them on it with "
+            "stage 1's readers_only (jobs/train_readers.yaml)"
         )

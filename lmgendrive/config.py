@@ -59,10 +59,19 @@ class VisionConfig(_Frozen):
     # camera's centre quarter at full size, where traffic lights are more than a pixel or two.
     # Where a frame has no centre view (generated frames) it is cut from the front view.
     center_view: bool = False
-    # A lane reader (lmgendrive.vision.LaneReader): a small network of its own beside the shared
+    # A lane reader (lmgendrive.vision.PixelReader): a small network of its own beside the shared
     # encoder that reads where the car stands in its lane (offset, heading error, in a lane at
     # all) from the views, so adding it to a trained model changes no token the planner reads.
     lane_reader: bool = False
+    # A light reader (the same kind of network) on the centre view alone: the colour of the light
+    # just ahead, for a red-light rule. The renderer then draws the centre view; the shared
+    # encoder sees it only with center_view.
+    light_reader: bool = False
+
+    @property
+    def sees_center(self) -> bool:
+        """Whether the encoder is fed the centre view (the shared encoder or the light reader)."""
+        return self.center_view or self.light_reader
 
 
 class QFormerConfig(_Frozen):
@@ -228,9 +237,9 @@ class ModelConfig(_Frozen):
 
     @property
     def vision_views(self) -> tuple[str, ...]:
-        """The views the vision encoder sees: :attr:`views`, then the centre view if
-        ``vision.center_view``."""
-        return (*self.views, CENTER_VIEW) if self.vision.center_view else self.views
+        """The views the vision encoder is fed: :attr:`views`, then the centre view if it sees one
+        (``vision.center_view`` or ``vision.light_reader``)."""
+        return (*self.views, CENTER_VIEW) if self.vision.sees_center else self.views
 
     @property
     def latent_size(self) -> tuple[int, int]:
@@ -258,9 +267,9 @@ class ModelConfig(_Frozen):
             "must be non-empty and unique",
         )
         _check(
-            not self.vision.center_view
+            not self.vision.sees_center
             or ("front" in self.views and CENTER_VIEW not in self.views),
-            "vision.center_view",
+            "vision.center_view" if self.vision.center_view else "vision.light_reader",
             f"needs a 'front' view to centre on, and {CENTER_VIEW!r} not among views",
         )
         _check(self.dtype in DTYPES, "dtype", f"must be one of {DTYPES}")

@@ -37,7 +37,7 @@ from lmgendrive.qformer import FrameCompressor
 from lmgendrive.rollout import PlanResult, RolloutResult, RolloutState, StepResult
 from lmgendrive.sampling import sample_frames
 from lmgendrive.tokenizer import encode_instructions
-from lmgendrive.vision import LaneReader, VisionEncoder
+from lmgendrive.vision import LANE_OUTPUTS, LIGHT_CLASSES, PixelReader, VisionEncoder
 from lmgendrive.world import WorldConditioner, WorldGenerator
 from schemas.errors import BadInputError, ConfigError
 from schemas.sampler import SamplerConfig
@@ -76,7 +76,7 @@ class LMGenDrive(nn.Module):
         self.vision = VisionEncoder(
             config.vision,
             len(config.views),
-            config.views.index("front") if config.vision.center_view else None,
+            config.views.index("front") if config.vision.sees_center else None,
         )
         self.compressor = FrameCompressor(config.qformer, config.vision.dim, config.llm.hidden)
         self.llm = PlannerLLM(config.llm, config.vision.num_waypoints, backbone=parts.llm)
@@ -89,20 +89,30 @@ class LMGenDrive(nn.Module):
 
     # ----------------------------------------------------------------- shared pieces
 
-    def add_lane_reader(self, seed: int) -> None:
-        """Give the vision encoder a lane reader initialised from ``seed`` (it has none): a
-        trained checkpoint gains one for stage 1's ``lane_reader_only``, every other weight as it
-        was."""
-        if self.vision.lane_reader is not None:
-            raise ConfigError("this model's vision encoder already has a lane reader")
-        vision = self.config.vision.model_copy(update={"lane_reader": True})
+    def add_readers(self, seed: int, lane: bool, light: bool) -> None:
+        """Give the vision encoder the readers asked for that it lacks, initialised from ``seed``
+        (:class:`~lmgendrive.vision.PixelReader`): a trained checkpoint gains them for stage 1's
+        ``readers_only``, every other weight as it was."""
+        vision = self.config.vision.model_copy(
+            update={
+                "lane_reader": lane or self.config.vision.lane_reader,
+                "light_reader": light or self.config.vision.light_reader,
+            }
+        )
+        if vision.light_reader and not self.config.vision.sees_center:
+            self.vision.front_index = self.config.views.index("front")
         self.config = self.config.model_copy(update={"vision": vision})
         self.vision.config = vision
         weight = self.vision.proj.weight
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
-            reader = LaneReader(vision, self.vision.view_embed.shape[0])
-        self.vision.lane_reader = reader.to(weight.device, weight.dtype)
+            if vision.lane_reader and self.vision.lane_reader is None:
+                views = self.vision.view_embed.shape[0]
+                reader = PixelReader(vision, views, len(LANE_OUTPUTS))
+                self.vision.lane_reader = reader.to(weight.device, weight.dtype)
+            if vision.light_reader and self.vision.light_reader is None:
+                reader = PixelReader(vision, 1, len(LIGHT_CLASSES))
+                self.vision.light_reader = reader.to(weight.device, weight.dtype)
 
     def tokenize(self, instructions: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
         """Instruction ids and mask (B, L) on the model's device."""
@@ -124,11 +134,15 @@ class LMGenDrive(nn.Module):
         self, pixels: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         """:meth:`encode_history` of ``pixels`` and, at the last frame, read from the same
-        encoding: the vision encoder's traffic-light class probabilities (B, len(LIGHT_CLASSES);
-        the light query's output is the Q-Former input's last token) and its lane reader's
-        outputs (B, 3; offset m, heading rad, in-lane probability), None without one."""
-        tokens, lane = self._encode_frames(pixels)
-        light = self.vision.light_head(tokens[:, -1, -1]).float().softmax(-1)
+        encoding: the traffic-light class probabilities (B, len(LIGHT_CLASSES)) of its light
+        reader where the encoder has one, else of its light head (the light query's output is the
+        Q-Former input's last token), and its lane reader's outputs (B, 3; offset m, heading rad,
+        in-lane probability), None without one."""
+        tokens, lane, near_light = self._encode_frames(pixels)
+        if near_light is not None:
+            light = near_light[:, -1].float().softmax(-1)
+        else:
+            light = self.vision.light_head(tokens[:, -1, -1]).float().softmax(-1)
         if lane is not None:
             lane = lane[:, -1].float()
             lane = torch.cat([lane[:, :2], torch.sigmoid(lane[:, 2:])], dim=1)
@@ -139,17 +153,22 @@ class LMGenDrive(nn.Module):
         (B, T, V, 3, H, W)."""
         return self._encode_frames(pixels)[0]
 
-    def _encode_frames(self, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """:meth:`vision_tokens` and the lane reader's raw outputs (B, T, 3), None without one."""
+    def _encode_frames(
+        self, pixels: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+        """:meth:`vision_tokens`, the lane reader's raw outputs (B, T, 3) and the light reader's
+        logits (B, T, 4), each None without that reader."""
         b, t = pixels.shape[:2]
         dtype = self.vision.proj.weight.dtype
-        tokens, lanes = [], []
+        tokens, lanes, lights = [], [], []
         for chunk in pixels.flatten(0, 1).split(ENCODE_CHUNK):
             visual = self.vision(chunk.to(dtype))
             tokens.append(visual.for_qformer(self.config.vision.bev_pool))
             lanes.append(self.vision.lane_pose(visual))
+            lights.append(self.vision.near_light_logits(visual))
         lane = None if lanes[0] is None else torch.cat(lanes).unflatten(0, (b, t))
-        return torch.cat(tokens).unflatten(0, (b, t)), lane
+        light = None if lights[0] is None else torch.cat(lights).unflatten(0, (b, t))
+        return torch.cat(tokens).unflatten(0, (b, t)), lane, light
 
     def compress_history(self, tokens: torch.Tensor) -> torch.Tensor:
         """Per-frame LLM tokens (B, T, Q, llm_hidden) of :meth:`vision_tokens` output

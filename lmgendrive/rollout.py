@@ -19,8 +19,9 @@ class RolloutState:
     T <= llm.history_frames. last_pixels: (B, V, 3, H, W) in [-1, 1], the generator's context.
     speed: (B,) m/s. waypoints: (B, K, 2) the current action (last predicted waypoints, ego frame).
     light: (B, len(LIGHT_CLASSES)) the vision encoder's traffic-light class probabilities at the
-    newest frame seen. lane: (B, 3) its lane reader's offset (m), heading error (rad) and in-lane
-    probability at the newest frame, None where the encoder has no lane reader.
+    newest frame seen (its light reader's where it has one, else its light head's). lane: (B, 3)
+    its lane reader's offset (m), heading error (rad) and in-lane probability at the newest
+    frame, None where the encoder has no lane reader.
     """
 
     instruction_ids: torch.Tensor

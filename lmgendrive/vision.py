@@ -13,6 +13,11 @@ ego frame (x forward, y left, metres). Row 0 is the farthest forward, column 0 t
 Traffic light: four classes, :data:`LIGHT_CLASSES` = none / red / yellow / green (the state of the
 light that affects the ego; LMDrive's 2-way "red or not" loses the yellow phase the procedural
 world has).
+
+Readers (:class:`PixelReader`, optional): small networks of their own beside the shared encoder
+that read what a controller needs from pixels, and whose tokens the Q-Former never sees, so adding
+them to a trained model changes nothing the planner reads: the lane reader (where the car stands in
+its lane) and the light reader (the colour of the light just ahead, from the centre view).
 """
 
 from __future__ import annotations
@@ -30,7 +35,7 @@ from lmgendrive.config import BACKBONES, VisionConfig
 
 LIGHT_CLASSES = ("none", "red", "yellow", "green")
 LANE_OUTPUTS = ("offset", "heading", "in_lane")
-LANE_GRID = 8  # the lane reader's feature map per view, pooled to this many cells a side
+READER_GRID = 8  # a reader's feature map per view, pooled to this many cells a side
 DET_CHANNELS = ("prob", "dx", "dy", "ori_x", "ori_y", "box_x", "box_y", "speed")
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -63,13 +68,14 @@ def bev_cell_centres(config: VisionConfig) -> tuple[np.ndarray, np.ndarray]:
 @dataclass
 class VisualTokens:
     """Decoder outputs for N frames: BEV (N, S*S, d), waypoint (N, K, d) and light (N, 1, d)
-    tokens, and the lane reader's (N, 1, d) where the encoder has one (:class:`LaneReader`; not
-    handed to the Q-Former)."""
+    tokens, and the lane and light readers' (N, 1, d) where the encoder has them
+    (:class:`PixelReader`; not handed to the Q-Former)."""
 
     bev: torch.Tensor
     waypoints: torch.Tensor
     light: torch.Tensor
     lane: torch.Tensor | None = None
+    near_light: torch.Tensor | None = None
 
     def for_qformer(self, pool: int) -> torch.Tensor:
         """LMDrive's Q-Former input: BEV pooled to pool x pool, then waypoint and light tokens."""
@@ -83,43 +89,47 @@ class VisualTokens:
 @dataclass
 class PerceptionOutput:
     """Stage-1 head outputs: detection (N, S, S, 8) with a logit in channel 0, waypoints (N, K, 2),
-    light logits (N, 4), and the lane reader's (N, 3) where the encoder has one
-    (:data:`LANE_OUTPUTS`)."""
+    light logits (N, 4), and where the encoder has them the lane reader's (N, 3;
+    :data:`LANE_OUTPUTS`) and the light reader's logits (N, 4; :data:`LIGHT_CLASSES`)."""
 
     detection: torch.Tensor
     waypoints: torch.Tensor
     light_logits: torch.Tensor
     lane: torch.Tensor | None = None
+    near_light: torch.Tensor | None = None
 
 
-class LaneReader(nn.Module):
-    """Where the car stands in its lane, read from the camera views: a small convolutional
-    network shared by the views (three stride-2 convolutions, pooled to
-    :data:`LANE_GRID` x :data:`LANE_GRID`), the views' features joined into one lane token of the
-    encoder's width, and a linear head to :data:`LANE_OUTPUTS` (lateral offset in metres and
-    heading error in radians, both left of the lane centre positive, and the logit of being in a
-    lane at all: a junction box has none).
+class PixelReader(nn.Module):
+    """A reading taken from pixels: a small convolutional network shared by ``num_views`` views
+    (three stride-2 convolutions, pooled to :data:`READER_GRID` x :data:`READER_GRID`), the views'
+    features joined into one token of the encoder's width, and a linear head to ``outputs``.
+
+    Two are built on it. The lane reader (``vision.lane_reader``, every view) reads
+    :data:`LANE_OUTPUTS`: the lateral offset in metres and heading error in radians, both left of
+    the lane centre positive, and the logit of being in a lane at all (a junction box has none).
+    The light reader (``vision.light_reader``, the centre view alone) reads :data:`LIGHT_CLASSES`
+    logits of the light just ahead, what a red-light rule stops on (:mod:`driving.light_rule`).
 
     Not in LMDrive: its encoder tells the planner where the car is only through BEV and waypoint
     tokens, and ours keeps too little of the lane pose for a planner to steer back to the centre
     (``bench/lane_probe.py``). A reader on the shared encoder's fused tokens (a query of its own
     through a decoder layer, tried first) reads them no better than a linear probe (R² 0.71 for
     the offset, 0.41 for the heading, against 0.91 / 0.86 for a small CNN on the front view's
-    pixels): at 64 px a view is 4 x 4 tokens, too coarse for a lane line's place and slant. So it
-    reads pixels, as lane detectors do, and sits beside the shared encoder: adding it to a trained
-    model changes no token the planner reads."""
+    pixels): at 64 px a view is 4 x 4 tokens, too coarse for a lane line's place and slant. So
+    readers read pixels, as lane detectors do, and sit beside the shared encoder: adding one to a
+    trained model changes no token the planner reads."""
 
-    def __init__(self, config: VisionConfig, num_views: int):
+    def __init__(self, config: VisionConfig, num_views: int, outputs: int):
         super().__init__()
         layers: list[nn.Module] = []
         for c_in, c_out, kernel in ((3, 16, 5), (16, 32, 3), (32, 64, 3)):
             layers += [nn.Conv2d(c_in, c_out, kernel, 2, kernel // 2), nn.ReLU()]
-        self.convs = nn.Sequential(*layers, nn.AdaptiveAvgPool2d(LANE_GRID), nn.Flatten())
-        self.join = nn.Sequential(nn.Linear(num_views * 64 * LANE_GRID**2, config.dim), nn.ReLU())
-        self.head = nn.Linear(config.dim, len(LANE_OUTPUTS))
+        self.convs = nn.Sequential(*layers, nn.AdaptiveAvgPool2d(READER_GRID), nn.Flatten())
+        self.join = nn.Sequential(nn.Linear(num_views * 64 * READER_GRID**2, config.dim), nn.ReLU())
+        self.head = nn.Linear(config.dim, outputs)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        """The lane token (N, 1, d) of normalised views ``images`` (N, V, 3, H, W)."""
+        """The reader's token (N, 1, d) of normalised views ``images`` (N, V, 3, H, W)."""
         n = images.shape[0]
         return self.join(self.convs(images.flatten(0, 1)).view(n, -1))[:, None]
 
@@ -150,12 +160,13 @@ def center_from_front(front: torch.Tensor) -> torch.Tensor:
 class VisionEncoder(nn.Module):
     """Multi-view frames -> :class:`VisualTokens`; stage-1 heads in :meth:`perceive`.
 
-    ``num_views`` camera views; with ``config.center_view`` the centre view is one more, after
-    them, cut from view ``front_index`` where a frame lacks it (:func:`center_from_front`)."""
+    ``num_views`` camera views, and the centre view after them where the config sees it
+    (``vision.center_view``: the shared encoder too; ``vision.light_reader``: the light reader
+    alone), cut from view ``front_index`` where a frame lacks it (:func:`center_from_front`)."""
 
     def __init__(self, config: VisionConfig, num_views: int, front_index: int | None = None):
         super().__init__()
-        if config.center_view and front_index is None:
+        if config.sees_center and front_index is None:
             raise ValueError("a vision encoder with the centre view needs the front view's index")
         self.config = config
         self.num_views, self.front_index = num_views, front_index
@@ -196,7 +207,12 @@ class VisionEncoder(nn.Module):
         self.waypoint_head = nn.Sequential(nn.Linear(d, d), nn.GELU(), nn.Linear(d, 2))
         self.light_head = nn.Linear(d, len(LIGHT_CLASSES))
         self.lane_reader = (
-            LaneReader(config, num_views + config.center_view) if config.lane_reader else None
+            PixelReader(config, num_views + config.center_view, len(LANE_OUTPUTS))
+            if config.lane_reader
+            else None
+        )
+        self.light_reader = (
+            PixelReader(config, 1, len(LIGHT_CLASSES)) if config.light_reader else None
         )
         self.frozen = False
 
@@ -216,14 +232,24 @@ class VisionEncoder(nn.Module):
 
     def forward(self, pixels: torch.Tensor) -> VisualTokens:
         """``pixels`` float (N, V, 3, H, W) in [-1, 1] -> visual tokens of the N frames (V: the
-        camera views, and the centre view if the encoder has one; cut from the front view when
+        camera views, and the centre view if the encoder sees one; cut from the front view when
         left out)."""
-        if self.config.center_view and pixels.shape[1] == self.num_views:
-            center = center_from_front(pixels[:, self.front_index])
-            pixels = torch.cat([pixels, center[:, None]], dim=1)
-        n, v = pixels.shape[:2]
-        x = ((pixels.flatten(0, 1) + 1.0) / 2.0 - self.mean) / self.std
+        n, drawn = pixels.shape[0], pixels.shape[1] > self.num_views
+        center = None
+        if self.config.sees_center:
+            center = (
+                pixels[:, self.num_views :]
+                if drawn
+                else center_from_front(pixels[:, self.front_index])[:, None]
+            )
+        shared = pixels if drawn or not self.config.center_view else torch.cat([pixels, center], 1)
+        shared = shared[:, : self.num_views + self.config.center_view]  # what the encoder fuses
+        v = shared.shape[1]
+        x = self._normalise(shared.flatten(0, 1))
         lane = None if self.lane_reader is None else self.lane_reader(x.unflatten(0, (n, v)))
+        near_light = None
+        if self.light_reader is not None:
+            near_light = self.light_reader(self._normalise(center.flatten(0, 1))[:, None])
         feat = self.proj(self.trunk(x))  # (N*V, d, h, w)
         d, h, w = feat.shape[1:]
         ys, xs = torch.meshgrid(
@@ -247,7 +273,12 @@ class VisionEncoder(nn.Module):
             waypoints=out[:, cells : cells + k],
             light=out[:, cells + k :],
             lane=lane,
+            near_light=near_light,
         )
+
+    def _normalise(self, pixels: torch.Tensor) -> torch.Tensor:
+        """Images (N, 3, H, W) in [-1, 1] -> ImageNet-normalised, as the ResNet trunk expects."""
+        return ((pixels + 1.0) / 2.0 - self.mean) / self.std
 
     def perceive(self, tokens: VisualTokens) -> PerceptionOutput:
         """Stage-1 heads on the visual tokens."""
@@ -258,6 +289,7 @@ class VisionEncoder(nn.Module):
             waypoints=self.waypoint_head(tokens.waypoints),
             light_logits=self.light_head(tokens.light[:, 0]),
             lane=self.lane_pose(tokens),
+            near_light=self.near_light_logits(tokens),
         )
 
     def lane_pose(self, tokens: VisualTokens) -> torch.Tensor | None:
@@ -265,3 +297,9 @@ class VisionEncoder(nn.Module):
         if self.lane_reader is None or tokens.lane is None:
             return None
         return self.lane_reader.head(tokens.lane[:, 0])
+
+    def near_light_logits(self, tokens: VisualTokens) -> torch.Tensor | None:
+        """The light reader's (N, 4) logits (:data:`LIGHT_CLASSES`), None without one."""
+        if self.light_reader is None or tokens.near_light is None:
+            return None
+        return self.light_reader.head(tokens.near_light[:, 0])

@@ -10,6 +10,7 @@ import types
 import cv2
 import numpy as np
 import pytest
+import torch
 
 from closedloop import carla_agent
 from closedloop.carla_agent import GPS_SCALE, WARMUP_CALLS, LMGenDriveAgent
@@ -208,3 +209,27 @@ def test_bad_input_names_the_sensor(recorded):
     with pytest.raises(BadInputError, match="'speed'"):
         agent.run_step(good | {"speed": (0, 3.0)}, 0.0)
     assert agent.calls == 0  # a bad call is not counted
+
+
+def test_the_assisted_agent_needs_both_readers_and_stops_by_the_light_reader(recorded, tmp_path):
+    from driving.light_rule import LightRuleController
+    from lmgendrive.checkpoint import load_checkpoint, save_checkpoint
+
+    class Assisted(LMGenDriveAgent):
+        assisted = True
+
+    with pytest.raises(BadInputError, match="no lane reader and light reader"):
+        Assisted("demo", instruction="Go.")
+    model, _ = load_checkpoint("demo", "cpu")
+    model.add_readers(seed=0, lane=True, light=True)
+    torch.nn.init.constant_(model.vision.lane_reader.head.bias, 2.0)  # sees a lane everywhere
+    with torch.no_grad():  # reads red everywhere
+        model.vision.light_reader.head.bias.copy_(torch.tensor([-5.0, 5.0, 0.0, -5.0]))
+    save_checkpoint(model, tmp_path / "readers", trained_stages=[0, 1, 2, 3, 4])
+    scene, frames = recorded
+    agent = Assisted(str(tmp_path / "readers"), instruction="Go straight.")
+    planned = drive(agent, frames)[WARMUP_CALLS::2]
+    controller = agent.driver.state.controllers[0]
+    assert isinstance(controller, LightRuleController) and controller.lane_pose is not None
+    assert controller.stopping and all(c.throttle == 0.0 for c in planned)
+    assert agent.driver.state.light.shape == (1, 4)  # read from the centre crop of rgb_front

@@ -85,3 +85,18 @@ def test_light_rule_controller_brakes_for_the_light_and_is_lmdrive_otherwise():
     c = ruled.step(wp, 4.0)
     assert ruled.stopping and c.brake == 1.0 and c.throttle == 0.0
     assert c.steer == pytest.approx(plain.step(wp, 4.0).steer, abs=0.2)
+
+
+def test_light_rule_controller_with_a_lane_pose_brakes_on_the_assisted_plan():
+    from driving.lane_assist import LaneAssistController
+    from driving.light_rule import LightRuleController
+
+    wp = _straight(6.0)
+    ruled, assisted = LightRuleController(fps=10), LaneAssistController()
+    ruled.lane_pose = assisted.lane_pose = (0.8, 0.0)  # 0.8 m left of the lane centre
+    ruled.stop_prob = 0.0
+    c = ruled.step(wp, 4.0)
+    assert c == assisted.step(wp, 4.0) and c.steer > 0.0  # steers back right, as the assist does
+    ruled.stop_prob = 0.9
+    c = ruled.step(wp, 4.0)
+    assert ruled.stopping and c.brake == 1.0 and c.throttle == 0.0 and c.steer > 0.0

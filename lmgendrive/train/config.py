@@ -207,9 +207,9 @@ class StageConfig(_Strict):
     # stage 1: displaced-camera drives per town added to its frames (scenes.procedural.displaced):
     # the car seen off its lane centre and askew, with the lane pose the lane reader learns
     displaced_routes: Annotated[int, Field(ge=0)] = 0
-    # stage 1: train the lane reader (model vision.lane_reader) alone, on the frozen
-    # encoder: a trained checkpoint gains it and its planner's tokens stay as they were
-    lane_reader_only: bool = False
+    # stage 1: train the readers (model vision.lane_reader, vision.light_reader) alone, on the
+    # frozen encoder: a trained checkpoint gains them and its planner's tokens stay as they were
+    readers_only: bool = False
 
     @model_validator(mode="after")
     def _check(self) -> StageConfig:
@@ -247,8 +247,8 @@ class TrainConfig(_Strict):
     preset: str
     model: dict[str, Any] = {}
     # a trained checkpoint (directory, or "demo") the first configured stage starts from instead
-    # of the preset's fresh model; where the recipe's model has a lane reader it lacks, stage 1's
-    # lane_reader_only adds it
+    # of the preset's fresh model; where the recipe's model has readers it lacks, stage 1's
+    # readers_only adds them
     start_from: str | None = None
     init_seed: int = 0
     seed: int = 0
@@ -293,15 +293,15 @@ class TrainConfig(_Strict):
                     f"stage {name}: recovery_routes exists in stage 1 only (its frames train the "
                     "vision encoder; the planner's recovery drives are planner.recovery_routes)"
                 )
-            if (stage.displaced_routes or stage.lane_reader_only) and name != "1":
+            if (stage.displaced_routes or stage.readers_only) and name != "1":
                 raise ValueError(
-                    f"stage {name}: displaced_routes and lane_reader_only exist in stage 1 only "
-                    "(the vision encoder and its lane reader train there)"
+                    f"stage {name}: displaced_routes and readers_only exist in stage 1 only "
+                    "(the vision encoder and its readers train there)"
                 )
-            if stage.lane_reader_only and not model.vision.lane_reader:
+            if stage.readers_only and not (model.vision.lane_reader or model.vision.light_reader):
                 raise ValueError(
-                    f"stage {name}: lane_reader_only trains the lane reader, which this model "
-                    "does not have: set model.vision.lane_reader: true"
+                    f"stage {name}: readers_only trains the readers, which this model does not "
+                    "have: set model.vision.lane_reader and/or model.vision.light_reader: true"
                 )
             if stage.light_range is not None and name != "1":
                 raise ValueError(

@@ -32,7 +32,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from driving.maneuver import path_maneuver
 from lmgendrive.config import ModelConfig
 from lmgendrive.train.config import DataConfig
-from lmgendrive.train.perception import build_bev_targets, lane_target
+from lmgendrive.train.perception import NEAR_LIGHT_M, build_bev_targets, lane_target
 from lmgendrive.vision import LIGHT_CLASSES
 from scenes.lmdrive import open_root, write_index, write_route
 from scenes.procedural.drive import (
@@ -225,7 +225,8 @@ class _SceneDataset(Dataset):
 
 class FrameDataset(_SceneDataset):
     """Single frames (stages 0 and 1): views, BEV detection target, waypoints, light class, lane
-    target (:func:`~lmgendrive.train.perception.lane_target`).
+    target (:func:`~lmgendrive.train.perception.lane_target`), the light reader's class (the
+    light's within :data:`~lmgendrive.train.perception.NEAR_LIGHT_M`).
     ``drop_perturbed``: leave out the frames whose waypoints show a recovery drive's perturbation
     (:func:`perturbed_labels`): they are not the driver's. ``light_range``: the light class is the
     governing light's state only within that many metres of its stop line, "none" farther.
@@ -257,6 +258,9 @@ class FrameDataset(_SceneDataset):
                 m.light_state if m.light_distance <= self.light_range else "none"
             ),
             "lane": lane_target(m.lane_offset, m.lane_heading, m.is_junction),
+            "near_light": LIGHT_CLASSES.index(
+                m.light_state if m.light_distance <= NEAR_LIGHT_M else "none"
+            ),
         }
 
 

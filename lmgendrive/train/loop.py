@@ -58,7 +58,7 @@ class StageTrainer:
         self.workdir, self.seed, self.workers = Path(workdir), seed, workers
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.backend = backend or LocalBackend()
-        self.params = set_stage(model, stage, config.lane_reader_only)
+        self.params = set_stage(model, stage, config.readers_only)
         precision = precision or PrecisionConfig()
         self.compute_dtype = compute_dtype(precision, model.config.dtype, self.backend.device)
         hold_parameters(model, self.compute_dtype)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Collection
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import numpy as np
 import torch
@@ -63,6 +63,7 @@ class PerceptionBatch:
     waypoints: float (B, K, 2), ego frame, at t + 0.2 .. 0.8 s.
     light: int64 (B,) indices into :data:`LIGHT_CLASSES`.
     lane: float (B, 3) from :func:`lane_target`.
+    near_light: int64 (B,) the light reader's class: the light's within :data:`NEAR_LIGHT_M`.
     """
 
     frames: torch.Tensor
@@ -70,14 +71,17 @@ class PerceptionBatch:
     waypoints: torch.Tensor
     light: torch.Tensor
     lane: torch.Tensor
+    near_light: torch.Tensor
 
     def to(self, device: torch.device) -> PerceptionBatch:
-        return PerceptionBatch(
-            *(
-                t.to(device)
-                for t in (self.frames, self.detection, self.waypoints, self.light, self.lane)
-            )
-        )
+        return PerceptionBatch(*(getattr(self, f.name).to(device) for f in fields(self)))
+
+
+# The light reader answers for the light that governs the car now: its state within this many
+# metres of the stop line, "none" farther (InterFuser's and LMDrive's red-light labels hold in the
+# light's trigger volume or within 8 m, where their experts brake). A far light is a pixel or two
+# even in the centre view, and a reader asked about it learns that far lights are mostly red.
+NEAR_LIGHT_M = 10.0
 
 
 LANE_POSE, NO_LANE, LANE_UNKNOWN = 1.0, 0.0, -1.0  # what a lane target's third entry says
@@ -141,7 +145,8 @@ def perception_terms(
     out: PerceptionOutput, batch: PerceptionBatch
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """Stage-1 loss: 0.5 det + 0.5 waypoint L1 + 0.05 object speed + 0.1 light CE (LMDrive weights),
-    + 0.5 (lane pose + in lane) where the encoder has a lane reader (:func:`lane_loss`).
+    + 0.5 (lane pose + in lane) where the encoder has a lane reader (:func:`lane_loss`), + 0.5 of
+    the light reader's CE on :attr:`PerceptionBatch.near_light` where it has one.
 
     ``det`` itself is 0.4 det + 0.2 loc + 0.2 box + 0.2 ori.
     """
@@ -155,6 +160,10 @@ def perception_terms(
         lane = lane_loss(out.lane, batch.lane)
         total = total + 0.5 * (lane["lane_pose"] + lane["in_lane"])
         logs.update({k: v.item() for k, v in lane.items()})
+    if out.near_light is not None:
+        near_light = F.cross_entropy(out.near_light.float(), batch.near_light)
+        total = total + 0.5 * near_light
+        logs["near_light"] = near_light.item()
     logs.update(detection=det.item(), waypoints=wp.item(), light=light.item(), total=total.item())
     return total, logs
 

@@ -53,7 +53,7 @@ def planner_data(config: TrainConfig, stage: int, model: LMGenDrive) -> PlannerD
     if planner is None:
         return None
     data = planner.drives(config.data)
-    scenes = open_scenes(data, model.config.vision.center_view, planner.onpolicy)
+    scenes = open_scenes(data, model.config.vision.sees_center, planner.onpolicy)
     dataset = DriveDataset(
         scenes,
         model.config,
@@ -86,8 +86,8 @@ def starting_model(config: TrainConfig, stage: int, backend: LocalBackend) -> LM
     """The previous configured stage's final checkpoint; for the first stage the recipe's
     ``start_from`` checkpoint, or the recipe's model (its pretrained components where the model
     config names them, the rest from ``init_seed``, on the host: the trainer puts on the device
-    what the stage uses, in its precision). A stage 1 that trains the lane reader alone gives a
-    checkpoint without one the recipe's."""
+    what the stage uses, in its precision). A stage 1 that trains the readers alone gives a
+    checkpoint the recipe's readers it lacks."""
     earlier = [s for s in config.stage_numbers() if s < stage]
     if earlier:
         source = final_dir(config, earlier[-1])
@@ -119,8 +119,8 @@ def starting_model(config: TrainConfig, stage: int, backend: LocalBackend) -> LM
         return model
     model, _ = load_checkpoint(source, backend.device, keep_dtypes=True)
     recipe = config.network_config().vision
-    if stage == 1 and config.stage(1).lane_reader_only and model.vision.lane_reader is None:
-        model.add_lane_reader(config.init_seed)
+    if stage == 1 and config.stage(1).readers_only:
+        model.add_readers(config.init_seed, recipe.lane_reader, recipe.light_reader)
     check_same_vision(recipe, model.config.vision, source)
     return model
 
@@ -181,7 +181,7 @@ def train_stage(config: TrainConfig, stage: int, command: str = "") -> LMGenDriv
     with (
         backend.main_first()
     ):  # one rank renders the drives and fills the token cache, the others read them
-        scenes = open_scenes(data, model.config.vision.center_view)
+        scenes = open_scenes(data, model.config.vision.sees_center)
         planner = planner_data(config, stage, model)
     steps = max(stage_config.sequence_steps) if stage in (3, 4) else 1
     if stage >= 2 and config.data.context_frames < model.config.llm.history_frames:

@@ -10,6 +10,8 @@ Stages 2-3 may add a planner-only batch per iteration, drawn by maneuver (``Stag
 
 from __future__ import annotations
 
+from dataclasses import fields
+
 import numpy as np
 import torch
 from torch import nn
@@ -34,11 +36,12 @@ from schemas.sampler import SamplerConfig
 CALIBRATION_FRAMES = 32  # frames (x views) used to calibrate the latent scale after stage 0
 
 
-def set_stage(model: LMGenDrive, stage: int, lane_reader_only: bool = False) -> list[nn.Parameter]:
+def set_stage(model: LMGenDrive, stage: int, readers_only: bool = False) -> list[nn.Parameter]:
     """Set ``requires_grad`` of ``model`` for a training stage and return the trainable parameters.
 
     0: the VAE alone (presets trained from scratch). 1: the vision encoder and its heads, or with
-    ``lane_reader_only`` its lane reader alone (the rest frozen, BatchNorm and dropout in eval).
+    ``readers_only`` its readers alone (lane and light; the rest frozen, BatchNorm and dropout in
+    eval).
     2: vision encoder frozen; Q-Former, adapter, LLM, queries, action head, fusion, UNet (and
     CLIP unless it is pretrained) train. 3: as 2 but the whole world generator (CLIP, fusion,
     UNet, VAE) is frozen; gradients still flow through it to the LLM side. 4: the world generator's
@@ -50,11 +53,14 @@ def set_stage(model: LMGenDrive, stage: int, lane_reader_only: bool = False) -> 
     model.requires_grad_(False)
     if stage == 0:
         model.generator.vae.requires_grad_(True)
-    elif stage == 1 and lane_reader_only:
-        if model.vision.lane_reader is None:
-            raise ConfigError("lane_reader_only: this model's vision encoder has no lane reader")
+    elif stage == 1 and readers_only:
+        vision = model.vision
+        readers = [r for r in (vision.lane_reader, vision.light_reader) if r is not None]
+        if not readers:
+            raise ConfigError("readers_only: this model's vision encoder has no reader")
         model.vision.freeze()
-        model.vision.lane_reader.requires_grad_(True)
+        for reader in readers:
+            reader.requires_grad_(True)
     elif stage == 1:
         model.vision.frozen = False
         model.vision.requires_grad_(True)
@@ -132,8 +138,7 @@ class StageObjective(nn.Module):
         if self.stage == 0:
             return autoencoder_loss(self.model, batch["frames"].to(device))
         if self.stage == 1:
-            keys = ("frames", "detection", "waypoints", "light", "lane")
-            perception = PerceptionBatch(*(batch[k] for k in keys))
+            perception = PerceptionBatch(*(batch[f.name] for f in fields(PerceptionBatch)))
             return perception_loss(self.model, perception.to(self.model.vision.proj.weight.device))
         drive = drive_batch(batch, steps).to(device)
         if self.stage == 2:

@@ -1,7 +1,9 @@
-"""The lane reader: displaced-camera drives record the camera's lane pose, the pose survives the
-LMDrive round trip, the lane loss learns only from labelled frames, a reader added to a trained
-model changes no token its planner reads and trains alone (through ``start_from`` and stage 1's
-``lane_reader_only``), and the ``model_lane_assist`` agent steers by its reading."""
+"""The readers: displaced-camera drives record the camera's lane pose, the pose survives the
+LMDrive round trip, the lane loss learns only from labelled frames, the light reader learns the
+light near its stop line only, readers added to a trained model change no token its planner reads
+and train alone (through ``start_from`` and stage 1's ``readers_only``), the
+``model_lane_assist`` agent steers by the lane reader and ``model_assisted`` also stops by the
+light reader."""
 
 from __future__ import annotations
 
@@ -11,9 +13,11 @@ import numpy as np
 import pytest
 import torch
 
+from closedloop.agents import ModelAgent
 from closedloop.evaluate import check_agents
-from closedloop.model_driver import IN_LANE, ModelDriver, read_lane_pose
+from closedloop.model_driver import IN_LANE, ModelDriver, read_lane_pose, stop_probability
 from driving.lane_assist import LaneAssistController
+from driving.light_rule import LightRuleController
 from lmgendrive.checkpoint import build_untrained, load_checkpoint, save_checkpoint
 from lmgendrive.train.config import parse_config
 from lmgendrive.train.data import FrameDataset
@@ -21,6 +25,7 @@ from lmgendrive.train.perception import (
     HEADING_SCALE,
     LANE_POSE,
     LANE_UNKNOWN,
+    NEAR_LIGHT_M,
     NO_LANE,
     PerceptionBatch,
     lane_loss,
@@ -29,6 +34,7 @@ from lmgendrive.train.perception import (
 )
 from lmgendrive.train.runner import run
 from lmgendrive.train.stages import set_stage
+from lmgendrive.vision import LIGHT_CLASSES
 from scenes.lmdrive import open_route, write_route
 from scenes.procedural.displaced import displacements
 from scenes.procedural.drive import DriveSpec, ProceduralScene
@@ -116,21 +122,29 @@ def _frames(model, n: int = 2) -> torch.Tensor:
     )
 
 
-def test_a_lane_reader_added_to_a_trained_model_changes_no_planner_token_and_trains_alone():
+def test_readers_added_to_a_trained_model_change_no_planner_token_and_train_alone():
     model = build_untrained("tiny").eval()
     pixels = model.pixels(_frames(model)[:, None], "frames")
     before = model.vision_tokens(pixels)
+    _, head_light, _ = model.encode_observed(pixels)
     state = {k: v.clone() for k, v in model.state_dict().items()}
-    model.add_lane_reader(seed=0)
-    with pytest.raises(ConfigError, match="already has"):
-        model.add_lane_reader(seed=0)
-    assert model.config.vision.lane_reader
-    assert torch.equal(model.vision_tokens(pixels), before)
+    model.add_readers(seed=0, lane=True, light=True)
+    assert model.config.vision.lane_reader and model.config.vision.light_reader
+    assert model.config.vision_views[-1] == "center"  # the light reader reads the centre view
+    lane_reader = model.vision.lane_reader
+    model.add_readers(seed=1, lane=True, light=False)  # has them: nothing changes
+    assert model.vision.lane_reader is lane_reader
+    assert torch.equal(model.vision_tokens(pixels), before)  # the centre view cut from the front
     _, light, lane = model.encode_observed(pixels)
     assert lane.shape == (2, 3) and ((lane[:, 2] >= 0) & (lane[:, 2] <= 1)).all()
+    # the light the car acts on is the reader's now, not the head's
+    visual = model.vision(pixels[:, 0])
+    read = model.vision.near_light_logits(visual).softmax(-1)
+    assert torch.allclose(light, read, atol=1e-6) and not torch.allclose(light, head_light)
 
-    trainable = set_stage(model, 1, lane_reader_only=True)
-    assert {id(p) for p in trainable} == {id(p) for p in model.vision.lane_reader.parameters()}
+    trainable = set_stage(model, 1, readers_only=True)
+    readers = [*model.vision.lane_reader.parameters(), *model.vision.light_reader.parameters()]
+    assert {id(p) for p in trainable} == {id(p) for p in readers}
     model.train()
     batch = PerceptionBatch(
         frames=_frames(model),
@@ -138,23 +152,41 @@ def test_a_lane_reader_added_to_a_trained_model_changes_no_planner_token_and_tra
         waypoints=torch.zeros(2, 4, 2),
         light=torch.tensor([0, 1]),
         lane=torch.tensor([[0.8, 0.2, LANE_POSE], [0.0, 0.0, NO_LANE]]),
+        near_light=torch.tensor([1, 3]),
     )
     out = perception_loss(model, batch)
-    assert "lane_pose" in out.terms and "in_lane" in out.terms
+    assert {"lane_pose", "in_lane", "near_light"} <= set(out.terms)
     out.loss.backward()
     optimizer = torch.optim.SGD(trainable, lr=0.1)
     optimizer.step()
     after = model.state_dict()
     changed = {k for k, v in state.items() if not torch.equal(after[k], v)}
     assert not changed  # every weight and BatchNorm statistic of the trained model as it was
-    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in trainable)
+    for reader in (model.vision.lane_reader, model.vision.light_reader):
+        assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in reader.parameters())
+
+
+def test_the_light_reader_learns_the_light_near_its_stop_line_only():
+    scene = ProceduralScene(DriveSpec(town_seed=2, route_seed=0, frames=200, size=(32, 32)))
+    data = FrameDataset([scene], build_untrained("tiny").config)
+    seen = {"near": 0, "far": 0}
+    for i in range(0, 200, 2):
+        m, item = scene.measurements(i), data[i]
+        assert item["light"] == LIGHT_CLASSES.index(m.light_state)  # the head's: every range
+        if m.light_state != "none" and m.light_distance <= NEAR_LIGHT_M:
+            assert item["near_light"] == item["light"]
+            seen["near"] += 1
+        else:
+            assert item["near_light"] == LIGHT_CLASSES.index("none")
+            seen["far"] += m.light_state != "none"
+    assert seen["near"] > 0 and seen["far"] > 0
 
 
 def _recipe(tmp_path, start_from: str, **stage) -> dict:
     return {
         "preset": "tiny",
         "start_from": start_from,
-        "model": {"vision": {"lane_reader": True}},
+        "model": {"vision": {"lane_reader": True, "light_reader": True}},
         "workdir": str(tmp_path / "work"),
         "output": str(tmp_path / "model"),
         "data": {
@@ -170,23 +202,21 @@ def _recipe(tmp_path, start_from: str, **stage) -> dict:
     }
 
 
-def test_start_from_gives_a_trained_checkpoint_a_lane_reader_trained_on_displaced_drives(
-    tmp_path,
-):
+def test_start_from_gives_a_trained_checkpoint_readers_trained_on_displaced_drives(tmp_path):
     trained = build_untrained("tiny", seed=7)
     save_checkpoint(trained, tmp_path / "trained", trained_stages=[0, 1, 2])
     config = parse_config(
-        _recipe(tmp_path, str(tmp_path / "trained"), displaced_routes=1, lane_reader_only=True)
+        _recipe(tmp_path, str(tmp_path / "trained"), displaced_routes=1, readers_only=True)
     )
     assert run(config) == tmp_path / "model"
     model, _ = load_checkpoint(tmp_path / "model", "cpu")
-    assert model.vision.lane_reader is not None
+    assert model.vision.lane_reader is not None and model.vision.light_reader is not None
     meta = json.loads((tmp_path / "model" / "config.json").read_text())
     assert meta["trained_stages"] == [0, 1, 2]  # its planner is the trained checkpoint's
     old = trained.state_dict()
     new = model.state_dict()
     assert {k for k in new if k not in old} == {
-        k for k in new if k.startswith("vision.lane_reader.")
+        k for k in new if k.startswith(("vision.lane_reader.", "vision.light_reader."))
     }
     assert all(torch.equal(new[k], v) for k, v in old.items())
     assert len(list((tmp_path / "scenes").glob("town0003_route0001_displaced_*"))) == 1
@@ -194,22 +224,24 @@ def test_start_from_gives_a_trained_checkpoint_a_lane_reader_trained_on_displace
         json.loads(line)
         for line in (tmp_path / "work" / "stage1" / "log.jsonl").read_text().splitlines()
     ]
-    assert any("lane_pose" in r for r in rows)
+    assert any("lane_pose" in r and "near_light" in r for r in rows)
 
 
-def test_recipes_and_agents_that_need_a_lane_reader_say_so(tmp_path):
-    with pytest.raises(ConfigError, match="lane_reader"):
+def test_recipes_and_agents_that_need_readers_say_so(tmp_path):
+    with pytest.raises(ConfigError, match="light_reader"):
         parse_config(
-            {**_recipe(tmp_path, "demo", lane_reader_only=True), "model": {}, "start_from": None}
+            {**_recipe(tmp_path, "demo", readers_only=True), "model": {}, "start_from": None}
         )
     bad = _recipe(tmp_path, "demo")
     bad["stages"]["2"] = {"iterations": 2, "batch_size": 1, "lr": 1e-4, "displaced_routes": 1}
     with pytest.raises(ConfigError, match="stage 1 only"):
         parse_config(bad)
     with pytest.raises(ConfigError, match="preset built in code"):
-        run(parse_config(_recipe(tmp_path, "tiny", lane_reader_only=True)))
-    with pytest.raises(BadInputError, match="no lane reader"):
+        run(parse_config(_recipe(tmp_path, "tiny", readers_only=True)))
+    with pytest.raises(BadInputError, match="no lane reader, which model_lane_assist"):
         check_agents(["model_lane_assist"], "demo")
+    with pytest.raises(BadInputError, match="no lane reader and light reader, which model_ass"):
+        check_agents(["model", "model_assisted"], "demo")
     with pytest.raises(BadInputError, match="lane reader"):
         ModelDriver(build_untrained("tiny"), lane_assist="read")
 
@@ -218,7 +250,7 @@ def test_the_lane_assist_agent_steers_by_the_readers_pose_and_not_where_it_sees_
     assert read_lane_pose(np.array([0.3, -0.05, IN_LANE + 0.1])) == pytest.approx((0.3, -0.05))
     assert read_lane_pose(np.array([0.3, -0.05, IN_LANE - 0.1])) is None
     model, _ = load_checkpoint("demo", "cpu")
-    model.add_lane_reader(seed=0)
+    model.add_readers(seed=0, lane=True, light=False)
     torch.nn.init.constant_(model.vision.lane_reader.head.bias, 2.0)  # sees a lane everywhere
     driver = ModelDriver(model, lane_assist="read")
     scene = ProceduralScene(DriveSpec(town_seed=3, route_seed=0, frames=5, size=(64, 64)))
@@ -249,3 +281,32 @@ def test_the_lane_pose_is_kept_in_corners_and_dropped_in_junctions(scenes):
         )
         assert m.is_junction and np.isfinite(m.lane_offset) == kept
         assert np.isfinite(m.lane_heading) == kept
+
+
+def test_the_assisted_agent_steers_by_the_lane_reader_and_stops_by_the_light_reader():
+    model, _ = load_checkpoint("demo", "cpu")
+    model.add_readers(seed=0, lane=True, light=True)
+    torch.nn.init.constant_(model.vision.lane_reader.head.bias, 2.0)  # sees a lane everywhere
+    red = torch.tensor([-5.0, 5.0, 0.0, -5.0])  # the light reader reads red everywhere
+    with torch.no_grad():
+        model.vision.light_reader.head.bias.copy_(red)
+    agent = ModelAgent(model, assisted=True)
+    assert agent.name == "model_assisted" and agent.sees_center
+    driver = agent.driver
+    scene = ProceduralScene(
+        DriveSpec(town_seed=3, route_seed=0, frames=3, size=(64, 64), center_view=True)
+    )
+    for i in range(3):
+        m = scene.measurements(i)
+        images = scene.images(i)
+        assert "center" in images
+        _, control = driver.step(images, m.speed, (m.x, m.y, m.theta), m.instruction.text)
+        controller = driver.state.controllers[0]
+        assert isinstance(controller, LightRuleController)
+        lane = driver.state.lane[0].numpy()
+        assert controller.lane_pose == pytest.approx((float(lane[0]), float(lane[1])))
+        assert controller.stop_prob == pytest.approx(
+            stop_probability(driver.state.light[0].numpy())
+        )
+        assert controller.stop_prob > 0.9 and controller.stopping
+        assert control.throttle == 0.0
