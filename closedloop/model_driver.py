@@ -17,7 +17,7 @@ import numpy as np
 
 from driving.control import Control, WaypointController
 from driving.lane_assist import LaneAssistController
-from driving.light_rule import LightRuleController
+from driving.light_rule import READER_STOP_THRESHOLD, STOP_THRESHOLD, LightRuleController
 from lmgendrive.model import LMGenDrive
 from lmgendrive.rollout import PlanResult, RolloutState
 from lmgendrive.vision import LIGHT_CLASSES
@@ -49,7 +49,8 @@ class ModelDriver:
     ``max_speed`` (m/s) caps the speed the controller asks for (see
     :class:`~driving.control.WaypointController`; None: LMDrive's controller, uncapped);
     ``light_rule`` adds InterFuser's red-light rule on the model's own light reading (its light
-    reader's where it has one, else its light head's; :mod:`driving.light_rule`; off: LMDrive's
+    reader's where it has one, at :data:`~driving.light_rule.READER_STOP_THRESHOLD`, else its
+    light head's at InterFuser's threshold; :mod:`driving.light_rule`; off: LMDrive's
     agent, the waypoints alone); ``lane_assist`` pulls the plan towards the lane centre
     (:mod:`driving.lane_assist`) from where the car stands in its lane: ``"given"`` from
     :attr:`lane_pose`, which the caller sets before each :meth:`step` (the privileged oracle),
@@ -101,7 +102,9 @@ class ModelDriver:
     def controller(self) -> WaypointController:
         """A fresh controller for a new drive."""
         if self.light_rule:
-            return LightRuleController(self.model.config.fps, self.max_speed)
+            reader = self.model.vision.light_reader is not None
+            threshold = READER_STOP_THRESHOLD if reader else STOP_THRESHOLD
+            return LightRuleController(self.model.config.fps, self.max_speed, threshold)
         if self.lane_assist:
             return LaneAssistController(self.max_speed)
         return WaypointController(self.max_speed)

@@ -54,6 +54,8 @@ def test_light_rule_stops_above_interfusers_threshold_only():
 
     rule = RedLightRule(fps=10)
     assert rule.stop(STOP_THRESHOLD + 0.01) and not rule.stop(STOP_THRESHOLD)
+    likelier = RedLightRule(fps=10, stop_threshold=0.5)  # the light reader's: the likelier reading
+    assert likelier.stop(0.51) and not likelier.stop(0.45)
     assert not rule.stop(0.0) and rule.stop(1.0)
 
 

@@ -17,7 +17,7 @@ from closedloop.agents import ModelAgent
 from closedloop.evaluate import check_agents
 from closedloop.model_driver import IN_LANE, ModelDriver, read_lane_pose, stop_probability
 from driving.lane_assist import LaneAssistController
-from driving.light_rule import LightRuleController
+from driving.light_rule import READER_STOP_THRESHOLD, STOP_THRESHOLD, LightRuleController
 from lmgendrive.checkpoint import build_untrained, load_checkpoint, save_checkpoint
 from lmgendrive.train.config import parse_config
 from lmgendrive.train.data import FrameDataset
@@ -290,6 +290,8 @@ def test_the_assisted_agent_steers_by_the_lane_reader_and_stops_by_the_light_rea
     red = torch.tensor([-5.0, 5.0, 0.0, -5.0])  # the light reader reads red everywhere
     with torch.no_grad():
         model.vision.light_reader.head.bias.copy_(red)
+    without = ModelDriver(load_checkpoint("demo", "cpu")[0], light_rule=True).controller()
+    assert without.rule.stop_threshold == STOP_THRESHOLD  # the light head: InterFuser's
     agent = ModelAgent(model, assisted=True)
     assert agent.name == "model_assisted" and agent.sees_center
     driver = agent.driver
@@ -308,5 +310,6 @@ def test_the_assisted_agent_steers_by_the_lane_reader_and_stops_by_the_light_rea
         assert controller.stop_prob == pytest.approx(
             stop_probability(driver.state.light[0].numpy())
         )
+        assert controller.rule.stop_threshold == READER_STOP_THRESHOLD
         assert controller.stop_prob > 0.9 and controller.stopping
         assert control.throttle == 0.0
