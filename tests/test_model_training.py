@@ -52,6 +52,7 @@ def _perception_batch(model: LMGenDrive) -> PerceptionBatch:
         waypoints=torch.tensor([[[1.0, 0.0], [2.0, 0.0], [3.0, 0.1], [4.0, 0.2]]] * 2),
         light=torch.tensor([1, 3]),
         lane=torch.tensor([[0.5, 0.1, 1.0], [0.0, 0.0, 0.0]]),
+        near_light=torch.tensor([1, 0]),
     )
 
 
