@@ -41,17 +41,6 @@ from scenes.procedural.world import World
 from schemas.scene import Instruction
 
 LANE_KEEPING_SPEED = 5.0  # m/s, about the expert's mean speed on the benchmark's routes
-AGENTS = (
-    "expert",
-    "label_oracle",
-    "lane_keeping",
-    "model",
-    "random_instruction",
-    "model_light_rule",
-    "model_lane_oracle",
-    "model_lane_assist",
-    "model_assisted",
-)
 # the agents that drive with a checkpoint
 MODEL_AGENTS = (
     "model",
@@ -61,6 +50,7 @@ MODEL_AGENTS = (
     "model_lane_assist",
     "model_assisted",
 )
+AGENTS = ("expert", "label_oracle", "lane_keeping", *MODEL_AGENTS)
 
 
 @dataclass
