@@ -8,7 +8,9 @@ rerun with the same ``--out`` resumes. The last line is a JSON object with ``ds`
 as {agent: {track: mean}}, ``fps`` (the model's closed loop: render + plan + physics, frames per
 second of one process), ``plan_ms`` (median act latency of the model), ``routes_per_track``,
 ``seeds``, and the goals' margins: ``min_expert_ds`` (worst track), ``min_model_over_lane_keeping``
-(DS difference, worst track), ``min_model_over_random_tiny_short``.
+(DS difference, worst track), ``min_model_over_random_tiny_short``; where the checkpoint has the
+lane and light readers, also the agent ``model_assisted`` (the model through its readers in
+InterFuser's safety controller) and ``min_assisted_over_lane_keeping``.
 
 At the full size (50 routes per track, 3 seeds, 1800 drives) this takes hours on 2 cores: a model
 that does not move drives every route to its timeout. The drives are kept in ``--out`` as they
@@ -54,9 +56,12 @@ def main() -> None:
     blind = [a for a in AGENTS if a in ("expert", "lane_keeping")]
     rows = run_drives(routes, blind, args.seeds, args.checkpoint, out, size, args.workers)
     model_routes = [s for t in TRACKS for s in per_track[t][:seeing]]
-    # the model as the paper drives it, and told random instructions; not model_light_rule (an
-    # opt-in controller, see driving/light_rule.py)
-    model_agents = ["model", "random_instruction"]
+    # the model as the paper drives it, and told random instructions; and, where the checkpoint
+    # has its readers, through them in InterFuser's safety controller (model_assisted): a row of
+    # its own, never the model's
+    vision = source_config(args.checkpoint).vision
+    readers = vision.lane_reader and vision.light_reader
+    model_agents = ["model", "random_instruction", *(["model_assisted"] if readers else [])]
     rows += run_drives(
         model_routes, model_agents, args.seeds, args.checkpoint, out, size, args.workers
     )
@@ -69,6 +74,15 @@ def main() -> None:
     ds = figure["ds"]
     margins = {
         "min_expert_ds": min(ds["expert"].values()),
+        **(
+            {
+                "min_assisted_over_lane_keeping": min(
+                    ds["model_assisted"][t] - ds["lane_keeping"][t] for t in TRACKS
+                )
+            }
+            if readers
+            else {}
+        ),
         "min_model_over_lane_keeping": min(ds["model"][t] - ds["lane_keeping"][t] for t in TRACKS),
         "min_model_over_random_tiny_short": min(
             ds["model"][t] - ds["random_instruction"][t] for t in ("tiny", "short")

@@ -151,6 +151,7 @@ def draw_map(built: BuiltRoute, rows: list[dict], path: Path) -> None:
         "expert": "tab:green",
         "model": "tab:blue",
         "model_light_rule": "tab:cyan",
+        "model_assisted": "tab:red",
         "model_lane_oracle": "tab:olive",
         "random_instruction": "tab:purple",
     }

@@ -1,13 +1,14 @@
-"""The readers: displaced-camera drives record the camera's lane pose, the pose survives the
-LMDrive round trip, the lane loss learns only from labelled frames, the light reader learns the
-light near its stop line only, readers added to a trained model change no token its planner reads
-and train alone (through ``start_from`` and stage 1's ``readers_only``), the
-``model_lane_assist`` agent steers by the lane reader and ``model_assisted`` also stops by the
-light reader."""
+"""The readers: displaced-camera drives record the camera's lane pose, relit drives draw and
+label every lamp state where the expert stands, the pose survives the LMDrive round trip, the lane
+loss learns only from labelled frames, the light reader learns the light near its stop line only,
+readers added to a trained model change no token its planner reads and train alone (through
+``start_from`` and stage 1's ``readers_only``), the ``model_lane_assist`` agent steers by the lane
+reader and ``model_assisted`` also stops by the light reader."""
 
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -18,6 +19,7 @@ from closedloop.evaluate import check_agents
 from closedloop.model_driver import IN_LANE, ModelDriver, read_lane_pose, stop_probability
 from driving.lane_assist import LaneAssistController
 from driving.light_rule import READER_STOP_THRESHOLD, STOP_THRESHOLD, LightRuleController
+from driving.vehicle import HALF_LENGTH
 from lmgendrive.checkpoint import build_untrained, load_checkpoint, save_checkpoint
 from lmgendrive.train.config import parse_config
 from lmgendrive.train.data import FrameDataset
@@ -37,7 +39,8 @@ from lmgendrive.train.stages import set_stage
 from lmgendrive.vision import LIGHT_CLASSES
 from scenes.lmdrive import open_route, write_route
 from scenes.procedural.displaced import displacements
-from scenes.procedural.drive import DriveSpec, ProceduralScene
+from scenes.procedural.drive import LIGHT_RANGE, DriveSpec, ProceduralScene
+from scenes.procedural.relit import DRAWN_STATES, relight
 from schemas.errors import BadInputError, ConfigError
 
 SPEC = DriveSpec(town_seed=3, route_seed=0, frames=60, size=(32, 32))
@@ -182,6 +185,36 @@ def test_the_light_reader_learns_the_light_near_its_stop_line_only():
     assert seen["near"] > 0 and seen["far"] > 0
 
 
+def test_a_relit_drive_draws_every_lamp_state_where_the_expert_stands_and_labels_the_drawn_one():
+    spec = DriveSpec(town_seed=2, route_seed=0, frames=200, size=(32, 32))
+    plain, relit = (
+        ProceduralScene(spec),
+        ProceduralScene(DriveSpec(**{**spec.__dict__, "relit": True})),
+    )
+    assert relit.name.endswith("_relit_clear_noon")
+    town, route = relit.town, relit.log.route
+    frames = relight(town, route, relit.log.frames, np.random.default_rng([2, 0, 1021]))
+    heads = [(node, k) for node, k, _ in town.light_heads()]
+    standing = {"plain": set(), "relit": set()}
+    for i in range(200):
+        m, p = relit.measurements(i), plain.measurements(i)
+        # the expert's drive, only the lights drawn otherwise
+        assert (m.x, m.y, m.speed, m.light_distance) == (p.x, p.y, p.speed, p.light_distance)
+        assert np.array_equal(m.waypoints, p.waypoints)
+        assert [replace(o, state="") for o in m.objects] == [
+            replace(o, state="") for o in p.objects
+        ]  # the lights among the objects show the drawn states
+        if m.light_distance < LIGHT_RANGE:
+            governing = route.next_maneuver(relit.log.frames[i].ego_s + HALF_LENGTH)
+            drawn = frames[i].lights[heads.index((governing.node, governing.k_in))]
+            assert m.light_state == drawn  # the label is the lamp drawn
+        if m.light_distance <= NEAR_LIGHT_M and m.speed < 0.5:
+            standing["plain"].add(p.light_state)
+            standing["relit"].add(m.light_state)
+    assert standing["plain"] == {"red"}  # the expert stands at red lights only
+    assert standing["relit"] == set(DRAWN_STATES)
+
+
 def _recipe(tmp_path, start_from: str, **stage) -> dict:
     return {
         "preset": "tiny",
@@ -206,7 +239,13 @@ def test_start_from_gives_a_trained_checkpoint_readers_trained_on_displaced_driv
     trained = build_untrained("tiny", seed=7)
     save_checkpoint(trained, tmp_path / "trained", trained_stages=[0, 1, 2])
     config = parse_config(
-        _recipe(tmp_path, str(tmp_path / "trained"), displaced_routes=1, readers_only=True)
+        _recipe(
+            tmp_path,
+            str(tmp_path / "trained"),
+            displaced_routes=1,
+            relit_routes=1,
+            readers_only=True,
+        )
     )
     assert run(config) == tmp_path / "model"
     model, _ = load_checkpoint(tmp_path / "model", "cpu")
@@ -220,6 +259,7 @@ def test_start_from_gives_a_trained_checkpoint_readers_trained_on_displaced_driv
     }
     assert all(torch.equal(new[k], v) for k, v in old.items())
     assert len(list((tmp_path / "scenes").glob("town0003_route0001_displaced_*"))) == 1
+    assert len(list((tmp_path / "scenes").glob("town0003_route0002_relit_*"))) == 1
     rows = [
         json.loads(line)
         for line in (tmp_path / "work" / "stage1" / "log.jsonl").read_text().splitlines()
@@ -232,10 +272,11 @@ def test_recipes_and_agents_that_need_readers_say_so(tmp_path):
         parse_config(
             {**_recipe(tmp_path, "demo", readers_only=True), "model": {}, "start_from": None}
         )
-    bad = _recipe(tmp_path, "demo")
-    bad["stages"]["2"] = {"iterations": 2, "batch_size": 1, "lr": 1e-4, "displaced_routes": 1}
-    with pytest.raises(ConfigError, match="stage 1 only"):
-        parse_config(bad)
+    for key in ("displaced_routes", "relit_routes"):
+        bad = _recipe(tmp_path, "demo")
+        bad["stages"]["2"] = {"iterations": 2, "batch_size": 1, "lr": 1e-4, key: 1}
+        with pytest.raises(ConfigError, match="stage 1 only"):
+            parse_config(bad)
     with pytest.raises(ConfigError, match="preset built in code"):
         run(parse_config(_recipe(tmp_path, "tiny", readers_only=True)))
     with pytest.raises(BadInputError, match="no lane reader, which model_lane_assist"):
@@ -264,8 +305,6 @@ def test_the_lane_assist_agent_steers_by_the_readers_pose_and_not_where_it_sees_
 
 
 def test_the_lane_pose_is_kept_in_corners_and_dropped_in_junctions(scenes):
-    from dataclasses import replace
-
     from scenes.procedural.drive import frame_measurements
 
     plain, _ = scenes

@@ -69,3 +69,63 @@ def test_weather_character(weather_frames):
     assert sunset_sky[0] > sunset_sky[2] + 20  # orange horizon
     rain, cloudy = weather_frames["rain"], weather_frames["cloudy"]
     assert rain.mean() < cloudy.mean()
+
+
+LAMP_PIXELS = {  # what each lit lamp looks like at clear noon: (channel, low, high) bounds
+    "red": ((0, 200, 256), (1, 0, 100), (2, 0, 100)),
+    "yellow": ((0, 200, 256), (1, 150, 240), (2, 0, 100)),
+    "green": ((0, 0, 130), (1, 200, 256), (2, 90, 180)),
+}
+
+
+def _lit(img: np.ndarray, state: str) -> int:
+    """Pixels of ``img`` coloured as the lit ``state`` lamp."""
+    mask = np.ones(img.shape[:2], bool)
+    for channel, low, high in LAMP_PIXELS[state]:
+        mask &= (img[..., channel] >= low) & (img[..., channel] < high)
+    return int(mask.sum())
+
+
+def test_each_lit_lamp_of_the_governing_light_shows_at_the_stop_line_and_none_from_behind(
+    scene_factory,
+):
+    """Every lamp shows on the head the ego faces (red and yellow were once painted over by their
+    own housing), and no lamp shows through the back of a head."""
+    from dataclasses import replace
+
+    from scenes.procedural.town import DIRECTIONS
+
+    scene = scene_factory(town_seed=4, route_seed=3, frames=90, center_view=True)
+    i = next(i for i in range(len(scene)) if scene.measurements(i).light_distance < 3.0)
+    frame = replace(scene.log.frames[i], vehicles=np.zeros((0, 5)), pedestrians=np.zeros((0, 5)))
+    m = scene.log.route.next_maneuver(frame.ego_s + 2.5)
+    heads = scene.town.light_heads()
+    ours = next(j for j, (node, k, _) in enumerate(heads) if node == m.node and k == m.k_in)
+    scene.images(i)  # builds the renderer
+    renderer = scene._renderer
+
+    def lit(frame, state: str) -> int:
+        """Pixels coloured as the lit lamp, beyond those with every lamp off."""
+        lights = ["none"] * len(heads)
+        lights[ours] = state
+        on, off = (
+            renderer.render(replace(frame, lights=s), [], [])["center"]
+            for s in (lights, ["none"] * len(heads))
+        )
+        return _lit(on, state) - _lit(off, state)
+
+    for state in LAMP_PIXELS:
+        assert lit(frame, state) >= 4, f"the {state} lamp does not show at the stop line"
+    # 15 m before the head looking at it, and 15 m past it looking back: its back faces the camera
+    # (the lit lamp, 0.6 m behind the housing's back, may peek below its bottom edge: a sliver)
+    d, head = DIRECTIONS[m.k_in], heads[ours][2]
+
+    def at(offset: float, yaw: float):
+        x, y = head + offset * d
+        return replace(frame, ego=np.array([x, y, yaw, 0.0]))
+
+    front, back = at(-15.0, np.arctan2(d[1], d[0])), at(15.0, np.arctan2(-d[1], -d[0]))
+    for state in LAMP_PIXELS:
+        seen = lit(front, state)
+        assert seen >= 4, f"the {state} lamp does not show from 15 m"
+        assert lit(back, state) <= seen // 4, f"the {state} lamp shows through the head's back"

@@ -68,7 +68,9 @@ class DataConfig(_Strict):
     (:mod:`scenes.procedural.recovery`; meant for planner batches, which skip the windows whose
     waypoints show a perturbation); ``displaced_routes`` more per town (the route seeds after
     those) are seen from a camera moved across the lane and turned
-    (:mod:`scenes.procedural.displaced`; frames for the lane reader)."""
+    (:mod:`scenes.procedural.displaced`; frames for the lane reader); ``relit_routes`` more per town
+    (the route seeds after those) have their lights drawn in states the expert did not drive by
+    (:mod:`scenes.procedural.relit`; frames for the light reader)."""
 
     towns: TownRange | list[Annotated[int, Field(ge=0)]] = TownRange(first=1, count=1)
     routes_per_town: PositiveInt = 1
@@ -76,6 +78,7 @@ class DataConfig(_Strict):
     rest_start_routes: Annotated[int, Field(ge=0)] = 0  # more per town, starting at rest
     recovery_routes: Annotated[int, Field(ge=0)] = 0  # more per town, perturbed and recovering
     displaced_routes: Annotated[int, Field(ge=0)] = 0  # more per town, the camera displaced
+    relit_routes: Annotated[int, Field(ge=0)] = 0  # more per town, the lights drawn otherwise
     weathers: list[Literal[WEATHERS]] = ["clear_noon"]  # type: ignore[valid-type]
     frames: Annotated[int, Field(ge=24)] = 160
     size: Annotated[int, Field(ge=16, le=1024)] = 64
@@ -207,6 +210,9 @@ class StageConfig(_Strict):
     # stage 1: displaced-camera drives per town added to its frames (scenes.procedural.displaced):
     # the car seen off its lane centre and askew, with the lane pose the lane reader learns
     displaced_routes: Annotated[int, Field(ge=0)] = 0
+    # stage 1: relit drives per town added to its frames (scenes.procedural.relit): the lights drawn
+    # red, yellow or green whatever the expert does, the light reader's labels the drawn state
+    relit_routes: Annotated[int, Field(ge=0)] = 0
     # stage 1: train the readers (model vision.lane_reader, vision.light_reader) alone, on the
     # frozen encoder: a trained checkpoint gains them and its planner's tokens stay as they were
     readers_only: bool = False
@@ -293,10 +299,10 @@ class TrainConfig(_Strict):
                     f"stage {name}: recovery_routes exists in stage 1 only (its frames train the "
                     "vision encoder; the planner's recovery drives are planner.recovery_routes)"
                 )
-            if (stage.displaced_routes or stage.readers_only) and name != "1":
+            if (stage.displaced_routes or stage.relit_routes or stage.readers_only) and name != "1":
                 raise ValueError(
-                    f"stage {name}: displaced_routes and readers_only exist in stage 1 only "
-                    "(the vision encoder and its readers train there)"
+                    f"stage {name}: displaced_routes, relit_routes and readers_only exist in "
+                    "stage 1 only (the vision encoder and its readers train there)"
                 )
             if stage.readers_only and not (model.vision.lane_reader or model.vision.light_reader):
                 raise ValueError(
@@ -330,12 +336,12 @@ class TrainConfig(_Strict):
         return ModelConfig.from_dict(_merged(preset_config(self.preset).model_dump(), self.model))
 
     def stage_data(self, stage: int) -> DataConfig:
-        """The drives stage ``stage`` trains on: ``data``, plus stage 1's recovery and displaced
-        drives."""
+        """The drives stage ``stage`` trains on: ``data``, plus stage 1's recovery, displaced and
+        relit drives."""
         config = self.stage(stage)
         extra = {
             key: getattr(config, key)
-            for key in ("recovery_routes", "displaced_routes")
+            for key in ("recovery_routes", "displaced_routes", "relit_routes")
             if getattr(config, key)
         }
         return self.data.model_copy(update=extra) if extra else self.data

@@ -81,19 +81,22 @@ def drive_specs(data: DataConfig, center_view: bool = False) -> list[DriveSpec]:
     """The procedural drives: every town x (``routes_per_town`` routes entered at speed, then
     ``rest_start_routes`` starting at rest, on the next route seeds), then every town x
     ``recovery_routes`` recovery drives on the route seeds after those, then every town x
-    ``displaced_routes`` displaced-camera drives on the seeds after those; drive k gets weather
+    ``displaced_routes`` displaced-camera drives on the seeds after those, then every town x
+    ``relit_routes`` relit drives on the seeds after those; drive k gets weather
     ``weathers[k % len(weathers)]`` (so 6 routes per town over 6 weathers cover each weather, and
     adding recovery drives changes no other drive). ``center_view``: their images also have the
     centre view."""
     per_town = data.routes_per_town + data.rest_start_routes
-    kinds = [(r, r >= data.routes_per_town, False, False) for r in range(per_town)]
-    recovery = [(per_town + r, False, True, False) for r in range(data.recovery_routes)]
+    kinds = [(r, r >= data.routes_per_town, False, False, False) for r in range(per_town)]
+    recovery = [(per_town + r, False, True, False, False) for r in range(data.recovery_routes)]
     first = per_town + data.recovery_routes
-    displaced = [(first + r, False, False, True) for r in range(data.displaced_routes)]
+    displaced = [(first + r, False, False, True, False) for r in range(data.displaced_routes)]
+    first += data.displaced_routes
+    relit = [(first + r, False, False, False, True) for r in range(data.relit_routes)]
     specs = []
-    for group in (kinds, recovery, displaced):
+    for group in (kinds, recovery, displaced, relit):
         for town in data.town_seeds():
-            for r, at_rest, perturbed, moved in group:
+            for r, at_rest, perturbed, moved, relit_lights in group:
                 specs.append(
                     DriveSpec(
                         town,
@@ -105,6 +108,7 @@ def drive_specs(data: DataConfig, center_view: bool = False) -> list[DriveSpec]:
                         recovery=perturbed,
                         center_view=center_view,
                         displaced=moved,
+                        relit=relit_lights,
                     )
                 )
     return specs

@@ -16,6 +16,7 @@ from scenes.procedural.geometry import to_ego
 from scenes.procedural.ground import GroundTexture, build_ground
 from scenes.procedural.instructions import active_per_frame, build_timeline, plan_events
 from scenes.procedural.recovery import plan_perturbations
+from scenes.procedural.relit import relight
 from scenes.procedural.render import Renderer
 from scenes.procedural.routes import PEDESTRIAN_SIZE, Route
 from scenes.procedural.signals import light_state
@@ -40,7 +41,8 @@ WAYPOINT_FRAMES = (2, 4, 6, 8)  # t+0.2 .. 0.8 s at 10 Hz
 # What a drive of given seeds records; raised whenever a change alters it, so caches of rendered
 # drives know to render again. 2: a notice is said after the navigation instruction. 3: the
 # measurements carry the distance to the governing light's stop line. 4: and the ego's lane pose.
-DRIVE_VERSION = 4
+# 5: red and yellow lamps are drawn (they were hidden behind their housing: props.LAMP_LEAD).
+DRIVE_VERSION = 5
 # What a recovery drive's perturbations are (scenes.procedural.recovery); raised when they change,
 # so that only recovery drives render again. 2: a steering impulse replaces the expert's steering.
 # 3: speed holds, released where the expert must brake hard to stop in time.
@@ -48,6 +50,8 @@ RECOVERY_VERSION = 3
 # What a displaced drive's camera does (scenes.procedural.displaced); raised when it changes.
 # 2: up to 2 m and 30 degrees (was 1.5 m and 15 degrees). 3: the lane pose in corners too.
 DISPLACED_VERSION = 3
+# What a relit drive's lights show (scenes.procedural.relit); raised when it changes.
+RELIT_VERSION = 1
 
 
 @dataclass(frozen=True)
@@ -66,6 +70,9 @@ class DriveSpec:
     # seen from a camera moved across the lane and turned (scenes.procedural.displaced); the
     # measurements are the displaced car's
     displaced: bool = False
+    # its traffic lights drawn in states the expert did not drive by, the measurements' light state
+    # the drawn one (scenes.procedural.relit)
+    relit: bool = False
 
     def validate(self) -> None:
         get_weather(self.weather)
@@ -90,11 +97,13 @@ class JunctionApproach:
 def drive_version(spec: DriveSpec) -> str:
     """The version a cache stamps ``spec``'s rendered drive with: :data:`DRIVE_VERSION`, and
     :data:`RECOVERY_VERSION` after it for a recovery drive, ``+displaced`` and
-    :data:`DISPLACED_VERSION` for a displaced one, and ``+center`` when its images have the centre
-    view."""
+    :data:`DISPLACED_VERSION` for a displaced one, ``+relit`` and :data:`RELIT_VERSION` for a relit
+    one, and ``+center`` when its images have the centre view."""
     version = f"{DRIVE_VERSION}.{RECOVERY_VERSION}" if spec.recovery else str(DRIVE_VERSION)
     if spec.displaced:
         version += f"+displaced{DISPLACED_VERSION}"
+    if spec.relit:
+        version += f"+relit{RELIT_VERSION}"
     return f"{version}+center" if spec.center_view else version
 
 
@@ -103,8 +112,9 @@ def scene_name(spec: DriveSpec) -> str:
     rest = "_rest" if spec.start_at_rest else ""
     recovery = "_recovery" if spec.recovery else ""
     displaced = "_displaced" if spec.displaced else ""
+    relit = "_relit" if spec.relit else ""
     return (
-        f"town{spec.town_seed:04d}_route{spec.route_seed:04d}{rest}{recovery}{displaced}"
+        f"town{spec.town_seed:04d}_route{spec.route_seed:04d}{rest}{recovery}{displaced}{relit}"
         f"_{spec.weather}"
     )
 
@@ -185,6 +195,9 @@ class ProceduralScene:
                     self.log.frames, displacements(rng, len(self.log.frames)), strict=True
                 )
             ]
+        if spec.relit:
+            rng = np.random.default_rng([spec.town_seed, spec.route_seed, 1021])
+            self._frames = relight(self.town, self.log.route, self._frames, rng)
 
     def __len__(self) -> int:
         return self.spec.frames
@@ -281,7 +294,7 @@ def frame_measurements(
     if m is not None and town.has_light(m.node):
         gap = m.s_stop - f.ego_s - HALF_LENGTH
         if -0.5 < gap < LIGHT_RANGE:
-            state, distance = light_state(town, m.node, m.k_in, f.t), float(gap)
+            state, distance = light_state(town, m.node, m.k_in, f.lights_at), float(gap)
     in_junction = town.in_junction_box(x, y)
     no_lane = in_junction and not town.is_corner_box(x, y)
     lane = (np.nan, np.nan) if no_lane else route.path.lane_pose(f.ego_s, x, y, theta)

@@ -17,6 +17,10 @@ from scenes.procedural.town import Town
 LAMP_COLORS = {"red": (255, 50, 36), "yellow": (255, 196, 40), "green": (70, 255, 130)}
 LAMP_OFF = (38, 38, 38)
 LAMP_ORDER = ("red", "yellow", "green")
+# The painter's lead of a lamp over its housing: the housing's nearest point is up to its height
+# (1.8 m) nearer than a lamp's (the bottom edge, seen from below), which hid the red and yellow
+# lamps behind their own housing at every distance (drive version 5 draws them)
+LAMP_LEAD = 2.0
 SKIN = (198, 150, 120)
 
 
@@ -35,13 +39,17 @@ class Boxes:
     top: np.ndarray  # (B, 3) float32
     emissive: np.ndarray  # (B,) bool: drawn at full brightness, never shaded
     building: np.ndarray  # (B,) int: index into the town's buildings, -1 otherwise
+    # (B,) float: metres nearer than it is the painter draws the box while its front (-x) face
+    # faces the camera: a lamp on its housing's face, whose own nearest point may lie farther
+    lead: np.ndarray
 
     def __len__(self) -> int:
         return len(self.cx)
 
     @staticmethod
-    def of(rows: list[tuple]) -> Boxes:
-        """From rows ``(cx, cy, hx, hy, yaw, z0, z1, color, top, emissive, building)``."""
+    def of(rows: list[tuple], lead: float = 0.0) -> Boxes:
+        """From rows ``(cx, cy, hx, hy, yaw, z0, z1, color, top, emissive, building)``, each drawn
+        ``lead`` metres nearer while its front faces the camera."""
         rows_arr = [[] for _ in range(11)] if not rows else list(zip(*rows, strict=True))
         f = np.asarray
         return Boxes(
@@ -56,6 +64,7 @@ class Boxes:
             top=f(rows_arr[8], np.float32).reshape(-1, 3),
             emissive=f(rows_arr[9], bool),
             building=f(rows_arr[10], np.int64),
+            lead=np.full(len(rows), lead, np.float64),
         )
 
     @staticmethod
@@ -112,7 +121,8 @@ def static_props(town: Town) -> tuple[Boxes, Spheres]:
 
 
 def lamps(town: Town, states: list[str]) -> Boxes:
-    """The three lamps of every signal head, facing the traffic they govern."""
+    """The three lamps of every signal head, facing the traffic they govern (their front), drawn
+    after the housing they sit on (:data:`LAMP_LEAD`)."""
     rows = []
     for (_, k, head), state in zip(town.light_heads(), states, strict=True):
         d = DIRECTIONS[k]
@@ -125,7 +135,7 @@ def lamps(town: Town, states: list[str]) -> Boxes:
             rows.append(
                 (face[0], face[1], 0.03, half, yaw, z - half, z + half, color, color, on, -1)
             )
-    return Boxes.of(rows)
+    return Boxes.of(rows, LAMP_LEAD)
 
 
 def vehicles(state: np.ndarray, colors: list, night: bool) -> Boxes:

@@ -202,7 +202,7 @@ class Renderer:
         color = (color * (1 - fog) + fog * np.asarray(w.fog_color, np.float32)).clip(0, 255)
 
         # Python-side tables for the painter's loop below
-        near_dist = nearest.tolist()
+        near_dist = (nearest - boxes.lead[idx] * visible[:, 2]).tolist()  # face 2: the front (-x)
         building = boxes.building[idx]
         small = (building < 0) & (boxes.z1[idx] - boxes.z0[idx] < 0.5)
         drawn = np.flatnonzero(~(small & (nearest > DETAIL_DISTANCE))).tolist()

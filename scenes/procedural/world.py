@@ -34,6 +34,12 @@ class FrameState:
     pedestrians: np.ndarray  # (M, 5): x, y, yaw, vx, vy
     lights: list[str]  # state of every signal head, in ``town.light_heads()`` order
     perturbed: bool = False  # the controls from this frame to the next were perturbed
+    light_t: float | None = None  # the time the lights are drawn at, where not t (a relit drive)
+
+    @property
+    def lights_at(self) -> float:
+        """The time whose signal states ``lights`` shows."""
+        return self.t if self.light_t is None else self.light_t
 
 
 @dataclass
