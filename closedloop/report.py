@@ -23,9 +23,17 @@ AGENT_ORDER = (
     "model",
     "model_light_rule",
     "model_lane_oracle",
+    "model_lane_assist",
+    "model_assisted",
     "random_instruction",
     "lane_keeping",
 )
+
+
+def agents_in_order(summary: dict) -> list[str]:
+    """The agents of ``summary`` in :data:`AGENT_ORDER`, any other after them by name: a table
+    leaves none out."""
+    return [a for a in AGENT_ORDER if a in summary] + sorted(set(summary) - set(AGENT_ORDER))
 
 
 def _interval(values: np.ndarray) -> list[float]:
@@ -79,7 +87,7 @@ def table_markdown(summary: dict) -> str:
     tracks = [t for t in ("long", "short", "tiny") if any(t in v for v in summary.values())]
     head = "| agent | " + " | ".join(f"{t} DS | {t} RC | {t} IS" for t in tracks)
     lines = [head + " | N routes x seeds |", "|---|" + "---|" * (3 * len(tracks) + 1)]
-    for agent in [a for a in AGENT_ORDER if a in summary]:
+    for agent in agents_in_order(summary):
         cells = []
         for t in tracks:
             e = summary[agent].get(t)
@@ -109,7 +117,7 @@ def table_markdown(summary: dict) -> str:
 def infractions_markdown(summary: dict) -> str:
     """Infractions and route ends per agent and track."""
     lines = ["| agent | track | km driven | infractions | route ends |", "|---|---|---|---|---|"]
-    for agent in [a for a in AGENT_ORDER if a in summary]:
+    for agent in agents_in_order(summary):
         for track, e in summary[agent].items():
             inf = ", ".join(f"{k} {v}" for k, v in e["infractions"].items()) or "none"
             ends = ", ".join(f"{k} {v}" for k, v in sorted(e["ended_by"].items()))

@@ -12,7 +12,7 @@ import pytest
 from closedloop.agents import ExpertAgent, LabelOracleAgent, LaneKeepingAgent, ModelAgent
 from closedloop.evaluate import DRIVES_FILE, run_drives
 from closedloop.model_driver import ModelDriver, driven_path
-from closedloop.report import draw_map, summarize, table_markdown
+from closedloop.report import draw_map, infractions_markdown, summarize, table_markdown
 from closedloop.routes import (
     TRACKS,
     RouteSpec,
@@ -330,6 +330,13 @@ def test_summary_intervals_and_seed_spread():
     lo, hi = e["ds"]["ci95"]
     assert 30.0 <= lo < 50.0 < hi <= 70.0  # routes' means are 30, 50, 70
     assert "| model | 50.0 ± 14.1" in table_markdown(summarize(rows))
+    # every agent driven has its rows, those the table has no place for too (after the others)
+    others = [{**r, "agent": a} for a in ("model_assisted", "an_agent_of_tomorrow") for r in rows]
+    summary = summarize(rows + others)
+    table, infractions = table_markdown(summary), infractions_markdown(summary)
+    for agent in ("model", "model_assisted", "an_agent_of_tomorrow"):
+        assert f"| {agent} | 50.0 ± 14.1" in table and f"| {agent} | tiny |" in infractions
+    assert table.index("| model_assisted |") < table.index("| an_agent_of_tomorrow |")
 
 
 def test_map_draws_the_route_and_the_drives(tmp_path):
