@@ -87,16 +87,19 @@ def drive_specs(data: DataConfig, center_view: bool = False) -> list[DriveSpec]:
     adding recovery drives changes no other drive). ``center_view``: their images also have the
     centre view."""
     per_town = data.routes_per_town + data.rest_start_routes
-    kinds = [(r, r >= data.routes_per_town, False, False, False) for r in range(per_town)]
-    recovery = [(per_town + r, False, True, False, False) for r in range(data.recovery_routes)]
-    first = per_town + data.recovery_routes
-    displaced = [(first + r, False, False, True, False) for r in range(data.displaced_routes)]
-    first += data.displaced_routes
-    relit = [(first + r, False, False, False, True) for r in range(data.relit_routes)]
+    groups = [[(r, {"start_at_rest": r >= data.routes_per_town}) for r in range(per_town)]]
+    first = per_town
+    for flag, count in (
+        ("recovery", data.recovery_routes),
+        ("displaced", data.displaced_routes),
+        ("relit", data.relit_routes),
+    ):
+        groups.append([(first + r, {flag: True}) for r in range(count)])
+        first += count
     specs = []
-    for group in (kinds, recovery, displaced, relit):
+    for group in groups:
         for town in data.town_seeds():
-            for r, at_rest, perturbed, moved, relit_lights in group:
+            for r, kind in group:
                 specs.append(
                     DriveSpec(
                         town,
@@ -104,11 +107,8 @@ def drive_specs(data: DataConfig, center_view: bool = False) -> list[DriveSpec]:
                         data.weathers[len(specs) % len(data.weathers)],
                         data.frames,
                         (data.size, data.size),
-                        start_at_rest=at_rest,
-                        recovery=perturbed,
                         center_view=center_view,
-                        displaced=moved,
-                        relit=relit_lights,
+                        **kind,
                     )
                 )
     return specs
