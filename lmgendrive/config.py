@@ -477,6 +477,8 @@ def _demo() -> ModelConfig:
             bev_size=16,
             bev_range=(-8.0, 24.0, -16.0, 16.0),
             bev_pool=4,
+            lane_reader=True,
+            light_reader=True,
         ),
         qformer=QFormerConfig(hidden=64, layers=2, heads=4, intermediate=128),
         llm=LLMConfig(

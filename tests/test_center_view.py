@@ -58,7 +58,10 @@ def test_centre_view_needs_a_front_view_and_is_no_camera_view():
         with pytest.raises(ConfigError, match="vision.center_view needs a 'front' view"):
             ModelConfig.from_dict({"views": views, "vision": {"center_view": True}})
     assert center_config().vision_views == (*VIEWS, CENTER_VIEW)
-    assert preset_config("demo").vision_views == VIEWS
+    assert preset_config("tiny").vision_views == VIEWS
+    # the embedded model's light reader reads the centre view; its cameras stay the three
+    demo = preset_config("demo")
+    assert demo.views == VIEWS and demo.vision_views == (*VIEWS, CENTER_VIEW)
 
 
 def test_encoder_sees_the_centre_view_or_cuts_it_from_the_front(center_model):

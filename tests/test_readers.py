@@ -279,12 +279,22 @@ def test_recipes_and_agents_that_need_readers_say_so(tmp_path):
             parse_config(bad)
     with pytest.raises(ConfigError, match="preset built in code"):
         run(parse_config(_recipe(tmp_path, "tiny", readers_only=True)))
+    readerless = tmp_path / "readerless"
+    save_checkpoint(build_untrained("tiny"), readerless, trained_stages=[0, 1, 2])
     with pytest.raises(BadInputError, match="no lane reader, which model_lane_assist"):
-        check_agents(["model_lane_assist"], "demo")
+        check_agents(["model_lane_assist"], str(readerless))
     with pytest.raises(BadInputError, match="no lane reader and light reader, which model_ass"):
-        check_agents(["model", "model_assisted"], "demo")
+        check_agents(["model", "model_assisted"], str(readerless))
+    assert check_agents(["model", "model_assisted"], "demo")  # the embedded one has them
     with pytest.raises(BadInputError, match="lane reader"):
         ModelDriver(build_untrained("tiny"), lane_assist="read")
+
+
+def constant_head(reader: torch.nn.Module, output: torch.Tensor) -> None:
+    """Make a reader say ``output`` whatever it sees (the embedded checkpoint's are trained)."""
+    with torch.no_grad():
+        reader.head.weight.zero_()
+        reader.head.bias.copy_(output)
 
 
 def test_the_lane_assist_agent_steers_by_the_readers_pose_and_not_where_it_sees_no_lane():
@@ -292,7 +302,7 @@ def test_the_lane_assist_agent_steers_by_the_readers_pose_and_not_where_it_sees_
     assert read_lane_pose(np.array([0.3, -0.05, IN_LANE - 0.1])) is None
     model, _ = load_checkpoint("demo", "cpu")
     model.add_readers(seed=0, lane=True, light=False)
-    torch.nn.init.constant_(model.vision.lane_reader.head.bias, 2.0)  # sees a lane everywhere
+    constant_head(model.vision.lane_reader, torch.full((3,), 2.0))  # sees a lane everywhere
     driver = ModelDriver(model, lane_assist="read")
     scene = ProceduralScene(DriveSpec(town_seed=3, route_seed=0, frames=5, size=(64, 64)))
     for i in range(5):
@@ -325,11 +335,9 @@ def test_the_lane_pose_is_kept_in_corners_and_dropped_in_junctions(scenes):
 def test_the_assisted_agent_steers_by_the_lane_reader_and_stops_by_the_light_reader():
     model, _ = load_checkpoint("demo", "cpu")
     model.add_readers(seed=0, lane=True, light=True)
-    torch.nn.init.constant_(model.vision.lane_reader.head.bias, 2.0)  # sees a lane everywhere
-    red = torch.tensor([-5.0, 5.0, 0.0, -5.0])  # the light reader reads red everywhere
-    with torch.no_grad():
-        model.vision.light_reader.head.bias.copy_(red)
-    without = ModelDriver(load_checkpoint("demo", "cpu")[0], light_rule=True).controller()
+    constant_head(model.vision.lane_reader, torch.full((3,), 2.0))  # sees a lane everywhere
+    constant_head(model.vision.light_reader, torch.tensor([-5.0, 5.0, 0.0, -5.0]))  # red
+    without = ModelDriver(build_untrained("tiny"), light_rule=True).controller()
     assert without.rule.stop_threshold == STOP_THRESHOLD  # the light head: InterFuser's
     agent = ModelAgent(model, assisted=True)
     assert agent.name == "model_assisted" and agent.sees_center
