@@ -213,18 +213,21 @@ def test_bad_input_names_the_sensor(recorded):
 
 def test_the_assisted_agent_needs_both_readers_and_stops_by_the_light_reader(recorded, tmp_path):
     from driving.light_rule import LightRuleController
-    from lmgendrive.checkpoint import load_checkpoint, save_checkpoint
+    from lmgendrive.checkpoint import build_untrained, load_checkpoint, save_checkpoint
 
     class Assisted(LMGenDriveAgent):
         assisted = True
 
+    save_checkpoint(build_untrained("tiny"), tmp_path / "plain", trained_stages=[0, 1, 2, 3])
     with pytest.raises(BadInputError, match="no lane reader and light reader"):
-        Assisted("demo", instruction="Go.")
+        Assisted(str(tmp_path / "plain"), instruction="Go.")
     model, _ = load_checkpoint("demo", "cpu")
     model.add_readers(seed=0, lane=True, light=True)
-    torch.nn.init.constant_(model.vision.lane_reader.head.bias, 2.0)  # sees a lane everywhere
-    with torch.no_grad():  # reads red everywhere
-        model.vision.light_reader.head.bias.copy_(torch.tensor([-5.0, 5.0, 0.0, -5.0]))
+    with torch.no_grad():  # the embedded readers are trained: make them say one thing everywhere
+        model.vision.lane_reader.head.weight.zero_()
+        model.vision.lane_reader.head.bias.fill_(2.0)  # sees a lane everywhere
+        model.vision.light_reader.head.weight.zero_()
+        model.vision.light_reader.head.bias.copy_(torch.tensor([-5.0, 5.0, 0.0, -5.0]))  # red
     save_checkpoint(model, tmp_path / "readers", trained_stages=[0, 1, 2, 3, 4])
     scene, frames = recorded
     agent = Assisted(str(tmp_path / "readers"), instruction="Go straight.")
