@@ -10,7 +10,7 @@ import types
 import cv2
 import numpy as np
 import pytest
-import torch
+from pinned_readers import LANE_EVERYWHERE, RED_EVERYWHERE, constant_head
 
 from closedloop import carla_agent
 from closedloop.carla_agent import GPS_SCALE, WARMUP_CALLS, LMGenDriveAgent
@@ -222,12 +222,8 @@ def test_the_assisted_agent_needs_both_readers_and_stops_by_the_light_reader(rec
     with pytest.raises(BadInputError, match="no lane reader and light reader"):
         Assisted(str(tmp_path / "plain"), instruction="Go.")
     model, _ = load_checkpoint("demo", "cpu")
-    model.add_readers(seed=0, lane=True, light=True)
-    with torch.no_grad():  # the embedded readers are trained: make them say one thing everywhere
-        model.vision.lane_reader.head.weight.zero_()
-        model.vision.lane_reader.head.bias.fill_(2.0)  # sees a lane everywhere
-        model.vision.light_reader.head.weight.zero_()
-        model.vision.light_reader.head.bias.copy_(torch.tensor([-5.0, 5.0, 0.0, -5.0]))  # red
+    constant_head(model.vision.lane_reader, LANE_EVERYWHERE)
+    constant_head(model.vision.light_reader, RED_EVERYWHERE)
     save_checkpoint(model, tmp_path / "readers", trained_stages=[0, 1, 2, 3, 4])
     scene, frames = recorded
     agent = Assisted(str(tmp_path / "readers"), instruction="Go straight.")

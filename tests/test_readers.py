@@ -13,6 +13,7 @@ from dataclasses import replace
 import numpy as np
 import pytest
 import torch
+from pinned_readers import LANE_EVERYWHERE, RED_EVERYWHERE, constant_head
 
 from closedloop.agents import ModelAgent
 from closedloop.evaluate import check_agents
@@ -290,19 +291,11 @@ def test_recipes_and_agents_that_need_readers_say_so(tmp_path):
         ModelDriver(build_untrained("tiny"), lane_assist="read")
 
 
-def constant_head(reader: torch.nn.Module, output: torch.Tensor) -> None:
-    """Make a reader say ``output`` whatever it sees (the embedded checkpoint's are trained)."""
-    with torch.no_grad():
-        reader.head.weight.zero_()
-        reader.head.bias.copy_(output)
-
-
 def test_the_lane_assist_agent_steers_by_the_readers_pose_and_not_where_it_sees_no_lane():
     assert read_lane_pose(np.array([0.3, -0.05, IN_LANE + 0.1])) == pytest.approx((0.3, -0.05))
     assert read_lane_pose(np.array([0.3, -0.05, IN_LANE - 0.1])) is None
     model, _ = load_checkpoint("demo", "cpu")
-    model.add_readers(seed=0, lane=True, light=False)
-    constant_head(model.vision.lane_reader, torch.full((3,), 2.0))  # sees a lane everywhere
+    constant_head(model.vision.lane_reader, LANE_EVERYWHERE)
     driver = ModelDriver(model, lane_assist="read")
     scene = ProceduralScene(DriveSpec(town_seed=3, route_seed=0, frames=5, size=(64, 64)))
     for i in range(5):
@@ -334,9 +327,8 @@ def test_the_lane_pose_is_kept_in_corners_and_dropped_in_junctions(scenes):
 
 def test_the_assisted_agent_steers_by_the_lane_reader_and_stops_by_the_light_reader():
     model, _ = load_checkpoint("demo", "cpu")
-    model.add_readers(seed=0, lane=True, light=True)
-    constant_head(model.vision.lane_reader, torch.full((3,), 2.0))  # sees a lane everywhere
-    constant_head(model.vision.light_reader, torch.tensor([-5.0, 5.0, 0.0, -5.0]))  # red
+    constant_head(model.vision.lane_reader, LANE_EVERYWHERE)
+    constant_head(model.vision.light_reader, RED_EVERYWHERE)
     without = ModelDriver(build_untrained("tiny"), light_rule=True).controller()
     assert without.rule.stop_threshold == STOP_THRESHOLD  # the light head: InterFuser's
     agent = ModelAgent(model, assisted=True)
