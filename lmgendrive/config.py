@@ -103,6 +103,10 @@ class LLMConfig(_Frozen):
     # not in the paper: waypoints regressed as offsets from constant-velocity extrapolation
     # (lmgendrive.llm); "none" regresses them directly, as LMDrive and the paper do
     waypoint_prior: Literal["constant_velocity", "none"] = "constant_velocity"
+    # not in the paper: the action head also reads the vision encoder's readers at the newest
+    # frame (lane pose, near-light probabilities) and the speed, through a branch of its own added
+    # to its output (lmgendrive.llm.ReaderBranch); the LLM, and so the world queries, never see them
+    action_reads_readers: bool = False
 
 
 class ClipConfig(_Frozen):
@@ -303,6 +307,11 @@ class ModelConfig(_Frozen):
             m.num_action_queries == v.num_waypoints,
             "llm.num_action_queries",
             "must equal vision.num_waypoints (one waypoint per action query)",
+        )
+        _check(
+            not m.action_reads_readers or (v.lane_reader and v.light_reader),
+            "llm.action_reads_readers",
+            "needs both readers: set vision.lane_reader and vision.light_reader",
         )
         _check(
             m.history_frames >= 1 and m.num_world_queries >= 1,

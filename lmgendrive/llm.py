@@ -15,6 +15,12 @@ extrapolation (straight ahead at the measured speed, ``(i + 1) * WAYPOINT_DT`` s
 head then learns braking, accelerating and turning instead of first re-learning distance = speed x
 time, which a small model trained briefly otherwise gets wrong by more than constant-velocity
 extrapolation does.
+
+With ``action_reads_readers`` (our addition) a :class:`ReaderBranch` adds to the action head's
+output what it makes of the vision encoder's readers at the newest frame (where the car stands in
+its lane, the colour of the light just ahead) and the speed. It sits after the LLM, so the world
+queries, and the video, are the same with or without it; its last layer starts at zero, so a
+trained model gains it unchanged.
 """
 
 from __future__ import annotations
@@ -63,10 +69,37 @@ class LLMOutput:
     world: torch.Tensor | None
 
 
-class PlannerLLM(nn.Module):
-    """Llama with learnable action / world queries, action embedding and action head."""
+class ReaderBranch(nn.Module):
+    """(x, y, completion logit) offsets per action query from its LLM output, the readers'
+    ``features`` values at the newest frame and the speed; zero until trained."""
 
-    def __init__(self, config: LLMConfig, num_waypoints: int, backbone: LlamaModel | None = None):
+    def __init__(self, hidden: int, features: int):
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(hidden + features + 1, hidden), nn.GELU())
+        self.out = nn.Linear(hidden, 3)
+        nn.init.zeros_(self.out.weight)
+        nn.init.zeros_(self.out.bias)
+
+    def forward(
+        self, queries: torch.Tensor, readers: torch.Tensor, speed: torch.Tensor
+    ) -> torch.Tensor:
+        """``queries`` (B, N, h), ``readers`` (B, features), ``speed`` (B,) -> (B, N, 3)."""
+        extra = torch.cat([readers, speed[:, None] * ACTION_SCALE], dim=1).to(queries.dtype)
+        extra = extra[:, None].expand(-1, queries.shape[1], -1)
+        return self.out(self.net(torch.cat([queries, extra], dim=-1)))
+
+
+class PlannerLLM(nn.Module):
+    """Llama with learnable action / world queries, action embedding and action head (and a
+    :class:`ReaderBranch` when ``reader_features`` > 0)."""
+
+    def __init__(
+        self,
+        config: LLMConfig,
+        num_waypoints: int,
+        backbone: LlamaModel | None = None,
+        reader_features: int = 0,
+    ):
         super().__init__()
         self.config = config
         self.model = backbone if backbone is not None else LlamaModel(llama_config(config))
@@ -77,6 +110,7 @@ class PlannerLLM(nn.Module):
         self.action_queries = nn.Parameter(torch.randn(config.num_action_queries, h) * 0.02)
         self.world_queries = nn.Parameter(torch.randn(config.num_world_queries, h) * 0.02)
         self.action_head = nn.Sequential(nn.Linear(h, h), nn.GELU(), nn.Linear(h, 3))
+        self.reader_branch = ReaderBranch(h, reader_features) if reader_features else None
 
     def _prior(self, speed: torch.Tensor, n: int) -> torch.Tensor:
         """What the action head's waypoints are offsets from (``config.waypoint_prior``)."""
@@ -95,10 +129,17 @@ class PlannerLLM(nn.Module):
         speed: torch.Tensor,
         prev_waypoints: torch.Tensor,
         with_world: bool = True,
+        readers: torch.Tensor | None = None,
     ) -> LLMOutput:
         """``instruction_embeds`` (B, L, h), ``instruction_mask`` (B, L) bool, ``history``
         (B, T, Q, h) (only the last ``history_frames`` are used), ``speed`` (B,), ``prev_waypoints``
-        (B, N, 2)."""
+        (B, N, 2); ``readers`` (B, F): the readers' values at the newest frame, which the
+        :class:`ReaderBranch` needs (and nothing else reads)."""
+        if (readers is None) != (self.reader_branch is None):
+            raise ValueError(
+                "readers must be given exactly when the action head reads them "
+                "(llm.action_reads_readers)"
+            )
         b = history.shape[0]
         dtype = self.action_queries.dtype
         history = history[:, -self.config.history_frames :].flatten(1, 2).to(dtype)
@@ -122,7 +163,11 @@ class PlannerLLM(nn.Module):
         ).last_hidden_state
         n, w = self.config.num_action_queries, self.config.num_world_queries
         start = embeds.shape[1] - n - (w if with_world else 0)
-        out = self.action_head(hidden[:, start : start + n]).float()
+        queries = hidden[:, start : start + n]
+        out = self.action_head(queries)
+        if self.reader_branch is not None:
+            out = out + self.reader_branch(queries, readers, speed)
+        out = out.float()
         return LLMOutput(
             waypoints=out[..., :2] + self._prior(speed.float(), n),
             completion_logit=out[..., 2].mean(dim=1),

@@ -32,7 +32,7 @@ from driving.control import WAYPOINT_DT, WaypointController
 from lmgendrive.config import ModelConfig
 from lmgendrive.ego_warp import poses_from_waypoints
 from lmgendrive.frames import to_pixels, to_uint8
-from lmgendrive.llm import LLMOutput, PlannerLLM
+from lmgendrive.llm import LLMOutput, PlannerLLM, ReaderBranch
 from lmgendrive.qformer import FrameCompressor
 from lmgendrive.rollout import PlanResult, RolloutResult, RolloutState, StepResult
 from lmgendrive.sampling import sample_frames
@@ -43,6 +43,8 @@ from schemas.errors import BadInputError, ConfigError
 from schemas.sampler import SamplerConfig
 
 ENCODE_CHUNK = 64  # frames per vision-encoder call when encoding history
+# what the action head's reader branch reads: the lane reader's outputs, the light probabilities
+READER_FEATURES = len(LANE_OUTPUTS) + len(LIGHT_CLASSES)
 
 
 @dataclass
@@ -79,7 +81,12 @@ class LMGenDrive(nn.Module):
             config.views.index("front") if config.vision.sees_center else None,
         )
         self.compressor = FrameCompressor(config.qformer, config.vision.dim, config.llm.hidden)
-        self.llm = PlannerLLM(config.llm, config.vision.num_waypoints, backbone=parts.llm)
+        self.llm = PlannerLLM(
+            config.llm,
+            config.vision.num_waypoints,
+            backbone=parts.llm,
+            reader_features=READER_FEATURES if config.llm.action_reads_readers else 0,
+        )
         self.conditioner = WorldConditioner(config, config.llm.hidden, clip=parts.clip)
         self.generator = WorldGenerator(config, unet=parts.unet, vae=parts.vae)
 
@@ -114,6 +121,22 @@ class LMGenDrive(nn.Module):
                 reader = PixelReader(vision, 1, len(LIGHT_CLASSES))
                 self.vision.light_reader = reader.to(weight.device, weight.dtype)
 
+    def add_reader_branch(self, seed: int) -> None:
+        """Give the action head its reader branch (``llm.action_reads_readers``, initialised from
+        ``seed``) if it lacks it: it starts at zero, so the plans stay what they were until stage
+        2's ``reader_branch_only`` trains it."""
+        llm = self.config.llm.model_copy(update={"action_reads_readers": True})
+        self.config = ModelConfig.model_validate(
+            {**self.config.model_dump(), "llm": llm.model_dump()}
+        )
+        if self.llm.reader_branch is None:
+            weight = self.llm.action_queries
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(seed)
+                branch = ReaderBranch(self.config.llm.hidden, READER_FEATURES)
+            self.llm.reader_branch = branch.to(weight.device, weight.dtype)
+        self.llm.config = self.config.llm
+
     def tokenize(self, instructions: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
         """Instruction ids and mask (B, L) on the model's device."""
         if self.tokenizer is None:
@@ -134,41 +157,58 @@ class LMGenDrive(nn.Module):
         self, pixels: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         """:meth:`encode_history` of ``pixels`` and, at the last frame, read from the same
-        encoding: the traffic-light class probabilities (B, len(LIGHT_CLASSES)) of its light
-        reader where the encoder has one, else of its light head (the light query's output is the
-        Q-Former input's last token), and its lane reader's outputs (B, 3; offset m, heading rad,
-        in-lane probability), None without one."""
-        tokens, lane, near_light = self._encode_frames(pixels)
-        if near_light is not None:
-            light = near_light[:, -1].float().softmax(-1)
-        else:
-            light = self.vision.light_head(tokens[:, -1, -1]).float().softmax(-1)
-        if lane is not None:
-            lane = lane[:, -1].float()
-            lane = torch.cat([lane[:, :2], torch.sigmoid(lane[:, 2:])], dim=1)
-        return self.compress_history(tokens), light, lane
+        encoding: the traffic-light class probabilities (B, len(LIGHT_CLASSES)) and the lane
+        reader's outputs (B, 3) of :meth:`encode_frames`."""
+        tokens, light, lane = self.encode_frames(pixels)
+        return self.compress_history(tokens), light[:, -1], None if lane is None else lane[:, -1]
+
+    def encode_for_planner(self, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """:meth:`encode_history` of ``pixels`` and :meth:`planner_readers` at the last frame."""
+        history, light, lane = self.encode_observed(pixels)
+        return history, self.planner_readers(light, lane)
+
+    def planner_readers(
+        self, light: torch.Tensor, lane: torch.Tensor | None
+    ) -> torch.Tensor | None:
+        """What the action head's reader branch reads (``llm.action_reads_readers``) of
+        :meth:`encode_frames`'s ``light`` (..., 4) and ``lane`` (..., 3): both, lane first
+        (..., 7); None for a model without the branch."""
+        if self.llm.reader_branch is None:
+            return None
+        if lane is None:
+            raise ConfigError("llm.action_reads_readers needs the lane reader (vision.lane_reader)")
+        return torch.cat([lane, light], dim=-1)
 
     def vision_tokens(self, pixels: torch.Tensor) -> torch.Tensor:
         """The vision encoder's per-frame Q-Former input (B, T, N, D) of ``pixels``
         (B, T, V, 3, H, W)."""
-        return self._encode_frames(pixels)[0]
+        return self.encode_frames(pixels)[0]
 
-    def _encode_frames(
+    def encode_frames(
         self, pixels: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
-        """:meth:`vision_tokens`, the lane reader's raw outputs (B, T, 3) and the light reader's
-        logits (B, T, 4), each None without that reader."""
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """:meth:`vision_tokens` of ``pixels`` (B, T, V, 3, H, W) and, per frame, read from the
+        same encoding: the traffic-light class probabilities (B, T, len(LIGHT_CLASSES)) of its
+        light reader where the encoder has one, else of its light head (the light query's output
+        is the Q-Former input's last token), and its lane reader's outputs (B, T, 3; offset m,
+        heading rad, in-lane probability), None without one."""
         b, t = pixels.shape[:2]
         dtype = self.vision.proj.weight.dtype
         tokens, lanes, lights = [], [], []
         for chunk in pixels.flatten(0, 1).split(ENCODE_CHUNK):
             visual = self.vision(chunk.to(dtype))
             tokens.append(visual.for_qformer(self.config.vision.bev_pool))
-            lanes.append(self.vision.lane_pose(visual))
-            lights.append(self.vision.near_light_logits(visual))
+            near = self.vision.near_light_logits(visual)
+            logits = near if near is not None else self.vision.light_head(visual.light[:, 0])
+            lights.append(logits.float().softmax(-1))
+            lane = self.vision.lane_pose(visual)
+            if lane is not None:
+                lane = lane.float()
+                lane = torch.cat([lane[:, :2], torch.sigmoid(lane[:, 2:])], dim=1)
+            lanes.append(lane)
         lane = None if lanes[0] is None else torch.cat(lanes).unflatten(0, (b, t))
-        light = None if lights[0] is None else torch.cat(lights).unflatten(0, (b, t))
-        return torch.cat(tokens).unflatten(0, (b, t)), lane, light
+        light = torch.cat(lights).unflatten(0, (b, t))
+        return torch.cat(tokens).unflatten(0, (b, t)), light, lane
 
     def compress_history(self, tokens: torch.Tensor) -> torch.Tensor:
         """Per-frame LLM tokens (B, T, Q, llm_hidden) of :meth:`vision_tokens` output
@@ -199,7 +239,13 @@ class LMGenDrive(nn.Module):
     def _think(self, state: RolloutState, with_world: bool) -> LLMOutput:
         embeds = self.llm.embed_instructions(state.instruction_ids)
         return self.llm(
-            embeds, state.instruction_mask, state.history, state.speed, state.waypoints, with_world
+            embeds,
+            state.instruction_mask,
+            state.history,
+            state.speed,
+            state.waypoints,
+            with_world,
+            self.planner_readers(state.light, state.lane),
         )
 
     @contextlib.contextmanager

@@ -216,6 +216,9 @@ class StageConfig(_Strict):
     # stage 1: train the readers (model vision.lane_reader, vision.light_reader) alone, on the
     # frozen encoder: a trained checkpoint gains them and its planner's tokens stay as they were
     readers_only: bool = False
+    # stage 2: train the action head's reader branch (model llm.action_reads_readers) alone, on
+    # planner batches alone: every other weight, and so the video, stays the starting checkpoint's
+    reader_branch_only: bool = False
 
     @model_validator(mode="after")
     def _check(self) -> StageConfig:
@@ -308,6 +311,14 @@ class TrainConfig(_Strict):
                 raise ValueError(
                     f"stage {name}: readers_only trains the readers, which this model does not "
                     "have: set model.vision.lane_reader and/or model.vision.light_reader: true"
+                )
+            if stage.reader_branch_only and not (
+                name == "2" and stage.planner is not None and model.llm.action_reads_readers
+            ):
+                raise ValueError(
+                    f"stage {name}: reader_branch_only trains the action head's reader branch on "
+                    "planner batches: it exists in stage 2 only, with planner batches, for a model "
+                    "with llm.action_reads_readers: true"
                 )
             if stage.light_range is not None and name != "1":
                 raise ValueError(

@@ -7,6 +7,7 @@ import json
 import logging
 import math
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
@@ -58,7 +59,7 @@ class StageTrainer:
         self.workdir, self.seed, self.workers = Path(workdir), seed, workers
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.backend = backend or LocalBackend()
-        self.params = set_stage(model, stage, config.readers_only)
+        self.params = set_stage(model, stage, config.readers_only, config.reader_branch_only)
         precision = precision or PrecisionConfig()
         self.compute_dtype = compute_dtype(precision, model.config.dtype, self.backend.device)
         hold_parameters(model, self.compute_dtype)
@@ -100,16 +101,10 @@ class StageTrainer:
         if self.progress.step >= until:
             return []
         self.model.train()
-        loader = make_loader(
-            self.dataset,
-            self.config.batch_size,
-            self.seed,
-            self.progress.samples,
-            self.workers,
-            self.backend.rank,
-            self.backend.world,
-        )
-        plans = iter(self._planner_loader()) if self.planner is not None else None
+        if self.config.reader_branch_only:  # planner batches alone
+            batches = ((None, plan) for plan in self._planner_loader())
+        else:
+            batches = self._batches()
         losses: list[float] = []
         bar = progress(
             until,
@@ -119,8 +114,8 @@ class StageTrainer:
             enabled=self.backend.is_main,
         )
         with bar, open(self.workdir / LOG_FILE, "a") as log_fh:
-            for batch in loader:
-                row = self._iteration(batch, next(plans) if plans is not None else None)
+            for batch, plan in batches:
+                row = self._iteration(batch, plan)
                 losses.append(row["loss"])
                 if self.backend.is_main:
                     log_fh.write(json.dumps(row) + "\n")
@@ -144,6 +139,21 @@ class StageTrainer:
                 if self.progress.step >= until:
                     break
         return losses
+
+    def _batches(self) -> Iterator[tuple[dict, dict | None]]:
+        """(batch, planner batch or None) per iteration, continuing where the last run stopped."""
+        loader = make_loader(
+            self.dataset,
+            self.config.batch_size,
+            self.seed,
+            self.progress.samples,
+            self.workers,
+            self.backend.rank,
+            self.backend.world,
+        )
+        plans = iter(self._planner_loader()) if self.planner is not None else None
+        for batch in loader:
+            yield batch, next(plans) if plans is not None else None
 
     def _planner_loader(self) -> DataLoader:
         """Planner batches continue where the last run stopped: position = iterations x batch x

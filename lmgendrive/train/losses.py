@@ -18,7 +18,7 @@ from lmgendrive.llm import LLMOutput
 from lmgendrive.model import LMGenDrive, speed_after
 from lmgendrive.sampling import sample_frames
 from lmgendrive.world import WorldGenerator
-from schemas.errors import BadInputError
+from schemas.errors import BadInputError, ConfigError
 from schemas.sampler import SamplerConfig
 
 COMPLETION_WEIGHT = 0.2  # LMDrive's weight of the instruction-completed loss
@@ -41,6 +41,8 @@ class DriveBatch:
     tokens: float (B, T, N, D) the context frames' :meth:`LMGenDrive.vision_tokens`, precomputed
     (the encoder is frozen in stages 2-3); :func:`planner_loss` reads them instead of ``frames``,
     which may then be ``None``, as may ``future_frames`` (planning needs no future).
+    readers: float (B, 7) with ``tokens``, for a model whose action head reads the readers: their
+    :meth:`LMGenDrive.planner_readers` at the current frame, precomputed with the tokens.
     """
 
     frames: torch.Tensor | None
@@ -51,6 +53,7 @@ class DriveBatch:
     completed: torch.Tensor
     future_frames: torch.Tensor | None
     tokens: torch.Tensor | None = None
+    readers: torch.Tensor | None = None
 
     def to(self, device: torch.device) -> DriveBatch:
         names = (
@@ -61,6 +64,7 @@ class DriveBatch:
             "completed",
             "future_frames",
             "tokens",
+            "readers",
         )
         move = {k: None if getattr(self, k) is None else getattr(self, k).to(device) for k in names}
         return DriveBatch(instructions=self.instructions, **move)
@@ -153,7 +157,8 @@ def _step_loss(
 
 
 def _prepare(model: LMGenDrive, batch: DriveBatch, min_steps: int) -> tuple[torch.Tensor, ...]:
-    """Pixels, future pixels, instruction embeddings and mask, encoded history of ``batch``."""
+    """Pixels, future pixels, instruction embeddings and mask, encoded history of ``batch`` and
+    what the action head's reader branch reads at its current frame (None without one)."""
     pixels = model.pixels(batch.frames, "frames")
     if pixels.ndim != 6:
         raise BadInputError(f"frames must be (B, V, T, H, W, 3), got {tuple(batch.frames.shape)}")
@@ -166,8 +171,10 @@ def _prepare(model: LMGenDrive, batch: DriveBatch, min_steps: int) -> tuple[torc
             f" got {tuple(batch.future_frames.shape)}"
         )
     ids, mask = model.tokenize(batch.instructions)
-    history = model.encode_history(pixels[:, :, -model.config.llm.history_frames :].transpose(1, 2))
-    return pixels, future, model.llm.embed_instructions(ids), mask, history
+    history, readers = model.encode_for_planner(
+        pixels[:, :, -model.config.llm.history_frames :].transpose(1, 2)
+    )
+    return pixels, future, model.llm.embed_instructions(ids), mask, history, readers
 
 
 def single_step_loss(
@@ -175,8 +182,10 @@ def single_step_loss(
 ) -> LossOutput:
     """Stage 2: waypoint L1 + 0.2 completion BCE + diffusion MSE for the first step of ``batch``
     (``context_noise``: see :func:`diffusion_loss`)."""
-    pixels, future, embeds, mask, history = _prepare(model, batch, 1)
-    out = model.llm(embeds, mask, history, batch.speed.float(), batch.prev_waypoints.float())
+    pixels, future, embeds, mask, history, readers = _prepare(model, batch, 1)
+    out = model.llm(
+        embeds, mask, history, batch.speed.float(), batch.prev_waypoints.float(), True, readers
+    )
     last = model.camera_views(pixels)[:, :, -1]
     total, terms = _step_loss(model, out, last, batch, 0, future[:, 0], context_noise)
     return LossOutput(total, {**{k: v.item() for k, v in terms.items()}, "total": total.item()})
@@ -189,6 +198,13 @@ def planner_loss(model: LMGenDrive, batch: DriveBatch) -> LossOutput:
     history_frames = model.config.llm.history_frames
     if batch.tokens is not None:
         tokens = batch.tokens[:, -history_frames:].to(model.vision.proj.weight.dtype)
+        readers = batch.readers
+        if (readers is None) != (model.llm.reader_branch is None):
+            raise ConfigError(
+                "cached planner tokens come with the readers' values exactly when the action "
+                "head reads them (llm.action_reads_readers)"
+            )
+        history = model.compress_history(tokens)
     else:
         pixels = model.pixels(batch.frames, "frames")
         if pixels.ndim != 6:
@@ -196,9 +212,8 @@ def planner_loss(model: LMGenDrive, batch: DriveBatch) -> LossOutput:
                 f"frames must be (B, V, T, H, W, 3), got {tuple(batch.frames.shape)}"
             )
         model.check_views(pixels, "frames")
-        tokens = model.vision_tokens(pixels[:, :, -history_frames:].transpose(1, 2))
+        history, readers = model.encode_for_planner(pixels[:, :, -history_frames:].transpose(1, 2))
     ids, mask = model.tokenize(batch.instructions)
-    history = model.compress_history(tokens)
     out = model.llm(
         model.llm.embed_instructions(ids),
         mask,
@@ -206,6 +221,7 @@ def planner_loss(model: LMGenDrive, batch: DriveBatch) -> LossOutput:
         batch.speed.float(),
         batch.prev_waypoints.float(),
         with_world=False,
+        readers=readers,
     )
     target = batch.waypoints[:, 0].float()
     wp = F.l1_loss(out.waypoints, target)
@@ -235,7 +251,7 @@ def multistep_loss(
     generator. The predicted waypoints become the next step's action.
     """
     sampler = sampler or model.config.sampler
-    pixels, future, embeds, mask, history = _prepare(model, batch, 1)
+    pixels, future, embeds, mask, history, readers = _prepare(model, batch, 1)
     steps = future.shape[1]
     speed, action, context = (
         batch.speed.float(),
@@ -244,7 +260,7 @@ def multistep_loss(
     )
     totals, sums = [], {}
     for k in range(steps):
-        out = model.llm(embeds, mask, history, speed, action)
+        out = model.llm(embeds, mask, history, speed, action, True, readers)
         total, terms = _step_loss(model, out, context, batch, k, future[:, k])
         totals.append(total)
         for name, value in terms.items():
@@ -265,8 +281,8 @@ def multistep_loss(
                 grad_steps=model.config.diffusion.grad_steps,
                 ego_poses=model.planned_poses(out.waypoints.detach()),
             )
-            history = torch.cat([history, model.encode_history(video.transpose(1, 2))], dim=1)
-            history = history[:, -model.config.llm.history_frames :]
+            seen, readers = model.encode_for_planner(video.transpose(1, 2))
+            history = torch.cat([history, seen], dim=1)[:, -model.config.llm.history_frames :]
             context, action, speed = video[:, :, -1], out.waypoints, speed_after(out.waypoints)
     loss = torch.stack(totals).mean()
     return LossOutput(loss, {**sums, "total": loss.item()})
@@ -284,7 +300,7 @@ def rollout_loss(
     to the frozen planner, which only supplies the world features. Every step's diffusion loss is
     against the real future frames: the generator learns to pull its own drift back to real frames.
     """
-    pixels, future, embeds, mask, history = _prepare(model, batch, 2)
+    pixels, future, embeds, mask, history, readers = _prepare(model, batch, 2)
     speed, action, context = (
         batch.speed.float(),
         batch.prev_waypoints.float(),
@@ -294,7 +310,7 @@ def rollout_loss(
     losses = []
     for k in range(future.shape[1]):
         with torch.no_grad():
-            world = model.llm(embeds, mask, history, speed, action).world
+            world = model.llm(embeds, mask, history, speed, action, True, readers).world
         cond = model.conditioner(context, world)
         expert = batch.waypoints[:, k].float()
         poses = model.planned_poses(expert)
@@ -318,7 +334,8 @@ def rollout_loss(
                 sampler,
                 ego_poses=poses,
             )
-            history = torch.cat([history, model.encode_history(video.transpose(1, 2))], dim=1)
+            seen, readers = model.encode_for_planner(video.transpose(1, 2))
+            history = torch.cat([history, seen], dim=1)
         history = history[:, -model.config.llm.history_frames :]
         context, action, speed = video[:, :, -1], expert, speed_after(expert)
     loss = torch.stack(losses).mean()

@@ -87,7 +87,8 @@ def starting_model(config: TrainConfig, stage: int, backend: LocalBackend) -> LM
     ``start_from`` checkpoint, or the recipe's model (its pretrained components where the model
     config names them, the rest from ``init_seed``, on the host: the trainer puts on the device
     what the stage uses, in its precision). A stage 1 that trains the readers alone gives a
-    checkpoint the recipe's readers it lacks."""
+    checkpoint the recipe's readers it lacks; a checkpoint whose action head lacks the reader
+    branch the recipe's model has (``llm.action_reads_readers``) gains it, at zero."""
     earlier = [s for s in config.stage_numbers() if s < stage]
     if earlier:
         source = final_dir(config, earlier[-1])
@@ -118,10 +119,13 @@ def starting_model(config: TrainConfig, stage: int, backend: LocalBackend) -> LM
         record_sources(config, model_config)
         return model
     model, _ = load_checkpoint(source, backend.device, keep_dtypes=True)
-    recipe = config.network_config().vision
+    network = config.network_config()
+    recipe = network.vision
     if stage == 1 and config.stage(1).readers_only:
         model.add_readers(config.init_seed, recipe.lane_reader, recipe.light_reader)
     check_same_vision(recipe, model.config.vision, source)
+    if network.llm.action_reads_readers and not model.config.llm.action_reads_readers:
+        model.add_reader_branch(config.init_seed)
     return model
 
 
@@ -302,6 +306,8 @@ def readme(config: TrainConfig, stages: list[int], command: str) -> str:
             if s in (3, 4)
             else []
         )
+        if c.reader_branch_only:
+            notes.append("the action head's reader branch alone, on planner batches alone")
         if c.light_range is not None:
             notes.append(f"light head: the state within {c.light_range:g} m of the stop line")
         if c.context_noise:

@@ -36,14 +36,17 @@ from schemas.sampler import SamplerConfig
 CALIBRATION_FRAMES = 32  # frames (x views) used to calibrate the latent scale after stage 0
 
 
-def set_stage(model: LMGenDrive, stage: int, readers_only: bool = False) -> list[nn.Parameter]:
+def set_stage(
+    model: LMGenDrive, stage: int, readers_only: bool = False, reader_branch_only: bool = False
+) -> list[nn.Parameter]:
     """Set ``requires_grad`` of ``model`` for a training stage and return the trainable parameters.
 
     0: the VAE alone (presets trained from scratch). 1: the vision encoder and its heads, or with
     ``readers_only`` its readers alone (lane and light; the rest frozen, BatchNorm and dropout in
     eval).
     2: vision encoder frozen; Q-Former, adapter, LLM, queries, action head, fusion, UNet (and
-    CLIP unless it is pretrained) train. 3: as 2 but the whole world generator (CLIP, fusion,
+    CLIP unless it is pretrained) train, or with ``reader_branch_only`` the action head's reader
+    branch alone. 3: as 2 but the whole world generator (CLIP, fusion,
     UNet, VAE) is frozen; gradients still flow through it to the LLM side. 4: the world generator's
     conditioning and UNet (and CLIP unless it is pretrained) alone; the VAE and the planning side
     stay frozen.
@@ -64,6 +67,11 @@ def set_stage(model: LMGenDrive, stage: int, readers_only: bool = False) -> list
     elif stage == 1:
         model.vision.frozen = False
         model.vision.requires_grad_(True)
+    elif reader_branch_only:
+        if model.llm.reader_branch is None:
+            raise ConfigError("reader_branch_only: this model's action head has no reader branch")
+        model.vision.freeze()
+        model.llm.reader_branch.requires_grad_(True)
     else:
         model.vision.freeze()
         if stage in (2, 3):
@@ -111,6 +119,7 @@ def drive_batch(batch: dict, steps: int) -> DriveBatch:
         completed=batch["completed"][:, :steps],
         future_frames=None if future is None else future[:, :steps],
         tokens=batch.get("tokens"),
+        readers=batch.get("readers"),
     )
 
 
@@ -131,10 +140,14 @@ class StageObjective(nn.Module):
         self.straight_previous, self.context_noise = straight_previous, context_noise
         self.ego_status_dropout = ego_status_dropout
 
-    def forward(self, batch: dict, steps: int = 1, plan: dict | None = None) -> LossOutput:
+    def forward(self, batch: dict | None, steps: int = 1, plan: dict | None = None) -> LossOutput:
         """The stage's loss on ``batch`` (``steps`` steps in stages 3-4), plus the planner loss on
-        ``plan`` when the stage has planner batches."""
+        ``plan`` when the stage has planner batches (the planner loss alone without ``batch``)."""
         device = self.model.device
+        if batch is None:
+            if plan is None:
+                raise ValueError("a stage iteration needs a batch or a planner batch")
+            return planner_loss(self.model, self._planner_batch(plan).to(device))
         if self.stage == 0:
             return autoencoder_loss(self.model, batch["frames"].to(device))
         if self.stage == 1:
@@ -149,9 +162,7 @@ class StageObjective(nn.Module):
             out = rollout_loss(self.model, drive, self.sampler, self.context_noise)
         if plan is None:
             return out
-        plan = straighten_previous_action(plan, self.straight_previous)
-        plan = drop_ego_status(plan, self.ego_status_dropout)
-        planned = planner_loss(self.model, drive_batch(plan, 1).to(device))
+        planned = planner_loss(self.model, self._planner_batch(plan).to(device))
         total = out.loss + planned.loss
         terms = {
             **out.terms,
@@ -159,6 +170,10 @@ class StageObjective(nn.Module):
             "total": total.item(),
         }
         return LossOutput(total, terms)
+
+    def _planner_batch(self, plan: dict) -> DriveBatch:
+        plan = straighten_previous_action(plan, self.straight_previous)
+        return drive_batch(drop_ego_status(plan, self.ego_status_dropout), 1)
 
 
 def objective(model: LMGenDrive, stage: int, config: StageConfig) -> StageObjective:

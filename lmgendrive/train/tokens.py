@@ -5,7 +5,8 @@ changes during them. A planner window reads 3 views x context frames; on the dem
 ~90 % of a window's cost (`bench/planner.py`: 934 vs 90 ms per 48 windows, forward + backward), and
 most frames fall in several windows. :class:`VisionTokenCache` encodes every frame once;
 :class:`PlannerWindows` serves the windows with those tokens, so the planner sees many more windows
-in the same time.
+in the same time. For a model whose action head reads the readers (``llm.action_reads_readers``)
+the cache also holds each frame's :meth:`LMGenDrive.planner_readers`.
 """
 
 from __future__ import annotations
@@ -49,11 +50,14 @@ class _AllFrames(Dataset):
 
 
 class VisionTokenCache:
-    """:meth:`LMGenDrive.vision_tokens` of every frame of some scenes as one (frames, N, D) tensor;
-    ``offsets[s]`` is scene s's first row. Build it with :meth:`build`."""
+    """:meth:`LMGenDrive.vision_tokens` of every frame of some scenes as one (frames, N, D) tensor,
+    and where the model's action head reads them its readers' values (frames, 7); ``offsets[s]`` is
+    scene s's first row. Build it with :meth:`build`."""
 
-    def __init__(self, tokens: torch.Tensor, offsets: np.ndarray):
-        self.tokens, self.offsets = tokens, offsets
+    def __init__(
+        self, tokens: torch.Tensor, offsets: np.ndarray, readers: torch.Tensor | None = None
+    ):
+        self.tokens, self.offsets, self.readers = tokens, offsets, readers
 
     @classmethod
     def build(
@@ -68,20 +72,34 @@ class VisionTokenCache:
             with safe_open(path, "pt") as f:
                 if (f.metadata() or {}).get("key") == key:
                     log.info("vision tokens from %s", path)
-                    return cls(f.get_tensor("tokens"), offsets)
-        cache = cls(_encode_all(model, dataset, workers), offsets)
+                    names = f.keys()
+                    readers = f.get_tensor("readers") if "readers" in names else None
+                    return cls(f.get_tensor("tokens"), offsets, readers)
+        tokens, readers = _encode_all(model, dataset, workers)
+        cache = cls(tokens, offsets, readers)
         if path is not None:
+            tensors = {"tokens": cache.tokens}
+            if cache.readers is not None:
+                tensors["readers"] = cache.readers
             with atomic_path(path) as partial:
-                save_file({"tokens": cache.tokens}, partial, metadata={"key": key})
+                save_file(tensors, partial, metadata={"key": key})
         return cache
 
     def frames(self, scene: int, frames: list[int]) -> torch.Tensor:
         """Tokens (len(frames), N, D) of frames ``frames`` of scene ``scene``."""
-        return self.tokens[int(self.offsets[scene]) + torch.as_tensor(frames)]
+        return self.tokens[self._rows(scene, frames)]
+
+    def frame_readers(self, scene: int, frame: int) -> torch.Tensor | None:
+        """The readers' values (7,) of frame ``frame`` of scene ``scene``, None if not cached."""
+        return None if self.readers is None else self.readers[self._rows(scene, [frame])[0]]
+
+    def _rows(self, scene: int, frames: list[int]) -> torch.Tensor:
+        return int(self.offsets[scene]) + torch.as_tensor(frames)
 
 
 def _cache_key(model: LMGenDrive, dataset: DriveDataset) -> str:
-    """sha256 of the encoder's weights, the image size and the scenes' names and lengths."""
+    """sha256 of the encoder's weights, whether the readers' values are cached, the image size and
+    the scenes' names and lengths."""
     digest = hashlib.sha256()
     for name, value in sorted(model.vision.state_dict().items()):
         digest.update(name.encode())
@@ -89,6 +107,7 @@ def _cache_key(model: LMGenDrive, dataset: DriveDataset) -> str:
             value.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes()
         )
     layout = [
+        model.llm.reader_branch is not None,
         list(model.config.image_size),
         list(model.config.vision_views),
         [[s.name, len(s)] for s in dataset.scenes],
@@ -98,7 +117,9 @@ def _cache_key(model: LMGenDrive, dataset: DriveDataset) -> str:
 
 
 @torch.no_grad()
-def _encode_all(model: LMGenDrive, dataset: DriveDataset, workers: int) -> torch.Tensor:
+def _encode_all(
+    model: LMGenDrive, dataset: DriveDataset, workers: int
+) -> tuple[torch.Tensor, torch.Tensor | None]:
     from lmgendrive.frames import to_pixels
     from storage.progress import progress
 
@@ -106,13 +127,16 @@ def _encode_all(model: LMGenDrive, dataset: DriveDataset, workers: int) -> torch
     loader = DataLoader(
         frames, batch_size=ENCODE_BATCH, num_workers=workers, prefetch_factor=2 if workers else None
     )
-    started, parts, mode = time.perf_counter(), [], model.vision.training
+    started, parts, readers, mode = time.perf_counter(), [], [], model.vision.training
     model.vision.eval()
     try:
         with progress(len(frames), "vision tokens", "frame") as bar:
             for batch in loader:
                 pixels = to_pixels(batch[:, None], model.config.image_size, model.device, "frames")
-                parts.append(model.vision_tokens(pixels)[:, 0].cpu())
+                tokens, light, lane = model.encode_frames(pixels)
+                parts.append(tokens[:, 0].cpu())
+                read = model.planner_readers(light[:, 0], None if lane is None else lane[:, 0])
+                readers.append(None if read is None else read.cpu())
                 bar.update(len(batch))
     finally:
         model.vision.train(mode)
@@ -123,12 +147,13 @@ def _encode_all(model: LMGenDrive, dataset: DriveDataset, workers: int) -> torch
         tokens.numel() * tokens.element_size() / 2**20,
         time.perf_counter() - started,
     )
-    return tokens
+    return tokens, None if readers[0] is None else torch.cat(readers)
 
 
 class PlannerWindows(Dataset):
     """``dataset``'s windows (same indices) as planner batches read them: the context frames'
-    cached tokens in place of pixels, the first step's targets, no future video."""
+    cached tokens in place of pixels (and the readers' values at the current frame where cached),
+    the first step's targets, no future video."""
 
     def __init__(self, dataset: DriveDataset, cache: VisionTokenCache):
         self.dataset, self.cache = dataset, cache
@@ -138,5 +163,7 @@ class PlannerWindows(Dataset):
 
     def __getitem__(self, k: int) -> dict:
         s, t = self.dataset.index[k]
-        tokens = self.cache.frames(s, self.dataset.context_frames(t))
-        return {"tokens": tokens, **self.dataset.targets(s, t, steps=1)}
+        frames = self.dataset.context_frames(t)
+        window = {"tokens": self.cache.frames(s, frames), **self.dataset.targets(s, t, steps=1)}
+        readers = self.cache.frame_readers(s, frames[-1])
+        return window if readers is None else {**window, "readers": readers}
