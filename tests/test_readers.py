@@ -170,14 +170,17 @@ def test_readers_added_to_a_trained_model_change_no_planner_token_and_train_alon
         assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in reader.parameters())
 
 
-def test_the_light_reader_learns_the_light_near_its_stop_line_only():
+@pytest.mark.parametrize("near", [None, 25.0])
+def test_the_light_reader_learns_the_light_near_its_stop_line_only(near):
     scene = ProceduralScene(DriveSpec(town_seed=2, route_seed=0, frames=200, size=(32, 32)))
-    data = FrameDataset([scene], build_untrained("tiny").config)
+    kw = {} if near is None else {"near_light_range": near}
+    data = FrameDataset([scene], build_untrained("tiny").config, **kw)
+    near = NEAR_LIGHT_M if near is None else near
     seen = {"near": 0, "far": 0}
     for i in range(0, 200, 2):
         m, item = scene.measurements(i), data[i]
         assert item["light"] == LIGHT_CLASSES.index(m.light_state)  # the head's: every range
-        if m.light_state != "none" and m.light_distance <= NEAR_LIGHT_M:
+        if m.light_state != "none" and m.light_distance <= near:
             assert item["near_light"] == item["light"]
             seen["near"] += 1
         else:
@@ -278,6 +281,11 @@ def test_recipes_and_agents_that_need_readers_say_so(tmp_path):
         bad["stages"]["2"] = {"iterations": 2, "batch_size": 1, "lr": 1e-4, key: 1}
         with pytest.raises(ConfigError, match="stage 1 only"):
             parse_config(bad)
+    bad = _recipe(tmp_path, "demo", near_light_range=20.0)
+    bad["model"] = {}
+    with pytest.raises(ConfigError, match="near_light_range is the light reader's"):
+        parse_config(bad)  # no light reader to label
+    assert parse_config(_recipe(tmp_path, "demo", near_light_range=20.0))
     with pytest.raises(ConfigError, match="preset built in code"):
         run(parse_config(_recipe(tmp_path, "tiny", readers_only=True)))
     readerless = tmp_path / "readerless"

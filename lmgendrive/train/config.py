@@ -207,6 +207,9 @@ class StageConfig(_Strict):
     # its stop line, "none" farther, as LMDrive's encoder learns is_red_light_present (the light's
     # trigger volume or 8 m, where its expert brakes); default: as the drives record it (45 m)
     light_range: Annotated[float, Field(gt=0)] | None = None
+    # stage 1: the light reader learns the governing light's state within this many metres of its
+    # stop line, "none" farther (default lmgendrive.train.perception.NEAR_LIGHT_M)
+    near_light_range: Annotated[float, Field(gt=0)] | None = None
     # stage 1: displaced-camera drives per town added to its frames (scenes.procedural.displaced):
     # the car seen off its lane centre and askew, with the lane pose the lane reader learns
     displaced_routes: Annotated[int, Field(ge=0)] = 0
@@ -319,6 +322,13 @@ class TrainConfig(_Strict):
                     f"stage {name}: reader_branch_only trains the action head's reader branch on "
                     "planner batches: it exists in stage 2 only, with planner batches, for a model "
                     "with llm.action_reads_readers: true"
+                )
+            if stage.near_light_range is not None and not (
+                name == "1" and model.vision.light_reader
+            ):
+                raise ValueError(
+                    f"stage {name}: near_light_range is the light reader's label range: it exists "
+                    "in stage 1 only, for a model with vision.light_reader: true"
                 )
             if stage.light_range is not None and name != "1":
                 raise ValueError(

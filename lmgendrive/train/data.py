@@ -230,7 +230,8 @@ class _SceneDataset(Dataset):
 class FrameDataset(_SceneDataset):
     """Single frames (stages 0 and 1): views, BEV detection target, waypoints, light class, lane
     target (:func:`~lmgendrive.train.perception.lane_target`), the light reader's class (the
-    light's within :data:`~lmgendrive.train.perception.NEAR_LIGHT_M`).
+    light's within ``near_light_range`` metres of its stop line, default
+    :data:`~lmgendrive.train.perception.NEAR_LIGHT_M`).
     ``drop_perturbed``: leave out the frames whose waypoints show a recovery drive's perturbation
     (:func:`perturbed_labels`): they are not the driver's. ``light_range``: the light class is the
     governing light's state only within that many metres of its stop line, "none" farther.
@@ -244,9 +245,10 @@ class FrameDataset(_SceneDataset):
         drop_perturbed: bool = False,
         light_range: float = np.inf,
         views: Sequence[str] | None = None,
+        near_light_range: float = NEAR_LIGHT_M,
     ):
         super().__init__(scenes, config, 0, 0, views)
-        self.light_range = light_range
+        self.light_range, self.near_light_range = light_range, near_light_range
         if drop_perturbed:
             shown = [perturbed_labels(scene)[0] for scene in self.scenes]
             self.index = [(s, i) for s, i in self.index if not shown[s][i]]
@@ -263,7 +265,7 @@ class FrameDataset(_SceneDataset):
             ),
             "lane": lane_target(m.lane_offset, m.lane_heading, m.is_junction),
             "near_light": LIGHT_CLASSES.index(
-                m.light_state if m.light_distance <= NEAR_LIGHT_M else "none"
+                m.light_state if m.light_distance <= self.near_light_range else "none"
             ),
         }
 

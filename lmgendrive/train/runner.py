@@ -27,6 +27,7 @@ from lmgendrive.train.backend import LocalBackend, is_main_process, make_backend
 from lmgendrive.train.config import TrainConfig
 from lmgendrive.train.data import DriveDataset, FrameDataset, PlannerData, open_scenes
 from lmgendrive.train.loop import CURVE_FILE, LOG_FILE, StageTrainer
+from lmgendrive.train.perception import NEAR_LIGHT_M
 from lmgendrive.train.stages import finish_stage
 from lmgendrive.train.tokens import PlannerWindows, VisionTokenCache
 from schemas.errors import ConfigError
@@ -203,6 +204,7 @@ def train_stage(config: TrainConfig, stage: int, command: str = "") -> LMGenDriv
             drop_perturbed=data.recovery_routes > 0,
             light_range=stage_config.light_range or float("inf"),
             views=model.config.vision_views if stage == 1 else model.config.views,
+            near_light_range=stage_config.near_light_range or NEAR_LIGHT_M,
         )
         if stage < 2
         else DriveDataset(scenes, model.config, config.data.context_frames, steps)
@@ -308,6 +310,8 @@ def readme(config: TrainConfig, stages: list[int], command: str) -> str:
         )
         if c.reader_branch_only:
             notes.append("the action head's reader branch alone, on planner batches alone")
+        if c.near_light_range is not None:
+            notes.append(f"light reader: the state within {c.near_light_range:g} m")
         if c.light_range is not None:
             notes.append(f"light head: the state within {c.light_range:g} m of the stop line")
         if c.context_noise:
