@@ -4,11 +4,13 @@ preset: stage gradients and loss decrease on a fixed batch."""
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import replace
 
 import numpy as np
 import pytest
 import torch
 
+from driving.control import WaypointController
 from lmgendrive.checkpoint import build_untrained
 from lmgendrive.model import LMGenDrive
 from lmgendrive.train import losses as losses_module
@@ -16,6 +18,7 @@ from lmgendrive.train.losses import (
     DriveBatch,
     LossOutput,
     autoencoder_loss,
+    brake_loss,
     heading_loss,
     multistep_loss,
     planner_loss,
@@ -180,6 +183,43 @@ def test_heading_loss_is_the_angle_between_trajectory_segments():
     predicted = torch.zeros(1, 4, 2, requires_grad=True)  # zero-length predicted segments
     heading_loss(predicted, ahead).backward()
     assert torch.isfinite(predicted.grad).all()
+
+
+def _straight_plan(speed: float, ratio: float) -> torch.Tensor:
+    """(1, 4, 2) waypoints 0.2 s apart straight ahead at ``ratio`` x ``speed``."""
+    gap = ratio * speed * 0.2
+    return torch.tensor([[[gap * (k + 1), 0.0] for k in range(4)]])
+
+
+def test_brake_loss_charges_a_plan_on_the_wrong_side_of_the_controllers_brake_threshold():
+    speed = torch.tensor([8.0])
+    stop, coast, hard = (_straight_plan(8.0, r) for r in (0.82, 0.93, 0.85))
+    brakes = [WaypointController().step(p[0].numpy(), 8.0).brake == 1.0 for p in (stop, coast)]
+    assert brakes == [True, False]  # LMDrive's controller: the stop brakes, the coast does not
+    threshold = 1 / 1.1
+    assert float(brake_loss(coast, stop, speed)) == pytest.approx(0.93 - (threshold - 0.03), 1e-4)
+    assert float(brake_loss(hard, stop, speed)) == 0.0  # past the threshold by the margin
+    cruise = _straight_plan(8.0, 0.98)
+    assert float(brake_loss(_straight_plan(8.0, 0.89), cruise, speed)) == pytest.approx(
+        threshold + 0.03 - 0.89, 1e-4
+    )  # brakes where the target does not
+    assert float(brake_loss(cruise, cruise, speed)) == 0.0
+    assert float(brake_loss(coast, cruise, speed)) > 0.0  # within the margin of braking
+    assert float(brake_loss(coast, stop, torch.tensor([0.5]))) == 0.0  # a standing car: no charge
+    both = brake_loss(torch.cat([coast, hard]), torch.cat([stop, stop]), torch.tensor([8.0, 8.0]))
+    assert float(both) == pytest.approx(float(brake_loss(coast, stop, speed)) / 2, 1e-5)
+
+
+def test_planner_loss_adds_the_brake_loss_by_its_weight():
+    torch.manual_seed(0)
+    model = build_untrained("demo").eval()  # no dropout: both calls see the same plan
+    stopping = torch.tensor([[0.5 * (i + 1), 0.0] for i in range(4)])  # 2.5 m/s from 5 m/s
+    batch = replace(_drive_batch(steps=1), waypoints=stopping.expand(2, 1, 4, 2).clone())
+    plain = planner_loss(model, batch)
+    weighted = planner_loss(model, batch, brake_weight=2.0)
+    assert "plan_brake" not in plain.terms
+    assert weighted.terms["plan_brake"] > 0.0  # the untrained plan holds its speed
+    assert float(weighted.loss - plain.loss) == pytest.approx(2.0 * weighted.terms["plan_brake"])
 
 
 def test_planner_loss_trains_the_planner_alone():

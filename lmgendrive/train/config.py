@@ -116,6 +116,8 @@ class PlannerConfig(_Strict):
     recovery drive's speed holds; not in the paper either); ``onpolicy_share`` from the drives in
     ``onpolicy``, an LMDrive root of a model's own closed-loop drives labelled by the expert
     (``lmgd drive --record``: DAgger, not in the paper); the rest from everywhere else.
+    ``brake_weight``: the weight of :func:`lmgendrive.train.losses.brake_loss`, a hinge on which
+    side of LMDrive's brake threshold the plan's speed falls (not in the paper; 0: off).
     Its drives: ``routes_per_town`` routes, ``rest_start_routes`` at-rest routes and
     ``recovery_routes`` recovery drives per town (default ``data``'s; windows whose waypoints show
     a perturbation are never drawn). ``start_windows``: windows also from each drive's first
@@ -146,6 +148,7 @@ class PlannerConfig(_Strict):
         0.0  # share whose previous action drives straight
     )
     ego_status_dropout: Annotated[float, Field(ge=0, lt=1)] = 0.0
+    brake_weight: Annotated[float, Field(ge=0)] = 0.0
     token_cache: bool = False
     onpolicy: Path | None = None
     onpolicy_share: Annotated[float, Field(ge=0, le=1)] = 0.0

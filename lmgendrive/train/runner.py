@@ -338,6 +338,7 @@ def readme(config: TrainConfig, stages: list[int], command: str) -> str:
                 f"ego status dropped with p {p.ego_status_dropout:g}"
                 if p.ego_status_dropout
                 else "",
+                f"brake loss weight {p.brake_weight:g}" if p.brake_weight else "",
                 "encoder tokens cached" if p.token_cache else "",
             ]
             notes.append(", ".join(part for part in parts if part))

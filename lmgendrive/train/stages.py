@@ -134,11 +134,12 @@ class StageObjective(nn.Module):
         straight_previous: float = 0.0,
         context_noise: float = 0.0,
         ego_status_dropout: float = 0.0,
+        brake_weight: float = 0.0,
     ):
         super().__init__()
         self.model, self.stage, self.sampler = model, stage, sampler
         self.straight_previous, self.context_noise = straight_previous, context_noise
-        self.ego_status_dropout = ego_status_dropout
+        self.ego_status_dropout, self.brake_weight = ego_status_dropout, brake_weight
 
     def forward(self, batch: dict | None, steps: int = 1, plan: dict | None = None) -> LossOutput:
         """The stage's loss on ``batch`` (``steps`` steps in stages 3-4), plus the planner loss on
@@ -147,7 +148,7 @@ class StageObjective(nn.Module):
         if batch is None:
             if plan is None:
                 raise ValueError("a stage iteration needs a batch or a planner batch")
-            return planner_loss(self.model, self._planner_batch(plan).to(device))
+            return planner_loss(self.model, self._planner_batch(plan).to(device), self.brake_weight)
         if self.stage == 0:
             return autoencoder_loss(self.model, batch["frames"].to(device))
         if self.stage == 1:
@@ -162,7 +163,7 @@ class StageObjective(nn.Module):
             out = rollout_loss(self.model, drive, self.sampler, self.context_noise)
         if plan is None:
             return out
-        planned = planner_loss(self.model, self._planner_batch(plan).to(device))
+        planned = planner_loss(self.model, self._planner_batch(plan).to(device), self.brake_weight)
         total = out.loss + planned.loss
         terms = {
             **out.terms,
@@ -193,6 +194,7 @@ def objective(model: LMGenDrive, stage: int, config: StageConfig) -> StageObject
         config.planner.straight_previous if config.planner else 0.0,
         config.context_noise,
         config.planner.ego_status_dropout if config.planner else 0.0,
+        config.planner.brake_weight if config.planner else 0.0,
     )
 
 
