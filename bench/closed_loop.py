@@ -8,9 +8,10 @@ rerun with the same ``--out`` resumes. The last line is a JSON object with ``ds`
 as {agent: {track: mean}}, ``fps`` (the model's closed loop: render + plan + physics, frames per
 second of one process), ``plan_ms`` (median act latency of the model), ``routes_per_track``,
 ``seeds``, and the goals' margins: ``min_expert_ds`` (worst track), ``min_model_over_lane_keeping``
-(DS difference, worst track), ``min_model_over_random_tiny_short``; where the checkpoint has the
-lane and light readers, also the agent ``model_assisted`` (the model through its readers in
-InterFuser's safety controller) and ``min_assisted_over_lane_keeping``.
+(DS difference, worst track), ``min_model_over_lane_keeping_same_drives`` (the same on the drives
+both made: the model's routes and seeds, paired), ``min_model_over_random_tiny_short``; where the
+checkpoint has the lane and light readers, also the agent ``model_assisted`` (the model through
+its readers in InterFuser's safety controller) and ``min_assisted_over_lane_keeping``.
 
 At the full size (50 routes per track, 3 seeds, 1800 drives) this takes hours on 2 cores: a model
 that does not move drives every route to its timeout. The drives are kept in ``--out`` as they
@@ -84,6 +85,11 @@ def main() -> None:
             else {}
         ),
         "min_model_over_lane_keeping": min(ds["model"][t] - ds["lane_keeping"][t] for t in TRACKS),
+        # the same difference on the drives both made (the model's routes, same seeds): the
+        # lane-keeping mean above is over every route, the model's over the first few
+        "min_model_over_lane_keeping_same_drives": min(
+            d["mean"] for d in results["over_lane_keeping_same_drives"]["model"].values()
+        ),
         "min_model_over_random_tiny_short": min(
             ds["model"][t] - ds["random_instruction"][t] for t in ("tiny", "short")
         ),

@@ -108,6 +108,12 @@ GOALS: dict[str, list[tuple[str, str, float, str]]] = {
             "closed loop: model DS - lane keeping, worst track",
         ),
         (
+            "min_model_over_lane_keeping_same_drives",
+            ">",
+            0.0,
+            "closed loop: model DS - lane keeping on the same routes and seeds, worst track",
+        ),
+        (
             "min_model_over_random_tiny_short",
             ">",
             0.0,

@@ -30,6 +30,8 @@ from closedloop.onpolicy import OnPolicyRecorder, index_onpolicy, write_onpolicy
 from closedloop.report import (
     draw_map,
     infractions_markdown,
+    paired_difference,
+    paired_markdown,
     summarize,
     table_markdown,
     video_frame,
@@ -237,8 +239,15 @@ def write_report(
         video_path = out / f"video_{spec.route_id}_{seeing[0]}.mp4"
         write_video(frames, video_path)
     fps = _speed(rows)
+    driven_agents = {r["agent"] for r in rows}
+    paired = {
+        a: paired_difference(rows, a, "lane_keeping")
+        for a in seeing
+        if a in driven_agents and "lane_keeping" in driven_agents
+    }
     results_json = {
         "summary": summary,
+        "over_lane_keeping_same_drives": paired,
         "speed": fps,
         "maps": maps,
         "video": video_path.name if video_path else None,
@@ -256,6 +265,11 @@ def write_report(
         "",
         infractions_markdown(summary),
         "",
+        *(
+            ["## Against lane keeping on the same drives", "", paired_markdown(paired), ""]
+            if paired
+            else []
+        ),
         "## Speed",
         "",
         json.dumps(fps),

@@ -82,6 +82,47 @@ def summarize(rows: list[dict]) -> dict:
     return out
 
 
+def paired_difference(rows: list[dict], agent: str, baseline: str, metric: str = "ds") -> dict:
+    """Per track, ``agent``'s ``metric`` minus ``baseline``'s on the drives both made (same route,
+    same seed run): the mean difference, its bootstrap 95 % interval over routes and the number of
+    pairs. Agents driven on route sets of different difficulty compare fairly only this way."""
+    drives: dict[tuple[str, str], dict] = defaultdict(dict)
+    for r in rows:
+        if r["agent"] in (agent, baseline):
+            drives[(r["route_id"], r["seed_run"])][r["agent"]] = r
+    by_track: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
+    for (route, _), pair in drives.items():
+        if len(pair) == 2:
+            by_track[pair[agent]["track"]][route].append(
+                pair[agent][metric] - pair[baseline][metric]
+            )
+    out = {}
+    for track, by_route in sorted(by_track.items()):
+        per_route = np.array([np.mean(v) for v in by_route.values()])
+        n = sum(len(v) for v in by_route.values())
+        mean = float(np.mean([d for v in by_route.values() for d in v]))
+        out[track] = {"mean": mean, "ci95": _interval(per_route), "pairs": n}
+    return out
+
+
+def paired_markdown(paired: dict) -> str:
+    """:func:`paired_difference` per agent against lane keeping as a table: DS difference per
+    track with its interval and number of drive pairs."""
+    lines = ["| agent | track | DS - lane keeping's | pairs |", "|---|---|---|---|"]
+    for agent, tracks in paired.items():
+        for track, d in tracks.items():
+            lo, hi = d["ci95"]
+            lines.append(
+                f"| {agent} | {track} | {d['mean']:+.1f} [{lo:+.1f}, {hi:+.1f}] | {d['pairs']} |"
+            )
+    lines.append("")
+    lines.append(
+        "The same routes and seed runs for both agents, so route difficulty cancels: the mean "
+        "difference [bootstrap 95 % interval over routes]."
+    )
+    return "\n".join(lines)
+
+
 def table_markdown(summary: dict) -> str:
     """The Table-1-shaped table: one row per agent, DS / RC / IS per track."""
     tracks = [t for t in ("long", "short", "tiny") if any(t in v for v in summary.values())]

@@ -12,7 +12,14 @@ import pytest
 from closedloop.agents import ExpertAgent, LabelOracleAgent, LaneKeepingAgent, ModelAgent
 from closedloop.evaluate import DRIVES_FILE, run_drives
 from closedloop.model_driver import ModelDriver, driven_path
-from closedloop.report import draw_map, infractions_markdown, summarize, table_markdown
+from closedloop.report import (
+    draw_map,
+    infractions_markdown,
+    paired_difference,
+    paired_markdown,
+    summarize,
+    table_markdown,
+)
 from closedloop.routes import (
     TRACKS,
     RouteSpec,
@@ -337,6 +344,32 @@ def test_summary_intervals_and_seed_spread():
     for agent in ("model", "model_assisted", "an_agent_of_tomorrow"):
         assert f"| {agent} | 50.0 ± 14.1" in table and f"| {agent} | tiny |" in infractions
     assert table.index("| model_assisted |") < table.index("| an_agent_of_tomorrow |")
+
+
+def test_paired_difference_compares_the_same_drives_only():
+    """The model on two hard routes, lane keeping on those and on an easy one it alone drove:
+    unpaired means favour lane keeping (its easy route), the paired difference is the model's
+    lead on the drives both made; a drive with no partner is left out."""
+
+    def row(agent, route, s, ds):
+        return {"agent": agent, "track": "short", "route_id": route, "seed_run": s, "ds": ds}
+
+    rows = [
+        *(row("model", r, s, ds) for s in (0, 1) for r, ds in (("hard1", 30), ("hard2", 50))),
+        *(row("lane_keeping", r, s, d) for s in (0, 1) for r, d in (("hard1", 20), ("hard2", 30))),
+        *(row("lane_keeping", "easy", s, 100.0) for s in (0, 1)),
+        row("model", "hard1", 2, 0.0),  # lane keeping has no seed run 2
+        row("expert", "hard1", 0, 100.0),
+    ]  # fmt: skip
+    d = paired_difference(rows, "model", "lane_keeping")["short"]
+    assert d["pairs"] == 4
+    assert d["mean"] == pytest.approx(15.0)  # (10 + 10 + 20 + 20) / 4
+    lo, hi = d["ci95"]
+    assert 10.0 <= lo <= 15.0 <= hi <= 20.0
+    assert "| model | short | +15.0 [" in paired_markdown({"model": {"short": d}})
+    # the other way round the sign flips; an agent never driven has no track
+    assert paired_difference(rows, "lane_keeping", "model")["short"]["mean"] == pytest.approx(-15)
+    assert paired_difference(rows, "random_instruction", "lane_keeping") == {}
 
 
 def test_map_draws_the_route_and_the_drives(tmp_path):
