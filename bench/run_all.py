@@ -2,7 +2,8 @@
 
 Each script runs in its own process (so none inherits another's threads, Ray cluster or caches) and
 prints a JSON object as its last line; the figures named in ``GOALS`` are taken from it. The raw
-JSON lines are kept in ``bench/results.json``.
+JSON lines are kept in ``bench/results.json``. A script keeps its last result until it runs again,
+and both files are written as each script ends.
 
     python bench/run_all.py [--only render model ...] [--out bench/results.md]
 """
@@ -220,10 +221,7 @@ def table(
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument(
-        "--only",
-        nargs="+",
-        choices=list(GOALS),
-        help="run only these (others keep their last result)",
+        "--only", nargs="+", choices=list(GOALS), help="run only these (default: all)"
     )
     parser.add_argument(
         "--rewrite", action="store_true", help="only rewrite the table from the JSON next to it"
@@ -231,18 +229,32 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=HERE / "results.md")
     args = parser.parse_args()
     raw_path = args.out.with_suffix(".json")
-    keep = args.only or args.rewrite
-    previous = json.loads(raw_path.read_text()) if raw_path.is_file() and keep else {}
+    # every script's last result is kept until it runs again, and written as each run ends, so
+    # that a run stopped half way loses only the script it was in
+    previous = json.loads(raw_path.read_text()) if raw_path.is_file() else {}
     results, seconds = dict(previous.get("results", {})), dict(previous.get("seconds", {}))
     measured = dict(previous.get("measured", {}))
     machines = {s: previous.get("machines", {}).get(s, EARLIER_MACHINE) for s in results}
     here = machine()
+    text = write_results(args.out, results, seconds, measured, machines)
     for script in [] if args.rewrite else args.only or list(GOALS):
         print(f"bench/{script}.py ...", flush=True)
         results[script], seconds[script] = run(script)
         measured[script] = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
         machines[script] = here
         print(f"  {json.dumps(results[script])[:300]}", flush=True)
+        text = write_results(args.out, results, seconds, measured, machines)
+    print(text)
+
+
+def write_results(
+    out: Path,
+    results: dict[str, dict],
+    seconds: dict[str, float],
+    measured: dict[str, str],
+    machines: dict[str, str],
+) -> str:
+    """Write the table to ``out`` and the raw JSON beside it; return the table's text."""
     text = "\n".join(
         [
             "# Benchmark results",
@@ -256,10 +268,12 @@ def main() -> None:
             "",
         ]
     )
-    write_bytes(args.out, text.encode())
+    write_bytes(out, text.encode())
     raw = {"results": results, "seconds": seconds, "measured": measured, "machines": machines}
-    raw_path.write_text(json.dumps(raw, indent=1, sort_keys=True) + "\n")
-    print(text)
+    write_bytes(
+        out.with_suffix(".json"), (json.dumps(raw, indent=1, sort_keys=True) + "\n").encode()
+    )
+    return text
 
 
 if __name__ == "__main__":
