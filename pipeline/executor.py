@@ -199,13 +199,33 @@ class RayPool(Pool):
                 except Exception as e:  # report why the stage could not start (model, weights)
                     raise _fail_fast(f"a {self.stage_name} worker", "start", e) from None
             if pending and time.monotonic() >= deadline:
-                r = self.resources
-                raise RunFailure(
-                    f"{len(pending)} of {len(actors)} {self.stage_name} workers could not be "
-                    f"scheduled within {ACTOR_START_TIMEOUT_S:.0f} s: each asks for "
-                    f"{r.gpus:g} GPU(s) and {r.cpus:g} CPU(s); the cluster has "
-                    f"{ray.cluster_resources()}. {r.hint[0].upper()}{r.hint[1:]}, or add nodes."
-                )
+                raise self._not_started(len(actors), len(pending))
+
+    def _not_started(self, n_actors: int, n_pending: int) -> RunFailure:
+        """Why ``n_pending`` workers were not ready by the start timeout: no room for them in the
+        cluster, or placed (their resources held) and still starting, slowly, on a busy machine."""
+        import ray
+
+        r = self.resources
+        total, free = ray.cluster_resources(), ray.available_resources()
+        asks = {k: v for k, v in (("CPU", r.cpus), ("GPU", r.gpus)) if v > 0}
+        held = min(
+            (int((total.get(k, 0.0) - free.get(k, 0.0)) / v + 1e-9) for k, v in asks.items()),
+            default=n_actors,
+        )
+        unplaced = min(n_pending, max(0, n_actors - held))
+        if unplaced:
+            return RunFailure(
+                f"{unplaced} of {n_actors} {self.stage_name} workers could not be scheduled "
+                f"within {ACTOR_START_TIMEOUT_S:.0f} s: each asks for {r.gpus:g} GPU(s) and "
+                f"{r.cpus:g} CPU(s); the cluster has {total}. "
+                f"{r.hint[0].upper()}{r.hint[1:]}, or add nodes."
+            )
+        return RunFailure(
+            f"{n_pending} of {n_actors} {self.stage_name} workers were placed but had not "
+            f"finished starting (loading the model) within {ACTOR_START_TIMEOUT_S:.0f} s: the "
+            "machine is busy or slow; set LMGD_ACTOR_START_TIMEOUT (seconds) to wait longer"
+        )
 
     def map(self, items: Sequence, on_done: OnDone | None = None) -> Outcome:
         import ray

@@ -3,14 +3,16 @@
 ``LMGD_FAULT_FAIL_UNIT=unit-000003``: that unit always raises :class:`InjectedFault`.
 ``LMGD_FAULT_KILL_UNIT=unit-000002`` with ``LMGD_FAULT_FLAG=/path``: the worker process exits
 abruptly mid-unit (after generating, as it publishes the shard), once: the flag file records that it
-happened. The variables start with ``LMGD_``, so the executor hands them to Ray actors; this module
-is pickled by value, so Ray's worker processes need not import ``tests/``.
+happened. ``LMGD_FAULT_START_S=20`` with :class:`SlowStartUnitRunner`: each worker takes that
+long more to start. The variables start with ``LMGD_``, so the executor hands them to Ray actors;
+this module is pickled by value, so Ray's worker processes need not import ``tests/``.
 """
 
 from __future__ import annotations
 
 import os
 import sys
+import time
 from pathlib import Path
 
 import ray.cloudpickle
@@ -43,6 +45,14 @@ class _KillOnPublish:
             Path(flag).write_text(unit)
             os._exit(17)
         self._storage.put_file(key, path)
+
+
+class SlowStartUnitRunner(UnitRunner):
+    """:class:`UnitRunner` that takes ``LMGD_FAULT_START_S`` seconds more to start."""
+
+    def __init__(self, *args, **kwargs):
+        time.sleep(float(os.environ["LMGD_FAULT_START_S"]))
+        super().__init__(*args, **kwargs)
 
 
 class FaultyUnitRunner(UnitRunner):

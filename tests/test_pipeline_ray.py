@@ -6,7 +6,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 import ray
-from faults import FaultyUnitRunner
+from faults import FaultyUnitRunner, SlowStartUnitRunner
 from pipeline_helpers import tiny_job
 
 from pipeline.driver import run_job
@@ -89,5 +89,18 @@ def test_workers_the_busy_cluster_cannot_start_fail_clearly(cluster, tmp_path, m
     reported with the numbers after the start timeout."""
     monkeypatch.setattr("pipeline.executor.ACTOR_START_TIMEOUT_S", 3.0)
     job = tiny_job(str(tmp_path / "out"), resources={"workers": 3, "gpus_per_worker": 1})
-    with pytest.raises(RunFailure, match="of 3 UnitRunner workers could not be scheduled.*1 GPU"):
+    with pytest.raises(RunFailure, match="1 of 3 UnitRunner workers could not be scheduled.*1 GPU"):
         run_job(job, executor="ray", progress_bar=False)
+
+
+def test_workers_placed_but_slow_to_start_are_told_apart_from_unschedulable(
+    cluster, tmp_path, monkeypatch
+):
+    """A worker the cluster has room for, still loading its model at the start timeout (a busy
+    machine), is reported as such, with the setting that waits longer: not as unschedulable."""
+    monkeypatch.setattr("pipeline.executor.ACTOR_START_TIMEOUT_S", 3.0)
+    monkeypatch.setenv("LMGD_FAULT_START_S", "30")
+    job = tiny_job(str(tmp_path / "out"), resources={"workers": 2, "gpus_per_worker": 1})
+    with pytest.raises(RunFailure, match="2 of 2 SlowStartUnitRunner workers were placed but") as e:
+        run_job(job, executor="ray", runner_class=SlowStartUnitRunner, progress_bar=False)
+    assert "LMGD_ACTOR_START_TIMEOUT" in str(e.value) and "scheduled" not in str(e.value)
