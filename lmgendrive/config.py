@@ -500,6 +500,7 @@ def _demo() -> ModelConfig:
             max_positions=1024,
             history_frames=4,
             max_instruction_tokens=32,
+            action_reads_readers=True,
         ),
         clip=ClipConfig(
             hidden=64, layers=2, heads=4, intermediate=128, image_size=64, patch_size=16
