@@ -396,12 +396,19 @@ def test_the_example_route_file_is_drivable():
 
 
 def without_readers(model):
-    """``model``'s weights in a model of its config without the lane and light readers."""
+    """``model``'s weights in a model of its config without the lane and light readers (and so
+    without the action head's branch that reads them)."""
     from lmgendrive.checkpoint import build_model
 
     vision = model.config.vision.model_copy(update={"lane_reader": False, "light_reader": False})
-    plain = build_model(model.config.model_copy(update={"vision": vision}))
-    plain.load_state_dict({k: v for k, v in model.state_dict().items() if "_reader." not in k})
+    llm = model.config.llm.model_copy(update={"action_reads_readers": False})
+    plain = build_model(model.config.model_copy(update={"vision": vision, "llm": llm}))
+    kept = {
+        k: v
+        for k, v in model.state_dict().items()
+        if "_reader." not in k and ".reader_branch." not in k
+    }
+    plain.load_state_dict(kept)
     return plain.eval()
 
 
