@@ -3,6 +3,7 @@ seeding."""
 
 from __future__ import annotations
 
+import copy
 import math
 
 import cv2
@@ -46,6 +47,26 @@ def test_plan_never_runs_the_world_generator(model):
     assert again.waypoints.shape == (2, 4, 2)
     assert state.history.shape[1] == 5  # 4 seed frames + 1 observed
     np.testing.assert_allclose(state.speed.numpy(), [3.0, 5.0])
+
+
+def test_inference_switches_modes_only_for_a_model_in_training(model, monkeypatch):
+    """plan() on a model in eval mode must not walk its modules (the world generator's too) to
+    set eval and back: that walk was a third of a closed-loop frame. A model in training plans in
+    eval mode (no dropout: the same plan as in eval) and is handed back in training mode."""
+    real_train, walks = torch.nn.Module.train, []
+
+    def counting_train(self, mode=True):
+        walks.append(mode)
+        return real_train(self, mode)
+
+    monkeypatch.setattr(torch.nn.Module, "train", counting_train)
+    in_eval = model.plan(model.start(_frames(1, 2), INSTRUCTIONS[:1]))
+    assert walks == [] and not any(m.training for m in model.modules())
+    trainee = copy.deepcopy(model).train()
+    walks.clear()
+    in_training = trainee.plan(trainee.start(_frames(1, 2), INSTRUCTIONS[:1]))
+    np.testing.assert_array_equal(in_training.waypoints, in_eval.waypoints)
+    assert walks and all(m.training for m in trainee.modules())
 
 
 def test_the_path_driven_is_the_previous_action_training_uses(model):
