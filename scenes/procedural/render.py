@@ -122,10 +122,18 @@ class Renderer:
     ) -> dict[str, np.ndarray]:
         """The images of every view (and the centre view if drawn) for one frame: view -> (H, W, 3)
         uint8 RGB."""
+        boxes = Boxes_for_frame(self, frame, vehicle_colors, pedestrian_colors)
+        out = self._render_views(frame, boxes, frame_index)
+        if self.center is not None:  # same town and weather: the same boxes
+            out[CENTER_VIEW] = self.center._render_views(frame, boxes, frame_index)["front"]
+        return out
+
+    def _render_views(
+        self, frame: FrameState, boxes: props.Boxes, frame_index: int
+    ) -> dict[str, np.ndarray]:
         ex, ey, eth = (float(v) for v in frame.ego[:3])
         imgs = self.sky.copy()
         self._draw_ground(imgs, ex, ey, eth)
-        boxes = Boxes_for_frame(self, frame, vehicle_colors, pedestrian_colors)
         out = {}
         for i, view in enumerate(self.views):
             self._draw_props(imgs[i], boxes, ex, ey, eth, view)
@@ -134,9 +142,6 @@ class Renderer:
             out[view] = cv2.resize(
                 imgs[i], (self.size[1], self.size[0]), interpolation=cv2.INTER_AREA
             )
-        if self.center is not None:
-            front = self.center.render(frame, vehicle_colors, pedestrian_colors, frame_index)
-            out[CENTER_VIEW] = front["front"]
         return out
 
     def _draw_ground(self, imgs: np.ndarray, ex: float, ey: float, eth: float) -> None:
