@@ -20,6 +20,7 @@ from scenes.procedural import props
 from scenes.procedural.ground import MIP_LEVELS, RES, GroundTexture
 from scenes.procedural.town import Town
 from scenes.procedural.weather import Weather
+from scenes.procedural.windows import NEAR, Windows
 from scenes.procedural.world import FrameState
 from schemas.scene import (
     CAMERA_FOV_DEG,
@@ -30,7 +31,6 @@ from schemas.scene import (
     VIEWS,
 )
 
-NEAR = 0.2
 DRAW_DISTANCE = 160.0
 DETAIL_DISTANCE = 60.0  # windows, vehicle lights and lamps are drawn within this range
 SHIFT = 4
@@ -60,7 +60,8 @@ class Renderer:
         self.f = (self.ws / 2) / np.tan(np.radians(fov_deg / 2))
         self.cx, self.cy = self.ws / 2, self.hs / 2
         self.static_boxes, self.trees = props.static_props(town)
-        self.windows = _window_grid(town)
+        self.windows = Windows(town, weather)
+        self._lamps: dict[tuple[str, ...], props.Boxes] = {}  # signal states -> lamp boxes
         self._prepare_ground()
         self.sky = np.stack([self._sky() for _ in self.views])
         self.center = (
@@ -92,10 +93,14 @@ class Renderer:
                 )
             )
             flat.append(i * self.hs * self.ws + np.flatnonzero(below.ravel()))
-        self.g_flat = np.concatenate(flat)
-        self.g_x, self.g_y = np.concatenate(gx), np.concatenate(gy)
-        self.g_level = [np.flatnonzero(np.concatenate(level) == k) for k in range(MIP_LEVELS)]
-        dist = np.concatenate(dist)
+        # ground pixels ordered by mip level, each level's a slice of these arrays
+        level = np.concatenate(level)
+        order = np.argsort(level, kind="stable")
+        self.g_flat = np.concatenate(flat)[order]
+        self.g_x, self.g_y = np.concatenate(gx)[order], np.concatenate(gy)[order]
+        bounds = np.searchsorted(level[order], np.arange(MIP_LEVELS + 1))
+        self.g_level = [slice(a, b) for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
+        dist = np.concatenate(dist)[order]
         light = np.full(len(dist), w.ambient + w.sun * max(0.0, w.sun_dir[2]), np.float32)
         if w.night:
             light += 0.9 * _headlight(self.g_x, self.g_y)
@@ -103,6 +108,7 @@ class Renderer:
             light *= 0.8
         self.g_gain = (light[:, None] * np.asarray(w.tint, np.float32)[None]).astype(np.float32)
         self.g_fog = (1.0 - np.exp(-w.fog_density * dist)).astype(np.float32)[:, None]
+        self.g_clear = 1 - self.g_fog
         self.g_fog_rgb = (self.g_fog * np.asarray(w.fog_color, np.float32)[None]).astype(np.float32)
         if w.wet:  # a faint sheen of the sky on wet asphalt
             self.g_fog_rgb += 0.12 * (1 - self.g_fog) * np.asarray(w.sky_horizon, np.float32)[None]
@@ -122,11 +128,25 @@ class Renderer:
     ) -> dict[str, np.ndarray]:
         """The images of every view (and the centre view if drawn) for one frame: view -> (H, W, 3)
         uint8 RGB."""
-        boxes = Boxes_for_frame(self, frame, vehicle_colors, pedestrian_colors)
+        boxes = self._boxes(frame, vehicle_colors, pedestrian_colors)
         out = self._render_views(frame, boxes, frame_index)
         if self.center is not None:  # same town and weather: the same boxes
             out[CENTER_VIEW] = self.center._render_views(frame, boxes, frame_index)["front"]
         return out
+
+    def _boxes(self, frame: FrameState, vehicle_colors, pedestrian_colors) -> props.Boxes:
+        """Static and moving boxes of one frame (the lamps built once per set of signal states)."""
+        states = tuple(frame.lights)
+        if states not in self._lamps:
+            self._lamps[states] = props.lamps(self.town, frame.lights)
+        return props.Boxes.concat(
+            [
+                self.static_boxes,
+                self._lamps[states],
+                props.vehicles(frame.vehicles, vehicle_colors, self.weather.night),
+                props.pedestrians(frame.pedestrians, pedestrian_colors),
+            ]
+        )
 
     def _render_views(
         self, frame: FrameState, boxes: props.Boxes, frame_index: int
@@ -151,8 +171,10 @@ class Renderer:
         col = np.empty((len(wx), 3), np.uint8)
         for k, sel in enumerate(self.g_level):
             r, q = self.ground.texel(wx[sel], wy[sel], k)
-            col[sel] = self.ground.levels[k][r, q]
-        lit = col.astype(np.float32) * self.g_gain * (1 - self.g_fog) + self.g_fog_rgb
+            texels = self.ground.levels[k]  # gathered flat: np.take is far faster than [r, q]
+            flat = r.astype(np.intp) * texels.shape[1] + q
+            col[sel] = np.take(texels.reshape(-1, 3), flat, axis=0)
+        lit = col.astype(np.float32) * self.g_gain * self.g_clear + self.g_fog_rgb
         imgs.reshape(-1, 3)[self.g_flat] = np.clip(lit, 0, 255).astype(np.uint8)
 
     def _camera(self, ex: float, ey: float, eth: float, view: str):
@@ -206,38 +228,42 @@ class Renderer:
         fog = (1 - np.exp(-w.fog_density * nearest))[:, None, None]
         color = (color * (1 - fog) + fog * np.asarray(w.fog_color, np.float32)).clip(0, 255)
 
-        # Python-side tables for the painter's loop below
-        near_dist = (nearest - boxes.lead[idx] * visible[:, 2]).tolist()  # face 2: the front (-x)
+        # Python-side tables for the painter's loop below, for the boxes drawn only
         building = boxes.building[idx]
         small = (building < 0) & (boxes.z1[idx] - boxes.z0[idx] < 0.5)
-        drawn = np.flatnonzero(~(small & (nearest > DETAIL_DISTANCE))).tolist()
-        windowed = ((building >= 0) & (nearest < DETAIL_DISTANCE)).tolist()
+        drawn = np.flatnonzero(~(small & (nearest > DETAIL_DISTANCE)))
+        near_dist = (nearest - boxes.lead[idx] * visible[:, 2])[drawn].tolist()  # face 2: front
         with np.errstate(divide="ignore", invalid="ignore"):  # corners behind the camera
-            polys = np.ascontiguousarray(self._pixels(cam)[:, _FACES])  # (n, 5, 4, 2)
-        crossing = (cam[..., 2] < NEAR)[:, _FACES].any(axis=2).tolist()  # needs clipping
-        fills, visible, building = color.tolist(), visible.tolist(), building.tolist()
+            polys = np.ascontiguousarray(self._pixels(cam[drawn])[:, _FACES])  # (n, 5, 4, 2)
+        crossing = (cam[drawn, :, 2] < NEAR)[:, _FACES].any(axis=2).tolist()  # needs clipping
+        fills, faces_seen = color[drawn].tolist(), visible[drawn].tolist()
+        windows = self.windows.calls(
+            drawn, building, nearest, visible, pos, rot, self._pixels, DETAIL_DISTANCE
+        )
         tree_keys, discs = self._trees(pos, rot)
 
         order = sorted(
-            [(near_dist[j], 0, j) for j in drawn] + [(d, 1, k) for k, d in enumerate(tree_keys)],
+            [(d, 0, p) for p, d in enumerate(near_dist)]
+            + [(d, 1, k) for k, d in enumerate(tree_keys)],
             reverse=True,
         )
-        for _, kind, j in order:
+        for _, kind, p in order:
             if kind == 1:
-                for centre, radius, col in discs[j]:
+                for centre, radius, col in discs[p]:
                     cv2.circle(img, centre, radius, col, -1, lineType=cv2.LINE_8, shift=SHIFT)
                 continue
+            seen = faces_seen[p]
             for fi in range(5):
-                if not visible[j][fi]:
+                if not seen[fi]:
                     continue
-                if crossing[j][fi]:
-                    self._fill_clipped(img, cam[j, _FACES[fi]], fills[j][fi])
+                if crossing[p][fi]:
+                    self._fill_clipped(img, cam[drawn[p], _FACES[fi]], fills[p][fi])
                 else:
                     cv2.fillConvexPoly(
-                        img, polys[j, fi], fills[j][fi], lineType=cv2.LINE_8, shift=SHIFT
+                        img, polys[p, fi], fills[p][fi], lineType=cv2.LINE_8, shift=SHIFT
                     )
-                if fi < 4 and windowed[j]:
-                    self._draw_windows(img, building[j], fi, pos, rot, nearest[j])
+                for quads, col in windows.get((p, fi), ()):
+                    cv2.fillPoly(img, quads, col, lineType=cv2.LINE_8, shift=SHIFT)
 
     def _pixels(self, cam: np.ndarray) -> np.ndarray:
         """Fixed-point (``SHIFT``) int32 pixel coordinates of camera-space points (..., 3)."""
@@ -255,39 +281,6 @@ class Renderer:
         pts = _clip_near(pts)
         if len(pts) >= 3:
             cv2.fillConvexPoly(img, self._pixels(pts), color, lineType=cv2.LINE_8, shift=SHIFT)
-
-    def _draw_windows(self, img, b: int, face: int, pos, rot, dist: float) -> None:
-        quads, lit = self.windows[b][face]
-        if len(quads) == 0:
-            return
-        cam = (quads - pos) @ rot.T  # (n, 4, 3)
-        front = (cam[..., 2] > NEAR).all(axis=1)
-        if not front.any():
-            return
-        w = self.weather
-        polys = self._pixels(cam[front])
-        fog = 1 - np.exp(-w.fog_density * dist)
-        glass = np.asarray(self.town.buildings[b].window_color, np.float32)
-        if w.night:
-            groups = [
-                (lit[front], np.array([255, 214, 140], np.float32)),
-                (~lit[front], glass * 0.25),
-            ]
-        else:
-            sky = np.asarray(w.sky_horizon, np.float32)
-            groups = [
-                (np.ones(len(polys), bool), (0.75 * glass + 0.25 * sky) * (w.ambient + 0.3 * w.sun))
-            ]
-        for sel, col in groups:
-            if sel.any():
-                col = col * (1 - fog) + fog * np.asarray(w.fog_color, np.float32)
-                cv2.fillPoly(
-                    img,
-                    list(polys[sel]),
-                    tuple(float(c) for c in col.clip(0, 255)),
-                    lineType=cv2.LINE_8,
-                    shift=SHIFT,
-                )
 
     def _trees(self, pos, rot) -> tuple[list[float], list[tuple]]:
         """Sort distances of the trees in view and, for each, the ``cv2.circle`` arguments
@@ -320,21 +313,6 @@ class Renderer:
             radius = [max(1, int(r)) for r in (rad * scale * (1 << SHIFT)).tolist()]
             layers.append(zip(p.tolist(), radius, col.clip(0, 255).tolist(), strict=True))
         return keys, list(zip(*layers, strict=True))
-
-
-def Boxes_for_frame(
-    renderer: Renderer, frame: FrameState, vehicle_colors, pedestrian_colors
-) -> props.Boxes:  # noqa: N802
-    """Static and moving boxes of one frame."""
-    night = renderer.weather.night
-    return props.Boxes.concat(
-        [
-            renderer.static_boxes,
-            props.lamps(renderer.town, frame.lights),
-            props.vehicles(frame.vehicles, vehicle_colors, night),
-            props.pedestrians(frame.pedestrians, pedestrian_colors),
-        ]
-    )
 
 
 def _headlight(x: np.ndarray, y: np.ndarray) -> np.ndarray:
@@ -387,37 +365,6 @@ def _clip_near(pts: np.ndarray) -> np.ndarray:
             t = (NEAR - a[2]) / (b[2] - a[2])
             out.append(a + (b - a) * t)
     return np.array(out).reshape(-1, 3)
-
-
-def _window_grid(town: Town) -> list[list[tuple[np.ndarray, np.ndarray]]]:
-    """Window quads (n, 4, 3) and a lit-at-night mask for every side face of every building."""
-    out = []
-    rng = np.random.default_rng([town.seed, 4242])
-    for b in town.buildings:
-        faces = []
-        floors = np.arange(2.2, b.height - 1.2, 3.2)
-        for fi in range(4):
-            normal_axis, along_axis = (0, 1) if fi in (0, 2) else (1, 0)
-            sign = 1.0 if fi in (0, 1) else -1.0
-            half_along = b.hy if along_axis == 1 else b.hx
-            half_normal = b.hx if normal_axis == 0 else b.hy
-            cols = np.arange(-half_along + 1.8, half_along - 1.2, 3.0)
-            if len(cols) == 0 or len(floors) == 0:
-                faces.append((np.zeros((0, 4, 3)), np.zeros(0, bool)))
-                continue
-            a, z = np.meshgrid(cols, floors)
-            a, z = a.ravel(), z.ravel()
-            quad = []
-            for da, dz in ((0.0, 0.0), (1.3, 0.0), (1.3, 1.6), (0.0, 1.6)):
-                p = np.zeros((len(a), 3))
-                p[:, normal_axis] = sign * (half_normal + 0.05)
-                p[:, along_axis] = a + da
-                p[:, 2] = z + dz
-                quad.append(p)
-            q = np.stack(quad, 1) + np.array([b.cx, b.cy, 0.0])
-            faces.append((q, rng.random(len(a)) < b.lit_share))
-        out.append(faces)
-    return out
 
 
 def _rain(img: np.ndarray, rng: np.random.Generator) -> None:
