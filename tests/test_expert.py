@@ -5,8 +5,9 @@ import pytest
 
 from driving.vehicle import HALF_LENGTH
 from scenes.procedural.expert import Expert
+from scenes.procedural.geometry import Polyline
 from scenes.procedural.instructions import TYPES
-from scenes.procedural.routes import Route
+from scenes.procedural.routes import Route, first_obstacle
 from scenes.procedural.signals import light_state
 from scenes.procedural.town import make_town
 from scenes.procedural.traffic import agent_arrays
@@ -100,3 +101,28 @@ def test_every_instruction_type_has_eight_paraphrases():
         assert lo <= t.instruction_id <= hi
         if "dist" in name:
             assert all("{x}" in s for s in t.templates)
+
+
+def test_first_obstacle_finds_an_agent_at_the_far_end_of_a_bend_and_none_beside_it():
+    """A quarter circle of 10 m radius: an agent on the path 14.8 m ahead of the front (near the
+    end of a 15 m look-ahead) is the obstacle at that distance less its half length; one 2.2 m
+    outside the bend there (beyond a vehicle's 2.1 m lateral reach) leaves the way clear."""
+    a = np.linspace(0.0, np.pi / 2, 200)
+    path = Polyline(np.stack([10 * np.sin(a), 10 - 10 * np.cos(a)], axis=1))
+    ahead = path.point(14.8)
+    outward = (ahead - (0.0, 10.0)) / np.linalg.norm(ahead - (0.0, 10.0))
+
+    def gap(position):
+        return first_obstacle(
+            path,
+            0.0,
+            15.0,
+            np.array([position]),
+            np.zeros((1, 2)),
+            np.array([HALF_LENGTH]),
+            np.array([2.1]),
+        )
+
+    found, _, index = gap(ahead)
+    assert index == 0 and abs(found - (14.8 - 2.1 - HALF_LENGTH)) <= 0.5
+    assert gap(ahead + 2.2 * outward) == (np.inf, 0.0, -1)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -90,8 +91,13 @@ def first_obstacle(
     path, and its index; ``(inf, 0, -1)`` when the way is clear."""
     if len(positions) == 0:
         return np.inf, 0.0, -1
-    idx = np.arange(len(positions))
     ds = np.arange(0.0, lookahead + 0.5, 0.5)
+    # every point ahead lies within its arc length of the front's: agents farther than that
+    # (and their lateral reach, with a metre to spare) cannot be on the way
+    reach = np.hypot(*(positions - path.point(s_front)).T) - lateral
+    if not (reach < ds[-1] + 1.0).any():
+        return np.inf, 0.0, -1
+    idx = np.arange(len(positions))
     pts = path.at(s_front + ds)
     d = np.linalg.norm(positions[idx, None, :] - pts[None], axis=2)
     inside = d < lateral[idx, None]
@@ -120,11 +126,11 @@ def idm_acceleration(
 ) -> float:
     """Intelligent Driver Model acceleration (Treiber et al.), clamped to [-9, a_max]."""
     free = 1.0 - (v / max(v0, 0.1)) ** 4
-    if not np.isfinite(gap):
-        return float(np.clip(a_max * free, -9.0, a_max))
-    s_star = s0 + max(0.0, v * headway + v * (v - v_lead) / (2.0 * np.sqrt(a_max * b)))
+    if not math.isfinite(gap):
+        return float(min(max(a_max * free, -9.0), a_max))
+    s_star = s0 + max(0.0, v * headway + v * (v - v_lead) / (2.0 * math.sqrt(a_max * b)))
     a = a_max * (free - (s_star / max(gap, 0.05)) ** 2)
-    return float(np.clip(a, -9.0, a_max))
+    return float(min(max(a, -9.0), a_max))
 
 
 def _curvature(points: np.ndarray) -> np.ndarray:

@@ -137,6 +137,9 @@ class World:
         self.is_ped = np.array([False] * (len(self.vehicles) + 1) + [True] * len(self.crowd.people))
         self.t, self.ticks = 0.0, 0
         self._accels: list[float] = []
+        # positions and headings of the vehicles, positions and velocities of the pedestrians,
+        # kept from the tick after they move to the tick they move again
+        self._others: tuple[np.ndarray, ...] | None = None
 
     def tick(self, waypoints: np.ndarray | None = None, control: Control | None = None) -> None:
         """One 20 Hz tick (every second one records a frame first); ``waypoints`` (4, 2) in the
@@ -144,11 +147,18 @@ class World:
         PID controllers."""
         town, expert, vehicles, crowd, t = self.town, self.expert, self.vehicles, self.crowd, self.t
         frame, record = divmod(self.ticks, TICKS_PER_FRAME)
-        veh_xy = np.array([v.xy for v in vehicles] + [expert.xy]).reshape(-1, 2)
-        veh_yaw = np.array([v.yaw for v in vehicles] + [expert.theta])
+        if self._others is None:  # the other agents moved (they move at 10 Hz)
+            self._others = (
+                np.array([v.xy for v in vehicles]).reshape(-1, 2),
+                np.array([v.yaw for v in vehicles]),
+                crowd.positions(),
+                crowd.velocities(),
+            )
+        others_xy, others_yaw, ped_xy, ped_vel = self._others
+        veh_xy = np.concatenate([others_xy, expert.xy[None]])
+        veh_yaw = np.concatenate([others_yaw, [expert.theta]])
         veh_v = np.array([v.v for v in vehicles] + [expert.v])
         veh_vel = np.stack([veh_v * np.cos(veh_yaw), veh_v * np.sin(veh_yaw)], axis=1)
-        ped_xy, ped_vel = crowd.positions(), crowd.velocities()
         if record == 0:
             self._record(frame, veh_xy, veh_yaw, veh_vel, ped_xy, ped_vel)
         all_xy = np.concatenate([veh_xy, ped_xy])
@@ -173,6 +183,7 @@ class World:
                 v.v = max(0.0, v.v + a * dt)
                 v.s += v.v * dt
             crowd.step(dt, t, veh_xy)
+            self._others = None
         if expert.halt_at is not None:
             self.still_since = (
                 (self.still_since if self.still_since is not None else t)
